@@ -1,0 +1,23 @@
+"""fn_trainer: train small image classifiers the functional way, with ``torch.func``.
+
+Networks are architectures applied to plain parameter dicts; training is a pure
+``step(params, opt_state, batch) -> (params, opt_state, metrics)``.
+"""
+from .config import NetworkConfiguration
+from .data import DatasetError, Split, Splits, load_fashion_mnist, normalize, standardizer
+from .diagnostics import global_norm, gradient_norm, jacobian_norm, per_example_grad_norms
+from .losses import EPSILON, accuracy, cross_entropy, one_hot
+from .networks import (Network, activation, build_network, cnn, count_parameters, init_params,
+                       mlp, params_of)
+from .optim import AdamState, Optimizer, adam
+from .step import make_objective, make_step
+from .train import FitResult, fit, make_evaluate
+
+__all__ = [
+    "NetworkConfiguration", "DatasetError", "Split", "Splits", "load_fashion_mnist", "normalize",
+    "standardizer", "global_norm", "gradient_norm", "jacobian_norm", "per_example_grad_norms",
+    "EPSILON", "accuracy", "cross_entropy", "one_hot", "Network", "activation", "build_network",
+    "cnn", "count_parameters", "init_params", "mlp", "params_of", "AdamState", "Optimizer", "adam",
+    "make_objective", "make_step", "FitResult", "fit", "make_evaluate",
+]
+__version__ = "0.1.0"

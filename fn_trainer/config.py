@@ -1,0 +1,19 @@
+"""The architecture description shared by every network builder."""
+from __future__ import annotations
+
+from typing import NamedTuple, Tuple
+
+
+class NetworkConfiguration(NamedTuple):
+    """Hidden-layer hyper-parameters, one tuple entry per layer.
+
+    The first four fields describe the convolutional layers of a CNN (they must have
+    equal lengths); ``dense_hiddens`` lists the widths of the fully-connected hidden
+    layers of both MLPs and CNNs.
+    """
+
+    n_channels: Tuple[int, ...] = (16, 32, 48)
+    kernel_sizes: Tuple[int, ...] = (3, 3, 3)
+    strides: Tuple[int, ...] = (1, 1, 1)
+    paddings: Tuple[int, ...] = (0, 0, 0)
+    dense_hiddens: Tuple[int, ...] = (256, 256)

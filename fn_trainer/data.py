@@ -1,0 +1,127 @@
+"""Fashion-MNIST loading (through torchvision) and feature-wise normalisation."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import NamedTuple, Tuple
+
+import torch
+from torch import Tensor
+
+N_VALID = 2000  # the validation set is the first 2000 test images; test is the rest
+IDX_FILES = {
+    "train-images-idx3-ubyte": (0x0803, 3),
+    "train-labels-idx1-ubyte": (0x0801, 1),
+    "t10k-images-idx3-ubyte": (0x0803, 3),
+    "t10k-labels-idx1-ubyte": (0x0801, 1),
+}
+
+
+class DatasetError(ValueError):
+    """The data set cannot be read: files missing, truncated or corrupt."""
+
+
+class Split(NamedTuple):
+    """``X: (N, 1, 28, 28) float32`` raw pixel values 0-255; ``y: (N,) int64`` labels."""
+
+    X: Tensor
+    y: Tensor
+
+
+class Splits(NamedTuple):
+    train: Split
+    valid: Split
+    test: Split
+
+
+def raw_folder(root: str | os.PathLike) -> Path:
+    """Where torchvision keeps the IDX files under ``root``."""
+    return Path(root) / "FashionMNIST" / "raw"
+
+
+def check_idx_file(path: Path) -> None:
+    """Raise ``DatasetError`` naming ``path`` unless it is a complete IDX file."""
+    magic, ndim = IDX_FILES[path.name]
+    try:
+        with open(path, "rb") as f:
+            header = f.read(4 + 4 * ndim)
+            size = os.fstat(f.fileno()).st_size
+    except OSError as e:
+        raise DatasetError(f"cannot read data file {path}: {e.strerror}") from None
+    if len(header) < 4 + 4 * ndim or int.from_bytes(header[:4], "big") != magic:
+        raise DatasetError(f"data file {path} is not an IDX file of the expected kind (bad header)")
+    dims = [int.from_bytes(header[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    expected = 4 + 4 * ndim + math.prod(dims)
+    if size != expected:
+        raise DatasetError(
+            f"data file {path} is truncated or corrupt: {size} bytes, expected {expected} "
+            f"for dimensions {dims}"
+        )
+
+
+def load_fashion_mnist(root: str | os.PathLike = "./data", download: bool = True) -> Splits:
+    """Train (60000), validation (first 2000 test images) and test (other 8000) splits.
+
+    Uses ``torchvision.datasets.FashionMNIST(root, download=download)``: with the four
+    IDX files in ``root/FashionMNIST/raw`` it reads them offline; otherwise it
+    downloads them when allowed and reachable. Any failure raises ``DatasetError``
+    naming the folder and the expected files.
+    """
+    folder = raw_folder(root)
+    present = [folder / name for name in IDX_FILES if (folder / name).exists()]
+    for path in present:
+        check_idx_file(path)
+    missing = len(present) < len(IDX_FILES)
+    if missing and not download:
+        raise DatasetError(_missing_message(folder, "download=False"))
+    try:
+        from torchvision.datasets import FashionMNIST
+    except Exception as e:  # a broken install fails here, often not with ImportError
+        raise DatasetError(
+            f"torchvision could not be imported ({type(e).__name__}: {e}); it is needed to read "
+            f"{folder}. Reinstall torch and torchvision together so their versions match."
+        ) from None
+    try:
+        train = FashionMNIST(root=str(root), train=True, download=download)
+        test = FashionMNIST(root=str(root), train=False, download=download)
+    except Exception as e:
+        raise DatasetError(_missing_message(folder, f"{type(e).__name__}: {e}")) from None
+    X_train, y_train = _tensors(train)
+    X_test, y_test = _tensors(test)
+    return Splits(
+        Split(X_train, y_train),
+        Split(X_test[:N_VALID], y_test[:N_VALID]),
+        Split(X_test[N_VALID:], y_test[N_VALID:]),
+    )
+
+
+def _missing_message(folder: Path, reason: str) -> str:
+    return (
+        f"Fashion-MNIST is not available in {folder} ({reason}). Expected the files "
+        f"{', '.join(IDX_FILES)} there (uncompressed IDX), or network access to download them."
+    )
+
+
+def _tensors(ds) -> Tuple[Tensor, Tensor]:
+    return ds.data.view(-1, 1, 28, 28).float(), ds.targets.long()
+
+
+def standardizer(X_train: Tensor) -> Tuple[Tensor, Tensor]:
+    """Feature-wise ``(mean, scale)`` of ``X_train: (N, ...)``, each shaped ``X_train[0]``.
+
+    ``scale`` is the (unbiased) standard deviation, except that features constant over
+    the training set (std 0) get scale 1: they are centred, never divided by zero.
+    """
+    if X_train.shape[0] < 2:
+        raise ValueError(f"X_train needs at least 2 samples to estimate a std, got {X_train.shape[0]}")
+    mean = X_train.mean(0)
+    std = X_train.std(0)
+    return mean, torch.where(std > 0, std, torch.ones_like(std))
+
+
+def normalize(train: Tuple[Tensor, Tensor], valid: Tuple[Tensor, Tensor],
+              test: Tuple[Tensor, Tensor]) -> Tuple[Split, Split, Split]:
+    """``X <- (X - mean) / scale`` with the training set's statistics (see ``standardizer``)."""
+    mean, scale = standardizer(train[0])
+    return tuple(Split((X - mean) / scale, y) for X, y in (train, valid, test))

@@ -1,0 +1,46 @@
+"""Autodiff diagnostics built on ``torch.func``: gradient and Jacobian norms."""
+from __future__ import annotations
+
+from typing import Callable, Dict, Iterable, Union
+
+import torch
+from torch import Tensor
+from torch.func import grad, jacrev, vmap
+
+Params = Dict[str, Tensor]
+
+
+def global_norm(tensors: Union[Params, Iterable[Tensor]]) -> Tensor:
+    """Euclidean norm of all entries of ``tensors`` (a dict's values or an iterable) together."""
+    values = tensors.values() if isinstance(tensors, dict) else tensors
+    return torch.sqrt(sum(t.square().sum() for t in values))
+
+
+def gradient_norm(f: Callable[..., Tensor], *tensors: Tensor) -> Tensor:
+    """``||grad f(t_1, ..., t_n)||_2`` over all ``t_i`` together.
+
+    ``f(*tensors)`` must return a 0-dim tensor. Returns a 0-dim tensor.
+    """
+    if not tensors:
+        raise ValueError("gradient_norm needs at least one tensor to differentiate with respect to")
+    grads = grad(f, argnums=tuple(range(len(tensors))))(*tensors)
+    return global_norm(grads)
+
+
+def jacobian_norm(f: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """Frobenius norm ``||J_f(x)||_F`` of the Jacobian of ``f`` at ``x`` (via ``jacrev``)."""
+    return torch.linalg.vector_norm(jacrev(f)(x))
+
+
+def per_example_grad_norms(loss_of_params: Callable[[Params, Tensor, Tensor], Tensor],
+                           params: Params, x: Tensor, y: Tensor) -> Tensor:
+    """``(N,)`` gradient norms, one per example, via ``vmap(grad(...))``.
+
+    ``loss_of_params(params, x, y)`` is evaluated on a batch of one: ``x[i:i+1]``,
+    ``y[i:i+1]``.
+    """
+
+    def one(xi: Tensor, yi: Tensor) -> Tensor:
+        return global_norm(grad(loss_of_params)(params, xi.unsqueeze(0), yi.unsqueeze(0)))
+
+    return vmap(one)(x, y)

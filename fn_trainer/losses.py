@@ -1,0 +1,50 @@
+"""Loss, accuracy and label encoding for probability outputs."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+EPSILON = 1e-9
+
+
+def cross_entropy(probs: Tensor, targets: Tensor, eps: float = EPSILON) -> Tensor:
+    """Mean cross-entropy of clipped probabilities.
+
+    ``loss = -mean_i sum_c t[i, c] * log(clip(p[i, c], eps, 1 - eps))``
+
+    probs: ``(N, C)`` probabilities; targets: ``(N, C)`` one-hot (or soft) targets.
+    Returns a 0-dim tensor that keeps its autograd graph.
+    """
+    return -(targets * probs.clamp(eps, 1.0 - eps).log()).sum(-1).mean()
+
+
+def accuracy(probs: Tensor, targets: Tensor) -> Tensor:
+    """Fraction of rows whose arg-max matches the target.
+
+    probs: ``(N, C)``; targets: ``(N, C)`` one-hot or ``(N,)`` integer labels.
+    Returns a 0-dim float64 tensor in ``[0, 1]`` (exact for counts below 2**53).
+    """
+    labels = targets.argmax(-1) if targets.dim() == probs.dim() else targets
+    return (probs.argmax(-1) == labels).to(torch.float64).mean()
+
+
+def check_labels(labels: Tensor, n_classes: int, name: str = "labels") -> Tensor:
+    """Raise ``ValueError`` unless ``labels`` is a 1-D integer tensor in ``[0, n_classes)``."""
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(labels).__name__}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ValueError(f"{name} must have an integer dtype, got {labels.dtype}")
+    if labels.dim() != 1:
+        raise ValueError(f"{name} must be 1-D (N,), got shape {tuple(labels.shape)}")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(
+            f"{name} must lie in [0, {n_classes}), got values in "
+            f"[{int(labels.min())}, {int(labels.max())}]"
+        )
+    return labels
+
+
+def one_hot(labels: Tensor, n_classes: int) -> Tensor:
+    """``(N,)`` integer labels in ``[0, n_classes)`` -> ``(N, n_classes)`` float32 one-hot."""
+    check_labels(labels, n_classes)
+    return torch.nn.functional.one_hot(labels.long(), n_classes).to(torch.float32)

@@ -1,0 +1,213 @@
+"""Network builders: ``nn.Sequential`` skeletons plus explicit, seeded parameter dicts.
+
+A network is split into an architecture (an ``nn.Sequential`` built exactly as the
+homework prescribes) and its parameters (a plain ``dict[str, Tensor]``). The
+architecture is applied to any parameter dict with ``torch.func.functional_call``, so
+gradients, Jacobians and vmapped ensembles need no module state at all.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from .config import NetworkConfiguration
+from .errors import check_positive_int
+
+Params = Dict[str, Tensor]
+NETWORK_TYPES = ("mlp", "cnn")
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+POOLED_SIZE = (4, 4)  # AdaptiveMaxPool2d output before the dense head
+
+
+def activation(name: str) -> nn.Module:
+    """The activation module for ``name`` ("relu", "tanh" or "sigmoid")."""
+    try:
+        return ACTIVATIONS[name]()
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}"
+        ) from None
+
+
+def validate_config(config: NetworkConfiguration) -> NetworkConfiguration:
+    """Check that the conv tuples have equal lengths and every size is a positive int."""
+    if not isinstance(config, tuple) or len(config) != len(NetworkConfiguration._fields):
+        raise TypeError(f"net_config must be a NetworkConfiguration, got {config!r}")
+    config = NetworkConfiguration(*config)
+    conv_fields = ("n_channels", "kernel_sizes", "strides", "paddings")
+    lengths = {f: len(getattr(config, f)) for f in conv_fields}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(
+            "net_config: n_channels, kernel_sizes, strides and paddings must have the "
+            f"same length, got lengths {lengths}"
+        )
+    for field in NetworkConfiguration._fields:
+        minimum = 0 if field == "paddings" else 1
+        for i, v in enumerate(getattr(config, field)):
+            check_positive_int(f"net_config.{field}[{i}]", v, minimum=minimum)
+    return config
+
+
+def mlp(input_dim: int, config: NetworkConfiguration, n_classes: int,
+        act: nn.Module) -> nn.Sequential:
+    """Flatten -> [Linear -> act] per ``dense_hiddens`` -> Linear -> Softmax(dim=1)."""
+    check_positive_int("input_dim", input_dim)
+    check_positive_int("n_classes", n_classes)
+    config = validate_config(config)
+    return nn.Sequential(nn.Flatten(), *_dense_head(input_dim, config.dense_hiddens, n_classes, act))
+
+
+def cnn(in_channels: int, config: NetworkConfiguration, n_classes: int,
+        act: nn.Module) -> nn.Sequential:
+    """[Conv2d -> act -> MaxPool2d(2)] per conv layer (no pool after the last), then
+    AdaptiveMaxPool2d((4, 4)) -> Flatten -> dense hidden layers -> Linear -> Softmax."""
+    check_positive_int("in_channels", in_channels)
+    check_positive_int("n_classes", n_classes)
+    config = validate_config(config)
+    if not config.n_channels:
+        raise ValueError("net_config.n_channels must name at least one conv layer for a CNN")
+    layers: List[nn.Module] = []
+    channels = in_channels
+    n_conv = len(config.n_channels)
+    for i, (c, k, s, p) in enumerate(zip(*config[:4])):
+        layers += [nn.Conv2d(channels, c, kernel_size=k, stride=s, padding=p), act]
+        if i < n_conv - 1:
+            layers.append(nn.MaxPool2d(kernel_size=2))
+        channels = c
+    layers += [nn.AdaptiveMaxPool2d(POOLED_SIZE), nn.Flatten()]
+    flat = channels * POOLED_SIZE[0] * POOLED_SIZE[1]
+    return nn.Sequential(*layers, *_dense_head(flat, config.dense_hiddens, n_classes, act))
+
+
+def _dense_head(width: int, hiddens: Sequence[int], n_classes: int, act: nn.Module) -> List[nn.Module]:
+    layers: List[nn.Module] = []
+    for h in hiddens:
+        layers += [nn.Linear(width, h), act]
+        width = h
+    return layers + [nn.Linear(width, n_classes), nn.Softmax(dim=1)]
+
+
+def feature_map_sizes(config: NetworkConfiguration, input_hw: Tuple[int, int]) -> List[Tuple[int, int]]:
+    """Spatial size after each conv layer's (conv, pool) pair, for an ``(H, W)`` input.
+
+    Raises ``ValueError`` naming the layer when a kernel, stride or pool leaves an
+    empty feature map.
+    """
+    config = validate_config(config)
+    h, w = input_hw
+    sizes = []
+    n_conv = len(config.n_channels)
+    for i, (k, s, p) in enumerate(zip(config.kernel_sizes, config.strides, config.paddings)):
+        if k > h + 2 * p or k > w + 2 * p:
+            raise ValueError(
+                f"net_config: conv layer {i} has kernel_size {k} but its input feature map "
+                f"is {h}x{w} (padding {p}); the kernel must fit inside it"
+            )
+        h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        if i < n_conv - 1:
+            if h < 2 or w < 2:
+                raise ValueError(
+                    f"net_config: conv layer {i} outputs a {h}x{w} feature map, too small for "
+                    "the 2x2 max-pool that follows it"
+                )
+            h, w = h // 2, w // 2
+        sizes.append((h, w))
+    return sizes
+
+
+def count_parameters(network_type: str, config: NetworkConfiguration = NetworkConfiguration(),
+                     input_shape: Tuple[int, int, int] = (1, 28, 28), n_classes: int = 10) -> int:
+    """Number of learnable scalars, computed from the configuration alone.
+
+    Equals ``sum(p.numel() for p in build_network(...).module.parameters())``.
+    """
+    config = validate_config(config)
+    c, h, w = input_shape
+    total = 0
+    if network_type == "cnn":
+        feature_map_sizes(config, (h, w))
+        for out_c, k in zip(config.n_channels, config.kernel_sizes):
+            total += out_c * (c * k * k + 1)
+            c = out_c
+        width = c * POOLED_SIZE[0] * POOLED_SIZE[1]
+    elif network_type == "mlp":
+        width = c * h * w
+    else:
+        raise ValueError(f"network_type must be one of {NETWORK_TYPES}, got {network_type!r}")
+    for out in (*config.dense_hiddens, n_classes):
+        total += out * (width + 1)
+        width = out
+    return total
+
+
+def init_params(module: nn.Module, generator: Union[torch.Generator, int] = 0,
+                dtype: torch.dtype = torch.float32) -> Params:
+    """Fresh parameters for ``module``'s Linear/Conv2d layers, drawn from ``generator``.
+
+    Same distribution as PyTorch's default initialisation: weight and bias both
+    ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, ``fan_in = in_features * prod(kernel)``.
+    An int is taken as the seed of a new CPU generator.
+    """
+    if not isinstance(generator, torch.Generator):
+        generator = torch.Generator().manual_seed(int(generator))
+    params: Params = {}
+    for name, p in module.named_parameters():
+        owner = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
+        fan_in = owner.weight[0].numel()
+        bound = 1.0 / math.sqrt(fan_in)
+        params[name] = torch.empty(p.shape, dtype=dtype).uniform_(-bound, bound, generator=generator)
+    return params
+
+
+def params_of(module: nn.Module) -> Params:
+    """A detached copy of ``module``'s parameters as a plain dict."""
+    return {k: v.detach().clone() for k, v in module.named_parameters()}
+
+
+@dataclass(frozen=True)
+class Network:
+    """An architecture to apply to parameter dicts.
+
+    ``module`` is a parameter-free skeleton (built on the meta device): it only says
+    what to compute. ``apply(params, x)`` maps ``x: (N, C, H, W) float`` to class
+    probabilities ``(N, n_classes)``.
+    """
+
+    module: nn.Module
+    network_type: str
+    input_shape: Tuple[int, int, int]
+    n_classes: int
+
+    def apply(self, params: Params, x: Tensor) -> Tensor:
+        return functional_call(self.module, params, (x,))
+
+    def init(self, seed: Union[torch.Generator, int] = 0, dtype: torch.dtype = torch.float32) -> Params:
+        return init_params(self.module, seed, dtype)
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+
+def build_network(network_type: str = "mlp", config: NetworkConfiguration = NetworkConfiguration(),
+                  *, input_shape: Tuple[int, int, int] = (1, 28, 28), n_classes: int = 10,
+                  activation_name: str = "relu") -> Network:
+    """Build the homework's MLP or CNN for inputs of shape ``input_shape = (C, H, W)``."""
+    if network_type not in NETWORK_TYPES:
+        raise ValueError(f"network_type must be one of {NETWORK_TYPES}, got {network_type!r}")
+    if len(input_shape) != 3:
+        raise ValueError(f"input_shape must be (C, H, W), got {input_shape!r}")
+    c, h, w = (check_positive_int(f"input_shape[{i}]", v) for i, v in enumerate(input_shape))
+    act = activation(activation_name)
+    with torch.device("meta"):
+        if network_type == "mlp":
+            module = mlp(c * h * w, config, n_classes, act)
+        else:
+            feature_map_sizes(config, (h, w))
+            module = cnn(c, config, n_classes, act)
+    return Network(module, network_type, (c, h, w), n_classes)

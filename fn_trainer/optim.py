@@ -1,0 +1,85 @@
+"""Functional Adam: an ``init``/``update`` pair over parameter dicts (optax style).
+
+Nothing is mutated: ``update`` returns new parameters and a new state. The
+hyper-parameters live in the state as 0-dim tensors, so a stack of states with
+different learning rates can be ``vmap``-ed and a compiled step never specialises
+on their values.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, NamedTuple, Tuple
+
+import torch
+from torch import Tensor
+
+from .errors import check_positive_float
+
+Params = Dict[str, Tensor]
+
+
+class AdamState(NamedTuple):
+    """``count``: int64 0-dim step counter; ``mu``/``nu``: first/second moments shaped
+    like the parameters; ``lr``, ``b1``, ``b2``, ``eps``: 0-dim float64 tensors."""
+
+    count: Tensor
+    mu: Params
+    nu: Params
+    lr: Tensor
+    b1: Tensor
+    b2: Tensor
+    eps: Tensor
+
+
+class Optimizer(NamedTuple):
+    """``init(params) -> state``; ``update(grads, state, params) -> (params, state)``."""
+
+    init: Callable[[Params], AdamState]
+    update: Callable[[Params, AdamState, Params], Tuple[Params, AdamState]]
+
+
+def _scalar(value: float) -> Tensor:
+    return torch.tensor(value, dtype=torch.float64)
+
+
+def adam(lr: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Optimizer:
+    """Adam (Kingma & Ba), the same arithmetic as ``torch.optim.Adam`` without weight decay.
+
+    With ``t = count + 1``::
+
+        m_t = b1 * m + (1 - b1) * g
+        v_t = b2 * v + (1 - b2) * g**2
+        p_t = p - lr / (1 - b1**t) * m_t / (sqrt(v_t) / sqrt(1 - b2**t) + eps)
+    """
+    lr = check_positive_float("lr", lr)
+    for name, beta in (("b1", b1), ("b2", b2)):
+        if not 0.0 <= float(beta) < 1.0:
+            raise ValueError(f"{name} must lie in [0, 1), got {beta}")
+    eps = check_positive_float("eps", eps)
+
+    def init(params: Params) -> AdamState:
+        zeros = {k: torch.zeros_like(v) for k, v in params.items()}
+        return AdamState(
+            count=torch.zeros((), dtype=torch.int64),
+            mu=zeros,
+            nu={k: torch.zeros_like(v) for k, v in params.items()},
+            lr=_scalar(lr), b1=_scalar(b1), b2=_scalar(b2), eps=_scalar(eps),
+        )
+
+    return Optimizer(init, adam_update)
+
+
+def adam_update(grads: Params, state: AdamState, params: Params) -> Tuple[Params, AdamState]:
+    """One Adam step; the hyper-parameters are read from ``state``."""
+    count = state.count + 1
+    b1, b2 = state.b1, state.b2
+    step_size = state.lr / (1 - b1 ** count)
+    bias_correction2_sqrt = (1 - b2 ** count).sqrt()
+    mu, nu, new_params = {}, {}, {}
+    for k, p in params.items():
+        g = grads[k]
+        m = state.mu[k].lerp(g, (1 - b1).to(g.dtype))
+        v = state.nu[k] * b2.to(g.dtype) + (1 - b2).to(g.dtype) * g * g
+        denom = v.sqrt() / bias_correction2_sqrt.to(g.dtype) + state.eps.to(g.dtype)
+        new_params[k] = p - step_size.to(g.dtype) * (m / denom)
+        mu[k], nu[k] = m, v
+    return new_params, state._replace(count=count, mu=mu, nu=nu)

@@ -1,0 +1,55 @@
+"""The pure training step: ``step(params, opt_state, batch) -> (params, opt_state, metrics)``."""
+from __future__ import annotations
+
+from typing import Callable, Dict, Tuple
+
+from torch import Tensor
+from torch.func import grad_and_value
+
+from .diagnostics import global_norm
+from .losses import accuracy, cross_entropy
+from .optim import Optimizer
+
+Params = Dict[str, Tensor]
+Batch = Tuple[Tensor, Tensor]
+Metrics = Dict[str, Tensor]
+Apply = Callable[[Params, Tensor], Tensor]
+Loss = Callable[[Tensor, Tensor], Tensor]
+Step = Callable[[Params, object, Batch], Tuple[Params, object, Metrics]]
+
+
+def make_objective(apply: Apply, loss: Loss = cross_entropy) -> Callable[[Params, Tensor, Tensor], Tensor]:
+    """``objective(params, x, targets) = loss(apply(params, x), targets)``."""
+
+    def objective(params: Params, x: Tensor, targets: Tensor) -> Tensor:
+        return loss(apply(params, x), targets)
+
+    return objective
+
+
+def make_step(apply: Apply, optimizer: Optimizer, loss: Loss = cross_entropy) -> Step:
+    """Build a pure training step.
+
+    ``batch = (x, targets)`` with ``x: (B, C, H, W)`` and ``targets: (B, n_classes)``
+    one-hot. ``metrics`` holds 0-dim tensors (no host sync): ``loss`` and ``accuracy``
+    of the batch before the update, and ``grad_norm``, the global gradient norm.
+    """
+
+    def objective(params: Params, x: Tensor, targets: Tensor):
+        probs = apply(params, x)
+        return loss(probs, targets), probs
+
+    grad_fn = grad_and_value(objective, has_aux=True)
+
+    def step(params: Params, opt_state, batch: Batch):
+        x, targets = batch
+        grads, (loss_value, probs) = grad_fn(params, x, targets)
+        new_params, new_state = optimizer.update(grads, opt_state, params)
+        metrics = {
+            "loss": loss_value.detach(),
+            "accuracy": accuracy(probs.detach(), targets),
+            "grad_norm": global_norm(grads),
+        }
+        return new_params, new_state, metrics
+
+    return step
