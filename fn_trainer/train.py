@@ -43,9 +43,14 @@ def make_evaluate(apply: Apply, loss: Loss = cross_entropy, chunk_size: int = 20
 
 
 class FitResult(NamedTuple):
+    """Final parameters and optimizer state, the logs, and ``diverged``: ``None``, or a
+    message naming the step and value at which a non-finite loss or gradient stopped
+    the run."""
+
     params: Params
     opt_state: object
     logs: Logs
+    diverged: Optional[str] = None
 
 
 def as_targets(y: Tensor, n_classes: int) -> Tensor:
