@@ -8,7 +8,7 @@ import numpy as np
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
-    magic = 0x0800 | array.ndim | (0x08 << 8)  # unsigned byte, ndim dimensions
+    magic = 0x0800 | array.ndim  # type 0x08 (unsigned byte), then the number of dimensions
     with open(path, "wb") as f:
         f.write(struct.pack(">I", magic))
         f.write(struct.pack(f">{array.ndim}I", *array.shape))
