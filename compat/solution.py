@@ -1,0 +1,326 @@
+"""Homework 3, practical part: the course's ``solution.py`` template, filled in.
+
+Every name, signature, default and attribute is the template's. The mathematics
+(cross-entropy on clipped probabilities, accuracy, one-hot encoding, feature-wise
+normalisation, gradient and Jacobian norms, Adam) is the ``fn_trainer`` package's;
+this file only adapts it to the template's object-oriented interface.
+"""
+import os
+import random
+from functools import partial
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, Union
+
+import numpy as np
+import torch
+import torchvision
+import tqdm
+from torch.func import functional_call, grad_and_value
+
+from fn_trainer.config import NetworkConfiguration
+from fn_trainer.data import load_fashion_mnist
+from fn_trainer.data import normalize as normalize_splits
+from fn_trainer.diagnostics import global_norm
+from fn_trainer.diagnostics import gradient_norm as functional_gradient_norm
+from fn_trainer.diagnostics import jacobian_norm as functional_jacobian_norm
+from fn_trainer.losses import EPSILON, accuracy, cross_entropy
+from fn_trainer.losses import one_hot as one_hot_labels
+from fn_trainer.networks import activation as activation_module
+from fn_trainer.networks import cnn, feature_map_sizes, mlp
+from fn_trainer.optim import adam, adam_update
+from fn_trainer.paths import ensure_writable_dir
+from fn_trainer.step import make_objective
+from fn_trainer.train import as_targets, make_evaluate
+
+SEED = 197331
+np.random.seed(SEED)
+torch.manual_seed(SEED)
+random.seed(SEED)
+
+NETWORK_TYPES = ("mlp", "cnn")
+EQUIVARIANCE_FIGURES = ("original", "features", "shift_difference", "rotation_difference")
+
+__all__ = ["NetworkConfiguration", "gradient_norm", "jacobian_norm", "FunctionalAdam", "Trainer"]
+
+
+def gradient_norm(function: Callable, *tensor_list: List[torch.Tensor]) -> float:
+    """``||grad function(*tensor_list)||_2`` over all the tensors together, as a float."""
+    return float(functional_gradient_norm(function, *tensor_list))
+
+
+def jacobian_norm(function: Callable, input_tensor: torch.Tensor) -> float:
+    """Frobenius norm of the Jacobian of ``function`` at ``input_tensor``, as a float."""
+    return float(functional_jacobian_norm(function, input_tensor))
+
+
+class FunctionalAdam(torch.optim.Optimizer):
+    """A ``torch.optim.Optimizer`` whose ``step()`` is ``fn_trainer.optim.adam_update``.
+
+    Each parameter with a ``.grad`` is updated in place. The per-parameter state uses
+    ``torch.optim.Adam``'s keys (``step``, ``exp_avg``, ``exp_avg_sq``), so state dicts
+    of the two are interchangeable; ``lr``, ``betas`` and ``eps`` are read from the
+    parameter group at every step, so schedulers keep working.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        adam(lr, *betas, eps)  # rejects bad hyper-parameters, naming them
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps))
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], torch.Tensor]] = None) -> Optional[torch.Tensor]:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            hyper = adam(group["lr"], *group["betas"], group["eps"]).init({})
+            # adam_update keeps one step count per call: parameters that were updated
+            # equally often (all of them, unless some once had no gradient) go together.
+            cohorts: Dict[int, List[torch.Tensor]] = {}
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise TypeError("FunctionalAdam does not support sparse gradients")
+                cohorts.setdefault(int(self.state[p].get("step", 0)), []).append(p)
+            for count, cohort in cohorts.items():
+                self._update(hyper, count, cohort)
+        return loss
+
+    def _update(self, hyper, count: int, cohort: List[torch.Tensor]) -> None:
+        keys = [str(i) for i in range(len(cohort))]
+        params = dict(zip(keys, cohort))
+        state = hyper._replace(
+            count=torch.tensor(count, dtype=torch.int64),
+            mu={k: self.state[p].get("exp_avg", torch.zeros_like(p)) for k, p in params.items()},
+            nu={k: self.state[p].get("exp_avg_sq", torch.zeros_like(p)) for k, p in params.items()},
+        )
+        grads = {k: p.grad for k, p in params.items()}
+        new_params, new_state = adam_update(grads, state, params)
+        for k, p in params.items():
+            p.copy_(new_params[k])
+            self.state[p] = {
+                "step": new_state.count.to(torch.float32),
+                "exp_avg": new_state.mu[k],
+                "exp_avg_sq": new_state.nu[k],
+            }
+
+
+class Trainer:
+    def __init__(self,
+                 network_type: str = "mlp",
+                 net_config: NetworkConfiguration = NetworkConfiguration(),
+                 datapath: str = './data',
+                 n_classes: int = 10,
+                 lr: float = 0.0001,
+                 batch_size: int = 128,
+                 activation_name: str = "relu",
+                 normalization: bool = True):
+        if network_type not in NETWORK_TYPES:  # checked before any download
+            raise ValueError("Network type not supported")
+        self.train, self.valid, self.test = self.load_dataset(datapath)
+        if normalization:
+            self.train, self.valid, self.test = self.normalize(self.train, self.valid, self.test)
+        self.network_type = network_type
+        activation_function = self.create_activation_function(activation_name)
+        input_dim = self.train[0][0].shape
+        if network_type == "mlp":
+            self.network = self.create_mlp(input_dim[0] * input_dim[1] * input_dim[2], net_config,
+                                           n_classes, activation_function)
+        else:  # "cnn"
+            feature_map_sizes(net_config, tuple(input_dim[1:]))  # a kernel must fit its feature map
+            self.network = self.create_cnn(input_dim[0], net_config, n_classes, activation_function)
+        self.optimizer = FunctionalAdam(self.network.parameters(), lr=lr)
+
+        self.datapath = datapath
+        self.n_classes = n_classes
+        self.lr = lr
+        self.batch_size = batch_size
+        self.epsilon = EPSILON
+
+        self.train_logs = {'train_accuracy': [], 'validation_accuracy': [], 'train_loss': [],
+                           'validation_loss': [], 'train_gradient_norm': []}
+
+    @staticmethod
+    def load_dataset(datapath: str) -> Tuple[Tuple[torch.Tensor, torch.Tensor],
+                                             Tuple[torch.Tensor, torch.Tensor],
+                                             Tuple[torch.Tensor, torch.Tensor]]:
+        """Train (60000), validation (first 2000 test images), test (other 8000):
+        ``(X (N, 1, 28, 28) float32 in 0-255, y (N,) int64)`` each."""
+        return load_fashion_mnist(datapath, download=True)
+
+    @staticmethod
+    def create_mlp(input_dim: int, net_config: NetworkConfiguration, n_classes: int,
+                   activation: torch.nn.Module) -> torch.nn.Module:
+        """Flatten -> [Linear -> activation] per ``dense_hiddens`` -> Linear -> Softmax."""
+        return mlp(input_dim, net_config, n_classes, activation)
+
+    @staticmethod
+    def create_cnn(in_channels: int, net_config: NetworkConfiguration, n_classes: int,
+                   activation: torch.nn.Module) -> torch.nn.Module:
+        """[Conv2d -> activation -> MaxPool2d(2)] per conv layer (no pool after the last),
+        AdaptiveMaxPool2d((4, 4)) -> Flatten -> [Linear -> activation]... -> Linear -> Softmax."""
+        return cnn(in_channels, net_config, n_classes, activation)
+
+    @staticmethod
+    def create_activation_function(activation_str: str) -> torch.nn.Module:
+        """``nn.ReLU`` / ``nn.Tanh`` / ``nn.Sigmoid`` for "relu" / "tanh" / "sigmoid"."""
+        return activation_module(activation_str)
+
+    def one_hot(self, y: torch.Tensor) -> torch.Tensor:
+        """``(N,)`` labels in ``[0, n_classes)`` -> ``(N, n_classes)`` float32 one-hot."""
+        return one_hot_labels(y, self.n_classes)
+
+    def compute_loss_and_accuracy(self, X: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, float]:
+        """Cross-entropy of the clipped probabilities (a 0-dim tensor keeping its graph)
+        and accuracy (a float) of the network on ``X``; ``y`` one-hot (or labels)."""
+        targets = self._targets(y, X)
+        probs = self.network(X)
+        return cross_entropy(probs, targets, self.epsilon), float(accuracy(probs, targets))
+
+    @staticmethod
+    def compute_gradient_norm(network: torch.nn.Module) -> float:
+        """Euclidean norm of all the parameters' ``.grad`` buffers, flattened together."""
+        grads = [p.grad for p in network.parameters() if p.grad is not None]
+        if not grads:
+            raise ValueError("network has no gradients: run a backward pass or training_step first")
+        return float(global_norm(grads))
+
+    def training_step(self, X_batch: torch.Tensor, y_batch: torch.Tensor) -> float:
+        """One Adam update on a batch (``y_batch`` one-hot, or labels); returns the
+        gradient norm for that batch.
+
+        The gradient comes from ``torch.func`` applied to the network's current
+        parameters; it is left in each parameter's ``.grad`` and ``self.optimizer.step()``
+        applies the functional Adam update in place.
+        """
+        targets = self._targets(y_batch, X_batch)
+        params = {name: p.detach() for name, p in self.network.named_parameters()}
+        grads, _ = self._loss_gradient(params, X_batch, targets)
+        for name, p in self.network.named_parameters():
+            p.grad = grads[name]
+        self.optimizer.step()
+        return float(global_norm(grads))
+
+    def log_metrics(self, X_train: torch.Tensor, y_train_oh: torch.Tensor,
+                    X_valid: torch.Tensor, y_valid_oh: torch.Tensor) -> None:
+        self.network.eval()
+        with torch.inference_mode():
+            train_loss, train_accuracy = self.compute_loss_and_accuracy(X_train, y_train_oh)
+            valid_loss, valid_accuracy = self.compute_loss_and_accuracy(X_valid, y_valid_oh)
+        self.train_logs['train_accuracy'].append(train_accuracy)
+        self.train_logs['validation_accuracy'].append(valid_accuracy)
+        self.train_logs['train_loss'].append(float(train_loss))
+        self.train_logs['validation_loss'].append(float(valid_loss))
+
+    def train_loop(self, n_epochs: int):
+        # Prepare train and validation data
+        X_train, y_train = self.train
+        y_train_oh = self.one_hot(y_train)
+        X_valid, y_valid = self.valid
+        y_valid_oh = self.one_hot(y_valid)
+
+        n_batches = int(np.ceil(X_train.shape[0] / self.batch_size))
+
+        self.log_metrics(X_train[:2000], y_train_oh[:2000], X_valid, y_valid_oh)
+
+        for epoch in tqdm.tqdm(range(n_epochs)):
+            for batch in range(n_batches):
+                minibatchX = X_train[self.batch_size * batch:self.batch_size * (batch + 1), :]
+                minibatchY = y_train_oh[self.batch_size * batch:self.batch_size * (batch + 1), :]
+                gradient_norm = self.training_step(minibatchX, minibatchY)
+            # Just log the last gradient norm
+            self.train_logs['train_gradient_norm'].append(gradient_norm)
+            self.log_metrics(X_train[:2000], y_train_oh[:2000], X_valid, y_valid_oh)
+        return self.train_logs
+
+    def evaluate(self, X: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, float]:
+        """Average loss (a 0-dim tensor without graph) and accuracy (a float) over
+        ``X``; ``y`` holds class indices ``(N,)`` or one-hot rows ``(N, n_classes)``."""
+        targets = self._targets(y, X)
+        params = {name: p.detach() for name, p in self.network.named_parameters()}
+        loss, acc = make_evaluate(self._apply)(params, X, targets)
+        return torch.tensor(loss, dtype=torch.float32), acc
+
+    @staticmethod
+    def normalize(train: Tuple[torch.Tensor, torch.Tensor],
+                  valid: Tuple[torch.Tensor, torch.Tensor],
+                  test: Tuple[torch.Tensor, torch.Tensor]) -> Tuple[Tuple[torch.Tensor, torch.Tensor],
+                                                                    Tuple[torch.Tensor, torch.Tensor],
+                                                                    Tuple[torch.Tensor, torch.Tensor]]:
+        """``X <- (X - mean) / std`` with the training set's feature-wise statistics."""
+        return normalize_splits(train, valid, test)
+
+    def test_equivariance(self, out_dir: Optional[str] = None) -> Dict[str, np.ndarray]:
+        """Section 2, question 1: how a small conv net reacts to shifts and rotations.
+
+        Saves four PNG figures, ``equivariance_<name>.png`` in ``out_dir`` (default: the
+        current folder), for ``name`` in ``EQUIVARIANCE_FIGURES``: the first training
+        image, the conv net's feature map of it, ``|shift(f(x)) - f(shift(x))|`` and
+        ``|rotation(f(x)) - f(rotation(x))|``. Returns the plotted 2-D arrays by name.
+        """
+        test_im = self.train[0][0] / 255.
+        conv = torch.nn.Conv2d(kernel_size=3, in_channels=1, out_channels=1, stride=1, padding=0)
+        model = lambda x: torch.relu(conv(torch.relu(conv(x))))
+        shift_amount = 5
+        shift = partial(torchvision.transforms.functional.affine, angle=0,
+                        translate=(shift_amount, shift_amount), scale=1, shear=0)
+        rotation = partial(torchvision.transforms.functional.affine, angle=90,
+                           translate=(0, 0), scale=1, shear=0)
+
+        with torch.no_grad():
+            features = model(test_im)
+            images = {
+                "original": test_im[0],
+                "features": features[0],
+                "shift_difference": (shift(features) - model(shift(test_im))).abs()[0],
+                "rotation_difference": (rotation(features) - model(rotation(test_im))).abs()[0],
+            }
+        arrays = {name: image.cpu().numpy() for name, image in images.items()}
+        save_figures(arrays, ensure_writable_dir("." if out_dir is None else out_dir))
+        return arrays
+
+    @property
+    def _apply(self) -> Callable[[Dict[str, torch.Tensor], torch.Tensor], torch.Tensor]:
+        """``apply(params, x)``: the network evaluated with the given parameters."""
+        return partial(functional_call, self.network)
+
+    @property
+    def _loss_gradient(self):
+        """``(params, x, targets) -> (gradient dict, loss)`` of the template's loss."""
+        return grad_and_value(make_objective(self._apply, partial(cross_entropy, eps=self.epsilon)))
+
+    def _targets(self, y: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+        """One-hot ``(N, n_classes)`` targets from labels or one-hot ``y``, checked against ``X``."""
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(f"y must be a torch.Tensor of labels or one-hot rows, got {type(y).__name__}")
+        targets = as_targets(y, self.n_classes)
+        if targets.dim() != 2 or targets.shape != (X.shape[0], self.n_classes):
+            raise ValueError(
+                f"y must be labels ({X.shape[0]},) or one-hot ({X.shape[0]}, {self.n_classes}) "
+                f"for X with {X.shape[0]} samples, got shape {tuple(y.shape)}"
+            )
+        return targets
+
+
+def save_figures(arrays: Dict[str, np.ndarray], out_dir: Union[str, os.PathLike]) -> List[str]:
+    """Write each 2-D array as ``out_dir/equivariance_<name>.png``; return the paths.
+
+    Uses matplotlib's object-oriented API on an Agg canvas: no pyplot state, no window.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    paths = []
+    for name, array in arrays.items():
+        fig = Figure(figsize=(4, 4))
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        image = ax.imshow(array, cmap="gray" if name == "original" else "viridis")
+        fig.colorbar(image, ax=ax)
+        ax.set_title(name.replace("_", " "))
+        ax.set_axis_off()
+        path = os.path.join(os.fspath(out_dir), f"equivariance_{name}.png")
+        fig.savefig(path, dpi=100)
+        paths.append(path)
+    return paths
