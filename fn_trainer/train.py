@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .errors import check_positive_int
-from .losses import accuracy, cross_entropy, one_hot
+from .checkpoint import (CheckpointError, load_checkpoint, restore_like, rng_states, save_checkpoint,
+                         set_rng_states, to_plain)
+from .errors import check_int, check_positive_int
+from .losses import accuracy, check_labels, cross_entropy, one_hot
+from .paths import PathLike, ensure_writable_dir
 from .step import Apply, Loss, Params, Step
 
 LOG_KEYS = ("train_accuracy", "validation_accuracy", "train_loss", "validation_loss",
@@ -43,14 +47,30 @@ def make_evaluate(apply: Apply, loss: Loss = cross_entropy, chunk_size: int = 20
 
 
 class FitResult(NamedTuple):
-    """Final parameters and optimizer state, the logs, and ``diverged``: ``None``, or a
-    message naming the step and value at which a non-finite loss or gradient stopped
-    the run."""
+    """The outcome of ``fit``.
+
+    ``params`` and ``opt_state``: the final ones or, if the run diverged, the last
+    finite ones (those the failing step received). ``logs``: as in the homework's
+    ``train_logs``, one entry per completed epoch. ``diverged``: ``None``, or a message
+    naming the epoch, the step and the non-finite value that stopped the run.
+    """
 
     params: Params
     opt_state: object
     logs: Logs
     diverged: Optional[str] = None
+
+
+class Progress(NamedTuple):
+    """Where a run stands. Replaced as a whole after each step, so an interrupt can
+    never observe parameters, optimizer state and position that disagree."""
+
+    params: Params
+    opt_state: object
+    logs: Logs
+    epoch: int  # completed epochs
+    batch: int  # completed minibatches of epoch ``epoch``
+    last_grad_norm: Optional[Tensor] = None  # gradient norm of the last completed minibatch
 
 
 def as_targets(y: Tensor, n_classes: int) -> Tensor:
@@ -67,10 +87,45 @@ def epoch_order(n: int, epoch: int, shuffle: bool, seed: int) -> Optional[Tensor
     return torch.randperm(n, generator=g)
 
 
+def check_split(name: str, split: Any, n_classes: int) -> Tuple[Tensor, Tensor]:
+    """Return ``(X, targets)`` for a split ``(X, y)``, or raise naming ``name``.
+
+    ``X``: a non-empty floating tensor ``(N, ...)`` with finite values; ``y``: ``(N,)``
+    integer labels in ``[0, n_classes)`` or ``(N, n_classes)`` targets.
+    """
+    if not isinstance(split, (tuple, list)) or len(split) != 2:
+        raise TypeError(f"{name} must be a pair (X, y) of tensors, got {type(split).__name__}")
+    X, y = split
+    for part, t in ((f"{name} X", X), (f"{name} y", y)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{part} must be a torch.Tensor, got {type(t).__name__}")
+    if not X.dtype.is_floating_point:
+        raise TypeError(f"{name} X must have a floating dtype, got {X.dtype}")
+    if X.dim() < 2 or X.shape[0] == 0:
+        raise ValueError(f"{name} X must be (N, ...) with N >= 1 samples, got shape {tuple(X.shape)}")
+    if y.dim() == 0 or y.shape[0] != X.shape[0]:
+        raise ValueError(
+            f"{name} y must have one entry per sample of X ({X.shape[0]}), got shape {tuple(y.shape)}"
+        )
+    if not bool(torch.isfinite(X).all()):
+        raise ValueError(f"{name} X contains NaN or infinite values")
+    if y.dim() == 1:
+        return X, one_hot(check_labels(y, n_classes, f"{name} y"), n_classes)
+    if y.dim() != 2 or y.shape[1] != n_classes or not y.dtype.is_floating_point:
+        raise ValueError(
+            f"{name} y must be (N,) integer labels or (N, {n_classes}) float targets, got "
+            f"shape {tuple(y.shape)} {y.dtype}"
+        )
+    if not bool(torch.isfinite(y).all()):
+        raise ValueError(f"{name} y contains NaN or infinite values")
+    return X, y
+
+
 def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
         train: Tuple[Tensor, Tensor], valid: Tuple[Tensor, Tensor], *, epochs: int,
         batch_size: int = 128, n_classes: int = 10, shuffle: bool = False, seed: int = 0,
-        progress: bool = True, desc: str = "train") -> FitResult:
+        progress: bool = True, desc: str = "train", checkpoint: Optional[PathLike] = None,
+        resume: bool = False, config: Optional[Dict[str, Any]] = None) -> FitResult:
     """Train for ``epochs`` epochs of minibatches, logging like the homework's ``train_loop``.
 
     ``train`` and ``valid`` are ``(X, y)`` with ``y`` labels ``(N,)`` or one-hot ``(N, C)``.
@@ -78,35 +133,184 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
     entries; train metrics on the first 2000 training samples); ``train_gradient_norm``
     holds the last minibatch's gradient norm of each epoch (``epochs`` entries).
     Batches are taken in order unless ``shuffle``; the last one may be smaller.
+
+    Divergence: the losses and gradient norms of an epoch, and the parameters and
+    optimizer state at its end, are checked once, at its end (no per-step host sync).
+    If one is not finite, the epoch is replayed step by step to find the first step
+    whose loss or gradient norm is not finite or whose update is not; the run stops
+    there and returns the state that step received (the last finite one), with
+    ``FitResult.diverged`` naming the epoch, the step and the values. The logs keep
+    every completed epoch; nothing is raised. Requires a deterministic ``step``.
+
+    Checkpoints: with ``checkpoint`` (a file path), the full state (parameters,
+    optimizer state, logs, position, RNG states, the fit settings and ``config``, a
+    dict of plain values describing the run) is written atomically after every epoch,
+    and at the current step on ``KeyboardInterrupt``, which is then re-raised. With
+    ``resume=True`` an existing checkpoint is continued, after checking that it was
+    written with the same settings, ``config`` and parameter shapes (else
+    ``CheckpointError``, a ``ValueError``); the result is bitwise the same as an
+    uninterrupted run. Without ``resume`` an existing checkpoint is overwritten.
     """
     check_positive_int("epochs", epochs, minimum=0)
     check_positive_int("batch_size", batch_size)
-    X_train, X_valid = train[0], valid[0]
-    T_train, T_valid = as_targets(train[1], n_classes), as_targets(valid[1], n_classes)
+    check_positive_int("n_classes", n_classes)
+    check_int("seed", seed)
+    X_train, T_train = check_split("train", train, n_classes)
+    X_valid, T_valid = check_split("valid", valid, n_classes)
+    if X_train.shape[1:] != X_valid.shape[1:]:
+        raise ValueError(
+            f"train X and valid X must have the same sample shape, got {tuple(X_train.shape[1:])} "
+            f"and {tuple(X_valid.shape[1:])}"
+        )
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs a checkpoint path to resume from, got checkpoint=None")
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        ensure_writable_dir(checkpoint.parent)
+    plain_config = to_plain(config, "config")
+    settings = {"batch_size": batch_size, "shuffle": shuffle, "seed": seed, "n_classes": n_classes,
+                "train_shape": list(X_train.shape), "valid_shape": list(X_valid.shape)}
     n = X_train.shape[0]
-    if n == 0:
-        raise ValueError("train must hold at least one sample, got an empty X")
     n_batches = math.ceil(n / batch_size)
-    logs: Logs = {k: [] for k in LOG_KEYS}
 
-    def log_metrics() -> None:
+    def minibatch(order: Optional[Tensor], b: int) -> Tuple[Tensor, Tensor]:
+        idx = slice(b * batch_size, (b + 1) * batch_size)
+        if order is not None:
+            idx = order[idx]
+        return X_train[idx], T_train[idx]
+
+    def metrics_of(p: Params) -> Dict[str, float]:
+        out = {}
         for split, X, T in (("train", X_train[:N_TRAIN_EVAL], T_train[:N_TRAIN_EVAL]),
                             ("validation", X_valid, T_valid)):
-            loss_value, acc = evaluate(params, X, T)
-            logs[f"{split}_loss"].append(loss_value)
-            logs[f"{split}_accuracy"].append(acc)
+            out[f"{split}_loss"], out[f"{split}_accuracy"] = evaluate(p, X, T)
+        return out
 
-    log_metrics()
-    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
-    for epoch in bar:
-        order = epoch_order(n, epoch, shuffle, seed)
-        metrics = None
-        for b in range(n_batches):
-            idx = slice(b * batch_size, (b + 1) * batch_size)
-            if order is not None:
-                idx = order[idx]
-            params, opt_state, metrics = step(params, opt_state, (X_train[idx], T_train[idx]))
-        logs["train_gradient_norm"].append(float(metrics["grad_norm"]))
-        log_metrics()
-        bar.set_postfix(val_acc=f"{logs['validation_accuracy'][-1]:.4f}")
-    return FitResult(params, opt_state, logs)
+    def save(cur: Progress) -> None:
+        save_checkpoint(checkpoint, {
+            "params": cur.params, "opt_state": cur.opt_state, "logs": cur.logs,
+            "epoch": cur.epoch, "batch": cur.batch,
+            "last_grad_norm": None if cur.last_grad_norm is None else float(cur.last_grad_norm),
+            "rng": rng_states(), "settings": settings, "config": plain_config,
+        })
+
+    if resume and checkpoint.exists():
+        cur = _resume(checkpoint, params, opt_state, settings, plain_config, epochs, n_batches)
+    else:
+        cur = Progress(params, opt_state, _appended({k: [] for k in LOG_KEYS}, metrics_of(params)), 0, 0)
+
+    diverged = None
+    losses: List[Tensor] = []
+    grad_norms: List[Tensor] = []
+    bar = tqdm(total=epochs, initial=cur.epoch, desc=desc, disable=not progress, leave=False)
+    try:
+        while cur.epoch < epochs:
+            order = epoch_order(n, cur.epoch, shuffle, seed)
+            start, losses, grad_norms = cur, [], []
+            for b in range(cur.batch, n_batches):
+                new_params, new_state, metrics = step(cur.params, cur.opt_state, minibatch(order, b))
+                losses.append(metrics["loss"])
+                grad_norms.append(metrics["grad_norm"])
+                cur = cur._replace(params=new_params, opt_state=new_state, batch=b + 1,
+                                   last_grad_norm=metrics["grad_norm"])
+            if not (metrics_finite(losses, grad_norms) and tree_finite(cur.params, cur.opt_state)):
+                cur, diverged = _locate_divergence(step, start, lambda b: minibatch(order, b), n_batches)
+                break
+            logs = _appended(cur.logs, {"train_gradient_norm": float(cur.last_grad_norm),
+                                        **metrics_of(cur.params)})
+            cur = Progress(cur.params, cur.opt_state, logs, cur.epoch + 1, 0)
+            if checkpoint is not None:
+                save(cur)
+            bar.update(1)
+            bar.set_postfix(val_acc=f"{logs['validation_accuracy'][-1]:.4f}")
+    except KeyboardInterrupt:
+        # Keep the last good checkpoint if this epoch already went non-finite.
+        if (checkpoint is not None and metrics_finite(losses, grad_norms)
+                and tree_finite(cur.params, cur.opt_state)):
+            save(cur)
+        raise
+    finally:
+        bar.close()
+    return FitResult(cur.params, cur.opt_state, cur.logs, diverged)
+
+
+def metrics_finite(losses: Sequence[Tensor], grad_norms: Sequence[Tensor]) -> bool:
+    """Whether every loss and gradient norm (0-dim tensors) is finite: one host sync in all."""
+    if not losses:
+        return True
+    return bool((torch.isfinite(torch.stack(list(losses))) & torch.isfinite(torch.stack(list(grad_norms)))).all())
+
+
+def tree_finite(*trees: Any) -> bool:
+    """Whether every floating tensor in ``trees`` (dicts, lists, tuples, NamedTuples) is finite."""
+    stack = list(trees)
+    while stack:
+        t = stack.pop()
+        if isinstance(t, Tensor):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                return False
+        elif isinstance(t, dict):
+            stack.extend(t.values())
+        elif isinstance(t, (list, tuple)):
+            stack.extend(t)
+    return True
+
+
+def _locate_divergence(step: Step, start: Progress, minibatch, n_batches: int) -> Tuple[Progress, str]:
+    """Replay the epoch from ``start``, checking every step, to find the first one whose loss
+    or gradient norm is not finite or whose update leaves non-finite parameters or optimizer
+    state. Returns the state that step received and a message naming it."""
+    cur = start
+    where = f"epoch {start.epoch + 1}"
+    for b in range(start.batch, n_batches):
+        new_params, new_state, metrics = step(cur.params, cur.opt_state, minibatch(b))
+        loss, gnorm = float(metrics["loss"]), float(metrics["grad_norm"])
+        values = f"loss={loss}, grad_norm={gnorm}"
+        if not (math.isfinite(loss) and math.isfinite(gnorm)):
+            return cur, f"diverged in {where} at step {b + 1} of {n_batches}: {values}; " \
+                        "returning the parameters from before that step"
+        if not tree_finite(new_params, new_state):
+            return cur, f"diverged in {where} at step {b + 1} of {n_batches}: its update made the " \
+                        f"parameters or optimizer state non-finite ({values}); returning the " \
+                        "parameters from before that step"
+        cur = cur._replace(params=new_params, opt_state=new_state, batch=b + 1,
+                           last_grad_norm=metrics["grad_norm"])
+    # Only a non-deterministic step gets here: the values seen the first time did not recur.
+    return start, f"diverged in {where}: a non-finite loss, gradient or parameter was seen but " \
+                  "did not recur when the epoch was replayed; returning the parameters from the " \
+                  "start of the epoch"
+
+
+def _appended(logs: Logs, entries: Dict[str, float]) -> Logs:
+    """A copy of ``logs`` with one entry appended to each list named in ``entries``."""
+    return {k: v + [entries[k]] if k in entries else list(v) for k, v in logs.items()}
+
+
+def _resume(path: Path, params: Params, opt_state: object, settings: Dict[str, Any],
+            config: Any, epochs: int, n_batches: int) -> Progress:
+    """The ``Progress`` stored in checkpoint ``path``, checked against this run."""
+    data = load_checkpoint(path)
+    for what, expected in (("settings", settings), ("config", config)):
+        found = data.get(what)
+        if found != expected:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} belongs to a different run: its {what} are {found!r}, "
+                f"this run's are {expected!r}"
+            )
+    try:
+        epoch, batch, logs = int(data["epoch"]), int(data["batch"]), data["logs"]
+        last = data["last_grad_norm"]
+        rng = data["rng"]
+        restored_params = restore_like(params, data["params"], "params")
+        restored_state = restore_like(opt_state, data["opt_state"], "opt_state")
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {str(path)!r} is incomplete: {e!r}") from None
+    if set(logs) != set(LOG_KEYS) or not 0 <= batch <= n_batches:
+        raise CheckpointError(f"checkpoint {str(path)!r} has malformed logs or position")
+    if epoch > epochs or (epoch == epochs and batch > 0):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is already past epochs={epochs} (epoch {epoch}, step {batch})"
+        )
+    set_rng_states(rng)
+    return Progress(restored_params, restored_state, {k: list(logs[k]) for k in LOG_KEYS}, epoch,
+                    batch, None if last is None else torch.tensor(last))

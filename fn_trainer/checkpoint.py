@@ -1,0 +1,203 @@
+"""Training checkpoints: atomic writes, loads that never run code from the file.
+
+A checkpoint is a ``dict`` of tensors and plain Python values (``dict``, ``list``,
+``tuple``, ``str``, ``int``, ``float``, ``bool``, ``None``) written with ``torch.save``
+and read back with ``torch.load(..., weights_only=True)``, whose unpickler refuses any
+other object: a file cannot make the loader import or call anything.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .paths import PathLike, ensure_writable_dir
+
+FORMAT = "fn-trainer-checkpoint"
+VERSION = 1
+PLAIN_SCALARS = (str, int, float, bool, type(None))
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read, is unsafe, or does not belong to this run."""
+
+
+def to_plain(tree: Any, name: str = "value") -> Any:
+    """``tree`` as tensors and plain containers only, so ``weights_only`` loading accepts it.
+
+    NamedTuples become dicts of their fields, tuples become lists, paths become strings;
+    tensors are detached. Anything else raises ``TypeError`` naming where it sits.
+    """
+    if isinstance(tree, Tensor):
+        return tree.detach()
+    if isinstance(tree, PLAIN_SCALARS):
+        return tree
+    if isinstance(tree, os.PathLike):
+        return os.fspath(tree)
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return {f: to_plain(v, f"{name}.{f}") for f, v in zip(tree._fields, tree)}
+    if isinstance(tree, Mapping):
+        out = {}
+        for k, v in tree.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{name} keys must be str, got {k!r}")
+            out[k] = to_plain(v, f"{name}[{k!r}]")
+        return out
+    if isinstance(tree, (list, tuple)):
+        return [to_plain(v, f"{name}[{i}]") for i, v in enumerate(tree)]
+    raise TypeError(
+        f"{name} must hold only tensors, str, int, float, bool, None, dicts, lists and "
+        f"NamedTuples, got {type(tree).__name__}"
+    )
+
+
+def restore_like(template: Any, data: Any, name: str = "value") -> Any:
+    """Rebuild ``template``'s structure (NamedTuples, dicts, tuples) from ``to_plain`` output.
+
+    Every tensor in ``data`` must match the template's tensor in shape and dtype; it is
+    moved to the template tensor's device. Raises ``CheckpointError`` naming the first
+    mismatch.
+    """
+    if isinstance(template, Tensor):
+        if not isinstance(data, Tensor):
+            raise CheckpointError(f"{name}: expected a tensor, found {type(data).__name__}")
+        if data.shape != template.shape or data.dtype != template.dtype:
+            raise CheckpointError(
+                f"{name}: expected shape {tuple(template.shape)} {template.dtype}, found "
+                f"{tuple(data.shape)} {data.dtype}"
+            )
+        return data.to(template.device)
+    if isinstance(template, tuple) and hasattr(template, "_fields"):
+        fields = _same_keys(template._fields, data, name)
+        return type(template)(**{f: restore_like(getattr(template, f), data[f], f"{name}.{f}")
+                                 for f in fields})
+    if isinstance(template, Mapping):
+        keys = _same_keys(template.keys(), data, name)
+        return {k: restore_like(template[k], data[k], f"{name}[{k!r}]") for k in keys}
+    if isinstance(template, (list, tuple)):
+        if not isinstance(data, (list, tuple)) or len(data) != len(template):
+            raise CheckpointError(f"{name}: expected a sequence of {len(template)} items")
+        items = [restore_like(t, d, f"{name}[{i}]") for i, (t, d) in enumerate(zip(template, data))]
+        return type(template)(items)
+    return data
+
+
+def _same_keys(expected, data: Any, name: str):
+    expected = list(expected)
+    if not isinstance(data, Mapping) or set(data) != set(expected):
+        found = sorted(data) if isinstance(data, Mapping) else type(data).__name__
+        raise CheckpointError(f"{name}: expected keys {sorted(expected)}, found {found}")
+    return expected
+
+
+def save_checkpoint(path: PathLike, state: Mapping[str, Any]) -> Path:
+    """Write ``state`` (see ``to_plain``) to ``path`` atomically.
+
+    The bytes go to a temporary file in the same folder, are flushed to disk, and the
+    file is renamed over ``path`` (``os.replace``): a crash at any moment leaves either
+    the previous checkpoint or the new one, never a partial file.
+    """
+    path = Path(path)
+    folder = ensure_writable_dir(path.parent)
+    payload = {"format": FORMAT, "version": VERSION, **to_plain(dict(state), "state")}
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # also KeyboardInterrupt: never leave a stray temp file
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(folder)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: PathLike) -> Dict[str, Any]:
+    """Read a checkpoint written by ``save_checkpoint``; tensors land on the CPU.
+
+    Uses ``torch.load(path, weights_only=True)``: a file holding any other Python
+    object (a pickle that would run code) is refused with ``CheckpointError`` before
+    anything in it is executed. Missing, truncated or foreign files also raise
+    ``CheckpointError`` naming ``path``.
+    """
+    path = Path(path)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist") from None
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} was refused: it holds objects other than tensors and "
+            f"plain Python values, and loading it could run code ({_first_line(e)})"
+        ) from None
+    except (OSError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} cannot be read (truncated or not a checkpoint): "
+            f"{_first_line(e)}"
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {str(path)!r} is not an fn-trainer checkpoint")
+    if data.get("version") != VERSION:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has format version {data.get('version')!r}; this "
+            f"fn-trainer reads version {VERSION}"
+        )
+    return data
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def rng_states() -> Dict[str, Any]:
+    """The global generators' states (torch CPU and CUDA, ``random``, ``numpy.random``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: Mapping[str, Any]) -> None:
+    """Restore what ``rng_states`` returned (after a ``load_checkpoint`` round trip)."""
+    torch.set_rng_state(states["torch"])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    cuda = states.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
