@@ -39,6 +39,11 @@ def validate_config(config: NetworkConfiguration) -> NetworkConfiguration:
     if not isinstance(config, tuple) or len(config) != len(NetworkConfiguration._fields):
         raise TypeError(f"net_config must be a NetworkConfiguration, got {config!r}")
     config = NetworkConfiguration(*config)
+    for field in NetworkConfiguration._fields:
+        if not isinstance(getattr(config, field), (tuple, list)):
+            raise TypeError(
+                f"net_config.{field} must be a tuple of ints, got {getattr(config, field)!r}"
+            )
     conv_fields = ("n_channels", "kernel_sizes", "strides", "paddings")
     lengths = {f: len(getattr(config, f)) for f in conv_fields}
     if len(set(lengths.values())) > 1:
@@ -184,6 +189,14 @@ class Network:
     n_classes: int
 
     def apply(self, params: Params, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
+            # Caught here, the mistake reads as such rather than as a matmul/conv shape error.
+            raise ValueError(
+                f"x must have shape (N, {', '.join(map(str, self.input_shape))}) for this network "
+                f"(input_shape={self.input_shape}), got {tuple(x.shape)}"
+            )
         return functional_call(self.module, params, (x,))
 
     def init(self, seed: Union[torch.Generator, int] = 0, dtype: torch.dtype = torch.float32) -> Params:
