@@ -37,6 +37,9 @@ class Optimizer(NamedTuple):
     update: Callable[[Params, AdamState, Params], Tuple[Params, AdamState]]
 
 
+_HALF = torch.tensor(0.5, dtype=torch.float64)
+
+
 def _scalar(value: float) -> Tensor:
     return torch.tensor(value, dtype=torch.float64)
 
@@ -71,15 +74,18 @@ def adam(lr: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
 def adam_update(grads: Params, state: AdamState, params: Params) -> Tuple[Params, AdamState]:
     """One Adam step; the hyper-parameters are read from ``state``."""
     count = state.count + 1
-    b1, b2 = state.b1, state.b2
-    step_size = state.lr / (1 - b1 ** count)
-    bias_correction2_sqrt = (1 - b2 ** count).sqrt()
+    t = count.to(torch.float64)
+    # The scalar arithmetic mirrors torch.optim.Adam operation for operation (float64
+    # scalars, pow rather than sqrt, addcmul) so that both agree to the last bit.
+    step_size = state.lr / (1 - state.b1 ** t)
+    bias_correction2_sqrt = torch.pow(1 - state.b2 ** t, _HALF)
     mu, nu, new_params = {}, {}, {}
     for k, p in params.items():
         g = grads[k]
-        m = state.mu[k].lerp(g, (1 - b1).to(g.dtype))
-        v = state.nu[k] * b2.to(g.dtype) + (1 - b2).to(g.dtype) * g * g
-        denom = v.sqrt() / bias_correction2_sqrt.to(g.dtype) + state.eps.to(g.dtype)
-        new_params[k] = p - step_size.to(g.dtype) * (m / denom)
+        dt = g.dtype
+        m = state.mu[k].lerp(g, (1 - state.b1).to(dt))
+        v = torch.addcmul(state.nu[k] * state.b2.to(dt), (1 - state.b2).to(dt) * g, g)
+        denom = v.sqrt() / bias_correction2_sqrt.to(dt) + state.eps.to(dt)
+        new_params[k] = p + (-step_size.to(dt) * m) / denom
         mu[k], nu[k] = m, v
     return new_params, state._replace(count=count, mu=mu, nu=nu)

@@ -1,0 +1,100 @@
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from fn_trainer import AdamState, adam
+
+
+def _problem(seed: int, dtype: torch.dtype = torch.float64):
+    """A random least-squares-with-tanh problem with two parameter tensors."""
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(20, 5, generator=g, dtype=dtype)
+    b = torch.randn(20, generator=g, dtype=dtype)
+    params = {"w": torch.randn(5, generator=g, dtype=dtype),
+              "c": torch.randn((), generator=g, dtype=dtype)}
+
+    def loss(p):
+        return (torch.tanh(A @ p["w"] + p["c"]) - b).square().mean() + 0.1 * p["w"].pow(4).sum()
+
+    return params, loss
+
+
+@settings(deadline=None, max_examples=10)
+@given(st.integers(0, 10_000), st.sampled_from([1e-3, 1e-2, 0.1]),
+       st.sampled_from([(0.9, 0.999), (0.5, 0.9), (0.0, 0.99)]), st.sampled_from([1e-8, 1e-3]))
+def test_adam_matches_torch_optim_adam_in_float64(seed, lr, betas, eps):
+    params, loss = _problem(seed)
+    ref = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    torch_opt = torch.optim.Adam(ref.values(), lr=lr, betas=betas, eps=eps)
+    opt = adam(lr, *betas, eps=eps)
+    state = opt.init(params)
+    for _ in range(200):
+        torch_opt.zero_grad()
+        loss(ref).backward()
+        torch_opt.step()
+        grads = torch.func.grad(loss)(params)
+        params, state = opt.update(grads, state, params)
+    for k in params:
+        assert torch.allclose(params[k], ref[k].detach(), rtol=0, atol=1e-12), k
+    assert int(state.count) == 200
+
+
+def test_update_mutates_nothing():
+    params, loss = _problem(0)
+    opt = adam(0.1)
+    state = opt.init(params)
+    grads = torch.func.grad(loss)(params)
+    snapshot = [t.clone() for t in (*params.values(), *grads.values(), *state.mu.values(),
+                                    *state.nu.values(), state.count, state.lr)]
+    new_params, new_state = opt.update(grads, state, params)
+    after = [*params.values(), *grads.values(), *state.mu.values(), *state.nu.values(),
+             state.count, state.lr]
+    assert all(torch.equal(a, b) for a, b in zip(snapshot, after))
+    assert int(new_state.count) == 1 and int(state.count) == 0
+    assert not torch.equal(new_params["w"], params["w"])
+
+
+def test_state_is_immutable_and_holds_hyperparameters_as_tensors():
+    state = adam(3e-4, 0.8, 0.95, 1e-6).init({"w": torch.zeros(2)})
+    assert isinstance(state, AdamState)
+    with pytest.raises(AttributeError):
+        state.lr = torch.tensor(1.0)
+    for name, value in (("lr", 3e-4), ("b1", 0.8), ("b2", 0.95), ("eps", 1e-6)):
+        t = getattr(state, name)
+        assert isinstance(t, torch.Tensor) and t.dim() == 0 and t.item() == value
+
+
+def test_learning_rate_read_from_state_so_it_can_be_swapped():
+    params, loss = _problem(1)
+    opt = adam(1e-3)
+    grads = torch.func.grad(loss)(params)
+    a, _ = opt.update(grads, opt.init(params), params)
+    b, _ = adam(1e-1).update(grads, opt.init(params)._replace(lr=torch.tensor(1e-1, dtype=torch.float64)), params)
+    c, _ = adam(1e-1).update(grads, adam(1e-1).init(params), params)
+    assert torch.equal(b["w"], c["w"]) and not torch.equal(a["w"], b["w"])
+
+
+@pytest.mark.parametrize("kwargs,match", [({"lr": 0.0}, "lr"), ({"lr": float("nan")}, "lr"),
+                                          ({"lr": -1e-3}, "lr"), ({"b1": 1.0}, "b1"),
+                                          ({"b2": -0.1}, "b2"), ({"eps": 0.0}, "eps")])
+def test_bad_hyperparameters(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        adam(**kwargs)
+
+
+@settings(deadline=None, max_examples=5)
+@given(st.integers(0, 10_000), st.sampled_from([1e-4, 1e-3, 1e-2]))
+def test_adam_is_bitwise_torch_optim_adam_in_float32(seed, lr):
+    """Same operation order as torch.optim.Adam, so float32 agrees bit for bit too."""
+    params, loss = _problem(seed, torch.float32)
+    ref = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    torch_opt = torch.optim.Adam(ref.values(), lr=lr)
+    opt = adam(lr)
+    state = opt.init(params)
+    for _ in range(100):
+        torch_opt.zero_grad()
+        loss(ref).backward()
+        torch_opt.step()
+        params, state = opt.update(torch.func.grad(loss)(params), state, params)
+    for k in params:
+        assert torch.equal(params[k], ref[k].detach()), k
