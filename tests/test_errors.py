@@ -1,0 +1,294 @@
+"""Bad input fails early with a ValueError/TypeError that names the argument."""
+import math
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from fn_trainer import (DatasetError, NetworkConfiguration, adam, build_network, load_fashion_mnist,
+                        make_evaluate, make_step, one_hot)
+from fn_trainer.errors import check_int, check_positive_float, check_positive_int
+from fn_trainer.paths import ensure_writable_dir, safe_path
+from fn_trainer.train import fit
+
+SHAPE = (1, 8, 8)
+
+
+def tiny(n=40, n_classes=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *SHAPE, generator=g), torch.randint(0, n_classes, (n,), generator=g)
+
+
+def run_fit(train=None, valid=None, **kw):
+    net = build_network("mlp", NetworkConfiguration(dense_hiddens=(8,)), input_shape=SHAPE)
+    opt = adam(1e-2)
+    params = net.init(0)
+    train = tiny() if train is None else train
+    valid = tiny(20, seed=1) if valid is None else valid
+    kw = {"epochs": 1, "batch_size": 16, "progress": False, **kw}
+    return fit(make_step(net.apply, opt), make_evaluate(net.apply), params, opt.init(params),
+               train, valid, **kw)
+
+
+# --- networks -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind,kw,match", [
+    (ValueError, {"network_type": "transformer"}, "network_type"),
+    (ValueError, {"activation_name": "gelu"}, "activation"),
+    (ValueError, {"config": NetworkConfiguration(n_channels=(8, 8), kernel_sizes=(3,))}, "same length"),
+    (ValueError, {"config": NetworkConfiguration(n_channels=(0, 8, 8))}, r"n_channels\[0\]"),
+    (ValueError, {"config": NetworkConfiguration(kernel_sizes=(3, -1, 3))}, r"kernel_sizes\[1\]"),
+    (ValueError, {"config": NetworkConfiguration(strides=(1, 1, 0))}, r"strides\[2\]"),
+    (ValueError, {"config": NetworkConfiguration(paddings=(0, -1, 0))}, r"paddings\[1\]"),
+    (ValueError, {"config": NetworkConfiguration(dense_hiddens=(256, 0))}, r"dense_hiddens\[1\]"),
+    (TypeError, {"config": NetworkConfiguration(dense_hiddens=(2.5,))}, r"dense_hiddens\[0\]"),
+    (TypeError, {"config": NetworkConfiguration(dense_hiddens=256)}, "dense_hiddens"),
+    (TypeError, {"config": (1, 2)}, "net_config"),
+    (ValueError, {"input_shape": (1, 28)}, "input_shape"),
+    (ValueError, {"input_shape": (0, 28, 28)}, r"input_shape\[0\]"),
+    (ValueError, {"n_classes": 0}, "n_classes"),
+])
+def test_build_network_rejects_bad_arguments(kind, kw, match):
+    kw.setdefault("network_type", "cnn")
+    with pytest.raises(kind, match=match):
+        build_network(**kw)
+
+
+@pytest.mark.parametrize("config,match", [
+    (NetworkConfiguration(kernel_sizes=(3, 3, 9)), r"conv layer 2 has kernel_size 9 .* 5x5"),
+    (NetworkConfiguration(kernel_sizes=(29, 3, 3)), r"conv layer 0 has kernel_size 29 .* 28x28"),
+    (NetworkConfiguration(strides=(30, 1, 1)), r"conv layer 0 outputs a 1x1 feature map"),
+    (NetworkConfiguration(strides=(20, 1, 1)), r"conv layer 1 has kernel_size 3 .* 1x1"),
+])
+def test_cnn_that_shrinks_a_feature_map_to_nothing_names_the_layer_and_sizes(config, match):
+    with pytest.raises(ValueError, match=match):
+        build_network("cnn", config)
+
+
+@pytest.mark.parametrize("network_type", ["mlp", "cnn"])
+@pytest.mark.parametrize("shape", [(4, 28, 28), (4, 3, 28, 28), (4, 1, 27, 28), (4, 1, 1, 28, 28)])
+def test_apply_names_the_expected_input_shape(network_type, shape):
+    net = build_network(network_type, NetworkConfiguration((4,), (3,), (1,), (0,), (8,)))
+    with pytest.raises(ValueError, match=r"x must have shape \(N, 1, 28, 28\)"):
+        net.apply(net.init(0), torch.zeros(shape))
+
+
+# --- optimizer ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("lr", [0.0, -1e-3, math.nan, math.inf, -math.inf])
+def test_adam_rejects_learning_rates_that_are_not_positive_and_finite(lr):
+    with pytest.raises(ValueError, match="lr must be a positive finite number"):
+        adam(lr)
+
+
+@pytest.mark.parametrize("lr", ["0.1", None, True, torch.tensor(0.1)])
+def test_adam_rejects_learning_rates_that_are_not_numbers(lr):
+    with pytest.raises(TypeError, match="lr"):
+        adam(lr)
+
+
+# --- fit ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw,kind,match", [
+    ({"batch_size": 0}, ValueError, "batch_size must be an int >= 1"),
+    ({"batch_size": -3}, ValueError, "batch_size"),
+    ({"batch_size": 16.0}, TypeError, "batch_size"),
+    ({"epochs": -1}, ValueError, "epochs must be an int >= 0"),
+    ({"epochs": "3"}, TypeError, "epochs"),
+    ({"n_classes": 0}, ValueError, "n_classes"),
+    ({"seed": 1.5}, TypeError, "seed"),
+    ({"resume": True}, ValueError, "resume=True needs a checkpoint"),
+])
+def test_fit_rejects_bad_settings(kw, kind, match):
+    with pytest.raises(kind, match=match):
+        run_fit(**kw)
+
+
+def _labels(y):
+    return tiny()[0], y
+
+
+@pytest.mark.parametrize("train,kind,match", [
+    (_labels(torch.full((40,), 10)), ValueError, r"train y must lie in \[0, 10\), got values in \[10, 10\]"),
+    (_labels(torch.full((40,), -1)), ValueError, r"train y must lie in \[0, 10\)"),
+    (_labels(torch.zeros(40)), ValueError, "train y must have an integer dtype"),
+    (_labels(torch.zeros(39, dtype=torch.long)), ValueError, "train y must have one entry per sample"),
+    (_labels(torch.zeros(40, 3)), ValueError, r"train y must be \(N,\) integer labels or \(N, 10\)"),
+    ((torch.zeros(0, *SHAPE), torch.zeros(0, dtype=torch.long)), ValueError, "N >= 1"),
+    ((torch.zeros(40, *SHAPE, dtype=torch.long), tiny()[1]), TypeError, "train X must have a floating dtype"),
+    ([tiny()[0]], TypeError, r"train must be a pair \(X, y\)"),
+    ((tiny()[0].numpy(), tiny()[1]), TypeError, "train X must be a torch.Tensor"),
+])
+def test_fit_rejects_bad_training_data(train, kind, match):
+    with pytest.raises(kind, match=match):
+        run_fit(train=train)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("which", ["train", "valid"])
+def test_fit_rejects_non_finite_inputs(value, which):
+    X, y = tiny()
+    X[3, 0, 2, 5] = value
+    with pytest.raises(ValueError, match=f"{which} X contains NaN or infinite values"):
+        run_fit(**{which: (X, y)})
+
+
+def test_fit_rejects_empty_validation_data():
+    with pytest.raises(ValueError, match="valid X must be"):
+        run_fit(valid=(torch.zeros(0, *SHAPE), torch.zeros(0, dtype=torch.long)))
+
+
+@pytest.mark.parametrize("shape", [(20, 2, 8, 8), (20, 1, 8, 9)])
+def test_fit_rejects_validation_data_shaped_unlike_training_data(shape):
+    with pytest.raises(ValueError, match="same sample shape"):
+        run_fit(valid=(torch.zeros(shape), torch.zeros(20, dtype=torch.long)))
+
+
+def test_fit_names_the_network_input_shape_for_inputs_of_the_wrong_channel_count():
+    X = torch.zeros(40, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"x must have shape \(N, 1, 8, 8\).*got \(\d+, 3, 8, 8\)"):
+        run_fit(train=(X, tiny()[1]), valid=(X[:20], tiny()[1][:20]))
+
+
+def test_fit_names_an_output_folder_that_cannot_be_written(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ValueError, match="output folder .*file.* cannot be written"):
+        run_fit(checkpoint=blocker / "run" / "ckpt.pt")
+
+
+def test_fit_rejects_a_config_that_cannot_be_stored_safely(tmp_path):
+    with pytest.raises(TypeError, match=r"config\['fn'\]"):
+        run_fit(checkpoint=tmp_path / "c.pt", config={"fn": print})
+
+
+def test_one_hot_rejects_labels_out_of_range():
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        one_hot(torch.tensor([0, 3]), 3)
+
+
+# --- data -----------------------------------------------------------------------------------
+
+RAW = ("FashionMNIST", "raw")
+
+
+@pytest.fixture
+def data_copy(fake_data_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(fake_data_root, root)
+    return root
+
+
+def test_missing_idx_file_is_named(data_copy):
+    (data_copy.joinpath(*RAW) / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DatasetError, match="t10k-labels-idx1-ubyte") as e:
+        load_fashion_mnist(data_copy, download=False)
+    assert isinstance(e.value, ValueError)
+
+
+def test_truncated_idx_file_is_named(data_copy):
+    path = data_copy.joinpath(*RAW) / "train-images-idx3-ubyte"
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.truncate(size - 100)
+    with pytest.raises(DatasetError, match=f"{path}.* truncated or corrupt: {size - 100} bytes"):
+        load_fashion_mnist(data_copy, download=False)
+
+
+@pytest.mark.parametrize("name", ["train-labels-idx1-ubyte", "t10k-images-idx3-ubyte"])
+def test_corrupt_idx_header_is_named(data_copy, name):
+    path = data_copy.joinpath(*RAW) / name
+    data = bytearray(path.read_bytes())
+    data[:4] = b"\x89PNG"
+    path.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match=f"{name} is not an IDX file"):
+        load_fashion_mnist(data_copy, download=True)  # present but corrupt: never downloaded over
+
+
+def test_empty_idx_file_is_named(data_copy):
+    path = data_copy.joinpath(*RAW) / "train-labels-idx1-ubyte"
+    path.write_bytes(b"")
+    with pytest.raises(DatasetError, match="train-labels-idx1-ubyte"):
+        load_fashion_mnist(data_copy, download=False)
+
+
+# --- paths ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["..", ".", "", "  ", "a/b", "../escape", "/etc/passwd", "a\\b", "x\0y"])
+def test_safe_path_rejects_names_that_are_not_a_single_component(tmp_path, name):
+    with pytest.raises(ValueError, match="name must be a single file or folder name"):
+        safe_path(tmp_path, name)
+
+
+def test_safe_path_rejects_non_strings(tmp_path):
+    with pytest.raises(TypeError, match="name must be a str"):
+        safe_path(tmp_path, Path("x"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(min_size=0, max_size=12))
+def test_safe_path_never_leaves_its_root(name):
+    root = Path("/tmp/fn-root")
+    try:
+        path = safe_path(root, name)
+    except ValueError:
+        return
+    assert path.parent == root
+    assert Path(os.path.normpath(path)).parent == root
+
+
+def test_ensure_writable_dir_creates_nested_folders(tmp_path):
+    folder = ensure_writable_dir(tmp_path / "a" / "b")
+    assert folder.is_dir() and list(folder.iterdir()) == []
+
+
+def test_ensure_writable_dir_names_a_folder_that_cannot_be_created(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=r"output folder '.*file/sub' cannot be written"):
+        ensure_writable_dir(tmp_path / "file" / "sub")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
+def test_ensure_writable_dir_names_a_read_only_folder(tmp_path):
+    tmp_path.chmod(0o500)
+    try:
+        with pytest.raises(ValueError, match="cannot be written"):
+            ensure_writable_dir(tmp_path)
+    finally:
+        tmp_path.chmod(0o700)
+
+
+# --- argument checks ------------------------------------------------------------------------
+
+@given(st.integers(-10**6, 10**6), st.integers(-5, 5))
+def test_check_positive_int_accepts_exactly_ints_at_or_above_minimum(value, minimum):
+    if value >= minimum:
+        assert check_positive_int("k", value, minimum=minimum) == value
+    else:
+        with pytest.raises(ValueError, match=f"k must be an int >= {minimum}"):
+            check_positive_int("k", value, minimum=minimum)
+
+
+@given(st.floats(allow_nan=True, allow_infinity=True))
+def test_check_positive_float_accepts_exactly_positive_finite_numbers(value):
+    if math.isfinite(value) and value > 0:
+        assert check_positive_float("lr", value) == value
+    else:
+        with pytest.raises(ValueError, match="lr must be a positive finite number"):
+            check_positive_float("lr", value)
+
+
+@pytest.mark.parametrize("value", [True, 1.0, "1", None])
+def test_integer_checks_reject_non_integers(value):
+    with pytest.raises(TypeError, match="k must be an int"):
+        check_int("k", value)
+    with pytest.raises(TypeError, match="k must be an int"):
+        check_positive_int("k", value)
+
+
+def test_integer_checks_accept_numpy_integers():
+    import numpy as np
+    assert check_positive_int("k", np.int64(3)) == 3 and type(check_int("k", np.int32(-2))) is int
