@@ -1,19 +1,182 @@
-"""The ``fn-trainer`` command line."""
+"""The ``fn-trainer`` command line: one subcommand per experiment of the homework's
+section 2, ``all`` for every one, and ``export-solution``.
+
+Exit status: 0 on success; 2 with one line ``fn-trainer: error: <message>`` on stderr
+for bad arguments or data; 130 on Ctrl-C (the interrupted run keeps its checkpoint,
+continued with ``--resume``).
+"""
 from __future__ import annotations
 
 import argparse
-from typing import List, Optional
+import math
+import shlex
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+PROG = "fn-trainer"
+DEFAULT_SEED = 197331
+DEFAULT_LR = 1e-4
+DEFAULT_LRS = (0.01, 1e-4, 1e-8)
+HELP = {
+    "equivariance": "Q1: a conv-only model's equivariance to shifts and 90° rotations (four figures).",
+    "lr-sweep": "Q2: MLP 256-256 with learning rates x normalisation off/on (batch 128).",
+    "depth": "Q3: MLP 256-256 against a deep 64-unit MLP of solved depth (batch 128).",
+    "cnn": "Q4: CNN (16,32,45) with a solved kernel size against the MLP (batch 128).",
+    "cnn-shapes": "Q5: question 4's CNN, a deep 1x1-kernel CNN and a shallow 28x28-kernel CNN (batch 256).",
+    "all": "Every experiment above, in order, into one report.",
+}
+TRAINING = ("lr-sweep", "depth", "cnn", "cnn-shapes", "all")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
-        prog="fn-trainer",
-        description="Functional trainer for MLPs and CNNs on Fashion-MNIST.",
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Functional trainer for MLPs and CNNs on Fashion-MNIST: reproduces the "
+                    "homework's section-2 experiments as figures, JSON logs and report.md.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, text in HELP.items():
+        p = sub.add_parser(name, help=text, description=text)
+        _add_common(p)
+        if name in TRAINING:
+            _add_training(p, name)
+    p = sub.add_parser("export-solution", help="Write the homework's standalone solution.py.",
+                       description="Write the homework's standalone solution.py to OUT.")
+    p.add_argument("out_path", metavar="OUT", type=Path, help="the .py file to write")
+    return parser
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, default=Path("data"), metavar="DIR",
+                   help="torchvision root of Fashion-MNIST (FashionMNIST/raw/*); downloaded there "
+                        "when missing and online (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("results"), metavar="DIR",
+                   help="output folder for logs, figures and report.md (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                   help="seed of every initialisation (default: %(default)s)")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="use only the first N training samples (default: all)")
+    p.add_argument("--no-download", dest="download", action="store_false",
+                   help="never download; fail if the data is not in --data")
+
+
+def _add_training(p: argparse.ArgumentParser, name: str) -> None:
+    p.add_argument("--epochs", type=int, default=50, help="epochs per run (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="minibatch size (default: 128 for lr-sweep, depth and cnn; 256 for cnn-shapes)")
+    if name in ("lr-sweep", "all"):
+        p.add_argument("--lrs", type=float, nargs="+", default=list(DEFAULT_LRS), metavar="LR",
+                       help="learning rates of the sweep (default: %(default)s)")
+        p.add_argument("--sequential", action="store_true",
+                       help="train the sweep's learning rates one after the other with plain fit "
+                            "instead of together in one vmapped step")
+    if name != "lr-sweep":
+        p.add_argument("--lr", type=float, default=DEFAULT_LR,
+                       help="learning rate of depth, cnn and cnn-shapes (default: %(default)s, the "
+                            "homework Trainer's default)")
+    p.add_argument("--force", action="store_true", help="rerun runs whose results already exist")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its checkpoint instead of restarting it")
+    p.add_argument("--device", default="cpu", help="torch device to train on (default: %(default)s)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def _check_int(option: str, value: Optional[int], minimum: int) -> None:
+    if value is not None and value < minimum:
+        raise ValueError(f"{option} must be an integer >= {minimum}, got {value}")
+
+
+def _check_lr(option: str, value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{option} must be a positive finite number, got {value}")
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Raise ``ValueError`` naming the option for any out-of-range value; create ``--out``."""
+    from .paths import ensure_writable_dir
+
+    _check_int("--seed", args.seed, 0)
+    _check_int("--limit", args.limit, 1)
+    _check_int("--epochs", getattr(args, "epochs", None), 0)
+    _check_int("--batch-size", getattr(args, "batch_size", None), 1)
+    if hasattr(args, "lr"):
+        _check_lr("--lr", args.lr)
+    for lr in getattr(args, "lrs", ()):
+        _check_lr("--lrs", lr)
+    if hasattr(args, "device"):
+        _check_device(args.device)
+    try:
+        ensure_writable_dir(args.out)
+    except ValueError as e:
+        raise ValueError(f"--out: {e}") from None
+
+
+def _check_device(name: str) -> None:
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device must name a torch device such as 'cpu' or 'cuda', got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name!r}: CUDA is not available on this machine")
+
+
+def settings_of(args: argparse.Namespace, command: str):
+    """The experiments' ``Settings`` from parsed arguments."""
+    from .experiments.runs import Settings
+
+    return Settings(
+        data=args.data, out=args.out, epochs=getattr(args, "epochs", 0), seed=args.seed,
+        batch_size=getattr(args, "batch_size", None), limit=args.limit,
+        lr=getattr(args, "lr", DEFAULT_LR), lrs=tuple(getattr(args, "lrs", DEFAULT_LRS)),
+        force=getattr(args, "force", False), resume=getattr(args, "resume", False),
+        sequential=getattr(args, "sequential", False), progress=getattr(args, "progress", True),
+        download=args.download, device=getattr(args, "device", "cpu"), command=command,
     )
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help()
+def run_experiments(args: argparse.Namespace, command: str) -> int:
+    from .experiments import EXPERIMENTS, experiment
+    from .experiments.runs import Context
+    from .report import REPORT_FILE
+
+    validate(args)
+    ctx = Context(settings_of(args, command))
+    names = list(EXPERIMENTS) if args.command == "all" else [args.command]
+    for name in names:
+        experiment(name).run(ctx)
+    print(f"report: {Path(args.out) / REPORT_FILE}")
     return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    from .export import export_solution  # imported on use: it reads the package's sources
+
+    print(export_solution(args.out_path))
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line on ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    argv: List[str] = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    from .data import DatasetError
+
+    try:
+        if args.command == "export-solution":
+            return export(args)
+        return run_experiments(args, shlex.join([PROG, *argv]))
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; finished runs are saved, rerun with --resume to continue "
+              "the interrupted one from its checkpoint", file=sys.stderr)
+        return 130
+    except (DatasetError, ValueError, TypeError, OSError) as e:
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 2

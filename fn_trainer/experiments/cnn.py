@@ -1,0 +1,32 @@
+"""Question 4: a CNN with filters (16, 32, 45) and a solved kernel size against the MLP."""
+from __future__ import annotations
+
+from typing import List
+
+from ..report import write_section
+from .architectures import kernel_cnn, reference_mlp
+from .common import accuracy_figure, figure, header, params_table
+from .runs import Context, RunRecord, execute, fmt_lr, runs_table
+
+NAME = "cnn"
+BATCH_SIZE = 128
+
+
+def run(ctx: Context) -> List[RunRecord]:
+    """Train the CNN and the reference MLP (normalised, ``--lr``)."""
+    s = ctx.settings
+    archs = [kernel_cnn(), reference_mlp()]
+    batch_size = s.batch_size or BATCH_SIZE
+    specs = [a.spec(lr=s.lr, normalization=True, batch_size=batch_size, epochs=s.epochs, seed=s.seed)
+             for a in archs]
+    records = execute(ctx, specs)
+    acc = accuracy_figure(records, ctx.folder(NAME) / "accuracy.png",
+                          f"Accuracy: CNN against MLP (lr={fmt_lr(s.lr)}, normalised, batch {batch_size})")
+    parts = header("4. CNN with a solved kernel size against the MLP", ctx) + [
+        f"Kernel size solved for the budget: {archs[0].config.kernel_sizes[0]} "
+        f"(filters {archs[0].config.n_channels}, stride 1, padding 0, dense {archs[0].config.dense_hiddens}).", "",
+        params_table(archs), "", runs_table(records), "",
+        figure(NAME, acc, "train and validation accuracy"),
+    ]
+    write_section(ctx.out, NAME, "\n".join(parts))
+    return records

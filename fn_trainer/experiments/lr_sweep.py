@@ -1,0 +1,78 @@
+"""Question 2: MLP 256-256 trained with each learning rate, without and with normalisation."""
+from __future__ import annotations
+
+import time
+from typing import List, Optional, Tuple
+
+from ..networks import build_network
+from ..plots import plot_curves
+from ..report import write_section
+from ..train import FitResult
+from .architectures import reference_mlp
+from .common import curves, figure, header
+from .runs import Context, RunRecord, RunSpec, execute, fmt_lr, runs_table
+
+NAME = "lr-sweep"
+BATCH_SIZE = 128
+TARGET = 0.80  # the homework: the best pair should pass 80% validation accuracy
+
+
+def run(ctx: Context) -> List[RunRecord]:
+    """Train one run per (lr, normalisation); figures, table and report section."""
+    s = ctx.settings
+    arch = reference_mlp()
+    batch_size = s.batch_size or BATCH_SIZE
+    folder = ctx.folder(NAME)
+    records: List[RunRecord] = []
+    parts = header("2. Learning rate and normalisation", ctx)
+    parts.append(f"Network: {arch.label}, batch size {batch_size}, {s.epochs} epochs, every run "
+                 f"initialised from seed {s.seed}.")
+    parts.append("")
+    for normalization in (False, True):
+        specs = [arch.spec(lr=lr, normalization=normalization, batch_size=batch_size, epochs=s.epochs,
+                           seed=s.seed, label=f"lr={fmt_lr(lr)}") for lr in s.lrs]
+        group = execute(ctx, specs, train_group=None if s.sequential else sweep_trainer())
+        records += group
+        word = "normalised" if normalization else "raw"
+        path = plot_curves(
+            curves(group, "validation_accuracy"), folder / f"validation_accuracy_{word}.png",
+            title=f"Validation accuracy, {arch.label}\n{'with' if normalization else 'without'} "
+                  f"normalisation, batch {batch_size}",
+            ylabel="validation accuracy", ylim=(0.0, 1.0))
+        parts += [figure(NAME, path, f"validation accuracy, {word} inputs"), ""]
+    parts += [runs_table(records), "", best_pair(records)]
+    write_section(ctx.out, NAME, "\n".join(parts))
+    return records
+
+
+def best_pair(records: List[RunRecord]) -> str:
+    """The run with the highest validation accuracy reached, and whether it passes 80%."""
+    scored = [(r.best()[0], r) for r in records if r.best()[0] is not None]
+    if not scored:
+        return "No run has a finite validation accuracy."
+    acc, r = max(scored, key=lambda t: t[0])
+    _, epoch = r.best()
+    return (f"Best pair: lr={fmt_lr(r.spec.lr)}, normalisation {'on' if r.spec.normalization else 'off'}: "
+            f"best validation accuracy {acc:.4f} (epoch {epoch}), final {r.final():.4f}; "
+            f"above {TARGET:.0%}: {'yes' if acc > TARGET else 'no'}.")
+
+
+def sweep_trainer():
+    """``train_group`` for ``execute`` training all pending learning rates in one vmapped
+    step with ``fn_trainer.sweep.fit_sweep``, or ``None`` where it is not available."""
+    try:
+        from ..sweep import fit_sweep
+    except ImportError:
+        return None
+
+    def train_group(ctx: Context, specs: List[RunSpec]) -> List[Tuple[FitResult, float, str]]:
+        first = specs[0]
+        network = build_network(first.network_type, first.config)
+        train, valid = ctx.data(first.normalization)
+        start = time.perf_counter()
+        results = fit_sweep(network, [sp.lr for sp in specs], train, valid, epochs=first.epochs,
+                            batch_size=first.batch_size, seed=first.seed, progress=ctx.settings.progress)
+        wall = time.perf_counter() - start
+        return [(r, wall, f"fit_sweep ({len(specs)} learning rates together)") for r in results]
+
+    return train_group

@@ -1,0 +1,303 @@
+"""Training runs of the experiments: what a run is, where its results live, and
+training it once (a rerun with the same configuration reuses the stored result).
+
+A run's result is ``<out>/runs/<name>-<hash>.json``, where ``hash`` covers everything
+that changes the result (architecture, learning rate, normalisation, batch size,
+epochs, seed and a fingerprint of the training data), so experiments that share a run
+(the reference MLP appears in three questions) train it once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from ..config import NetworkConfiguration
+from ..data import Split, Splits, load_fashion_mnist, normalize
+from ..networks import build_network
+from ..optim import adam
+from ..paths import safe_path
+from ..report import markdown_table, write_text_atomic
+from ..step import make_step
+from ..train import FitResult, fit, make_evaluate
+
+RUNS_DIR = "runs"
+N_CLASSES = 10
+
+
+@dataclass
+class Settings:
+    """What the command line gives every experiment."""
+
+    data: Path = Path("data")
+    out: Path = Path("results")
+    epochs: int = 50
+    seed: int = 197331
+    batch_size: Optional[int] = None  # None: the experiment's own default
+    limit: Optional[int] = None  # first ``limit`` training samples only
+    lr: float = 1e-4  # the homework Trainer's default, for questions 3-5
+    lrs: Tuple[float, ...] = (0.01, 1e-4, 1e-8)
+    force: bool = False
+    resume: bool = False
+    sequential: bool = False
+    progress: bool = True
+    download: bool = True
+    device: str = "cpu"
+    command: str = "fn-trainer"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run. ``name`` names its files; ``label`` names it in figures."""
+
+    name: str
+    label: str
+    network_type: str
+    config: NetworkConfiguration
+    lr: float
+    normalization: bool
+    batch_size: int
+    epochs: int
+    seed: int
+
+    def identity(self, data_fingerprint: str) -> Dict[str, Any]:
+        """Everything the result depends on (not the name or label)."""
+        return {
+            "network_type": self.network_type, "config": self.config._asdict(),
+            "lr": self.lr, "normalization": self.normalization, "batch_size": self.batch_size,
+            "epochs": self.epochs, "seed": self.seed, "activation": "relu", "optimizer": "adam",
+            "data": data_fingerprint,
+        }
+
+    def config_hash(self, data_fingerprint: str) -> str:
+        """First 12 hex digits of the SHA-256 of ``identity`` as canonical JSON."""
+        text = json.dumps(self.identity(data_fingerprint), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass
+class RunRecord:
+    """A finished run as stored on disk. ``logs`` follow ``fn_trainer.train.LOG_KEYS``
+    (non-finite values stored as ``None``); ``diverged`` is ``None`` or the reason."""
+
+    spec: RunSpec
+    config_hash: str
+    n_params: int
+    logs: Dict[str, List[Optional[float]]]
+    diverged: Optional[str]
+    wall_time_s: float
+    trainer: str = "fit"
+    path: Optional[Path] = field(default=None, compare=False)
+
+    def curve(self, key: str) -> List[Optional[float]]:
+        return list(self.logs.get(key, []))
+
+    def final(self, key: str = "validation_accuracy") -> Optional[float]:
+        values = self.curve(key)
+        return values[-1] if values else None
+
+    def best(self, key: str = "validation_accuracy") -> Tuple[Optional[float], Optional[int]]:
+        """Highest finite value of ``logs[key]`` and its epoch (index; 0 = before training)."""
+        finite = [(v, i) for i, v in enumerate(self.curve(key)) if v is not None]
+        if not finite:
+            return None, None
+        v, i = max(finite, key=lambda t: (t[0], -t[1]))
+        return v, i
+
+    def to_json(self) -> Dict[str, Any]:
+        spec = dataclasses.asdict(self.spec)
+        spec["config"] = self.spec.config._asdict()
+        return {"spec": spec, "config_hash": self.config_hash, "n_params": self.n_params,
+                "logs": self.logs, "diverged": self.diverged, "wall_time_s": self.wall_time_s,
+                "trainer": self.trainer}
+
+    @classmethod
+    def from_json(cls, data: Dict[str, Any], path: Optional[Path] = None) -> "RunRecord":
+        spec = dict(data["spec"])
+        spec["config"] = NetworkConfiguration(**{k: tuple(v) for k, v in spec["config"].items()})
+        return cls(RunSpec(**spec), data["config_hash"], data["n_params"], data["logs"],
+                   data["diverged"], data["wall_time_s"], data.get("trainer", "fit"), path)
+
+
+def finite_logs(logs: Dict[str, Sequence[float]]) -> Dict[str, List[Optional[float]]]:
+    """Logs with NaN/inf replaced by ``None`` (JSON has no NaN)."""
+    return {k: [float(v) if math.isfinite(v) else None for v in vs] for k, vs in logs.items()}
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` to ``path`` atomically (strict JSON: no NaN)."""
+    write_text_atomic(path, json.dumps(data, indent=1, allow_nan=False))
+
+
+class Context:
+    """Settings plus the data, loaded once and shared by every run of a command."""
+
+    def __init__(self, settings: Settings, echo: Callable[[str], None] = print):
+        self.settings = settings
+        self.echo = echo
+        self._splits: Optional[Splits] = None
+        self._prepared: Dict[bool, Tuple[Split, Split]] = {}
+        self._fingerprint: Optional[str] = None
+
+    @property
+    def out(self) -> Path:
+        return Path(self.settings.out)
+
+    def folder(self, name: str) -> Path:
+        """``<out>/<name>``, created."""
+        path = safe_path(self.out, name)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def splits(self) -> Splits:
+        """Train (first ``limit`` samples), validation and test splits, raw 0-255 pixels."""
+        if self._splits is None:
+            s = load_fashion_mnist(self.settings.data, download=self.settings.download)
+            if self.settings.limit is not None:
+                s = Splits(Split(s.train.X[:self.settings.limit], s.train.y[:self.settings.limit]),
+                           s.valid, s.test)
+            self._splits = s
+        return self._splits
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the training set (size, labels, first images): results from
+        other data never count as done."""
+        if self._fingerprint is None:
+            train = self.splits.train
+            h = hashlib.sha256(repr(tuple(train.X.shape)).encode())
+            h.update(train.y.numpy().tobytes())
+            h.update(train.X[:64].numpy().tobytes())
+            h.update(self.splits.valid.y.numpy().tobytes())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+    def data(self, normalization: bool) -> Tuple[Split, Split]:
+        """``(train, valid)``, normalised with the training statistics if asked, on the device."""
+        if normalization not in self._prepared:
+            s = self.splits
+            train, valid = s.train, s.valid
+            if normalization:
+                train, valid, _ = normalize(s.train, s.valid, s.test)
+            device = torch.device(self.settings.device)
+            self._prepared[normalization] = tuple(Split(X.to(device), y.to(device)) for X, y in (train, valid))
+        return self._prepared[normalization]
+
+    def result_path(self, spec: RunSpec) -> Path:
+        return safe_path(self.folder(RUNS_DIR), f"{spec.name}-{spec.config_hash(self.fingerprint)}.json")
+
+    def checkpoint_path(self, spec: RunSpec) -> Path:
+        return safe_path(self.folder(RUNS_DIR), f"{spec.name}-{spec.config_hash(self.fingerprint)}.checkpoint.pt")
+
+
+def load_record(path: Path) -> Optional[RunRecord]:
+    """The stored record at ``path``, or ``None`` if absent or unreadable (then it is rerun)."""
+    try:
+        return RunRecord.from_json(json.loads(path.read_text()), path)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def summary(record: RunRecord, skipped: bool = False) -> str:
+    """One line about a finished run."""
+    best, epoch = record.best()
+    final = record.final()
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    status = f"DIVERGED ({record.diverged})" if record.diverged else "ok"
+    how = "already done, skipped" if skipped else f"{record.wall_time_s:.1f} s"
+    return (f"{record.spec.name}: {status}; validation accuracy final {fmt(final)}, best "
+            f"{fmt(best)} (epoch {epoch}); {record.n_params:,} params; {how}")
+
+
+def execute(ctx: Context, specs: Sequence[RunSpec],
+            train_group: Optional[Callable[[Context, List[RunSpec]], List[Tuple[FitResult, float, str]]]] = None,
+            ) -> List[RunRecord]:
+    """Records for ``specs``, in order: stored ones unless ``force``, the others trained.
+
+    ``train_group(ctx, pending) -> [(FitResult, wall_time_s, trainer_name)]`` trains the
+    pending runs together (e.g. several learning rates in one vmapped step); by default
+    each is trained alone with ``fit``. Each record is written as soon as it exists.
+    """
+    records: Dict[int, RunRecord] = {}
+    pending: List[int] = []
+    for i, spec in enumerate(specs):
+        stored = None if ctx.settings.force else load_record(ctx.result_path(spec))
+        if stored is not None and stored.config_hash == spec.config_hash(ctx.fingerprint):
+            stored.spec = spec  # the label may have been reworded since
+            records[i] = stored
+            ctx.echo(summary(stored, skipped=True))
+        else:
+            pending.append(i)
+    if pending and train_group is not None:
+        results = train_group(ctx, [specs[i] for i in pending])
+        for i, (result, wall, trainer) in zip(pending, results):
+            records[i] = store(ctx, specs[i], result, wall, trainer)
+    else:
+        for i in pending:
+            result, wall = train_one(ctx, specs[i])
+            records[i] = store(ctx, specs[i], result, wall, "fit")
+    return [records[i] for i in range(len(specs))]
+
+
+def train_one(ctx: Context, spec: RunSpec) -> Tuple[FitResult, float]:
+    """Train ``spec`` with ``fit`` from parameters initialised by ``spec.seed``, writing a
+    checkpoint every epoch (continued with ``--resume`` after an interruption)."""
+    net = build_network(spec.network_type, spec.config, n_classes=N_CLASSES)
+    device = torch.device(ctx.settings.device)
+    params = {k: v.to(device) for k, v in net.init(spec.seed).items()}
+    optimizer = adam(spec.lr)
+    train, valid = ctx.data(spec.normalization)
+    start = time.perf_counter()
+    result = fit(make_step(net.apply, optimizer), make_evaluate(net.apply), params, optimizer.init(params),
+                 train, valid, epochs=spec.epochs, batch_size=spec.batch_size, n_classes=N_CLASSES,
+                 seed=spec.seed, progress=ctx.settings.progress, desc=spec.name,
+                 checkpoint=ctx.checkpoint_path(spec), resume=ctx.settings.resume,
+                 config=spec.identity(ctx.fingerprint))
+    return result, time.perf_counter() - start
+
+
+def store(ctx: Context, spec: RunSpec, result: FitResult, wall_time_s: float, trainer: str) -> RunRecord:
+    """Write the run's record to its result file and print its summary line."""
+    n_params = sum(int(v.numel()) for v in result.params.values())
+    record = RunRecord(spec, spec.config_hash(ctx.fingerprint), n_params, finite_logs(result.logs),
+                       result.diverged, wall_time_s, trainer, ctx.result_path(spec))
+    write_json(record.path, record.to_json())
+    ctx.checkpoint_path(spec).unlink(missing_ok=True)
+    ctx.echo(summary(record))
+    return record
+
+
+def network_label(network: str, n_params: int) -> str:
+    """``"<network> (269,322 params)"``."""
+    return f"{network} ({n_params:,} params)"
+
+
+def fmt_lr(lr: float) -> str:
+    """A learning rate as written in names and legends: 0.01, 0.0001, 1e-08."""
+    return f"{lr:g}"
+
+
+def runs_table(records: Sequence[RunRecord]) -> str:
+    """Markdown table: per run its network, settings, final/best accuracies, status, time."""
+    def f(v: Optional[float]) -> str:
+        return "n/a" if v is None else f"{v:.4f}"
+
+    rows = []
+    for r in records:
+        best, epoch = r.best()
+        s = r.spec
+        rows.append([s.label, f"{r.n_params:,}", fmt_lr(s.lr), "on" if s.normalization else "off",
+                     s.batch_size, s.epochs, f(r.final("train_accuracy")), f(r.final()),
+                     f"{f(best)} (epoch {epoch})", f"diverged: {r.diverged}" if r.diverged else "ok",
+                     f"{r.wall_time_s:.1f}"])
+    return markdown_table(["run", "params", "lr", "normalisation", "batch", "epochs",
+                           "final train acc", "final valid acc", "best valid acc", "status",
+                           "wall time (s)"], rows)

@@ -1,0 +1,103 @@
+"""Report figures (matplotlib, Agg backend): per-epoch curves and 2-D maps, saved as PNG."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+FIGSIZE = (7.5, 4.8)
+DPI = 120
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One line of a figure. ``values[i]`` is plotted at ``x = start + i``; ``None`` or
+    non-finite entries are missing. ``diverged`` (a reason) ends the line with a marker
+    and says so in the legend."""
+
+    label: str
+    values: Sequence[Optional[float]]
+    start: int = 0
+    color: Optional[str] = None
+    linestyle: str = "-"
+    diverged: Optional[str] = None
+
+
+def _finite(values: Sequence[Optional[float]], start: int) -> Tuple[np.ndarray, np.ndarray]:
+    xs = [start + i for i, v in enumerate(values) if v is not None and math.isfinite(v)]
+    ys = [v for v in values if v is not None and math.isfinite(v)]
+    return np.asarray(xs), np.asarray(ys, dtype=float)
+
+
+def plot_curves(curves: Sequence[Curve], path: Path, *, title: str, ylabel: str,
+                xlabel: str = "epoch", logy: bool = False,
+                ylim: Optional[Tuple[float, float]] = None) -> Path:
+    """Save a line plot of ``curves`` to ``path`` (PNG) and return ``path``.
+
+    A diverged curve is drawn up to its last finite value and ends with an ``X``
+    marker; its legend entry says "diverged". A curve with no finite value at all is
+    listed in the legend only.
+    """
+    if not curves:
+        raise ValueError("plot_curves needs at least one curve")
+    fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI)
+    for c in curves:
+        xs, ys = _finite(c.values, c.start)
+        label = f"{c.label} — diverged" if c.diverged else c.label
+        (line,) = ax.plot(xs, ys, linestyle=c.linestyle, color=c.color, label=label,
+                          marker="o" if len(xs) == 1 else None)
+        if c.diverged and len(xs):
+            ax.plot(xs[-1:], ys[-1:], marker="X", markersize=11, color=line.get_color(),
+                    markeredgecolor="black", linestyle="none")
+    if logy:
+        ax.set_yscale("log")
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize="small", loc="best")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_map(array: np.ndarray, path: Path, *, title: str, colorbar_label: str,
+             cmap: str = "viridis", box: Optional[int] = None,
+             vmin: Optional[float] = None, vmax: Optional[float] = None) -> Path:
+    """Save a 2-D ``array`` as an image with a colour bar; ``box``: draw the interior
+    region ``[box, n - box)`` as a dashed rectangle. Returns ``path``."""
+    array = np.asarray(array)
+    if array.ndim != 2:
+        raise ValueError(f"array must be 2-D, got shape {array.shape}")
+    fig, ax = plt.subplots(figsize=(5.2, 4.4), dpi=DPI)
+    im = ax.imshow(array, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    fig.colorbar(im, ax=ax, label=colorbar_label)
+    if box:
+        h, w = array.shape
+        ax.add_patch(matplotlib.patches.Rectangle(
+            (box - 0.5, box - 0.5), w - 2 * box, h - 2 * box, fill=False, edgecolor="red",
+            linestyle="--", linewidth=1.2, label=f"interior ({box} px from the borders)"))
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize="small", frameon=False)
+    ax.set_title(title, fontsize="medium")
+    ax.set_xlabel("column (pixel)")
+    ax.set_ylabel("row (pixel)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    try:
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
+    return path
