@@ -1,0 +1,69 @@
+import json
+
+import torch
+
+from fn_trainer import (NetworkConfiguration, adam, build_network, fit, load_fashion_mnist,
+                        make_evaluate, make_step, normalize, one_hot)
+from fn_trainer.train import LOG_KEYS
+
+
+def _tiny(seed=0):
+    net = build_network("mlp", NetworkConfiguration(dense_hiddens=(32,)))
+    opt = adam(1e-3)
+    params = net.init(seed)
+    return net, opt, params, make_step(net.apply, opt), make_evaluate(net.apply)
+
+
+def test_fit_logs_like_train_loop_and_learns(fake_data_root):
+    splits = load_fashion_mnist(fake_data_root, download=False)
+    train, valid, _ = normalize(splits.train, splits.valid, splits.test)
+    net, opt, params, step, evaluate = _tiny()
+    result = fit(step, evaluate, params, opt.init(params), train, valid, epochs=3, batch_size=64,
+                 progress=False)
+    logs = result.logs
+    assert set(logs) == set(LOG_KEYS)
+    assert all(len(logs[k]) == 4 for k in LOG_KEYS if k != "train_gradient_norm")
+    assert len(logs["train_gradient_norm"]) == 3
+    assert logs["validation_accuracy"][-1] > 0.9 > logs["validation_accuracy"][0]
+    assert json.loads(json.dumps(logs)) == logs
+    assert result.diverged is None
+
+
+def test_fit_walks_minibatches_in_order():
+    torch.manual_seed(0)
+    X, y = torch.randn(100, 1, 28, 28), torch.randint(0, 10, (100,))
+    net, opt, params, step, evaluate = _tiny()
+    result = fit(step, evaluate, params, opt.init(params), (X, y), (X[:10], y[:10]), epochs=2,
+                 batch_size=32, progress=False)
+    p, s = params, opt.init(params)
+    T = one_hot(y, 10)
+    for _ in range(2):
+        for i in range(0, 100, 32):  # 4 batches, the last of 4 samples
+            p, s, metrics = step(p, s, (X[i:i + 32], T[i:i + 32]))
+    assert all(torch.equal(result.params[k], p[k]) for k in p)
+    assert result.logs["train_gradient_norm"][-1] == float(metrics["grad_norm"])
+    loss, acc = evaluate(p, X[:10], T[:10])
+    assert result.logs["validation_loss"][-1] == loss and result.logs["validation_accuracy"][-1] == acc
+
+
+def test_shuffle_is_seeded_and_changes_the_trajectory():
+    torch.manual_seed(1)
+    X, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    net, opt, params, step, evaluate = _tiny()
+
+    def run(**kw):
+        return fit(step, evaluate, params, opt.init(params), (X, y), (X, y), epochs=2, batch_size=16,
+                   progress=False, **kw).params["1.weight"]
+
+    a, b = run(shuffle=True, seed=3), run(shuffle=True, seed=3)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, run(shuffle=True, seed=4))
+    assert not torch.equal(a, run())
+
+
+def test_zero_epochs_logs_the_initial_state_only():
+    X, y = torch.randn(10, 1, 28, 28), torch.randint(0, 10, (10,))
+    net, opt, params, step, evaluate = _tiny()
+    result = fit(step, evaluate, params, opt.init(params), (X, y), (X, y), epochs=0, progress=False)
+    assert [len(result.logs[k]) for k in LOG_KEYS] == [1, 1, 1, 1, 0]
+    assert result.params is params
