@@ -1,0 +1,368 @@
+"""Checkpoints: safe loading, atomic writes, exact resume after an interrupt or a SIGKILL."""
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from fn_trainer import NetworkConfiguration, adam, build_network, make_evaluate, make_step
+from fn_trainer.checkpoint import (CheckpointError, load_checkpoint, restore_like, rng_states,
+                                   save_checkpoint, set_rng_states, to_plain)
+from fn_trainer.optim import AdamState
+from fn_trainer.train import fit
+
+SHAPE = (1, 8, 8)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny ops on a busy machine run far faster (and reproducibly) on one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def problem(n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, *SHAPE, generator=g)
+    return (X, torch.randint(0, 10, (n,), generator=g)), (X[:32], torch.randint(0, 10, (32,), generator=g))
+
+
+def run(epochs=3, hiddens=(16,), step_hook=None, **kw):
+    net = build_network("mlp", NetworkConfiguration(dense_hiddens=hiddens), input_shape=SHAPE)
+    opt = adam(1e-2)
+    params = net.init(1)
+    base = make_step(net.apply, opt)
+
+    def step(p, s, batch):
+        if step_hook is not None:
+            step_hook(s)
+        return base(p, s, batch)
+
+    train, valid = problem()
+    kw = {"batch_size": 16, "shuffle": True, "seed": 7, "progress": False, **kw}
+    return fit(step, make_evaluate(net.apply), params, opt.init(params), train, valid, epochs=epochs, **kw)
+
+
+def assert_same_run(a, b):
+    assert a.logs == b.logs  # Python floats: bitwise equality
+    assert a.params.keys() == b.params.keys()
+    for k in a.params:
+        assert torch.equal(a.params[k], b.params[k]), k
+    for x, y in zip(torch.utils._pytree.tree_leaves(a.opt_state), torch.utils._pytree.tree_leaves(b.opt_state)):
+        assert torch.equal(x, y)
+
+
+def interrupt_at(count):
+    def hook(opt_state):
+        if int(opt_state.count) == count:
+            raise KeyboardInterrupt
+    return hook
+
+
+# --- the checkpoint file --------------------------------------------------------------------
+
+def test_fit_writes_a_checkpoint_holding_the_final_state(tmp_path):
+    path = tmp_path / "run" / "ckpt.pt"
+    result = run(checkpoint=path, config={"lr": 1e-2, "hidden": (16,)})
+    data = load_checkpoint(path)
+    assert (data["epoch"], data["batch"]) == (3, 0)
+    assert data["logs"] == result.logs
+    assert data["config"] == {"lr": 1e-2, "hidden": [16]}
+    assert data["settings"]["batch_size"] == 16 and data["settings"]["seed"] == 7
+    for k, v in result.params.items():
+        assert torch.equal(data["params"][k], v)
+    state = restore_like(result.opt_state, data["opt_state"])
+    assert isinstance(state, AdamState) and int(state.count) == 18
+    assert [p.name for p in path.parent.iterdir()] == ["ckpt.pt"]  # no temporary files left
+
+
+tensor_dicts = st.dictionaries(
+    st.text("abcxyz.", min_size=1, max_size=5),
+    st.tuples(st.lists(st.integers(0, 3), max_size=3), st.sampled_from([torch.float32, torch.float64, torch.int64])),
+    max_size=4,
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(tensor_dicts, st.integers(0, 2**31))
+def test_state_round_trips_exactly(tmp_path_factory, spec, seed):
+    g = torch.Generator().manual_seed(seed)
+    params = {k: (torch.randn(shape, generator=g) * 1e3).to(dtype) for k, (shape, dtype) in spec.items()}
+    state = AdamState(torch.tensor(seed), params, {k: v.clone() for k, v in params.items()},
+                      *(torch.tensor(x, dtype=torch.float64) for x in (0.1, 0.9, 0.999, 1e-8)))
+    path = tmp_path_factory.mktemp("rt") / "c.pt"
+    save_checkpoint(path, {"params": params, "opt_state": state, "note": ("a", 1, 2.5, None)})
+    data = load_checkpoint(path)
+    back = restore_like(state, data["opt_state"])
+    assert type(back) is AdamState
+    for x, y in zip(torch.utils._pytree.tree_leaves(state), torch.utils._pytree.tree_leaves(back)):
+        assert x.dtype == y.dtype and torch.equal(x, y)
+    assert data["note"] == ["a", 1, 2.5, None]
+
+
+def test_restore_like_names_a_shape_mismatch():
+    with pytest.raises(CheckpointError, match=r"params\['w'\]: expected shape \(2, 3\)"):
+        restore_like({"w": torch.zeros(2, 3)}, {"w": torch.zeros(3, 2)}, "params")
+    with pytest.raises(CheckpointError, match=r"expected keys \['w'\], found \['v'\]"):
+        restore_like({"w": torch.zeros(2)}, {"v": torch.zeros(2)}, "params")
+
+
+def test_to_plain_refuses_objects_that_safe_loading_would_refuse():
+    with pytest.raises(TypeError, match=r"state\['f'\]"):
+        to_plain({"f": object()}, "state")
+
+
+def test_rng_states_round_trip_through_a_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+    save_checkpoint(tmp_path / "r.pt", {"rng": rng_states()})
+    expected = (torch.rand(3), random.random(), np.random.rand())
+    set_rng_states(load_checkpoint(tmp_path / "r.pt")["rng"])
+    assert (torch.rand(3), random.random(), np.random.rand())[1:] == expected[1:]
+    set_rng_states(load_checkpoint(tmp_path / "r.pt")["rng"])
+    assert torch.equal(torch.rand(3), expected[0])
+
+
+# --- atomic writes --------------------------------------------------------------------------
+
+def test_a_crash_while_writing_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"epoch": 1, "w": torch.ones(1000)})
+
+    def crashing_save(obj, f):
+        f.write(b"PK\x03\x04 half a zip file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", crashing_save)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(path, {"epoch": 2, "w": torch.zeros(1000)})
+    data = load_checkpoint(path)
+    assert data["epoch"] == 1 and torch.equal(data["w"], torch.ones(1000))
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_an_interrupt_while_writing_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"epoch": 1})
+    real_save = torch.save
+
+    def interrupted_save(obj, f):
+        real_save(obj, f)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"epoch": 2})
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+# --- refusing unsafe or broken files --------------------------------------------------------
+
+class CreatesAFile:
+    """Unpickling this object creates ``target``: arbitrary code run by a pickle."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.target),))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle"])
+def test_loading_a_malicious_pickle_refuses_it_and_runs_nothing(tmp_path, writer):
+    # The payload works: plain unpickling really creates the file.
+    probe = tmp_path / "probe-created"
+    pickle.loads(pickle.dumps(CreatesAFile(probe)))
+    assert probe.exists()
+
+    target = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    payload = {"format": "fn-trainer-checkpoint", "version": 1, "params": CreatesAFile(target)}
+    if writer == "torch.save":
+        torch.save(payload, evil)
+    else:
+        evil.write_bytes(pickle.dumps(payload))
+    with pytest.raises(CheckpointError, match="evil.pt.* refused.*could run code"):
+        load_checkpoint(evil)
+    assert not target.exists()
+
+
+def test_resuming_from_a_malicious_checkpoint_refuses_it(tmp_path):
+    target = tmp_path / "pwned"
+    evil = tmp_path / "c.pt"
+    torch.save({"format": "fn-trainer-checkpoint", "version": 1, "x": CreatesAFile(target)}, evil)
+    with pytest.raises(CheckpointError, match="refused"):
+        run(checkpoint=evil, resume=True)
+    assert not target.exists()
+
+
+def test_truncated_checkpoint_is_named(tmp_path):
+    path = tmp_path / "c.pt"
+    run(epochs=1, checkpoint=path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="c.pt.* cannot be read"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("content,match", [
+    ({"a": 1}, "not an fn-trainer checkpoint"),
+    ({"format": "fn-trainer-checkpoint", "version": 99}, "format version 99"),
+])
+def test_foreign_files_are_refused(tmp_path, content, match):
+    torch.save(content, tmp_path / "c.pt")
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(tmp_path / "c.pt")
+
+
+def test_missing_checkpoint_is_named(tmp_path):
+    with pytest.raises(CheckpointError, match="nothere.pt' does not exist"):
+        load_checkpoint(tmp_path / "nothere.pt")
+
+
+# --- resume ---------------------------------------------------------------------------------
+
+def test_resume_without_a_checkpoint_file_starts_afresh(tmp_path):
+    assert_same_run(run(checkpoint=tmp_path / "c.pt", resume=True), run())
+
+
+def test_resuming_a_finished_run_returns_it(tmp_path):
+    first = run(checkpoint=tmp_path / "c.pt")
+    calls = []
+    again = run(checkpoint=tmp_path / "c.pt", resume=True, step_hook=calls.append)
+    assert calls == []
+    assert_same_run(first, again)
+
+
+def test_resume_extends_a_run_exactly(tmp_path):
+    run(epochs=2, checkpoint=tmp_path / "c.pt")
+    assert_same_run(run(epochs=4, checkpoint=tmp_path / "c.pt", resume=True), run(epochs=4))
+
+
+def test_resume_refuses_a_run_already_past_the_requested_epochs(tmp_path):
+    run(epochs=3, checkpoint=tmp_path / "c.pt")
+    with pytest.raises(CheckpointError, match="already past epochs=2"):
+        run(epochs=2, checkpoint=tmp_path / "c.pt", resume=True)
+
+
+@pytest.mark.parametrize("changed,match", [
+    ({"batch_size": 8}, "different run: its settings"),
+    ({"seed": 8}, "different run: its settings"),
+    ({"config": {"lr": 0.5}}, "different run: its config"),
+    ({"hiddens": (12,)}, r"params\['1.weight'\]: expected shape \(12, 64\)"),
+])
+def test_resume_refuses_a_checkpoint_of_another_run(tmp_path, changed, match):
+    run(epochs=1, checkpoint=tmp_path / "c.pt", config={"lr": 0.01})
+    kw = {"epochs": 2, "checkpoint": tmp_path / "c.pt", "resume": True, "config": {"lr": 0.01}, **changed}
+    with pytest.raises(CheckpointError, match=match):
+        run(**kw)
+
+
+@pytest.mark.parametrize("count", [4, 6, 7, 12])  # mid-epoch, at an epoch's last step, at a boundary
+def test_keyboard_interrupt_saves_and_resume_is_exact(tmp_path, count):
+    path = tmp_path / "c.pt"
+    with pytest.raises(KeyboardInterrupt):
+        run(checkpoint=path, step_hook=interrupt_at(count))
+    data = load_checkpoint(path)
+    assert data["epoch"] * 6 + data["batch"] == count  # 96 samples / 16 = 6 steps per epoch
+    calls = []
+    resumed = run(checkpoint=path, resume=True, step_hook=calls.append)
+    assert len(calls) == 18 - count
+    assert_same_run(resumed, run())
+
+
+def test_keyboard_interrupt_after_divergence_keeps_the_last_good_checkpoint(tmp_path):
+    net = build_network("mlp", NetworkConfiguration(dense_hiddens=(16,)), input_shape=SHAPE)
+    opt = adam(1e-2)
+    params = net.init(1)
+    base = make_step(net.apply, opt)
+
+    def step(p, s, batch):
+        if int(s.count) == 8:
+            raise KeyboardInterrupt
+        p, s, m = base(p, s, batch)
+        if int(s.count) >= 7:  # a non-finite loss at the epoch's first step, seen only at epoch end
+            m = {**m, "loss": torch.tensor(float("nan"))}
+        return p, s, m
+
+    train, valid = problem()
+    with pytest.raises(KeyboardInterrupt):
+        fit(step, make_evaluate(net.apply), params, opt.init(params), train, valid, epochs=3,
+            batch_size=16, progress=False, checkpoint=tmp_path / "c.pt")
+    data = load_checkpoint(tmp_path / "c.pt")
+    assert (data["epoch"], data["batch"]) == (1, 0)
+
+
+# --- SIGKILL ---------------------------------------------------------------------------------
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    import torch
+    torch.set_num_threads(1)
+    from fn_trainer import NetworkConfiguration, adam, build_network, make_evaluate, make_step
+    from fn_trainer.train import fit
+
+    mode, ckpt, out = sys.argv[1:4]
+    net = build_network("cnn", NetworkConfiguration((4,), (3,), (1,), (1,), (16,)), input_shape=(1, 8, 8))
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(160, 1, 8, 8, generator=g), torch.randint(0, 10, (160,), generator=g)
+    opt = adam(3e-3)
+    base = make_step(net.apply, opt)
+    calls = []
+
+    def step(p, s, batch):
+        calls.append(1)
+        if mode == "kill" and int(s.count) == 2 * 5 + 3:  # in the middle of epoch 3
+            print("READY", flush=True)
+            time.sleep(300)
+        return base(p, s, batch)
+
+    def train(path, resume):
+        params = net.init(3)
+        calls.clear()
+        r = fit(step, make_evaluate(net.apply), params, opt.init(params), (X, y), (X[:40], y[:40]),
+                epochs=4, batch_size=32, shuffle=True, seed=11, progress=False, checkpoint=path,
+                resume=resume, config={"lr": 3e-3})
+        return {"params": r.params, "logs": r.logs, "calls": len(calls)}
+
+    if mode == "kill":
+        train(ckpt, resume=False)
+    else:
+        torch.save({"resumed": train(ckpt, resume=True), "fresh": train(ckpt + ".fresh", resume=False)}, out)
+""")
+
+
+def test_sigkill_mid_epoch_then_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    ckpt, out = tmp_path / "c.pt", tmp_path / "out.pt"
+    args = [sys.executable, str(script)]
+    child = subprocess.Popen([*args, "kill", str(ckpt), str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "READY"
+        data = load_checkpoint(ckpt)
+        assert (data["epoch"], data["batch"]) == (2, 0)  # the last completed epoch
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    subprocess.run([*args, "resume", str(ckpt), str(out)], check=True, timeout=120)
+    results = torch.load(out, weights_only=True)
+    resumed, fresh = results["resumed"], results["fresh"]
+    assert (resumed["calls"], fresh["calls"]) == (2 * 5, 4 * 5)  # it resumed, it did not restart
+    assert resumed["logs"] == fresh["logs"]
+    assert len(fresh["logs"]["validation_loss"]) == 5
+    for k, v in fresh["params"].items():
+        assert torch.equal(resumed["params"][k], v), k
