@@ -29,7 +29,7 @@ from fn_trainer.networks import cnn, feature_map_sizes, mlp
 from fn_trainer.optim import adam, adam_update
 from fn_trainer.paths import ensure_writable_dir
 from fn_trainer.step import make_objective
-from fn_trainer.train import as_targets, make_evaluate
+from fn_trainer.train import check_split, make_evaluate
 
 SEED = 197331
 np.random.seed(SEED)
@@ -174,7 +174,7 @@ class Trainer:
     def compute_loss_and_accuracy(self, X: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, float]:
         """Cross-entropy of the clipped probabilities (a 0-dim tensor keeping its graph)
         and accuracy (a float) of the network on ``X``; ``y`` one-hot (or labels)."""
-        targets = self._targets(y, X)
+        targets = self._targets(y, X, "compute_loss_and_accuracy data")
         probs = self.network(X)
         return cross_entropy(probs, targets, self.epsilon), float(accuracy(probs, targets))
 
@@ -194,7 +194,7 @@ class Trainer:
         parameters; it is left in each parameter's ``.grad`` and ``self.optimizer.step()``
         applies the functional Adam update in place.
         """
-        targets = self._targets(y_batch, X_batch)
+        targets = self._targets(y_batch, X_batch, "training_step batch")
         params = {name: p.detach() for name, p in self.network.named_parameters()}
         grads, _ = self._loss_gradient(params, X_batch, targets)
         for name, p in self.network.named_parameters():
@@ -237,7 +237,7 @@ class Trainer:
     def evaluate(self, X: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, float]:
         """Average loss (a 0-dim tensor without graph) and accuracy (a float) over
         ``X``; ``y`` holds class indices ``(N,)`` or one-hot rows ``(N, n_classes)``."""
-        targets = self._targets(y, X)
+        targets = self._targets(y, X, "evaluate data")
         params = {name: p.detach() for name, p in self.network.named_parameters()}
         loss, acc = make_evaluate(self._apply)(params, X, targets)
         return torch.tensor(loss, dtype=torch.float32), acc
@@ -290,17 +290,9 @@ class Trainer:
         """``(params, x, targets) -> (gradient dict, loss)`` of the template's loss."""
         return grad_and_value(make_objective(self._apply, partial(cross_entropy, eps=self.epsilon)))
 
-    def _targets(self, y: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    def _targets(self, y: torch.Tensor, X: torch.Tensor, name: str) -> torch.Tensor:
         """One-hot ``(N, n_classes)`` targets from labels or one-hot ``y``, checked against ``X``."""
-        if not isinstance(y, torch.Tensor):
-            raise TypeError(f"y must be a torch.Tensor of labels or one-hot rows, got {type(y).__name__}")
-        targets = as_targets(y, self.n_classes)
-        if targets.dim() != 2 or targets.shape != (X.shape[0], self.n_classes):
-            raise ValueError(
-                f"y must be labels ({X.shape[0]},) or one-hot ({X.shape[0]}, {self.n_classes}) "
-                f"for X with {X.shape[0]} samples, got shape {tuple(y.shape)}"
-            )
-        return targets
+        return check_split(name, (X, y), self.n_classes)[1]
 
 
 def save_figures(arrays: Dict[str, np.ndarray], out_dir: Union[str, os.PathLike]) -> List[str]:

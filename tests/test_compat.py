@@ -1,0 +1,536 @@
+"""The homework's ``solution.py`` interface (``compat/solution.py``).
+
+Runs against ``compat.solution``, or against the file named by ``FN_TRAINER_SOLUTION``
+(an exported single-file solution). This module never imports ``fn_trainer`` itself, so
+the same suite also runs where only the exported file is available.
+"""
+import copy
+import importlib
+import importlib.util
+import inspect
+import math
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+SOLUTION_ENV = "FN_TRAINER_SOLUTION"
+SEED = 197331
+HYPOTHESIS = settings(max_examples=20, deadline=None)
+
+
+def load_solution(name: str = "solution", path=None):
+    """``compat.solution``, or the solution file ``path`` / ``$FN_TRAINER_SOLUTION``
+    executed afresh as module ``name``."""
+    path = path or os.environ.get(SOLUTION_ENV)
+    if path is None:
+        return importlib.import_module("compat.solution")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+S = load_solution()
+
+
+@pytest.fixture
+def make_trainer(fake_data_root):
+    def make(**kwargs):
+        return S.Trainer(datapath=str(fake_data_root), **kwargs)
+
+    return make
+
+
+def labels_only(n_classes: int):
+    """A Trainer carrying only ``n_classes``: enough for ``one_hot``."""
+    trainer = S.Trainer.__new__(S.Trainer)
+    trainer.n_classes = n_classes
+    return trainer
+
+
+def read_idx(path: Path) -> np.ndarray:
+    data = path.read_bytes()
+    ndim = data[3]
+    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def reference_loss(probs, targets, eps=1e-9):
+    """The template's loss, written independently: NLL of the clipped log-probabilities."""
+    return nn.functional.nll_loss(probs.clamp(eps, 1 - eps).log(), targets.argmax(1))
+
+
+# ---------------------------------------------------------------- interface
+
+SPEC_METHODS = {  # name: (parameters, defaults, static)
+    "__init__": (["self", "network_type", "net_config", "datapath", "n_classes", "lr", "batch_size",
+                  "activation_name", "normalization"],
+                 {"network_type": "mlp", "datapath": "./data", "n_classes": 10, "lr": 0.0001,
+                  "batch_size": 128, "activation_name": "relu", "normalization": True}, False),
+    "load_dataset": (["datapath"], {}, True),
+    "create_mlp": (["input_dim", "net_config", "n_classes", "activation"], {}, True),
+    "create_cnn": (["in_channels", "net_config", "n_classes", "activation"], {}, True),
+    "create_activation_function": (["activation_str"], {}, True),
+    "one_hot": (["self", "y"], {}, False),
+    "compute_loss_and_accuracy": (["self", "X", "y"], {}, False),
+    "compute_gradient_norm": (["network"], {}, True),
+    "training_step": (["self", "X_batch", "y_batch"], {}, False),
+    "log_metrics": (["self", "X_train", "y_train_oh", "X_valid", "y_valid_oh"], {}, False),
+    "train_loop": (["self", "n_epochs"], {}, False),
+    "evaluate": (["self", "X", "y"], {}, False),
+    "normalize": (["train", "valid", "test"], {}, True),
+    "test_equivariance": (["self"], {}, False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPEC_METHODS))
+def test_trainer_method_signatures_match_the_spec(name):
+    params, defaults, static = SPEC_METHODS[name]
+    assert isinstance(inspect.getattr_static(S.Trainer, name), staticmethod) == static
+    signature = inspect.signature(getattr(S.Trainer, name))
+    got = list(signature.parameters.values())
+    assert [p.name for p in got[:len(params)]] == params
+    for p in got[len(params):]:  # extras (test_equivariance's out_dir) must keep (self) calls working
+        assert p.default is not inspect.Parameter.empty, f"{name}: extra parameter {p.name} needs a default"
+    got_defaults = {p.name: p.default for p in got[:len(params)] if p.default is not inspect.Parameter.empty}
+    if name == "__init__":
+        assert got_defaults.pop("net_config") == S.NetworkConfiguration()
+    assert got_defaults == defaults
+
+
+def test_module_level_functions_and_imports_match_the_spec():
+    g = inspect.signature(S.gradient_norm).parameters
+    assert list(g) == ["function", "tensor_list"]
+    assert g["tensor_list"].kind is inspect.Parameter.VAR_POSITIONAL
+    assert list(inspect.signature(S.jacobian_norm).parameters) == ["function", "input_tensor"]
+    import torchvision
+    import tqdm
+    assert (S.random, S.np, S.torch, S.torchvision, S.tqdm) == (random, np, torch, torchvision, tqdm)
+    for name in ("Tuple", "Callable", "List", "NamedTuple"):
+        assert hasattr(S, name)
+
+
+def test_network_configuration_fields_and_defaults():
+    assert issubclass(S.NetworkConfiguration, tuple)
+    assert S.NetworkConfiguration._fields == ("n_channels", "kernel_sizes", "strides", "paddings",
+                                              "dense_hiddens")
+    assert tuple(S.NetworkConfiguration()) == ((16, 32, 48), (3, 3, 3), (1, 1, 1), (0, 0, 0), (256, 256))
+
+
+def test_import_seeds_every_generator_with_197331():
+    torch.manual_seed(SEED), np.random.seed(SEED), random.seed(SEED)
+    expected = torch.rand(3), np.random.rand(3), random.random()
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    load_solution("solution_reseeded", S.__file__)
+    got = torch.rand(3), np.random.rand(3), random.random()
+    assert torch.equal(got[0], expected[0])
+    assert np.array_equal(got[1], expected[1])
+    assert got[2] == expected[2]
+
+
+def test_trainer_attributes(make_trainer, fake_data_root):
+    t = make_trainer(lr=0.001, batch_size=64)
+    assert (t.datapath, t.n_classes, t.lr, t.batch_size, t.epsilon) == (str(fake_data_root), 10, 0.001, 64, 1e-9)
+    assert t.network_type == "mlp"
+    assert t.train_logs == {"train_accuracy": [], "validation_accuracy": [], "train_loss": [],
+                            "validation_loss": [], "train_gradient_norm": []}
+    assert isinstance(t.network, nn.Module)
+    assert isinstance(t.optimizer, torch.optim.Optimizer)
+    assert [p for g in t.optimizer.param_groups for p in g["params"]] == list(t.network.parameters())
+    assert t.optimizer.param_groups[0]["lr"] == 0.001
+    assert [len(s[0]) for s in (t.train, t.valid, t.test)] == [300, 2000, 100]
+
+
+# ---------------------------------------------------------------- data
+
+def test_load_dataset_reads_the_idx_files(fake_data_root):
+    train, valid, test = S.Trainer.load_dataset(str(fake_data_root))
+    raw = fake_data_root / "FashionMNIST" / "raw"
+    test_images = read_idx(raw / "t10k-images-idx3-ubyte")
+    test_labels = read_idx(raw / "t10k-labels-idx1-ubyte")
+    assert train[0].shape == (300, 1, 28, 28) and train[0].dtype == torch.float32
+    assert train[1].dtype == torch.int64
+    assert np.array_equal(train[0][:, 0].numpy(), read_idx(raw / "train-images-idx3-ubyte"))
+    assert np.array_equal(valid[0][:, 0].numpy(), test_images[:2000])
+    assert np.array_equal(test[0][:, 0].numpy(), test_images[2000:])
+    assert np.array_equal(valid[1].numpy(), test_labels[:2000])
+    assert np.array_equal(test[1].numpy(), test_labels[2000:])
+
+
+@HYPOTHESIS
+@given(n=st.integers(2, 20), d=st.integers(1, 6), seed=st.integers(0, 2**16))
+def test_normalize_uses_the_training_statistics(n, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.rand(d, generator=g) * 100 + 1
+    splits = [(torch.randn(m, d, generator=g) * scale + 50, torch.arange(m)) for m in (n, 3, 4)]
+    train, valid, test = S.Trainer.normalize(*splits)
+    assert torch.allclose(train[0].mean(0), torch.zeros(d), atol=1e-4)
+    assert torch.allclose(train[0].std(0), torch.ones(d), atol=1e-4)
+    mean, std = splits[0][0].mean(0), splits[0][0].std(0)
+    for (X, y), (X_raw, y_raw) in zip((valid, test), splits[1:]):
+        assert torch.allclose(X * std + mean, X_raw, rtol=1e-4, atol=1e-3)
+        assert torch.equal(y, y_raw)
+
+
+# ---------------------------------------------------------------- networks
+
+@pytest.mark.parametrize("name,cls", [("relu", nn.ReLU), ("tanh", nn.Tanh), ("sigmoid", nn.Sigmoid)])
+def test_create_activation_function(name, cls):
+    assert isinstance(S.Trainer.create_activation_function(name), cls)
+
+
+def test_unknown_activation_lists_the_valid_ones():
+    with pytest.raises(ValueError) as e:
+        S.Trainer.create_activation_function("gelu")
+    assert all(n in str(e.value) for n in ("relu", "tanh", "sigmoid", "gelu"))
+
+
+def test_default_mlp_layers_and_size():
+    net = S.Trainer.create_mlp(784, S.NetworkConfiguration(), 10, nn.ReLU())
+    assert [type(m) for m in net] == [nn.Flatten, nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear,
+                                      nn.Softmax]
+    assert sum(p.numel() for p in net.parameters()) == 269_322
+    probs = net(torch.rand(5, 1, 28, 28))  # un-flattened images go in
+    assert probs.shape == (5, 10)
+    assert torch.allclose(probs.sum(1), torch.ones(5))
+
+
+@HYPOTHESIS
+@given(hiddens=st.lists(st.integers(1, 16), max_size=4), n_classes=st.integers(2, 12),
+       act=st.sampled_from([nn.ReLU, nn.Tanh, nn.Sigmoid]))
+def test_mlp_has_one_linear_per_hidden_layer_plus_output(hiddens, n_classes, act):
+    config = S.NetworkConfiguration(dense_hiddens=tuple(hiddens))
+    net = S.Trainer.create_mlp(12, config, n_classes, act())
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    widths = [12, *hiddens, n_classes]
+    assert [(m.in_features, m.out_features) for m in linears] == list(zip(widths, widths[1:]))
+    assert sum(isinstance(m, act) for m in net) == len(hiddens)
+    assert isinstance(list(net)[-1], nn.Softmax)
+    assert net(torch.rand(2, 3, 2, 2)).shape == (2, n_classes)
+
+
+def test_default_cnn_layers():
+    net = S.Trainer.create_cnn(1, S.NetworkConfiguration(), 10, nn.ReLU())
+    assert [type(m) for m in net] == [
+        nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Conv2d, nn.ReLU,
+        nn.AdaptiveMaxPool2d, nn.Flatten, nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear, nn.Softmax]
+    pools = [m for m in net if isinstance(m, (nn.MaxPool2d, nn.AdaptiveMaxPool2d))]
+    assert [p.kernel_size for p in pools[:2]] == [2, 2] and pools[2].output_size == (4, 4)
+    assert net[10].in_features == 48 * 4 * 4
+    assert net(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+@HYPOTHESIS
+@given(layers=st.lists(st.tuples(st.integers(1, 6), st.integers(1, 3), st.integers(1, 2),
+                                 st.integers(0, 1)), min_size=1, max_size=2),
+       hiddens=st.lists(st.integers(1, 8), max_size=2))
+def test_cnn_convolutions_follow_the_configuration(layers, hiddens):
+    channels, kernels, strides, paddings = map(tuple, zip(*layers))
+    config = S.NetworkConfiguration(channels, kernels, strides, paddings, tuple(hiddens))
+    net = S.Trainer.create_cnn(2, config, 3, nn.Tanh())
+    convs = [m for m in net if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == list(zip((2,) + channels, channels))
+    assert [(c.kernel_size, c.stride, c.padding) for c in convs] == [
+        ((k, k), (s, s), (p, p)) for k, s, p in zip(kernels, strides, paddings)]
+    assert sum(isinstance(m, nn.MaxPool2d) for m in net) == len(layers) - 1
+    assert [m.out_features for m in net if isinstance(m, nn.Linear)] == [*hiddens, 3]
+    assert net(torch.rand(2, 2, 28, 28)).shape == (2, 3)
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_unknown_network_type_is_refused_before_loading_data(tmp_path):
+    with pytest.raises(ValueError, match="^Network type not supported$"):
+        S.Trainer("rnn", datapath=str(tmp_path / "nowhere"))
+
+
+def test_mismatched_configuration_lengths(make_trainer):
+    config = S.NetworkConfiguration(n_channels=(8, 8), kernel_sizes=(3,), strides=(1, 1), paddings=(0, 0))
+    with pytest.raises(ValueError, match="same length"):
+        make_trainer(network_type="cnn", net_config=config)
+
+
+@pytest.mark.parametrize("kernels,layer,size", [((29,), 0, "28x28"), ((3, 3, 9), 2, "5x5")])
+def test_kernel_larger_than_its_feature_map(make_trainer, kernels, layer, size):
+    n = len(kernels)
+    config = S.NetworkConfiguration((4,) * n, kernels, (1,) * n, (0,) * n, (8,))
+    with pytest.raises(ValueError) as e:
+        make_trainer(network_type="cnn", net_config=config)
+    message = str(e.value)
+    assert f"layer {layer}" in message and size in message and str(kernels[-1]) in message
+
+
+def test_labels_outside_the_classes_are_refused(make_trainer):
+    with pytest.raises(ValueError, match=r"\[0, 5\)"):
+        labels_only(5).one_hot(torch.tensor([0, 5]))
+    t = make_trainer()
+    X = t.valid[0][:2]
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+        t.evaluate(X, torch.tensor([3, -1]))
+    with pytest.raises(ValueError, match="one entry per sample"):
+        t.training_step(X, t.one_hot(torch.tensor([1, 2, 3])))
+    with pytest.raises(ValueError, match=r"\(N, 10\)"):
+        t.compute_loss_and_accuracy(X, torch.ones(2, 7))
+
+
+# ---------------------------------------------------------------- maths through the adapter
+
+def test_one_hot_matches_the_homework_example():
+    expected = torch.tensor([[0, 1, 0, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 0, 1]])
+    assert torch.equal(labels_only(5).one_hot(torch.tensor([1, 0, 3, 4])), expected.float())
+
+
+@HYPOTHESIS
+@given(n_classes=st.integers(1, 12), data=st.data())
+def test_one_hot_rows_pick_their_label(n_classes, data):
+    labels = torch.tensor(data.draw(st.lists(st.integers(0, n_classes - 1), max_size=30)), dtype=torch.int64)
+    encoded = labels_only(n_classes).one_hot(labels)
+    assert encoded.shape == (len(labels), n_classes)
+    assert torch.equal(encoded.sum(1), torch.ones(len(labels)))
+    assert torch.equal(encoded.argmax(1) if len(labels) else labels, labels)
+
+
+@HYPOTHESIS
+@given(shapes=st.lists(st.lists(st.integers(1, 4), max_size=3), min_size=1, max_size=3),
+       seed=st.integers(0, 2**16))
+def test_gradient_norm_of_half_squared_norm_is_the_norm(shapes, seed):
+    g = torch.Generator().manual_seed(seed)
+    tensors = [torch.randn(tuple(s), generator=g, dtype=torch.float64) for s in shapes]
+    value = S.gradient_norm(lambda *ts: sum(0.5 * (t ** 2).sum() for t in ts), *tensors)
+    assert isinstance(value, float)
+    assert value == pytest.approx(math.sqrt(sum(float((t ** 2).sum()) for t in tensors)), rel=1e-9)
+
+
+def test_gradient_norm_of_a_product():
+    a, b = torch.tensor([1.0, 2.0]), torch.tensor([3.0, -4.0])  # grad of sum(a*b) is (b, a)
+    assert S.gradient_norm(lambda x, y: (x * y).sum(), a, b) == pytest.approx(math.sqrt(30.0))
+
+
+@HYPOTHESIS
+@given(m=st.integers(1, 5), n=st.integers(1, 5), seed=st.integers(0, 2**16))
+def test_jacobian_norm_of_a_linear_map_is_its_frobenius_norm(m, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    A, x = torch.randn(m, n, generator=g, dtype=torch.float64), torch.randn(n, generator=g, dtype=torch.float64)
+    value = S.jacobian_norm(lambda v: A @ v, x)
+    assert isinstance(value, float)
+    assert value == pytest.approx(float(A.square().sum().sqrt()), rel=1e-9)
+    assert S.jacobian_norm(lambda v: v ** 2, x) == pytest.approx(2 * float(x.norm()), rel=1e-9)
+
+
+def test_loss_and_accuracy_on_the_network(make_trainer):
+    t = make_trainer()
+    X, y = t.valid[0][:64], t.valid[1][:64]
+    loss, acc = t.compute_loss_and_accuracy(X, t.one_hot(y))
+    assert isinstance(acc, float) and loss.dim() == 0 and loss.requires_grad
+    with torch.no_grad():
+        probs = t.network(X)
+    assert float(loss.detach()) == pytest.approx(float(reference_loss(probs, t.one_hot(y))), rel=1e-6)
+    assert acc == pytest.approx(float((probs.argmax(1) == y).double().mean()))
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in t.network.parameters())
+
+
+class FixedProbabilities(nn.Module):
+    def __init__(self, probs):
+        super().__init__()
+        self.probs = probs
+        self.weight = nn.Parameter(torch.zeros(()))
+
+    def forward(self, X):
+        return self.probs + 0 * self.weight
+
+
+def test_loss_clips_probabilities_to_epsilon(make_trainer):
+    t = make_trainer(n_classes=2)
+    t.network = FixedProbabilities(torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+    loss, acc = t.compute_loss_and_accuracy(torch.zeros(2, 1), torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+    loss = float(loss.detach())
+    assert math.isfinite(loss)
+    assert loss == pytest.approx(-math.log(1e-9) / 2, rel=1e-5)
+    assert acc == 0.5
+
+
+def test_compute_gradient_norm_reads_the_grad_buffers(make_trainer):
+    t = make_trainer()
+    with pytest.raises(ValueError, match="no gradients"):
+        S.Trainer.compute_gradient_norm(t.network)
+    loss, _ = t.compute_loss_and_accuracy(t.train[0][:32], t.one_hot(t.train[1][:32]))
+    loss.backward()
+    expected = torch.cat([p.grad.flatten() for p in t.network.parameters()]).norm()
+    assert S.Trainer.compute_gradient_norm(t.network) == pytest.approx(float(expected), rel=1e-5)  # float32 sums
+
+
+# ---------------------------------------------------------------- training
+
+def test_training_step_leaves_the_batch_gradient_and_updates(make_trainer):
+    t = make_trainer(lr=1e-3)
+    X, Y = t.train[0][:64], t.one_hot(t.train[1][:64])
+    reference = copy.deepcopy(t.network)
+    reference_loss(reference(X), Y).backward()
+    before = [p.detach().clone() for p in t.network.parameters()]
+    norm = t.training_step(X, Y)
+    assert isinstance(norm, float)
+    assert norm == pytest.approx(S.Trainer.compute_gradient_norm(t.network), rel=1e-6)
+    for p, r, b in zip(t.network.parameters(), reference.parameters(), before):
+        assert torch.allclose(p.grad, r.grad, rtol=1e-5, atol=1e-7)
+        assert not torch.equal(p.detach(), b)
+    assert all(int(s["step"]) == 1 for s in t.optimizer.state.values())
+
+
+def template_training_step(network, optimizer, X, Y):
+    """The homework's training step, written the template's way with torch.optim.Adam."""
+    optimizer.zero_grad()
+    reference_loss(network(X), Y).backward()
+    optimizer.step()
+    return float(torch.cat([p.grad.flatten() for p in network.parameters()]).norm())
+
+
+@torch.no_grad()
+def max_difference(a: nn.Module, b: nn.Module) -> float:
+    return max(float((p - q).abs().max()) for p, q in zip(a.parameters(), b.parameters()))
+
+
+@pytest.mark.parametrize("network_type,config", [
+    ("mlp", S.NetworkConfiguration(dense_hiddens=(64, 32))),
+    ("cnn", S.NetworkConfiguration((4, 8), (3, 3), (1, 1), (1, 0), (16,))),
+])
+def test_training_steps_track_torch_adam(make_trainer, network_type, config):
+    t = make_trainer(network_type=network_type, net_config=config, lr=1e-3)
+    reference = copy.deepcopy(t.network)
+    optimizer = torch.optim.Adam(reference.parameters(), lr=1e-3)
+    X, Y = t.train[0], t.one_hot(t.train[1])
+    for step in range(100):
+        batch = slice((step * 32) % 288, (step * 32) % 288 + 32)
+        norm = t.training_step(X[batch], Y[batch])
+        reference_norm = template_training_step(reference, optimizer, X[batch], Y[batch])
+        assert norm == pytest.approx(reference_norm, rel=1e-4, abs=1e-6)
+        assert max_difference(t.network, reference) <= 1e-6, f"step {step}"
+
+
+def test_optimizer_step_after_backward_shares_state_with_training_step(make_trainer):
+    t = make_trainer(lr=1e-3)
+    reference = copy.deepcopy(t.network)
+    optimizer = torch.optim.Adam(reference.parameters(), lr=1e-3)
+    X, Y = t.train[0][:64], t.one_hot(t.train[1][:64])
+    t.training_step(X, Y)
+    template_training_step(reference, optimizer, X, Y)
+    for group in (*t.optimizer.param_groups, *optimizer.param_groups):
+        group["lr"] = 3e-3  # a schedule changing the rate must be honoured
+    for _ in range(2):  # the way code outside the Trainer trains
+        t.optimizer.zero_grad()
+        loss, _ = t.compute_loss_and_accuracy(X, Y)
+        loss.backward()
+        t.optimizer.step()
+        template_training_step(reference, optimizer, X, Y)
+    assert all(int(s["step"]) == 3 for s in t.optimizer.state.values())
+    assert max_difference(t.network, reference) <= 1e-6
+
+
+def test_optimizer_state_dicts_are_interchangeable_with_torch_adam(make_trainer):
+    t = make_trainer(lr=1e-3)
+    reference = copy.deepcopy(t.network)
+    optimizer = torch.optim.Adam(reference.parameters(), lr=1e-3)
+    X, Y = t.train[0][:64], t.one_hot(t.train[1][:64])
+    for _ in range(3):
+        template_training_step(reference, optimizer, X, Y)
+    t.network.load_state_dict(reference.state_dict())
+    t.optimizer.load_state_dict(optimizer.state_dict())
+    t.training_step(X, Y)
+    template_training_step(reference, optimizer, X, Y)
+    assert max_difference(t.network, reference) <= 1e-6
+
+
+def test_evaluate_accepts_labels_or_one_hot(make_trainer):
+    t = make_trainer()
+    X, y = t.valid
+    loss, acc = t.evaluate(X, y)
+    loss_oh, acc_oh = t.evaluate(X, t.one_hot(y))
+    assert isinstance(loss, torch.Tensor) and loss.dim() == 0 and not loss.requires_grad
+    assert isinstance(acc, float)
+    assert (float(loss), acc) == (float(loss_oh), acc_oh)
+    with torch.no_grad():
+        probs = t.network(X)
+    assert float(loss) == pytest.approx(float(reference_loss(probs, t.one_hot(y))), rel=1e-5)
+    assert acc == pytest.approx(float((probs.argmax(1) == y).double().mean()))
+
+
+def test_train_loop_logs_and_walks_the_minibatches_in_order(make_trainer, capsys):
+    t = make_trainer(lr=1e-3, batch_size=128)
+    X_train = t.train[0]
+    seen, norms = [], []
+    training_step = t.training_step
+
+    def recording_step(X_batch, y_batch):
+        seen.append(X_batch)
+        norms.append(training_step(X_batch, y_batch))
+        return norms[-1]
+
+    t.training_step = recording_step
+    initial = t.evaluate(*t.valid)
+    logs = t.train_loop(4)
+    assert logs is t.train_logs
+    assert {k: len(v) for k, v in logs.items()} == {
+        "train_accuracy": 5, "validation_accuracy": 5, "train_loss": 5, "validation_loss": 5,
+        "train_gradient_norm": 4}
+    assert [len(b) for b in seen] == [128, 128, 44] * 4
+    assert torch.equal(torch.cat(seen[:3]), X_train)
+    assert logs["train_gradient_norm"] == norms[2::3]
+    assert logs["validation_loss"][0] == pytest.approx(float(initial[0]), rel=1e-5)
+    assert logs["validation_accuracy"][0] == pytest.approx(initial[1])
+    assert all(isinstance(v, float) for values in logs.values() for v in values)
+    assert logs["validation_accuracy"][-1] >= 0.8 > logs["validation_accuracy"][0]
+    assert "4/4" in capsys.readouterr().err  # the tqdm bar
+
+
+def test_cnn_trains(make_trainer):
+    config = S.NetworkConfiguration((4, 8), (3, 3), (1, 1), (0, 0), (32,))
+    t = make_trainer(network_type="cnn", net_config=config, lr=3e-3, batch_size=32)
+    logs = t.train_loop(3)
+    assert logs["validation_loss"][-1] < logs["validation_loss"][0]
+
+
+# ---------------------------------------------------------------- equivariance
+
+def test_equivariance_figures(make_trainer, tmp_path, monkeypatch):
+    t = make_trainer(network_type="cnn", normalization=False)
+    torch.manual_seed(3)  # the small conv net draws its weights from the global generator
+    arrays = t.test_equivariance(tmp_path / "figures")
+    assert list(arrays) == ["original", "features", "shift_difference", "rotation_difference"]
+    assert [a.shape for a in arrays.values()] == [(28, 28), (24, 24), (24, 24), (24, 24)]
+    assert np.array_equal(arrays["original"], (t.train[0][0][0] / 255.).numpy())
+    assert arrays["features"].max() > 0, "a dead feature map would make the checks below vacuous"
+    assert (arrays["shift_difference"] >= 0).all() and (arrays["rotation_difference"] >= 0).all()
+    # convolution commutes with shifts: only the border the shift brings in differs
+    assert np.abs(arrays["shift_difference"][5:, 5:]).max() < 1e-6
+    for name in arrays:
+        assert (tmp_path / "figures" / f"equivariance_{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    monkeypatch.chdir(tmp_path)
+    t.test_equivariance()  # the template's (self) call
+    assert len(list(tmp_path.glob("equivariance_*.png"))) == 4
+
+
+# ---------------------------------------------------------------- standalone and real data
+
+@pytest.mark.skipif(SOLUTION_ENV not in os.environ, reason="only when testing an exported solution file")
+def test_exported_solution_runs_without_fn_trainer():
+    assert Path(S.__file__).resolve() == Path(os.environ[SOLUTION_ENV]).resolve()
+    for name in ("fn_trainer", "compat"):
+        with pytest.raises(ImportError):
+            importlib.import_module(name)
+        assert name not in sys.modules
+
+
+@pytest.mark.realdata
+def test_default_mlp_reaches_80_percent_in_one_epoch(real_data_root):
+    t = S.Trainer(datapath=str(real_data_root))
+    logs = t.train_loop(1)
+    assert logs["validation_accuracy"][-1] >= 0.80
