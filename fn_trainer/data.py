@@ -72,9 +72,9 @@ def load_fashion_mnist(root: str | os.PathLike = "./data", download: bool = True
     present = [folder / name for name in IDX_FILES if (folder / name).exists()]
     for path in present:
         check_idx_file(path)
-    missing = len(present) < len(IDX_FILES)
+    missing = [name for name in IDX_FILES if folder / name not in present]
     if missing and not download:
-        raise DatasetError(_missing_message(folder, "download=False"))
+        raise DatasetError(_missing_message(folder, f"download=False; missing {', '.join(missing)}"))
     try:
         from torchvision.datasets import FashionMNIST
     except Exception as e:  # a broken install fails here, often not with ImportError
