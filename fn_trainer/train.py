@@ -73,11 +73,6 @@ class Progress(NamedTuple):
     last_grad_norm: Optional[Tensor] = None  # gradient norm of the last completed minibatch
 
 
-def as_targets(y: Tensor, n_classes: int) -> Tensor:
-    """One-hot targets from ``(N,)`` labels; ``(N, C)`` targets pass through."""
-    return y if y.dim() == 2 else one_hot(y, n_classes)
-
-
 def epoch_order(n: int, epoch: int, shuffle: bool, seed: int) -> Optional[Tensor]:
     """The sample order of one epoch: ``None`` (in order) or a permutation that
     depends only on ``(seed, epoch)``, so a resumed run replays it exactly."""
@@ -139,8 +134,10 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
     If one is not finite, the epoch is replayed step by step to find the first step
     whose loss or gradient norm is not finite or whose update is not; the run stops
     there and returns the state that step received (the last finite one), with
-    ``FitResult.diverged`` naming the epoch, the step and the values. The logs keep
-    every completed epoch; nothing is raised. Requires a deterministic ``step``.
+    ``FitResult.diverged`` naming the epoch and step (both 1-based) and the values.
+    The logs keep every completed epoch; nothing is raised. If a non-deterministic
+    ``step`` does not repeat the failure on replay, the epoch's starting state is
+    returned and the message says so.
 
     Checkpoints: with ``checkpoint`` (a file path), the full state (parameters,
     optimizer state, logs, position, RNG states, the fit settings and ``config``, a
