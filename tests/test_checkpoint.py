@@ -312,7 +312,7 @@ CHILD = textwrap.dedent("""
     from fn_trainer import NetworkConfiguration, adam, build_network, make_evaluate, make_step
     from fn_trainer.train import fit
 
-    mode, ckpt, out = sys.argv[1:4]
+    mode, out, *ckpts = sys.argv[1:]
     net = build_network("cnn", NetworkConfiguration((4,), (3,), (1,), (1,), (16,)), input_shape=(1, 8, 8))
     g = torch.Generator().manual_seed(0)
     X, y = torch.randn(160, 1, 8, 8, generator=g), torch.randint(0, 10, (160,), generator=g)
@@ -322,7 +322,7 @@ CHILD = textwrap.dedent("""
 
     def step(p, s, batch):
         calls.append(1)
-        if mode == "kill" and int(s.count) == 2 * 5 + 3:  # in the middle of epoch 3
+        if mode == "stop" and int(s.count) == 2 * 5 + 3:  # in the middle of epoch 3
             print("READY", flush=True)
             time.sleep(300)
         return base(p, s, batch)
@@ -335,34 +335,55 @@ CHILD = textwrap.dedent("""
                 resume=resume, config={"lr": 3e-3})
         return {"params": r.params, "logs": r.logs, "calls": len(calls)}
 
-    if mode == "kill":
-        train(ckpt, resume=False)
+    if mode == "stop":
+        try:
+            train(ckpts[0], resume=False)
+        except KeyboardInterrupt:
+            sys.exit(130)
     else:
-        torch.save({"resumed": train(ckpt, resume=True), "fresh": train(ckpt + ".fresh", resume=False)}, out)
+        results = {"fresh": train(out + ".fresh.pt", resume=False)}
+        results.update({c: train(c, resume=True) for c in ckpts})
+        torch.save(results, out)
 """)
 
 
-def test_sigkill_mid_epoch_then_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
+STOPS = {  # signal: (checkpoint position afterwards, exit status)
+    signal.SIGKILL: ((2, 0), -signal.SIGKILL),  # nothing runs: the last epoch's checkpoint remains
+    signal.SIGINT: ((2, 3), 130),  # KeyboardInterrupt: the state before the interrupted step is saved
+}
+
+
+def test_killed_or_interrupted_mid_epoch_then_resumed_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(CHILD)
-    ckpt, out = tmp_path / "c.pt", tmp_path / "out.pt"
-    args = [sys.executable, str(script)]
-    child = subprocess.Popen([*args, "kill", str(ckpt), str(out)], stdout=subprocess.PIPE, text=True)
+    out = tmp_path / "out.pt"
+    ckpts = {sig: tmp_path / f"{sig.name}.pt" for sig in STOPS}
+    children = {sig: subprocess.Popen([sys.executable, str(script), "stop", str(out), str(ckpts[sig])],
+                                      stdout=subprocess.PIPE, text=True) for sig in STOPS}
     try:
-        assert child.stdout.readline().strip() == "READY"
-        data = load_checkpoint(ckpt)
-        assert (data["epoch"], data["batch"]) == (2, 0)  # the last completed epoch
-        child.send_signal(signal.SIGKILL)
-        assert child.wait(timeout=30) == -signal.SIGKILL
+        for sig, child in children.items():
+            assert child.stdout.readline().strip() == "READY"
+            data = load_checkpoint(ckpts[sig])
+            assert (data["epoch"], data["batch"]) == (2, 0)  # the last completed epoch
+            child.send_signal(sig)
+            assert child.wait(timeout=60) == STOPS[sig][1]
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-    subprocess.run([*args, "resume", str(ckpt), str(out)], check=True, timeout=120)
+        for child in children.values():
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    for sig, ckpt in ckpts.items():
+        data = load_checkpoint(ckpt)
+        assert (data["epoch"], data["batch"]) == STOPS[sig][0], sig.name
+    subprocess.run([sys.executable, str(script), "resume", str(out), *map(str, ckpts.values())],
+                   check=True, timeout=120)
     results = torch.load(out, weights_only=True)
-    resumed, fresh = results["resumed"], results["fresh"]
-    assert (resumed["calls"], fresh["calls"]) == (2 * 5, 4 * 5)  # it resumed, it did not restart
-    assert resumed["logs"] == fresh["logs"]
-    assert len(fresh["logs"]["validation_loss"]) == 5
-    for k, v in fresh["params"].items():
-        assert torch.equal(resumed["params"][k], v), k
+    fresh = results["fresh"]
+    assert fresh["calls"] == 4 * 5 and len(fresh["logs"]["validation_loss"]) == 5
+    for sig, ckpt in ckpts.items():
+        resumed = results[str(ckpt)]
+        epoch, batch = STOPS[sig][0]
+        assert resumed["calls"] == 4 * 5 - (epoch * 5 + batch), sig.name  # it resumed, not restarted
+        assert resumed["logs"] == fresh["logs"], sig.name
+        for k, v in fresh["params"].items():
+            assert torch.equal(resumed["params"][k], v), (sig.name, k)
