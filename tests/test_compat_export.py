@@ -1,0 +1,121 @@
+"""``export_solution``: the single-file ``solution.py`` graders receive."""
+import ast
+import importlib.util
+import os
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+import pytest
+
+from fn_trainer import export
+from fn_trainer.export import export_solution
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+ALLOWED = set(sys.stdlib_module_names) | {"torch", "torchvision", "numpy", "tqdm", "__future__"}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    return export_solution(tmp_path_factory.mktemp("export") / "solution.py")
+
+
+def load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_time_imports(source: str):
+    """Root names of the modules ``source`` imports when it is loaded (not in functions)."""
+    roots = set()
+    for node in export.load_time_nodes(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            roots |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def embedded_sources(text: str):
+    for node in ast.parse(text).body:
+        if isinstance(node, ast.Assign) and node.targets[0].id == "_EMBEDDED_SOURCES":
+            return ast.literal_eval(node.value)
+    raise AssertionError("no _EMBEDDED_SOURCES in the exported file")
+
+
+def test_exported_file_imports_only_the_template_libraries(exported):
+    text = exported.read_text()
+    package = ast.literal_eval(text.split("_EMBEDDED_PACKAGE = ", 1)[1].split("\n", 1)[0])
+    assert package.startswith("_fn_trainer_")
+    assert load_time_imports(text) <= ALLOWED | {package}
+    sources = embedded_sources(text)
+    assert {"losses", "optim", "networks", "diagnostics", "data"} <= set(sources)
+    assert not {"cli", "export", "__init__"} & set(sources)
+    for name, source in sources.items():
+        assert source == (ROOT / "fn_trainer" / f"{name}.py").read_text(), name
+        assert load_time_imports(source) <= ALLOWED, name
+    assert "import fn_trainer" not in text and "from fn_trainer" not in text.split("# ---- end", 1)[1]
+
+
+def test_export_is_deterministic_and_keeps_the_docstring_first(exported, tmp_path):
+    again = export_solution(tmp_path / "deep" / "folder" / "solution.py")
+    assert again.read_text() == exported.read_text()
+    assert ast.get_docstring(ast.parse(exported.read_text())).startswith("Homework 3")
+
+
+def test_exported_module_uses_its_private_copy(exported):
+    solution = load(exported, "exported_solution")
+    module = solution.NetworkConfiguration.__module__
+    assert module.startswith("_fn_trainer_") and module.endswith(".config")
+    from fn_trainer.config import NetworkConfiguration
+    assert solution.NetworkConfiguration is not NetworkConfiguration
+    assert solution.Trainer.create_mlp.__module__ == "exported_solution"
+    try:  # tracebacks through the embedded code show its lines
+        solution.Trainer.create_activation_function("gelu")
+    except ValueError:
+        text = traceback.format_exc()
+    assert "fn_trainer/networks.py" in text and "raise ValueError(" in text
+
+
+def test_exported_file_passes_the_compat_suite_without_fn_trainer(exported):
+    """The compat suite, in a fresh interpreter where fn_trainer and compat cannot be imported."""
+    env = {**os.environ, "FN_TRAINER_SOLUTION": str(exported)}
+    result = subprocess.run(
+        [sys.executable, str(TESTS / "compat_blocker.py"), "-x", "-v", "-p", "no:cacheprovider",
+         "-m", "not realdata", str(TESTS / "test_compat.py")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    assert "test_exported_solution_runs_without_fn_trainer PASSED" in output, output[-5000:]
+    assert "skipped" not in output.strip().splitlines()[-1], output[-5000:]  # the whole suite ran
+
+
+@pytest.mark.parametrize("name", ["solution.txt", "solution"])
+def test_out_path_must_be_a_python_file(tmp_path, name):
+    with pytest.raises(ValueError, match=r"\.py file"):
+        export_solution(tmp_path / name)
+
+
+def test_out_path_must_not_be_a_folder(tmp_path):
+    (tmp_path / "solution.py").mkdir()
+    with pytest.raises(ValueError, match="is a folder"):
+        export_solution(tmp_path / "solution.py")
+
+
+def test_modules_with_other_load_time_imports_are_refused():
+    with pytest.raises(ValueError, match="matplotlib"):
+        export.check_imports("fn_trainer/plots.py", "import numpy\nimport matplotlib.pyplot as plt\n", {})
+    lazy = "import torch\n\ndef plot():\n    import matplotlib.pyplot as plt\n"
+    export.check_imports("fn_trainer/plots.py", lazy, {})  # imported only when plot() runs
+
+
+def test_the_package_itself_cannot_be_embedded():
+    with pytest.raises(ValueError, match="submodule"):
+        export.needed_modules("from fn_trainer import one_hot\n")
+    assert export.needed_modules("from fn_trainer.losses import one_hot\n") == ["losses"]
