@@ -1,0 +1,74 @@
+"""``torch.compile`` over the whole pure training step.
+
+The step is compiled from the outside: ``torch.func`` transforms (``grad``, ``vmap``)
+stay inside the traced function, so Inductor sees forward, backward and the optimizer
+update as one graph and fuses the element-wise work (Adam, loss, metrics). Every
+value that changes between steps (the step counter, the learning rate and the other
+hyper-parameters of ``AdamState``) is a tensor, so the compiled graph is reused for
+every step; a new batch shape (the smaller last batch of an epoch) runs eagerly by
+default rather than compiling a second graph. Eager execution stays the reference:
+the compiled step returns the same values up to floating-point reassociation.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Tuple
+
+import torch
+from torch import Tensor
+
+from .step import Batch, Params, Step
+
+MultiStep = Callable[[Params, object, Batch], Tuple[Params, object, Dict[str, Tensor]]]
+
+
+def compile_step(step: Step, *, mode: str | None = None, other_shapes: str = "eager") -> Step:
+    """``step`` under ``torch.compile(fullgraph=True, dynamic=False)``, same signature.
+
+    The graph is specialised to the first minibatch shape it sees. A minibatch of
+    another shape (the smaller last one of an epoch) runs the eager ``step`` when
+    ``other_shapes="eager"`` (one eager step per epoch instead of a second compilation
+    as long as the first), or compiles another graph when ``other_shapes="compile"``.
+    ``mode`` is passed to ``torch.compile`` (``None``: its default).
+    """
+    if not callable(step):
+        raise TypeError(f"step must be callable, got {type(step).__name__}")
+    if other_shapes not in ("eager", "compile"):
+        raise ValueError(f"other_shapes must be 'eager' or 'compile', got {other_shapes!r}")
+    compiled = torch.compile(step, fullgraph=True, dynamic=False, mode=mode)
+    if other_shapes == "compile":
+        return compiled
+    first_shape = None
+
+    def compiled_step(params: Params, opt_state, batch: Batch):
+        nonlocal first_shape
+        shape = tuple(batch[0].shape)
+        if first_shape is None:
+            first_shape = shape
+        return (compiled if shape == first_shape else step)(params, opt_state, batch)
+
+    return compiled_step
+
+
+def multi_step(step: Step, n_steps: int) -> MultiStep:
+    """``n_steps`` consecutive steps as one function over stacked minibatches.
+
+    ``multi(params, opt_state, (xs, targets))`` with ``xs: (n_steps, B, ...)`` and
+    ``targets: (n_steps, B, C)`` applies ``step`` to ``(xs[i], targets[i])`` for
+    ``i = 0 .. n_steps - 1`` and returns the final parameters and state and the
+    metrics stacked along a leading ``(n_steps,)`` axis. Compiled, the loop is unrolled
+    into one graph.
+    """
+    from .errors import check_positive_int
+
+    check_positive_int("n_steps", n_steps)
+
+    def multi(params: Params, opt_state, batches: Batch):
+        xs, targets = batches
+        history = []
+        for i in range(n_steps):
+            params, opt_state, metrics = step(params, opt_state, (xs[i], targets[i]))
+            history.append(metrics)
+        stacked = {k: torch.stack([m[k] for m in history]) for k in history[0]}
+        return params, opt_state, stacked
+
+    return multi
