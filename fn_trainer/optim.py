@@ -7,6 +7,7 @@ on their values.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Dict, NamedTuple, Tuple
 
 import torch
@@ -55,7 +56,9 @@ def adam(lr: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
     """
     lr = check_positive_float("lr", lr)
     for name, beta in (("b1", b1), ("b2", b2)):
-        if not 0.0 <= float(beta) < 1.0:
+        if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
+            raise TypeError(f"{name} must be a number in [0, 1), got {beta!r}")
+        if not 0.0 <= beta < 1.0:
             raise ValueError(f"{name} must lie in [0, 1), got {beta}")
     eps = check_positive_float("eps", eps)
 

@@ -98,3 +98,8 @@ def test_adam_is_bitwise_torch_optim_adam_in_float32(seed, lr):
         params, state = opt.update(torch.func.grad(loss)(params), state, params)
     for k in params:
         assert torch.equal(params[k], ref[k].detach()), k
+
+
+def test_non_numeric_beta_is_named():
+    with pytest.raises(TypeError, match="b2"):
+        adam(b2="0.9")
