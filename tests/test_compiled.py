@@ -1,0 +1,96 @@
+"""The compiled step equals the eager step and never recompiles after warm-up."""
+import pytest
+import torch
+import torch._dynamo
+
+from fn_trainer import NetworkConfiguration, adam, build_network, make_step, one_hot
+from fn_trainer.compiled import compile_step, multi_step
+from fn_trainer.sweep import fit_sweep
+
+# float32: Inductor fuses and reorders reductions (matmul epilogues, the gradient norm),
+# so compiled values differ from eager ones by rounding. Metrics: relative 1e-4. Adam
+# divides by sqrt(v), so an entry whose gradients are ~0 turns rounding into a visible
+# step: parameters may differ by up to 1% of the largest possible move, lr * steps.
+TOL = dict(rtol=1e-4, atol=1e-5)
+
+
+def param_tol(lr, steps):
+    return dict(rtol=0.0, atol=0.01 * lr * steps)
+
+
+def batches(n_batches, batch_size, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.rand(batch_size, 1, 28, 28, generator=g) * 255,
+             one_hot(torch.randint(0, 10, (batch_size,), generator=g), 10)) for _ in range(n_batches)]
+
+
+def run(step, params, state, data):
+    history = []
+    for batch in data:
+        params, state, metrics = step(params, state, batch)
+        history.append(metrics)
+    return params, state, {k: torch.stack([m[k] for m in history]) for k in history[0]}
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return build_network("mlp", NetworkConfiguration(dense_hiddens=(32,)))
+
+
+def test_compiled_step_equals_eager_and_does_not_recompile(mlp):
+    torch._dynamo.reset()
+    step = make_step(mlp.apply, adam(1e-3))
+    compiled = compile_step(step)
+    params = mlp.init(0)
+    data = batches(6, 32) + batches(1, 20, seed=1)  # a smaller last batch runs eagerly
+    warm = run(compiled, params, adam(1e-3).init(params), data[:1])
+    frames = torch._dynamo.utils.counters["frames"]["ok"]
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        got = run(compiled, params, adam(1e-3).init(params), data)
+        # another learning rate is another tensor value, not another graph
+        other_lr = run(compiled, params, adam(5e-2).init(params), data)
+    assert torch._dynamo.utils.counters["frames"]["ok"] == frames
+    want = run(step, params, adam(1e-3).init(params), data)
+    torch.testing.assert_close(got[0], want[0], **param_tol(1e-3, len(data)))
+    for k, m in want[1].mu.items():  # moments: rounding relative to their largest entry
+        torch.testing.assert_close(got[1].mu[k], m, rtol=0.0, atol=1e-3 * float(m.abs().max()))
+    torch.testing.assert_close(got[2], want[2], **TOL)
+    torch.testing.assert_close(other_lr[0], run(step, params, adam(5e-2).init(params), data)[0],
+                               **param_tol(5e-2, len(data)))
+    assert int(got[1].count) == len(data) and warm[2]["loss"].shape == (1,)
+
+
+def test_multi_step_equals_consecutive_steps(mlp):
+    step = make_step(mlp.apply, adam(1e-2))
+    params = mlp.init(1)
+    data = batches(3, 16, seed=2)
+    xs = torch.stack([x for x, _ in data]), torch.stack([t for _, t in data])
+    got = multi_step(step, 3)(params, adam(1e-2).init(params), xs)  # eager: same ops, same order
+    want = run(step, params, adam(1e-2).init(params), data)
+    for k in want[0]:
+        assert torch.equal(got[0][k], want[0][k])
+    for k in want[2]:
+        assert torch.equal(got[2][k], want[2][k])
+    with pytest.raises(ValueError, match="n_steps"):
+        multi_step(step, 0)
+
+
+def test_compiled_sweep_equals_eager_sweep(mlp):
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(3)
+    train = (torch.rand(80, 1, 28, 28, generator=g) * 255, torch.randint(0, 10, (80,), generator=g))
+    valid = (torch.rand(30, 1, 28, 28, generator=g) * 255, torch.randint(0, 10, (30,), generator=g))
+    lrs = [1e-2, 1e-3, 1e-4]
+    eager = fit_sweep(mlp, lrs, train, valid, epochs=2, batch_size=32, progress=False)
+    compiled = fit_sweep(mlp, lrs, train, valid, epochs=2, batch_size=32, progress=False, compile=True)
+    for a, b in zip(compiled, eager):
+        for key in a.logs:
+            torch.testing.assert_close(torch.tensor(a.logs[key]), torch.tensor(b.logs[key]), **TOL)
+        torch.testing.assert_close(a.params, b.params, **param_tol(max(lrs), 2 * 3))
+
+
+def test_compile_step_rejects_bad_arguments():
+    with pytest.raises(TypeError, match="step"):
+        compile_step(42)
+    with pytest.raises(ValueError, match="other_shapes"):
+        compile_step(lambda *a: a, other_shapes="sometimes")
