@@ -65,8 +65,9 @@ def plot_curves(curves: Sequence[Curve], path: Path, *, title: str, ylabel: str,
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.legend(fontsize="small", loc="best")
-    fig.tight_layout()
+    # Below the axes: a legend inside would hide the curves it names.
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.13),
+              ncol=2 if len(curves) > 3 else 1, frameon=False)
     return _save(fig, path)
 
 
@@ -90,14 +91,13 @@ def plot_map(array: np.ndarray, path: Path, *, title: str, colorbar_label: str,
     ax.set_title(title, fontsize="medium")
     ax.set_xlabel("column (pixel)")
     ax.set_ylabel("row (pixel)")
-    fig.tight_layout()
     return _save(fig, path)
 
 
 def _save(fig, path: Path) -> Path:
     path = Path(path)
     try:
-        fig.savefig(path, format="png")
+        fig.savefig(path, format="png", bbox_inches="tight")
     finally:
         plt.close(fig)
     return path

@@ -21,7 +21,7 @@ def run(ctx: Context) -> List[RunRecord]:
              for a in archs]
     records = execute(ctx, specs)
     acc = accuracy_figure(records, ctx.folder(NAME) / "accuracy.png",
-                          f"Accuracy: CNN against MLP (lr={fmt_lr(s.lr)}, normalised, batch {batch_size})")
+                          f"Accuracy: CNN against MLP\nlr={fmt_lr(s.lr)}, normalised, batch {batch_size}")
     parts = header("4. CNN with a solved kernel size against the MLP", ctx) + [
         f"Kernel size solved for the budget: {archs[0].config.kernel_sizes[0]} "
         f"(filters {archs[0].config.n_channels}, stride 1, padding 0, dense {archs[0].config.dense_hiddens}).", "",

@@ -21,7 +21,7 @@ def run(ctx: Context) -> List[RunRecord]:
              for a in archs]
     records = execute(ctx, specs)
     acc = accuracy_figure(records, ctx.folder(NAME) / "accuracy.png",
-                          f"Accuracy: three CNN shapes (lr={fmt_lr(s.lr)}, normalised, batch {batch_size})")
+                          f"Accuracy: three CNN shapes\nlr={fmt_lr(s.lr)}, normalised, batch {batch_size}")
     shallow = archs[2]
     parts = header("5. CNN shapes: deep 1x1 kernels, shallow 28x28 kernel", ctx) + [
         f"Shallow CNN channel count solved for the budget: {shallow.config.n_channels[0]}. "

@@ -25,7 +25,7 @@ def accuracy_figure(records: Sequence[RunRecord], path: Path, title: str) -> Pat
     """Train (dashed) and validation (solid) accuracy per epoch of every record."""
     return plot_curves(curves(records, "validation_accuracy", suffix=" — validation")
                        + curves(records, "train_accuracy", suffix=" — train", linestyle="--"),
-                       path, title=title, ylabel="accuracy", ylim=(0.0, 1.0))
+                       path, title=title, ylabel="accuracy", ylim=(0.0, 1.02))
 
 
 def header(title: str, ctx: Context) -> List[str]:

@@ -23,9 +23,9 @@ def run(ctx: Context) -> List[RunRecord]:
              for a in archs]
     records = execute(ctx, specs)
     setting = f"lr={fmt_lr(s.lr)}, normalised, batch {batch_size}"
-    acc = accuracy_figure(records, folder / "accuracy.png", f"Accuracy: MLP depth ({setting})")
+    acc = accuracy_figure(records, folder / "accuracy.png", f"Accuracy: MLP 256-256 against a deep 64-unit MLP\n{setting}")
     grad = plot_curves(curves(records, "train_gradient_norm", start=1), folder / "gradient_norm.png",
-                       title=f"Gradient norm of each epoch's last minibatch ({setting})",
+                       title=f"Gradient norm of each epoch's last minibatch\n{setting}",
                        ylabel="gradient norm (log scale)", logy=True)
     parts = header("3. Depth: MLP 256-256 against a deep 64-unit MLP", ctx) + [
         params_table(archs), "", runs_table(records), "",

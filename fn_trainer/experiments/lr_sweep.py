@@ -38,7 +38,7 @@ def run(ctx: Context) -> List[RunRecord]:
             curves(group, "validation_accuracy"), folder / f"validation_accuracy_{word}.png",
             title=f"Validation accuracy, {arch.label}\n{'with' if normalization else 'without'} "
                   f"normalisation, batch {batch_size}",
-            ylabel="validation accuracy", ylim=(0.0, 1.0))
+            ylabel="validation accuracy", ylim=(0.0, 1.02))
         parts += [figure(NAME, path, f"validation accuracy, {word} inputs"), ""]
     parts += [runs_table(records), "", best_pair(records)]
     write_section(ctx.out, NAME, "\n".join(parts))

@@ -139,9 +139,10 @@ def write_json(path: Path, data: Any) -> None:
 class Context:
     """Settings plus the data, loaded once and shared by every run of a command."""
 
-    def __init__(self, settings: Settings, echo: Callable[[str], None] = print):
+    def __init__(self, settings: Settings, echo: Optional[Callable[[str], None]] = None):
         self.settings = settings
-        self.echo = echo
+        # Flushed at once: a run's summary line must reach a log file as the run ends.
+        self.echo = echo or (lambda line: print(line, flush=True))
         self._splits: Optional[Splits] = None
         self._prepared: Dict[bool, Tuple[Split, Split]] = {}
         self._fingerprint: Optional[str] = None
@@ -296,7 +297,7 @@ def runs_table(records: Sequence[RunRecord]) -> str:
         s = r.spec
         rows.append([s.label, f"{r.n_params:,}", fmt_lr(s.lr), "on" if s.normalization else "off",
                      s.batch_size, s.epochs, f(r.final("train_accuracy")), f(r.final()),
-                     f"{f(best)} (epoch {epoch})", f"diverged: {r.diverged}" if r.diverged else "ok",
+                     f"{f(best)} (epoch {epoch})", r.diverged.split(":")[0] if r.diverged else "ok",
                      f"{r.wall_time_s:.1f}"])
     return markdown_table(["run", "params", "lr", "normalisation", "batch", "epochs",
                            "final train acc", "final valid acc", "best valid acc", "status",
