@@ -1,0 +1,153 @@
+import math
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from fn_trainer.config import NetworkConfiguration
+from fn_trainer.experiments import EXPERIMENTS, experiment
+from fn_trainer.experiments.equivariance import equivariance_maps
+from fn_trainer.experiments.runs import RunRecord, RunSpec, finite_logs, runs_table, summary
+from fn_trainer.plots import Curve, plot_curves, plot_map
+from fn_trainer.report import assemble, markdown_table, write_section
+
+
+def blob_image(seed: int, size: int = 28) -> torch.Tensor:
+    """A positive image with structure (a bright random rectangle on noise)."""
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(size, size, generator=g) * 0.2
+    r, c = torch.randint(6, size - 12, (2,), generator=g).tolist()
+    image[r:r + 8, c:c + 5] += 0.8
+    return image
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), image_seed=st.integers(0, 1000), shift=st.integers(1, 8))
+def test_convolution_is_shift_equivariant_away_from_borders(seed, image_seed, shift):
+    result = equivariance_maps(blob_image(image_seed), seed, shift)
+    stats = result["stats"]
+    assert stats["shift_interior_max"] == 0.0 and stats["shift_interior_mean"] == 0.0
+    assert stats["border"] == shift
+    b = shift
+    assert np.array_equal(result["shift_difference"][b:-b, b:-b], np.zeros((24 - 2 * b,) * 2))
+    assert np.abs(result["features"]).max() > 0  # the model drawn is not dead
+
+
+def test_rotation_is_not_equivariant_for_an_asymmetric_kernel():
+    stats = equivariance_maps(blob_image(0), 197331)["stats"]
+    assert stats["rotation_interior_max"] > 1e-3 * stats["feature_interior_mean"]
+
+
+def test_equivariance_maps_shapes_and_dtypes():
+    result = equivariance_maps(blob_image(1).reshape(1, 28, 28), 5)
+    assert result["image"].shape == (28, 28)
+    for key in ("features", "shift_difference", "rotation_difference"):
+        assert result[key].shape == (24, 24) and result[key].dtype == np.float64
+        assert (result[key] >= 0).all()
+    assert result["stats"]["shift_max"] >= result["stats"]["shift_interior_max"]
+
+
+def test_equivariance_maps_is_deterministic_in_seed():
+    a = equivariance_maps(blob_image(2), 11)
+    b = equivariance_maps(blob_image(2), 11)
+    assert np.array_equal(a["features"], b["features"])
+
+
+def test_equivariance_maps_rejects_bad_input():
+    with pytest.raises(TypeError, match="image"):
+        equivariance_maps(np.zeros((28, 28)), 0)
+    with pytest.raises(ValueError, match="image"):
+        equivariance_maps(torch.zeros(2, 28, 28), 0)
+    with pytest.raises(ValueError, match="shift"):
+        equivariance_maps(blob_image(0), 0, shift=12)
+
+
+def test_every_experiment_module_has_name_and_run():
+    for name in EXPERIMENTS:
+        module = experiment(name)
+        assert module.NAME == name and callable(module.run)
+    with pytest.raises(ValueError, match="experiment must be one of"):
+        experiment("nope")
+
+
+def spec(name="r", lr=0.01, normalization=True, epochs=3):
+    return RunSpec(name, f"label {name}", "mlp", NetworkConfiguration((), (), (), (), (8,)), lr, normalization,
+                   32, epochs, 0)
+
+
+def test_config_hash_changes_with_every_setting_but_not_the_name():
+    base = spec()
+    h = base.config_hash("data")
+    assert spec(name="other").config_hash("data") == h
+    assert base.config_hash("other data") != h
+    for changed in (spec(lr=0.001), spec(normalization=False), spec(epochs=4)):
+        assert changed.config_hash("data") != h
+
+
+@settings(max_examples=30, deadline=None)
+@given(values=st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32)), max_size=8))
+def test_record_round_trips_through_json(values):
+    logs = finite_logs({"validation_accuracy": values, "train_accuracy": values})
+    assert all(v is None or math.isfinite(v) for v in logs["validation_accuracy"])
+    record = RunRecord(spec(), "abc", 10, logs, None, 1.5)
+    again = RunRecord.from_json(record.to_json())
+    assert again == record
+    best, epoch = again.best()
+    finite = [v for v in logs["validation_accuracy"] if v is not None]
+    assert best == (max(finite) if finite else None)
+    if finite:
+        assert logs["validation_accuracy"][epoch] == best
+
+
+def test_runs_table_and_summary_state_divergence():
+    ok = RunRecord(spec("a"), "h1", 10, {"validation_accuracy": [0.1, 0.5], "train_accuracy": [0.1, 0.6]}, None, 2.0)
+    bad = RunRecord(spec("b", lr=10.0), "h2", 10, {"validation_accuracy": [0.1], "train_accuracy": [0.1]},
+                    "diverged in epoch 1 at step 3 of 9: loss=nan", 1.0)
+    table = runs_table([ok, bad])
+    assert "| label a |" in table and "0.5000 (epoch 1)" in table
+    assert "| diverged in epoch 1 at step 3 of 9 |" in table
+    assert "DIVERGED" in summary(bad) and "ok" in summary(ok)
+
+
+def test_markdown_table_shape():
+    table = markdown_table(["a", "b"], [[1, 2], [3, 4]]).splitlines()
+    assert table == ["| a | b |", "|---|---|", "| 1 | 2 |", "| 3 | 4 |"]
+
+
+def test_report_sections_follow_question_order_and_replace(tmp_path):
+    write_section(tmp_path, "cnn", "## 4. cnn v1")
+    write_section(tmp_path, "equivariance", "## 1. eq")
+    write_section(tmp_path, "cnn", "## 4. cnn v2")
+    report = (tmp_path / "report.md").read_text()
+    assert report.index("## 1. eq") < report.index("## 4. cnn v2") and "v1" not in report
+    assert assemble(tmp_path) == tmp_path / "report.md"
+    with pytest.raises(ValueError):
+        write_section(tmp_path, "../escape", "x")
+
+
+def read_png(path):
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return matplotlib.image.imread(path)
+
+
+def test_plot_curves_draws_diverged_and_missing_values(tmp_path):
+    path = plot_curves([Curve("fine", [0.1, 0.5, 0.7]),
+                        Curve("broken", [0.1, None, float("nan")], diverged="diverged in epoch 2"),
+                        Curve("never finite", [None], diverged="diverged in epoch 1")],
+                       tmp_path / "c.png", title="t", ylabel="accuracy")
+    image = read_png(path)
+    assert image.shape[0] > 300 and image.shape[1] > 300
+
+
+def test_plot_curves_needs_curves(tmp_path):
+    with pytest.raises(ValueError, match="at least one curve"):
+        plot_curves([], tmp_path / "c.png", title="t", ylabel="y")
+
+
+def test_plot_map_writes_png_and_checks_dims(tmp_path):
+    read_png(plot_map(np.random.default_rng(0).random((24, 24)), tmp_path / "m.png", title="m",
+                      colorbar_label="v", box=5))
+    with pytest.raises(ValueError, match="2-D"):
+        plot_map(np.zeros(3), tmp_path / "n.png", title="n", colorbar_label="v")
