@@ -77,7 +77,8 @@ def _add_training(p: argparse.ArgumentParser, name: str) -> None:
                             "homework Trainer's default)")
     p.add_argument("--force", action="store_true", help="rerun runs whose results already exist")
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run from its checkpoint instead of restarting it")
+                   help="continue an interrupted run from its checkpoint instead of restarting it "
+                        "(runs trained one by one; a vmapped lr sweep restarts its group)")
     p.add_argument("--device", default="cpu", help="torch device to train on (default: %(default)s)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 

@@ -266,3 +266,16 @@ def test_real_data_smoke(real_data_root, tmp_path, capsys):
     records = {r.spec.normalization: r for r in map(runs_module.load_record, result_files(tmp_path))}
     assert records[True].final() > 0.6  # one epoch on 2000 normalised images already learns
     assert_png(tmp_path / "lr-sweep" / "validation_accuracy_normalised.png")
+
+
+def test_lr_sweep_trains_together_by_default_and_alone_with_sequential(small_data_root, tmp_path, capsys):
+    common = ["lr-sweep", "--lrs", "0.01", "0.001", "--data", small_data_root, "--epochs", "1", "--no-progress"]
+    assert run_cli([*common, "--out", tmp_path / "together"], capsys)[0] == 0
+    assert run_cli([*common, "--out", tmp_path / "alone", "--sequential"], capsys)[0] == 0
+    together = {p.name: runs_module.load_record(p) for p in result_files(tmp_path / "together")}
+    alone = {p.name: runs_module.load_record(p) for p in result_files(tmp_path / "alone")}
+    assert together.keys() == alone.keys() and len(alone) == 4
+    for name, r in together.items():
+        assert r.trainer.startswith("fit_sweep") and alone[name].trainer == "fit"
+        # the same runs: equal up to float32 reassociation in the batched matmuls
+        assert r.logs["validation_loss"] == pytest.approx(alone[name].logs["validation_loss"], rel=1e-3)

@@ -10,7 +10,7 @@ from ..report import write_section
 from ..train import FitResult
 from .architectures import reference_mlp
 from .common import curves, figure, header
-from .runs import Context, RunRecord, RunSpec, execute, fmt_lr, runs_table
+from .runs import N_CLASSES, Context, RunRecord, RunSpec, execute, fmt_lr, runs_table
 
 NAME = "lr-sweep"
 BATCH_SIZE = 128
@@ -41,6 +41,9 @@ def run(ctx: Context) -> List[RunRecord]:
             ylabel="validation accuracy", ylim=(0.0, 1.02))
         parts += [figure(NAME, path, f"validation accuracy, {word} inputs"), ""]
     parts += [runs_table(records), "", best_pair(records)]
+    if any(r.trainer != "fit" for r in records):
+        parts += ["", "Runs with a \"shared\" wall time were trained together, one vmapped step for all "
+                      "learning rates of a normalisation setting; the time is the group's."]
     write_section(ctx.out, NAME, "\n".join(parts))
     return records
 
@@ -71,7 +74,8 @@ def sweep_trainer():
         train, valid = ctx.data(first.normalization)
         start = time.perf_counter()
         results = fit_sweep(network, [sp.lr for sp in specs], train, valid, epochs=first.epochs,
-                            batch_size=first.batch_size, seed=first.seed, progress=ctx.settings.progress)
+                            batch_size=first.batch_size, seed=first.seed, n_classes=N_CLASSES,
+                            progress=ctx.settings.progress, desc=f"{first.name.split('-lr')[0]} x{len(specs)} lrs")
         wall = time.perf_counter() - start
         return [(r, wall, f"fit_sweep ({len(specs)} learning rates together)") for r in results]
 

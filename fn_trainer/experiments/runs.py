@@ -287,7 +287,8 @@ def fmt_lr(lr: float) -> str:
 
 
 def runs_table(records: Sequence[RunRecord]) -> str:
-    """Markdown table: per run its network, settings, final/best accuracies, status, time."""
+    """Markdown table: per run its network, settings, final/best accuracies, status, time
+    ("shared": trained together with others in one vmapped step, the group's time)."""
     def f(v: Optional[float]) -> str:
         return "n/a" if v is None else f"{v:.4f}"
 
@@ -298,7 +299,7 @@ def runs_table(records: Sequence[RunRecord]) -> str:
         rows.append([s.label, f"{r.n_params:,}", fmt_lr(s.lr), "on" if s.normalization else "off",
                      s.batch_size, s.epochs, f(r.final("train_accuracy")), f(r.final()),
                      f"{f(best)} (epoch {epoch})", r.diverged.split(":")[0] if r.diverged else "ok",
-                     f"{r.wall_time_s:.1f}"])
+                     f"{r.wall_time_s:.1f}" + (" (shared)" if r.trainer.startswith("fit_sweep") else "")])
     return markdown_table(["run", "params", "lr", "normalisation", "batch", "epochs",
                            "final train acc", "final valid acc", "best valid acc", "status",
                            "wall time (s)"], rows)
