@@ -52,19 +52,20 @@ def jacobian_norm(function: Callable, input_tensor: torch.Tensor) -> float:
     return float(functional_jacobian_norm(function, input_tensor))
 
 
-class FunctionalAdam(torch.optim.Optimizer):
-    """A ``torch.optim.Optimizer`` whose ``step()`` is ``fn_trainer.optim.adam_update``.
+class FunctionalAdam(torch.optim.Adam):
+    """``torch.optim.Adam`` whose ``step()`` is ``fn_trainer.optim.adam_update``.
 
-    Each parameter with a ``.grad`` is updated in place. The per-parameter state uses
-    ``torch.optim.Adam``'s keys (``step``, ``exp_avg``, ``exp_avg_sq``), so state dicts
-    of the two are interchangeable; ``lr``, ``betas`` and ``eps`` are read from the
-    parameter group at every step, so schedulers keep working.
+    Each parameter with a ``.grad`` is updated in place. The per-parameter state keeps
+    ``torch.optim.Adam``'s keys (``step``, ``exp_avg``, ``exp_avg_sq``), so the two load
+    each other's state dicts; ``lr``, ``betas`` and ``eps`` are read from the parameter
+    group at every step, so schedulers keep working. Options the homework's Adam does
+    not use (``weight_decay``, ``amsgrad``, ``maximize``) are refused.
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8) -> None:
         adam(lr, *betas, eps)  # rejects bad hyper-parameters, naming them
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps))
+        super().__init__(params, lr=lr, betas=tuple(betas), eps=eps)
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], torch.Tensor]] = None) -> Optional[torch.Tensor]:
@@ -73,6 +74,9 @@ class FunctionalAdam(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            for option, plain in (("weight_decay", 0), ("amsgrad", False), ("maximize", False)):
+                if group.get(option, plain) != plain:
+                    raise ValueError(f"FunctionalAdam supports only {option}={plain}, got {group[option]!r}")
             hyper = adam(group["lr"], *group["betas"], group["eps"]).init({})
             # adam_update keeps one step count per call: parameters that were updated
             # equally often (all of them, unless some once had no gradient) go together.
@@ -292,6 +296,8 @@ class Trainer:
 
     def _targets(self, y: torch.Tensor, X: torch.Tensor, name: str) -> torch.Tensor:
         """One-hot ``(N, n_classes)`` targets from labels or one-hot ``y``, checked against ``X``."""
+        if isinstance(y, torch.Tensor) and y.dim() == 2 and not y.dtype.is_floating_point:
+            y = y.float()  # integer one-hot rows, as torch.nn.functional.one_hot makes them
         return check_split(name, (X, y), self.n_classes)[1]
 
 

@@ -144,7 +144,7 @@ def test_trainer_attributes(make_trainer, fake_data_root):
     assert t.train_logs == {"train_accuracy": [], "validation_accuracy": [], "train_loss": [],
                             "validation_loss": [], "train_gradient_norm": []}
     assert isinstance(t.network, nn.Module)
-    assert isinstance(t.optimizer, torch.optim.Optimizer)
+    assert isinstance(t.optimizer, torch.optim.Adam)
     assert [p for g in t.optimizer.param_groups for p in g["params"]] == list(t.network.parameters())
     assert t.optimizer.param_groups[0]["lr"] == 0.001
     assert [len(s[0]) for s in (t.train, t.valid, t.test)] == [300, 2000, 100]
@@ -435,6 +435,15 @@ def test_optimizer_step_after_backward_shares_state_with_training_step(make_trai
     assert max_difference(t.network, reference) <= 1e-6
 
 
+def test_optimizer_refuses_adam_options_it_does_not_implement(make_trainer):
+    t = make_trainer()
+    t.optimizer.param_groups[0]["weight_decay"] = 0.1
+    loss, _ = t.compute_loss_and_accuracy(t.train[0][:8], t.one_hot(t.train[1][:8]))
+    loss.backward()
+    with pytest.raises(ValueError, match="weight_decay=0"):
+        t.optimizer.step()
+
+
 def test_optimizer_state_dicts_are_interchangeable_with_torch_adam(make_trainer):
     t = make_trainer(lr=1e-3)
     reference = copy.deepcopy(t.network)
@@ -457,6 +466,8 @@ def test_evaluate_accepts_labels_or_one_hot(make_trainer):
     assert isinstance(loss, torch.Tensor) and loss.dim() == 0 and not loss.requires_grad
     assert isinstance(acc, float)
     assert (float(loss), acc) == (float(loss_oh), acc_oh)
+    loss_int, acc_int = t.evaluate(X, nn.functional.one_hot(y, 10))  # integer one-hot rows
+    assert (float(loss_int), acc_int) == (float(loss), acc)
     with torch.no_grad():
         probs = t.network(X)
     assert float(loss) == pytest.approx(float(reference_loss(probs, t.one_hot(y))), rel=1e-5)
