@@ -84,7 +84,7 @@ def _per_model_splits(name: str, data: Any, n_models: int, n_classes: int) -> Tu
     return splits, which
 
 
-class _Data:
+class SweepData:
     """Minibatches and evaluation sets for K models from their distinct data sets.
 
     One distinct set: tensors are shared (vmap ``in_dims=None``, no copies). Several:
@@ -116,7 +116,7 @@ def make_sweep_evaluate(network: Network):
     mean loss and accuracy of each stacked model on the first ``n`` rows of ``data``
     (chunks of 2000 rows, weighted by size, like ``make_evaluate``)."""
 
-    def evaluate(params: Params, data: _Data, n: int) -> Tuple[Tensor, Tensor]:
+    def evaluate(params: Params, data: SweepData, n: int) -> Tuple[Tensor, Tensor]:
         apply = vmap(network.apply, in_dims=(0, data.in_dims))
         per_model = vmap(lambda p, t: torch.stack([cross_entropy(p, t).double(), accuracy(p, t)]),
                          in_dims=(0, data.in_dims))
@@ -129,6 +129,19 @@ def make_sweep_evaluate(network: Network):
         return total[:, 0] / n, total[:, 1] / n
 
     return evaluate
+
+
+def init_sweep(network: Network, lrs: Sequence[float], seed: int = 0) -> Tuple[Params, Any]:
+    """Stacked parameters (K copies of ``network.init(seed)``) and Adam states, one per lr."""
+    params0 = network.init(seed)
+    return stack_trees([params0] * len(lrs)), stack_trees([adam(lr).init(params0) for lr in lrs])
+
+
+def make_sweep_step(network: Network, batch_in_dims: Optional[int], *, compile: bool = False):
+    """``vmap`` of the pure Adam step over stacked models: ``(params, state, (x, targets))``
+    with ``x: (K, B, ...)`` per model (``batch_in_dims=0``) or ``(B, ...)`` shared (``None``)."""
+    step = vmap(make_step(network.apply, adam()), in_dims=(0, 0, (batch_in_dims,) * 2))
+    return compile_step(step) if compile else step
 
 
 def fit_sweep(network: Network, lrs: Sequence[float], train: Any, valid: Any, *, epochs: int,
@@ -157,17 +170,13 @@ def fit_sweep(network: Network, lrs: Sequence[float], train: Any, valid: Any, *,
         raise ValueError(f"lrs must be a non-empty sequence of learning rates, got {lrs!r}")
     lrs = [check_positive_float(f"lrs[{i}]", lr) for i, lr in enumerate(lrs)]
     K = len(lrs)
-    train_data = _Data(*_per_model_splits("train", train, K, n_classes))
-    valid_data = _Data(*_per_model_splits("valid", valid, K, n_classes))
+    train_data = SweepData(*_per_model_splits("train", train, K, n_classes))
+    valid_data = SweepData(*_per_model_splits("valid", valid, K, n_classes))
     if train_data.X.shape[-3:] != valid_data.X.shape[-3:]:
         raise ValueError("train X and valid X must have the same sample shape")
 
-    params0 = network.init(seed)
-    params = stack_trees([params0] * K)
-    state = stack_trees([adam(lr).init(params0) for lr in lrs])
-    step = vmap(make_step(network.apply, adam()), in_dims=(0, 0, (train_data.in_dims,) * 2))
-    if compile:
-        step = compile_step(step)
+    params, state = init_sweep(network, lrs, seed)
+    step = make_sweep_step(network, train_data.in_dims, compile=compile)
     evaluate = make_sweep_evaluate(network)
     n, n_batches = train_data.n, math.ceil(train_data.n / batch_size)
     n_train_eval = min(N_TRAIN_EVAL, n)

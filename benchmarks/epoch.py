@@ -1,0 +1,273 @@
+"""Epoch times: the template's object-oriented loop against the functional paths.
+
+    python -m benchmarks.epoch [--smoke] [--reps 5] [--json results.json]
+
+In ONE process, on synthetic data of Fashion-MNIST shape (60000 images 1x28x28, raw
+0-255 values, 469 minibatches of 128), the paths of each shape are timed in turn,
+repetition after repetition (alternating, so load changes hit them alike); the
+figure is the median over repetitions of the time of one epoch of training steps
+(per-epoch evaluation excluded on every path). With ``--cnn-steps`` below 469 the
+CNN times that many steps and scales to 469 (said in the output). Compile warm-up
+(first calls, compilation included) is timed separately.
+
+Shapes: the MLP 784-256-256-10; the CNN (16, 32, 45), kernel 3, dense (256, 256);
+the 6-run sweep (3 learning rates x raw/normalised inputs, MLP): six sequential
+reference epochs against one vmapped epoch of the six models.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List
+
+import torch
+
+from fn_trainer import NetworkConfiguration, adam, build_network, make_step, normalize, one_hot
+from fn_trainer.compiled import compile_step
+from fn_trainer.networks import feature_map_sizes
+from fn_trainer.sweep import SweepData, init_sweep, make_sweep_step
+
+from .reference import ReferenceTrainer
+
+N_TRAIN = 60000
+SWEEP_LRS = (1e-2, 1e-4, 1e-8)  # the homework's learning rates, each raw and normalised
+TARGETS = {"mlp": 0.6, "cnn": 0.4, "sweep": 0.5}  # best functional / reference, at most
+MLP_CONFIG = NetworkConfiguration()
+CNN_CONFIG = NetworkConfiguration(n_channels=(16, 32, 45), kernel_sizes=(3, 3, 3))
+SMOKE_MLP = NetworkConfiguration(dense_hiddens=(32,))
+SMOKE_CNN = NetworkConfiguration(n_channels=(4, 8), kernel_sizes=(3, 3), strides=(1, 1), paddings=(0, 0),
+                                 dense_hiddens=(16,))
+
+
+def synthetic_data(n: int, seed: int = 0):
+    """``(X, y)``: ``X (n, 1, 28, 28)`` float32 in [0, 255] with a class-dependent band, ``y (n,)``."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 10, (n,), generator=g)
+    X = torch.rand(n, 1, 28, 28, generator=g) * 60
+    X[torch.arange(n), 0, 2 * y + 4, 4:24] += 150
+    return X, y
+
+
+def train_flops(network_type: str, config: NetworkConfiguration, n_samples: int) -> float:
+    """Multiply-add FLOPs of training on ``n_samples``: ``2 * n * (3 * macs - macs_first)``.
+
+    Forward, weight gradient and input gradient each cost the layer's multiply-adds,
+    except that the first layer needs no input gradient. Pooling, activations and the
+    optimizer are not counted (they are not matmul work).
+    """
+    macs: List[int] = []
+    if network_type == "cnn":
+        c, (h, w) = 1, (28, 28)
+        sizes = feature_map_sizes(config, (h, w))
+        for i, (out_c, k, s, p) in enumerate(zip(*config[:4])):
+            oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+            macs.append(out_c * c * k * k * oh * ow)
+            c, (h, w) = out_c, sizes[i]
+        width = c * 16
+    else:
+        width = 28 * 28
+    for out in (*config.dense_hiddens, 10):
+        macs.append(width * out)
+        width = out
+    return 2.0 * n_samples * (3 * sum(macs) - macs[0])
+
+
+def matmul_peak(seconds: float = 1.0, size: int = 1024) -> float:
+    """Best fp32 GFLOP/s of a ``size``-square matmul over ``seconds`` of tries."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        best = max(best, 4 * 2 * size ** 3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def functional_loop(step, state: Dict, batch_of: Callable[[int], tuple], n_steps: int) -> Callable[[], None]:
+    """``fit``'s inner loop: ``n_steps`` steps, metrics kept as tensors, one sync at the end."""
+
+    def run() -> None:
+        params, opt_state = state["params"], state["opt_state"]
+        metrics = None
+        for b in range(n_steps):
+            params, opt_state, metrics = step(params, opt_state, batch_of(b))
+        state["params"], state["opt_state"] = params, opt_state
+        float(metrics["grad_norm"].sum())
+
+    return run
+
+
+def network_paths(network_type: str, config: NetworkConfiguration, X, T, batch_size: int, n_steps: int,
+                  compile: bool) -> Dict[str, Callable[[], None]]:
+    net = build_network(network_type, config)
+    ref = ReferenceTrainer(network_type, config, lr=1e-3)
+
+    def batch_of(b):
+        return X[b * batch_size:(b + 1) * batch_size], T[b * batch_size:(b + 1) * batch_size]
+
+    step = make_step(net.apply, adam(1e-3))
+    paths = {"reference": lambda: ref.train_steps(X, T, batch_size, n_steps)}
+    for name, s in (("eager", step), ("compiled", compile_step(step) if compile else None)):
+        if s is not None:
+            params = net.init(0)
+            paths[name] = functional_loop(s, {"params": params, "opt_state": adam(1e-3).init(params)},
+                                          batch_of, n_steps)
+    return paths
+
+
+def sweep_paths(config: NetworkConfiguration, X, y, T, batch_size: int, n_steps: int,
+                compile: bool) -> Dict[str, Callable[[], None]]:
+    (Xn, _), _, _ = normalize((X, y), (X[:2], y[:2]), (X[:2], y[:2]))
+    datasets = [X, Xn]
+    refs = [(ReferenceTrainer("mlp", config, lr=lr), datasets[d]) for d in (0, 1) for lr in SWEEP_LRS]
+    net = build_network("mlp", config)
+    lrs = list(SWEEP_LRS) * 2
+    data = SweepData([(X, T), (Xn, T)], [0, 0, 0, 1, 1, 1])
+
+    def batch_of(b):
+        return data.rows(slice(b * batch_size, (b + 1) * batch_size))
+
+    def sequential() -> None:
+        for trainer, Xd in refs:
+            trainer.train_steps(Xd, T, batch_size, n_steps)
+
+    paths = {"reference": sequential}
+    for name, flag in (("vmapped_eager", False), ("vmapped_compiled", True)):
+        if flag and not compile:
+            continue
+        params, state = init_sweep(net, lrs, 0)
+        paths[name] = functional_loop(make_sweep_step(net, 0, compile=flag),
+                                      {"params": params, "opt_state": state}, batch_of, n_steps)
+    return paths
+
+
+def measure(paths: Dict[str, Callable[[], None]], reps: int, scale: float, log) -> Dict[str, Dict]:
+    """Warm every path once (timed: compile warm-up), then ``reps`` alternating rounds."""
+    out: Dict[str, Dict] = {}
+    for name, run in paths.items():
+        out[name] = {"warmup_s": round(timed(run), 3), "epoch_s": []}
+        log(f"  warm-up {name}: {out[name]['warmup_s']:.2f} s")
+    for r in range(reps):
+        for name, run in paths.items():
+            out[name]["epoch_s"].append(round(timed(run) * scale, 4))
+        log(f"  rep {r + 1}/{reps}: " + ", ".join(f"{n} {v['epoch_s'][-1]:.3f}" for n, v in out.items()))
+    ref = statistics.median(out["reference"]["epoch_s"])
+    for name, v in out.items():
+        v["median_s"] = statistics.median(v["epoch_s"])
+        v["ratio"] = round(v["median_s"] / ref, 3)
+    return out
+
+
+def machine() -> Dict[str, object]:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.epoch", description=__doc__.split("\n\n")[0])
+    p.add_argument("--reps", type=int, default=5, help="timed repetitions per path (median reported)")
+    p.add_argument("--cnn-steps", type=int, default=94, help="CNN steps timed per repetition, scaled to 469")
+    p.add_argument("--shapes", default="mlp,cnn,sweep", help="comma-separated subset of mlp,cnn,sweep")
+    p.add_argument("--no-compile", action="store_true", help="skip the compiled paths")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny run for CI: small networks, 512 samples, 2 steps, 1 repetition")
+    p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--check-targets", action="store_true", help="exit with status 1 if a target is missed")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    for name in ("reps", "cnn_steps"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    args.shapes = args.shapes.split(",")
+    if not set(args.shapes) <= set(TARGETS):
+        p.error(f"--shapes must be a subset of {sorted(TARGETS)}, got {args.shapes}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    log = (lambda *a: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    batch_size = 128
+    n = 512 if args.smoke else N_TRAIN
+    full_steps = math.ceil(n / batch_size)
+    steps = {"mlp": 2 if args.smoke else full_steps, "sweep": 2 if args.smoke else full_steps,
+             "cnn": 2 if args.smoke else min(args.cnn_steps, full_steps)}
+    reps = 1 if args.smoke else args.reps
+    configs = {"mlp": SMOKE_MLP if args.smoke else MLP_CONFIG, "cnn": SMOKE_CNN if args.smoke else CNN_CONFIG}
+    configs["sweep"] = configs["mlp"]
+    X, y = synthetic_data(n)
+    T = one_hot(y, 10)
+    peak = matmul_peak(0.2 if args.smoke else 2.0)
+    load_before = os.getloadavg()
+    results: Dict[str, Dict] = {}
+    for shape in args.shapes:
+        log(f"{shape}: {steps[shape]} steps per repetition" + (
+            f", scaled to {full_steps}" if steps[shape] < full_steps else ""))
+        if shape == "sweep":
+            paths = sweep_paths(configs[shape], X, y, T, batch_size, steps[shape], not args.no_compile)
+        else:
+            paths = network_paths(shape, configs[shape], X, T, batch_size, steps[shape], not args.no_compile)
+        scale = full_steps / steps[shape]
+        timings = measure(paths, reps, scale, log)
+        # one epoch of training FLOPs (all six models for the sweep)
+        flops = train_flops("mlp" if shape == "sweep" else shape, configs[shape], n) * (6 if shape == "sweep" else 1)
+        for v in timings.values():
+            v["pct_of_matmul_peak"] = round(100 * flops / v["median_s"] / (peak * 1e9), 1)
+        best = min((k for k in timings if k != "reference"), key=lambda k: timings[k]["median_s"])
+        results[shape] = {
+            "steps_timed": steps[shape], "steps_per_epoch": full_steps, "scaled": steps[shape] < full_steps,
+            "gflop_per_epoch": round(flops / 1e9, 1), "paths": timings, "best": best,
+            "best_ratio": timings[best]["ratio"], "target_ratio": TARGETS[shape],
+            # a smoke run's tiny networks say nothing about the targets
+            "target_met": None if args.smoke else timings[best]["ratio"] <= TARGETS[shape],
+        }
+    report = {
+        "command": "python -m benchmarks.epoch " + " ".join(sys.argv[1:] if argv is None else argv),
+        "what": "median seconds per epoch of training steps (469 minibatches of 128, evaluation excluded), "
+                "paths alternated within one process; ratio = path / reference",
+        "smoke": args.smoke, "reps": reps, "batch_size": batch_size, "n_train": n,
+        "machine": machine(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "matmul_peak_gflops": round(peak, 1), "results": results,
+    }
+    print_table(report)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    missed = [s for s, r in results.items() if r["target_met"] is False]
+    return 1 if args.check_targets and missed else 0
+
+
+def print_table(report: Dict) -> None:
+    print(f"{report['command']}\n{report['machine']['cpu']}, {report['machine']['torch_threads']} threads, "
+          f"torch {report['machine']['torch']}; matmul peak {report['matmul_peak_gflops']} GFLOP/s; "
+          f"load {report['load_average_before'][0]:.1f} -> {report['load_average_after'][0]:.1f}")
+    print(f"{'shape':6} {'path':17} {'median s/epoch':>14} {'ratio':>6} {'% peak':>7} {'warm-up s':>9}")
+    for shape, r in report["results"].items():
+        for name, v in r["paths"].items():
+            print(f"{shape:6} {name:17} {v['median_s']:14.3f} {v['ratio']:6.2f} {v['pct_of_matmul_peak']:7.1f} "
+                  f"{v['warmup_s']:9.2f}")
+        print(f"{shape:6} target <= {r['target_ratio']}: best {r['best']} {r['best_ratio']:.2f} -> "
+              f"{ {True: 'met', False: 'missed', None: 'not evaluated (smoke)'}[r['target_met']] }" + (" (scaled from a fraction of an epoch)" if r["scaled"] else ""))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""The benchmark's smoke mode runs end to end and writes self-describing JSON."""
+import json
+
+import pytest
+import torch
+
+from benchmarks.epoch import CNN_CONFIG, MLP_CONFIG, main, train_flops
+from benchmarks.reference import ReferenceTrainer
+from fn_trainer import count_parameters, one_hot
+
+
+def test_smoke_run_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["--smoke", "--no-compile", "--quiet", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["smoke"] and report["command"].startswith("python -m benchmarks.epoch --smoke")
+    assert set(report["results"]) == {"mlp", "cnn", "sweep"}
+    for shape, r in report["results"].items():
+        paths = r["paths"]
+        assert set(paths) == ({"reference", "vmapped_eager"} if shape == "sweep" else {"reference", "eager"})
+        assert paths["reference"]["ratio"] == 1.0
+        for v in paths.values():
+            assert v["median_s"] > 0 and len(v["epoch_s"]) == report["reps"] and v["pct_of_matmul_peak"] > 0
+        assert r["target_met"] is None
+    assert report["matmul_peak_gflops"] > 0 and "cpu" in report["machine"]
+    assert "not evaluated (smoke)" in capsys.readouterr().out
+
+
+def test_training_flops_match_the_issue_figures():
+    # 3 matmuls per dense layer (forward, weight grad, input grad), 2 FLOPs per multiply-add
+    assert train_flops("mlp", MLP_CONFIG, 1) == 2 * (3 * (784 * 256 + 256 * 256 + 256 * 10) - 784 * 256)
+    assert round(train_flops("mlp", MLP_CONFIG, 60000) / 1e9) == 73
+    assert round(train_flops("cnn", CNN_CONFIG, 60000) / 1e9) == 357
+
+
+def test_reference_trainer_learns_and_has_the_homework_shape():
+    trainer = ReferenceTrainer("mlp", MLP_CONFIG, lr=1e-3)
+    assert sum(p.numel() for p in trainer.network.parameters()) == count_parameters("mlp", MLP_CONFIG)
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(64, 1, 28, 28, generator=g)
+    T = one_hot(torch.randint(0, 10, (64,), generator=g), 10)
+    before = float(trainer.compute_loss_and_accuracy(X, T)[0])
+    for _ in range(20):
+        norm = trainer.train_steps(X, T, batch_size=64, n_steps=1)
+    assert norm > 0 and float(trainer.compute_loss_and_accuracy(X, T)[0]) < before
+
+
+@pytest.mark.parametrize("argv", [["--reps", "0"], ["--shapes", "mlp,rnn"], ["--cnn-steps", "-1"]])
+def test_bad_options_exit_with_a_message(argv, capsys):
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert "--" in capsys.readouterr().err
