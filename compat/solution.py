@@ -92,12 +92,11 @@ class FunctionalAdam(torch.optim.Adam):
         return loss
 
     def _update(self, hyper, count: int, cohort: List[torch.Tensor]) -> None:
-        keys = [str(i) for i in range(len(cohort))]
-        params = dict(zip(keys, cohort))
+        params = {str(i): p for i, p in enumerate(cohort)}
         state = hyper._replace(
             count=torch.tensor(count, dtype=torch.int64),
-            mu={k: self.state[p].get("exp_avg", torch.zeros_like(p)) for k, p in params.items()},
-            nu={k: self.state[p].get("exp_avg_sq", torch.zeros_like(p)) for k, p in params.items()},
+            mu={k: self._moment(p, "exp_avg") for k, p in params.items()},
+            nu={k: self._moment(p, "exp_avg_sq") for k, p in params.items()},
         )
         grads = {k: p.grad for k, p in params.items()}
         new_params, new_state = adam_update(grads, state, params)
@@ -109,8 +108,15 @@ class FunctionalAdam(torch.optim.Adam):
                 "exp_avg_sq": new_state.nu[k],
             }
 
+    def _moment(self, p: torch.Tensor, key: str) -> torch.Tensor:
+        """The stored moment ``key`` of ``p``, zeros before its first update."""
+        state = self.state[p]
+        return state[key] if key in state else torch.zeros_like(p)
+
 
 class Trainer:
+    """The homework's trainer: a network, its optimizer, the data splits and the logs."""
+
     def __init__(self,
                  network_type: str = "mlp",
                  net_config: NetworkConfiguration = NetworkConfiguration(),
@@ -180,7 +186,7 @@ class Trainer:
         and accuracy (a float) of the network on ``X``; ``y`` one-hot (or labels)."""
         targets = self._targets(y, X, "compute_loss_and_accuracy data")
         probs = self.network(X)
-        return cross_entropy(probs, targets, self.epsilon), float(accuracy(probs, targets))
+        return self._loss(probs, targets), float(accuracy(probs, targets))
 
     @staticmethod
     def compute_gradient_norm(network: torch.nn.Module) -> float:
@@ -243,7 +249,7 @@ class Trainer:
         ``X``; ``y`` holds class indices ``(N,)`` or one-hot rows ``(N, n_classes)``."""
         targets = self._targets(y, X, "evaluate data")
         params = {name: p.detach() for name, p in self.network.named_parameters()}
-        loss, acc = make_evaluate(self._apply)(params, X, targets)
+        loss, acc = make_evaluate(self._apply, self._loss)(params, X, targets)
         return torch.tensor(loss, dtype=torch.float32), acc
 
     @staticmethod
@@ -290,9 +296,14 @@ class Trainer:
         return partial(functional_call, self.network)
 
     @property
+    def _loss(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The template's loss: cross-entropy of probabilities clipped at ``self.epsilon``."""
+        return partial(cross_entropy, eps=self.epsilon)
+
+    @property
     def _loss_gradient(self):
         """``(params, x, targets) -> (gradient dict, loss)`` of the template's loss."""
-        return grad_and_value(make_objective(self._apply, partial(cross_entropy, eps=self.epsilon)))
+        return grad_and_value(make_objective(self._apply, self._loss))
 
     def _targets(self, y: torch.Tensor, X: torch.Tensor, name: str) -> torch.Tensor:
         """One-hot ``(N, n_classes)`` targets from labels or one-hot ``y``, checked against ``X``."""

@@ -435,6 +435,22 @@ def test_optimizer_step_after_backward_shares_state_with_training_step(make_trai
     assert max_difference(t.network, reference) <= 1e-6
 
 
+def test_optimizer_steps_parameters_that_missed_a_gradient_like_torch_adam(make_trainer):
+    t = make_trainer(lr=1e-3, net_config=S.NetworkConfiguration(dense_hiddens=(16,)))
+    reference = copy.deepcopy(t.network)
+    optimizer = torch.optim.Adam(reference.parameters(), lr=1e-3)
+    X, Y = t.train[0][:64], t.one_hot(t.train[1][:64])
+    for step in range(3):
+        for network, opt in ((t.network, t.optimizer), (reference, optimizer)):
+            opt.zero_grad()
+            reference_loss(network(X), Y).backward()
+            if step == 0:
+                list(network.parameters())[-1].grad = None  # the output bias skips a step
+            opt.step()
+    assert [int(t.optimizer.state[p]["step"]) for p in t.network.parameters()] == [3, 3, 3, 2]
+    assert max_difference(t.network, reference) <= 1e-6
+
+
 def test_optimizer_refuses_adam_options_it_does_not_implement(make_trainer):
     t = make_trainer()
     t.optimizer.param_groups[0]["weight_decay"] = 0.1
