@@ -24,7 +24,7 @@ HELP = {
     "depth": "Q3: MLP 256-256 against a deep 64-unit MLP of solved depth (batch 128).",
     "cnn": "Q4: CNN (16,32,45) with a solved kernel size against the MLP (batch 128).",
     "cnn-shapes": "Q5: question 4's CNN, a deep 1x1-kernel CNN and a shallow 28x28-kernel CNN (batch 256).",
-    "all": "Every experiment above, in order, into one report.",
+    "all": "Every experiment (equivariance, lr-sweep, depth, cnn, cnn-shapes), in order, into one report.",
 }
 TRAINING = ("lr-sweep", "depth", "cnn", "cnn-shapes", "all")
 
@@ -80,6 +80,9 @@ def _add_training(p: argparse.ArgumentParser, name: str) -> None:
                    help="continue an interrupted run from its checkpoint instead of restarting it "
                         "(runs trained one by one; a vmapped lr sweep restarts its group)")
     p.add_argument("--device", default="cpu", help="torch device to train on (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for torch (default: torch's choice); 1 is much faster on a busy "
+                        "machine, where more threads wait for each other")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
@@ -107,6 +110,7 @@ def validate(args: argparse.Namespace) -> None:
         _check_lr("--lrs", lr)
     if hasattr(args, "device"):
         _check_device(args.device)
+    _check_int("--threads", getattr(args, "threads", None), 1)
     try:
         ensure_writable_dir(args.out)
     except ValueError as e:
@@ -144,6 +148,10 @@ def run_experiments(args: argparse.Namespace, command: str) -> int:
     from .report import REPORT_FILE
 
     validate(args)
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     ctx = Context(settings_of(args, command))
     names = list(EXPERIMENTS) if args.command == "all" else [args.command]
     for name in names:

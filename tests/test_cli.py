@@ -6,6 +6,7 @@ from pathlib import Path
 
 import matplotlib.image
 import pytest
+import torch
 
 from fakedata import write_fashion_mnist
 from fn_trainer import cli
@@ -24,6 +25,16 @@ EXPECTED = {
     "cnn-shapes": (["accuracy.png"], "## 5. CNN shapes"),
 }
 N_RUNS = {"equivariance": 0, "lr-sweep": 6, "depth": 2, "cnn": 2, "cnn-shapes": 3}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These runs are tiny: one intra-op thread is fastest, and on a shared machine extra
+    threads only wait for each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +200,7 @@ def test_diverged_runs_are_reported_as_such(small_data_root, tmp_path, capsys):
     (["lr-sweep", "--lrs", "0.1", "inf"], "--lrs"),
     (["depth", "--seed", "-4"], "--seed"),
     (["depth", "--device", "no-such-device"], "--device"),
+    (["lr-sweep", "--threads", "0"], "--threads"),
 ])
 def test_bad_option_values_fail_with_one_line(args, option, small_data_root, tmp_path, capsys):
     rc, out, err = run_cli([*args, "--data", small_data_root, "--out", tmp_path], capsys)
