@@ -25,7 +25,7 @@ def run(ctx: Context) -> List[RunRecord]:
     folder = ctx.folder(NAME)
     records: List[RunRecord] = []
     parts = header("2. Learning rate and normalisation", ctx)
-    parts.append(f"Network: {arch.label}, batch size {batch_size}, {s.epochs} epochs, every run "
+    parts.append(f"Network: {arch.label}, batch size {batch_size}, epochs: {s.epochs}, every run "
                  f"initialised from seed {s.seed}.")
     parts.append("")
     for normalization in (False, True):
