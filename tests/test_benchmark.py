@@ -45,7 +45,8 @@ def test_reference_trainer_learns_and_has_the_homework_shape():
     assert norm > 0 and float(trainer.compute_loss_and_accuracy(X, T)[0].detach()) < before
 
 
-@pytest.mark.parametrize("argv", [["--reps", "0"], ["--shapes", "mlp,rnn"], ["--cnn-steps", "-1"]])
+@pytest.mark.parametrize("argv", [["--reps", "0"], ["--shapes", "mlp,rnn"], ["--cnn-steps", "-1"],
+                                  ["--threads", "0"]])
 def test_bad_options_exit_with_a_message(argv, capsys):
     with pytest.raises(SystemExit):
         main(argv)
