@@ -3,6 +3,8 @@
 Networks are architectures applied to plain parameter dicts; training is a pure
 ``step(params, opt_state, batch) -> (params, opt_state, metrics)``.
 """
+from .checkpoint import CheckpointError
+from .compiled import compile_step, multi_step
 from .config import NetworkConfiguration
 from .data import DatasetError, Split, Splits, load_fashion_mnist, normalize, standardizer
 from .diagnostics import global_norm, gradient_norm, jacobian_norm, per_example_grad_norms
@@ -11,10 +13,11 @@ from .networks import (Network, activation, build_network, cnn, count_parameters
                        mlp, params_of)
 from .optim import AdamState, Optimizer, adam
 from .step import make_objective, make_step
+from .sweep import fit_sweep
 from .train import FitResult, fit, make_evaluate
 
 __all__ = [
-    "NetworkConfiguration", "DatasetError", "Split", "Splits", "load_fashion_mnist", "normalize",
+    "CheckpointError", "compile_step", "multi_step", "fit_sweep", "NetworkConfiguration", "DatasetError", "Split", "Splits", "load_fashion_mnist", "normalize",
     "standardizer", "global_norm", "gradient_norm", "jacobian_norm", "per_example_grad_norms",
     "EPSILON", "accuracy", "cross_entropy", "one_hot", "Network", "activation", "build_network",
     "cnn", "count_parameters", "init_params", "mlp", "params_of", "AdamState", "Optimizer", "adam",
