@@ -110,14 +110,17 @@ def _tensors(ds) -> Tuple[Tensor, Tensor]:
 def standardizer(X_train: Tensor) -> Tuple[Tensor, Tensor]:
     """Feature-wise ``(mean, scale)`` of ``X_train: (N, ...)``, each shaped ``X_train[0]``.
 
-    ``scale`` is the (unbiased) standard deviation, except that features constant over
-    the training set (std 0) get scale 1: they are centred, never divided by zero.
+    ``scale`` is the (unbiased) standard deviation. A feature constant over the training
+    set gets its value as mean and scale 1, so it normalises to exactly 0 on the training
+    set, and elsewhere to its offset from that value: never a division by zero.
     """
     if X_train.shape[0] < 2:
         raise ValueError(f"X_train needs at least 2 samples to estimate a std, got {X_train.shape[0]}")
-    mean = X_train.mean(0)
+    # Exact equality, not std == 0: the rounded mean of equal values can miss them by an ulp.
+    constant = X_train.amax(0) == X_train.amin(0)
+    mean = torch.where(constant, X_train[0], X_train.mean(0))
     std = X_train.std(0)
-    return mean, torch.where(std > 0, std, torch.ones_like(std))
+    return mean, torch.where(constant | (std == 0), torch.ones_like(std), std)
 
 
 def normalize(train: Tuple[Tensor, Tensor], valid: Tuple[Tensor, Tensor],

@@ -2,10 +2,22 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from fakedata import write_fashion_mnist
 
 REAL_DATA = Path(os.environ.get("FN_TRAINER_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Run torch on one thread: the tests' tiny operations are faster so, above all on a
+    busy machine, where threads wait for each other, and results do not depend on the
+    machine's core count."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

@@ -20,13 +20,6 @@ from fn_trainer.train import fit
 SHAPE = (1, 8, 8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops on a busy machine run far faster (and reproducibly) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def problem(n=96, seed=0):

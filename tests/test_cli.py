@@ -27,16 +27,6 @@ EXPECTED = {
 N_RUNS = {"equivariance": 0, "lr-sweep": 6, "depth": 2, "cnn": 2, "cnn-shapes": 3}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These runs are tiny: one intra-op thread is fastest, and on a shared machine extra
-    threads only wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def small_data_root(tmp_path_factory) -> Path:
     """Synthetic IDX data small enough for many CLI runs: 64 training images and a

@@ -7,13 +7,6 @@ from fn_trainer import (NetworkConfiguration, adam, build_network, load_fashion_
 from fn_trainer.train import fit
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops on a busy machine run far faster on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,6 @@ SHAPE = (1, 8, 8)
 N, BATCH = 80, 16  # 5 steps per epoch
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops on a busy machine run far faster (and reproducibly) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def problem(seed=0):
