@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Dict, Mapping
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .paths import PathLike, ensure_writable_dir
+from .paths import PathLike, replace_atomically
 
 FORMAT = "fn-trainer-checkpoint"
 VERSION = 1
@@ -99,44 +98,11 @@ def _same_keys(expected, data: Any, name: str):
 
 
 def save_checkpoint(path: PathLike, state: Mapping[str, Any]) -> Path:
-    """Write ``state`` (see ``to_plain``) to ``path`` atomically.
-
-    The bytes go to a temporary file in the same folder, are flushed to disk, and the
-    file is renamed over ``path`` (``os.replace``): a crash at any moment leaves either
-    the previous checkpoint or the new one, never a partial file.
-    """
-    path = Path(path)
-    folder = ensure_writable_dir(path.parent)
+    """Write ``state`` (see ``to_plain``) to ``path`` atomically
+    (``fn_trainer.paths.replace_atomically``): a crash at any moment leaves either the
+    previous checkpoint or the new one, never a partial file."""
     payload = {"format": FORMAT, "version": VERSION, **to_plain(dict(state), "state")}
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # also KeyboardInterrupt: never leave a stray temp file
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(folder)
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (a no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    return replace_atomically(path, lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(path: PathLike) -> Dict[str, Any]:

@@ -1,10 +1,11 @@
-"""Output locations: names that cannot escape their folder, folders known to be writable."""
+"""Output locations: names that cannot escape their folder, folders known to be writable,
+files replaced atomically."""
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
-from typing import Union
+from typing import BinaryIO, Callable, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -50,3 +51,44 @@ def ensure_writable_dir(path: PathLike) -> Path:
         reason = e.strerror or type(e).__name__
         raise ValueError(f"output folder {str(folder)!r} cannot be written: {reason}") from None
     return folder
+
+
+def replace_atomically(path: PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Replace file ``path`` with what ``write(f)`` writes to a binary file ``f``.
+
+    The bytes go to a temporary file in the same folder, are flushed to disk, and the
+    file is renamed over ``path`` (``os.replace``): a crash at any moment leaves either
+    the previous file or the new one, never a partial file, and no temporary file is
+    left behind. Returns ``path``.
+    """
+    path = Path(path)
+    folder = ensure_writable_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # also KeyboardInterrupt: never leave a stray temp file
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(folder)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

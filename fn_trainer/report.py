@@ -2,11 +2,10 @@
 so that rerunning one experiment rewrites its section and keeps the others."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .paths import safe_path
+from .paths import replace_atomically, safe_path
 
 ORDER = ("equivariance", "lr-sweep", "depth", "cnn", "cnn-shapes")
 SECTION_FILE = "section.md"
@@ -43,14 +42,13 @@ def assemble(out: Path) -> Path:
     for name in ORDER:
         section = out / name / SECTION_FILE
         if section.exists():
-            parts += ["", section.read_text().rstrip()]
+            parts += ["", section.read_text(encoding="utf-8").rstrip()]
     path = out / REPORT_FILE
     write_text_atomic(path, "\n".join(parts) + "\n")
     return path
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` atomically: readers see the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Replace ``path`` with ``text`` (UTF-8) atomically: readers, and a crash, see the old
+    file or the new one."""
+    replace_atomically(path, lambda f: f.write(text.encode("utf-8")))
