@@ -3,6 +3,7 @@ files replaced atomically."""
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Union
@@ -63,7 +64,9 @@ def replace_atomically(path: PathLike, write: Callable[[BinaryIO], object]) -> P
     """
     path = Path(path)
     folder = ensure_writable_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    # Not mkstemp: its files are private (0600); this one gets the usual umask-based mode.
+    tmp = folder / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
