@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Dict, Iterator, List, Set, Tuple, Union
 
+from .paths import replace_atomically
+
 PACKAGE = "fn_trainer"
 PACKAGE_DIR = Path(__file__).resolve().parent
 SOLUTION_SOURCE = PACKAGE_DIR.parent / "compat" / "solution.py"
@@ -76,9 +78,8 @@ def export_solution(out_path: Union[str, os.PathLike]) -> Path:
     if out.is_dir():
         raise ValueError(f"out_path must name a file, but {str(out)!r} is a folder")
     text = solution_text()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
-    return out
+    # Atomic: a failed write never leaves a truncated solution.py in place of the old one.
+    return replace_atomically(out, lambda f: f.write(text.encode("utf-8")))
 
 
 def solution_text() -> str:
