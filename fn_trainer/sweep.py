@@ -201,26 +201,28 @@ def fit_sweep(network: Network, lrs: Sequence[float], train: Any, valid: Any, *,
 
     log_metrics(params)
     bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
-    for epoch in bar:
-        order = epoch_order(n, epoch, shuffle, seed)
-        start = (params, state)
-        losses, grad_norms = [], []
-        for b in range(n_batches):
-            params, state, metrics = step(params, state, minibatch(order, b))
-            losses.append(metrics["loss"])
-            grad_norms.append(metrics["grad_norm"])
-        ok = (torch.isfinite(torch.stack(losses)).all(0) & torch.isfinite(torch.stack(grad_norms)).all(0)
-              & finite_per_model((params, state), K))
-        newly = [k for k in range(K) if results[k] is None and not bool(ok[k])]
-        if newly:
-            for k, (p, s, message) in _locate_divergence(step, start, lambda b: minibatch(order, b),
-                                                          n_batches, newly, epoch).items():
-                results[k] = FitResult(p, s, logs[k], message)
-        log_metrics(params, grad_norms[-1])
-        if all(r is not None for r in results):
-            break
-        bar.set_postfix(best_val_acc=f"{max(l['validation_accuracy'][-1] for l in logs):.4f}")
-    bar.close()
+    try:
+        for epoch in bar:
+            order = epoch_order(n, epoch, shuffle, seed)
+            start = (params, state)
+            losses, grad_norms = [], []
+            for b in range(n_batches):
+                params, state, metrics = step(params, state, minibatch(order, b))
+                losses.append(metrics["loss"])
+                grad_norms.append(metrics["grad_norm"])
+            ok = (torch.isfinite(torch.stack(losses)).all(0) & torch.isfinite(torch.stack(grad_norms)).all(0)
+                  & finite_per_model((params, state), K))
+            newly = [k for k in range(K) if results[k] is None and not bool(ok[k])]
+            if newly:
+                for k, (p, s, message) in _locate_divergence(step, start, lambda b: minibatch(order, b),
+                                                              n_batches, newly, epoch).items():
+                    results[k] = FitResult(p, s, logs[k], message)
+            log_metrics(params, grad_norms[-1])
+            if all(r is not None for r in results):
+                break
+            bar.set_postfix(best_val_acc=f"{max(l['validation_accuracy'][-1] for l in logs):.4f}")
+    finally:
+        bar.close()
     return [r if r is not None else FitResult(tree_index(params, k), tree_index(state, k), logs[k])
             for k, r in enumerate(results)]
 
