@@ -29,6 +29,7 @@ def make_evaluate(apply: Apply, loss: Loss = cross_entropy, chunk_size: int = 20
     ``targets`` are one-hot ``(N, C)``. Runs without autograd in chunks of
     ``chunk_size`` rows; chunk results are weighted by their size.
     """
+    check_positive_int("chunk_size", chunk_size)
 
     def evaluate(params: Params, X: Tensor, targets: Tensor) -> Tuple[float, float]:
         n = X.shape[0]
