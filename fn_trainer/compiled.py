@@ -16,6 +16,7 @@ from typing import Callable, Dict, Tuple
 import torch
 from torch import Tensor
 
+from .errors import check_positive_int
 from .step import Batch, Params, Step
 
 MultiStep = Callable[[Params, object, Batch], Tuple[Params, object, Dict[str, Tensor]]]
@@ -58,8 +59,6 @@ def multi_step(step: Step, n_steps: int) -> MultiStep:
     metrics stacked along a leading ``(n_steps,)`` axis. Compiled, the loop is unrolled
     into one graph.
     """
-    from .errors import check_positive_int
-
     check_positive_int("n_steps", n_steps)
 
     def multi(params: Params, opt_state, batches: Batch):
