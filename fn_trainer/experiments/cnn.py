@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import List
 
-from ..report import write_section
+from ..report import image, write_section
 from .architectures import kernel_cnn, reference_mlp
-from .common import accuracy_figure, figure, header, params_table
+from .common import accuracy_figure, header, params_table
 from .runs import Context, RunRecord, execute, fmt_lr, runs_table
 
 NAME = "cnn"
@@ -26,7 +26,7 @@ def run(ctx: Context) -> List[RunRecord]:
         f"Kernel size solved for the budget: {archs[0].config.kernel_sizes[0]} "
         f"(filters {archs[0].config.n_channels}, stride 1, padding 0, dense {archs[0].config.dense_hiddens}).", "",
         params_table(archs), "", runs_table(records), "",
-        figure(NAME, acc, "train and validation accuracy"),
+        image(NAME, acc.name, "train and validation accuracy"),
     ]
     write_section(ctx.out, NAME, "\n".join(parts))
     return records

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import List
 
-from ..report import write_section
+from ..report import image, write_section
 from .architectures import deep_cnn, kernel_cnn, reference_mlp, shallow_cnn
-from .common import accuracy_figure, figure, header, params_table
+from .common import accuracy_figure, header, params_table
 from .runs import Context, RunRecord, execute, fmt_lr, runs_table
 
 NAME = "cnn-shapes"
@@ -28,7 +28,7 @@ def run(ctx: Context) -> List[RunRecord]:
         f"The deep CNN is fixed by the question (not solved); its difference is reported as is. "
         f"All three CNNs, question 4's included, are trained here with batch size {batch_size}.", "",
         params_table([reference_mlp(), *archs]), "", runs_table(records), "",
-        figure(NAME, acc, "train and validation accuracy"),
+        image(NAME, acc.name, "train and validation accuracy"),
     ]
     write_section(ctx.out, NAME, "\n".join(parts))
     return records

@@ -45,7 +45,3 @@ def params_table(archs: Sequence[Architecture]) -> str:
             f"{TOLERANCE:,}.\n\n" + markdown_table(
                 ["network", "type", "parameters", "difference to reference", f"within {TOLERANCE:,}", "size"],
                 rows))
-
-
-def figure(experiment: str, path: Path, alt: str) -> str:
-    return f"![{alt}]({experiment}/{path.name})"

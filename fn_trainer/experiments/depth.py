@@ -4,9 +4,9 @@ from __future__ import annotations
 from typing import List
 
 from ..plots import plot_curves
-from ..report import write_section
+from ..report import image, write_section
 from .architectures import deep_mlp, reference_mlp
-from .common import accuracy_figure, curves, figure, header, params_table
+from .common import accuracy_figure, curves, header, params_table
 from .runs import Context, RunRecord, execute, fmt_lr, runs_table
 
 NAME = "depth"
@@ -29,8 +29,8 @@ def run(ctx: Context) -> List[RunRecord]:
                        ylabel="gradient norm (log scale)", logy=True)
     parts = header("3. Depth: MLP 256-256 against a deep 64-unit MLP", ctx) + [
         params_table(archs), "", runs_table(records), "",
-        figure(NAME, acc, "train and validation accuracy"), "",
-        figure(NAME, grad, "gradient norm"),
+        image(NAME, acc.name, "train and validation accuracy"), "",
+        image(NAME, grad.name, "gradient norm"),
     ]
     write_section(ctx.out, NAME, "\n".join(parts))
     return records

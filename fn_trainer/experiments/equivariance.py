@@ -114,7 +114,7 @@ def run(ctx, shift: int = 5) -> Dict[str, Any]:
 
 
 def section(ctx, stats: Dict[str, Any], shape, shift: int) -> str:
-    from ..report import markdown_table
+    from ..report import image, markdown_table
 
     b = stats["border"]
     rows = [[name, f"{stats[f'{key}_mean']:.3g}", f"{stats[f'{key}_max']:.3g}",
@@ -125,7 +125,7 @@ def section(ctx, stats: Dict[str, Any], shape, shift: int) -> str:
     verdict = (f"Interior differences are zero (to float precision) for: {', '.join(equivariant)}."
                if equivariant else "No transformation gives zero interior differences.")
     draws = "" if stats["draws"] == 1 else f" (draw {stats['draws']}: the earlier draws gave an all-zero feature map)"
-    figs = "\n".join(f"![{k}]({NAME}/{fn})" for k, (fn, *_rest) in FIGURES.items())
+    figs = "\n".join(image(NAME, fn, k) for k, (fn, *_rest) in FIGURES.items())
     return "\n".join([
         "## 1. Equivariance of convolution", "",
         f"Command: `{ctx.settings.command}`", "",

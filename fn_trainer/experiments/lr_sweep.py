@@ -7,10 +7,10 @@ from typing import List, Optional, Tuple
 
 from ..networks import build_network
 from ..plots import plot_curves
-from ..report import write_section
+from ..report import image, write_section
 from ..train import FitResult
 from .architectures import reference_mlp
-from .common import curves, figure, header
+from .common import curves, header
 from .runs import N_CLASSES, Context, RunRecord, RunSpec, execute, fmt_lr, runs_table
 
 NAME = "lr-sweep"
@@ -43,7 +43,7 @@ def run(ctx: Context) -> List[RunRecord]:
             title=f"Validation accuracy, {arch.label}\n{'with' if normalization else 'without'} "
                   f"normalisation, batch {batch_size}",
             ylabel="validation accuracy", ylim=(0.0, 1.02))
-        parts += [figure(NAME, path, f"validation accuracy, {word} inputs"), ""]
+        parts += [image(NAME, path.name, f"validation accuracy, {word} inputs"), ""]
     parts += [runs_table(records), "", best_pair(records)]
     if any(r.trainer != "fit" for r in records):
         parts += ["", "Runs with a \"shared\" wall time were trained together, one vmapped step for all "
