@@ -5,8 +5,8 @@ from typing import List
 
 from ..report import image, write_section
 from .architectures import kernel_cnn, reference_mlp
-from .common import accuracy_figure, header, params_table
-from .runs import Context, RunRecord, execute, fmt_lr, runs_table
+from .common import accuracy_figure, header, params_table, train_normalised
+from .runs import Context, RunRecord, fmt_lr, runs_table
 
 NAME = "cnn"
 BATCH_SIZE = 128
@@ -17,9 +17,7 @@ def run(ctx: Context) -> List[RunRecord]:
     s = ctx.settings
     archs = [kernel_cnn(), reference_mlp()]
     batch_size = s.batch_size or BATCH_SIZE
-    specs = [a.spec(lr=s.lr, normalization=True, batch_size=batch_size, epochs=s.epochs, seed=s.seed)
-             for a in archs]
-    records = execute(ctx, specs)
+    records = train_normalised(ctx, archs, batch_size)
     acc = accuracy_figure(records, ctx.folder(NAME) / "accuracy.png",
                           f"Accuracy: CNN against MLP\nlr={fmt_lr(s.lr)}, normalised, batch {batch_size}")
     parts = header("4. CNN with a solved kernel size against the MLP", ctx) + [

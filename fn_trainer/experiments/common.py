@@ -8,7 +8,7 @@ from ..plots import Curve, plot_curves
 from ..report import markdown_table
 from ..solve import TOLERANCE, reference_budget
 from .architectures import Architecture
-from .runs import Context, RunRecord
+from .runs import Context, RunRecord, execute
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 
@@ -19,6 +19,14 @@ def curves(records: Sequence[RunRecord], key: str, *, suffix: str = "", linestyl
     labels = labels or [r.spec.label for r in records]
     return [Curve(f"{label}{suffix}", r.curve(key), start, COLORS[i % len(COLORS)], linestyle, r.diverged)
             for i, (r, label) in enumerate(zip(records, labels))]
+
+
+def train_normalised(ctx: Context, archs: Sequence[Architecture], batch_size: int) -> List[RunRecord]:
+    """One run per architecture, as the homework Trainer's defaults have it: normalised
+    inputs, ``--lr``, ``--epochs`` and ``--seed``; stored runs are reused."""
+    s = ctx.settings
+    return execute(ctx, [a.spec(lr=s.lr, normalization=True, batch_size=batch_size, epochs=s.epochs,
+                                seed=s.seed) for a in archs])
 
 
 def accuracy_figure(records: Sequence[RunRecord], path: Path, title: str) -> Path:

@@ -6,8 +6,8 @@ from typing import List
 from ..plots import plot_curves
 from ..report import image, write_section
 from .architectures import deep_mlp, reference_mlp
-from .common import accuracy_figure, curves, header, params_table
-from .runs import Context, RunRecord, execute, fmt_lr, runs_table
+from .common import accuracy_figure, curves, header, params_table, train_normalised
+from .runs import Context, RunRecord, fmt_lr, runs_table
 
 NAME = "depth"
 BATCH_SIZE = 128
@@ -19,9 +19,7 @@ def run(ctx: Context) -> List[RunRecord]:
     archs = [reference_mlp(), deep_mlp(64)]
     batch_size = s.batch_size or BATCH_SIZE
     folder = ctx.folder(NAME)
-    specs = [a.spec(lr=s.lr, normalization=True, batch_size=batch_size, epochs=s.epochs, seed=s.seed)
-             for a in archs]
-    records = execute(ctx, specs)
+    records = train_normalised(ctx, archs, batch_size)
     setting = f"lr={fmt_lr(s.lr)}, normalised, batch {batch_size}"
     acc = accuracy_figure(records, folder / "accuracy.png", f"Accuracy: MLP 256-256 against a deep 64-unit MLP\n{setting}")
     grad = plot_curves(curves(records, "train_gradient_norm", start=1), folder / "gradient_norm.png",
