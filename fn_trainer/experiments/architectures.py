@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import NetworkConfiguration
-from ..solve import (Solution, measure, mlp_config, reference_budget, solve_cnn_channels,
+from ..solve import (REFERENCE_MLP, Solution, measure, reference_budget, solve_cnn_channels,
                      solve_cnn_kernel, solve_mlp_depth)
 from .runs import RunSpec, fmt_lr, network_label
 
@@ -41,7 +41,7 @@ def _from(solution: Solution, name: str, title: str, network_type: str, solved: 
 def reference_mlp() -> Architecture:
     """Question 2's MLP 784-256-256-10."""
     budget = reference_budget()
-    return _from(measure("mlp", mlp_config((256, 256)), budget), "mlp-256x2", "MLP 256-256", "mlp",
+    return _from(measure("mlp", REFERENCE_MLP, budget), "mlp-256x2", "MLP 256-256", "mlp",
                  "reference")
 
 
