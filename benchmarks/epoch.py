@@ -30,7 +30,7 @@ import torch
 
 from fn_trainer import NetworkConfiguration, adam, build_network, make_step, normalize, one_hot
 from fn_trainer.compiled import compile_step
-from fn_trainer.networks import feature_map_sizes
+from fn_trainer.networks import POOLED_SIZE, feature_map_sizes
 from fn_trainer.sweep import SweepData, init_sweep, make_sweep_step
 
 from .reference import ReferenceTrainer
@@ -69,7 +69,7 @@ def train_flops(network_type: str, config: NetworkConfiguration, n_samples: int)
             oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
             macs.append(out_c * c * k * k * oh * ow)
             c, (h, w) = out_c, sizes[i]
-        width = c * 16
+        width = c * POOLED_SIZE[0] * POOLED_SIZE[1]
     else:
         width = 28 * 28
     for out in (*config.dense_hiddens, 10):
