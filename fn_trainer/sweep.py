@@ -24,7 +24,7 @@ from .losses import accuracy, cross_entropy
 from .networks import Network
 from .optim import adam
 from .step import make_step
-from .train import LOG_KEYS, N_TRAIN_EVAL, FitResult, check_split, epoch_order
+from .train import LOG_KEYS, N_TRAIN_EVAL, FitResult, check_split, divergence_message, epoch_order
 
 Params = Dict[str, Tensor]
 Split = Tuple[Tensor, Tensor]
@@ -233,7 +233,6 @@ def _locate_divergence(step, start, minibatch, n_batches: int, models: List[int]
     the state its first failing step received and ``fit``'s message naming that step."""
     params, state = start
     K = len(next(iter(params.values())))
-    where = f"epoch {epoch + 1}"
     found: Dict[int, Tuple[Params, Any, str]] = {}
     for b in range(n_batches):
         new_params, new_state, metrics = step(params, state, minibatch(b))
@@ -242,23 +241,15 @@ def _locate_divergence(step, start, minibatch, n_batches: int, models: List[int]
             if k in found:
                 continue
             loss, gnorm = float(metrics["loss"][k]), float(metrics["grad_norm"][k])
-            values = f"loss={loss}, grad_norm={gnorm}"
-            if not (math.isfinite(loss) and math.isfinite(gnorm)):
-                message = (f"diverged in {where} at step {b + 1} of {n_batches}: {values}; "
-                           "returning the parameters from before that step")
-            elif not bool(update_ok[k]):
-                message = (f"diverged in {where} at step {b + 1} of {n_batches}: its update made the "
-                           f"parameters or optimizer state non-finite ({values}); returning the "
-                           "parameters from before that step")
-            else:
+            if math.isfinite(loss) and math.isfinite(gnorm) and bool(update_ok[k]):
                 continue
-            found[k] = (tree_index(params, k), tree_index(state, k), message)
+            found[k] = (tree_index(params, k), tree_index(state, k),
+                        divergence_message(epoch + 1, b + 1, n_batches, loss, gnorm))
         if len(found) == len(models):
             break
         params, state = new_params, new_state
     for k in models:
         if k not in found:  # only a non-deterministic step gets here
             found[k] = (tree_index(start[0], k), tree_index(start[1], k),
-                        f"diverged in {where}: a non-finite value was seen but did not recur when the "
-                        "epoch was replayed; returning the parameters from the start of the epoch")
+                        divergence_message(epoch + 1, None, n_batches))
     return found

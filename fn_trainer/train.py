@@ -254,29 +254,38 @@ def tree_finite(*trees: Any) -> bool:
     return True
 
 
+def divergence_message(epoch: int, step: Optional[int], n_batches: int, loss: float = math.nan,
+                       grad_norm: float = math.nan) -> str:
+    """``FitResult.diverged``'s text for 1-based ``epoch`` and ``step``.
+
+    A finite ``loss`` and ``grad_norm`` mean the step's update made the state non-finite;
+    ``step=None`` means the failure seen in the epoch did not recur on replay.
+    """
+    if step is None:
+        return (f"diverged in epoch {epoch}: a non-finite loss, gradient or parameter was seen but "
+                "did not recur when the epoch was replayed; returning the parameters from the "
+                "start of the epoch")
+    where, values = f"diverged in epoch {epoch} at step {step} of {n_batches}", f"loss={loss}, grad_norm={grad_norm}"
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        return (f"{where}: its update made the parameters or optimizer state non-finite ({values}); "
+                "returning the parameters from before that step")
+    return f"{where}: {values}; returning the parameters from before that step"
+
+
 def _locate_divergence(step: Step, start: Progress, minibatch, n_batches: int) -> Tuple[Progress, str]:
     """Replay the epoch from ``start``, checking every step, to find the first one whose loss
     or gradient norm is not finite or whose update leaves non-finite parameters or optimizer
     state. Returns the state that step received and a message naming it."""
     cur = start
-    where = f"epoch {start.epoch + 1}"
     for b in range(start.batch, n_batches):
         new_params, new_state, metrics = step(cur.params, cur.opt_state, minibatch(b))
         loss, gnorm = float(metrics["loss"]), float(metrics["grad_norm"])
-        values = f"loss={loss}, grad_norm={gnorm}"
-        if not (math.isfinite(loss) and math.isfinite(gnorm)):
-            return cur, f"diverged in {where} at step {b + 1} of {n_batches}: {values}; " \
-                        "returning the parameters from before that step"
-        if not tree_finite(new_params, new_state):
-            return cur, f"diverged in {where} at step {b + 1} of {n_batches}: its update made the " \
-                        f"parameters or optimizer state non-finite ({values}); returning the " \
-                        "parameters from before that step"
+        if not (math.isfinite(loss) and math.isfinite(gnorm) and tree_finite(new_params, new_state)):
+            return cur, divergence_message(start.epoch + 1, b + 1, n_batches, loss, gnorm)
         cur = cur._replace(params=new_params, opt_state=new_state, batch=b + 1,
                            last_grad_norm=metrics["grad_norm"])
     # Only a non-deterministic step gets here: the values seen the first time did not recur.
-    return start, f"diverged in {where}: a non-finite loss, gradient or parameter was seen but " \
-                  "did not recur when the epoch was replayed; returning the parameters from the " \
-                  "start of the epoch"
+    return start, divergence_message(start.epoch + 1, None, n_batches)
 
 
 def _appended(logs: Logs, entries: Dict[str, float]) -> Logs:
