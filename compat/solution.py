@@ -25,7 +25,7 @@ from fn_trainer.diagnostics import jacobian_norm as functional_jacobian_norm
 from fn_trainer.losses import EPSILON, accuracy, cross_entropy
 from fn_trainer.losses import one_hot as one_hot_labels
 from fn_trainer.networks import activation as activation_module
-from fn_trainer.networks import cnn, feature_map_sizes, mlp
+from fn_trainer.networks import NETWORK_TYPES, cnn, feature_map_sizes, mlp
 from fn_trainer.optim import adam, adam_update
 from fn_trainer.paths import ensure_writable_dir
 from fn_trainer.step import make_objective
@@ -36,7 +36,6 @@ np.random.seed(SEED)
 torch.manual_seed(SEED)
 random.seed(SEED)
 
-NETWORK_TYPES = ("mlp", "cnn")
 EQUIVARIANCE_FIGURES = ("original", "features", "shift_difference", "rotation_difference")
 
 __all__ = ["NetworkConfiguration", "gradient_norm", "jacobian_norm", "FunctionalAdam", "Trainer"]
