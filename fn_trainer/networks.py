@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from .cnn_forward import sequential_forward
 from .config import NetworkConfiguration
 from .errors import check_positive_int
 
@@ -180,7 +181,9 @@ class Network:
 
     ``module`` is a parameter-free skeleton (built on the meta device): it only says
     what to compute. ``apply(params, x)`` maps ``x: (N, C, H, W) float`` to class
-    probabilities ``(N, n_classes)``.
+    probabilities ``(N, n_classes)``: eagerly with ``functional_call(module, ...)``, and
+    under ``torch.compile`` a CNN with :func:`cnn_forward.sequential_forward`, the same
+    function arranged for Inductor.
     """
 
     module: nn.Module
@@ -197,6 +200,8 @@ class Network:
                 f"x must have shape (N, {', '.join(map(str, self.input_shape))}) for this network "
                 f"(input_shape={self.input_shape}), got {tuple(x.shape)}"
             )
+        if self.network_type == "cnn" and torch.compiler.is_compiling():
+            return sequential_forward(self.module, params, x)
         return functional_call(self.module, params, (x,))
 
     def init(self, seed: Union[torch.Generator, int] = 0, dtype: torch.dtype = torch.float32) -> Params:

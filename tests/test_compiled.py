@@ -60,6 +60,23 @@ def test_compiled_step_equals_eager_and_does_not_recompile(mlp):
     assert int(got[1].count) == len(data) and warm[2]["loss"].shape == (1,)
 
 
+def test_compiled_cnn_step_equals_eager_and_does_not_recompile():
+    # under torch.compile the CNN runs the rewritten forward (fn_trainer.cnn_forward)
+    net = build_network("cnn", NetworkConfiguration(n_channels=(6, 8), kernel_sizes=(3, 3), strides=(1, 1),
+                                                    paddings=(0, 0), dense_hiddens=(16,)))
+    torch._dynamo.reset()
+    step = make_step(net.apply, adam(1e-3))
+    compiled = compile_step(step)
+    params = net.init(0)
+    data = batches(5, 16, seed=5)
+    run(compiled, params, adam(1e-3).init(params), data[:1])
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        got = run(compiled, params, adam(1e-3).init(params), data)
+    want = run(step, params, adam(1e-3).init(params), data)
+    torch.testing.assert_close(got[0], want[0], **param_tol(1e-3, len(data)))
+    torch.testing.assert_close(got[2], want[2], **TOL)
+
+
 def test_multi_step_equals_consecutive_steps(mlp):
     step = make_step(mlp.apply, adam(1e-2))
     params = mlp.init(1)

@@ -1,0 +1,104 @@
+"""The CNN forward pass in the form Inductor compiles fastest on a CPU.
+
+``Network.apply`` runs the homework's ``nn.Sequential`` eagerly (the reference); under
+``torch.compile`` it runs :func:`sequential_forward` instead, which computes the same
+function with three rewrites, each measured on the CNN (16, 32, 45) training step
+(``python -m benchmarks.epoch --shapes cnn``):
+
+1. **Pool before bias and activation.** For a monotone non-decreasing activation ``f``
+   (ReLU, tanh, sigmoid) and a per-channel bias ``b``,
+   ``maxpool(f(conv(x) + b)) == f(maxpool(conv(x)) + b)``: the bias add and activation
+   then touch the pooled map only (a quarter of the elements after a 2x2 pool); the
+   same holds for ``AdaptiveMaxPool2d``.
+2. **The first convolution and its 2x2 max-pool as one strided convolution.** Output
+   ``(i, j)`` of the pool is the maximum of the convolution at ``(2i + a, 2j + c)`` for
+   ``a, c`` in ``{0, 1}``, which is a convolution with stride ``2s`` of the kernel shifted
+   by ``(a s, c s)`` inside a ``(k + s) x (k + s)`` window. The four shifted kernels are
+   stacked on the output channels: one convolution ``(N, C, H, W) -> (N, 4 O, h, w)``
+   then an element-wise maximum of the four ``(N, O, h, w)`` blocks. The full-size
+   feature map ``(N, O, H - k + 1, W - k + 1)`` is never built, in the forward or the
+   backward pass. (For the 1-channel Fashion-MNIST input the extra multiply-adds of the
+   zero-padded kernel cost less than the feature map saved; deeper layers are
+   compute-bound and keep ``conv -> max_pool2d``.)
+3. Everything else is the module's own functional form.
+
+Values equal the eager module's up to float32 rounding. Sub-gradients at exact ties
+differ in one place: in the first layer's pool, ``torch.maximum`` shares the gradient
+between tied entries where ``MaxPool2d`` gives it to the first one. The parameter
+gradient is the same either way unless two different input patches give bitwise-equal
+convolution values (tied patches of constant background contribute equally), so
+training is unaffected; a Jacobian with respect to the input may split differently.
+"""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+Params = Dict[str, Tensor]
+MONOTONE = (nn.ReLU, nn.Tanh, nn.Sigmoid)  # max commutes with these
+
+
+def shifted_kernels(weight: Tensor, stride: int) -> Tensor:
+    """``(O, C, k, k) -> (4 O, C, k + s, k + s)``: the kernel at offsets (0,0), (0,s), (s,0), (s,s)."""
+    s = stride
+    return torch.cat([F.pad(weight, (c * s, (1 - c) * s, a * s, (1 - a) * s)) for a in (0, 1) for c in (0, 1)])
+
+
+def conv_max_pool(x: Tensor, weight: Tensor, stride: int, padding: int) -> Tensor:
+    """``max_pool2d(conv2d(x, weight, stride=stride, padding=padding), 2)`` without bias,
+    as one convolution of stride ``2 * stride`` with the four shifted kernels.
+
+    x: ``(N, C, H, W)``; weight: ``(O, C, k, k)``. Returns ``(N, O, Ho // 2, Wo // 2)`` with
+    ``Ho = (H + 2 padding - k) // stride + 1`` (likewise ``Wo``). Ties share the gradient.
+    """
+    z = F.conv2d(x, shifted_kernels(weight, stride), stride=2 * stride, padding=padding)
+    z0, z1, z2, z3 = z.chunk(4, dim=1)
+    return torch.maximum(torch.maximum(z0, z1), torch.maximum(z2, z3))
+
+
+def _is_pool2(module: nn.Module) -> bool:
+    return (isinstance(module, nn.MaxPool2d) and module.kernel_size in (2, (2, 2))
+            and module.stride in (2, (2, 2)) and module.padding in (0, (0, 0))
+            and module.dilation in (1, (1, 1)) and not module.ceil_mode)
+
+
+def _plain_conv(module: nn.Module) -> bool:
+    return (isinstance(module, nn.Conv2d) and module.groups == 1 and module.dilation == (1, 1)
+            and module.padding_mode == "zeros" and isinstance(module.padding, tuple)
+            and module.stride[0] == module.stride[1] and module.padding[0] == module.padding[1]
+            and module.kernel_size[0] == module.kernel_size[1])
+
+
+def sequential_forward(module: nn.Sequential, params: Params, x: Tensor) -> Tensor:
+    """``functional_call(module, params, (x,))`` with the rewrites of this module's docstring
+    applied to every ``Conv2d -> activation -> MaxPool2d(2) | AdaptiveMaxPool2d`` triple."""
+    # not named_children(): it lists a module shared by several positions (the builders
+    # reuse one activation instance) only once
+    layers: List[tuple] = list(module._modules.items())
+    i = 0
+    while i < len(layers):
+        name, layer = layers[i]
+        if i + 2 < len(layers) and _plain_conv(layer) and isinstance(layers[i + 1][1], MONOTONE):
+            act, (_, pool) = layers[i + 1][1], layers[i + 2]
+            w, b = params[f"{name}.weight"], params.get(f"{name}.bias")
+            s, p = layer.stride[0], layer.padding[0]
+            if _is_pool2(pool) and i == 0:
+                z = conv_max_pool(x, w, s, p)
+            elif _is_pool2(pool):
+                z = F.max_pool2d(F.conv2d(x, w, stride=s, padding=p), 2)
+            elif isinstance(pool, nn.AdaptiveMaxPool2d):
+                z = F.adaptive_max_pool2d(F.conv2d(x, w, stride=s, padding=p), pool.output_size)
+            else:
+                z = None
+            if z is not None:
+                x = act(z if b is None else z + b[:, None, None])
+                i += 3
+                continue
+        prefix = f"{name}."
+        x = functional_call(layer, {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}, (x,))
+        i += 1
+    return x

@@ -1,0 +1,89 @@
+"""The compiled-mode CNN forward computes the module's function, with the same parameter gradients."""
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+from torch.func import functional_call, grad
+
+from fn_trainer import NetworkConfiguration, build_network
+from fn_trainer.cnn_forward import conv_max_pool, sequential_forward
+
+
+@settings(max_examples=40, deadline=None)
+@given(c_in=st.integers(1, 3), c_out=st.integers(1, 5), k=st.integers(1, 5), s=st.integers(1, 3),
+       p=st.integers(0, 2), size=st.integers(6, 17), seed=st.integers(0, 2**31 - 1))
+def test_conv_max_pool_equals_conv_then_pool(c_in, c_out, k, s, p, size, seed):
+    g = torch.Generator().manual_seed(seed)
+    out = (size + 2 * p - k) // s + 1
+    if k > size + 2 * p or out < 2:
+        return  # the builders refuse these (nothing to pool)
+    x = torch.randn(2, c_in, size, size, generator=g, dtype=torch.float64)
+    w = torch.randn(c_out, c_in, k, k, generator=g, dtype=torch.float64)
+    want = F.max_pool2d(F.conv2d(x, w, stride=s, padding=p), 2)
+    got = conv_max_pool(x, w, s, p)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_conv_max_pool_shares_the_gradient_at_ties():
+    # a constant image makes all four candidates of every window equal
+    x = torch.ones(1, 1, 6, 6)
+    w = torch.ones(1, 1, 3, 3)
+    g = grad(lambda w: conv_max_pool(x, w, 1, 0).sum())(w)
+    # 4 pooled outputs, each with gradient 1 shared over 4 patches of ones: 4 per weight
+    torch.testing.assert_close(g, torch.full_like(w, 4.0))
+
+
+CONFIGS = [
+    NetworkConfiguration(n_channels=(16, 32, 45)),
+    NetworkConfiguration(n_channels=(8, 16, 32, 64), kernel_sizes=(1, 1, 1, 1), strides=(1, 1, 1, 1),
+                         paddings=(0, 0, 0, 0)),
+    NetworkConfiguration(n_channels=(41,), kernel_sizes=(28,), strides=(1,), paddings=(0,)),
+    NetworkConfiguration(n_channels=(6, 7), kernel_sizes=(5, 3), strides=(2, 1), paddings=(2, 1),
+                         dense_hiddens=(12,)),
+    NetworkConfiguration(n_channels=(6, 7), kernel_sizes=(4, 3), strides=(3, 2), paddings=(1, 0),
+                         dense_hiddens=()),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.n_channels}-k{c.kernel_sizes}")
+@pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid"])
+def test_sequential_forward_equals_module(config, act):
+    net = build_network("cnn", config, activation_name=act)
+    params = net.init(3, dtype=torch.float64)
+    x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 255
+
+    def loss(forward):
+        return lambda p: forward(p).log().sum()
+
+    reference = lambda p: functional_call(net.module, p, (x,))  # noqa: E731
+    rewritten = lambda p: sequential_forward(net.module, p, x)  # noqa: E731
+    torch.testing.assert_close(rewritten(params), reference(params), rtol=1e-10, atol=1e-12)
+    g_want, g_got = grad(loss(reference))(params), grad(loss(rewritten))(params)
+    for k in g_want:
+        torch.testing.assert_close(g_got[k], g_want[k], rtol=1e-8, atol=1e-10, msg=k)
+
+
+def test_mlp_layers_pass_through_unchanged():
+    net = build_network("mlp", NetworkConfiguration(dense_hiddens=(16,)))
+    params, x = net.init(0), torch.randn(3, 1, 28, 28)
+    assert torch.equal(sequential_forward(net.module, params, x), functional_call(net.module, params, (x,)))
+
+
+def test_compiled_cnn_apply_uses_the_rewritten_forward():
+    net = build_network("cnn", NetworkConfiguration(n_channels=(4, 8), kernel_sizes=(3, 3), strides=(1, 1),
+                                                    paddings=(0, 0), dense_hiddens=(8,)))
+    params, x = net.init(0), torch.rand(4, 1, 28, 28)
+    conv_strides = []
+
+    def recorder(gm, example_inputs):  # a torch.compile backend that only reads the graph
+        for node in gm.graph.nodes:
+            if node.op == "call_function" and node.target in (torch.conv2d, F.conv2d):
+                conv_strides.append(node.kwargs.get("stride", node.args[3] if len(node.args) > 3 else 1))
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(net.apply, backend=recorder, fullgraph=True)(params, x)
+    # the first conv (stride 1) runs as one stride-2 convolution with its pool folded in
+    assert conv_strides[0] == 2 and len(conv_strides) == 2
+    torch.testing.assert_close(compiled, net.apply(params, x), rtol=1e-5, atol=1e-6)
