@@ -32,13 +32,13 @@ def solo(network, lr, train, valid, epochs, batch_size, seed=0):
                epochs=epochs, batch_size=batch_size, seed=seed, progress=False)
 
 
-def assert_same_run(a, b):
+def assert_same_run(a, b, params_tol=TOL):
     assert set(a.logs) == set(LOG_KEYS)
     for key in LOG_KEYS:
         assert len(a.logs[key]) == len(b.logs[key]), key
         torch.testing.assert_close(torch.tensor(a.logs[key]), torch.tensor(b.logs[key]), **TOL, msg=key)
     for k in b.params:
-        torch.testing.assert_close(a.params[k], b.params[k], **TOL)
+        torch.testing.assert_close(a.params[k], b.params[k], **params_tol)
     assert a.diverged == b.diverged
 
 
@@ -76,7 +76,9 @@ def test_diverging_model_stops_like_fit_while_the_others_continue(data):
     assert good.diverged is None and len(good.logs["validation_accuracy"]) == 3
     reference = solo(net, 1e30, train, valid, epochs=2, batch_size=50)
     assert reference.diverged is not None and "epoch 1 at step" in reference.diverged
-    assert_same_run(bad, reference)
+    # Adam's move is lr * m / (sqrt(v) + eps): where a gradient is ~0, rounding in the
+    # batched matmuls changes that ratio visibly, so parameters agree to 1% of one move
+    assert_same_run(bad, reference, params_tol=dict(rtol=1e-4, atol=0.01 * lrs[1]))
     assert all(torch.isfinite(v).all() for v in bad.params.values())
     assert_same_run(good, solo(net, 1e-3, train, valid, epochs=2, batch_size=50))
 
