@@ -281,3 +281,19 @@ def test_lr_sweep_trains_together_by_default_and_alone_with_sequential(small_dat
         assert r.trainer.startswith("fit_sweep") and alone[name].trainer == "fit"
         # the same runs: equal up to float32 reassociation in the batched matmuls
         assert r.logs["validation_loss"] == pytest.approx(alone[name].logs["validation_loss"], rel=1e-3)
+
+
+def test_long_runs_train_with_a_compiled_step(small_data_root, tmp_path, capsys, monkeypatch):
+    assert runs_module.worth_compiling(epochs=2, n_train=500 * 128, batch_size=128)
+    assert not runs_module.worth_compiling(epochs=1, n_train=999 * 128, batch_size=128)
+    common = ["lr-sweep", "--sequential", "--lrs", "0.01", "--data", small_data_root, "--epochs", "2",
+              "--batch-size", "32", "--no-progress"]
+    assert run_cli([*common, "--out", tmp_path / "eager"], capsys)[0] == 0
+    monkeypatch.setattr(runs_module, "COMPILE_MIN_STEPS", 4)  # 2 epochs of 2 steps
+    assert run_cli([*common, "--out", tmp_path / "compiled"], capsys)[0] == 0
+    eager = {p.name: runs_module.load_record(p) for p in result_files(tmp_path / "eager")}
+    compiled = {p.name: runs_module.load_record(p) for p in result_files(tmp_path / "compiled")}
+    assert eager.keys() == compiled.keys() and len(eager) == 2
+    for name, r in compiled.items():
+        assert r.trainer == "fit (compiled)" and eager[name].trainer == "fit"
+        assert r.logs["validation_loss"] == pytest.approx(eager[name].logs["validation_loss"], rel=1e-4)

@@ -1,7 +1,6 @@
 """Question 2: MLP 256-256 trained with each learning rate, without and with normalisation."""
 from __future__ import annotations
 
-import math
 import time
 from typing import List, Optional, Tuple
 
@@ -11,14 +10,11 @@ from ..report import image, write_section
 from ..train import FitResult
 from .architectures import reference_mlp
 from .common import curves, header
-from .runs import N_CLASSES, Context, RunRecord, RunSpec, execute, fmt_lr, runs_table
+from .runs import N_CLASSES, Context, RunRecord, RunSpec, execute, fmt_lr, runs_table, worth_compiling
 
 NAME = "lr-sweep"
 BATCH_SIZE = 128
 TARGET = 0.80  # the homework: the best pair should pass 80% validation accuracy
-# Compiling the vmapped step saves about 7 ms a step (python -m benchmarks.epoch: 6 models,
-# 16 ms eager, 9 ms compiled) and costs 5-40 s once: worth it from about 1,000 steps on.
-COMPILE_MIN_STEPS = 1000
 
 
 def run(ctx: Context) -> List[RunRecord]:
@@ -45,7 +41,7 @@ def run(ctx: Context) -> List[RunRecord]:
             ylabel="validation accuracy", ylim=(0.0, 1.02))
         parts += [image(NAME, path.name, f"validation accuracy, {word} inputs"), ""]
     parts += [runs_table(records), "", best_pair(records)]
-    if any(r.trainer != "fit" for r in records):
+    if any(r.trainer.startswith("fit_sweep") for r in records):
         parts += ["", "Runs with a \"shared\" wall time were trained together, one vmapped step for all "
                       "learning rates of a normalisation setting; the time is the group's."]
     write_section(ctx.out, NAME, "\n".join(parts))
@@ -76,11 +72,10 @@ def sweep_trainer():
         first = specs[0]
         network = build_network(first.network_type, first.config)
         train, valid = ctx.data(first.normalization)
-        n_steps = first.epochs * math.ceil(train[0].shape[0] / first.batch_size)
         start = time.perf_counter()
         results = fit_sweep(network, [sp.lr for sp in specs], train, valid, epochs=first.epochs,
                             batch_size=first.batch_size, seed=first.seed, n_classes=N_CLASSES,
-                            progress=ctx.settings.progress, compile=n_steps >= COMPILE_MIN_STEPS,
+                            progress=ctx.settings.progress, compile=worth_compiling(first.epochs, train[0].shape[0], first.batch_size),
                             desc=f"{first.name.split('-lr')[0]} x{len(specs)} lrs")
         wall = time.perf_counter() - start
         return [(r, wall, f"fit_sweep ({len(specs)} learning rates together)") for r in results]
