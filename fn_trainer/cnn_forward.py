@@ -10,16 +10,18 @@ function with three rewrites, each measured on the CNN (16, 32, 45) training ste
    ``maxpool(f(conv(x) + b)) == f(maxpool(conv(x)) + b)``: the bias add and activation
    then touch the pooled map only (a quarter of the elements after a 2x2 pool); the
    same holds for ``AdaptiveMaxPool2d``.
-2. **The first convolution and its 2x2 max-pool as one strided convolution.** Output
+2. **The first convolution and its 2x2 max-pool as one matrix product.** Output
    ``(i, j)`` of the pool is the maximum of the convolution at ``(2i + a, 2j + c)`` for
    ``a, c`` in ``{0, 1}``, which is a convolution with stride ``2s`` of the kernel shifted
    by ``(a s, c s)`` inside a ``(k + s) x (k + s)`` window. The four shifted kernels are
-   stacked on the output channels: one convolution ``(N, C, H, W) -> (N, 4 O, h, w)``
-   then an element-wise maximum of the four ``(N, O, h, w)`` blocks. The full-size
-   feature map ``(N, O, H - k + 1, W - k + 1)`` is never built, in the forward or the
-   backward pass. (For the 1-channel Fashion-MNIST input the extra multiply-adds of the
-   zero-padded kernel cost less than the feature map saved; deeper layers are
-   compute-bound and keep ``conv -> max_pool2d``.)
+   stacked as the columns of one matrix; the input's ``(k + s)``-patches of stride ``2s``
+   times that matrix give all four candidates, channels last, and an element-wise
+   maximum of the four blocks gives the pool. The full-size feature map
+   ``(N, O, H - k + 1, W - k + 1)`` is never built, and the weight gradient is one more
+   matrix product (no convolution backward). For the 1-channel Fashion-MNIST input the
+   extra multiply-adds of the zero-padded kernels cost far less than the feature map
+   saved; deeper layers are compute-bound and keep ``conv -> max_pool2d``, and they
+   need the input gradient, which the first layer does not.
 3. Everything else is the module's own functional form.
 
 Values equal the eager module's up to float32 rounding. Sub-gradients at exact ties
@@ -50,14 +52,22 @@ def shifted_kernels(weight: Tensor, stride: int) -> Tensor:
 
 def conv_max_pool(x: Tensor, weight: Tensor, stride: int, padding: int) -> Tensor:
     """``max_pool2d(conv2d(x, weight, stride=stride, padding=padding), 2)`` without bias,
-    as one convolution of stride ``2 * stride`` with the four shifted kernels.
+    computed on patch matrices with the four shifted kernels.
 
     x: ``(N, C, H, W)``; weight: ``(O, C, k, k)``. Returns ``(N, O, Ho // 2, Wo // 2)`` with
-    ``Ho = (H + 2 padding - k) // stride + 1`` (likewise ``Wo``). Ties share the gradient.
+    ``Ho = (H + 2 padding - k) // stride + 1`` (likewise ``Wo``), channels-last in memory.
+    With ``K = k + stride``: patches ``(N, L, C K K)`` of stride ``2 * stride`` times the
+    kernels ``(C K K, 4 O)`` give ``(N, L, 4 O)``, whose four ``O``-wide blocks are maxed.
+    Ties share the gradient.
     """
-    z = F.conv2d(x, shifted_kernels(weight, stride), stride=2 * stride, padding=padding)
-    z0, z1, z2, z3 = z.chunk(4, dim=1)
-    return torch.maximum(torch.maximum(z0, z1), torch.maximum(z2, z3))
+    n, o, k = x.shape[0], weight.shape[0], weight.shape[-1]
+    h = ((x.shape[-2] + 2 * padding - k) // stride + 1) // 2
+    w = ((x.shape[-1] + 2 * padding - k) // stride + 1) // 2
+    patches = F.unfold(x, k + stride, stride=2 * stride, padding=padding).transpose(1, 2)
+    z = patches @ shifted_kernels(weight, stride).reshape(4 * o, -1).t()
+    z0, z1, z2, z3 = z.chunk(4, dim=-1)
+    pooled = torch.maximum(torch.maximum(z0, z1), torch.maximum(z2, z3))  # (N, L, O)
+    return pooled.transpose(1, 2).unflatten(2, (h, w))
 
 
 def _is_pool2(module: nn.Module) -> bool:

@@ -97,7 +97,9 @@ def adam_update(grads: Params, state: AdamState, params: Params) -> Tuple[Params
     bias_correction2_sqrt = _power(1 - _power(state.b2, t), _HALF)
     mu, nu, new_params = {}, {}, {}
     for k, p in params.items():
-        g = grads[k]
+        # A compiled CNN can hand over a channels-last weight gradient; the state stays in
+        # the parameters' layout so that the next compiled call sees the same strides.
+        g = grads[k].contiguous()
         dt = g.dtype
         m = state.mu[k].lerp(g, (1 - state.b1).to(dt))
         v = torch.addcmul(state.nu[k] * state.b2.to(dt), (1 - state.b2).to(dt) * g, g)
