@@ -60,7 +60,7 @@ def conv_max_pool(x: Tensor, weight: Tensor, stride: int, padding: int) -> Tenso
     kernels ``(C K K, 4 O)`` give ``(N, L, 4 O)``, whose four ``O``-wide blocks are maxed.
     Ties share the gradient.
     """
-    n, o, k = x.shape[0], weight.shape[0], weight.shape[-1]
+    o, k = weight.shape[0], weight.shape[-1]
     h = ((x.shape[-2] + 2 * padding - k) // stride + 1) // 2
     w = ((x.shape[-1] + 2 * padding - k) // stride + 1) // 2
     patches = F.unfold(x, k + stride, stride=2 * stride, padding=padding).transpose(1, 2)

@@ -14,6 +14,10 @@ from fn_trainer.sweep import fit_sweep
 TOL = dict(rtol=1e-4, atol=1e-5)
 
 
+SMALL_CNN = NetworkConfiguration(n_channels=(4, 6), kernel_sizes=(3, 3), strides=(1, 1), paddings=(0, 0),
+                                 dense_hiddens=(16,))
+
+
 def param_tol(lr, steps):
     return dict(rtol=0.0, atol=0.01 * lr * steps)
 
@@ -62,8 +66,7 @@ def test_compiled_step_equals_eager_and_does_not_recompile(mlp):
 
 def test_compiled_cnn_step_equals_eager_and_does_not_recompile():
     # under torch.compile the CNN runs the rewritten forward (fn_trainer.cnn_forward)
-    net = build_network("cnn", NetworkConfiguration(n_channels=(6, 8), kernel_sizes=(3, 3), strides=(1, 1),
-                                                    paddings=(0, 0), dense_hiddens=(16,)))
+    net = build_network("cnn", SMALL_CNN)
     torch._dynamo.reset()
     step = make_step(net.apply, adam(1e-3))
     compiled = compile_step(step)
@@ -92,14 +95,16 @@ def test_multi_step_equals_consecutive_steps(mlp):
         multi_step(step, 0)
 
 
-def test_compiled_sweep_equals_eager_sweep(mlp):
+@pytest.mark.parametrize("network_type", ["mlp", "cnn"])
+def test_compiled_sweep_equals_eager_sweep(network_type, mlp):
+    net = mlp if network_type == "mlp" else build_network("cnn", SMALL_CNN)
     torch._dynamo.reset()
     g = torch.Generator().manual_seed(3)
     train = (torch.rand(80, 1, 28, 28, generator=g) * 255, torch.randint(0, 10, (80,), generator=g))
     valid = (torch.rand(30, 1, 28, 28, generator=g) * 255, torch.randint(0, 10, (30,), generator=g))
     lrs = [1e-2, 1e-3, 1e-4]
-    eager = fit_sweep(mlp, lrs, train, valid, epochs=2, batch_size=32, progress=False)
-    compiled = fit_sweep(mlp, lrs, train, valid, epochs=2, batch_size=32, progress=False, compile=True)
+    eager = fit_sweep(net, lrs, train, valid, epochs=2, batch_size=32, progress=False)
+    compiled = fit_sweep(net, lrs, train, valid, epochs=2, batch_size=32, progress=False, compile=True)
     for a, b in zip(compiled, eager):
         for key in a.logs:
             torch.testing.assert_close(torch.tensor(a.logs[key]), torch.tensor(b.logs[key]), **TOL)
