@@ -2,8 +2,8 @@
 
 ``Network.apply`` runs the homework's ``nn.Sequential`` eagerly (the reference); under
 ``torch.compile`` it runs :func:`sequential_forward` instead, which computes the same
-function with three rewrites, each measured on the CNN (16, 32, 45) training step
-(``python -m benchmarks.epoch --shapes cnn``):
+function with two rewrites (``python -m benchmarks.epoch --shapes cnn`` measures them on
+the CNN (16, 32, 45): its ``compiled_module`` path compiles the module's own forward):
 
 1. **Pool before bias and activation.** For a monotone non-decreasing activation ``f``
    (ReLU, tanh, sigmoid) and a per-channel bias ``b``,
@@ -22,7 +22,8 @@ function with three rewrites, each measured on the CNN (16, 32, 45) training ste
    extra multiply-adds of the zero-padded kernels cost far less than the feature map
    saved; deeper layers are compute-bound and keep ``conv -> max_pool2d``, and they
    need the input gradient, which the first layer does not.
-3. Everything else is the module's own functional form.
+
+Every other layer runs in the module's own functional form.
 
 Values equal the eager module's up to float32 rounding. Sub-gradients at exact ties
 differ in one place: in the first layer's pool, ``torch.maximum`` shares the gradient

@@ -31,9 +31,10 @@ from ..train import FitResult, fit, make_evaluate
 
 RUNS_DIR = "runs"
 N_CLASSES = 10
-# Compiling a step costs seconds once (a few with a warm Inductor cache; cold, about 40 s
-# for the MLP and 90 s for the CNN) and saves 40% or more of every step
-# (python -m benchmarks.epoch): worth it from about 1,000 steps on.
+# Compiling a step costs 2-4 s with a warm Inductor cache, 12-15 s cold, and saves about
+# 2 ms of every MLP step and 12 ms of every CNN step (python -m benchmarks.epoch: compiled
+# against eager): from about 1,000 steps on it pays for itself (for the MLP, from a cold
+# cache, only from about 7,000).
 COMPILE_MIN_STEPS = 1000
 
 
