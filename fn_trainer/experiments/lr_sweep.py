@@ -72,10 +72,11 @@ def sweep_trainer():
         first = specs[0]
         network = build_network(first.network_type, first.config)
         train, valid = ctx.data(first.normalization)
+        compiled = worth_compiling(first.epochs, train[0].shape[0], first.batch_size)
         start = time.perf_counter()
         results = fit_sweep(network, [sp.lr for sp in specs], train, valid, epochs=first.epochs,
                             batch_size=first.batch_size, seed=first.seed, n_classes=N_CLASSES,
-                            progress=ctx.settings.progress, compile=worth_compiling(first.epochs, train[0].shape[0], first.batch_size),
+                            progress=ctx.settings.progress, compile=compiled,
                             desc=f"{first.name.split('-lr')[0]} x{len(specs)} lrs")
         wall = time.perf_counter() - start
         return [(r, wall, f"fit_sweep ({len(specs)} learning rates together)") for r in results]
