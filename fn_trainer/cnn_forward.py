@@ -34,7 +34,7 @@ training is unaffected; a Jacobian with respect to the input may split different
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +84,17 @@ def _plain_conv(module: nn.Module) -> bool:
             and module.kernel_size[0] == module.kernel_size[1])
 
 
+def _pooled_conv(x: Tensor, conv: nn.Conv2d, pool: nn.Module, w: Tensor, first: bool) -> Optional[Tensor]:
+    """``pool(conv(x))`` without bias in the form of this module's docstring, or ``None``
+    when ``pool`` is neither ``MaxPool2d(2)`` nor ``AdaptiveMaxPool2d``."""
+    s, p = conv.stride[0], conv.padding[0]
+    if _is_pool2(pool):
+        return conv_max_pool(x, w, s, p) if first else F.max_pool2d(F.conv2d(x, w, stride=s, padding=p), 2)
+    if isinstance(pool, nn.AdaptiveMaxPool2d):
+        return F.adaptive_max_pool2d(F.conv2d(x, w, stride=s, padding=p), pool.output_size)
+    return None
+
+
 def sequential_forward(module: nn.Sequential, params: Params, x: Tensor) -> Tensor:
     """``functional_call(module, params, (x,))`` with the rewrites of this module's docstring
     applied to every ``Conv2d -> activation -> MaxPool2d(2) | AdaptiveMaxPool2d`` triple."""
@@ -94,19 +105,10 @@ def sequential_forward(module: nn.Sequential, params: Params, x: Tensor) -> Tens
     while i < len(layers):
         name, layer = layers[i]
         if i + 2 < len(layers) and _plain_conv(layer) and isinstance(layers[i + 1][1], MONOTONE):
-            act, (_, pool) = layers[i + 1][1], layers[i + 2]
-            w, b = params[f"{name}.weight"], params.get(f"{name}.bias")
-            s, p = layer.stride[0], layer.padding[0]
-            if _is_pool2(pool) and i == 0:
-                z = conv_max_pool(x, w, s, p)
-            elif _is_pool2(pool):
-                z = F.max_pool2d(F.conv2d(x, w, stride=s, padding=p), 2)
-            elif isinstance(pool, nn.AdaptiveMaxPool2d):
-                z = F.adaptive_max_pool2d(F.conv2d(x, w, stride=s, padding=p), pool.output_size)
-            else:
-                z = None
+            z = _pooled_conv(x, layer, layers[i + 2][1], params[f"{name}.weight"], first=i == 0)
             if z is not None:
-                x = act(z if b is None else z + b[:, None, None])
+                b = params.get(f"{name}.bias")
+                x = layers[i + 1][1](z if b is None else z + b[:, None, None])
                 i += 3
                 continue
         prefix = f"{name}."
