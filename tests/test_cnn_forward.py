@@ -1,4 +1,6 @@
 """The compiled-mode CNN forward computes the module's function, with the same parameter gradients."""
+import operator
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 from torch.func import functional_call, grad
 
 from fn_trainer import NetworkConfiguration, build_network
-from fn_trainer.cnn_forward import conv_max_pool, sequential_forward
+from fn_trainer.cnn_forward import conv_max_pool, patch_conv, sequential_forward
 
 
 @settings(max_examples=40, deadline=None)
@@ -21,6 +23,21 @@ def test_conv_max_pool_equals_conv_then_pool(c_in, c_out, k, s, p, size, seed):
     w = torch.randn(c_out, c_in, k, k, generator=g, dtype=torch.float64)
     want = F.max_pool2d(F.conv2d(x, w, stride=s, padding=p), 2)
     got = conv_max_pool(x, w, s, p)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(c_in=st.integers(1, 3), c_out=st.integers(1, 5), k=st.integers(1, 5), s=st.integers(1, 3),
+       p=st.integers(0, 2), size=st.integers(5, 17), seed=st.integers(0, 2**31 - 1))
+def test_patch_conv_equals_conv2d(c_in, c_out, k, s, p, size, seed):
+    g = torch.Generator().manual_seed(seed)
+    if k > size + 2 * p:
+        return
+    x = torch.randn(2, c_in, size, size, generator=g, dtype=torch.float64)
+    w = torch.randn(c_out, c_in, k, k, generator=g, dtype=torch.float64)
+    want = F.conv2d(x, w, stride=s, padding=p)
+    got = patch_conv(x, w, s, p)
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
@@ -70,9 +87,16 @@ def test_mlp_layers_pass_through_unchanged():
     assert torch.equal(sequential_forward(net.module, params, x), functional_call(net.module, params, (x,)))
 
 
-def test_compiled_cnn_apply_uses_the_rewritten_forward():
-    net = build_network("cnn", NetworkConfiguration(n_channels=(4, 8), kernel_sizes=(3, 3), strides=(1, 1),
-                                                    paddings=(0, 0), dense_hiddens=(8,)))
+@pytest.mark.parametrize("config, n_products, n_convs", [
+    # both convolutions (one pooled, one before the adaptive pool) run as patch products
+    (NetworkConfiguration(n_channels=(4, 8), kernel_sizes=(3, 3), strides=(1, 1), paddings=(0, 0),
+                          dense_hiddens=(8,)), 2, 0),
+    # a 28x28 kernel of stride 1 would take 784 slices: it stays a conv
+    (NetworkConfiguration(n_channels=(5,), kernel_sizes=(28,), strides=(1,), paddings=(0,), dense_hiddens=(8,)),
+     0, 1),
+], ids=["small", "large-kernel"])
+def test_compiled_cnn_apply_uses_the_rewritten_forward(config, n_products, n_convs):
+    net = build_network("cnn", config)
     params, x = net.init(0), torch.rand(4, 1, 28, 28)
     calls = []
 
@@ -82,6 +106,6 @@ def test_compiled_cnn_apply_uses_the_rewritten_forward():
 
     torch._dynamo.reset()
     compiled = torch.compile(net.apply, backend=recorder, fullgraph=True)(params, x)
-    # the first conv and its pool run as patches @ shifted kernels; the second is a conv
-    assert calls.count(F.unfold) == 1 and sum(calls.count(f) for f in {torch.conv2d, F.conv2d}) == 1
+    assert calls.count(operator.matmul) == n_products
+    assert sum(calls.count(f) for f in {torch.conv2d, F.conv2d}) == n_convs
     torch.testing.assert_close(compiled, net.apply(params, x), rtol=1e-5, atol=1e-6)
