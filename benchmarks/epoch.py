@@ -16,10 +16,16 @@ reference epochs against one vmapped epoch of the six models. For the CNN,
 ``compiled_module`` compiles the step around the homework's module as it is
 (``functional_call``), without the forward of ``fn_trainer.cnn_forward`` that
 ``compiled`` uses: the difference is what that rewrite is worth.
+
+glibc's malloc thresholds are fixed for the run (:func:`steady_malloc`; off with
+``--default-malloc``), the same for every path: left adaptive, they made the reference
+CNN's epoch time jump between two modes.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import math
 import os
@@ -27,7 +33,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 from torch.func import functional_call
@@ -80,6 +86,33 @@ def train_flops(network_type: str, config: NetworkConfiguration, n_samples: int)
         macs.append(width * out)
         width = out
     return 2.0 * n_samples * (3 * sum(macs) - macs[0])
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameter numbers (malloc.h)
+STEADY_MALLOC = {"M_MMAP_THRESHOLD": 32 << 20, "M_TRIM_THRESHOLD": 1 << 30}
+
+
+def steady_malloc() -> Optional[Dict[str, int]]:
+    """Fix glibc malloc's thresholds for this process to ``STEADY_MALLOC``; returns them,
+    or ``None`` where that is not possible (not glibc).
+
+    By default glibc moves both thresholds as memory is freed, and the reference loop's
+    multi-megabyte convolution buffers then switch between reused heap memory and fresh,
+    page-faulted mappings: its CNN epoch jumped between about 6.7 and 9.4 s within one
+    run, which made the ratios a matter of luck. Fixed at glibc's own largest mmap
+    threshold (32 MiB) with a trim threshold above it, every path keeps reusing heap
+    memory and the reference is steady (6.5-7.5 s).
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):
+        mallopt = None
+    if mallopt is None:
+        return None
+    codes = {"M_MMAP_THRESHOLD": M_MMAP_THRESHOLD, "M_TRIM_THRESHOLD": M_TRIM_THRESHOLD}
+    ok = [mallopt(codes[k], v) for k, v in STEADY_MALLOC.items()]
+    return dict(STEADY_MALLOC) if all(ok) else None
 
 
 def matmul_peak(seconds: float = 1.0, size: int = 1024) -> float:
@@ -200,6 +233,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true",
                    help="tiny run for CI: small networks, 512 samples, 2 steps, 1 repetition")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="leave glibc's adaptive malloc thresholds alone (noisier reference CNN times)")
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--check-targets", action="store_true", help="exit with status 1 if a target is missed")
     p.add_argument("--quiet", action="store_true")
@@ -217,6 +252,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    malloc = None if args.default_malloc else steady_malloc()
     log = (lambda *a: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     batch_size = 128
     n = 512 if args.smoke else N_TRAIN
@@ -261,7 +297,7 @@ def main(argv=None) -> int:
         "what": "median seconds per epoch of training steps (469 minibatches of 128, evaluation excluded), "
                 "paths alternated within one process; ratio = path / reference",
         "smoke": args.smoke, "reps": reps, "batch_size": batch_size, "n_train": n,
-        "machine": machine(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "machine": machine(), "malloc": malloc or "default", "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "matmul_peak_gflops": round(peak, 1), "results": results,
     }
     print_table(report)
@@ -275,7 +311,8 @@ def main(argv=None) -> int:
 def print_table(report: Dict) -> None:
     print(f"{report['command']}\n{report['machine']['cpu']}, {report['machine']['torch_threads']} threads, "
           f"torch {report['machine']['torch']}; matmul peak {report['matmul_peak_gflops']} GFLOP/s; "
-          f"load {report['load_average_before'][0]:.1f} -> {report['load_average_after'][0]:.1f}")
+          f"load {report['load_average_before'][0]:.1f} -> {report['load_average_after'][0]:.1f}; "
+          f"malloc {report['malloc']}")
     print(f"{'shape':6} {'path':17} {'median s/epoch':>14} {'ratio':>6} {'% peak':>7} {'warm-up s':>9}")
     for shape, r in report["results"].items():
         for name, v in r["paths"].items():

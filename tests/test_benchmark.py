@@ -1,5 +1,9 @@
 """The benchmark's smoke mode runs end to end and writes self-describing JSON."""
 import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,8 +15,10 @@ from fn_trainer import count_parameters, one_hot
 
 def test_smoke_run_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["--smoke", "--no-compile", "--quiet", "--json", str(out)]) == 0
+    # --default-malloc: the test process keeps its allocator settings
+    assert main(["--smoke", "--no-compile", "--quiet", "--default-malloc", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
+    assert report["malloc"] == "default"
     assert report["smoke"] and report["command"].startswith("python -m benchmarks.epoch --smoke")
     assert set(report["results"]) == {"mlp", "cnn", "sweep"}
     for shape, r in report["results"].items():
@@ -24,6 +30,15 @@ def test_smoke_run_writes_json(tmp_path, capsys):
         assert r["target_met"] is None
     assert report["matmul_peak_gflops"] > 0 and "cpu" in report["machine"]
     assert "not evaluated (smoke)" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_steady_malloc_fixes_glibc_thresholds():
+    # in a child process: mallopt changes the whole process
+    code = "from benchmarks.epoch import steady_malloc, STEADY_MALLOC; print(steady_malloc() == STEADY_MALLOC)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "True"
 
 
 def test_training_flops_match_the_issue_figures():
