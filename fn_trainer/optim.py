@@ -95,15 +95,21 @@ def adam_update(grads: Params, state: AdamState, params: Params) -> Tuple[Params
     # scalars, pow rather than sqrt, addcmul) so that both agree to the last bit.
     step_size = state.lr / (1 - _power(state.b1, t))
     bias_correction2_sqrt = _power(1 - _power(state.b2, t), _HALF)
+    # cast once per dtype rather than once per parameter: eagerly each cast is a dispatch
+    # (0.1-0.25 ms of a 3 ms eager MLP step, measured); the values are the same
+    coefficients: Dict[torch.dtype, Tuple[Tensor, ...]] = {}
     mu, nu, new_params = {}, {}, {}
     for k, p in params.items():
         # A compiled CNN can hand over a channels-last weight gradient; the state stays in
         # the parameters' layout so that the next compiled call sees the same strides.
         g = grads[k].contiguous()
-        dt = g.dtype
-        m = state.mu[k].lerp(g, (1 - state.b1).to(dt))
-        v = torch.addcmul(state.nu[k] * state.b2.to(dt), (1 - state.b2).to(dt) * g, g)
-        denom = v.sqrt() / bias_correction2_sqrt.to(dt) + state.eps.to(dt)
-        new_params[k] = p + (-step_size.to(dt) * m) / denom
+        if g.dtype not in coefficients:
+            coefficients[g.dtype] = tuple(c.to(g.dtype) for c in (
+                1 - state.b1, state.b2, 1 - state.b2, bias_correction2_sqrt, state.eps, -step_size))
+        one_minus_b1, b2, one_minus_b2, bc2_sqrt, eps, neg_step_size = coefficients[g.dtype]
+        m = state.mu[k].lerp(g, one_minus_b1)
+        v = torch.addcmul(state.nu[k] * b2, one_minus_b2 * g, g)
+        denom = v.sqrt() / bc2_sqrt + eps
+        new_params[k] = p + (neg_step_size * m) / denom
         mu[k], nu[k] = m, v
     return new_params, state._replace(count=count, mu=mu, nu=nu)
