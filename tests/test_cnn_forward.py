@@ -109,3 +109,22 @@ def test_compiled_cnn_apply_uses_the_rewritten_forward(config, n_products, n_con
     assert calls.count(operator.matmul) == n_products
     assert sum(calls.count(f) for f in {torch.conv2d, F.conv2d}) == n_convs
     torch.testing.assert_close(compiled, net.apply(params, x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("input_shape, config", [
+    ((3, 30, 26), NetworkConfiguration(n_channels=(5, 7), kernel_sizes=(3, 2), strides=(1, 2), paddings=(1, 0),
+                                       dense_hiddens=(9,))),
+    ((2, 17, 23), NetworkConfiguration(n_channels=(4, 6, 8), kernel_sizes=(3, 3, 3), strides=(1, 1, 1),
+                                       paddings=(0, 1, 1), dense_hiddens=())),
+], ids=["3x30x26", "2x17x23"])
+def test_sequential_forward_on_non_square_multichannel_inputs(input_shape, config):
+    # the phase view splits height and width separately; odd sizes need its padding or cropping
+    net = build_network("cnn", config, input_shape=input_shape)
+    params = net.init(1, dtype=torch.float64)
+    x = torch.rand(5, *input_shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    reference = lambda p: functional_call(net.module, p, (x,)).log().sum()  # noqa: E731
+    rewritten = lambda p: sequential_forward(net.module, p, x).log().sum()  # noqa: E731
+    torch.testing.assert_close(rewritten(params), reference(params), rtol=1e-10, atol=1e-12)
+    g_want, g_got = grad(reference)(params), grad(rewritten)(params)
+    for k in g_want:
+        torch.testing.assert_close(g_got[k], g_want[k], rtol=1e-8, atol=1e-10, msg=k)
