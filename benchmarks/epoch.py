@@ -88,7 +88,7 @@ def train_flops(network_type: str, config: NetworkConfiguration, n_samples: int)
     return 2.0 * n_samples * (3 * sum(macs) - macs[0])
 
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameter numbers (malloc.h)
+MALLOPT_PARAMETERS = {"M_TRIM_THRESHOLD": -1, "M_MMAP_THRESHOLD": -3}  # their numbers in malloc.h
 STEADY_MALLOC = {"M_MMAP_THRESHOLD": 32 << 20, "M_TRIM_THRESHOLD": 1 << 30}
 
 
@@ -103,15 +103,11 @@ def steady_malloc() -> Optional[Dict[str, int]]:
     threshold (32 MiB) with a trim threshold above it, every path keeps reusing heap
     memory and the reference is steady (6.5-7.5 s).
     """
-    name = ctypes.util.find_library("c")
     try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
     except (OSError, AttributeError):
-        mallopt = None
-    if mallopt is None:
         return None
-    codes = {"M_MMAP_THRESHOLD": M_MMAP_THRESHOLD, "M_TRIM_THRESHOLD": M_TRIM_THRESHOLD}
-    ok = [mallopt(codes[k], v) for k, v in STEADY_MALLOC.items()]
+    ok = [mallopt(MALLOPT_PARAMETERS[name], value) for name, value in STEADY_MALLOC.items()]
     return dict(STEADY_MALLOC) if all(ok) else None
 
 
@@ -297,7 +293,8 @@ def main(argv=None) -> int:
         "what": "median seconds per epoch of training steps (469 minibatches of 128, evaluation excluded), "
                 "paths alternated within one process; ratio = path / reference",
         "smoke": args.smoke, "reps": reps, "batch_size": batch_size, "n_train": n,
-        "machine": machine(), "malloc": malloc or "default", "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "machine": machine(), "malloc": malloc or "default",
+        "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "matmul_peak_gflops": round(peak, 1), "results": results,
     }
     print_table(report)

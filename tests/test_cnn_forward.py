@@ -51,6 +51,17 @@ def test_conv_max_pool_shares_the_gradient_at_ties():
     torch.testing.assert_close(g, torch.full_like(w, 4.0))
 
 
+def assert_rewrite_matches_module(net, params, x):
+    """Values and parameter gradients (of the summed log-probabilities) as functional_call's."""
+    reference = lambda p: functional_call(net.module, p, (x,))  # noqa: E731
+    rewritten = lambda p: sequential_forward(net.module, p, x)  # noqa: E731
+    torch.testing.assert_close(rewritten(params), reference(params), rtol=1e-10, atol=1e-12)
+    g_want = grad(lambda p: reference(p).log().sum())(params)
+    g_got = grad(lambda p: rewritten(p).log().sum())(params)
+    for k in g_want:
+        torch.testing.assert_close(g_got[k], g_want[k], rtol=1e-8, atol=1e-10, msg=k)
+
+
 CONFIGS = [
     NetworkConfiguration(n_channels=(16, 32, 45)),
     NetworkConfiguration(n_channels=(8, 16, 32, 64), kernel_sizes=(1, 1, 1, 1), strides=(1, 1, 1, 1),
@@ -67,18 +78,8 @@ CONFIGS = [
 @pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid"])
 def test_sequential_forward_equals_module(config, act):
     net = build_network("cnn", config, activation_name=act)
-    params = net.init(3, dtype=torch.float64)
     x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 255
-
-    def loss(forward):
-        return lambda p: forward(p).log().sum()
-
-    reference = lambda p: functional_call(net.module, p, (x,))  # noqa: E731
-    rewritten = lambda p: sequential_forward(net.module, p, x)  # noqa: E731
-    torch.testing.assert_close(rewritten(params), reference(params), rtol=1e-10, atol=1e-12)
-    g_want, g_got = grad(loss(reference))(params), grad(loss(rewritten))(params)
-    for k in g_want:
-        torch.testing.assert_close(g_got[k], g_want[k], rtol=1e-8, atol=1e-10, msg=k)
+    assert_rewrite_matches_module(net, net.init(3, dtype=torch.float64), x)
 
 
 def test_mlp_layers_pass_through_unchanged():
@@ -120,11 +121,5 @@ def test_compiled_cnn_apply_uses_the_rewritten_forward(config, n_products, n_con
 def test_sequential_forward_on_non_square_multichannel_inputs(input_shape, config):
     # the phase view splits height and width separately; odd sizes need its padding or cropping
     net = build_network("cnn", config, input_shape=input_shape)
-    params = net.init(1, dtype=torch.float64)
     x = torch.rand(5, *input_shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    reference = lambda p: functional_call(net.module, p, (x,)).log().sum()  # noqa: E731
-    rewritten = lambda p: sequential_forward(net.module, p, x).log().sum()  # noqa: E731
-    torch.testing.assert_close(rewritten(params), reference(params), rtol=1e-10, atol=1e-12)
-    g_want, g_got = grad(reference)(params), grad(rewritten)(params)
-    for k in g_want:
-        torch.testing.assert_close(g_got[k], g_want[k], rtol=1e-8, atol=1e-10, msg=k)
+    assert_rewrite_matches_module(net, net.init(1, dtype=torch.float64), x)
