@@ -7,6 +7,7 @@ from .checkpoint import CheckpointError
 from .compiled import compile_step, multi_step
 from .config import NetworkConfiguration
 from .data import DatasetError, Split, Splits, load_fashion_mnist, normalize, standardizer
+from .denormals import denormals_flushed, flush_denormals
 from .diagnostics import global_norm, gradient_norm, jacobian_norm, per_example_grad_norms
 from .losses import EPSILON, accuracy, cross_entropy, one_hot
 from .networks import (Network, activation, build_network, cnn, count_parameters, init_params,
@@ -18,7 +19,8 @@ from .train import FitResult, fit, make_evaluate
 
 __all__ = [
     "CheckpointError", "compile_step", "multi_step", "fit_sweep", "NetworkConfiguration", "DatasetError", "Split", "Splits", "load_fashion_mnist", "normalize",
-    "standardizer", "global_norm", "gradient_norm", "jacobian_norm", "per_example_grad_norms",
+    "standardizer", "flush_denormals", "denormals_flushed", "global_norm", "gradient_norm",
+    "jacobian_norm", "per_example_grad_norms",
     "EPSILON", "accuracy", "cross_entropy", "one_hot", "Network", "activation", "build_network",
     "cnn", "count_parameters", "init_params", "mlp", "params_of", "AdamState", "Optimizer", "adam",
     "make_objective", "make_step", "FitResult", "fit", "make_evaluate",
