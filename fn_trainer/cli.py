@@ -83,6 +83,9 @@ def _add_training(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads for torch (default: torch's choice); 1 is much faster on a busy "
                         "machine, where more threads wait for each other")
+    p.add_argument("--keep-denormals", dest="flush_denormals", action="store_false",
+                   help="compute with subnormal floats instead of flushing them to zero (slower once "
+                        "Adam's moments decay below 1e-38; see fn_trainer.denormals)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
@@ -143,6 +146,7 @@ def settings_of(args: argparse.Namespace, command: str):
 
 
 def run_experiments(args: argparse.Namespace, command: str) -> int:
+    from .denormals import denormals_flushed, flush_denormals
     from .experiments import EXPERIMENTS, experiment
     from .experiments.runs import Context
     from .report import REPORT_FILE
@@ -154,8 +158,13 @@ def run_experiments(args: argparse.Namespace, command: str) -> int:
         torch.set_num_threads(args.threads)
     ctx = Context(settings_of(args, command))
     names = list(EXPERIMENTS) if args.command == "all" else [args.command]
-    for name in names:
-        experiment(name).run(ctx)
+    flushed_before = denormals_flushed()
+    flush_denormals(getattr(args, "flush_denormals", True))  # after --threads: it sets the threads in use
+    try:
+        for name in names:
+            experiment(name).run(ctx)
+    finally:
+        flush_denormals(flushed_before)
     print(f"report: {Path(args.out) / REPORT_FILE}")
     return 0
 

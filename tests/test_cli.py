@@ -297,3 +297,17 @@ def test_long_runs_train_with_a_compiled_step(small_data_root, tmp_path, capsys,
     for name, r in compiled.items():
         assert r.trainer == "fit (compiled)" and eager[name].trainer == "fit"
         assert r.logs["validation_loss"] == pytest.approx(eager[name].logs["validation_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("extra, modes", [([], [True, False]), (["--keep-denormals"], [False, False])])
+def test_training_flushes_subnormals_unless_kept_and_restores_the_mode(extra, modes, small_data_root, tmp_path,
+                                                                       capsys, monkeypatch):
+    from fn_trainer import denormals
+
+    calls = []
+    real = denormals.flush_denormals
+    monkeypatch.setattr(denormals, "flush_denormals", lambda enabled=True: calls.append(enabled) or real(enabled))
+    rc, _, _ = run_cli(["depth", "--data", small_data_root, "--out", tmp_path, *QUICK, *extra], capsys)
+    assert rc == 0
+    assert calls == modes  # on (or kept off) for the runs, then back to the mode before
+    assert not denormals.denormals_flushed()
