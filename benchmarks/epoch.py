@@ -19,7 +19,9 @@ reference epochs against one vmapped epoch of the six models. For the CNN,
 
 glibc's malloc thresholds are fixed for the run (:func:`steady_malloc`; off with
 ``--default-malloc``), the same for every path: left adaptive, they made the reference
-CNN's epoch time jump between two modes.
+CNN's epoch time jump between two modes. ``--flush-denormals`` flushes subnormal floats
+to zero on every path, as the ``fn-trainer`` command does (``fn_trainer.denormals``): the
+ratios stay like for like, and the absolute times are those of training with the command.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ from torch.func import functional_call
 
 from fn_trainer import NetworkConfiguration, adam, build_network, make_step, normalize, one_hot
 from fn_trainer.compiled import compile_step
+from fn_trainer.denormals import flush_denormals
 from fn_trainer.networks import POOLED_SIZE, feature_map_sizes
 from fn_trainer.sweep import SweepData, init_sweep, make_sweep_step
 
@@ -231,6 +234,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--default-malloc", action="store_true",
                    help="leave glibc's adaptive malloc thresholds alone (noisier reference CNN times)")
+    p.add_argument("--flush-denormals", action="store_true",
+                   help="flush subnormal floats to zero on every path, as the fn-trainer command does "
+                        "(fn_trainer.denormals); the reference loop too")
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--check-targets", action="store_true", help="exit with status 1 if a target is missed")
     p.add_argument("--quiet", action="store_true")
@@ -249,6 +255,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     malloc = None if args.default_malloc else steady_malloc()
+    if args.flush_denormals:
+        flush_denormals(True)
     log = (lambda *a: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     batch_size = 128
     n = 512 if args.smoke else N_TRAIN
@@ -293,7 +301,7 @@ def main(argv=None) -> int:
         "what": "median seconds per epoch of training steps (469 minibatches of 128, evaluation excluded), "
                 "paths alternated within one process; ratio = path / reference",
         "smoke": args.smoke, "reps": reps, "batch_size": batch_size, "n_train": n,
-        "machine": machine(), "malloc": malloc or "default",
+        "machine": machine(), "malloc": malloc or "default", "flush_denormals": args.flush_denormals,
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "matmul_peak_gflops": round(peak, 1), "results": results,
     }
@@ -309,7 +317,7 @@ def print_table(report: Dict) -> None:
     print(f"{report['command']}\n{report['machine']['cpu']}, {report['machine']['torch_threads']} threads, "
           f"torch {report['machine']['torch']}; matmul peak {report['matmul_peak_gflops']} GFLOP/s; "
           f"load {report['load_average_before'][0]:.1f} -> {report['load_average_after'][0]:.1f}; "
-          f"malloc {report['malloc']}")
+          f"malloc {report['malloc']}; subnormals {'flushed' if report['flush_denormals'] else 'kept'}")
     print(f"{'shape':6} {'path':17} {'median s/epoch':>14} {'ratio':>6} {'% peak':>7} {'warm-up s':>9}")
     for shape, r in report["results"].items():
         for name, v in r["paths"].items():

@@ -18,7 +18,7 @@ def test_smoke_run_writes_json(tmp_path, capsys):
     # --default-malloc: the test process keeps its allocator settings
     assert main(["--smoke", "--no-compile", "--quiet", "--default-malloc", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert report["malloc"] == "default"
+    assert report["malloc"] == "default" and report["flush_denormals"] is False
     assert report["smoke"] and report["command"].startswith("python -m benchmarks.epoch --smoke")
     assert set(report["results"]) == {"mlp", "cnn", "sweep"}
     for shape, r in report["results"].items():
@@ -66,3 +66,13 @@ def test_bad_options_exit_with_a_message(argv, capsys):
     with pytest.raises(SystemExit):
         main(argv)
     assert "--" in capsys.readouterr().err
+
+
+def test_flush_denormals_option_is_recorded(tmp_path):
+    # in a child process: the option changes the mode of the whole process
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, "-m", "benchmarks.epoch", "--smoke", "--no-compile", "--quiet",
+                    "--default-malloc", "--shapes", "mlp", "--flush-denormals", "--json", str(out)],
+                   capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+    report = json.loads(out.read_text())
+    assert report["flush_denormals"] is True and "--flush-denormals" in report["command"]
