@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import sys
 from typing import Callable, Optional
 
@@ -37,7 +38,10 @@ def _gomp_parallel() -> Optional[Callable]:
             paths = sorted({line.split()[-1] for line in maps if "libgomp" in line and "/" in line})
         if not paths:
             return None
-        gomp_parallel = ctypes.CDLL(paths[0]).GOMP_parallel  # the loaded copy: its threads are torch's
+        # torch's own copy (torch/lib or torch.libs) where another one is loaded as well
+        torch_dir = os.path.dirname(os.path.dirname(torch.__file__))
+        path = next((p for p in paths if p.startswith(torch_dir) and "torch" in p), paths[0])
+        gomp_parallel = ctypes.CDLL(path).GOMP_parallel  # the loaded copy: its threads are torch's
     except (OSError, AttributeError):
         return None
     gomp_parallel.argtypes = [_REGION_FN, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
