@@ -62,6 +62,11 @@ def _n_phases(window: int, stride: int) -> int:
     return -(-window // stride)
 
 
+def _few_slices(window: int, stride: int) -> bool:
+    """Whether a window's patches take at most ``MAX_SLICES`` slices of the phase view."""
+    return _n_phases(window, stride) ** 2 <= MAX_SLICES
+
+
 def phase_patches(x: Tensor, window: int, stride: int) -> Tuple[Tensor, int, int]:
     """Patches of a channels-last map: ``x (N, H, W, C) -> (N * Ho * Wo, D D t t C), Ho, Wo``.
 
@@ -137,11 +142,11 @@ def _pooled_conv(x: Tensor, conv: nn.Conv2d, pool: nn.Module, w: Tensor) -> Opti
     when ``pool`` is neither ``MaxPool2d(2)`` nor ``AdaptiveMaxPool2d``."""
     k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
     if _is_pool2(pool):
-        if _n_phases(k + s, 2 * s) ** 2 <= MAX_SLICES:
+        if _few_slices(k + s, 2 * s):
             return conv_max_pool(x, w, s, p)
         return F.max_pool2d(F.conv2d(x, w, stride=s, padding=p), 2)
     if isinstance(pool, nn.AdaptiveMaxPool2d):
-        z = patch_conv(x, w, s, p) if _n_phases(k, s) ** 2 <= MAX_SLICES else F.conv2d(x, w, stride=s, padding=p)
+        z = patch_conv(x, w, s, p) if _few_slices(k, s) else F.conv2d(x, w, stride=s, padding=p)
         return F.adaptive_max_pool2d(z, pool.output_size)
     return None
 

@@ -39,9 +39,8 @@ def _gomp_parallel() -> Optional[Callable]:
         if not paths:
             return None
         # torch's own copy (torch/lib or torch.libs) where another one is loaded as well
-        torch_dir = os.path.dirname(os.path.dirname(torch.__file__))
-        path = next((p for p in paths if p.startswith(torch_dir) and "torch" in p), paths[0])
-        gomp_parallel = ctypes.CDLL(path).GOMP_parallel  # the loaded copy: its threads are torch's
+        own = [p for p in paths if p.startswith(os.path.dirname(torch.__file__))]  # prefix of both
+        gomp_parallel = ctypes.CDLL((own or paths)[0]).GOMP_parallel  # the loaded copy: its threads are torch's
     except (OSError, AttributeError):
         return None
     gomp_parallel.argtypes = [_REGION_FN, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]

@@ -12,6 +12,8 @@ from benchmarks.epoch import CNN_CONFIG, MLP_CONFIG, main, train_flops
 from benchmarks.reference import ReferenceTrainer
 from fn_trainer import count_parameters, one_hot
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def test_smoke_run_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
@@ -37,7 +39,7 @@ def test_steady_malloc_fixes_glibc_thresholds():
     # in a child process: mallopt changes the whole process
     code = "from benchmarks.epoch import steady_malloc, STEADY_MALLOC; print(steady_malloc() == STEADY_MALLOC)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1])
+                         cwd=ROOT)
     assert out.stdout.strip() == "True"
 
 
@@ -73,6 +75,6 @@ def test_flush_denormals_option_is_recorded(tmp_path):
     out = tmp_path / "bench.json"
     subprocess.run([sys.executable, "-m", "benchmarks.epoch", "--smoke", "--no-compile", "--quiet",
                     "--default-malloc", "--shapes", "mlp", "--flush-denormals", "--json", str(out)],
-                   capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+                   capture_output=True, text=True, check=True, cwd=ROOT)
     report = json.loads(out.read_text())
     assert report["flush_denormals"] is True and "--flush-denormals" in report["command"]

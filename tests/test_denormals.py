@@ -1,4 +1,4 @@
-"""Flushing subnormal floats reaches every intra-op thread, and the command line restores it."""
+"""Flushing subnormal floats reaches every intra-op thread, and turns off again."""
 import subprocess
 import sys
 import textwrap
