@@ -8,7 +8,8 @@ from hypothesis import given, settings, strategies as st
 from torch.func import functional_call, grad
 
 from fn_trainer import NetworkConfiguration, build_network
-from fn_trainer.cnn_forward import conv_max_pool, patch_conv, sequential_forward
+from fn_trainer.cnn_forward import (WINOGRAD_MIN_CHANNELS, conv_max_pool, patch_conv, sequential_forward,
+                                   winograd_conv_max_pool)
 
 
 @settings(max_examples=40, deadline=None)
@@ -51,6 +52,44 @@ def test_conv_max_pool_shares_the_gradient_at_ties():
     torch.testing.assert_close(g, torch.full_like(w, 4.0))
 
 
+@settings(max_examples=30, deadline=None)
+@given(c_in=st.integers(1, 12), c_out=st.integers(1, 6), p=st.integers(0, 2), h=st.integers(4, 15),
+       w=st.integers(4, 15), seed=st.integers(0, 2**31 - 1))
+def test_winograd_conv_max_pool_equals_conv_then_pool(c_in, c_out, p, h, w, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, c_in, h, w, generator=g, dtype=torch.float64)
+    weight = torch.randn(c_out, c_in, 3, 3, generator=g, dtype=torch.float64)
+    reference = lambda weight, x: F.max_pool2d(F.conv2d(x, weight, padding=p), 2)  # noqa: E731
+    winograd = lambda weight, x: winograd_conv_max_pool(x, weight, p)  # noqa: E731
+    got, want = winograd(weight, x), reference(weight, x)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    # gradients for the kernel and the input (random values: no ties)
+    cotangent = torch.randn(want.shape, generator=g, dtype=torch.float64)
+    g_want = grad(lambda *a: (reference(*a) * cotangent).sum(), argnums=(0, 1))(weight, x)
+    g_got = grad(lambda *a: (winograd(*a) * cotangent).sum(), argnums=(0, 1))(weight, x)
+    for a, b in zip(g_got, g_want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11)
+
+
+def test_winograd_pool_gives_the_gradient_to_the_first_maximum_like_max_pool2d():
+    # a constant image ties the four outputs of every window
+    x, w = torch.ones(1, 2, 6, 6, dtype=torch.float64), torch.ones(1, 2, 3, 3, dtype=torch.float64)
+    g_want = grad(lambda w, x: F.max_pool2d(F.conv2d(x, w), 2).sum(), argnums=(0, 1))(w, x)
+    g_got = grad(lambda w, x: winograd_conv_max_pool(x, w, 0).sum(), argnums=(0, 1))(w, x)
+    for a, b in zip(g_got, g_want):
+        torch.testing.assert_close(a, b)
+
+
+def test_winograd_conv_max_pool_under_vmap_over_kernels():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 9, 9, generator=g, dtype=torch.float64)
+    kernels = torch.randn(5, 6, 4, 3, 3, generator=g, dtype=torch.float64)
+    got = torch.func.vmap(lambda w: winograd_conv_max_pool(x, w, 1))(kernels)
+    want = torch.stack([F.max_pool2d(F.conv2d(x, w, padding=1), 2) for w in kernels])
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
 def assert_rewrite_matches_module(net, params, x):
     """Values and parameter gradients (of the summed log-probabilities) as functional_call's."""
     reference = lambda p: functional_call(net.module, p, (x,))  # noqa: E731
@@ -71,6 +110,8 @@ CONFIGS = [
                          dense_hiddens=(12,)),
     NetworkConfiguration(n_channels=(6, 7), kernel_sizes=(4, 3), strides=(3, 2), paddings=(1, 0),
                          dense_hiddens=()),
+    # Winograd for the second layer, padded, on an even map (14x14)
+    NetworkConfiguration(n_channels=(12, 10, 6), kernel_sizes=(3, 3, 3), paddings=(1, 1, 0), dense_hiddens=(9,)),
 ]
 
 
@@ -88,15 +129,18 @@ def test_mlp_layers_pass_through_unchanged():
     assert torch.equal(sequential_forward(net.module, params, x), functional_call(net.module, params, (x,)))
 
 
-@pytest.mark.parametrize("config, n_products, n_convs", [
+@pytest.mark.parametrize("config, n_products, n_winograd, n_convs", [
     # both convolutions (one pooled, one before the adaptive pool) run as patch products
     (NetworkConfiguration(n_channels=(4, 8), kernel_sizes=(3, 3), strides=(1, 1), paddings=(0, 0),
-                          dense_hiddens=(8,)), 2, 0),
+                          dense_hiddens=(8,)), 2, 0, 0),
+    # the pooled 3x3 layer with enough input channels runs as Winograd products
+    (NetworkConfiguration(n_channels=(WINOGRAD_MIN_CHANNELS, 8, 4), kernel_sizes=(3, 3, 3), strides=(1, 1, 1),
+                          paddings=(0, 1, 0), dense_hiddens=(8,)), 2, 1, 0),
     # a 28x28 kernel of stride 1 would take 784 slices: it stays a conv
     (NetworkConfiguration(n_channels=(5,), kernel_sizes=(28,), strides=(1,), paddings=(0,), dense_hiddens=(8,)),
-     0, 1),
-], ids=["small", "large-kernel"])
-def test_compiled_cnn_apply_uses_the_rewritten_forward(config, n_products, n_convs):
+     0, 0, 1),
+], ids=["small", "winograd", "large-kernel"])
+def test_compiled_cnn_apply_uses_the_rewritten_forward(config, n_products, n_winograd, n_convs):
     net = build_network("cnn", config)
     params, x = net.init(0), torch.rand(4, 1, 28, 28)
     calls = []
@@ -108,6 +152,7 @@ def test_compiled_cnn_apply_uses_the_rewritten_forward(config, n_products, n_con
     torch._dynamo.reset()
     compiled = torch.compile(net.apply, backend=recorder, fullgraph=True)(params, x)
     assert calls.count(operator.matmul) == n_products
+    assert calls.count(torch.bmm) == n_winograd
     assert sum(calls.count(f) for f in {torch.conv2d, F.conv2d}) == n_convs
     torch.testing.assert_close(compiled, net.apply(params, x), rtol=1e-5, atol=1e-6)
 
