@@ -166,8 +166,9 @@ _WINO_AT = ((1, 1, 1, 0), (0, 1, -1, -1))
 _WINO_INPUT = _outer(_WINO_BT, _WINO_BT)     # (16 tile positions, 16 window entries)
 _WINO_KERNEL = _outer(_WINO_G, _WINO_G)      # (16 tile positions, 9 kernel entries)
 _WINO_OUTPUT = _outer(_WINO_AT, _WINO_AT)    # (4 outputs, 16 tile positions)
-# window entry (u, v) = (2 du + r, 2 dv + q) of the patch column (du, dv, r, q), in column order
+# patch column (du, dv, r, q) holds window entry (u, v) = (2 du + r, 2 dv + q), flattened u * 4 + v
 _WINDOW_OF_COLUMN = [(2 * du + r) * 4 + 2 * dv + q for du in (0, 1) for dv in (0, 1) for r in (0, 1) for q in (0, 1)]
+_COLUMN_OF_WINDOW = sorted(range(16), key=_WINDOW_OF_COLUMN.__getitem__)
 
 
 class WinogradInput(torch.autograd.Function):
@@ -179,7 +180,7 @@ class WinogradInput(torch.autograd.Function):
     @staticmethod
     def forward(patches: Tensor) -> Tensor:
         columns = patches.unflatten(-1, (16, -1)).unbind(-2)
-        window = [columns[_WINDOW_OF_COLUMN.index(s)] for s in range(16)]
+        window = [columns[j] for j in _COLUMN_OF_WINDOW]
         return torch.stack([_combination(window, row) for row in _WINO_INPUT])
 
     @staticmethod
@@ -269,15 +270,77 @@ def _pooled_conv(x: Tensor, conv: nn.Conv2d, pool: nn.Module, w: Tensor) -> Opti
     return None
 
 
+Extent = Optional[Tuple[int, int]]
+
+
+def _output_extent(layer: nn.Module, extent: Extent) -> Extent:
+    """Height and width of ``layer``'s output for an input of ``extent`` (``None``: not a map)."""
+    if extent is None:
+        return None
+    if _plain_conv(layer):
+        k, s, p = layer.kernel_size[0], layer.stride[0], layer.padding[0]
+        return (extent[0] + 2 * p - k) // s + 1, (extent[1] + 2 * p - k) // s + 1
+    if _is_pool2(layer):
+        return extent[0] // 2, extent[1] // 2
+    if isinstance(layer, MONOTONE):
+        return extent
+    if isinstance(layer, nn.AdaptiveMaxPool2d):
+        return _pair(layer.output_size, extent)
+    return None
+
+
+def _pair(size, extent: Tuple[int, int]) -> Tuple[int, int]:
+    h, w = size if isinstance(size, tuple) else (size, size)
+    return (extent[0] if h is None else h), (extent[1] if w is None else w)
+
+
+def _extents_read(layers: List[nn.Module], input_extent: Tuple[int, int]) -> List[Extent]:
+    """For every layer, the top-left part ``(h, w)`` of its input map that the network's output
+    depends on (``None``: all of it, or not a map).
+
+    A plain convolution reads rows ``< (h_out - 1) s + k - p`` for ``h_out`` outputs, a 2x2
+    pool ``2 h_out`` rows, an activation what its output needs; anything else (the adaptive
+    pool, the flatten) reads everything. The benchmark CNN's first layer thus computes
+    24x24 of its 26x26 outputs: the second layer's pooled 5x5 reads 12 of the 13 rows.
+    """
+    extents: List[Extent] = []
+    extent: Extent = input_extent
+    for layer in layers:
+        extents.append(extent)
+        extent = _output_extent(layer, extent)
+    needed: Extent = None  # of the current layer's output; None: all of it
+    for i in range(len(layers) - 1, -1, -1):
+        layer, full = layers[i], extents[i]
+        if needed is None or full is None:
+            read = None
+        elif _plain_conv(layer):
+            k, s, p = layer.kernel_size[0], layer.stride[0], layer.padding[0]
+            read = tuple(min(f, max(1, (n - 1) * s + k - p)) for f, n in zip(full, needed))
+        elif _is_pool2(layer):
+            read = tuple(min(f, 2 * n) for f, n in zip(full, needed))
+        elif isinstance(layer, MONOTONE):
+            read = needed
+        else:
+            read = None
+        extents[i] = read if read != full else None
+        needed = read if read is not None else full
+    return extents
+
+
 def sequential_forward(module: nn.Sequential, params: Params, x: Tensor) -> Tensor:
     """``functional_call(module, params, (x,))`` with the rewrites of this module's docstring
-    applied to every ``Conv2d -> activation -> MaxPool2d(2) | AdaptiveMaxPool2d`` triple."""
+    applied to every ``Conv2d -> activation -> MaxPool2d(2) | AdaptiveMaxPool2d`` triple,
+    and every plain convolution given only the part of its input map the output depends on
+    (:func:`_extents_read`)."""
     # not named_children(): it lists a module shared by several positions (the builders
     # reuse one activation instance) only once
     layers: List[tuple] = list(module._modules.items())
+    reads = _extents_read([layer for _, layer in layers], tuple(x.shape[-2:])) if x.dim() == 4 else [None] * len(layers)
     i = 0
     while i < len(layers):
         name, layer = layers[i]
+        if reads[i] is not None and _plain_conv(layer):
+            x = x[..., :reads[i][0], :reads[i][1]]
         if i + 2 < len(layers) and _plain_conv(layer) and isinstance(layers[i + 1][1], MONOTONE):
             z = _pooled_conv(x, layer, layers[i + 2][1], params[f"{name}.weight"])
             if z is not None:

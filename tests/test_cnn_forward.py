@@ -8,8 +8,8 @@ from hypothesis import given, settings, strategies as st
 from torch.func import functional_call, grad
 
 from fn_trainer import NetworkConfiguration, build_network
-from fn_trainer.cnn_forward import (WINOGRAD_MIN_CHANNELS, conv_max_pool, patch_conv, sequential_forward,
-                                   winograd_conv_max_pool)
+from fn_trainer.cnn_forward import (WINOGRAD_MIN_CHANNELS, _extents_read, conv_max_pool, patch_conv,
+                                   sequential_forward, winograd_conv_max_pool)
 
 
 @settings(max_examples=40, deadline=None)
@@ -121,6 +121,32 @@ def test_sequential_forward_equals_module(config, act):
     net = build_network("cnn", config, activation_name=act)
     x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 255
     assert_rewrite_matches_module(net, net.init(3, dtype=torch.float64), x)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n_layers=st.integers(1, 3), data=st.data(), size=st.integers(8, 30), seed=st.integers(0, 2**31 - 1))
+def test_sequential_forward_equals_module_on_random_configs(n_layers, data, size, seed):
+    # random kernels, strides and paddings crop, rewrite and Winograd in every combination
+    layer = st.tuples(st.integers(1, 12), st.integers(1, 5), st.integers(1, 3), st.integers(0, 2))
+    layers = data.draw(st.lists(layer, min_size=n_layers, max_size=n_layers))
+    config = NetworkConfiguration(n_channels=tuple(c for c, *_ in layers), kernel_sizes=tuple(k for _, k, _, _ in layers),
+                                  strides=tuple(s for _, _, s, _ in layers), paddings=tuple(p for *_, p in layers),
+                                  dense_hiddens=(7,))
+    try:
+        net = build_network("cnn", config, input_shape=(2, size, size + 3))
+    except ValueError:
+        return  # a configuration the builder refuses (a feature map shrinks away)
+    x = torch.rand(3, 2, size, size + 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    assert_rewrite_matches_module(net, net.init(seed, dtype=torch.float64), x)
+
+
+def test_extents_read_of_the_benchmark_cnn():
+    # 28x28 -> conv 26 -> pool 13 -> conv 11 -> pool 5 -> conv 3 -> adaptive 4: the pooled 5x5
+    # uses 10 of the 11 second-layer outputs, which read 12 of the 13 rows, which come from 24
+    # first-layer outputs, which read 26 input rows
+    net = build_network("cnn", NetworkConfiguration(n_channels=(16, 32, 45)))
+    reads = _extents_read(list(net.module._modules.values()), (28, 28))
+    assert [reads[i] for i in (0, 3, 6)] == [(26, 26), (12, 12), None]
 
 
 def test_mlp_layers_pass_through_unchanged():
