@@ -2,7 +2,7 @@
 
 ``Network.apply`` runs the homework's ``nn.Sequential`` eagerly (the reference); under
 ``torch.compile`` it runs :func:`sequential_forward` instead, which computes the same
-function with two rewrites of every ``Conv2d -> activation -> MaxPool2d(2) |
+function with these rewrites of every ``Conv2d -> activation -> MaxPool2d(2) |
 AdaptiveMaxPool2d`` triple (``python -m benchmarks.epoch --shapes cnn`` measures them on
 the CNN (16, 32, 45): its ``compiled_module`` path compiles the module's own forward):
 
@@ -33,16 +33,20 @@ the CNN (16, 32, 45): its ``compiled_module`` path compiles the module's own for
    plain convolution). The transforms are additions done by Inductor's loops; their
    backward passes are written out (:class:`WinogradInput`, :class:`WinogradPool`) so
    each is one pass over memory, and the pool's backward keeps the index of the maximum.
+4. **Only what is read.** Every plain convolution gets only the top-left part of its
+   input map that the network's output depends on (:func:`_extents_read`): rows and
+   columns that a later stride or 2x2 pool drops are never computed.
 
 Every other layer runs in the module's own functional form; activations stay
 channels-last in memory between rewritten layers.
 
 Values equal the eager module's up to float32 rounding. Sub-gradients at exact ties
 differ in one place: ``torch.maximum`` shares the gradient between tied entries of a
-pool rewritten as in 2. where ``MaxPool2d`` (and the Winograd pool) gives it to the first one. The parameter gradient is
-the same either way unless two different input patches give bitwise-equal values
-(tied patches of constant background contribute equally), so training is unaffected;
-a Jacobian with respect to the input may split differently.
+pool rewritten as in 2., where ``MaxPool2d`` (and the Winograd pool of 3.) gives it to the
+first one. The parameter gradient is the same either way unless two different input
+patches give bitwise-equal values (tied patches of constant background contribute
+equally), so training is unaffected; a Jacobian with respect to the input may split
+differently.
 """
 from __future__ import annotations
 
