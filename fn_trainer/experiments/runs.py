@@ -31,10 +31,11 @@ from ..train import FitResult, fit, make_evaluate
 
 RUNS_DIR = "runs"
 N_CLASSES = 10
-# Compiling a step costs 2-3 s with a warm Inductor cache and 15-17 s cold, and saves about
-# 1.8 ms of every MLP step and 10 ms of every CNN step (python -m benchmarks.epoch: compiled
-# against eager). It pays for itself after about 300 CNN or 1,700 MLP steps with a warm
-# cache, 1,700 or 8,600 from a cold one; one threshold for both sits in between.
+# Compiling a step costs 2-3 s (MLP) or 7-8 s (CNN) with a warm Inductor cache and 15 s or
+# 32 s cold, and saves about 1.8 ms of every MLP step and 10 ms of every CNN step (python -m
+# benchmarks.epoch: compiled against eager). It pays for itself after about 800 CNN or
+# 1,700 MLP steps with a warm cache, 3,200 or 8,600 from a cold one; one threshold for both
+# sits in between.
 COMPILE_MIN_STEPS = 1000
 
 
