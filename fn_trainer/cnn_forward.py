@@ -258,10 +258,15 @@ def _plain_conv(module: nn.Module) -> bool:
             and module.kernel_size[0] == module.kernel_size[1])
 
 
+def _geometry(conv: nn.Conv2d) -> Tuple[int, int, int]:
+    """Kernel size, stride and padding of a :func:`_plain_conv` (equal along both axes)."""
+    return conv.kernel_size[0], conv.stride[0], conv.padding[0]
+
+
 def _pooled_conv(x: Tensor, conv: nn.Conv2d, pool: nn.Module, w: Tensor) -> Optional[Tensor]:
     """``pool(conv(x))`` without bias in the form of this module's docstring, or ``None``
     when ``pool`` is neither ``MaxPool2d(2)`` nor ``AdaptiveMaxPool2d``."""
-    k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+    k, s, p = _geometry(conv)
     if _is_pool2(pool):
         if k == 3 and s == 1 and conv.in_channels >= WINOGRAD_MIN_CHANNELS:
             return winograd_conv_max_pool(x, w, p)
@@ -278,24 +283,18 @@ Extent = Optional[Tuple[int, int]]
 
 
 def _output_extent(layer: nn.Module, extent: Extent) -> Extent:
-    """Height and width of ``layer``'s output for an input of ``extent`` (``None``: not a map)."""
+    """Height and width of ``layer``'s output for an input of ``extent`` (``None``: not a map,
+    or a layer this walk does not follow, such as the adaptive pool: nothing after it is cropped)."""
     if extent is None:
         return None
     if _plain_conv(layer):
-        k, s, p = layer.kernel_size[0], layer.stride[0], layer.padding[0]
+        k, s, p = _geometry(layer)
         return (extent[0] + 2 * p - k) // s + 1, (extent[1] + 2 * p - k) // s + 1
     if _is_pool2(layer):
         return extent[0] // 2, extent[1] // 2
     if isinstance(layer, MONOTONE):
         return extent
-    if isinstance(layer, nn.AdaptiveMaxPool2d):
-        return _pair(layer.output_size, extent)
     return None
-
-
-def _pair(size, extent: Tuple[int, int]) -> Tuple[int, int]:
-    h, w = size if isinstance(size, tuple) else (size, size)
-    return (extent[0] if h is None else h), (extent[1] if w is None else w)
 
 
 def _extents_read(layers: List[nn.Module], input_extent: Tuple[int, int]) -> List[Extent]:
@@ -318,7 +317,7 @@ def _extents_read(layers: List[nn.Module], input_extent: Tuple[int, int]) -> Lis
         if needed is None or full is None:
             read = None
         elif _plain_conv(layer):
-            k, s, p = layer.kernel_size[0], layer.stride[0], layer.padding[0]
+            k, s, p = _geometry(layer)
             read = tuple(min(f, max(1, (n - 1) * s + k - p)) for f, n in zip(full, needed))
         elif _is_pool2(layer):
             read = tuple(min(f, 2 * n) for f, n in zip(full, needed))
