@@ -5,6 +5,7 @@ Every name, signature, default and attribute is the template's. The mathematics
 normalisation, gradient and Jacobian norms, Adam) is the ``fn_trainer`` package's;
 this file only adapts it to the template's object-oriented interface.
 """
+import math
 import os
 import random
 from functools import partial
@@ -20,6 +21,7 @@ from fn_trainer.config import NetworkConfiguration
 from fn_trainer.data import load_fashion_mnist
 from fn_trainer.data import normalize as normalize_splits
 from fn_trainer.diagnostics import global_norm
+from fn_trainer.errors import check_positive_float, check_positive_int
 from fn_trainer.diagnostics import gradient_norm as functional_gradient_norm
 from fn_trainer.diagnostics import jacobian_norm as functional_jacobian_norm
 from fn_trainer.losses import EPSILON, accuracy, cross_entropy
@@ -37,6 +39,9 @@ torch.manual_seed(SEED)
 random.seed(SEED)
 
 EQUIVARIANCE_FIGURES = ("original", "features", "shift_difference", "rotation_difference")
+# Where test_equivariance saves its figures: set it (solution.FIGURES_DIR = "figures")
+# rather than pass it, since the template's signature is (self).
+FIGURES_DIR: Union[str, os.PathLike] = "."
 
 __all__ = ["NetworkConfiguration", "gradient_norm", "jacobian_norm", "FunctionalAdam", "Trainer"]
 
@@ -65,6 +70,7 @@ class FunctionalAdam(torch.optim.Adam):
                  eps: float = 1e-8) -> None:
         adam(lr, *betas, eps)  # rejects bad hyper-parameters, naming them
         super().__init__(params, lr=lr, betas=tuple(betas), eps=eps)
+        self._hyper_cache: Dict[Tuple[float, ...], object] = {}
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], torch.Tensor]] = None) -> Optional[torch.Tensor]:
@@ -76,7 +82,7 @@ class FunctionalAdam(torch.optim.Adam):
             for option, plain in (("weight_decay", 0), ("amsgrad", False), ("maximize", False)):
                 if group.get(option, plain) != plain:
                     raise ValueError(f"FunctionalAdam supports only {option}={plain}, got {group[option]!r}")
-            hyper = adam(group["lr"], *group["betas"], group["eps"]).init({})
+            hyper = self._hyper_parameters(group["lr"], *group["betas"], group["eps"])
             # adam_update keeps one step count per call: parameters that were updated
             # equally often (all of them, unless some once had no gradient) go together.
             cohorts: Dict[int, List[torch.Tensor]] = {}
@@ -90,27 +96,31 @@ class FunctionalAdam(torch.optim.Adam):
                 self._update(hyper, count, cohort)
         return loss
 
+    def _hyper_parameters(self, lr: float, b1: float, b2: float, eps: float):
+        """An empty ``AdamState`` carrying the group's hyper-parameters, built (and
+        checked) once per distinct setting rather than at every step."""
+        key = (lr, b1, b2, eps)
+        if key not in self._hyper_cache:
+            self._hyper_cache.clear()  # a schedule moves on: keep only the current setting
+            self._hyper_cache[key] = adam(lr, b1, b2, eps).init({})
+        return self._hyper_cache[key]
+
     def _update(self, hyper, count: int, cohort: List[torch.Tensor]) -> None:
-        params = {str(i): p for i, p in enumerate(cohort)}
+        for p in cohort:
+            if "exp_avg" not in self.state[p]:
+                self.state[p].update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p),
+                                     exp_avg_sq=torch.zeros_like(p))
+        states = [self.state[p] for p in cohort]
         state = hyper._replace(
             count=torch.tensor(count, dtype=torch.int64),
-            mu={k: self._moment(p, "exp_avg") for k, p in params.items()},
-            nu={k: self._moment(p, "exp_avg_sq") for k, p in params.items()},
+            mu={str(i): s["exp_avg"] for i, s in enumerate(states)},
+            nu={str(i): s["exp_avg_sq"] for i, s in enumerate(states)},
         )
-        grads = {k: p.grad for k, p in params.items()}
-        new_params, new_state = adam_update(grads, state, params)
-        for k, p in params.items():
-            p.copy_(new_params[k])
-            self.state[p] = {
-                "step": new_state.count.to(torch.float32),
-                "exp_avg": new_state.mu[k],
-                "exp_avg_sq": new_state.nu[k],
-            }
-
-    def _moment(self, p: torch.Tensor, key: str) -> torch.Tensor:
-        """The stored moment ``key`` of ``p``, zeros before its first update."""
-        state = self.state[p]
-        return state[key] if key in state else torch.zeros_like(p)
+        grads = {str(i): p.grad for i, p in enumerate(cohort)}
+        # in place: the parameters, exp_avg and exp_avg_sq are overwritten, as torch.optim.Adam does
+        adam_update(grads, state, {str(i): p for i, p in enumerate(cohort)}, inplace=True)
+        for s in states:
+            s["step"] = torch.tensor(float(count + 1))
 
 
 class Trainer:
@@ -127,6 +137,9 @@ class Trainer:
                  normalization: bool = True):
         if network_type not in NETWORK_TYPES:  # checked before any download
             raise ValueError("Network type not supported")
+        lr = check_positive_float("lr", lr)
+        batch_size = check_positive_int("batch_size", batch_size)
+        n_classes = check_positive_int("n_classes", n_classes)
         self.train, self.valid, self.test = self.load_dataset(datapath)
         if normalization:
             self.train, self.valid, self.test = self.normalize(self.train, self.valid, self.test)
@@ -199,17 +212,20 @@ class Trainer:
         """One Adam update on a batch (``y_batch`` one-hot, or labels); returns the
         gradient norm for that batch.
 
-        The gradient comes from ``torch.func`` applied to the network's current
-        parameters; it is left in each parameter's ``.grad`` and ``self.optimizer.step()``
-        applies the functional Adam update in place.
+        The template's way: the loss's backward pass leaves the gradient in each
+        parameter's ``.grad`` and ``self.optimizer.step()`` applies the functional Adam
+        update in place.
         """
-        targets = self._targets(y_batch, X_batch, "training_step batch")
-        params = {name: p.detach() for name, p in self.network.named_parameters()}
-        grads, _ = self._loss_gradient(params, X_batch, targets)
-        for name, p in self.network.named_parameters():
-            p.grad = grads[name]
+        # NaN and infinity are looked for only when the gradient is not finite: a scan of
+        # every batch would cost more than the step's Adam update
+        targets = self._targets(y_batch, X_batch, "training_step batch", finite=False)
+        self.optimizer.zero_grad()
+        self._loss(self.network(X_batch), targets).backward()
+        norm = self.compute_gradient_norm(self.network)
+        if not math.isfinite(norm):
+            self._targets(y_batch, X_batch, "training_step batch")  # names a NaN or inf in the batch
         self.optimizer.step()
-        return float(global_norm(grads))
+        return norm
 
     def log_metrics(self, X_train: torch.Tensor, y_train_oh: torch.Tensor,
                     X_valid: torch.Tensor, y_valid_oh: torch.Tensor) -> None:
@@ -260,13 +276,14 @@ class Trainer:
         """``X <- (X - mean) / std`` with the training set's feature-wise statistics."""
         return normalize_splits(train, valid, test)
 
-    def test_equivariance(self, out_dir: Optional[str] = None) -> Dict[str, np.ndarray]:
+    def test_equivariance(self) -> Dict[str, np.ndarray]:
         """Section 2, question 1: how a small conv net reacts to shifts and rotations.
 
-        Saves four PNG figures, ``equivariance_<name>.png`` in ``out_dir`` (default: the
-        current folder), for ``name`` in ``EQUIVARIANCE_FIGURES``: the first training
-        image, the conv net's feature map of it, ``|shift(f(x)) - f(shift(x))|`` and
-        ``|rotation(f(x)) - f(rotation(x))|``. Returns the plotted 2-D arrays by name.
+        Saves four PNG figures, ``equivariance_<name>.png`` in the folder ``FIGURES_DIR``
+        (the current folder unless set), for ``name`` in ``EQUIVARIANCE_FIGURES``: the
+        first training image, the conv net's feature map of it,
+        ``|shift(f(x)) - f(shift(x))|`` and ``|rotation(f(x)) - f(rotation(x))|``.
+        Returns the plotted 2-D arrays by name.
         """
         test_im = self.train[0][0] / 255.
         conv = torch.nn.Conv2d(kernel_size=3, in_channels=1, out_channels=1, stride=1, padding=0)
@@ -286,7 +303,7 @@ class Trainer:
                 "rotation_difference": (rotation(features) - model(rotation(test_im))).abs()[0],
             }
         arrays = {name: image.cpu().numpy() for name, image in images.items()}
-        save_figures(arrays, ensure_writable_dir("." if out_dir is None else out_dir))
+        save_figures(arrays, ensure_writable_dir(FIGURES_DIR))
         return arrays
 
     @property
@@ -304,11 +321,11 @@ class Trainer:
         """``(params, x, targets) -> (gradient dict, loss)`` of the template's loss."""
         return grad_and_value(make_objective(self._apply, self._loss))
 
-    def _targets(self, y: torch.Tensor, X: torch.Tensor, name: str) -> torch.Tensor:
+    def _targets(self, y: torch.Tensor, X: torch.Tensor, name: str, finite: bool = True) -> torch.Tensor:
         """One-hot ``(N, n_classes)`` targets from labels or one-hot ``y``, checked against ``X``."""
         if isinstance(y, torch.Tensor) and y.dim() == 2 and not y.dtype.is_floating_point:
             y = y.float()  # integer one-hot rows, as torch.nn.functional.one_hot makes them
-        return check_split(name, (X, y), self.n_classes)[1]
+        return check_split(name, (X, y), self.n_classes, finite)[1]
 
 
 def save_figures(arrays: Dict[str, np.ndarray], out_dir: Union[str, os.PathLike]) -> List[str]:
