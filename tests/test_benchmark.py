@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.epoch import CNN_CONFIG, MLP_CONFIG, main, train_flops
+from benchmarks.epoch import (CNN_CONFIG, MLP_CONFIG, SMOKE_CNN, SMOKE_MLP, compat_loop, compat_trainer, main,
+                              synthetic_data, train_flops)
 from benchmarks.reference import ReferenceTrainer
 from fn_trainer import count_parameters, one_hot
 
@@ -25,11 +26,11 @@ def test_smoke_run_writes_json(tmp_path, capsys):
     assert set(report["results"]) == {"mlp", "cnn", "sweep"}
     for shape, r in report["results"].items():
         paths = r["paths"]
-        assert set(paths) == ({"reference", "vmapped_eager"} if shape == "sweep" else {"reference", "eager"})
+        assert set(paths) == ({"reference", "vmapped_eager"} if shape == "sweep" else {"reference", "compat", "eager"})
         assert paths["reference"]["ratio"] == 1.0
         for v in paths.values():
             assert v["median_s"] > 0 and len(v["epoch_s"]) == report["reps"] and v["pct_of_matmul_peak"] > 0
-        assert r["target_met"] is None
+        assert r["target_met"] is None and r.get("compat_target_met") is None
     assert report["matmul_peak_gflops"] > 0 and "cpu" in report["machine"]
     assert "not evaluated (smoke)" in capsys.readouterr().out
 
@@ -78,3 +79,18 @@ def test_flush_denormals_option_is_recorded(tmp_path):
                    capture_output=True, text=True, check=True, cwd=ROOT)
     report = json.loads(out.read_text())
     assert report["flush_denormals"] is True and "--flush-denormals" in report["command"]
+
+
+@pytest.mark.parametrize("network_type, config", [("mlp", SMOKE_MLP), ("cnn", SMOKE_CNN)])
+def test_compat_path_does_the_reference_work_bit_for_bit(network_type, config):
+    """Same seed, same batches: the compat Trainer's parameters equal the template loop's,
+    so the compat row times the same training, not a shortcut."""
+    X, y = synthetic_data(96, seed=1)
+    T = one_hot(y, 10)
+    reference = ReferenceTrainer(network_type, config, lr=1e-3)
+    trainer = compat_trainer(network_type, config, lr=1e-3)
+    start = [p.detach().clone() for p in trainer.network.parameters()]
+    compat_loop(trainer, X, T, 32, 3)()
+    reference.train_steps(X, T, 32, 3)
+    for ours, theirs, before in zip(trainer.network.parameters(), reference.network.parameters(), start):
+        assert torch.equal(ours, theirs) and not torch.equal(ours, before)
