@@ -8,7 +8,7 @@ on their values.
 from __future__ import annotations
 
 import numbers
-from typing import Callable, Dict, NamedTuple, Tuple
+from typing import Callable, Dict, NamedTuple, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -36,9 +36,6 @@ class Optimizer(NamedTuple):
 
     init: Callable[[Params], AdamState]
     update: Callable[[Params, AdamState, Params], Tuple[Params, AdamState]]
-
-
-_HALF = torch.tensor(0.5, dtype=torch.float64)
 
 
 def _scalar(value: float) -> Tensor:
@@ -74,7 +71,7 @@ def adam(lr: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
     return Optimizer(init, adam_update)
 
 
-def _power(base: Tensor, exponent: Tensor) -> Tensor:
+def _power(base: Tensor, exponent: Union[Tensor, float]) -> Tensor:
     """``base ** exponent`` for ``base > 0`` (float64 scalars).
 
     Eager: ``torch.pow``, as torch.optim.Adam. Compiled: ``exp(exponent * log(base))``,
@@ -82,9 +79,20 @@ def _power(base: Tensor, exponent: Tensor) -> Tensor:
     exp/log once per step but recomputes ``pow`` inside every parameter's element loop
     (about 20% of a compiled MLP step).
     """
+    # as a tensor: torch.pow(x, 0.5) with a Python exponent takes sqrt, which can round
+    # differently from the pow of Python's x ** 0.5
+    exponent = torch.as_tensor(exponent, dtype=torch.float64)
     if torch.compiler.is_compiling():
         return torch.exp(exponent * torch.log(base))
     return torch.pow(base, exponent)
+
+
+def _bias_corrections(lr, b1, b2, t, power: Callable) -> Tuple:
+    """``(lr / (1 - b1**t), sqrt(1 - b2**t))``: the step size and the second moment's
+    correction, in float64 (0-dim tensors or Python floats alike). The arithmetic
+    mirrors torch.optim.Adam operation for operation (pow rather than sqrt) so that
+    both agree to the last bit."""
+    return lr / (1 - power(b1, t)), power(1 - power(b2, t), 0.5)
 
 
 def adam_update(grads: Params, state: AdamState, params: Params, *,
@@ -94,14 +102,15 @@ def adam_update(grads: Params, state: AdamState, params: Params, *,
     Returns the new parameters (not the updates) and the new state. With
     ``inplace=True`` the parameters and moments are overwritten and returned, with
     bit-for-bit the values of the pure form: the object-oriented optimizer's fast
-    path, which saves an allocation and a copy per tensor. Eager only; no autograd.
+    path. It computes as torch.optim.Adam does, with Python floats for the scalars
+    (a tensor operation each would cost more than the update of a small layer) and
+    one pass per operation. Eager only; no autograd.
     """
+    if inplace:
+        return _adam_update_inplace(grads, state, params)
     count = state.count + 1
-    t = count.to(torch.float64)
-    # The scalar arithmetic mirrors torch.optim.Adam operation for operation (float64
-    # scalars, pow rather than sqrt, addcmul) so that both agree to the last bit.
-    step_size = state.lr / (1 - _power(state.b1, t))
-    bias_correction2_sqrt = _power(1 - _power(state.b2, t), _HALF)
+    step_size, bias_correction2_sqrt = _bias_corrections(state.lr, state.b1, state.b2, count.to(torch.float64),
+                                                         _power)
     # cast once per dtype rather than once per parameter: eagerly each cast is a dispatch
     coefficients: Dict[torch.dtype, Tuple[Tensor, ...]] = {}
     mu, nu, new_params = {}, {}, {}
@@ -110,22 +119,25 @@ def adam_update(grads: Params, state: AdamState, params: Params, *,
         # the parameters' layout so that the next compiled call sees the same strides.
         g = grads[k].contiguous()
         if g.dtype not in coefficients:
-            cast = tuple(c.to(g.dtype) for c in (
+            coefficients[g.dtype] = tuple(c.to(g.dtype) for c in (
                 1 - state.b1, state.b2, 1 - state.b2, bias_correction2_sqrt, state.eps, -step_size))
-            # in place, torch's scalar arguments: Python floats holding exactly the cast values
-            coefficients[g.dtype] = tuple(float(c) for c in cast) if inplace else cast
         one_minus_b1, b2, one_minus_b2, bc2_sqrt, eps, neg_step_size = coefficients[g.dtype]
-        if inplace:
-            # The same products in the same order (addcmul and addcdiv multiply by their
-            # scalar first), written into the old tensors, one pass each, as torch.optim.Adam
-            m = state.mu[k].lerp_(g, one_minus_b1)
-            v = state.nu[k].mul_(b2).addcmul_(g, g, value=one_minus_b2)
-            denom = v.sqrt().div_(bc2_sqrt).add_(eps)
-            new_params[k] = p.addcdiv_(m, denom, value=neg_step_size)
-        else:
-            m = state.mu[k].lerp(g, one_minus_b1)
-            v = torch.addcmul(state.nu[k] * b2, one_minus_b2 * g, g)
-            denom = v.sqrt() / bc2_sqrt + eps
-            new_params[k] = p + (neg_step_size * m) / denom
-        mu[k], nu[k] = m, v
+        mu[k] = m = state.mu[k].lerp(g, one_minus_b1)
+        nu[k] = v = torch.addcmul(state.nu[k] * b2, one_minus_b2 * g, g)
+        new_params[k] = p + (neg_step_size * m) / (v.sqrt() / bc2_sqrt + eps)
     return new_params, state._replace(count=count, mu=mu, nu=nu)
+
+
+def _adam_update_inplace(grads: Params, state: AdamState, params: Params) -> Tuple[Params, AdamState]:
+    """``adam_update(..., inplace=True)``. A float64 Python scalar is rounded to the
+    tensor's dtype inside each kernel, as the pure form's casts round it, and addcmul
+    and addcdiv multiply by their scalar first, as the pure form does."""
+    lr, b1, b2, eps = (float(x) for x in (state.lr, state.b1, state.b2, state.eps))
+    count = int(state.count) + 1
+    step_size, bias_correction2_sqrt = _bias_corrections(lr, b1, b2, float(count), pow)
+    for k, p in params.items():
+        g = grads[k]
+        m = state.mu[k].lerp_(g, 1 - b1)
+        v = state.nu[k].mul_(b2).addcmul_(g, g, value=1 - b2)
+        p.addcdiv_(m, v.sqrt().div_(bias_correction2_sqrt).add_(eps), value=-step_size)
+    return params, state._replace(count=torch.tensor(count, dtype=torch.int64))
