@@ -13,7 +13,7 @@ from importlib import import_module
 
 # Imported on first use: the submission's process runs ``probe`` from this package and
 # must not pay for (or be able to reach) the grader's own modules.
-_EXPORTS = {"DEFAULT_TIMEOUT": "grader", "grade": "grader", "grade_to_file": "grader",
+_EXPORTS = {"DEFAULT_TIMEOUT": "limits", "grade": "grader", "grade_to_file": "grader",
             "QUESTIONS": "questions", "TOTAL_POINTS": "questions", "summary": "results",
             "write_bundle": "bundle"}
 __all__ = sorted(_EXPORTS)

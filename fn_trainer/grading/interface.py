@@ -51,9 +51,6 @@ TRAINER_METHODS: Dict[str, Signature] = {
     "test_equivariance": Signature(("self",)),
 }
 
-EPSILON = 1e-9  # the template's Trainer.epsilon
-SEED = 197331  # what the template seeds numpy, torch and random with
-
 
 def differences(found: Dict[str, object]) -> list[str]:
     """What a submission's interface lacks or changes, one sentence per difference.

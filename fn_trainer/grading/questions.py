@@ -26,13 +26,13 @@ from torch.func import functional_call, grad_and_value
 from ..config import NetworkConfiguration
 from ..data import standardizer
 from ..diagnostics import global_norm, gradient_norm, jacobian_norm
-from ..losses import accuracy, cross_entropy
+from ..losses import EPSILON, accuracy, cross_entropy
 from ..networks import activation, build_network, cnn, count_parameters, feature_map_sizes, mlp
 from ..optim import adam
 from ..step import make_objective
 from ..train import make_evaluate
 from .functions import ELEMENTWISE, SCALAR_FUNCTIONS, TENSOR_FUNCTIONS
-from .interface import EPSILON, differences
+from .interface import differences
 from .layers import describe_layers
 
 EXAMPLES = 12

@@ -26,11 +26,9 @@ from typing import Any, Optional
 
 import torch
 
+from .limits import ANSWER_LIMIT, DEFAULT_MEMORY_MB, FILE_SIZE_MB, OUTPUT_KEPT
 from .probe import HEADER, encode
 
-OUTPUT_KEPT = 4000  # bytes of the submission's printed output kept for the report
-ANSWER_LIMIT = 256 << 20  # no answer to the grader's requests comes near this
-DEFAULT_MEMORY_MB = 8192  # address space, not resident memory: importing torch maps ~3 GB
 
 
 class SubmissionFailed(Exception):
@@ -56,7 +54,7 @@ def _limits(memory_mb: int):
     def apply() -> None:
         import resource
 
-        for limit, value in ((resource.RLIMIT_AS, memory_mb << 20), (resource.RLIMIT_FSIZE, 64 << 20),
+        for limit, value in ((resource.RLIMIT_AS, memory_mb << 20), (resource.RLIMIT_FSIZE, FILE_SIZE_MB << 20),
                              (resource.RLIMIT_CORE, 0)):
             try:
                 resource.setrlimit(limit, (value, value))
