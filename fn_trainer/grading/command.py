@@ -18,7 +18,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="where to write Gradescope's results (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
                    help="time limit in seconds for each question, and for importing the file "
-                        "(default: %(default)s)")
+                        "(plus 20 s to start Python and torch; default: %(default)s)")
     p.add_argument("--bundle", type=Path, default=None, metavar="ZIP",
                    help="write Gradescope's autograder bundle (setup.sh, run_autograder) to ZIP")
     return p

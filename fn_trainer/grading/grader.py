@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional
 
 from .questions import QUESTIONS, Mismatch, interface_report, run_part
 from .results import TestResult, results_json, write_results
-from .limits import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT
+from .limits import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, START_ALLOWANCE
 from .probe import encode
 from .runner import Submission, SubmissionFailed
 
@@ -37,7 +37,7 @@ class Session:
         self.answers.clear()  # a question's answers may depend on state an earlier one left
         if self.fatal is None and not self.submission.running:
             try:
-                self.submission.start(self.deadline)
+                self.submission.start(self.deadline + START_ALLOWANCE)
             except SubmissionFailed as e:
                 self.fatal = str(e)
             self.deadline = time.monotonic() + self.timeout
