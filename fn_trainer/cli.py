@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export-solution", help="Write the homework's standalone solution.py.",
                        description="Write the homework's standalone solution.py to OUT.")
     p.add_argument("out_path", metavar="OUT", type=Path, help="the .py file to write")
+    from .grading import command as grading_command
+
+    grading_command.add_parser(sub)
     return parser
 
 
@@ -189,6 +192,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "export-solution":
             return export(args)
+        if args.command == "grade":
+            from .grading import command as grading_command
+
+            return grading_command.run(args)
         return run_experiments(args, shlex.join([PROG, *argv]))
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; finished runs are saved, rerun with --resume to continue "

@@ -1,0 +1,80 @@
+"""Gradescope's autograder bundle: a zip with ``setup.sh``, ``run_autograder`` and this
+project's source.
+
+Gradescope unpacks the zip into ``/autograder/source`` and runs ``setup.sh`` once when
+building the image; for each submission it runs ``run_autograder``, which grades
+``/autograder/submission/solution.py`` into ``/autograder/results/results.json``.
+``AUTOGRADER_ROOT`` and ``AUTOGRADER_PYTHON`` override ``/autograder`` and ``python3``
+(for trying the bundle outside Gradescope).
+"""
+from __future__ import annotations
+
+import os
+import stat
+import zipfile
+from pathlib import Path
+from typing import Iterator, Union
+
+from ..paths import replace_atomically
+
+PROJECT = Path(__file__).resolve().parents[2]
+SOURCES = ("pyproject.toml", "README.md")
+PACKAGES = ("fn_trainer", "compat")
+
+SETUP = """#!/usr/bin/env bash
+# Runs once on Gradescope's image: install this project with the grader's extras.
+set -euo pipefail
+cd "$(dirname "$0")"
+if ! command -v python3 >/dev/null || ! python3 -m pip --version >/dev/null 2>&1; then
+    apt-get update && apt-get install -y python3 python3-pip
+fi
+python3 -m pip install --no-cache-dir "./fn-trainer[grade]"
+"""
+
+RUN = """#!/usr/bin/env bash
+# Grades the submission into results.json; a missing solution.py scores 0 with the reason.
+set -uo pipefail
+ROOT="${AUTOGRADER_ROOT:-/autograder}"
+PYTHON="${AUTOGRADER_PYTHON:-python3}"
+mkdir -p "$ROOT/results"
+if [ ! -f "$ROOT/submission/solution.py" ]; then
+    printf '%s\\n' '{"score": 0, "execution_time": 0, "output": "No solution.py was found in the submission: upload the file named solution.py.", "tests": []}' > "$ROOT/results/results.json"
+    exit 0
+fi
+exec "$PYTHON" -m fn_trainer grade "$ROOT/submission/solution.py" --results "$ROOT/results/results.json"
+"""
+
+
+def project_files() -> Iterator[Path]:
+    """The files ``pip install`` needs, relative to the project root."""
+    for name in SOURCES:
+        yield Path(name)
+    for package in PACKAGES:
+        for path in sorted((PROJECT / package).rglob("*.py")):
+            yield path.relative_to(PROJECT)
+
+
+def _add(archive: zipfile.ZipFile, name: str, data: bytes, executable: bool = False) -> None:
+    info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))  # same bytes on every build
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = (stat.S_IFREG | (0o755 if executable else 0o644)) << 16
+    archive.writestr(info, data)
+
+
+def write_bundle(zip_path: Union[str, os.PathLike]) -> Path:
+    """Write the autograder zip to ``zip_path`` and return its path."""
+    out = Path(zip_path)
+    if out.suffix != ".zip":
+        raise ValueError(f"--bundle must name a .zip file, got {str(out)!r}")
+    if not (PROJECT / "pyproject.toml").is_file():
+        raise ValueError(f"the bundle is built from the project's source tree, but {PROJECT} has no "
+                         "pyproject.toml (install fn-trainer from its source folder)")
+
+    def write(f) -> None:
+        with zipfile.ZipFile(f, "w") as archive:
+            _add(archive, "setup.sh", SETUP.encode(), executable=True)
+            _add(archive, "run_autograder", RUN.encode(), executable=True)
+            for rel in project_files():
+                _add(archive, f"fn-trainer/{rel.as_posix()}", (PROJECT / rel).read_bytes())
+
+    return replace_atomically(out, write)

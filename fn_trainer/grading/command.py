@@ -1,0 +1,48 @@
+"""``fn-trainer grade``: the grader's command line (wired into ``fn_trainer.cli``)."""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from .limits import DEFAULT_TIMEOUT
+
+HELP = "Grade a student's solution.py (section 1, 35 points) into Gradescope's results.json."
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("grade", help=HELP, description=HELP + " With --bundle, build Gradescope's "
+                       "autograder zip instead.")
+    p.add_argument("submission", nargs="?", type=Path, metavar="SUBMISSION.py", help="the file to grade")
+    p.add_argument("--results", type=Path, default=Path("results.json"), metavar="FILE",
+                   help="where to write Gradescope's results (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
+                   help="time limit in seconds for each question, and for importing the file "
+                        "(plus 20 s to start Python and torch; default: %(default)s)")
+    p.add_argument("--bundle", type=Path, default=None, metavar="ZIP",
+                   help="write Gradescope's autograder bundle (setup.sh, run_autograder) to ZIP")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Grade, or build the bundle; bad arguments raise ``ValueError`` naming them."""
+    if (args.submission is None) == (args.bundle is None):
+        raise ValueError("grade needs either SUBMISSION.py or --bundle ZIP (one of them)")
+    if args.bundle is not None:
+        from .bundle import write_bundle
+
+        print(write_bundle(args.bundle))
+        return 0
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise ValueError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    if not args.submission.is_file():
+        raise ValueError(f"SUBMISSION.py: {str(args.submission)!r} is not a file")
+    try:
+        from .grader import grade_to_file
+    except ImportError as e:  # hypothesis is an extra: pip install 'fn-trainer[grade]'
+        raise ValueError(f"grading needs {e.name}: install it with pip install 'fn-trainer[grade]'") from None
+    from .results import summary
+
+    print(summary(grade_to_file(args.submission, args.results, args.timeout)))
+    print(f"results: {args.results}")
+    return 0

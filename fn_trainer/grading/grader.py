@@ -1,0 +1,121 @@
+"""Grade one ``solution.py``: run every question's checks against the submission's
+process and collect the results.
+
+This process imports no code of the submission: it only reads the answers the
+submission's own process sends (``runner``), and writes ``results.json`` after that
+process has ended, to a path it is never told.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from .questions import QUESTIONS, Mismatch, interface_report, run_part
+from .results import TestResult, results_json, write_results
+from .limits import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, START_ALLOWANCE
+from .probe import encode
+from .runner import Submission, SubmissionFailed
+
+
+class Session:
+    """The submission's process across questions: restarted for a question when an
+    earlier one killed it, never again after its import failed."""
+
+    def __init__(self, submission: Submission, timeout: float) -> None:
+        self.submission, self.timeout = submission, timeout
+        self.deadline = 0.0
+        self.fatal: Optional[str] = None  # the import failed: nothing can be checked
+        self.broken: Optional[str] = None  # this question's process died or overran
+        self.answers: Dict[bytes, dict] = {}  # parts of a question often draw the same inputs
+
+    def begin(self) -> None:
+        self.deadline = time.monotonic() + self.timeout
+        self.broken = None
+        self.answers.clear()  # a question's answers may depend on state an earlier one left
+        if self.fatal is None and not self.submission.running:
+            try:
+                self.submission.start(self.deadline + START_ALLOWANCE)
+            except SubmissionFailed as e:
+                self.fatal = str(e)
+            self.deadline = time.monotonic() + self.timeout
+
+    def ask(self, op: str, what: str, **inputs) -> Any:
+        reason = self.fatal or self.broken
+        if reason:
+            raise SubmissionFailed(reason)
+        request = {"op": op, **inputs}
+        key = hashlib.sha256(encode(request)).digest()
+        if key not in self.answers:
+            try:
+                self.answers[key] = self.submission.call(request, self.deadline, what)
+            except SubmissionFailed as e:
+                self.broken = str(e)
+                raise
+        answer = self.answers[key]
+        if "error" in answer:
+            raise Mismatch(f"{what} raised {answer['error']}")
+        return answer["value"]
+
+
+def grade_question(question, session: Session) -> TestResult:
+    session.begin()
+    score, lines = 0, []
+    for part in question.parts:
+        try:
+            failure = run_part(part, session.ask)
+        except SubmissionFailed:
+            failure = session.fatal or session.broken
+        except Exception as e:  # a grader fault must not cost the other questions
+            failure = session.fatal or session.broken or f"the check could not run ({type(e).__name__}: {e})"
+        if failure is None:
+            score += part.points
+            lines.append(f"PASS {part.title} ({part.points}/{part.points})")
+        else:
+            lines.append(f"FAIL {part.title} (0/{part.points}): {failure}")
+    return TestResult(question.number, f"Question {question.number}: {question.title}", score,
+                      question.points, "\n".join(lines))
+
+
+def grade_interface(session: Session) -> TestResult:
+    session.begin()
+    try:
+        output = interface_report(session.ask)
+    except (SubmissionFailed, Mismatch) as e:
+        output = f"The interface could not be read: {session.fatal or session.broken or e}"
+    return TestResult("0", "Interface (names, signatures, defaults, static methods)", 0, 0, output)
+
+
+def grade(submission: os.PathLike, timeout: float = DEFAULT_TIMEOUT,
+          memory_mb: int = DEFAULT_MEMORY_MB) -> Dict[str, Any]:
+    """Grade ``submission`` (a ``solution.py``); return Gradescope's results as a dict."""
+    path = Path(submission)
+    if not path.is_file():
+        raise ValueError(f"submission {str(path)!r} is not a file")
+    if not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    start = time.monotonic()
+    process = Submission(path, memory_mb)
+    session = Session(process, timeout)
+    try:
+        tests = [grade_interface(session)] + [grade_question(q, session) for q in QUESTIONS]
+    finally:
+        process.stop()
+    notes = []
+    if session.fatal:
+        notes.append(f"solution.py could not be graded: {session.fatal}")
+    if process.printed:
+        shown = process.output.decode("utf-8", "replace")
+        notes.append(f"solution.py printed {process.printed} bytes; the first {len(shown)}:\n{shown}")
+    return results_json(tests, time.monotonic() - start, "\n".join(notes))
+
+
+def grade_to_file(submission: os.PathLike, results_path: os.PathLike, timeout: float = DEFAULT_TIMEOUT,
+                  memory_mb: int = DEFAULT_MEMORY_MB) -> Dict[str, Any]:
+    """``grade`` and write ``results.json`` to ``results_path`` once the submission's
+    process has ended."""
+    results = grade(submission, timeout, memory_mb)
+    write_results(results_path, results)
+    return results

@@ -1,0 +1,63 @@
+"""A network's layers as plain strings, the same in both processes.
+
+``describe_layers(module)`` lists the leaf modules in registration order (a module
+used at several places, like one activation instance, is listed at each), each as
+``Kind(arguments)`` with the arguments that matter to the homework normalised
+(pairs for sizes, ``dim=-1`` written ``1`` for the ``(N, C)`` softmax).
+"""
+from __future__ import annotations
+
+from typing import List
+
+import torch
+from torch import nn
+
+WEIGHTED = (nn.Linear, nn.Conv2d)
+KINDS = (nn.Linear, nn.Conv2d, nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Softmax,
+         nn.ReLU, nn.Tanh, nn.Sigmoid)
+
+
+def _pair(value) -> tuple:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
+def describe_layer(m: nn.Module) -> str:
+    """``"Linear(4, 3)"``, ``"MaxPool2d(kernel_size=(2, 2), stride=(2, 2), padding=(0, 0))"``, ..."""
+    if isinstance(m, nn.Linear):
+        return f"Linear({m.in_features}, {m.out_features})"
+    if isinstance(m, nn.Conv2d):
+        return (f"Conv2d({m.in_channels}, {m.out_channels}, kernel_size={_pair(m.kernel_size)}, "
+                f"stride={_pair(m.stride)}, padding={_pair(m.padding)})")
+    if isinstance(m, nn.MaxPool2d):
+        stride = m.stride if m.stride is not None else m.kernel_size
+        return (f"MaxPool2d(kernel_size={_pair(m.kernel_size)}, stride={_pair(stride)}, "
+                f"padding={_pair(m.padding)})")
+    if isinstance(m, nn.AdaptiveMaxPool2d):
+        return f"AdaptiveMaxPool2d({_pair(m.output_size)})"
+    if isinstance(m, nn.Flatten):
+        return "Flatten()" if (m.start_dim, m.end_dim) == (1, -1) else f"Flatten({m.start_dim}, {m.end_dim})"
+    if isinstance(m, nn.Softmax):
+        return f"Softmax(dim={1 if m.dim == -1 else m.dim})"
+    for kind in KINDS:
+        if isinstance(m, kind):
+            return f"{kind.__name__}()"
+    return f"{type(m).__name__} (not one of the torch.nn layers the homework names)"
+
+
+def leaf_modules(module: nn.Module) -> List[nn.Module]:
+    """The modules without children, in registration order, repeats included."""
+    return [m for _, m in module.named_modules(remove_duplicate=False) if not list(m.children())]
+
+
+def describe_layers(module: nn.Module) -> List[str]:
+    return [describe_layer(m) for m in leaf_modules(module)]
+
+
+def weighted_parameters(module: nn.Module) -> List[torch.Tensor]:
+    """``[weight, bias, weight, bias, ...]`` of the Linear/Conv2d layers in order (a
+    missing bias is skipped)."""
+    found = []
+    for m in leaf_modules(module):
+        if isinstance(m, WEIGHTED):
+            found += [p.detach().clone() for p in (m.weight, m.bias) if p is not None]
+    return found

@@ -1,0 +1,297 @@
+"""The submission's side of grading, run in its own interpreter:
+``python -I -m fn_trainer.grading.probe FOLDER REQUEST_FD ANSWER_FD``.
+
+It imports ``FOLDER/solution.py``, then answers requests until the grader closes the
+request pipe. A request is a dict ``{"op": name, ...inputs}`` chosen by the grader; the
+answer is what the submission's functions returned on those inputs, as plain values and
+tensors. Nothing here judges an answer: the grader compares it with ``fn_trainer`` in
+its own process, which the submission's code cannot reach. Frames on both pipes are an
+8-byte length followed by ``torch.save`` bytes, read with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import io
+import os
+import struct
+import sys
+import traceback
+from typing import Any, Callable, Dict, Optional
+
+import torch
+from torch import nn
+
+from fn_trainer.config import NetworkConfiguration
+from fn_trainer.grading.functions import SCALAR_FUNCTIONS, TENSOR_FUNCTIONS
+from fn_trainer.grading.interface import FUNCTIONS, TRAINER_METHODS
+from fn_trainer.grading.layers import describe_layers, weighted_parameters
+from fn_trainer.networks import activation, cnn, mlp
+
+HEADER = struct.Struct(">Q")
+
+
+def encode(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return HEADER.pack(buffer.tell()) + buffer.getvalue()
+
+
+def read_frame(stream, limit: int) -> Optional[Any]:
+    """The next object on ``stream``, or ``None`` at its end."""
+    header = stream.read(HEADER.size)
+    if len(header) < HEADER.size:
+        return None
+    (size,) = HEADER.unpack(header)
+    if size > limit:
+        raise ValueError(f"a frame of {size} bytes is over the limit of {limit}")
+    data = stream.read(size)
+    if len(data) < size:
+        return None
+    return torch.load(io.BytesIO(data), weights_only=True)
+
+
+def number(value: Any, what: str) -> float:
+    """``value`` as a float: a Python number or a one-element tensor/array."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise TypeError(f"{what} returned a tensor of shape {tuple(value.shape)}, expected one number")
+        return float(value.detach())
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} returned {type(value).__name__}, expected a number") from None
+
+
+def tensor(value: Any, what: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{what} returned {type(value).__name__}, expected a torch.Tensor")
+    return value.detach().cpu().clone().as_subclass(torch.Tensor)
+
+
+def attempt(run: Callable[[], Any]) -> Dict[str, Any]:
+    """``{"value": run()}``, or ``{"error": one line}`` when the submission's code raises."""
+    try:
+        return {"value": run()}
+    except BaseException as e:  # SystemExit too: a submission's exit() is its answer here
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        return {"error": describe_error(e)}
+
+
+def describe_error(e: BaseException) -> str:
+    """``Type: message`` and the last line of the submission's file in the traceback."""
+    where = ""
+    for frame in reversed(traceback.extract_tb(e.__traceback__)):
+        if os.path.basename(frame.filename) == "solution.py":
+            where = f" (solution.py line {frame.lineno}: {(frame.line or '').strip()})"
+            break
+    message = " ".join(str(e).split())[:300]
+    return f"{type(e).__name__}: {message}{where}" if message else f"{type(e).__name__}{where}"
+
+
+# ---- the submission's pieces ----
+
+def config_of(solution, fields: Dict[str, tuple]):
+    """The submission's ``NetworkConfiguration`` (fn_trainer's if it has none)."""
+    make = getattr(solution, "NetworkConfiguration", NetworkConfiguration)
+    return make(**fields)
+
+
+def grader_network(spec: Dict[str, Any]) -> nn.Module:
+    """The grader's own network (``fn_trainer``'s builder) with the sent parameters, so
+    that questions 8-11 do not depend on the submission's builders."""
+    act = activation(spec["activation"])
+    config = NetworkConfiguration(**spec["config"])
+    c, h, w = spec["input_shape"]
+    module = (mlp(c * h * w, config, spec["n_classes"], act) if spec["type"] == "mlp"
+              else cnn(c, config, spec["n_classes"], act))
+    module.load_state_dict(spec["params"])
+    return module
+
+
+def trainer_of(solution, request: Dict[str, Any]):
+    """A ``Trainer`` made without ``__init__`` (no data set): the attributes the
+    template's ``__init__`` sets, with the grader's network and ``torch.optim.Adam``."""
+    trainer = solution.Trainer.__new__(solution.Trainer)
+    spec = request["network"]
+    trainer.network = grader_network(spec)
+    trainer.network_type = spec["type"]
+    trainer.optimizer = torch.optim.Adam(trainer.network.parameters(), lr=request.get("lr", 1e-4))
+    trainer.datapath = "./data"
+    trainer.n_classes = spec["n_classes"]
+    trainer.lr = request.get("lr", 1e-4)
+    trainer.batch_size = request.get("batch_size", 128)
+    trainer.epsilon = request.get("epsilon", 1e-9)
+    trainer.train_logs = {'train_accuracy': [], 'validation_accuracy': [], 'train_loss': [],
+                          'validation_loss': [], 'train_gradient_norm': []}
+    return trainer
+
+
+def state_of(module: nn.Module) -> Dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.named_parameters()}
+
+
+def grads_of(module: nn.Module) -> Dict[str, Optional[torch.Tensor]]:
+    return {k: None if v.grad is None else v.grad.detach().clone() for k, v in module.named_parameters()}
+
+
+# ---- the requests ----
+
+def describe_signature(obj: Any, static: bool) -> Dict[str, Any]:
+    params = []
+    for p in inspect.signature(obj).parameters.values():
+        if p.kind is p.VAR_POSITIONAL:
+            params.append(f"*{p.name}")
+        elif p.kind is p.VAR_KEYWORD:
+            params.append(f"**{p.name}")
+        elif p.default is not p.empty:
+            default = p.default
+            text = "NetworkConfiguration()" if type(default).__name__ == "NetworkConfiguration" \
+                and tuple(default) == tuple(NetworkConfiguration()) else repr(default)
+            params.append(f"{p.name}={text}")
+        else:
+            params.append(p.name)
+    return {"params": params, "static": static}
+
+
+def op_interface(solution, request):
+    functions = {name: describe_signature(getattr(solution, name), False)
+                 if callable(getattr(solution, name, None)) else None for name in FUNCTIONS}
+    trainer = getattr(solution, "Trainer", None)
+    methods = None
+    if inspect.isclass(trainer):
+        methods = {}
+        for name in TRAINER_METHODS:
+            raw = inspect.getattr_static(trainer, name, None)
+            static = isinstance(raw, staticmethod)
+            target = getattr(trainer, name, None)
+            methods[name] = describe_signature(target, static) if callable(target) else None
+    config = getattr(solution, "NetworkConfiguration", None)
+    fields = None
+    if inspect.isclass(config) and hasattr(config, "_fields"):
+        fields = {f: repr(config._field_defaults.get(f)) for f in config._fields}
+    return {"functions": functions, "trainer": methods, "config": fields}
+
+
+def op_gradient_norm(solution, request):
+    f = SCALAR_FUNCTIONS[request["function"]]
+    return number(solution.gradient_norm(f, *request["tensors"]), "gradient_norm")
+
+
+def op_jacobian_norm(solution, request):
+    return number(solution.jacobian_norm(TENSOR_FUNCTIONS[request["function"]], request["x"]),
+                  "jacobian_norm")
+
+
+def op_activation(solution, request):
+    module = solution.Trainer.create_activation_function(request["name"])
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"create_activation_function returned {type(module).__name__}, "
+                        "expected a torch.nn.Module")
+    with torch.no_grad():
+        return tensor(module(request["x"]), "the activation module")
+
+
+def op_build(solution, request):
+    """``create_mlp``/``create_cnn`` with the grader's arguments: the layers, the
+    parameter count, the weights in order and the output on ``x``."""
+    trainer = solution.Trainer
+    build = trainer.create_mlp if request["type"] == "mlp" else trainer.create_cnn
+    net = build(request["first"], config_of(solution, request["config"]), request["n_classes"],
+                activation(request["activation"]))
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"create_{request['type']} returned {type(net).__name__}, expected a torch.nn.Module")
+
+    def forward():
+        with torch.no_grad():
+            return tensor(net(request["x"]), "the network")
+
+    return {"layers": describe_layers(net), "n_params": sum(p.numel() for p in net.parameters()),
+            "weights": weighted_parameters(net), "output": attempt(forward)}
+
+
+def op_normalize(solution, request):
+    out = solution.Trainer.normalize(*request["splits"])
+    return [[tensor(part, "normalize") for part in split] for split in out]
+
+
+def op_one_hot(solution, request):
+    trainer = solution.Trainer.__new__(solution.Trainer)
+    trainer.n_classes = request["n_classes"]
+    return tensor(trainer.one_hot(request["y"]), "one_hot")
+
+
+def op_loss_and_accuracy(solution, request):
+    trainer = trainer_of(solution, request)
+    loss, acc = trainer.compute_loss_and_accuracy(request["X"], request["Y"])
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(f"compute_loss_and_accuracy returned a {type(loss).__name__} loss, expected a torch.Tensor")
+
+    def backward():
+        trainer.network.zero_grad(set_to_none=True)
+        if not loss.requires_grad:
+            raise ValueError("the loss has no graph (requires_grad is False)")
+        loss.backward()
+        return grads_of(trainer.network)
+
+    return {"loss": number(loss, "compute_loss_and_accuracy's loss"),
+            "accuracy": number(acc, "compute_loss_and_accuracy's accuracy"),
+            "gradients": attempt(backward)}
+
+
+def op_network_gradient_norm(solution, request):
+    net = grader_network(request["network"])
+    for name, p in net.named_parameters():
+        p.grad = request["grads"][name].clone()
+    return number(solution.Trainer.compute_gradient_norm(net), "compute_gradient_norm")
+
+
+def op_training_step(solution, request):
+    trainer = trainer_of(solution, request)
+    steps = []
+    for X, Y in request["batches"]:
+        norm = number(trainer.training_step(X, Y), "training_step")
+        steps.append({"norm": norm, "params": state_of(trainer.network), "grads": grads_of(trainer.network)})
+    return steps
+
+
+def op_evaluate(solution, request):
+    trainer = trainer_of(solution, request)
+    first = attempt(lambda: trainer.evaluate(request["X"], request["Y"]))
+    given = "one-hot rows"
+    if "error" in first:  # the template leaves the form of y open: labels are fine too
+        given, first = "labels", attempt(lambda: trainer.evaluate(request["X"], request["y"]))
+        if "error" in first:
+            raise RuntimeError(first["error"])
+    loss, acc = first["value"]
+    return {"loss": number(loss, "evaluate's loss"), "accuracy": number(acc, "evaluate's accuracy"),
+            "targets": given, "params": state_of(trainer.network)}
+
+
+OPS = {name[3:]: f for name, f in globals().items() if name.startswith("op_")}
+
+
+def main(argv) -> None:
+    folder, request_fd, answer_fd = argv[0], int(argv[1]), int(argv[2])
+    requests = os.fdopen(request_fd, "rb")
+    answers = os.fdopen(answer_fd, "wb")
+    torch.set_num_threads(1)
+
+    def send(obj):
+        answers.write(encode(obj))
+        answers.flush()
+
+    sys.path.insert(0, folder)
+    imported = attempt(lambda: importlib.import_module("solution"))
+    if "error" in imported:
+        send({"error": f"importing solution.py failed: {imported['error']}"})
+        return
+    solution = imported["value"]
+    send({"value": "imported"})
+    while (request := read_frame(requests, 1 << 30)) is not None:
+        send(attempt(lambda: OPS[request["op"]](solution, request)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

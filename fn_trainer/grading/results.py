@@ -1,0 +1,49 @@
+"""Gradescope's ``results.json`` and the readable summary.
+
+Top level: ``score``, ``execution_time`` (seconds), ``output``, ``tests``; each test:
+``name``, ``number``, ``score``, ``max_score``, ``output``, ``visibility``
+(https://gradescope-autograders.readthedocs.io/en/latest/specs/).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List, NamedTuple
+
+from ..paths import replace_atomically
+
+
+class TestResult(NamedTuple):
+    number: str
+    name: str
+    score: float
+    max_score: float
+    output: str
+
+    def as_gradescope(self) -> Dict[str, Any]:
+        return {"name": self.name, "number": self.number, "score": self.score, "max_score": self.max_score,
+                "output": self.output, "visibility": "visible"}
+
+
+def results_json(tests: List[TestResult], execution_time: float, output: str) -> Dict[str, Any]:
+    return {"score": sum(t.score for t in tests), "execution_time": round(execution_time, 1),
+            "output": output, "tests": [t.as_gradescope() for t in tests]}
+
+
+def write_results(path: os.PathLike, results: Dict[str, Any]) -> None:
+    """Write ``results`` atomically: a reader never sees half a file."""
+    text = json.dumps(results, indent=2, ensure_ascii=False) + "\n"
+    replace_atomically(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def summary(results: Dict[str, Any]) -> str:
+    """One line per test with its score, the failed parts' reasons under it, and the total."""
+    lines = []
+    for t in results["tests"]:
+        lines.append(f"{t['number']:>3}. {t['name']:<28} {t['score']:g}/{t['max_score']:g}")
+        lines += [f"       {line}" for line in t["output"].splitlines() if not line.startswith("PASS")]
+    total = sum(t["max_score"] for t in results["tests"])
+    lines.append(f"score: {results['score']:g}/{total:g} ({results['execution_time']:g} s)")
+    if results["output"]:
+        lines.append(results["output"])
+    return "\n".join(lines)

@@ -1,0 +1,259 @@
+"""The grading kit: full marks for correct solutions, points lost exactly where a mistake
+is, valid results for hostile submissions, the Gradescope bundle, the interface data."""
+import json
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from fn_trainer.cli import main
+from fn_trainer.export import export_solution
+from fn_trainer.grading import TOTAL_POINTS, grade
+from fn_trainer.grading.bundle import write_bundle
+from fn_trainer.grading.interface import FUNCTIONS, NETWORK_CONFIGURATION_FIELDS, TRAINER_METHODS, differences
+from fn_trainer.grading.questions import QUESTIONS
+
+ROOT = Path(__file__).resolve().parents[1]
+SOLUTION = ROOT / "compat" / "solution.py"
+SPEC = ROOT.parent / "shared" / "spec" / "template-interface.md"
+HOMEWORK_POINTS = {"1": 3, "2": 2, "3": 1, "4": 5, "5": 5, "6": 2, "7": 2, "8": 4, "9": 2, "10": 6, "11": 3}
+TEST_KEYS = {"name", "number", "score", "max_score", "output", "visibility"}
+
+
+def scores(results) -> dict:
+    return {t["number"]: t["score"] for t in results["tests"]}
+
+
+def assert_gradescope_format(results) -> None:
+    assert set(results) == {"score", "execution_time", "output", "tests"}
+    assert all(set(t) == TEST_KEYS for t in results["tests"])
+    assert results["score"] == sum(t["score"] for t in results["tests"])
+    assert {t["number"]: t["max_score"] for t in results["tests"] if t["number"] != "0"} == HOMEWORK_POINTS
+
+
+def test_questions_carry_the_homeworks_points():
+    assert {q.number: q.points for q in QUESTIONS} == HOMEWORK_POINTS
+    assert TOTAL_POINTS == 35
+
+
+def test_compat_solution_scores_full_marks_through_the_command(tmp_path, capsys):
+    results_path = tmp_path / "out" / "results.json"
+    assert main(["grade", str(SOLUTION), "--results", str(results_path)]) == 0
+    results = json.loads(results_path.read_text())
+    assert_gradescope_format(results)
+    assert results["score"] == 35, capsys.readouterr().out
+    assert "score: 35/35" in capsys.readouterr().out
+
+
+def test_exported_solution_scores_full_marks(tmp_path):
+    results = grade(export_solution(tmp_path / "solution.py"))
+    assert results["score"] == 35, json.dumps(results["tests"], indent=1)
+
+
+# Plausible mistakes: (question, [(text in compat/solution.py, replacement), ...]).
+MUTANTS = {
+    "gradient with respect to the first tensor only": ("1", [(
+        "functional_gradient_norm(function, *tensor_list)",
+        "functional_gradient_norm(lambda first: function(first, *tensor_list[1:]), tensor_list[0])")]),
+    "jacobian_norm computed as a gradient norm": ("2", [(
+        "functional_jacobian_norm(function, input_tensor)",
+        "functional_gradient_norm(lambda x: function(x).sum(), input_tensor)")]),
+    "sigmoid gives tanh": ("3", [(
+        "return activation_module(activation_str)",
+        'return activation_module("tanh" if activation_str == "sigmoid" else activation_str)')]),
+    "no softmax": ("4", [(
+        "return mlp(input_dim, net_config, n_classes, activation)",
+        "return torch.nn.Sequential(*list(mlp(input_dim, net_config, n_classes, activation))[:-1])")]),
+    "flatten missing": ("4", [(
+        "return mlp(input_dim, net_config, n_classes, activation)",
+        "return torch.nn.Sequential(*list(mlp(input_dim, net_config, n_classes, activation))[1:])")]),
+    "an activation after the output layer": ("4", [(
+        "return mlp(input_dim, net_config, n_classes, activation)",
+        "layers = list(mlp(input_dim, net_config, n_classes, activation))\n"
+        "        return torch.nn.Sequential(*layers[:-1], activation, layers[-1])")]),
+    "a max-pool after the last conv": ("5", [(
+        "return cnn(in_channels, net_config, n_classes, activation)",
+        "layers = list(cnn(in_channels, net_config, n_classes, activation))\n"
+        "        last = max(i for i, m in enumerate(layers) if isinstance(m, torch.nn.Conv2d))\n"
+        "        layers.insert(last + 2, torch.nn.MaxPool2d(kernel_size=2))\n"
+        "        return torch.nn.Sequential(*layers)")]),
+    "normalising with the test set's statistics": ("6", [(
+        "return normalize_splits(train, valid, test)",
+        "mean, std = test[0].mean(0), test[0].std(0)\n"
+        "        return tuple(((X - mean) / std, y) for X, y in (train, valid, test))")]),
+    "one_hot off by one": ("7", [(
+        "return one_hot_labels(y, self.n_classes)",
+        "return torch.nn.functional.one_hot(y, self.n_classes + 1)[:, 1:].float()")]),
+    "no clipping": ("8", [(
+        "return self._loss(probs, targets), float(accuracy(probs, targets))",
+        "return cross_entropy(probs, targets, eps=0.0), float(accuracy(probs, targets))")]),
+    "the norm of the parameters instead of their gradients": ("9", [(
+        "grads = [p.grad for p in network.parameters() if p.grad is not None]",
+        "grads = [p.detach() for p in network.parameters() if p.grad is not None]")]),
+    "Adam ignoring lr": ("10", [(
+        "        self.optimizer.step()\n        return float(global_norm(grads))",
+        '        self.optimizer.param_groups[0]["lr"] = 1e-3\n'
+        "        self.optimizer.step()\n        return float(global_norm(grads))")]),
+    "evaluate returning the last batch's accuracy": ("11", [(
+        "loss, acc = make_evaluate(self._apply, self._loss)(params, X, targets)",
+        "for i in range(0, len(X), self.batch_size):\n"
+        "            loss, acc = make_evaluate(self._apply, self._loss)(\n"
+        "                params, X[i:i + self.batch_size], targets[i:i + self.batch_size])")]),
+}
+
+
+def mutate(source: str, substitutions) -> str:
+    for old, new in substitutions:
+        assert source.count(old) == 1, old
+        source = source.replace(old, new)
+    return source
+
+
+def test_each_mistake_loses_points_in_its_question_only(tmp_path):
+    source = SOLUTION.read_text()
+    paths = {}
+    for i, (name, (_, substitutions)) in enumerate(MUTANTS.items()):
+        paths[name] = tmp_path / f"mutant{i}" / "solution.py"
+        paths[name].parent.mkdir()
+        paths[name].write_text(mutate(source, substitutions))
+    with ThreadPoolExecutor(2) as pool:  # each grading waits on its own process most of the time
+        graded = dict(zip(paths, pool.map(grade, paths.values())))
+    for name, (question, _) in MUTANTS.items():
+        lost = {number: HOMEWORK_POINTS[number] - score
+                for number, score in scores(graded[name]).items() if number != "0" and score < HOMEWORK_POINTS[number]}
+        assert set(lost) == {question}, f"{name}: lost {lost}"
+
+
+HOSTILE = {
+    "import error": "import torch\nimport no_such_module_anywhere\n",
+    "exceptions": "import torch\ndef gradient_norm(f, *ts):\n    raise RuntimeError('not done')\n",
+    "endless loop": ("import torch\nclass Trainer:\n    def one_hot(self, y):\n        while True:\n            pass\n"
+                     "def gradient_norm(f, *ts):\n    return 0.0\n"),
+    "os._exit": "import os, torch\ndef gradient_norm(f, *ts):\n    os._exit(0)\n",
+    "megabytes of output": ("import sys, torch\nsys.stdout.write('x' * 3_000_000)\n"
+                            "def gradient_norm(f, *ts):\n    print('y' * 1_000_000)\n    return 0.0\n"),
+    "writes its own results.json": (
+        "import json, os, torch\n"
+        "forged = {'score': 35, 'execution_time': 0, 'output': 'forged', 'tests': []}\n"
+        "for folder in ('.', '..', os.environ.get('HOME', '.')):\n"
+        "    try:\n        open(os.path.join(folder, 'results.json'), 'w').write(json.dumps(forged))\n"
+        "    except OSError:\n        pass\n"),
+}
+
+
+def test_hostile_submissions_get_valid_results(tmp_path, monkeypatch):
+    paths = {}
+    for i, (name, text) in enumerate(HOSTILE.items()):
+        paths[name] = tmp_path / f"hostile{i}" / "solution.py"
+        paths[name].parent.mkdir()
+        paths[name].write_text(text)
+    monkeypatch.chdir(tmp_path)  # a forged results.json in the grader's folder would land here
+    with ThreadPoolExecutor(2) as pool:
+        graded = dict(zip(paths, pool.map(lambda p: grade(p, timeout=4), paths.values())))
+    for name, results in graded.items():
+        assert_gradescope_format(results)
+        json.dumps(results)
+    outputs = {name: {t["number"]: t["output"] for t in r["tests"]} for name, r in graded.items()}
+    assert graded["import error"]["score"] == 0
+    assert "No module named 'no_such_module_anywhere'" in graded["import error"]["output"]
+    assert "RuntimeError: not done" in outputs["exceptions"]["1"]
+    assert "time limit" in outputs["endless loop"]["7"]
+    assert "time limit" not in outputs["endless loop"]["1"]  # the next questions run in a fresh process
+    assert "exited with status 0" in outputs["os._exit"]["1"]
+    printed = int(re.search(r"printed (\d+) bytes", graded["megabytes of output"]["output"]).group(1))
+    assert printed >= 4_000_000  # the import's 3 MB and at least one call's 1 MB, counted, not kept
+    assert len(json.dumps(graded["megabytes of output"])) < 100_000
+    assert graded["writes its own results.json"]["score"] == 0
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_results_go_only_where_the_grader_writes_them(tmp_path):
+    submission = tmp_path / "solution.py"
+    submission.write_text(HOSTILE["writes its own results.json"])
+    target = tmp_path / "graded" / "results.json"
+    assert main(["grade", str(submission), "--results", str(target), "--timeout", "5"]) == 0
+    assert json.loads(target.read_text())["score"] == 0
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["graded", "results.json", "solution.py"]
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "either SUBMISSION.py or --bundle"),
+    (["missing.py"], "SUBMISSION.py: 'missing.py' is not a file"),
+    (["x.py", "--bundle", "a.zip"], "either SUBMISSION.py or --bundle"),
+    (["{solution}", "--timeout", "0"], "--timeout must be a positive number"),
+    (["--bundle", "a.tar"], "--bundle must name a .zip file"),
+])
+def test_bad_grade_arguments_fail_with_one_line(args, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["grade", *[a.format(solution=SOLUTION) for a in args]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fn-trainer: error: ") and message in err and err.count("\n") == 1
+
+
+def test_bundle_grades_a_fake_autograder_tree(tmp_path):
+    bundle = write_bundle(tmp_path / "autograder.zip")
+    source = tmp_path / "autograder" / "source"
+    with zipfile.ZipFile(bundle) as archive:
+        archive.extractall(source)
+        for info in archive.infolist():  # extractall drops the modes
+            os.chmod(source / info.filename, info.external_attr >> 16 & 0o777)
+    assert "pip install" in (source / "setup.sh").read_text()
+    assert (source / "fn-trainer" / "pyproject.toml").is_file()
+    submission = tmp_path / "autograder" / "submission" / "solution.py"
+    submission.parent.mkdir()
+    submission.write_text("import torch\ndef gradient_norm(function, *tensors):\n"
+                          "    return 0.0\n")
+    env = {**os.environ, "AUTOGRADER_ROOT": str(tmp_path / "autograder"), "AUTOGRADER_PYTHON": sys.executable}
+    run = subprocess.run([str(source / "run_autograder")], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    results = json.loads((tmp_path / "autograder" / "results" / "results.json").read_text())
+    assert_gradescope_format(results)
+    assert results["score"] == 0 and "gradient_norm" in results["tests"][1]["output"]
+
+
+def spec_methods(text: str) -> dict:
+    """``{name: (parameter names, static)}`` from the spec's method table and __init__ line."""
+    found = {}
+    for name, marks, signature in re.findall(r"^\| `(\w+)`( \([^)]*\))? \| `\(([^`]*?)\)", text, re.M):
+        params = [p.split(":")[0].strip() for p in signature.split(" -> ")[0].split(",") if p.strip()]
+        found[name] = (tuple(params), "S" in marks)
+    init = re.search(r"^`__init__\((.*)\)`$", text, re.M).group(1)
+    found["__init__"] = (tuple(p.split(":")[0].strip() for p in init.split(", ")), False)
+    return found
+
+
+def test_interface_data_agrees_with_the_spec():
+    if not SPEC.is_file():
+        pytest.skip(f"{SPEC} is absent")
+    text = SPEC.read_text()
+    expected = spec_methods(text)
+    ours = {name: (tuple(p.split("=")[0] for p in m.params), m.static) for name, m in TRAINER_METHODS.items()}
+    assert ours == expected
+    init = re.search(r"^`__init__\((.*)\)`$", text, re.M).group(1)
+    defaults = [p.split("=", 1)[1].strip().replace('"', "'") for p in init.split(", ") if "=" in p]
+    assert defaults == [p.split("=", 1)[1] for p in TRAINER_METHODS["__init__"].params if "=" in p]
+    assert f"`gradient_norm(function: Callable, *tensor_list" in text and "`jacobian_norm(function: Callable, input_tensor" in text
+    assert {n: f.params for n, f in FUNCTIONS.items()} == {"gradient_norm": ("function", "*tensor_list"),
+                                                            "jacobian_norm": ("function", "input_tensor")}
+    fields = re.search(r"fields in this order, each `Tuple\[int, \.\.\.\]`:\s*(.*?)\.\n", text, re.S).group(1)
+    assert dict(re.findall(r"`(\w+)=(\([\d, ]*\))`", fields)) == {k: repr(v) for k, v in NETWORK_CONFIGURATION_FIELDS.items()}
+
+
+def test_interface_differences_are_reported_by_name():
+    reported = {name: {"params": list(m.params), "static": m.static} for name, m in TRAINER_METHODS.items()}
+    reported["test_equivariance"] = {"params": ["self", "out_dir=None"], "static": False}
+    reported["normalize"] = {"params": ["self", "train", "valid", "test"], "static": False}
+    del reported["evaluate"]
+    found = {"functions": {n: {"params": list(f.params), "static": False} for n, f in FUNCTIONS.items()},
+             "trainer": reported, "config": {k: repr(v) for k, v in NETWORK_CONFIGURATION_FIELDS.items()}}
+    assert differences(found) == [
+        "Trainer.evaluate is missing",
+        "Trainer.normalize takes (self, train, valid, test); the template has (train, valid, test)",
+        "Trainer.normalize is not a @staticmethod; in the template it is",
+        "Trainer.test_equivariance takes (self, out_dir=None); the template has (self)",
+    ]
