@@ -17,10 +17,10 @@ from fn_trainer.grading import TOTAL_POINTS, grade
 from fn_trainer.grading.bundle import write_bundle
 from fn_trainer.grading.interface import FUNCTIONS, NETWORK_CONFIGURATION_FIELDS, TRAINER_METHODS, differences
 from fn_trainer.grading.questions import QUESTIONS
+from template_spec import SPEC, read_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "compat" / "solution.py"
-SPEC = ROOT.parent / "shared" / "spec" / "template-interface.md"
 HOMEWORK_POINTS = {"1": 3, "2": 2, "3": 1, "4": 5, "5": 5, "6": 2, "7": 2, "8": 4, "9": 2, "10": 6, "11": 3}
 TEST_KEYS = {"name", "number", "score", "max_score", "output", "visibility"}
 
@@ -216,31 +216,19 @@ def test_bundle_grades_a_fake_autograder_tree(tmp_path):
     assert results["score"] == 0 and "gradient_norm" in results["tests"][1]["output"]
 
 
-def spec_methods(text: str) -> dict:
-    """``{name: (parameter names, static)}`` from the spec's method table and __init__ line."""
-    found = {}
-    for name, marks, signature in re.findall(r"^\| `(\w+)`( \([^)]*\))? \| `\(([^`]*?)\)", text, re.M):
-        params = [p.split(":")[0].strip() for p in signature.split(" -> ")[0].split(",") if p.strip()]
-        found[name] = (tuple(params), "S" in marks)
-    init = re.search(r"^`__init__\((.*)\)`$", text, re.M).group(1)
-    found["__init__"] = (tuple(p.split(":")[0].strip() for p in init.split(", ")), False)
-    return found
+def as_written(expected) -> tuple:
+    """A spec entry's parameters as ``interface.py`` writes them: ``name``, ``name=default``, ``*name``."""
+    plain = tuple(p + (f"={expected.defaults[p]}" if p in expected.defaults else "") for p in expected.params)
+    return plain + ((f"*{expected.star}",) if expected.star else ())
 
 
 def test_interface_data_agrees_with_the_spec():
     if not SPEC.is_file():
         pytest.skip(f"{SPEC} is absent")
-    text = SPEC.read_text()
-    expected = spec_methods(text)
-    ours = {name: (tuple(p.split("=")[0] for p in m.params), m.static) for name, m in TRAINER_METHODS.items()}
-    assert ours == expected
-    init = re.search(r"^`__init__\((.*)\)`$", text, re.M).group(1)
-    defaults = [p.split("=", 1)[1].strip().replace('"', "'") for p in init.split(", ") if "=" in p]
-    assert defaults == [p.split("=", 1)[1] for p in TRAINER_METHODS["__init__"].params if "=" in p]
-    assert f"`gradient_norm(function: Callable, *tensor_list" in text and "`jacobian_norm(function: Callable, input_tensor" in text
-    assert {n: f.params for n, f in FUNCTIONS.items()} == {"gradient_norm": ("function", "*tensor_list"),
-                                                            "jacobian_norm": ("function", "input_tensor")}
-    fields = re.search(r"fields in this order, each `Tuple\[int, \.\.\.\]`:\s*(.*?)\.\n", text, re.S).group(1)
+    ours = {**FUNCTIONS, **{f"Trainer.{name}": m for name, m in TRAINER_METHODS.items()}}
+    assert {name: (as_written(e), e.static) for name, e in read_spec(SPEC).items()} == {
+        name: (m.params, m.static) for name, m in ours.items()}
+    fields = re.search(r"fields in this order, each `Tuple\[int, \.\.\.\]`:\s*(.*?)\.\n", SPEC.read_text(), re.S).group(1)
     assert dict(re.findall(r"`(\w+)=(\([\d, ]*\))`", fields)) == {k: repr(v) for k, v in NETWORK_CONFIGURATION_FIELDS.items()}
 
 
