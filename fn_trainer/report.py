@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .paths import replace_atomically, safe_path
+from .paths import safe_path, write_text
 
 ORDER = ("equivariance", "lr-sweep", "depth", "cnn", "cnn-shapes")
 SECTION_FILE = "section.md"
@@ -29,7 +29,7 @@ def write_section(out: Path, experiment: str, markdown: str) -> Path:
     """Store ``markdown`` as ``experiment``'s section, rebuild ``report.md``, return its path."""
     folder = safe_path(out, experiment)
     folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(folder / SECTION_FILE, markdown.rstrip() + "\n")
+    write_text(folder / SECTION_FILE, markdown.rstrip() + "\n")
     return assemble(out)
 
 
@@ -44,11 +44,5 @@ def assemble(out: Path) -> Path:
         if section.exists():
             parts += ["", section.read_text(encoding="utf-8").rstrip()]
     path = out / REPORT_FILE
-    write_text_atomic(path, "\n".join(parts) + "\n")
+    write_text(path, "\n".join(parts) + "\n")
     return path
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` (UTF-8) atomically: readers, and a crash, see the old
-    file or the new one."""
-    replace_atomically(path, lambda f: f.write(text.encode("utf-8")))

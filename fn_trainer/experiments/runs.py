@@ -24,8 +24,8 @@ from ..config import NetworkConfiguration
 from ..data import Split, Splits, load_fashion_mnist, normalize
 from ..networks import build_network
 from ..optim import adam
-from ..paths import safe_path
-from ..report import markdown_table, write_text_atomic
+from ..paths import safe_path, write_text
+from ..report import markdown_table
 from ..step import make_step
 from ..train import FitResult, fit, make_evaluate
 
@@ -145,7 +145,7 @@ def finite_logs(logs: Dict[str, Sequence[float]]) -> Dict[str, List[Optional[flo
 
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` to ``path`` atomically (strict JSON: no NaN)."""
-    write_text_atomic(path, json.dumps(data, indent=1, allow_nan=False))
+    write_text(path, json.dumps(data, indent=1, allow_nan=False))
 
 
 class Context:
