@@ -2,8 +2,12 @@
 writes through a link, leaves earlier files intact on a full disk, and is safe for
 concurrent runs into one folder."""
 import errno
+import multiprocessing
 import os
+import random
 import subprocess
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,6 +77,15 @@ def test_report_files_replace_planted_links(tmp_path):
     assert outside.read_bytes() == OUTSIDE
     assert "## 3. Depth" in (out / "report.md").read_text()
     assert (out / "depth" / "section.md").read_text() == "## 3. Depth\n\ntext\n"
+
+
+def test_a_link_at_the_report_lock_is_refused_with_one_line(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / report.LOCK_FILE).symlink_to(tmp_path / "lock-outside")
+    with pytest.raises(OSError, match=r"report lock .*\.report\.lock"):
+        report.write_section(out, "depth", "text")
+    assert not (tmp_path / "lock-outside").exists()
 
 
 def test_the_command_line_replaces_links_to_outside_files(tmp_path, fake_data_root, capsys):
@@ -165,3 +178,41 @@ def test_a_full_disk_during_a_run_is_one_line_and_exit_status_2(small_disk, fake
     assert "disk is full" in err
     assert {name: (folder / name).read_bytes() for name in before} == before
     assert _only_files(folder) == sorted(before)
+
+
+# --- concurrent runs into one folder --------------------------------------------------------
+
+def _write_sections(out, experiment, start, rounds):
+    """In a child process: write ``experiment``'s section ``rounds`` times, every file write
+    delayed by a random 0-30 ms (a slow, uneven disk: without a lock, a rebuild of
+    ``report.md`` from a listing read before another process's section can then land
+    after that process's own rebuild)."""
+    real, delays = paths.write_atomically, random.Random(os.getpid())
+
+    def slow(path, data):
+        time.sleep(delays.uniform(0, 0.03))
+        return real(path, data)
+
+    paths.write_atomically = slow
+    report.write_text = lambda path, text: slow(path, text.encode())
+    while time.time() < start:
+        time.sleep(0.001)
+    for i in range(rounds):
+        report.write_section(Path(out), experiment, f"## {experiment} round {i}")
+
+
+@pytest.mark.parametrize("rounds", [1, 3])
+def test_concurrent_writers_keep_every_section(rounds, tmp_path):
+    context = multiprocessing.get_context("fork")
+    for trial in range(4):  # each trial is a fresh race: one lost section fails the test
+        out = tmp_path / str(trial)
+        start = time.time() + 0.2
+        writers = [context.Process(target=_write_sections, args=(out, name, start, rounds))
+                   for name in report.ORDER]
+        for w in writers:
+            w.start()
+        for w in writers:
+            w.join(60)
+        assert [w.exitcode for w in writers] == [0] * len(writers)
+        text = (out / "report.md").read_text()
+        assert [f"## {name} round {rounds - 1}" in text for name in report.ORDER] == [True] * len(report.ORDER)
