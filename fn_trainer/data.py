@@ -159,6 +159,15 @@ def standardizer(X_train: Tensor) -> Tuple[Tensor, Tensor]:
 
 def normalize(train: Tuple[Tensor, Tensor], valid: Tuple[Tensor, Tensor],
               test: Tuple[Tensor, Tensor]) -> Tuple[Split, Split, Split]:
-    """``X <- (X - mean) / scale`` with the training set's statistics (see ``standardizer``)."""
+    """``X <- (X - mean) / scale`` with the training set's statistics (see ``standardizer``).
+
+    Every ``X`` must be finite: one NaN pixel in the training set would make its feature's
+    mean, and so that feature of all three splits, NaN.
+    """
+    for name, (X, _) in (("train", train), ("valid", valid), ("test", test)):
+        if not isinstance(X, Tensor):
+            raise TypeError(f"{name} X must be a torch.Tensor, got {type(X).__name__}")
+        if not bool(torch.isfinite(X).all()):
+            raise ValueError(f"{name} X contains NaN or infinite values; normalize needs finite pixels")
     mean, scale = standardizer(train[0])
     return tuple(Split((X - mean) / scale, y) for X, y in (train, valid, test))

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import (CheckpointError, load_checkpoint, restore_like, rng_states, save_checkpoint,
                          set_rng_states, to_plain)
-from .errors import check_int, check_positive_int
+from .errors import check_positive_int, check_seed
 from .losses import accuracy, check_labels, cross_entropy, one_hot
 from .paths import PathLike, ensure_writable_dir
 from .step import Apply, Loss, Params, Step
@@ -83,11 +83,27 @@ def epoch_order(n: int, epoch: int, shuffle: bool, seed: int) -> Optional[Tensor
     return torch.randperm(n, generator=g)
 
 
-def check_split(name: str, split: Any, n_classes: int) -> Tuple[Tensor, Tensor]:
+def params_dtype(params: Any) -> torch.dtype:
+    """The one floating dtype of every tensor in ``params`` (a dict), else ``TypeError``."""
+    if not isinstance(params, dict) or not params:
+        raise TypeError(f"params must be a non-empty dict of tensors, got {type(params).__name__}")
+    dtypes = {v.dtype for v in params.values() if isinstance(v, Tensor)}
+    if len(dtypes) != 1 or len(params) != sum(isinstance(v, Tensor) for v in params.values()):
+        raise TypeError(f"params must be tensors of one floating dtype, got dtypes {sorted(map(str, dtypes))}")
+    (dtype,) = dtypes
+    if not dtype.is_floating_point:
+        raise TypeError(f"params must have a floating dtype, got {dtype}")
+    return dtype
+
+
+def check_split(name: str, split: Any, n_classes: int,
+                dtype: Optional[torch.dtype] = None) -> Tuple[Tensor, Tensor]:
     """Return ``(X, targets)`` for a split ``(X, y)``, or raise naming ``name``.
 
-    ``X``: a non-empty floating tensor ``(N, ...)`` with finite values; ``y``: ``(N,)``
-    integer labels in ``[0, n_classes)`` or ``(N, n_classes)`` targets.
+    ``X``: a non-empty floating tensor ``(N, ...)`` with finite values, returned cast to
+    ``dtype`` if given (the parameters' dtype: float64 data trains a float32 network in
+    float32, and a float64 network in float64); ``y``: ``(N,)`` integer labels in
+    ``[0, n_classes)`` or ``(N, n_classes)`` targets.
     """
     if not isinstance(split, (tuple, list)) or len(split) != 2:
         raise TypeError(f"{name} must be a pair (X, y) of tensors, got {type(split).__name__}")
@@ -105,6 +121,10 @@ def check_split(name: str, split: Any, n_classes: int) -> Tuple[Tensor, Tensor]:
         )
     if not bool(torch.isfinite(X).all()):
         raise ValueError(f"{name} X contains NaN or infinite values")
+    if dtype is not None:
+        X = X.to(dtype)
+        if not bool(torch.isfinite(X).all()):  # float64 values beyond float32's range
+            raise ValueError(f"{name} X has values too large for the parameters' dtype {dtype}")
     if y.dim() == 1:
         return X, one_hot(check_labels(y, n_classes, f"{name} y"), n_classes)
     if y.dim() != 2 or y.shape[1] != n_classes or not y.dtype.is_floating_point:
@@ -152,9 +172,10 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
     check_positive_int("epochs", epochs, minimum=0)
     check_positive_int("batch_size", batch_size)
     check_positive_int("n_classes", n_classes)
-    check_int("seed", seed)
-    X_train, T_train = check_split("train", train, n_classes)
-    X_valid, T_valid = check_split("valid", valid, n_classes)
+    check_seed("seed", seed)
+    dtype = params_dtype(params)
+    X_train, T_train = check_split("train", train, n_classes, dtype)
+    X_valid, T_valid = check_split("valid", valid, n_classes, dtype)
     if X_train.shape[1:] != X_valid.shape[1:]:
         raise ValueError(
             f"train X and valid X must have the same sample shape, got {tuple(X_train.shape[1:])} "
