@@ -162,7 +162,14 @@ def rng_states() -> Dict[str, Any]:
 
 
 def set_rng_states(states: Mapping[str, Any]) -> None:
-    """Restore what ``rng_states`` returned (after a ``load_checkpoint`` round trip)."""
+    """Restore what ``rng_states`` returned (after a ``load_checkpoint`` round trip).
+
+    ``states`` is first checked against this process's own states (``restore_like``:
+    the same keys, lengths, tensor shapes and dtypes), so a hand-edited state raises
+    ``CheckpointError`` before any generator is changed.
+    """
+    template = rng_states()
+    restore_like(template, {k: v for k, v in states.items() if k in template}, "rng")
     torch.set_rng_state(states["torch"])
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))

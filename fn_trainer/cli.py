@@ -156,7 +156,8 @@ def run_experiments(args: argparse.Namespace, command: str) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    ctx = Context(settings_of(args, command))
+    ctx = Context(settings_of(args, command),
+                  warn=lambda line: print(f"{PROG}: warning: {line}", file=sys.stderr, flush=True))
     names = list(EXPERIMENTS) if args.command == "all" else [args.command]
     flushed_before = denormals_flushed()
     flush_denormals(getattr(args, "flush_denormals", True))  # after --threads: it sets the threads in use

@@ -326,19 +326,71 @@ def _resume(path: Path, params: Params, opt_state: object, settings: Dict[str, A
                 f"this run's are {expected!r}"
             )
     try:
-        epoch, batch, logs = int(data["epoch"]), int(data["batch"]), data["logs"]
+        epoch, batch, logs = data["epoch"], data["batch"], data["logs"]
         last = data["last_grad_norm"]
         rng = data["rng"]
         restored_params = restore_like(params, data["params"], "params")
         restored_state = restore_like(opt_state, data["opt_state"], "opt_state")
-    except (KeyError, TypeError) as e:
-        raise CheckpointError(f"checkpoint {str(path)!r} is incomplete: {e!r}") from None
-    if set(logs) != set(LOG_KEYS) or not 0 <= batch <= n_batches:
-        raise CheckpointError(f"checkpoint {str(path)!r} has malformed logs or position")
+    except KeyError as e:
+        raise CheckpointError(f"checkpoint {str(path)!r} is incomplete: it has no {e}") from None
+    except CheckpointError as e:
+        raise CheckpointError(f"checkpoint {str(path)!r} does not fit this run: {e}") from None
+    problem = _position_problem(epoch, batch, logs, last, n_batches)
+    if problem is None:
+        problem = _hyperparameter_problem(restored_state, opt_state)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {str(path)!r} is inconsistent: {problem}")
     if epoch > epochs or (epoch == epochs and batch > 0):
         raise CheckpointError(
             f"checkpoint {str(path)!r} is already past epochs={epochs} (epoch {epoch}, step {batch})"
         )
-    set_rng_states(rng)
-    return Progress(restored_params, restored_state, {k: list(logs[k]) for k in LOG_KEYS}, epoch,
-                    batch, None if last is None else torch.tensor(last))
+    try:
+        set_rng_states(rng)
+    except (CheckpointError, AttributeError, KeyError, TypeError, ValueError, RuntimeError, OverflowError) as e:
+        raise CheckpointError(f"checkpoint {str(path)!r} holds unusable random generator states: {e}") from None
+    return Progress(restored_params, restored_state, {k: [float(v) for v in logs[k]] for k in LOG_KEYS}, epoch,
+                    batch, None if last is None else torch.tensor(float(last)))
+
+
+def _position_problem(epoch: Any, batch: Any, logs: Any, last: Any, n_batches: int) -> Optional[str]:
+    """What is wrong with a checkpoint's position and logs, or ``None``.
+
+    After ``epoch`` completed epochs the metric logs hold ``epoch + 1`` numbers (one
+    before training) and ``train_gradient_norm`` holds ``epoch``; ``0 <= batch <= n_batches``.
+    """
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if not is_int(epoch) or epoch < 0:
+        return f"epoch must be an integer >= 0, found {epoch!r}"
+    if not is_int(batch) or not 0 <= batch <= n_batches:
+        return f"step within the epoch must be an integer in [0, {n_batches}], found {batch!r}"
+    if not isinstance(logs, dict) or set(logs) != set(LOG_KEYS):
+        found = sorted(logs) if isinstance(logs, dict) else type(logs).__name__
+        return f"logs must have the keys {sorted(LOG_KEYS)}, found {found}"
+    for key, values in logs.items():
+        expected = epoch if key == "train_gradient_norm" else epoch + 1
+        if not isinstance(values, list) or len(values) != expected or not all(map(is_number, values)):
+            return (f"logs[{key!r}] must be a list of {expected} numbers after {epoch} epochs, found "
+                    f"{len(values) if isinstance(values, list) else type(values).__name__}"
+                    + ("" if not isinstance(values, list) or len(values) != expected else " with non-numbers"))
+    if last is not None and not is_number(last):
+        return f"last_grad_norm must be a number or None, found {last!r}"
+    return None
+
+
+def _hyperparameter_problem(stored: object, given: object) -> Optional[str]:
+    """Which hyper-parameter of a checkpoint's optimizer state differs from this run's
+    (the 0-dim floating tensors among the state's fields, e.g. Adam's lr, b1, b2, eps)."""
+    if not (isinstance(given, tuple) and hasattr(given, "_fields")):
+        return None
+    for field in given._fields:
+        mine, theirs = getattr(given, field), getattr(stored, field)
+        if (isinstance(mine, Tensor) and mine.dim() == 0 and mine.is_floating_point()
+                and not torch.equal(mine.cpu(), theirs.cpu())):
+            return (f"its optimizer state has {field}={float(theirs)!r}, this run's optimizer has "
+                    f"{field}={float(mine)!r}")
+    return None
