@@ -132,12 +132,7 @@ class RunRecord:
                 "trainer": self.trainer}
 
     @classmethod
-    def from_json(cls, data: Any, path: Optional[Path] = None) -> "RunRecord":
-        """The record in ``data`` (parsed JSON); ``ValueError`` saying what is wrong when its
-        structure, types or log lengths are not those ``to_json`` writes."""
-        problem = record_problem(data)
-        if problem is not None:
-            raise ValueError(problem)
+    def from_json(cls, data: Dict[str, Any], path: Optional[Path] = None) -> "RunRecord":
         spec = dict(data["spec"])
         spec["config"] = NetworkConfiguration(**{k: tuple(v) for k, v in spec["config"].items()})
         return cls(RunSpec(**spec), data["config_hash"], data["n_params"], data["logs"],
@@ -269,7 +264,11 @@ def load_record(path: Path, warn: Optional[Callable[[str], None]] = None) -> Opt
     """The stored record at ``path``, or ``None`` if it is absent, unreadable or invalid
     (then the run is trained again); ``warn`` is told why a present file was ignored."""
     try:
-        return RunRecord.from_json(json.loads(path.read_text(encoding="utf-8")), path)
+        data = json.loads(path.read_text(encoding="utf-8"))
+        problem = record_problem(data)
+        if problem is not None:
+            raise ValueError(problem)
+        return RunRecord.from_json(data, path)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
