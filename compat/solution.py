@@ -30,6 +30,7 @@ from fn_trainer.networks import activation as activation_module
 from fn_trainer.networks import NETWORK_TYPES, cnn, feature_map_sizes, mlp
 from fn_trainer.optim import adam, adam_update
 from fn_trainer.paths import ensure_writable_dir
+from fn_trainer.paths import write_figure
 from fn_trainer.step import make_objective
 from fn_trainer.train import check_split, make_evaluate
 
@@ -325,7 +326,7 @@ class Trainer:
         """One-hot ``(N, n_classes)`` targets from labels or one-hot ``y``, checked against ``X``."""
         if isinstance(y, torch.Tensor) and y.dim() == 2 and not y.dtype.is_floating_point:
             y = y.float()  # integer one-hot rows, as torch.nn.functional.one_hot makes them
-        return check_split(name, (X, y), self.n_classes, finite)[1]
+        return check_split(name, (X, y), self.n_classes, finite=finite)[1]
 
 
 def save_figures(arrays: Dict[str, np.ndarray], out_dir: Union[str, os.PathLike]) -> List[str]:
@@ -346,6 +347,6 @@ def save_figures(arrays: Dict[str, np.ndarray], out_dir: Union[str, os.PathLike]
         ax.set_title(name.replace("_", " "))
         ax.set_axis_off()
         path = os.path.join(os.fspath(out_dir), f"equivariance_{name}.png")
-        fig.savefig(path, dpi=100)
+        write_figure(path, fig, dpi=100)
         paths.append(path)
     return paths

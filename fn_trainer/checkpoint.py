@@ -7,6 +7,7 @@ other object: a file cannot make the loader import or call anything.
 """
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import random
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .paths import PathLike, replace_atomically
+from .paths import PathLike, write_atomically
 
 FORMAT = "fn-trainer-checkpoint"
 VERSION = 1
@@ -99,10 +100,14 @@ def _same_keys(expected, data: Any, name: str):
 
 def save_checkpoint(path: PathLike, state: Mapping[str, Any]) -> Path:
     """Write ``state`` (see ``to_plain``) to ``path`` atomically
-    (``fn_trainer.paths.replace_atomically``): a crash at any moment leaves either the
-    previous checkpoint or the new one, never a partial file."""
+    (``fn_trainer.paths.write_atomically``): a crash at any moment leaves either the
+    previous checkpoint or the new one, never a partial file. The file is serialised in
+    memory first, so only ``write_atomically`` touches the disk (a full disk is one
+    ``WriteError`` naming the file, not a torch error)."""
     payload = {"format": FORMAT, "version": VERSION, **to_plain(dict(state), "state")}
-    return replace_atomically(path, lambda f: torch.save(payload, f))
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return write_atomically(path, buffer.getvalue())
 
 
 def load_checkpoint(path: PathLike) -> Dict[str, Any]:
@@ -157,7 +162,14 @@ def rng_states() -> Dict[str, Any]:
 
 
 def set_rng_states(states: Mapping[str, Any]) -> None:
-    """Restore what ``rng_states`` returned (after a ``load_checkpoint`` round trip)."""
+    """Restore what ``rng_states`` returned (after a ``load_checkpoint`` round trip).
+
+    ``states`` is first checked against this process's own states (``restore_like``:
+    the same keys, lengths, tensor shapes and dtypes), so a hand-edited state raises
+    ``CheckpointError`` before any generator is changed.
+    """
+    template = rng_states()
+    restore_like(template, {k: v for k, v in states.items() if k in template}, "rng")
     torch.set_rng_state(states["torch"])
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))

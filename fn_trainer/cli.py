@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -54,7 +55,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=Path("data"), metavar="DIR",
                    help="torchvision root of Fashion-MNIST (FashionMNIST/raw/*); downloaded there "
                         "when missing and online (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=Path("results"), metavar="DIR",
+    # str, not Path: Path("") is ".", and an empty --out must be refused, not taken as "."
+    p.add_argument("--out", default="results", metavar="DIR",
                    help="output folder for logs, figures and report.md (default: %(default)s)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED,
                    help="seed of every initialisation (default: %(default)s)")
@@ -84,8 +86,8 @@ def _add_training(p: argparse.ArgumentParser, name: str) -> None:
                         "(runs trained one by one; a vmapped lr sweep restarts its group)")
     p.add_argument("--device", default="cpu", help="torch device to train on (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="CPU threads for torch (default: torch's choice); 1 is much faster on a busy "
-                        "machine, where more threads wait for each other")
+                   help="CPU threads for torch, at most the machine's CPU count (default: torch's "
+                        "choice); 1 is much faster on a busy machine, where more threads wait for each other")
     p.add_argument("--keep-denormals", dest="flush_denormals", action="store_false",
                    help="compute with subnormal floats instead of flushing them to zero (slower once "
                         "Adam's moments decay below 1e-38; see fn_trainer.denormals)")
@@ -104,9 +106,10 @@ def _check_lr(option: str, value: float) -> None:
 
 def validate(args: argparse.Namespace) -> None:
     """Raise ``ValueError`` naming the option for any out-of-range value; create ``--out``."""
+    from .errors import check_seed
     from .paths import ensure_writable_dir
 
-    _check_int("--seed", args.seed, 0)
+    check_seed("--seed", args.seed)
     _check_int("--limit", args.limit, 1)
     _check_int("--epochs", getattr(args, "epochs", None), 0)
     _check_int("--batch-size", getattr(args, "batch_size", None), 1)
@@ -116,22 +119,40 @@ def validate(args: argparse.Namespace) -> None:
         _check_lr("--lrs", lr)
     if hasattr(args, "device"):
         _check_device(args.device)
-    _check_int("--threads", getattr(args, "threads", None), 1)
+    _check_threads(getattr(args, "threads", None))
+    if not str(args.out).strip():
+        raise ValueError("--out must name a folder, got an empty string")
+    args.out = Path(args.out)
     try:
         ensure_writable_dir(args.out)
     except ValueError as e:
         raise ValueError(f"--out: {e}") from None
 
 
+def _check_threads(value: Optional[int]) -> None:
+    """``--threads`` in ``[1, CPU count]``: more threads than CPUs only wait for each other,
+    and torch's OpenMP pool crashes when asked for tens of thousands."""
+    cap = os.cpu_count() or 1
+    if value is not None and not 1 <= value <= cap:
+        raise ValueError(f"--threads must be between 1 and {cap} (this machine's CPU count), got {value}")
+
+
 def _check_device(name: str) -> None:
+    """``--device``: the CPU, or a CUDA device that this machine has; the trainer runs on
+    nothing else (``meta`` holds no data, ``mps`` and the rest are untested)."""
     import torch
 
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise ValueError(f"--device must name a torch device such as 'cpu' or 'cuda', got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name!r}: CUDA is not available on this machine")
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be 'cpu' or 'cuda' (optionally 'cuda:N'), got {name!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name!r}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA devices")
 
 
 def settings_of(args: argparse.Namespace, command: str):
@@ -159,7 +180,8 @@ def run_experiments(args: argparse.Namespace, command: str) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    ctx = Context(settings_of(args, command))
+    ctx = Context(settings_of(args, command),
+                  warn=lambda line: print(f"{PROG}: warning: {line}", file=sys.stderr, flush=True))
     names = list(EXPERIMENTS) if args.command == "all" else [args.command]
     flushed_before = denormals_flushed()
     flush_denormals(getattr(args, "flush_denormals", True))  # after --threads: it sets the threads in use

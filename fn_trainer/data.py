@@ -4,12 +4,14 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import NamedTuple, Tuple
+from typing import List, NamedTuple, Tuple
 
 import torch
 from torch import Tensor
 
 N_VALID = 2000  # the validation set is the first 2000 test images; test is the rest
+N_CLASSES = 10
+IMAGE_SIZE = (28, 28)
 IDX_FILES = {
     "train-images-idx3-ubyte": (0x0803, 3),
     "train-labels-idx1-ubyte": (0x0801, 1),
@@ -40,8 +42,9 @@ def raw_folder(root: str | os.PathLike) -> Path:
     return Path(root) / "FashionMNIST" / "raw"
 
 
-def check_idx_file(path: Path) -> None:
-    """Raise ``DatasetError`` naming ``path`` unless it is a complete IDX file."""
+def check_idx_file(path: Path) -> List[int]:
+    """The dimensions in IDX file ``path``'s header; raises ``DatasetError`` naming ``path``
+    unless it is a complete IDX file of the kind its name says."""
     magic, ndim = IDX_FILES[path.name]
     try:
         with open(path, "rb") as f:
@@ -58,6 +61,32 @@ def check_idx_file(path: Path) -> None:
             f"data file {path} is truncated or corrupt: {size} bytes, expected {expected} "
             f"for dimensions {dims}"
         )
+    return dims
+
+
+def check_split_files(images: Path, labels: Path, X: Tensor, y: Tensor) -> None:
+    """Raise ``DatasetError`` naming the file unless ``X: (N, 28, 28)`` read from ``images``
+    and ``y: (N,)`` read from ``labels`` form a valid split.
+
+    The whole of both files is checked, in one vectorised pass over the labels: a bad
+    label anywhere is found, whatever part of the data is used later.
+    """
+    if tuple(X.shape[1:]) != IMAGE_SIZE:
+        raise DatasetError(
+            f"data file {images} holds images of {'x'.join(map(str, X.shape[1:]))} pixels; "
+            f"Fashion-MNIST images are {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}"
+        )
+    if y.shape[0] != X.shape[0]:
+        raise DatasetError(
+            f"data files {images} and {labels} disagree: {X.shape[0]} images but {y.shape[0]} labels"
+        )
+    bad = (y < 0) | (y >= N_CLASSES)
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0, 0])
+        raise DatasetError(
+            f"data file {labels} has {int(bad.sum())} labels outside [0, {N_CLASSES}), the first "
+            f"at index {first}: {int(y[first])}"
+        )
 
 
 def load_fashion_mnist(root: str | os.PathLike = "./data", download: bool = True) -> Splits:
@@ -66,7 +95,9 @@ def load_fashion_mnist(root: str | os.PathLike = "./data", download: bool = True
     Uses ``torchvision.datasets.FashionMNIST(root, download=download)``: with the four
     IDX files in ``root/FashionMNIST/raw`` it reads them offline; otherwise it
     downloads them when allowed and reachable. Any failure raises ``DatasetError``
-    naming the folder and the expected files.
+    naming the folder and the expected files, or the file at fault: images that are not
+    28x28, image and label counts that disagree, labels outside ``[0, 10)`` anywhere in
+    either label file.
     """
     folder = raw_folder(root)
     present = [folder / name for name in IDX_FILES if (folder / name).exists()]
@@ -87,6 +118,9 @@ def load_fashion_mnist(root: str | os.PathLike = "./data", download: bool = True
         test = FashionMNIST(root=str(root), train=False, download=download)
     except Exception as e:
         raise DatasetError(_missing_message(folder, f"{type(e).__name__}: {e}")) from None
+    for prefix, ds in (("train", train), ("t10k", test)):
+        check_split_files(folder / f"{prefix}-images-idx3-ubyte", folder / f"{prefix}-labels-idx1-ubyte",
+                          ds.data, ds.targets)
     X_train, y_train = _tensors(train)
     X_test, y_test = _tensors(test)
     return Splits(
@@ -125,6 +159,15 @@ def standardizer(X_train: Tensor) -> Tuple[Tensor, Tensor]:
 
 def normalize(train: Tuple[Tensor, Tensor], valid: Tuple[Tensor, Tensor],
               test: Tuple[Tensor, Tensor]) -> Tuple[Split, Split, Split]:
-    """``X <- (X - mean) / scale`` with the training set's statistics (see ``standardizer``)."""
+    """``X <- (X - mean) / scale`` with the training set's statistics (see ``standardizer``).
+
+    Every ``X`` must be finite: one NaN pixel in the training set would make its feature's
+    mean, and so that feature of all three splits, NaN.
+    """
+    for name, (X, _) in (("train", train), ("valid", valid), ("test", test)):
+        if not isinstance(X, Tensor):
+            raise TypeError(f"{name} X must be a torch.Tensor, got {type(X).__name__}")
+        if not bool(torch.isfinite(X).all()):
+            raise ValueError(f"{name} X contains NaN or infinite values; normalize needs finite pixels")
     mean, scale = standardizer(train[0])
     return tuple(Split((X - mean) / scale, y) for X, y in (train, valid, test))

@@ -19,16 +19,38 @@ def global_norm(tensors: Union[Params, Iterable[Tensor]]) -> Tensor:
 def gradient_norm(f: Callable[..., Tensor], *tensors: Tensor) -> Tensor:
     """``||grad f(t_1, ..., t_n)||_2`` over all ``t_i`` together.
 
-    ``f(*tensors)`` must return a 0-dim tensor. Returns a 0-dim tensor.
+    ``f(*tensors)`` must return a 0-dim tensor; every ``t_i`` must be a floating tensor.
+    Returns a 0-dim tensor.
     """
     if not tensors:
         raise ValueError("gradient_norm needs at least one tensor to differentiate with respect to")
-    grads = grad(f, argnums=tuple(range(len(tensors))))(*tensors)
+    for i, t in enumerate(tensors):
+        check_differentiable(f"tensors[{i}]", t)
+
+    def scalar_f(*args: Tensor) -> Tensor:
+        out = f(*args)
+        if not isinstance(out, Tensor) or out.dim() != 0:
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"f must return a 0-dim tensor (a scalar) to have a gradient, got {shape}")
+        return out
+
+    grads = grad(scalar_f, argnums=tuple(range(len(tensors))))(*tensors)
     return global_norm(grads)
+
+
+def check_differentiable(name: str, t: object) -> Tensor:
+    """Raise ``TypeError`` naming ``name`` unless ``t`` is a tensor autodiff can take
+    derivatives with respect to (a floating dtype)."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.dtype.is_floating_point:
+        raise TypeError(f"{name} must have a floating dtype to be differentiated, got {t.dtype}")
+    return t
 
 
 def jacobian_norm(f: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     """Frobenius norm ``||J_f(x)||_F`` of the Jacobian of ``f`` at ``x`` (via ``jacrev``)."""
+    check_differentiable("x", x)
     return torch.linalg.vector_norm(jacrev(f)(x))
 
 

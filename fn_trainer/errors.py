@@ -13,6 +13,18 @@ def check_int(name: str, value: Any) -> int:
     return int(value)
 
 
+SEED_LIMIT = 2**32  # seeds are in [0, 2**32): numpy's legacy seeding accepts no more, and
+# fit's per-epoch generator seed, seed * 1_000_003 + epoch, then stays within int64
+
+
+def check_seed(name: str, value: Any) -> int:
+    """Return ``int(value)`` if it is an integer in ``[0, SEED_LIMIT)``, else raise naming ``name``."""
+    value = check_int(name, value)
+    if not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"{name} must be an integer in [0, 2**32 - 1 = {SEED_LIMIT - 1}], got {value}")
+    return value
+
+
 def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
     """Return ``int(value)`` if it is an integer >= ``minimum``, else raise naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Dict, Iterator, List, Set, Tuple, Union
 
-from .paths import replace_atomically
+from .paths import write_text
 
 PACKAGE = "fn_trainer"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -79,7 +79,7 @@ def export_solution(out_path: Union[str, os.PathLike]) -> Path:
         raise ValueError(f"out_path must name a file, but {str(out)!r} is a folder")
     text = solution_text()
     # Atomic: a failed write never leaves a truncated solution.py in place of the old one.
-    return replace_atomically(out, lambda f: f.write(text.encode("utf-8")))
+    return write_text(out, text)
 
 
 def solution_text() -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .errors import check_positive_int
+
 EPSILON = 1e-9
 
 
@@ -46,5 +48,6 @@ def check_labels(labels: Tensor, n_classes: int, name: str = "labels") -> Tensor
 
 def one_hot(labels: Tensor, n_classes: int) -> Tensor:
     """``(N,)`` integer labels in ``[0, n_classes)`` -> ``(N, n_classes)`` float32 one-hot."""
+    check_positive_int("n_classes", n_classes)
     check_labels(labels, n_classes)
     return torch.nn.functional.one_hot(labels.long(), n_classes).to(torch.float32)

@@ -17,7 +17,7 @@ from torch.func import functional_call
 
 from .cnn_forward import sequential_forward
 from .config import NetworkConfiguration
-from .errors import check_positive_int
+from .errors import check_positive_int, check_seed
 
 Params = Dict[str, Tensor]
 NETWORK_TYPES = ("mlp", "cnn")
@@ -157,10 +157,10 @@ def init_params(module: nn.Module, generator: Union[torch.Generator, int] = 0,
 
     Same distribution as PyTorch's default initialisation: weight and bias both
     ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, ``fan_in = in_features * prod(kernel)``.
-    An int is taken as the seed of a new CPU generator.
+    An int in ``[0, 2**32)`` is taken as the seed of a new CPU generator.
     """
     if not isinstance(generator, torch.Generator):
-        generator = torch.Generator().manual_seed(int(generator))
+        generator = torch.Generator().manual_seed(check_seed("seed", generator))
     params: Params = {}
     for name, p in module.named_parameters():
         owner = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
@@ -199,6 +199,12 @@ class Network:
             raise ValueError(
                 f"x must have shape (N, {', '.join(map(str, self.input_shape))}) for this network "
                 f"(input_shape={self.input_shape}), got {tuple(x.shape)}"
+            )
+        weight = next(iter(params.values()), None) if isinstance(params, dict) else None
+        if not x.dtype.is_floating_point or (weight is not None and x.dtype != weight.dtype):
+            raise TypeError(
+                f"x must have the parameters' floating dtype ({None if weight is None else weight.dtype}), "
+                f"got {x.dtype}"
             )
         if self.network_type == "cnn" and torch.compiler.is_compiling():
             return sequential_forward(self.module, params, x)

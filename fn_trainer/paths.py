@@ -2,11 +2,13 @@
 files replaced atomically."""
 from __future__ import annotations
 
+import errno
+import io
 import os
 import secrets
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable, Union
+from typing import Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -54,33 +56,85 @@ def ensure_writable_dir(path: PathLike) -> Path:
     return folder
 
 
-def replace_atomically(path: PathLike, write: Callable[[BinaryIO], object]) -> Path:
-    """Replace file ``path`` with what ``write(f)`` writes to a binary file ``f``.
+class WriteError(OSError):
+    """A file of the output could not be written; the message names it and, for a full
+    disk, says so. The previous file at that path, if any, is unchanged."""
 
-    The bytes go to a temporary file in the same folder, are flushed to disk, and the
-    file is renamed over ``path`` (``os.replace``): a crash at any moment leaves either
-    the previous file or the new one, never a partial file, and no temporary file is
-    left behind. Returns ``path``.
+
+DISK_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
+
+def write_atomically(path: PathLike, data: bytes) -> Path:
+    """Replace file ``path`` with ``data``; the one way every output file is written.
+
+    The bytes go to a new temporary file in the same folder (``O_EXCL``: never an existing
+    file or link), are flushed to disk, and the temporary file is renamed onto ``path``
+    (``os.replace``). A crash at any moment leaves either the previous file or the new
+    one, never a partial file, and no temporary file is left behind. A symbolic link at
+    ``path`` is replaced by the file, never written through, so nothing lands where the
+    link points. Any ``OSError`` (a full disk above all) becomes a one-line
+    ``WriteError`` naming ``path``. Returns ``path``.
     """
     path = Path(path)
-    folder = ensure_writable_dir(path.parent)
-    # Not mkstemp: its files are private (0600); this one gets the usual umask-based mode.
+    folder = path.parent
     tmp = folder / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        folder.mkdir(parents=True, exist_ok=True)
+        # Not mkstemp: its files are private (0600); this one gets the usual umask-based mode.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as e:
+        raise _write_error(path, e) from None
+    try:
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:  # also KeyboardInterrupt: never leave a stray temp file
+    except BaseException as e:  # also KeyboardInterrupt: never leave a stray temp file
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):
+            raise _write_error(path, e) from None
         raise
     _fsync_dir(folder)
     return path
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte of ``data`` is written (it may write fewer)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _write_error(path: Path, e: OSError) -> WriteError:
+    if e.errno in DISK_FULL:
+        reason = "the disk is full (no space left on device)"
+    else:
+        reason = e.strerror or str(e) or type(e).__name__
+    error = WriteError(f"cannot write {str(path)!r}: {reason}; any earlier version of it is unchanged")
+    error.errno = e.errno  # not .filename: OSError would then print itself as "[Errno ..."
+    error.path = path
+    return error
+
+
+def write_figure(path: PathLike, figure, **savefig_kwargs) -> Path:
+    """Render matplotlib ``figure`` to PNG in memory, then ``write_atomically`` to ``path``.
+
+    Rendering first means a failed or interrupted render never touches ``path``, and
+    ``savefig`` never opens ``path`` itself (which would follow a link there).
+    """
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", **savefig_kwargs)
+    return write_atomically(path, buffer.getvalue())
+
+
+def write_text(path: PathLike, text: str) -> Path:
+    """``write_atomically`` of ``text`` as UTF-8."""
+    return write_atomically(path, text.encode("utf-8"))
 
 
 def _fsync_dir(folder: Path) -> None:

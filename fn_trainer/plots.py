@@ -12,6 +12,8 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .paths import write_figure  # noqa: E402
+
 FIGSIZE = (7.5, 4.8)
 DPI = 120
 
@@ -97,7 +99,7 @@ def plot_map(array: np.ndarray, path: Path, *, title: str, colorbar_label: str,
 def _save(fig, path: Path) -> Path:
     path = Path(path)
     try:
-        fig.savefig(path, format="png", bbox_inches="tight")
+        write_figure(path, fig, bbox_inches="tight")
     finally:
         plt.close(fig)
     return path

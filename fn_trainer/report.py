@@ -1,15 +1,25 @@
 """``report.md``: one section per experiment, each kept in ``<out>/<experiment>/section.md``
-so that rerunning one experiment rewrites its section and keeps the others."""
+so that rerunning one experiment rewrites its section and keeps the others.
+
+Processes that write into the same output folder at once take turns: a section and the
+``report.md`` rebuilt from it are written under an exclusive lock (``fcntl.flock`` on
+``<out>/.report.lock``), so no process rebuilds the report from a listing that misses
+a section another process has just written.
+"""
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .paths import replace_atomically, safe_path
+from .paths import safe_path, write_text
 
 ORDER = ("equivariance", "lr-sweep", "depth", "cnn", "cnn-shapes")
 SECTION_FILE = "section.md"
 REPORT_FILE = "report.md"
+LOCK_FILE = ".report.lock"
 TITLE = "# Fashion-MNIST experiments (homework 3, section 2)"
 
 
@@ -28,13 +38,38 @@ def image(experiment: str, filename: str, alt: str) -> str:
 def write_section(out: Path, experiment: str, markdown: str) -> Path:
     """Store ``markdown`` as ``experiment``'s section, rebuild ``report.md``, return its path."""
     folder = safe_path(out, experiment)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(folder / SECTION_FILE, markdown.rstrip() + "\n")
-    return assemble(out)
+    with report_lock(out):
+        write_text(folder / SECTION_FILE, markdown.rstrip() + "\n")
+        return _assemble(out)
 
 
 def assemble(out: Path) -> Path:
     """Write ``<out>/report.md`` from the sections present, in question order."""
+    with report_lock(out):
+        return _assemble(out)
+
+
+@contextlib.contextmanager
+def report_lock(out: Path):
+    """Hold the exclusive lock on ``out``'s report (blocking until other processes release it).
+
+    ``O_NOFOLLOW``: a link planted at the lock file's name is refused rather than followed,
+    so the lock never creates a file outside ``out``.
+    """
+    path = Path(out) / LOCK_FILE
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except OSError as e:
+        raise OSError(f"cannot open the report lock {str(path)!r}: {e.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _assemble(out: Path) -> Path:
     out = Path(out)
     parts = [TITLE, "",
              "Measured results only; every section names the command that produced it. "
@@ -44,11 +79,5 @@ def assemble(out: Path) -> Path:
         if section.exists():
             parts += ["", section.read_text(encoding="utf-8").rstrip()]
     path = out / REPORT_FILE
-    write_text_atomic(path, "\n".join(parts) + "\n")
+    write_text(path, "\n".join(parts) + "\n")
     return path
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` (UTF-8) atomically: readers, and a crash, see the old
-    file or the new one."""
-    replace_atomically(path, lambda f: f.write(text.encode("utf-8")))

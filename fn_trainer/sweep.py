@@ -19,12 +19,13 @@ from torch.utils._pytree import tree_map
 from tqdm.auto import tqdm
 
 from .compiled import compile_step
-from .errors import check_int, check_positive_float, check_positive_int
+from .errors import check_positive_float, check_positive_int, check_seed
 from .losses import accuracy, cross_entropy
 from .networks import Network
 from .optim import adam
 from .step import make_step
-from .train import LOG_KEYS, N_TRAIN_EVAL, FitResult, check_split, divergence_message, epoch_order
+from .train import (LOG_KEYS, N_TRAIN_EVAL, FitResult, check_split, divergence_message, epoch_order,
+                    params_dtype)
 
 Params = Dict[str, Tensor]
 Split = Tuple[Tensor, Tensor]
@@ -55,14 +56,15 @@ def finite_per_model(tree: Any, n_models: int) -> Tensor:
     return ok
 
 
-def _per_model_splits(name: str, data: Any, n_models: int, n_classes: int) -> Tuple[List[Split], List[int]]:
+def _per_model_splits(name: str, data: Any, n_models: int, n_classes: int,
+                      dtype: torch.dtype) -> Tuple[List[Split], List[int]]:
     """Distinct checked ``(X, one-hot targets)`` pairs and, per model, the index of its pair.
 
     ``data`` is one ``(X, y)`` shared by all models or a sequence of ``n_models`` pairs;
     a pair given several times (the same tensors) is stored once.
     """
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor):
-        return [check_split(name, data, n_classes)], [0] * n_models
+        return [check_split(name, data, n_classes, dtype)], [0] * n_models
     if not isinstance(data, (tuple, list)) or len(data) != n_models:
         raise ValueError(
             f"{name} must be one (X, y) pair or a list of {n_models} pairs (one per learning rate), "
@@ -72,7 +74,7 @@ def _per_model_splits(name: str, data: Any, n_models: int, n_classes: int) -> Tu
     splits: List[Split] = []
     which: List[int] = []
     for k, pair in enumerate(data):
-        checked = check_split(f"{name}[{k}]", pair, n_classes)
+        checked = check_split(f"{name}[{k}]", pair, n_classes, dtype)
         key = (id(pair[0]), id(pair[1]))
         if key not in distinct:
             distinct[key] = len(splits)
@@ -163,19 +165,20 @@ def fit_sweep(network: Network, lrs: Sequence[float], train: Any, valid: Any, *,
     check_positive_int("epochs", epochs, minimum=0)
     check_positive_int("batch_size", batch_size)
     check_positive_int("n_classes", n_classes)
-    check_int("seed", seed)
+    check_seed("seed", seed)
     if not isinstance(network, Network):
         raise TypeError(f"network must be a Network (from build_network), got {type(network).__name__}")
     if isinstance(lrs, (str, bytes)) or not isinstance(lrs, Sequence) or not lrs:
         raise ValueError(f"lrs must be a non-empty sequence of learning rates, got {lrs!r}")
     lrs = [check_positive_float(f"lrs[{i}]", lr) for i, lr in enumerate(lrs)]
     K = len(lrs)
-    train_data = SweepData(*_per_model_splits("train", train, K, n_classes))
-    valid_data = SweepData(*_per_model_splits("valid", valid, K, n_classes))
+    params, state = init_sweep(network, lrs, seed)
+    dtype = params_dtype(params)
+    train_data = SweepData(*_per_model_splits("train", train, K, n_classes, dtype))
+    valid_data = SweepData(*_per_model_splits("valid", valid, K, n_classes, dtype))
     if train_data.X.shape[-3:] != valid_data.X.shape[-3:]:
         raise ValueError("train X and valid X must have the same sample shape")
 
-    params, state = init_sweep(network, lrs, seed)
     step = make_sweep_step(network, train_data.in_dims, compile=compile)
     evaluate = make_sweep_evaluate(network)
     n, n_batches = train_data.n, math.ceil(train_data.n / batch_size)

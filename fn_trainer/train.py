@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import (CheckpointError, load_checkpoint, restore_like, rng_states, save_checkpoint,
                          set_rng_states, to_plain)
-from .errors import check_int, check_positive_int
+from .errors import check_positive_int, check_seed
 from .losses import accuracy, check_labels, cross_entropy, one_hot
 from .paths import PathLike, ensure_writable_dir
 from .step import Apply, Loss, Params, Step
@@ -83,13 +83,28 @@ def epoch_order(n: int, epoch: int, shuffle: bool, seed: int) -> Optional[Tensor
     return torch.randperm(n, generator=g)
 
 
-def check_split(name: str, split: Any, n_classes: int, finite: bool = True) -> Tuple[Tensor, Tensor]:
+def params_dtype(params: Any) -> torch.dtype:
+    """The one floating dtype of every tensor in ``params`` (a dict), else ``TypeError``."""
+    if not isinstance(params, dict) or not params:
+        raise TypeError(f"params must be a non-empty dict of tensors, got {type(params).__name__}")
+    dtypes = {v.dtype for v in params.values() if isinstance(v, Tensor)}
+    if len(dtypes) != 1 or len(params) != sum(isinstance(v, Tensor) for v in params.values()):
+        raise TypeError(f"params must be tensors of one floating dtype, got dtypes {sorted(map(str, dtypes))}")
+    (dtype,) = dtypes
+    if not dtype.is_floating_point:
+        raise TypeError(f"params must have a floating dtype, got {dtype}")
+    return dtype
+
+
+def check_split(name: str, split: Any, n_classes: int,
+                dtype: Optional[torch.dtype] = None, finite: bool = True) -> Tuple[Tensor, Tensor]:
     """Return ``(X, targets)`` for a split ``(X, y)``, or raise naming ``name``.
 
-    ``X``: a non-empty floating tensor ``(N, ...)`` with finite values; ``y``: ``(N,)``
-    integer labels in ``[0, n_classes)`` or ``(N, n_classes)`` targets. ``finite=False``
-    skips the scans for NaN and infinity (a pass over ``X``), for callers that check
-    a result instead.
+    ``X``: a non-empty floating tensor ``(N, ...)`` with finite values, returned cast to
+    ``dtype`` if given (the parameters' dtype: float64 data trains a float32 network in
+    float32, and a float64 network in float64); ``y``: ``(N,)`` integer labels in
+    ``[0, n_classes)`` or ``(N, n_classes)`` targets. ``finite=False`` skips the scans
+    for NaN and infinity (a pass over ``X``), for callers that check a result instead.
     """
     if not isinstance(split, (tuple, list)) or len(split) != 2:
         raise TypeError(f"{name} must be a pair (X, y) of tensors, got {type(split).__name__}")
@@ -107,6 +122,10 @@ def check_split(name: str, split: Any, n_classes: int, finite: bool = True) -> T
         )
     if finite and not bool(torch.isfinite(X).all()):
         raise ValueError(f"{name} X contains NaN or infinite values")
+    if dtype is not None:
+        X = X.to(dtype)
+        if not bool(torch.isfinite(X).all()):  # float64 values beyond float32's range
+            raise ValueError(f"{name} X has values too large for the parameters' dtype {dtype}")
     if y.dim() == 1:
         return X, one_hot(check_labels(y, n_classes, f"{name} y"), n_classes)
     if y.dim() != 2 or y.shape[1] != n_classes or not y.dtype.is_floating_point:
@@ -154,9 +173,10 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
     check_positive_int("epochs", epochs, minimum=0)
     check_positive_int("batch_size", batch_size)
     check_positive_int("n_classes", n_classes)
-    check_int("seed", seed)
-    X_train, T_train = check_split("train", train, n_classes)
-    X_valid, T_valid = check_split("valid", valid, n_classes)
+    check_seed("seed", seed)
+    dtype = params_dtype(params)
+    X_train, T_train = check_split("train", train, n_classes, dtype)
+    X_valid, T_valid = check_split("valid", valid, n_classes, dtype)
     if X_train.shape[1:] != X_valid.shape[1:]:
         raise ValueError(
             f"train X and valid X must have the same sample shape, got {tuple(X_train.shape[1:])} "
@@ -307,19 +327,71 @@ def _resume(path: Path, params: Params, opt_state: object, settings: Dict[str, A
                 f"this run's are {expected!r}"
             )
     try:
-        epoch, batch, logs = int(data["epoch"]), int(data["batch"]), data["logs"]
+        epoch, batch, logs = data["epoch"], data["batch"], data["logs"]
         last = data["last_grad_norm"]
         rng = data["rng"]
         restored_params = restore_like(params, data["params"], "params")
         restored_state = restore_like(opt_state, data["opt_state"], "opt_state")
-    except (KeyError, TypeError) as e:
-        raise CheckpointError(f"checkpoint {str(path)!r} is incomplete: {e!r}") from None
-    if set(logs) != set(LOG_KEYS) or not 0 <= batch <= n_batches:
-        raise CheckpointError(f"checkpoint {str(path)!r} has malformed logs or position")
+    except KeyError as e:
+        raise CheckpointError(f"checkpoint {str(path)!r} is incomplete: it has no {e}") from None
+    except CheckpointError as e:
+        raise CheckpointError(f"checkpoint {str(path)!r} does not fit this run: {e}") from None
+    problem = _position_problem(epoch, batch, logs, last, n_batches)
+    if problem is None:
+        problem = _hyperparameter_problem(restored_state, opt_state)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {str(path)!r} is inconsistent: {problem}")
     if epoch > epochs or (epoch == epochs and batch > 0):
         raise CheckpointError(
             f"checkpoint {str(path)!r} is already past epochs={epochs} (epoch {epoch}, step {batch})"
         )
-    set_rng_states(rng)
-    return Progress(restored_params, restored_state, {k: list(logs[k]) for k in LOG_KEYS}, epoch,
-                    batch, None if last is None else torch.tensor(last))
+    try:
+        set_rng_states(rng)
+    except (CheckpointError, AttributeError, KeyError, TypeError, ValueError, RuntimeError, OverflowError) as e:
+        raise CheckpointError(f"checkpoint {str(path)!r} holds unusable random generator states: {e}") from None
+    return Progress(restored_params, restored_state, {k: [float(v) for v in logs[k]] for k in LOG_KEYS}, epoch,
+                    batch, None if last is None else torch.tensor(float(last)))
+
+
+def _position_problem(epoch: Any, batch: Any, logs: Any, last: Any, n_batches: int) -> Optional[str]:
+    """What is wrong with a checkpoint's position and logs, or ``None``.
+
+    After ``epoch`` completed epochs the metric logs hold ``epoch + 1`` numbers (one
+    before training) and ``train_gradient_norm`` holds ``epoch``; ``0 <= batch <= n_batches``.
+    """
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if not is_int(epoch) or epoch < 0:
+        return f"epoch must be an integer >= 0, found {epoch!r}"
+    if not is_int(batch) or not 0 <= batch <= n_batches:
+        return f"step within the epoch must be an integer in [0, {n_batches}], found {batch!r}"
+    if not isinstance(logs, dict) or set(logs) != set(LOG_KEYS):
+        found = sorted(logs) if isinstance(logs, dict) else type(logs).__name__
+        return f"logs must have the keys {sorted(LOG_KEYS)}, found {found}"
+    for key, values in logs.items():
+        expected = epoch if key == "train_gradient_norm" else epoch + 1
+        if not isinstance(values, list) or len(values) != expected or not all(map(is_number, values)):
+            return (f"logs[{key!r}] must be a list of {expected} numbers after {epoch} epochs, found "
+                    f"{len(values) if isinstance(values, list) else type(values).__name__}"
+                    + ("" if not isinstance(values, list) or len(values) != expected else " with non-numbers"))
+    if last is not None and not is_number(last):
+        return f"last_grad_norm must be a number or None, found {last!r}"
+    return None
+
+
+def _hyperparameter_problem(stored: object, given: object) -> Optional[str]:
+    """Which hyper-parameter of a checkpoint's optimizer state differs from this run's
+    (the 0-dim floating tensors among the state's fields, e.g. Adam's lr, b1, b2, eps)."""
+    if not (isinstance(given, tuple) and hasattr(given, "_fields")):
+        return None
+    for field in given._fields:
+        mine, theirs = getattr(given, field), getattr(stored, field)
+        if (isinstance(mine, Tensor) and mine.dim() == 0 and mine.is_floating_point()
+                and not torch.equal(mine.cpu(), theirs.cpu())):
+            return (f"its optimizer state has {field}={float(theirs)!r}, this run's optimizer has "
+                    f"{field}={float(mine)!r}")
+    return None

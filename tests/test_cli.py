@@ -189,14 +189,29 @@ def test_diverged_runs_are_reported_as_such(small_data_root, tmp_path, capsys):
     (["cnn", "--lr", "nan"], "--lr"),
     (["lr-sweep", "--lrs", "0.1", "inf"], "--lrs"),
     (["depth", "--seed", "-4"], "--seed"),
+    (["depth", "--seed", str(2**32)], "--seed must be an integer in [0, 2**32 - 1 = 4294967295]"),
+    (["equivariance", "--seed", "18446744073709551616"], "--seed must be an integer in [0, 2**32 - 1"),
     (["depth", "--device", "no-such-device"], "--device"),
+    (["depth", "--device", "meta"], "--device must be 'cpu' or 'cuda'"),
+    (["cnn", "--device", "mps"], "--device must be 'cpu' or 'cuda'"),
+    (["cnn", "--device", "cuda:99"], "--device 'cuda:99'"),
     (["lr-sweep", "--threads", "0"], "--threads"),
+    (["lr-sweep", "--threads", "40000"], f"--threads must be between 1 and {os.cpu_count()} (this machine's CPU count)"),
+    (["depth", "--threads", str(os.cpu_count() + 1)], "--threads must be between 1 and"),
 ])
 def test_bad_option_values_fail_with_one_line(args, option, small_data_root, tmp_path, capsys):
     rc, out, err = run_cli([*args, "--data", small_data_root, "--out", tmp_path], capsys)
     assert rc == 2
     assert err.count("\n") == 1 and err.startswith(f"fn-trainer: error: {option}")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("out", ["", "  "])
+def test_an_empty_out_is_refused_and_nothing_is_written(out, small_data_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = run_cli(["equivariance", "--data", small_data_root, "--out", out], capsys)
+    assert rc == 2 and err == "fn-trainer: error: --out must name a folder, got an empty string\n"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unwritable_out_fails_with_one_line(small_data_root, tmp_path, capsys):

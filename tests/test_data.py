@@ -99,3 +99,86 @@ def test_normalize_keeps_labels():
     y = torch.arange(3)
     X = torch.randn(3, 2)
     assert all(s[1] is y for s in normalize((X, y), (X, y), (X, y)))
+
+
+# --- whole files validated on load, the file named ------------------------------------------
+
+def _rewrite(root, name, array):
+    from fakedata import _write_idx
+
+    _write_idx(raw_folder(root) / name, np.asarray(array))
+
+
+def _read_idx(path):
+    data = path.read_bytes()
+    ndim = data[3]
+    dims = np.frombuffer(data[4:4 + 4 * ndim], dtype=">u4")
+    return np.frombuffer(data[4 + 4 * ndim:], dtype=np.uint8).reshape(dims)
+
+
+@pytest.fixture
+def data_copy(tmp_path, fake_data_root):
+    root = tmp_path / "copy"
+    shutil.copytree(fake_data_root, root)
+    return root
+
+
+@pytest.mark.parametrize("name, index, value", [
+    ("train-labels-idx1-ubyte", 299, 10),     # the last training label
+    ("train-labels-idx1-ubyte", 0, 255),
+    ("t10k-labels-idx1-ubyte", 5, 10),        # in the validation part
+    ("t10k-labels-idx1-ubyte", 2099, 17),     # in the test part, never used for training
+])
+def test_a_label_out_of_range_anywhere_names_the_file_and_index(data_copy, name, index, value):
+    labels = _read_idx(raw_folder(data_copy) / name).copy()
+    labels[index] = value
+    _rewrite(data_copy, name, labels)
+    with pytest.raises(DatasetError, match=f"{name} has 1 labels outside \\[0, 10\\), the first at index "
+                                           f"{index}: {value}"):
+        load_fashion_mnist(data_copy, download=False)
+
+
+@pytest.mark.parametrize("prefix", ["train", "t10k"])
+@pytest.mark.parametrize("size", [(56, 14), (14, 56), (27, 29)])
+def test_images_that_are_not_28x28_name_the_file(data_copy, prefix, size):
+    name = f"{prefix}-images-idx3-ubyte"
+    images = _read_idx(raw_folder(data_copy) / name)
+    n = images.size // (size[0] * size[1])
+    _rewrite(data_copy, name, images.reshape(-1)[:n * size[0] * size[1]].reshape(n, *size))
+    with pytest.raises(DatasetError, match=f"{name} holds images of {size[0]}x{size[1]} pixels"):
+        load_fashion_mnist(data_copy, download=False)
+
+
+@pytest.mark.parametrize("prefix, images_delta, labels_delta", [
+    ("train", 0, -1), ("train", -5, 0), ("t10k", 0, 3), ("t10k", -100, 0)])
+def test_image_and_label_counts_that_disagree_name_both_files(data_copy, prefix, images_delta, labels_delta):
+    raw = raw_folder(data_copy)
+    images = _read_idx(raw / f"{prefix}-images-idx3-ubyte")
+    labels = _read_idx(raw / f"{prefix}-labels-idx1-ubyte")
+    images = images[:len(images) + images_delta]
+    labels = np.concatenate([labels, labels[:labels_delta]]) if labels_delta > 0 else labels[:len(labels) + labels_delta]
+    _rewrite(data_copy, f"{prefix}-images-idx3-ubyte", images)
+    _rewrite(data_copy, f"{prefix}-labels-idx1-ubyte", labels)
+    with pytest.raises(DatasetError, match=f"{prefix}-images-idx3-ubyte and .*{prefix}-labels-idx1-ubyte "
+                                           f"disagree: {len(images)} images but {len(labels)} labels"):
+        load_fashion_mnist(data_copy, download=False)
+
+
+@pytest.mark.parametrize("fault", ["label after the limit", "test label", "counts"])
+def test_the_command_line_checks_whole_files_whatever_the_limit(data_copy, tmp_path, capsys, fault):
+    from fn_trainer import cli
+
+    raw = raw_folder(data_copy)
+    if fault == "counts":
+        _rewrite(data_copy, "train-labels-idx1-ubyte", _read_idx(raw / "train-labels-idx1-ubyte")[:-1])
+    else:
+        name = "train-labels-idx1-ubyte" if fault == "label after the limit" else "t10k-labels-idx1-ubyte"
+        labels = _read_idx(raw / name).copy()
+        labels[200] = 10
+        _rewrite(data_copy, name, labels)
+    rc = cli.main(["depth", "--data", str(data_copy), "--out", str(tmp_path / "out"), "--limit", "16",
+                   "--epochs", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and err.startswith("fn-trainer: error: data file")
+    assert "-labels-idx1-ubyte" in err
+    assert not (tmp_path / "out" / "runs").exists() or not any((tmp_path / "out" / "runs").iterdir())

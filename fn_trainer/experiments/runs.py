@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +25,10 @@ from ..config import NetworkConfiguration
 from ..data import Split, Splits, load_fashion_mnist, normalize
 from ..networks import build_network
 from ..optim import adam
-from ..paths import safe_path
-from ..report import markdown_table, write_text_atomic
+from ..paths import safe_path, write_text
+from ..report import markdown_table
 from ..step import make_step
-from ..train import FitResult, fit, make_evaluate
+from ..train import LOG_KEYS, FitResult, fit, make_evaluate
 
 RUNS_DIR = "runs"
 N_CLASSES = 10
@@ -138,6 +139,52 @@ class RunRecord:
                    data["diverged"], data["wall_time_s"], data.get("trainer", "fit"), path)
 
 
+SPEC_TYPES = {"name": str, "label": str, "network_type": str, "config": dict, "lr": (int, float),
+              "normalization": bool, "batch_size": int, "epochs": int, "seed": int}
+RECORD_TYPES = {"spec": dict, "config_hash": str, "n_params": int, "logs": dict, "diverged": (str, type(None)),
+                "wall_time_s": (int, float), "trainer": str}
+
+
+def _typed(value: Any, types: Any) -> bool:
+    # JSON has no int/bool distinction in Python's eyes: True is an int, and no count is True.
+    return isinstance(value, types) and (types is bool or not isinstance(value, bool))
+
+
+def record_problem(data: Any) -> Optional[str]:
+    """What makes ``data`` an invalid stored run record, or ``None``.
+
+    Checked: the fields and their types; a configuration of lists of integers; logs with
+    exactly ``LOG_KEYS``, numbers or ``None`` (non-finite), ``epochs + 1`` metric entries
+    (fewer after a divergence) and one gradient norm fewer.
+    """
+    if not isinstance(data, dict):
+        return f"it holds a JSON {type(data).__name__}, not an object"
+    for fields, where in ((RECORD_TYPES, data), (SPEC_TYPES, data.get("spec"))):
+        if not isinstance(where, dict):
+            return "its spec is not an object"
+        for key, types in fields.items():
+            if key not in where and not (key == "trainer" and where is data):
+                return f"it has no {key!r}"
+            if key in where and not _typed(where[key], types):
+                return f"its {key!r} is {where[key]!r}, of the wrong type"
+    spec, logs = data["spec"], data["logs"]
+    if set(spec["config"]) != set(NetworkConfiguration._fields) or not all(
+            isinstance(v, list) and all(_typed(i, int) for i in v) for v in spec["config"].values()):
+        return f"its spec's config is not a network configuration: {spec['config']!r}"
+    if set(logs) != set(LOG_KEYS):
+        return f"its logs have the keys {sorted(logs)}, expected {sorted(LOG_KEYS)}"
+    for key, values in logs.items():
+        if not isinstance(values, list) or not all(v is None or _typed(v, (int, float)) for v in values):
+            return f"its logs[{key!r}] is not a list of numbers"
+    n = len(logs["validation_accuracy"])
+    epochs = spec["epochs"]
+    complete = n == epochs + 1 or (data["diverged"] is not None and 1 <= n <= epochs + 1)
+    if not complete or any(len(v) != (n - 1 if k == "train_gradient_norm" else n) for k, v in logs.items()):
+        return (f"its logs have {sorted((k, len(v)) for k, v in logs.items())} entries, expected "
+                f"{epochs + 1} per metric and {epochs} gradient norms for {epochs} epochs")
+    return None
+
+
 def finite_logs(logs: Dict[str, Sequence[float]]) -> Dict[str, List[Optional[float]]]:
     """Logs with NaN/inf replaced by ``None`` (JSON has no NaN)."""
     return {k: [float(v) if math.isfinite(v) else None for v in vs] for k, vs in logs.items()}
@@ -145,16 +192,18 @@ def finite_logs(logs: Dict[str, Sequence[float]]) -> Dict[str, List[Optional[flo
 
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` to ``path`` atomically (strict JSON: no NaN)."""
-    write_text_atomic(path, json.dumps(data, indent=1, allow_nan=False))
+    write_text(path, json.dumps(data, indent=1, allow_nan=False))
 
 
 class Context:
     """Settings plus the data, loaded once and shared by every run of a command."""
 
-    def __init__(self, settings: Settings, echo: Optional[Callable[[str], None]] = None):
+    def __init__(self, settings: Settings, echo: Optional[Callable[[str], None]] = None,
+                 warn: Optional[Callable[[str], None]] = None):
         self.settings = settings
         # Flushed at once: a run's summary line must reach a log file as the run ends.
         self.echo = echo or (lambda line: print(line, flush=True))
+        self.warn = warn or (lambda line: print(f"warning: {line}", file=sys.stderr, flush=True))
         self._splits: Optional[Splits] = None
         self._prepared: Dict[bool, Tuple[Split, Split]] = {}
         self._fingerprint: Optional[str] = None
@@ -211,11 +260,21 @@ class Context:
         return safe_path(self.folder(RUNS_DIR), f"{spec.name}-{spec.config_hash(self.fingerprint)}.checkpoint.pt")
 
 
-def load_record(path: Path) -> Optional[RunRecord]:
-    """The stored record at ``path``, or ``None`` if absent or unreadable (then it is rerun)."""
+def load_record(path: Path, warn: Optional[Callable[[str], None]] = None) -> Optional[RunRecord]:
+    """The stored record at ``path``, or ``None`` if it is absent, unreadable or invalid
+    (then the run is trained again); ``warn`` is told why a present file was ignored."""
     try:
-        return RunRecord.from_json(json.loads(path.read_text()), path)
-    except (OSError, ValueError, KeyError, TypeError):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        problem = record_problem(data)
+        if problem is not None:
+            raise ValueError(problem)
+        return RunRecord.from_json(data, path)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        if warn is not None:
+            reason = " ".join(str(e).split()) or type(e).__name__
+            warn(f"ignoring the run record {path}: {reason}; it is trained again")
         return None
 
 
@@ -242,7 +301,7 @@ def execute(ctx: Context, specs: Sequence[RunSpec],
     records: Dict[int, RunRecord] = {}
     pending: List[int] = []
     for i, spec in enumerate(specs):
-        stored = None if ctx.settings.force else load_record(ctx.result_path(spec))
+        stored = None if ctx.settings.force else load_record(ctx.result_path(spec), ctx.warn)
         if stored is not None and stored.config_hash == spec.config_hash(ctx.fingerprint):
             stored.spec = spec  # the label may have been reworded since
             records[i] = stored

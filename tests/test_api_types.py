@@ -1,0 +1,168 @@
+"""The Python API on unusual types and values: float64 training is supported; NaN pixels,
+integer tensors, non-scalar functions, empty class sets and out-of-range seeds are refused
+with a ValueError/TypeError naming the argument."""
+import math
+
+import pytest
+import torch
+
+import fn_trainer as ft
+from fn_trainer.data import normalize
+
+SHAPE = (1, 6, 6)
+
+
+def problem(dtype=torch.float32, n=48):
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(n, *SHAPE, generator=g, dtype=torch.float64).to(dtype)
+    y = torch.randint(0, 10, (n,), generator=g)
+    return (X, y), (X[:12], y[:12])
+
+
+def train(params, data_dtype=torch.float32, **kw):
+    net = ft.build_network("mlp", ft.NetworkConfiguration(dense_hiddens=(8,)), input_shape=SHAPE)
+    opt = ft.adam(1e-2)
+    params = net.init(0) if params is None else params
+    tr, va = problem(data_dtype)
+    return ft.fit(ft.make_step(net.apply, opt), ft.make_evaluate(net.apply), params, opt.init(params),
+                  tr, va, epochs=2, batch_size=16, progress=False, **kw)
+
+
+def net8():
+    return ft.build_network("mlp", ft.NetworkConfiguration(dense_hiddens=(8,)), input_shape=SHAPE)
+
+
+# --- float64 ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("data_dtype", [torch.float64, torch.float16])
+def test_float32_network_trains_on_other_float_data_as_on_its_float32_copy(data_dtype):
+    params = net8().init(0)
+    other = train(params, data_dtype)
+    tr, va = problem(data_dtype)
+    net, opt = net8(), ft.adam(1e-2)
+    same = ft.fit(ft.make_step(net.apply, opt), ft.make_evaluate(net.apply), params, opt.init(params),
+                  (tr[0].float(), tr[1]), (va[0].float(), va[1]), epochs=2, batch_size=16, progress=False)
+    assert other.logs == same.logs
+    assert all(torch.equal(other.params[k], same.params[k]) for k in params)
+
+
+@pytest.mark.parametrize("data_dtype", [torch.float32, torch.float64])
+def test_float64_network_trains_in_float64(data_dtype):
+    params64 = net8().init(0, dtype=torch.float64)
+    result = train(params64, data_dtype)
+    assert {v.dtype for v in result.params.values()} == {torch.float64}
+    assert {v.dtype for v in result.opt_state.mu.values()} == {torch.float64}
+    # the same run in float32 from the same (rounded) start agrees to float32 rounding
+    single = train({k: v.float() for k, v in params64.items()}, data_dtype)
+    for k in params64:
+        assert torch.allclose(result.params[k].float(), single.params[k], rtol=0, atol=1e-5)
+    assert not torch.equal(result.params["1.weight"].float(), single.params["1.weight"])
+    assert result.logs["validation_loss"][-1] < result.logs["validation_loss"][0]
+
+
+def test_fit_sweep_trains_float64_data():
+    tr, va = problem(torch.float64)
+    swept = ft.fit_sweep(net8(), [1e-2], tr, va, epochs=1, batch_size=16, progress=False)
+    single = ft.fit_sweep(net8(), [1e-2], (tr[0].float(), tr[1]), (va[0].float(), va[1]), epochs=1,
+                          batch_size=16, progress=False)
+    assert swept[0].logs == single[0].logs
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"1.weight": torch.zeros(8, 36), "1.bias": torch.zeros(8, dtype=torch.float64)}, "one floating dtype"),
+    ({"1.weight": torch.zeros(8, 36, dtype=torch.int64)}, "floating dtype, got torch.int64"),
+    ({}, "non-empty dict"),
+])
+def test_fit_names_params_of_mixed_or_integer_dtypes(params, match):
+    with pytest.raises(TypeError, match=f"params must .*{match}"):
+        train(params)
+
+
+def test_float64_data_beyond_float32_range_is_named():
+    tr, va = problem(torch.float64)
+    tr[0][3, 0, 0, 0] = 1e300
+    net, opt = net8(), ft.adam(1e-2)
+    params = net.init(0)
+    with pytest.raises(ValueError, match="train X has values too large for the parameters' dtype"):
+        ft.fit(ft.make_step(net.apply, opt), ft.make_evaluate(net.apply), params, opt.init(params), tr, va,
+               epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float64, torch.int64, torch.uint8])
+def test_apply_names_x_of_another_dtype_than_the_parameters(x_dtype):
+    net = net8()
+    with pytest.raises(TypeError, match=f"x must have the parameters' floating dtype \\(torch.float32\\), "
+                                        f"got {x_dtype}"):
+        net.apply(net.init(0), torch.zeros(2, *SHAPE, dtype=x_dtype))
+
+
+# --- normalize -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("where", ["train", "valid", "test"])
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_normalize_names_the_split_with_a_non_finite_pixel(where, value):
+    splits = {name: (torch.rand(5, 3), torch.zeros(5, dtype=torch.long)) for name in ("train", "valid", "test")}
+    splits[where][0][2, 1] = value
+    with pytest.raises(ValueError, match=f"^{where} X contains NaN or infinite values"):
+        normalize(splits["train"], splits["valid"], splits["test"])
+
+
+# --- diagnostics -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("f, got", [
+    (lambda a: a * 2, r"\(3,\)"),
+    (lambda a: a.reshape(3, 1) @ a.reshape(1, 3), r"\(3, 3\)"),
+    (lambda a: (a.sum(), a.sum()), "tuple"),
+])
+def test_gradient_norm_names_a_function_that_is_not_scalar(f, got):
+    with pytest.raises(ValueError, match=f"f must return a 0-dim tensor .*got {got}"):
+        ft.gradient_norm(f, torch.ones(3))
+
+
+@pytest.mark.parametrize("tensors, name, kind", [
+    ((torch.ones(3, dtype=torch.long),), "tensors\\[0\\]", "floating dtype"),
+    ((torch.ones(3), torch.ones(3, dtype=torch.int32)), "tensors\\[1\\]", "floating dtype"),
+    ((torch.ones(3), [1.0, 2.0, 3.0]), "tensors\\[1\\]", "torch.Tensor"),
+])
+def test_gradient_norm_names_tensors_it_cannot_differentiate(tensors, name, kind):
+    with pytest.raises(TypeError, match=f"{name} must .*{kind}"):
+        ft.gradient_norm(lambda *ts: sum(t.sum() for t in ts), *tensors)
+
+
+@pytest.mark.parametrize("x", [torch.ones(3, dtype=torch.long), torch.ones(3, dtype=torch.bool)])
+def test_jacobian_norm_names_an_integer_x(x):
+    with pytest.raises(TypeError, match="x must have a floating dtype"):
+        ft.jacobian_norm(torch.tanh, x)
+
+
+# --- one_hot ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("labels, n_classes, kind, match", [
+    (torch.tensor([], dtype=torch.long), 0, ValueError, "n_classes must be an int >= 1, got 0"),
+    (torch.tensor([0, 1]), -2, ValueError, "n_classes must be an int >= 1, got -2"),
+    (torch.tensor([0, 1]), 2.0, TypeError, "n_classes must be an int"),
+    (torch.tensor([0, 1]), True, TypeError, "n_classes must be an int"),
+    (torch.tensor([[0, 1]]), 2, ValueError, "labels must be 1-D"),
+    (torch.tensor([0.0, 1.0]), 2, ValueError, "labels must have an integer dtype"),
+])
+def test_one_hot_names_the_bad_argument(labels, n_classes, kind, match):
+    with pytest.raises(kind, match=match):
+        ft.one_hot(labels, n_classes)
+
+
+def test_one_hot_of_no_labels_is_an_empty_matrix():
+    assert ft.one_hot(torch.tensor([], dtype=torch.long), 4).shape == (0, 4)
+
+
+# --- seeds -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 2**64])
+def test_seeds_outside_0_to_2_32_are_named(seed):
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*32 - 1"):
+        train(None, seed=seed)
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*32 - 1"):
+        net8().init(seed)
+
+
+def test_the_largest_seed_trains():
+    assert train(None, seed=2**32 - 1, shuffle=True).diverged is None

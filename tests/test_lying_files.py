@@ -1,0 +1,118 @@
+"""Files that load but lie: hand-edited checkpoints are refused naming the file and what is
+wrong; an invalid stored run record is ignored with a warning and the run retrained."""
+import json
+
+import pytest
+import torch
+
+from fn_trainer import NetworkConfiguration, adam, build_network, make_evaluate, make_step
+from fn_trainer import cli
+from fn_trainer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fn_trainer.train import fit
+
+SHAPE = (1, 6, 6)
+
+
+def run(path, lr=1e-2, epochs=2, resume=False):
+    net = build_network("mlp", NetworkConfiguration(dense_hiddens=(8,)), input_shape=SHAPE)
+    opt = adam(lr)
+    params = net.init(1)
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(48, *SHAPE, generator=g), torch.randint(0, 10, (48,), generator=g)
+    return fit(make_step(net.apply, opt), make_evaluate(net.apply), params, opt.init(params), (X, y),
+               (X[:8], y[:8]), epochs=epochs, batch_size=16, progress=False, checkpoint=path, resume=resume)
+
+
+def _set(data, dotted, value):
+    *parents, last = dotted.split(".")
+    for key in parents:
+        data = data[int(key) if isinstance(data, list) else key]
+    data[int(last) if isinstance(data, list) else last] = value
+
+
+def _append(key):
+    return lambda data: data["logs"][key].append(0.5)
+
+
+EDITS = {
+    "negative epoch": (lambda d: _set(d, "epoch", -3), "epoch must be an integer >= 0, found -3"),
+    "epoch as text": (lambda d: _set(d, "epoch", "1"), "epoch must be an integer >= 0, found '1'"),
+    "step past the epoch": (lambda d: _set(d, "batch", 99), r"step within the epoch must be an integer in \[0, 3\]"),
+    "logs too long": (_append("validation_accuracy"), r"logs\['validation_accuracy'\] must be a list of 2 numbers"),
+    "gradient norms too long": (_append("train_gradient_norm"), r"logs\['train_gradient_norm'\] must be a list of 1"),
+    "log entry as text": (lambda d: _set(d, "logs.train_loss.0", "low"), r"logs\['train_loss'\] .* non-numbers"),
+    "log key missing": (lambda d: d["logs"].pop("train_loss"), "logs must have the keys"),
+    "torch rng of the wrong size": (lambda d: _set(d, "rng.torch", torch.zeros(10, dtype=torch.uint8)),
+                                    r"rng\['torch'\]: expected shape \(5056,\)"),
+    "numpy rng of the wrong size": (lambda d: _set(d, "rng.numpy.1", torch.zeros(3, dtype=torch.int64)),
+                                    r"rng\['numpy'\]\[1\]: expected shape \(624,\)"),
+    "python rng of the wrong length": (lambda d: _set(d, "rng.python.1", [1, 2, 3]),
+                                       r"rng\['python'\]\[1\]: expected a sequence of 625"),
+    "learning rate": (lambda d: _set(d, "opt_state.lr", torch.tensor(0.5, dtype=torch.float64)),
+                      "optimizer state has lr=0.5, this run's optimizer has lr=0.01"),
+    "beta": (lambda d: _set(d, "opt_state.b2", torch.tensor(0.9, dtype=torch.float64)), "b2=0.9"),
+}
+
+
+@pytest.mark.parametrize("edit", list(EDITS))
+def test_a_hand_edited_checkpoint_is_refused_naming_the_file(edit, tmp_path):
+    path = tmp_path / "c.pt"
+    run(path, epochs=1)
+    data = load_checkpoint(path)
+    change, match = EDITS[edit]
+    change(data)
+    save_checkpoint(path, {k: v for k, v in data.items() if k not in ("format", "version")})
+    state = torch.get_rng_state()
+    with pytest.raises(CheckpointError, match=match) as e:
+        run(path, resume=True)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+    assert torch.equal(torch.get_rng_state(), state)  # refused before any generator was changed
+
+
+def test_an_untouched_checkpoint_resumes(tmp_path):
+    run(tmp_path / "c.pt", epochs=1)
+    assert run(tmp_path / "c.pt", resume=True).logs == run(None).logs
+
+
+# --- stored run records ---------------------------------------------------------------------
+
+QUICK = ["--epochs", "1", "--limit", "16", "--no-progress"]
+
+RECORD_EDITS = {
+    "logs null": lambda d: d.update(logs=None),
+    "accuracy as text": lambda d: d["logs"]["validation_accuracy"].__setitem__(1, "high"),
+    "logs too long": lambda d: d["logs"]["train_accuracy"].append(0.5),
+    "log key missing": lambda d: d["logs"].pop("validation_loss"),
+    "n_params as text": lambda d: d.update(n_params="many"),
+    "spec missing": lambda d: d.pop("spec"),
+    "config not a dict": lambda d: d["spec"].update(config=[1, 2]),
+    "not an object": lambda d: d.clear() or d.update(x=1),
+}
+
+
+@pytest.mark.parametrize("edit", list(RECORD_EDITS))
+def test_an_invalid_run_record_is_ignored_with_a_warning_and_retrained(edit, fake_data_root, tmp_path, capsys):
+    args = ["depth", "--data", str(fake_data_root), "--out", str(tmp_path), *QUICK]
+    assert cli.main(args) == 0
+    records = sorted((tmp_path / "runs").glob("*.json"))
+    good = records[0].read_text()
+    data = json.loads(good)
+    RECORD_EDITS[edit](data)
+    records[0].write_text(json.dumps(data))
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and err.startswith(f"fn-trainer: warning: ignoring the run record {records[0]}")
+    assert "it is trained again" in err
+    assert out.count("already done, skipped") == len(records) - 1
+    assert json.loads(records[0].read_text())["logs"] == json.loads(good)["logs"]  # retrained, same result
+
+
+def test_an_unreadable_run_record_is_ignored_with_a_warning(fake_data_root, tmp_path, capsys):
+    args = ["depth", "--data", str(fake_data_root), "--out", str(tmp_path), *QUICK]
+    assert cli.main(args) == 0
+    record = sorted((tmp_path / "runs").glob("*.json"))[0]
+    record.write_bytes(b'{"spec": ')
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    assert f"ignoring the run record {record}" in capsys.readouterr().err

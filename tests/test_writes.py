@@ -1,0 +1,218 @@
+"""Output files: every one is written by ``fn_trainer.paths.write_atomically``, which never
+writes through a link, leaves earlier files intact on a full disk, and is safe for
+concurrent runs into one folder."""
+import errno
+import multiprocessing
+import os
+import random
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fn_trainer import cli, paths, report
+from fn_trainer.checkpoint import load_checkpoint, save_checkpoint
+from fn_trainer.export import export_solution
+from fn_trainer.paths import WriteError, write_atomically
+from fn_trainer.plots import Curve, plot_curves, plot_map
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+OUTSIDE = b"a file outside the output folder\n"
+
+
+# --- writes that would follow links ---------------------------------------------------------
+
+def _figure(path):
+    return plot_curves([Curve("a", [0.1, 0.5, 0.7])], path, title="t", ylabel="y")
+
+
+def _compat_figures(folder):
+    from compat.solution import save_figures  # imported on use: importing it seeds the global RNGs
+
+    return save_figures({"x": np.eye(4)}, folder)
+
+
+WRITERS = {
+    "bytes": lambda p: write_atomically(p, b"new"),
+    "curves": _figure,
+    "map": lambda p: plot_map(np.eye(4), p, title="t", colorbar_label="c"),
+    "checkpoint": lambda p: save_checkpoint(p, {"epoch": 1, "w": torch.ones(3)}),
+    "solution": lambda p: export_solution(p.with_suffix(".py")),
+    "compat figures": lambda p: _compat_figures(p.parent),
+}
+DESTINATION = {"solution": "file.py", "compat figures": "equivariance_x.png"}
+
+
+@pytest.mark.parametrize("kind", list(WRITERS))
+def test_a_link_at_the_destination_is_replaced_not_written_through(kind, tmp_path):
+    outside, out = tmp_path / "outside.txt", tmp_path / "out"
+    outside.write_bytes(OUTSIDE)
+    out.mkdir()
+    link = out / DESTINATION.get(kind, "file")
+    link.symlink_to(outside)
+    WRITERS[kind](out / "file")
+    assert outside.read_bytes() == OUTSIDE
+    assert not link.is_symlink() and link.stat().st_size > 0
+
+
+def test_a_dangling_link_at_the_destination_creates_nothing_where_it_points(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "c.pt").symlink_to(tmp_path / "created-outside.pt")
+    save_checkpoint(out / "c.pt", {"epoch": 1})
+    assert not (tmp_path / "created-outside.pt").exists()
+    assert load_checkpoint(out / "c.pt")["epoch"] == 1
+
+
+def test_report_files_replace_planted_links(tmp_path):
+    outside, out = tmp_path / "outside.md", tmp_path / "out"
+    outside.write_bytes(OUTSIDE)
+    (out / "depth").mkdir(parents=True)
+    for name in ("report.md", "depth/section.md"):
+        (out / name).symlink_to(outside)
+    report.write_section(out, "depth", "## 3. Depth\n\ntext")
+    assert outside.read_bytes() == OUTSIDE
+    assert "## 3. Depth" in (out / "report.md").read_text()
+    assert (out / "depth" / "section.md").read_text() == "## 3. Depth\n\ntext\n"
+
+
+def test_a_link_at_the_report_lock_is_refused_with_one_line(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / report.LOCK_FILE).symlink_to(tmp_path / "lock-outside")
+    with pytest.raises(OSError, match=r"report lock .*\.report\.lock"):
+        report.write_section(out, "depth", "text")
+    assert not (tmp_path / "lock-outside").exists()
+
+
+def test_the_command_line_replaces_links_to_outside_files(tmp_path, fake_data_root, capsys):
+    outside, out = tmp_path / "outside.png", tmp_path / "out"
+    outside.write_bytes(OUTSIDE)
+    (out / "equivariance").mkdir(parents=True)
+    planted = ["equivariance/features.png", "equivariance/equivariance.json", "equivariance/section.md",
+               "report.md"]
+    for name in planted:
+        (out / name).symlink_to(outside)
+    rc = cli.main(["equivariance", "--data", str(fake_data_root), "--out", str(out), "--limit", "16"])
+    assert rc == 0, capsys.readouterr().err
+    assert outside.read_bytes() == OUTSIDE
+    assert not any((out / name).is_symlink() for name in planted)
+    assert (out / "equivariance" / "features.png").read_bytes()[:8] == PNG_MAGIC
+
+
+# --- a full disk ----------------------------------------------------------------------------
+
+@pytest.fixture(params=["tmpfs", "failing writes"])
+def small_disk(request, tmp_path, monkeypatch):
+    """``(folder, fill)``: a folder and a function that makes its disk full.
+
+    "tmpfs" (root only): a 2 MiB tmpfs that ``fill`` fills with a file; skipped where it
+    cannot be mounted. "failing writes": ``fill`` makes every later write fail with ENOSPC
+    after writing part of its bytes, as a real full disk does.
+    """
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if request.param == "failing writes":
+        real = paths._write_all
+
+        def partial_then_full(fd, data):
+            real(fd, data[:len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        yield folder, lambda: monkeypatch.setattr(paths, "_write_all", partial_then_full)
+        return
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root and a system that permits it")
+
+    def fill():
+        fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while True:
+                os.write(fd, b"\0" * 65536)
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+        finally:
+            os.close(fd)
+
+    try:
+        yield folder, fill
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def _only_files(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                  if p.is_file() and p.name != "filler")
+
+
+@pytest.mark.parametrize("kind", ["bytes", "curves", "checkpoint", "solution"])
+def test_a_full_disk_names_the_file_and_keeps_the_earlier_one(kind, small_disk):
+    folder, fill = small_disk
+    path = folder / "file"
+    WRITERS[kind](path)
+    path = path.with_suffix(".py") if kind == "solution" else path
+    before = path.read_bytes()
+    fill()
+    with pytest.raises(WriteError) as e:
+        WRITERS[kind](folder / "file")
+    message = str(e.value)
+    assert str(path) in message and "disk is full" in message and "\n" not in message
+    assert path.read_bytes() == before
+    assert _only_files(folder) == [path.name]  # no temporary file left behind
+
+
+def test_a_full_disk_during_a_run_is_one_line_and_exit_status_2(small_disk, fake_data_root, capsys):
+    folder, fill = small_disk
+    args = ["equivariance", "--data", str(fake_data_root), "--out", str(folder), "--limit", "16"]
+    assert cli.main(args) == 0
+    before = {name: (folder / name).read_bytes() for name in _only_files(folder)}
+    capsys.readouterr()
+    fill()
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("fn-trainer: error: cannot write ")
+    assert "disk is full" in err
+    assert {name: (folder / name).read_bytes() for name in before} == before
+    assert _only_files(folder) == sorted(before)
+
+
+# --- concurrent runs into one folder --------------------------------------------------------
+
+def _write_sections(out, experiment, start, rounds):
+    """In a child process: write ``experiment``'s section ``rounds`` times, every file write
+    delayed by a random 0-30 ms (a slow, uneven disk: without a lock, a rebuild of
+    ``report.md`` from a listing read before another process's section can then land
+    after that process's own rebuild)."""
+    real, delays = paths.write_atomically, random.Random(os.getpid())
+
+    def slow(path, data):
+        time.sleep(delays.uniform(0, 0.03))
+        return real(path, data)
+
+    paths.write_atomically = slow
+    report.write_text = lambda path, text: slow(path, text.encode())
+    while time.time() < start:
+        time.sleep(0.001)
+    for i in range(rounds):
+        report.write_section(Path(out), experiment, f"## {experiment} round {i}")
+
+
+@pytest.mark.parametrize("rounds", [1, 3])
+def test_concurrent_writers_keep_every_section(rounds, tmp_path):
+    context = multiprocessing.get_context("fork")
+    for trial in range(4):  # each trial is a fresh race: one lost section fails the test
+        out = tmp_path / str(trial)
+        start = time.time() + 0.2
+        writers = [context.Process(target=_write_sections, args=(out, name, start, rounds))
+                   for name in report.ORDER]
+        for w in writers:
+            w.start()
+        for w in writers:
+            w.join(60)
+        assert [w.exitcode for w in writers] == [0] * len(writers)
+        text = (out / "report.md").read_text()
+        assert [f"## {name} round {rounds - 1}" in text for name in report.ORDER] == [True] * len(report.ORDER)
