@@ -15,23 +15,21 @@ import numpy as np
 import torch
 import torchvision
 import tqdm
-from torch.func import functional_call, grad_and_value
+from torch.func import functional_call
 
 from fn_trainer.config import NetworkConfiguration
 from fn_trainer.data import load_fashion_mnist
 from fn_trainer.data import normalize as normalize_splits
 from fn_trainer.diagnostics import global_norm
-from fn_trainer.errors import check_positive_float, check_positive_int
 from fn_trainer.diagnostics import gradient_norm as functional_gradient_norm
 from fn_trainer.diagnostics import jacobian_norm as functional_jacobian_norm
+from fn_trainer.errors import check_positive_float, check_positive_int
 from fn_trainer.losses import EPSILON, accuracy, cross_entropy
 from fn_trainer.losses import one_hot as one_hot_labels
 from fn_trainer.networks import activation as activation_module
 from fn_trainer.networks import NETWORK_TYPES, cnn, feature_map_sizes, mlp
 from fn_trainer.optim import adam, adam_update
-from fn_trainer.paths import ensure_writable_dir
-from fn_trainer.paths import write_figure
-from fn_trainer.step import make_objective
+from fn_trainer.paths import ensure_writable_dir, write_figure
 from fn_trainer.train import check_split, make_evaluate
 
 SEED = 197331
@@ -316,11 +314,6 @@ class Trainer:
     def _loss(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The template's loss: cross-entropy of probabilities clipped at ``self.epsilon``."""
         return partial(cross_entropy, eps=self.epsilon)
-
-    @property
-    def _loss_gradient(self):
-        """``(params, x, targets) -> (gradient dict, loss)`` of the template's loss."""
-        return grad_and_value(make_objective(self._apply, self._loss))
 
     def _targets(self, y: torch.Tensor, X: torch.Tensor, name: str, finite: bool = True) -> torch.Tensor:
         """One-hot ``(N, n_classes)`` targets from labels or one-hot ``y``, checked against ``X``."""

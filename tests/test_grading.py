@@ -96,9 +96,9 @@ MUTANTS = {
         "grads = [p.grad for p in network.parameters() if p.grad is not None]",
         "grads = [p.detach() for p in network.parameters() if p.grad is not None]")]),
     "Adam ignoring lr": ("10", [(
-        "        self.optimizer.step()\n        return float(global_norm(grads))",
+        "        self.optimizer.step()\n        return norm",
         '        self.optimizer.param_groups[0]["lr"] = 1e-3\n'
-        "        self.optimizer.step()\n        return float(global_norm(grads))")]),
+        "        self.optimizer.step()\n        return norm")]),
     "evaluate returning the last batch's accuracy": ("11", [(
         "loss, acc = make_evaluate(self._apply, self._loss)(params, X, targets)",
         "for i in range(0, len(X), self.batch_size):\n"
