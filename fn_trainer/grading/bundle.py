@@ -9,13 +9,14 @@ building the image; for each submission it runs ``run_autograder``, which grades
 """
 from __future__ import annotations
 
+import io
 import os
 import stat
 import zipfile
 from pathlib import Path
 from typing import Iterator, Union
 
-from ..paths import replace_atomically
+from ..paths import write_atomically
 
 PROJECT = Path(__file__).resolve().parents[2]
 SOURCES = ("pyproject.toml", "README.md")
@@ -70,11 +71,10 @@ def write_bundle(zip_path: Union[str, os.PathLike]) -> Path:
         raise ValueError(f"the bundle is built from the project's source tree, but {PROJECT} has no "
                          "pyproject.toml (install fn-trainer from its source folder)")
 
-    def write(f) -> None:
-        with zipfile.ZipFile(f, "w") as archive:
-            _add(archive, "setup.sh", SETUP.encode(), executable=True)
-            _add(archive, "run_autograder", RUN.encode(), executable=True)
-            for rel in project_files():
-                _add(archive, f"fn-trainer/{rel.as_posix()}", (PROJECT / rel).read_bytes())
-
-    return replace_atomically(out, write)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        _add(archive, "setup.sh", SETUP.encode(), executable=True)
+        _add(archive, "run_autograder", RUN.encode(), executable=True)
+        for rel in project_files():
+            _add(archive, f"fn-trainer/{rel.as_posix()}", (PROJECT / rel).read_bytes())
+    return write_atomically(out, buffer.getvalue())

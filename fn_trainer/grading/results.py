@@ -10,7 +10,7 @@ import json
 import os
 from typing import Any, Dict, List, NamedTuple
 
-from ..paths import replace_atomically
+from ..paths import write_text
 
 
 class TestResult(NamedTuple):
@@ -32,8 +32,7 @@ def results_json(tests: List[TestResult], execution_time: float, output: str) ->
 
 def write_results(path: os.PathLike, results: Dict[str, Any]) -> None:
     """Write ``results`` atomically: a reader never sees half a file."""
-    text = json.dumps(results, indent=2, ensure_ascii=False) + "\n"
-    replace_atomically(path, lambda f: f.write(text.encode("utf-8")))
+    write_text(path, json.dumps(results, indent=2, ensure_ascii=False) + "\n")
 
 
 def summary(results: Dict[str, Any]) -> str:
