@@ -56,7 +56,8 @@ def test_compiled_step_equals_eager_and_does_not_recompile(mlp):
     step = make_step(mlp.apply, adam(1e-3))
     compiled = compile_step(step)
     params = mlp.init(0)
-    data = batches(6, 32) + batches(1, 20, seed=1)  # a smaller last batch runs eagerly
+    # batch 128: the graph of the benchmark's smoke run (same network), from the compile cache
+    data = batches(6, 128) + batches(1, 20, seed=1)  # a smaller last batch runs eagerly
     with compiles(1):
         warm = run(compiled, params, adam(1e-3).init(params), data[:1])
     with compiles(0), torch._dynamo.config.patch(error_on_recompile=True):
