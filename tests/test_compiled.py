@@ -2,7 +2,6 @@
 import pytest
 import torch
 import torch._dynamo
-from torch.func import grad
 
 from fn_trainer import NetworkConfiguration, adam, build_network, make_step, one_hot
 from fn_trainer.compiled import compile_step, multi_step
@@ -16,8 +15,8 @@ from compiling import compiles
 # step: parameters may differ by up to 1% of the largest possible move, lr * steps.
 TOL = dict(rtol=1e-4, atol=1e-5)
 # float64: rounding (~1e-16 of a gradient) stays far below Adam's eps (1e-8), so no step
-# turns over; parameters agree to a billionth of the largest possible move (measured:
-# 2e-14 of 5e-3, in the Winograd layer), a gradient off by more than that fraction does not
+# turns over and parameters agree to a billionth of the largest possible move (measured:
+# 2e-14 of 5e-3, in the Winograd layer); gradients off by more than that fraction fail
 TOL64 = dict(rtol=1e-12, atol=1e-12)
 
 
