@@ -12,6 +12,13 @@ CNN times that many steps and scales to 469 (said in the output). Compile warm-u
 
 Paths: ``reference`` (the template's loop, ``benchmarks.reference``), ``compat`` (the
 compat ``Trainer.training_step``, what students and graders run) and the functional ones.
+
+Every path starts from the same parameters (``network.init(0)``, copied into the
+reference's module too) and repeats the same minibatches, so every path of a shape does
+the same work: each records ``final_loss``, the cross-entropy of its parameters after
+its last repetition on the first minibatch (for the sweep, one per model), which agree
+up to float32 rounding; ``initial_loss`` is the same before training.
+
 Shapes: the MLP 784-256-256-10; the CNN (16, 32, 45), kernel 3, dense (256, 256);
 the 6-run sweep (3 learning rates x raw/normalised inputs, MLP): six sequential
 reference epochs against one vmapped epoch of the six models. For the CNN,
@@ -37,21 +44,24 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 
 import torch
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 
-from fn_trainer import NetworkConfiguration, adam, build_network, make_step, normalize, one_hot
+from fn_trainer import NetworkConfiguration, adam, build_network, cross_entropy, make_step, normalize, one_hot
 from fn_trainer.compiled import compile_step
 from fn_trainer.denormals import flush_denormals
 from fn_trainer.networks import POOLED_SIZE, feature_map_sizes
-from fn_trainer.sweep import SweepData, init_sweep, make_sweep_step
+from fn_trainer.step import Params
+from fn_trainer.sweep import SweepData, init_sweep, make_sweep_step, stack_trees
 
 from .reference import ReferenceTrainer
 
+T_ = TypeVar("T_")
 N_TRAIN = 60000
 SWEEP_LRS = (1e-2, 1e-4, 1e-8)  # the homework's learning rates, each raw and normalised
+SWEEP_INPUTS = (0, 0, 0, 1, 1, 1)  # per sweep model: raw (0) or normalised (1) inputs
 TARGETS = {"mlp": 0.6, "cnn": 0.4, "sweep": 0.5}  # best functional / reference, at most
 COMPAT_TARGET = 1.0  # the compat Trainer's training_step / reference, at most (MLP and CNN)
 MLP_CONFIG = NetworkConfiguration()
@@ -129,66 +139,116 @@ def matmul_peak(seconds: float = 1.0, size: int = 1024) -> float:
     return best
 
 
-def timed(fn: Callable[[], object]) -> float:
+def timed(fn: Callable[[], T_]) -> Tuple[float, T_]:
+    """Seconds ``fn()`` took, and what it returned."""
     t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+    value = fn()
+    return time.perf_counter() - t, value
 
 
-def functional_loop(step, state: Dict, batch_of: Callable[[int], tuple], n_steps: int) -> Callable[[], None]:
-    """``fit``'s inner loop: ``n_steps`` steps, metrics kept as tensors, one sync at the end."""
+def functional_loop(step, state: Dict, batch_of: Callable[[int], tuple], n_steps: int) -> Callable[[], Params]:
+    """``fit``'s inner loop: ``n_steps`` steps, metrics kept as tensors, one sync at the end;
+    returns the parameters reached."""
 
-    def run() -> None:
+    def run() -> Params:
         params, opt_state = state["params"], state["opt_state"]
         metrics = None
         for b in range(n_steps):
             params, opt_state, metrics = step(params, opt_state, batch_of(b))
         state["params"], state["opt_state"] = params, opt_state
         float(metrics["grad_norm"].sum())
+        return params
 
     return run
 
 
-def compat_trainer(network_type: str, config: NetworkConfiguration, lr: float = 1e-3, seed: int = 0):
+def module_params(module: torch.nn.Module) -> Params:
+    """A module's parameters as a detached ``dict[str, Tensor]``, named as ``functional_call`` takes them."""
+    return {name: p.detach() for name, p in module.named_parameters()}
+
+
+def reference_trainer(network_type: str, config: NetworkConfiguration, lr: float, params: Params) -> ReferenceTrainer:
+    """The template's trainer, its module started from ``params`` (the functional paths' start)."""
+    ref = ReferenceTrainer(network_type, config, lr=lr)
+    ref.network.load_state_dict(params)
+    return ref
+
+
+def sweep_inputs(X, y) -> List[torch.Tensor]:
+    """The sweep's two training inputs: ``X`` raw and normalised (training-set statistics)."""
+    (Xn, _), _, _ = normalize((X, y), (X[:2], y[:2]), (X[:2], y[:2]))
+    return [X, Xn]
+
+
+def start_params(shape: str, config: NetworkConfiguration) -> Params:
+    """Where every path of ``shape`` starts: ``network.init(0)``, six copies stacked for the sweep."""
+    net = build_network("mlp" if shape == "sweep" else shape, config)
+    return init_sweep(net, list(SWEEP_LRS) * 2)[0] if shape == "sweep" else net.init(0)
+
+
+def first_batch_loss(shape: str, config: NetworkConfiguration, X, y, T,
+                     batch_size: int) -> Callable[[Params], object]:
+    """``params -> loss`` on the first minibatch: ``-mean_i sum_c t_ic log p_ic`` (float).
+
+    For the sweep, ``params`` are the six models stacked (leading axis 6), each scored
+    on its own inputs (raw or normalised): a list of six floats.
+    """
+    net = build_network("mlp" if shape == "sweep" else shape, config)
+    t = T[:batch_size]
+    if shape != "sweep":
+        x = X[:batch_size]
+        return lambda params: float(cross_entropy(net.apply(params, x), t))
+    xs = torch.stack([inputs[:batch_size] for inputs in sweep_inputs(X, y)])[list(SWEEP_INPUTS)]
+    per_model = vmap(lambda p, x: cross_entropy(net.apply(p, x), t))
+    return lambda params: per_model(params, xs).tolist()
+
+
+def compat_trainer(network_type: str, config: NetworkConfiguration, lr: float, params: Params):
     """The compat ``Trainer``, put together as the template's ``__init__`` does (network
-    from its builders, ``FunctionalAdam``, ``epsilon``) from the reference's seed, but
-    without reading a data set: the benchmark's data is in memory."""
+    from its builders, ``FunctionalAdam``, ``epsilon``), its module started from
+    ``params``, but without reading a data set: the benchmark's data is in memory."""
     from compat import solution  # importing it seeds the global generators, as the template does
 
-    torch.manual_seed(seed)
     trainer = solution.Trainer.__new__(solution.Trainer)
     act = solution.Trainer.create_activation_function("relu")
     trainer.network = (solution.Trainer.create_mlp(28 * 28, config, 10, act) if network_type == "mlp"
                        else solution.Trainer.create_cnn(1, config, 10, act))
+    trainer.network.load_state_dict(params)
     trainer.optimizer = solution.FunctionalAdam(trainer.network.parameters(), lr=lr)
     trainer.n_classes, trainer.lr, trainer.epsilon = 10, lr, solution.EPSILON
     return trainer
 
 
-def compat_loop(trainer, X, T, batch_size: int, n_steps: int) -> Callable[[], None]:
-    """``trainer.training_step`` over the first ``n_steps`` minibatches of ``(X, one-hot T)``."""
+def compat_loop(trainer, X, T, batch_size: int, n_steps: int) -> Callable[[], Params]:
+    """``trainer.training_step`` over the first ``n_steps`` minibatches of ``(X, one-hot T)``;
+    returns the parameters."""
     trainer.batch_size = batch_size
 
-    def run() -> None:
+    def run() -> Params:
         trainer.network.train()
         for b in range(min(n_steps, math.ceil(X.shape[0] / batch_size))):
             idx = slice(b * batch_size, (b + 1) * batch_size)
             trainer.training_step(X[idx], T[idx])
+        return module_params(trainer.network)
 
     return run
 
 
 def network_paths(network_type: str, config: NetworkConfiguration, X, T, batch_size: int, n_steps: int,
-                  compile: bool) -> Dict[str, Callable[[], None]]:
+                  compile: bool) -> Dict[str, Callable[[], Params]]:
     net = build_network(network_type, config)
-    ref = ReferenceTrainer(network_type, config, lr=1e-3)
+    ref = reference_trainer(network_type, config, 1e-3, net.init(0))
 
     def batch_of(b):
         return X[b * batch_size:(b + 1) * batch_size], T[b * batch_size:(b + 1) * batch_size]
 
+    def reference() -> Params:
+        ref.train_steps(X, T, batch_size, n_steps)
+        return module_params(ref.network)
+
     step = make_step(net.apply, adam(1e-3))
-    paths = {"reference": lambda: ref.train_steps(X, T, batch_size, n_steps),
-             "compat": compat_loop(compat_trainer(network_type, config), X, T, batch_size, n_steps)}
+    paths = {"reference": reference,
+             "compat": compat_loop(compat_trainer(network_type, config, 1e-3, net.init(0)), X, T, batch_size, n_steps)}
     candidates = [("eager", step)]
     if compile:
         candidates.append(("compiled", compile_step(step)))
@@ -203,20 +263,20 @@ def network_paths(network_type: str, config: NetworkConfiguration, X, T, batch_s
 
 
 def sweep_paths(config: NetworkConfiguration, X, y, T, batch_size: int, n_steps: int,
-                compile: bool) -> Dict[str, Callable[[], None]]:
-    (Xn, _), _, _ = normalize((X, y), (X[:2], y[:2]), (X[:2], y[:2]))
-    datasets = [X, Xn]
-    refs = [(ReferenceTrainer("mlp", config, lr=lr), datasets[d]) for d in (0, 1) for lr in SWEEP_LRS]
+                compile: bool) -> Dict[str, Callable[[], Params]]:
+    datasets = sweep_inputs(X, y)
     net = build_network("mlp", config)
     lrs = list(SWEEP_LRS) * 2
-    data = SweepData([(X, T), (Xn, T)], [0, 0, 0, 1, 1, 1])
+    refs = [(reference_trainer("mlp", config, lr, net.init(0)), datasets[d]) for lr, d in zip(lrs, SWEEP_INPUTS)]
+    data = SweepData([(Xd, T) for Xd in datasets], list(SWEEP_INPUTS))
 
     def batch_of(b):
         return data.rows(slice(b * batch_size, (b + 1) * batch_size))
 
-    def sequential() -> None:
+    def sequential() -> Params:
         for trainer, Xd in refs:
             trainer.train_steps(Xd, T, batch_size, n_steps)
+        return stack_trees([module_params(trainer.network) for trainer, _ in refs])
 
     paths = {"reference": sequential}
     for name, flag in (("vmapped_eager", False), ("vmapped_compiled", True)):
@@ -228,20 +288,27 @@ def sweep_paths(config: NetworkConfiguration, X, y, T, batch_size: int, n_steps:
     return paths
 
 
-def measure(paths: Dict[str, Callable[[], None]], reps: int, scale: float, log) -> Dict[str, Dict]:
-    """Warm every path once (timed: compile warm-up), then ``reps`` alternating rounds."""
+def measure(paths: Dict[str, Callable[[], Params]], reps: int, scale: float, log,
+            loss: Callable[[Params], object]) -> Dict[str, Dict]:
+    """Warm every path once (timed: compile warm-up), then ``reps`` alternating rounds;
+    ``final_loss`` is ``loss`` of the parameters each path reached last."""
     out: Dict[str, Dict] = {}
+    reached: Dict[str, Params] = {}
     for name, run in paths.items():
-        out[name] = {"warmup_s": round(timed(run), 3), "epoch_s": []}
+        warmup_s, reached[name] = timed(run)
+        out[name] = {"warmup_s": round(warmup_s, 3), "epoch_s": []}
         log(f"  warm-up {name}: {out[name]['warmup_s']:.2f} s")
     for r in range(reps):
         for name, run in paths.items():
-            out[name]["epoch_s"].append(round(timed(run) * scale, 4))
+            seconds, reached[name] = timed(run)
+            out[name]["epoch_s"].append(round(seconds * scale, 4))
         log(f"  rep {r + 1}/{reps}: " + ", ".join(f"{n} {v['epoch_s'][-1]:.3f}" for n, v in out.items()))
     ref = statistics.median(out["reference"]["epoch_s"])
-    for name, v in out.items():
-        v["median_s"] = statistics.median(v["epoch_s"])
-        v["ratio"] = round(v["median_s"] / ref, 3)
+    with torch.no_grad():
+        for name, v in out.items():
+            v["median_s"] = statistics.median(v["epoch_s"])
+            v["ratio"] = round(v["median_s"] / ref, 3)
+            v["final_loss"] = loss(reached[name])
     return out
 
 
@@ -263,7 +330,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--shapes", default="mlp,cnn,sweep", help="comma-separated subset of mlp,cnn,sweep")
     p.add_argument("--no-compile", action="store_true", help="skip the compiled paths")
     p.add_argument("--smoke", action="store_true",
-                   help="tiny run for CI: small networks, 512 samples, 2 steps, 1 repetition")
+                   help="tiny run for CI: small networks, 512 samples, 2 steps, 1 repetition, "
+                        "the MLP's compiled path the only one compiled")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--default-malloc", action="store_true",
                    help="leave glibc's adaptive malloc thresholds alone (noisier reference CNN times)")
@@ -308,18 +376,23 @@ def main(argv=None) -> int:
     for shape in args.shapes:
         log(f"{shape}: {steps[shape]} steps per repetition" + (
             f", scaled to {full_steps}" if steps[shape] < full_steps else ""))
+        # a smoke run compiles one path, the MLP's: compiled benchmark code runs, briefly
+        compiled_paths = not args.no_compile and not (args.smoke and shape != "mlp")
         if shape == "sweep":
-            paths = sweep_paths(configs[shape], X, y, T, batch_size, steps[shape], not args.no_compile)
+            paths = sweep_paths(configs[shape], X, y, T, batch_size, steps[shape], compiled_paths)
         else:
-            paths = network_paths(shape, configs[shape], X, T, batch_size, steps[shape], not args.no_compile)
+            paths = network_paths(shape, configs[shape], X, T, batch_size, steps[shape], compiled_paths)
         scale = full_steps / steps[shape]
-        timings = measure(paths, reps, scale, log)
+        loss = first_batch_loss(shape, configs[shape], X, y, T, batch_size)
+        with torch.no_grad():
+            initial_loss = loss(start_params(shape, configs[shape]))
+        timings = measure(paths, reps, scale, log, loss)
         # one epoch of training FLOPs (all six models for the sweep)
         flops = train_flops("mlp" if shape == "sweep" else shape, configs[shape], n) * (6 if shape == "sweep" else 1)
         best = min((k for k in timings if k not in ("reference", "compat")), key=lambda k: timings[k]["median_s"])
         results[shape] = {
             "steps_timed": steps[shape], "steps_per_epoch": full_steps, "scaled": steps[shape] < full_steps,
-            "gflop_per_epoch": round(flops / 1e9, 4), "paths": timings, "best": best,
+            "gflop_per_epoch": round(flops / 1e9, 4), "initial_loss": initial_loss, "paths": timings, "best": best,
             "best_ratio": timings[best]["ratio"], "target_ratio": TARGETS[shape],
             # a smoke run's tiny networks say nothing about the targets
             "target_met": None if args.smoke else timings[best]["ratio"] <= TARGETS[shape],

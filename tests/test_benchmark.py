@@ -1,4 +1,5 @@
-"""The benchmark's smoke mode runs end to end and writes self-describing JSON."""
+"""The benchmark's smoke mode runs end to end, every path doing the same work, and writes
+self-describing JSON."""
 import json
 import platform
 import subprocess
@@ -7,30 +8,46 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch._dynamo
 
-from benchmarks.epoch import (CNN_CONFIG, MLP_CONFIG, SMOKE_CNN, SMOKE_MLP, compat_loop, compat_trainer, main,
-                              synthetic_data, train_flops)
+from benchmarks.epoch import (CNN_CONFIG, MLP_CONFIG, SMOKE_CNN, SMOKE_MLP, SWEEP_LRS, compat_loop, compat_trainer,
+                              main, reference_trainer, synthetic_data, train_flops)
 from benchmarks.reference import ReferenceTrainer
-from fn_trainer import count_parameters, one_hot
+from compiling import compiles
+from fn_trainer import build_network, count_parameters, one_hot
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_smoke_run_writes_json(tmp_path, capsys):
+def test_smoke_run_writes_json_and_every_path_does_the_same_work(tmp_path, capsys):
     out = tmp_path / "bench.json"
+    torch._dynamo.reset()  # the compiled MLP path compiles its graph here, not in an earlier test
     # --default-malloc: the test process keeps its allocator settings
-    assert main(["--smoke", "--no-compile", "--quiet", "--default-malloc", "--json", str(out)]) == 0
+    with compiles(1):  # the smoke run's one compiled path, the MLP's, compiled once
+        assert main(["--smoke", "--quiet", "--default-malloc", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["malloc"] == "default" and report["flush_denormals"] is False
     assert report["smoke"] and report["command"].startswith("python -m benchmarks.epoch --smoke")
     assert set(report["results"]) == {"mlp", "cnn", "sweep"}
+    expected_paths = {"mlp": {"reference", "compat", "eager", "compiled"}, "cnn": {"reference", "compat", "eager"},
+                      "sweep": {"reference", "vmapped_eager"}}
+    # the sweep's models at lr 1e-8 barely move; every other model's loss moves by far more
+    # than the float32 rounding (relative 1e-5) its paths may differ by
+    moves = {"mlp": [True], "cnn": [True], "sweep": [lr > 1e-8 for lr in SWEEP_LRS] * 2}
     for shape, r in report["results"].items():
         paths = r["paths"]
-        assert set(paths) == ({"reference", "vmapped_eager"} if shape == "sweep" else {"reference", "compat", "eager"})
+        assert set(paths) == expected_paths[shape]
         assert paths["reference"]["ratio"] == 1.0
         for v in paths.values():
             assert v["median_s"] > 0 and len(v["epoch_s"]) == report["reps"] and v["pct_of_matmul_peak"] > 0
         assert r["target_met"] is None and r.get("compat_target_met") is None
+        start = torch.tensor(r["initial_loss"]).reshape(-1)  # one loss per model
+        want = torch.tensor(paths["reference"]["final_loss"]).reshape(-1)
+        for name, v in paths.items():
+            torch.testing.assert_close(torch.tensor(v["final_loss"]).reshape(-1), want, rtol=1e-5, atol=0.0,
+                                       msg=lambda m: f"{shape} {name}: {m}")
+        for moved, a, b in zip(moves[shape], start, want):
+            assert not moved or abs(float(a - b)) > 100 * 1e-5 * abs(float(b)), (shape, float(a), float(b))
     assert report["matmul_peak_gflops"] > 0 and "cpu" in report["machine"]
     assert "not evaluated (smoke)" in capsys.readouterr().out
 
@@ -63,12 +80,17 @@ def test_reference_trainer_learns_and_has_the_homework_shape():
     assert norm > 0 and float(trainer.compute_loss_and_accuracy(X, T)[0].detach()) < before
 
 
-@pytest.mark.parametrize("argv", [["--reps", "0"], ["--shapes", "mlp,rnn"], ["--cnn-steps", "-1"],
-                                  ["--threads", "0"]])
-def test_bad_options_exit_with_a_message(argv, capsys):
-    with pytest.raises(SystemExit):
+@pytest.mark.parametrize("argv, message", [
+    (["--reps", "0"], "--reps must be >= 1"),
+    (["--shapes", "mlp,rnn"], "--shapes must be a subset of ['cnn', 'mlp', 'sweep'], got ['mlp', 'rnn']"),
+    (["--cnn-steps", "-1"], "--cnn-steps must be >= 1"),
+    (["--threads", "0"], "--threads must be >= 1"),
+])
+def test_bad_options_exit_with_a_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as stopped:
         main(argv)
-    assert "--" in capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"python -m benchmarks.epoch: error: {message}"
 
 
 def test_flush_denormals_option_is_recorded(tmp_path):
@@ -87,10 +109,9 @@ def test_compat_path_does_the_reference_work_bit_for_bit(network_type, config):
     so the compat row times the same training, not a shortcut."""
     X, y = synthetic_data(96, seed=1)
     T = one_hot(y, 10)
-    reference = ReferenceTrainer(network_type, config, lr=1e-3)
-    trainer = compat_trainer(network_type, config, lr=1e-3)
-    start = [p.detach().clone() for p in trainer.network.parameters()]
-    compat_loop(trainer, X, T, 32, 3)()
+    start = build_network(network_type, config).init(0)
+    reference = reference_trainer(network_type, config, 1e-3, start)
+    ours = compat_loop(compat_trainer(network_type, config, 1e-3, start), X, T, 32, 3)()
     reference.train_steps(X, T, 32, 3)
-    for ours, theirs, before in zip(trainer.network.parameters(), reference.network.parameters(), start):
-        assert torch.equal(ours, theirs) and not torch.equal(ours, before)
+    for name, theirs in reference.network.named_parameters():
+        assert torch.equal(ours[name], theirs) and not torch.equal(ours[name], start[name]), name

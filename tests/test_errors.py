@@ -1,4 +1,5 @@
 """Bad input fails early with a ValueError/TypeError that names the argument."""
+import errno
 import math
 import os
 import shutil
@@ -253,14 +254,21 @@ def test_ensure_writable_dir_names_a_folder_that_cannot_be_created(tmp_path):
         ensure_writable_dir(tmp_path / "file" / "sub")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
-def test_ensure_writable_dir_names_a_read_only_folder(tmp_path):
-    tmp_path.chmod(0o500)
-    try:
-        with pytest.raises(ValueError, match="cannot be written"):
-            ensure_writable_dir(tmp_path)
-    finally:
-        tmp_path.chmod(0o700)
+def test_ensure_writable_dir_names_a_read_only_folder(tmp_path, monkeypatch):
+    # the failed write simulated at the system call: a real read-only folder stops no one
+    # running as root, which is how CI runs
+    real_open = os.open
+
+    def read_only_open(path, flags, *args, **kwargs):
+        if Path(path).parent == tmp_path and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only_open)
+    with pytest.raises(ValueError) as err:
+        ensure_writable_dir(tmp_path)
+    assert str(err.value) == f"output folder {str(tmp_path)!r} cannot be written: Permission denied"
+    assert list(tmp_path.iterdir()) == []
 
 
 # --- argument checks ------------------------------------------------------------------------

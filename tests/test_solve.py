@@ -53,10 +53,18 @@ def test_deep_cnn_is_measured_not_solved():
 
 
 def test_solve_skips_invalid_candidates():
-    # kernels above 5 do not fit after two 2x2 pools of a 28x28 image with three layers
-    s = solve("cnn", lambda k: NetworkConfiguration((4, 4, 4), (k,) * 3, (1,) * 3, (0,) * 3, ()),
-              range(1, 29), target=1, tolerance=10_000_000)
-    assert 1 <= s.value <= 28
+    # three k x k convs, each pooled 2x2, on 28x28: k = 5 gives 24 -> 12 -> 8 -> 4, too small for
+    # the third 5x5 kernel, and larger kernels fail earlier, so only k <= 4 fits. Invalid
+    # candidates come first: a solver that scored them (as 0 parameters or any other count) or
+    # stopped at the first one would not return these.
+    make = lambda k: NetworkConfiguration((4, 4, 4), (k,) * 3, (1,) * 3, (0,) * 3, ())  # noqa: E731
+    count = lambda k: (k * k + 1) * 4 + 2 * (4 * k * k + 1) * 4 + (4 * 4 * 4 + 1) * 10  # noqa: E731
+    smallest = solve("cnn", make, range(28, 0, -1), target=1, tolerance=count(1))
+    largest = solve("cnn", make, range(28, 0, -1), target=10**6, tolerance=10**6)
+    assert (smallest.value, smallest.n_params) == (1, count(1)) == (1, 698)
+    assert (largest.value, largest.n_params) == (4, count(4)) == (4, 1238)
+    for s in (smallest, largest):
+        assert s.n_params == built_count("cnn", s.config) and s.config == make(s.value)
 
 
 def test_solve_raises_when_nothing_is_within_tolerance():
