@@ -1,10 +1,13 @@
 """The grading kit: full marks for correct solutions, points lost exactly where a mistake
 is, valid results for hostile submissions, the Gradescope bundle, the interface data."""
+import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,8 +16,12 @@ import pytest
 
 from fn_trainer.cli import main
 from fn_trainer.export import export_solution
-from fn_trainer.grading import TOTAL_POINTS, grade
+import torch
+
+from fn_trainer.grading import TOTAL_POINTS, grade, grade_to_file
 from fn_trainer.grading.bundle import write_bundle
+from fn_trainer.grading.probe import encode
+from fn_trainer.grading.runner import decode_answer
 from fn_trainer.grading.interface import FUNCTIONS, NETWORK_CONFIGURATION_FIELDS, TRAINER_METHODS, differences
 from fn_trainer.grading.questions import QUESTIONS
 from template_spec import SPEC, read_spec
@@ -41,21 +48,24 @@ def test_questions_carry_the_homeworks_points():
     assert TOTAL_POINTS == 35
 
 
-def test_compat_solution_scores_full_marks_through_the_command(tmp_path, capsys):
+def test_compat_solution_imports_nothing_of_the_grader_when_graded(tmp_path):
+    """``compat/solution.py`` leans on ``fn_trainer``, which submissions cannot import;
+    its exported single file carries what it uses and is what gets graded below."""
+    results = grade(SOLUTION, timeout=5)
+    assert results["score"] == 0 and "No module named 'fn_trainer'" in results["output"]
+
+
+def test_exported_solution_scores_full_marks_through_the_command(tmp_path, capsys):
     results_path = tmp_path / "out" / "results.json"
-    assert main(["grade", str(SOLUTION), "--results", str(results_path)]) == 0
+    exported = export_solution(tmp_path / "solution.py")
+    assert main(["grade", str(exported), "--results", str(results_path)]) == 0
     results = json.loads(results_path.read_text())
     assert_gradescope_format(results)
     assert results["score"] == 35, capsys.readouterr().out
     assert "score: 35/35" in capsys.readouterr().out
 
 
-def test_exported_solution_scores_full_marks(tmp_path):
-    results = grade(export_solution(tmp_path / "solution.py"))
-    assert results["score"] == 35, json.dumps(results["tests"], indent=1)
-
-
-# Plausible mistakes: (question, [(text in compat/solution.py, replacement), ...]).
+# Plausible mistakes: (question, [(text in compat/solution.py, as exported, replacement), ...]).
 MUTANTS = {
     "gradient with respect to the first tensor only": ("1", [(
         "functional_gradient_norm(function, *tensor_list)",
@@ -92,9 +102,12 @@ MUTANTS = {
     "no clipping": ("8", [(
         "return self._loss(probs, targets), float(accuracy(probs, targets))",
         "return cross_entropy(probs, targets, eps=0.0), float(accuracy(probs, targets))")]),
+    # training_step takes its norm from compute_gradient_norm: here it keeps its own right one
     "the norm of the parameters instead of their gradients": ("9", [(
         "grads = [p.grad for p in network.parameters() if p.grad is not None]",
-        "grads = [p.detach() for p in network.parameters() if p.grad is not None]")]),
+        "grads = [p.detach() for p in network.parameters() if p.grad is not None]"), (
+        "norm = self.compute_gradient_norm(self.network)",
+        "norm = float(global_norm([p.grad for p in self.network.parameters()]))")]),
     "Adam ignoring lr": ("10", [(
         "        self.optimizer.step()\n        return norm",
         '        self.optimizer.param_groups[0]["lr"] = 1e-3\n'
@@ -115,7 +128,7 @@ def mutate(source: str, substitutions) -> str:
 
 
 def test_each_mistake_loses_points_in_its_question_only(tmp_path):
-    source = SOLUTION.read_text()
+    source = export_solution(tmp_path / "exported.py").read_text()
     paths = {}
     for i, (name, (_, substitutions)) in enumerate(MUTANTS.items()):
         paths[name] = tmp_path / f"mutant{i}" / "solution.py"
@@ -143,18 +156,60 @@ HOSTILE = {
         "for folder in ('.', '..', os.environ.get('HOME', '.')):\n"
         "    try:\n        open(os.path.join(folder, 'results.json'), 'w').write(json.dumps(forged))\n"
         "    except OSError:\n        pass\n"),
+    # A daemon (double fork, new session) that overwrites the results with full marks.
+    "leaves a daemon forging the results": (
+        "import json, os, time\n"
+        "def daemon(results, pid_file):\n"
+        "    if os.fork():\n        return\n"
+        "    os.setsid()\n"
+        "    if os.fork():\n        os._exit(0)\n"
+        "    open(pid_file, 'w').write(str(os.getpid()))\n"
+        "    forged = json.dumps({'score': 35, 'execution_time': 0, 'output': 'forged', 'tests': []})\n"
+        "    end = time.time() + 60\n"
+        "    while time.time() < end:\n"
+        "        try:\n"
+        "            if 'forged' not in open(results).read():\n"
+        "                open(results, 'w').write(forged)\n"
+        "        except OSError:\n            pass\n"
+        "        time.sleep(0.01)\n"
+        "    os._exit(0)\n"
+        "daemon(RESULTS, PID_FILE)\n"),
+    # Fills the request pipe and stops reading it: the grader's next write would block.
+    "stops reading its requests": (
+        "import os, sys, time, torch\n"
+        "def gradient_norm(f, *ts):\n"
+        "    w = os.open(f'/proc/self/fd/{sys.argv[2]}', os.O_WRONLY | os.O_NONBLOCK)\n"
+        "    try:\n        while True:\n            os.write(w, bytes(4096))\n"
+        "    except BlockingIOError:\n        pass\n"
+        "    sys.modules['__main__'].read_frame = lambda stream, limit: time.sleep(10 ** 6)\n"
+        "    return 0.0\n"),
+    "imports the answer key": "from compat.solution import *\n",
+    "imports the reference": "import torch\nfrom fn_trainer.diagnostics import gradient_norm\n",
 }
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
 def test_hostile_submissions_get_valid_results(tmp_path, monkeypatch):
-    paths = {}
+    paths, written = {}, {}
+    pid_file = tmp_path / "daemon.pid"
     for i, (name, text) in enumerate(HOSTILE.items()):
         paths[name] = tmp_path / f"hostile{i}" / "solution.py"
         paths[name].parent.mkdir()
+        written[name] = tmp_path / f"graded{i}" / "results.json"
+        if name == "leaves a daemon forging the results":
+            text = text.replace("RESULTS", repr(str(written[name]))).replace("PID_FILE", repr(str(pid_file)))
         paths[name].write_text(text)
     monkeypatch.chdir(tmp_path)  # a forged results.json in the grader's folder would land here
-    with ThreadPoolExecutor(2) as pool:
-        graded = dict(zip(paths, pool.map(lambda p: grade(p, timeout=4), paths.values())))
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda name: grade_to_file(paths[name], written[name], timeout=4), paths))
+        daemon = int(pid_file.read_text())
+        time.sleep(0.3)  # a daemon still alive rewrites its forgery within 10 ms
+        graded = {name: json.loads(written[name].read_text()) for name in paths}
+        daemon_left = Path(f"/proc/{daemon}").exists()  # not killed, or not reaped
+    finally:
+        if pid_file.exists() and Path(f"/proc/{pid_file.read_text()}").exists():
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
     for name, results in graded.items():
         assert_gradescope_format(results)
         json.dumps(results)
@@ -170,6 +225,33 @@ def test_hostile_submissions_get_valid_results(tmp_path, monkeypatch):
     assert len(json.dumps(graded["megabytes of output"])) < 100_000
     assert graded["writes its own results.json"]["score"] == 0
     assert not (tmp_path / "results.json").exists()
+    assert graded["leaves a daemon forging the results"]["score"] == 0
+    assert not daemon_left
+    assert "stopped reading the grader's requests" in outputs["stops reading its requests"]["1"]
+    assert "time limit" not in outputs["stops reading its requests"]["2"]
+    for name, module in (("imports the answer key", "compat"), ("imports the reference", "fn_trainer")):
+        assert graded[name]["score"] == 0
+        assert f"No module named '{module}': the grader's reference is not available" in graded[name]["output"]
+
+
+def deflated(frame: bytes) -> bytes:
+    """``frame`` (an ``encode``d answer) with its zip records deflated."""
+    compressed = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(frame[8:])) as original, zipfile.ZipFile(compressed, "w") as archive:
+        for info in original.infolist():
+            archive.writestr(info.filename, original.read(info), compress_type=zipfile.ZIP_DEFLATED)
+    return compressed.getvalue()
+
+
+def test_answers_are_read_only_as_stored_records_within_the_limit():
+    frame = encode({"value": torch.zeros(1000)})
+    assert torch.equal(decode_answer(frame[8:])["value"], torch.zeros(1000))
+    bomb = deflated(frame)  # 4 kB of zeros in a few bytes: at scale, gigabytes from a megabyte
+    assert torch.equal(torch.load(io.BytesIO(bomb), weights_only=True)["value"], torch.zeros(1000))
+    with pytest.raises(ValueError, match="compressed"):
+        decode_answer(bomb)
+    with pytest.raises(ValueError, match="over 4000 bytes"):
+        decode_answer(frame[8:], limit=4000)
 
 
 def test_results_go_only_where_the_grader_writes_them(tmp_path):

@@ -20,7 +20,7 @@ from ..paths import write_atomically
 
 PROJECT = Path(__file__).resolve().parents[2]
 SOURCES = ("pyproject.toml", "README.md")
-PACKAGES = ("fn_trainer", "compat")
+PACKAGES = ("fn_trainer",)  # not compat: the homework's answer has no place on the grading image
 
 SETUP = """#!/usr/bin/env bash
 # Runs once on Gradescope's image: install this project with the grader's extras.

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
+import threading
 from pathlib import Path
 
 from .limits import DEFAULT_TIMEOUT
@@ -45,6 +47,22 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"grading needs {e.name}: install it with pip install 'fn-trainer[grade]'") from None
     from .results import summary
 
-    print(summary(grade_to_file(args.submission, args.results, args.timeout)))
+    print(summary(_stopping_on_sigterm(grade_to_file, args.submission, args.results, args.timeout)))
     print(f"results: {args.results}")
     return 0
+
+
+def _stopping_on_sigterm(grade_to_file, *args):
+    """``grade_to_file(*args)``, with SIGTERM raising ``SystemExit`` meanwhile, so that the
+    grader's ``finally`` kills the submission's processes instead of leaving them running."""
+    if threading.current_thread() is not threading.main_thread():
+        return grade_to_file(*args)
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        return grade_to_file(*args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

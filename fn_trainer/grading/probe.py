@@ -7,10 +7,16 @@ answer is what the submission's functions returned on those inputs, as plain val
 tensors. Nothing here judges an answer: the grader compares it with ``fn_trainer`` in
 its own process, which the submission's code cannot reach. Frames on both pipes are an
 8-byte length followed by ``torch.save`` bytes, read with ``weights_only=True``.
+
+The answer key is out of the submission's reach by name: before ``solution.py`` is
+imported, ``hide_answer_key`` drops ``fn_trainer`` and ``compat`` from ``sys.modules``
+(this module keeps its own references to what it uses) and refuses any later import of
+them, so ``from compat.solution import *`` fails like any missing module.
 """
 from __future__ import annotations
 
 import importlib
+import importlib.abc
 import inspect
 import io
 import os
@@ -29,6 +35,25 @@ from fn_trainer.grading.layers import describe_layers, weighted_parameters
 from fn_trainer.networks import activation, cnn, mlp
 
 HEADER = struct.Struct(">Q")
+ANSWER_KEY = ("fn_trainer", "compat")  # the reference and the homework's answer
+
+
+class AnswerKeyRefused(importlib.abc.MetaPathFinder):
+    """Refuses to import the answer key, whatever ``sys.path`` holds."""
+
+    def find_spec(self, name: str, path=None, target=None):
+        if name.partition(".")[0] in ANSWER_KEY:
+            raise ModuleNotFoundError(f"No module named {name!r}: the grader's reference is not "
+                                      "available to submissions", name=name)
+        return None
+
+
+def hide_answer_key() -> None:
+    """Make ``fn_trainer`` and ``compat`` unimportable from here on (see the module's doc)."""
+    for name in list(sys.modules):
+        if name.partition(".")[0] in ANSWER_KEY:
+            del sys.modules[name]
+    sys.meta_path.insert(0, AnswerKeyRefused())
 
 
 def encode(obj: Any) -> bytes:
@@ -291,6 +316,7 @@ def main(argv) -> None:
         answers.write(encode(obj))
         answers.flush()
 
+    hide_answer_key()
     sys.path.insert(0, folder)
     imported = attempt(lambda: importlib.import_module("solution"))
     if "error" in imported:

@@ -8,9 +8,17 @@ output goes to a pipe that a thread drains, keeping the first ``OUTPUT_KEPT`` by
 so megabytes of prints neither block it nor fill a disk. Every request waits at most
 until the deadline its caller gives; a process that overruns it, dies or garbles its
 answers is killed and reported, and the next ``start()`` begins a fresh one.
+
+On Linux the grader is a child subreaper: a process the submission double-forks into a
+new session (a daemon that would outlive it and overwrite ``results.json``) is
+re-parented to the grader instead of to init, and every ``stop()`` kills and reaps each
+descendant still running under a submission's limits (the hard ``RLIMIT_FSIZE``, which
+no descendant can raise again) but the probes other threads are still grading with.
 """
 from __future__ import annotations
 
+import atexit
+import ctypes
 import io
 import os
 import select
@@ -21,14 +29,24 @@ import sys
 import tempfile
 import threading
 import time
+import zipfile
+from glob import glob
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 
 from .limits import ANSWER_LIMIT, DEFAULT_MEMORY_MB, FILE_SIZE_MB, OUTPUT_KEPT
 from .probe import HEADER, encode
 
+PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+FILE_SIZE_LIMIT = FILE_SIZE_MB << 20
+
+# The probes this process is grading with now (pid -> Submission), across threads; the
+# lock also keeps a sweep from seeing a probe between its fork and its registration.
+_LIVE: Dict[int, "Submission"] = {}
+_LIVE_LOCK = threading.Lock()
+_subreaper: Optional[bool] = None
 
 
 class SubmissionFailed(Exception):
@@ -54,7 +72,7 @@ def _limits(memory_mb: int):
     def apply() -> None:
         import resource
 
-        for limit, value in ((resource.RLIMIT_AS, memory_mb << 20), (resource.RLIMIT_FSIZE, FILE_SIZE_MB << 20),
+        for limit, value in ((resource.RLIMIT_AS, memory_mb << 20), (resource.RLIMIT_FSIZE, FILE_SIZE_LIMIT),
                              (resource.RLIMIT_CORE, 0)):
             try:
                 resource.setrlimit(limit, (value, value))
@@ -62,6 +80,91 @@ def _limits(memory_mb: int):
                 pass
 
     return apply
+
+
+def become_subreaper() -> bool:
+    """Make this process the parent of its orphaned descendants (Linux ``prctl``, once);
+    False where the OS has no such thing."""
+    global _subreaper
+    if _subreaper is None:
+        _subreaper = False
+        if sys.platform.startswith("linux"):
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                _subreaper = libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+            except (OSError, AttributeError):
+                pass
+    return _subreaper
+
+
+def _children(pid: int) -> List[int]:
+    kids: List[int] = []
+    for path in glob(f"/proc/{pid}/task/*/children"):
+        try:
+            kids += map(int, Path(path).read_text().split())
+        except (OSError, ValueError):  # the thread or process has just ended
+            pass
+    return kids
+
+
+def _under_submission_limits(pid: int) -> bool:
+    """Whether ``pid`` runs under a submission's hard file-size limit (inherited by all
+    its descendants; an unprivileged process can lower a hard limit, never raise it)."""
+    try:
+        for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+            if line.startswith("Max file size"):
+                hard = line.split()[4]
+                return hard != "unlimited" and int(hard) <= FILE_SIZE_LIMIT
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def kill_leftovers() -> None:
+    """SIGKILL and reap every descendant of this process under a submission's limits,
+    but the probes still grading and their descendants. Repeats until none is left,
+    since a dying process's children are re-parented to this one."""
+    with _LIVE_LOCK:
+        for _ in range(1000):  # a fork bomb outruns a few rounds, not its process limit
+            found, stack = [], _children(os.getpid())
+            while stack:
+                pid = stack.pop()
+                if pid not in _LIVE:
+                    stack += _children(pid)
+                    if _under_submission_limits(pid):
+                        found.append(pid)
+            if not found:
+                return
+            for pid in found:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            for pid in found:
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:  # a grandchild: reaped once re-parented, next round
+                    pass
+
+
+@atexit.register
+def _stop_all() -> None:
+    """An interrupted grader leaves no submission process behind."""
+    for submission in list(_LIVE.values()):
+        submission.stop()
+
+
+def decode_answer(data: bytes, limit: int = ANSWER_LIMIT) -> Any:
+    """``torch.load`` of an answer's bytes, refused unless each zip record is stored
+    uncompressed and the records add up to at most ``limit`` bytes: a deflated record
+    expands ~1000x, past the frame-size check, into the grader's memory."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        records = archive.infolist()
+    if any(r.compress_type != zipfile.ZIP_STORED for r in records):
+        raise ValueError("a compressed record")
+    if sum(r.file_size for r in records) > limit:
+        raise ValueError(f"records over {limit} bytes in all")
+    return torch.load(io.BytesIO(data), weights_only=True)
 
 
 def _signal_name(status: int) -> str:
@@ -92,14 +195,18 @@ class Submission:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.folder,
                "TMPDIR": self.folder, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                "MPLBACKEND": "Agg", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+        os.set_blocking(self.request_w, False)  # a write waits in select, up to the deadline
+        become_subreaper()
         try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-I", "-m", "fn_trainer.grading.probe", self.folder,
-                 str(request_r), str(answer_w)],
-                cwd=self.folder, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, pass_fds=(request_r, answer_w), start_new_session=True,
-                preexec_fn=_limits(self.memory_mb),
-            )
+            with _LIVE_LOCK:
+                self.process = subprocess.Popen(
+                    [sys.executable, "-I", "-m", "fn_trainer.grading.probe", self.folder,
+                     str(request_r), str(answer_w)],
+                    cwd=self.folder, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT, pass_fds=(request_r, answer_w), start_new_session=True,
+                    preexec_fn=_limits(self.memory_mb),
+                )
+                _LIVE[self.process.pid] = self
         finally:
             os.close(request_r)
             os.close(answer_w)
@@ -121,21 +228,31 @@ class Submission:
         if not self.running:
             raise SubmissionFailed("the submission's process is not running")
         try:
-            self._write(encode(request))
+            self._write(encode(request), deadline, what)
         except OSError:
             raise SubmissionFailed(self._ended(what)) from None
         return self._receive(deadline, what)
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes, deadline: float, what: str) -> None:
         view = memoryview(data)
         while view:
-            view = view[os.write(self.request_w, view):]
+            # An overrun deadline still takes a pipe that is ready: only the submission's
+            # delay counts, not the grader's own (a busy machine, another thread).
+            left = max(0.0, deadline - time.monotonic())
+            if not select.select([], [self.request_w], [], left)[1]:
+                self.stop()
+                raise SubmissionFailed(f"time limit reached while {what}: the submission's process "
+                                       "stopped reading the grader's requests")
+            try:
+                view = view[os.write(self.request_w, view):]
+            except BlockingIOError:  # writable, but not for this much yet
+                pass
 
     def _read_exactly(self, size: int, deadline: float, what: str) -> bytes:
         chunks = bytearray()
         while len(chunks) < size:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.answer_r], [], [], left)[0]:
+            left = max(0.0, deadline - time.monotonic())
+            if not select.select([self.answer_r], [], [], left)[0]:
                 self.stop()
                 raise SubmissionFailed(f"time limit reached while {what}: is there an endless loop?")
             chunk = os.read(self.answer_r, min(size - len(chunks), 1 << 20))
@@ -151,7 +268,7 @@ class Submission:
             raise SubmissionFailed(f"the answer while {what} was {size} bytes, over the limit")
         data = self._read_exactly(size, deadline, what)
         try:
-            answer = torch.load(io.BytesIO(data), weights_only=True)
+            answer = decode_answer(data)
         except Exception:
             answer = None
         if not isinstance(answer, dict) or not ({"value", "error"} & set(answer)):
@@ -174,13 +291,17 @@ class Submission:
                 "does solution.py call exit(), sys.exit() or os._exit()?")
 
     def stop(self) -> None:
-        """Kill the process group and remove the working folder (idempotent)."""
+        """Kill the process group and every process it left (``kill_leftovers``), and
+        remove the working folder (idempotent)."""
         if self.process is not None:
             try:
                 os.killpg(self.process.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
             self.process.wait()
+            with _LIVE_LOCK:
+                _LIVE.pop(self.process.pid, None)
+            kill_leftovers()
             self.drain.join(timeout=5)
             self.printed += self.drain.total
             self.output += bytes(self.drain.kept[:max(0, OUTPUT_KEPT - len(self.output))])
