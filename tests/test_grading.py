@@ -55,6 +55,14 @@ def test_compat_solution_imports_nothing_of_the_grader_when_graded(tmp_path):
     assert results["score"] == 0 and "No module named 'fn_trainer'" in results["output"]
 
 
+def test_compat_solution_scores_full_marks_with_the_reference_allowed(tmp_path, capsys):
+    results_path = tmp_path / "results.json"
+    assert main(["grade", str(SOLUTION), "--allow-reference", "--results", str(results_path)]) == 0
+    results = json.loads(results_path.read_text())
+    assert_gradescope_format(results)
+    assert results["score"] == 35, capsys.readouterr().out
+
+
 def test_exported_solution_scores_full_marks_through_the_command(tmp_path, capsys):
     results_path = tmp_path / "out" / "results.json"
     exported = export_solution(tmp_path / "solution.py")
@@ -102,12 +110,10 @@ MUTANTS = {
     "no clipping": ("8", [(
         "return self._loss(probs, targets), float(accuracy(probs, targets))",
         "return cross_entropy(probs, targets, eps=0.0), float(accuracy(probs, targets))")]),
-    # training_step takes its norm from compute_gradient_norm: here it keeps its own right one
+    # training_step calls compute_gradient_norm: the grader lends it question 9's answer there
     "the norm of the parameters instead of their gradients": ("9", [(
         "grads = [p.grad for p in network.parameters() if p.grad is not None]",
-        "grads = [p.detach() for p in network.parameters() if p.grad is not None]"), (
-        "norm = self.compute_gradient_norm(self.network)",
-        "norm = float(global_norm([p.grad for p in self.network.parameters()]))")]),
+        "grads = [p.detach() for p in network.parameters() if p.grad is not None]")]),
     "Adam ignoring lr": ("10", [(
         "        self.optimizer.step()\n        return norm",
         '        self.optimizer.param_groups[0]["lr"] = 1e-3\n'

@@ -7,7 +7,7 @@ import signal
 import threading
 from pathlib import Path
 
-from .limits import DEFAULT_TIMEOUT
+from .limits import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT
 
 HELP = "Grade a student's solution.py (section 1, 35 points) into Gradescope's results.json."
 
@@ -21,6 +21,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
                    help="time limit in seconds for each question, and for importing the file "
                         "(plus 20 s to start Python and torch; default: %(default)s)")
+    p.add_argument("--allow-reference", action="store_true",
+                   help="let the submission import fn_trainer and compat (refused to students): "
+                        "for grading this project's own compat/solution.py")
     p.add_argument("--bundle", type=Path, default=None, metavar="ZIP",
                    help="write Gradescope's autograder bundle (setup.sh, run_autograder) to ZIP")
     return p
@@ -47,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"grading needs {e.name}: install it with pip install 'fn-trainer[grade]'") from None
     from .results import summary
 
-    print(summary(_stopping_on_sigterm(grade_to_file, args.submission, args.results, args.timeout)))
+    print(summary(_stopping_on_sigterm(grade_to_file, args.submission, args.results, args.timeout,
+                                       DEFAULT_MEMORY_MB, args.allow_reference)))
     print(f"results: {args.results}")
     return 0
 

@@ -89,15 +89,19 @@ def grade_interface(session: Session) -> TestResult:
 
 
 def grade(submission: os.PathLike, timeout: float = DEFAULT_TIMEOUT,
-          memory_mb: int = DEFAULT_MEMORY_MB) -> Dict[str, Any]:
-    """Grade ``submission`` (a ``solution.py``); return Gradescope's results as a dict."""
+          memory_mb: int = DEFAULT_MEMORY_MB, allow_reference: bool = False) -> Dict[str, Any]:
+    """Grade ``submission`` (a ``solution.py``); return Gradescope's results as a dict.
+
+    ``allow_reference=True`` lets the submission import ``fn_trainer`` and ``compat``
+    (refused to students): for grading the project's own ``compat/solution.py``.
+    """
     path = Path(submission)
     if not path.is_file():
         raise ValueError(f"submission {str(path)!r} is not a file")
     if not (isinstance(timeout, (int, float)) and timeout > 0):
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     start = time.monotonic()
-    process = Submission(path, memory_mb)
+    process = Submission(path, memory_mb, allow_reference)
     session = Session(process, timeout)
     try:
         tests = [grade_interface(session)] + [grade_question(q, session) for q in QUESTIONS]
@@ -113,9 +117,9 @@ def grade(submission: os.PathLike, timeout: float = DEFAULT_TIMEOUT,
 
 
 def grade_to_file(submission: os.PathLike, results_path: os.PathLike, timeout: float = DEFAULT_TIMEOUT,
-                  memory_mb: int = DEFAULT_MEMORY_MB) -> Dict[str, Any]:
+                  memory_mb: int = DEFAULT_MEMORY_MB, allow_reference: bool = False) -> Dict[str, Any]:
     """``grade`` and write ``results.json`` to ``results_path`` once the submission's
     process has ended."""
-    results = grade(submission, timeout, memory_mb)
+    results = grade(submission, timeout, memory_mb, allow_reference)
     write_results(results_path, results)
     return results

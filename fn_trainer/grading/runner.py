@@ -177,8 +177,8 @@ def _signal_name(status: int) -> str:
 class Submission:
     """One submission's process; ``call(request, deadline)`` returns its answer."""
 
-    def __init__(self, source: Path, memory_mb: int = DEFAULT_MEMORY_MB) -> None:
-        self.source, self.memory_mb = Path(source), memory_mb
+    def __init__(self, source: Path, memory_mb: int = DEFAULT_MEMORY_MB, allow_reference: bool = False) -> None:
+        self.source, self.memory_mb, self.allow_reference = Path(source), memory_mb, allow_reference
         self.process: Optional[subprocess.Popen] = None
         self.folder: Optional[str] = None
         self.printed = 0
@@ -201,7 +201,7 @@ class Submission:
             with _LIVE_LOCK:
                 self.process = subprocess.Popen(
                     [sys.executable, "-I", "-m", "fn_trainer.grading.probe", self.folder,
-                     str(request_r), str(answer_w)],
+                     str(request_r), str(answer_w), *(["--allow-reference"] if self.allow_reference else [])],
                     cwd=self.folder, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT, pass_fds=(request_r, answer_w), start_new_session=True,
                     preexec_fn=_limits(self.memory_mb),
