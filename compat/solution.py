@@ -71,6 +71,10 @@ class FunctionalAdam(torch.optim.Adam):
         super().__init__(params, lr=lr, betas=tuple(betas), eps=eps)
         self._hyper_cache: Dict[Tuple[float, ...], object] = {}
 
+    def __setstate__(self, state: Dict) -> None:  # pickling and deepcopy keep torch's fields only
+        super().__setstate__(state)
+        self._hyper_cache = {}
+
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], torch.Tensor]] = None) -> Optional[torch.Tensor]:
         loss = None

@@ -10,6 +10,7 @@ import importlib.util
 import inspect
 import math
 import os
+import pickle
 import random
 import sys
 from pathlib import Path
@@ -485,6 +486,17 @@ def test_optimizer_steps_equal_torch_adam_bit_for_bit(make_trainer, dtype):
             assert torch.equal(p, q), f"step {step}"
             assert torch.equal(ours.state[p]["exp_avg_sq"], theirs.state[q]["exp_avg_sq"]), f"step {step}"
     assert [int(ours.state[p]["step"]) for p in network.parameters()][-1] == 39
+
+
+def test_a_copied_or_pickled_optimizer_keeps_stepping(make_trainer):
+    t = make_trainer(lr=1e-3)
+    X, Y = t.train[0][:32], t.one_hot(t.train[1][:32])
+    t.training_step(X, Y)
+    for clone in (copy.deepcopy(t), pickle.loads(pickle.dumps(t))):
+        clone.training_step(X, Y)
+        assert all(int(s["step"]) == 2 for s in clone.optimizer.state.values())
+    t.training_step(X, Y)
+    assert max_difference(t.network, clone.network) == 0.0
 
 
 def test_training_step_refuses_a_batch_with_nan_and_leaves_the_parameters(make_trainer):
