@@ -23,7 +23,7 @@ Shapes: the MLP 784-256-256-10; the CNN (16, 32, 45), kernel 3, dense (256, 256)
 the 6-run sweep (3 learning rates x raw/normalised inputs, MLP): six sequential
 reference epochs against one vmapped epoch of the six models. For the CNN,
 ``compiled_module`` compiles the step around the homework's module as it is
-(``functional_call``), without the forward of ``fn_trainer.cnn_forward`` that
+(``functional_call``), without the forward of ``fn_trainer.speed.inductor_apply`` that
 ``compiled`` uses: the difference is what that rewrite is worth.
 
 glibc's malloc thresholds are fixed for the run (:func:`steady_malloc`; off with
@@ -51,6 +51,7 @@ from torch.func import functional_call, vmap
 
 from fn_trainer import NetworkConfiguration, adam, build_network, cross_entropy, make_step, normalize, one_hot
 from fn_trainer.compiled import compile_step
+from fn_trainer.speed import inductor_apply
 from fn_trainer.denormals import flush_denormals
 from fn_trainer.networks import POOLED_SIZE, feature_map_sizes
 from fn_trainer.step import Params
@@ -251,7 +252,7 @@ def network_paths(network_type: str, config: NetworkConfiguration, X, T, batch_s
              "compat": compat_loop(compat_trainer(network_type, config, 1e-3, net.init(0)), X, T, batch_size, n_steps)}
     candidates = [("eager", step)]
     if compile:
-        candidates.append(("compiled", compile_step(step)))
+        candidates.append(("compiled", compile_step(make_step(inductor_apply(net), adam(1e-3)), eager=step)))
     if compile and network_type == "cnn":
         module_apply = lambda p, x: functional_call(net.module, p, (x,))  # noqa: E731
         candidates.append(("compiled_module", compile_step(make_step(module_apply, adam(1e-3)))))

@@ -11,7 +11,7 @@ the compiled step returns the same values up to floating-point reassociation.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -22,20 +22,26 @@ from .step import Batch, Params, Step
 MultiStep = Callable[[Params, object, Batch], Tuple[Params, object, Dict[str, Tensor]]]
 
 
-def compile_step(step: Step, *, mode: str | None = None, other_shapes: str = "eager") -> Step:
+def compile_step(step: Step, *, mode: str | None = None, other_shapes: str = "eager",
+                 eager: Optional[Step] = None) -> Step:
     """``step`` under ``torch.compile(fullgraph=True, dynamic=False)``, same signature.
 
     The graph is specialised to the first minibatch shape it sees. A minibatch of
-    another shape (the smaller last one of an epoch) runs the eager ``step`` when
+    another shape (the smaller last one of an epoch) runs eagerly when
     ``other_shapes="eager"`` (one eager step per epoch instead of a second compilation
     as long as the first), or compiles another graph when ``other_shapes="compile"``.
-    ``mode`` is passed to ``torch.compile`` (``None``: its default).
+    The eager step is ``eager`` if given, else ``step``: a step built on a forward
+    written for Inductor (``fn_trainer.speed.inductor_apply``) can leave that minibatch
+    to the plain one. ``mode`` is passed to ``torch.compile`` (``None``: its default).
     """
     if not callable(step):
         raise TypeError(f"step must be callable, got {type(step).__name__}")
     if other_shapes not in ("eager", "compile"):
         raise ValueError(f"other_shapes must be 'eager' or 'compile', got {other_shapes!r}")
+    if eager is not None and not callable(eager):
+        raise TypeError(f"eager must be callable, got {type(eager).__name__}")
     compiled = torch.compile(step, fullgraph=True, dynamic=False, mode=mode)
+    fallback = step if eager is None else eager
     if other_shapes == "compile":
         return compiled
     first_shape = None
@@ -45,7 +51,7 @@ def compile_step(step: Step, *, mode: str | None = None, other_shapes: str = "ea
         shape = tuple(batch[0].shape)
         if first_shape is None:
             first_shape = shape
-        return (compiled if shape == first_shape else step)(params, opt_state, batch)
+        return (compiled if shape == first_shape else fallback)(params, opt_state, batch)
 
     return compiled_step
 

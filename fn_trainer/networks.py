@@ -15,7 +15,6 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .cnn_forward import sequential_forward
 from .config import NetworkConfiguration
 from .errors import check_positive_int, check_seed
 
@@ -180,10 +179,10 @@ class Network:
     """An architecture to apply to parameter dicts.
 
     ``module`` is a parameter-free skeleton (built on the meta device): it only says
-    what to compute. ``apply(params, x)`` maps ``x: (N, C, H, W) float`` to class
-    probabilities ``(N, n_classes)``: eagerly with ``functional_call(module, ...)``, and
-    under ``torch.compile`` a CNN with :func:`cnn_forward.sequential_forward`, the same
-    function arranged for Inductor.
+    what to compute. ``apply(params, x) = functional_call(module, params, (x,))`` maps
+    ``x: (N, C, H, W) float`` to class probabilities ``(N, n_classes)``, always: a
+    faster form for compiled steps is chosen explicitly
+    (:func:`fn_trainer.speed.cnn_forward.inductor_apply`).
     """
 
     module: nn.Module
@@ -192,10 +191,16 @@ class Network:
     n_classes: int
 
     def apply(self, params: Params, x: Tensor) -> Tensor:
+        self.check_input(x, params)
+        return functional_call(self.module, params, (x,))
+
+    def check_input(self, x: Tensor, params: object = None) -> None:
+        """Raise naming ``x`` unless it is a floating ``(N, *input_shape)`` tensor of the
+        parameters' dtype. Caught here, a mistake reads as such rather than as a
+        matmul or conv shape error."""
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
-            # Caught here, the mistake reads as such rather than as a matmul/conv shape error.
             raise ValueError(
                 f"x must have shape (N, {', '.join(map(str, self.input_shape))}) for this network "
                 f"(input_shape={self.input_shape}), got {tuple(x.shape)}"
@@ -206,9 +211,6 @@ class Network:
                 f"x must have the parameters' floating dtype ({None if weight is None else weight.dtype}), "
                 f"got {x.dtype}"
             )
-        if self.network_type == "cnn" and torch.compiler.is_compiling():
-            return sequential_forward(self.module, params, x)
-        return functional_call(self.module, params, (x,))
 
     def init(self, seed: Union[torch.Generator, int] = 0, dtype: torch.dtype = torch.float32) -> Params:
         return init_params(self.module, seed, dtype)

@@ -23,7 +23,7 @@ from .errors import check_positive_float, check_positive_int, check_seed
 from .losses import accuracy, cross_entropy
 from .networks import Network
 from .optim import adam
-from .step import make_step
+from .step import Apply, make_step
 from .train import (LOG_KEYS, N_TRAIN_EVAL, FitResult, check_split, divergence_message, epoch_order,
                     params_dtype)
 
@@ -139,16 +139,26 @@ def init_sweep(network: Network, lrs: Sequence[float], seed: int = 0) -> Tuple[P
     return stack_trees([params0] * len(lrs)), stack_trees([adam(lr).init(params0) for lr in lrs])
 
 
-def make_sweep_step(network: Network, batch_in_dims: Optional[int], *, compile: bool = False):
+def make_sweep_step(network: Network, batch_in_dims: Optional[int], *, compile: bool = False,
+                    compiled_apply: Optional[Apply] = None):
     """``vmap`` of the pure Adam step over stacked models: ``(params, state, (x, targets))``
-    with ``x: (K, B, ...)`` per model (``batch_in_dims=0``) or ``(B, ...)`` shared (``None``)."""
-    step = vmap(make_step(network.apply, adam()), in_dims=(0, 0, (batch_in_dims,) * 2))
-    return compile_step(step) if compile else step
+    with ``x: (K, B, ...)`` per model (``batch_in_dims=0``) or ``(B, ...)`` shared (``None``).
+
+    ``compile=True``: under ``torch.compile``, with ``compiled_apply`` as the forward if
+    given (``fn_trainer.speed.inductor_apply(network)``), ``network.apply`` otherwise; a
+    minibatch of another shape runs eagerly with ``network.apply``."""
+    in_dims = (0, 0, (batch_in_dims,) * 2)
+    step = vmap(make_step(network.apply, adam()), in_dims=in_dims)
+    if not compile:
+        return step
+    fast = step if compiled_apply is None else vmap(make_step(compiled_apply, adam()), in_dims=in_dims)
+    return compile_step(fast, eager=step)
 
 
 def fit_sweep(network: Network, lrs: Sequence[float], train: Any, valid: Any, *, epochs: int,
               batch_size: int = 128, seed: int = 0, n_classes: int = 10, progress: bool = True,
-              shuffle: bool = False, compile: bool = False, desc: str = "sweep") -> List[FitResult]:
+              shuffle: bool = False, compile: bool = False, compiled_apply: Optional[Apply] = None,
+              desc: str = "sweep") -> List[FitResult]:
     """Train ``len(lrs)`` copies of ``network`` with Adam, one per learning rate, in one vmapped step.
 
     Every model starts from ``network.init(seed)``. ``train``/``valid``: one ``(X, y)``
@@ -160,7 +170,8 @@ def fit_sweep(network: Network, lrs: Sequence[float], train: Any, valid: Any, *,
     trajectory is its solo ``fit`` run's up to float32 reassociation (batched matmuls).
 
     ``compile=True`` runs the vmapped step under ``torch.compile`` (one graph for full
-    minibatches; a smaller last minibatch runs eagerly), worth it for long runs.
+    minibatches; a smaller last minibatch runs eagerly), worth it for long runs; the
+    compiled graph applies ``compiled_apply`` if given (see ``make_sweep_step``).
     """
     check_positive_int("epochs", epochs, minimum=0)
     check_positive_int("batch_size", batch_size)
@@ -179,7 +190,7 @@ def fit_sweep(network: Network, lrs: Sequence[float], train: Any, valid: Any, *,
     if train_data.X.shape[-3:] != valid_data.X.shape[-3:]:
         raise ValueError("train X and valid X must have the same sample shape")
 
-    step = make_sweep_step(network, train_data.in_dims, compile=compile)
+    step = make_sweep_step(network, train_data.in_dims, compile=compile, compiled_apply=compiled_apply)
     evaluate = make_sweep_evaluate(network)
     n, n_batches = train_data.n, math.ceil(train_data.n / batch_size)
     n_train_eval = min(N_TRAIN_EVAL, n)

@@ -4,6 +4,7 @@ import torch
 import torch._dynamo
 
 from fn_trainer import NetworkConfiguration, adam, build_network, make_step, one_hot
+from fn_trainer.speed import inductor_apply
 from fn_trainer.compiled import compile_step, multi_step
 from fn_trainer.sweep import fit_sweep
 
@@ -75,12 +76,12 @@ def test_compiled_step_equals_eager_and_does_not_recompile(mlp):
 
 @pytest.mark.parametrize("config", [SMALL_CNN, WINOGRAD_CNN], ids=["patch-products", "winograd"])
 def test_compiled_cnn_step_equals_eager_and_does_not_recompile(config):
-    # under torch.compile the CNN runs the rewritten forward (fn_trainer.cnn_forward); in
-    # float64, where rounding cannot turn an Adam step over, every entry must agree
+    # compiled with the forward written for Inductor (fn_trainer.speed); in float64, where
+    # rounding cannot turn an Adam step over, every entry must agree with the plain step
     net = build_network("cnn", config)
     torch._dynamo.reset()
     step = make_step(net.apply, adam(1e-3))
-    compiled = compile_step(step)
+    compiled = compile_step(make_step(inductor_apply(net), adam(1e-3)), eager=step)
     params = net.init(0, dtype=torch.float64)
     data = [(x.double(), targets.double()) for x, targets in batches(5, 16, seed=5)]
     with compiles(1):
@@ -136,3 +137,23 @@ def test_compile_step_rejects_bad_arguments():
         compile_step(42)
     with pytest.raises(ValueError, match="other_shapes"):
         compile_step(lambda *a: a, other_shapes="sometimes")
+
+
+def test_compile_step_leaves_other_shapes_to_the_eager_step(monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)  # the dispatch, not Inductor, is tested
+    calls = []
+
+    def fast(params, state, batch):
+        calls.append(("fast", tuple(batch[0].shape)))
+        return params, state, {}
+
+    def plain(params, state, batch):
+        calls.append(("plain", tuple(batch[0].shape)))
+        return params, state, {}
+
+    step = compile_step(fast, eager=plain)
+    for n in (4, 4, 3, 4):
+        step({}, None, (torch.zeros(n, 2), torch.zeros(n, 2)))
+    assert calls == [("fast", (4, 2)), ("fast", (4, 2)), ("plain", (3, 2)), ("fast", (4, 2))]
+    with pytest.raises(TypeError, match="eager"):
+        compile_step(fast, eager="plain")

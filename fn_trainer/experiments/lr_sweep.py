@@ -7,6 +7,7 @@ from typing import List, Optional, Tuple
 from ..networks import build_network
 from ..plots import plot_curves
 from ..report import image, write_section
+from ..speed import inductor_apply
 from ..train import FitResult
 from .architectures import reference_mlp
 from .common import curves, header
@@ -77,6 +78,7 @@ def sweep_trainer():
         results = fit_sweep(network, [sp.lr for sp in specs], train, valid, epochs=first.epochs,
                             batch_size=first.batch_size, seed=first.seed, n_classes=N_CLASSES,
                             progress=ctx.settings.progress, compile=compiled,
+                            compiled_apply=inductor_apply(network) if compiled else None,
                             desc=f"{first.name.split('-lr')[0]} x{len(specs)} lrs")
         wall = time.perf_counter() - start
         return [(r, wall, f"fit_sweep ({len(specs)} learning rates together)") for r in results]
