@@ -11,7 +11,10 @@ CNN times that many steps and scales to 469 (said in the output). Compile warm-u
 (first calls, compilation included) is timed separately.
 
 Paths: ``reference`` (the template's loop, ``benchmarks.reference``), ``compat`` (the
-compat ``Trainer.training_step``, what students and graders run) and the functional ones.
+compat ``Trainer.training_step``, what students and graders run), ``compiled_reference``
+(the peer: the template's loop with the module and the optimizer step under
+``torch.compile``, what a PyTorch user tries first; "to peer" is each path's ratio to it)
+and the functional ones.
 
 Every path starts from the same parameters (``network.init(0)``, copied into the
 reference's module too) and repeats the same minibatches, so every path of a shape does
@@ -57,7 +60,7 @@ from fn_trainer.networks import POOLED_SIZE, feature_map_sizes
 from fn_trainer.step import Params
 from fn_trainer.sweep import SweepData, init_sweep, make_sweep_step, stack_trees
 
-from .reference import ReferenceTrainer
+from .reference import CompiledReferenceTrainer, ReferenceTrainer
 
 T_ = TypeVar("T_")
 N_TRAIN = 60000
@@ -168,9 +171,11 @@ def module_params(module: torch.nn.Module) -> Params:
     return {name: p.detach() for name, p in module.named_parameters()}
 
 
-def reference_trainer(network_type: str, config: NetworkConfiguration, lr: float, params: Params) -> ReferenceTrainer:
-    """The template's trainer, its module started from ``params`` (the functional paths' start)."""
-    ref = ReferenceTrainer(network_type, config, lr=lr)
+def reference_trainer(network_type: str, config: NetworkConfiguration, lr: float, params: Params,
+                      trainer: type = ReferenceTrainer) -> ReferenceTrainer:
+    """The template's trainer (or ``CompiledReferenceTrainer``), its module started from
+    ``params`` (the functional paths' start)."""
+    ref = trainer(network_type, config, lr=lr)
     ref.network.load_state_dict(params)
     return ref
 
@@ -247,9 +252,18 @@ def network_paths(network_type: str, config: NetworkConfiguration, X, T, batch_s
         ref.train_steps(X, T, batch_size, n_steps)
         return module_params(ref.network)
 
+    def train_loop(trainer: ReferenceTrainer) -> Callable[[], Params]:
+        def run() -> Params:
+            trainer.train_steps(X, T, batch_size, n_steps)
+            return module_params(trainer.network)
+        return run
+
     step = make_step(net.apply, adam(1e-3))
     paths = {"reference": reference,
              "compat": compat_loop(compat_trainer(network_type, config, 1e-3, net.init(0)), X, T, batch_size, n_steps)}
+    if compile:  # the peer: the template's loop as PyTorch users first compile it
+        paths["compiled_reference"] = train_loop(
+            reference_trainer(network_type, config, 1e-3, net.init(0), CompiledReferenceTrainer))
     candidates = [("eager", step)]
     if compile:
         candidates.append(("compiled", compile_step(make_step(inductor_apply(net), adam(1e-3)), eager=step)))
@@ -305,10 +319,13 @@ def measure(paths: Dict[str, Callable[[], Params]], reps: int, scale: float, log
             out[name]["epoch_s"].append(round(seconds * scale, 4))
         log(f"  rep {r + 1}/{reps}: " + ", ".join(f"{n} {v['epoch_s'][-1]:.3f}" for n, v in out.items()))
     ref = statistics.median(out["reference"]["epoch_s"])
+    peer = statistics.median(out["compiled_reference"]["epoch_s"]) if "compiled_reference" in out else None
     with torch.no_grad():
         for name, v in out.items():
             v["median_s"] = statistics.median(v["epoch_s"])
             v["ratio"] = round(v["median_s"] / ref, 3)
+            if peer is not None:
+                v["ratio_to_compiled_reference"] = round(v["median_s"] / peer, 3)
             v["final_loss"] = loss(reached[name])
     return out
 
@@ -390,7 +407,7 @@ def main(argv=None) -> int:
         timings = measure(paths, reps, scale, log, loss)
         # one epoch of training FLOPs (all six models for the sweep)
         flops = train_flops("mlp" if shape == "sweep" else shape, configs[shape], n) * (6 if shape == "sweep" else 1)
-        best = min((k for k in timings if k not in ("reference", "compat")), key=lambda k: timings[k]["median_s"])
+        best = min((k for k in timings if k not in ("reference", "compat", "compiled_reference")), key=lambda k: timings[k]["median_s"])
         results[shape] = {
             "steps_timed": steps[shape], "steps_per_epoch": full_steps, "scaled": steps[shape] < full_steps,
             "gflop_per_epoch": round(flops / 1e9, 4), "initial_loss": initial_loss, "paths": timings, "best": best,
@@ -428,11 +445,12 @@ def print_table(report: Dict) -> None:
           f"torch {report['machine']['torch']}; matmul peak {report['matmul_peak_gflops']} GFLOP/s; "
           f"load {report['load_average_before'][0]:.1f} -> {report['load_average_after'][0]:.1f}; "
           f"malloc {report['malloc']}; subnormals {'flushed' if report['flush_denormals'] else 'kept'}")
-    print(f"{'shape':6} {'path':17} {'median s/epoch':>14} {'ratio':>6} {'% peak':>7} {'warm-up s':>9}")
+    print(f"{'shape':6} {'path':18} {'median s/epoch':>14} {'ratio':>6} {'to peer':>7} {'% peak':>7} {'warm-up s':>9}")
     verdict = {True: "met", False: "missed", None: "not evaluated (smoke)"}
     for shape, r in report["results"].items():
         for name, v in r["paths"].items():
-            print(f"{shape:6} {name:17} {v['median_s']:14.3f} {v['ratio']:6.2f} {v['pct_of_matmul_peak']:7.1f} "
+            to_peer = f"{v['ratio_to_compiled_reference']:7.2f}" if "ratio_to_compiled_reference" in v else f"{'-':>7}"
+            print(f"{shape:6} {name:18} {v['median_s']:14.3f} {v['ratio']:6.2f} {to_peer} {v['pct_of_matmul_peak']:7.1f} "
                   f"{v['warmup_s']:9.2f}")
         print(f"{shape:6} target <= {r['target_ratio']}: best {r['best']} {r['best_ratio']:.2f} -> "
               f"{verdict[r['target_met']]}" + (" (scaled from a fraction of an epoch)" if r["scaled"] else ""))
