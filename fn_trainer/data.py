@@ -9,6 +9,8 @@ from typing import List, NamedTuple, Tuple
 import torch
 from torch import Tensor
 
+from .paths import NotAFileError, open_regular_file
+
 N_VALID = 2000  # the validation set is the first 2000 test images; test is the rest
 N_CLASSES = 10
 IMAGE_SIZE = (28, 28)
@@ -47,9 +49,11 @@ def check_idx_file(path: Path) -> List[int]:
     unless it is a complete IDX file of the kind its name says."""
     magic, ndim = IDX_FILES[path.name]
     try:
-        with open(path, "rb") as f:
+        with open_regular_file(path) as f:  # a FIFO there would block the loader forever
             header = f.read(4 + 4 * ndim)
             size = os.fstat(f.fileno()).st_size
+    except NotAFileError as e:
+        raise DatasetError(f"cannot read data file: {e}") from None
     except OSError as e:
         raise DatasetError(f"cannot read data file {path}: {e.strerror}") from None
     if len(header) < 4 + 4 * ndim or int.from_bytes(header[:4], "big") != magic:

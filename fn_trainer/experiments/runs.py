@@ -25,7 +25,7 @@ from ..config import NetworkConfiguration
 from ..data import Split, Splits, load_fashion_mnist, normalize
 from ..networks import build_network
 from ..optim import adam
-from ..paths import safe_path, write_text
+from ..paths import read_regular_file, safe_path, write_text
 from ..report import markdown_table
 from ..step import make_step
 from ..train import LOG_KEYS, FitResult, fit, make_evaluate
@@ -290,7 +290,9 @@ def load_record(path: Path, warn: Optional[Callable[[str], None]] = None) -> Opt
     """The stored record at ``path``, or ``None`` if it is absent, unreadable or invalid
     (then the run is trained again); ``warn`` is told why a present file was ignored."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        # No link (records are written by write_atomically, never as links) and nothing
+        # but a regular file: a FIFO there would block the command forever.
+        data = json.loads(read_regular_file(path, follow_links=False).decode("utf-8"))
         problem = record_problem(data)
         if problem is not None:
             raise ValueError(problem)
