@@ -59,6 +59,8 @@ def check_idx_file(path: Path) -> List[int]:
     if len(header) < 4 + 4 * ndim or int.from_bytes(header[:4], "big") != magic:
         raise DatasetError(f"data file {path} is not an IDX file of the expected kind (bad header)")
     dims = [int.from_bytes(header[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    if dims[0] == 0:
+        raise DatasetError(f"data file {path} holds no samples (its header says 0)")
     expected = 4 + 4 * ndim + math.prod(dims)
     if size != expected:
         raise DatasetError(
