@@ -186,6 +186,8 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
         raise ValueError("resume=True needs a checkpoint path to resume from, got checkpoint=None")
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
+        if checkpoint.is_dir():  # found now, not when the first epoch's work is to be saved
+            raise ValueError(f"checkpoint must be a file path, got {str(checkpoint)!r}, an existing folder")
         ensure_writable_dir(checkpoint.parent)
     plain_config = to_plain(config, "config")
     settings = {"batch_size": batch_size, "shuffle": shuffle, "seed": seed, "n_classes": n_classes,

@@ -1,6 +1,7 @@
 """Files that load but lie: hand-edited checkpoints are refused naming the file and what is
 wrong; an invalid stored run record is ignored with a warning and the run retrained."""
 import json
+import os
 
 import pytest
 import torch
@@ -192,3 +193,20 @@ def test_a_record_with_an_unknown_spec_field_is_retrained_by_the_command(fake_da
     err = capsys.readouterr().err
     assert err.startswith(f"fn-trainer: warning: ignoring the run record {record}") and "evil" in err
     assert "evil" not in record.read_text()  # retrained and rewritten
+
+
+@pytest.mark.parametrize("where", ["folder", "link to a folder", "working folder"])
+def test_a_checkpoint_path_that_is_a_folder_is_refused_before_training(where, tmp_path, monkeypatch):
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    path = {"folder": folder, "link to a folder": tmp_path / "link", "working folder": "."}[where]
+    if where == "link to a folder":
+        path.symlink_to(folder)
+    monkeypatch.chdir(folder)
+    import fn_trainer.train as train
+
+    steps = []
+    monkeypatch.setattr(train, "epoch_order", lambda *a: steps.append(1))  # no epoch may start
+    with pytest.raises(ValueError, match="checkpoint must be a file path") as e:
+        run(path)
+    assert str(path) in str(e.value) and not steps and os.listdir(folder) == []
