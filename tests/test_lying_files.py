@@ -52,6 +52,22 @@ EDITS = {
     "learning rate": (lambda d: _set(d, "opt_state.lr", torch.tensor(0.5, dtype=torch.float64)),
                       "optimizer state has lr=0.5, this run's optimizer has lr=0.01"),
     "beta": (lambda d: _set(d, "opt_state.b2", torch.tensor(0.9, dtype=torch.float64)), "b2=0.9"),
+    "step count behind": (lambda d: _set(d, "opt_state.count", torch.tensor(0)), "taken 0 steps .* count must be 3"),
+    "step count ahead": (lambda d: _set(d, "opt_state.count", torch.tensor(1000)), "taken 1000 steps"),
+    "negative step count": (lambda d: _set(d, "opt_state.count", torch.tensor(-5)), "taken -5 steps"),
+    "NaN parameter": (lambda d: d["params"][next(iter(d["params"]))].view(-1).__setitem__(0, float("nan")),
+                      "parameters or optimizer state hold NaN or infinite values"),
+    "infinite first moment": (lambda d: next(iter(d["opt_state"]["mu"].values())).view(-1).__setitem__(0, float("inf")),
+                              "NaN or infinite"),
+    "NaN second moment": (lambda d: next(iter(d["opt_state"]["nu"].values())).view(-1).__setitem__(0, float("nan")),
+                          "NaN or infinite"),
+    "negative second moment": (lambda d: next(iter(d["opt_state"]["nu"].values())).view(-1).__setitem__(0, -1.0),
+                               r"negative second moments \(nu\)"),
+    "NaN in logs": (lambda d: _set(d, "logs.validation_loss.1", float("nan")), "non-finite"),
+    "accuracy 7 in logs": (lambda d: _set(d, "logs.validation_accuracy.1", 7.0),
+                           r"logs\['validation_accuracy'\] must hold accuracies in \[0, 1\], found 7.0"),
+    "negative accuracy in logs": (lambda d: _set(d, "logs.train_accuracy.0", -0.5), "found -0.5"),
+    "last gradient norm -inf": (lambda d: _set(d, "last_grad_norm", float("-inf")), "last_grad_norm must be a finite"),
 }
 
 
