@@ -173,6 +173,11 @@ def normalize(train: Tuple[Tensor, Tensor], valid: Tuple[Tensor, Tensor],
     for name, (X, _) in (("train", train), ("valid", valid), ("test", test)):
         if not isinstance(X, Tensor):
             raise TypeError(f"{name} X must be a torch.Tensor, got {type(X).__name__}")
+        if not X.dtype.is_floating_point:  # integer pixels would normalise in integer arithmetic
+            raise TypeError(f"{name} X must have a floating dtype, got {X.dtype}; convert with X.float()")
+        if X.shape[1:] != train[0].shape[1:]:
+            raise ValueError(f"{name} X must have the training samples' shape {tuple(train[0].shape[1:])}, "
+                             f"got {tuple(X.shape[1:])}")
         if not bool(torch.isfinite(X).all()):
             raise ValueError(f"{name} X contains NaN or infinite values; normalize needs finite pixels")
     mean, scale = standardizer(train[0])

@@ -7,9 +7,10 @@ gradients, Jacobians and vmapped ensembles need no module state at all.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -206,9 +207,37 @@ class Network:
                 f"x must have the parameters' floating dtype ({None if weight is None else weight.dtype}), "
                 f"got {x.dtype}"
             )
+        problem = self.params_problem(params)
+        if problem is not None:
+            raise ValueError(f"params do not fit this network: {problem}")
         if self.network_type == "cnn" and torch.compiler.is_compiling():
             return sequential_forward(self.module, params, x)
         return functional_call(self.module, params, (x,))
+
+    @functools.cached_property
+    def param_shapes(self) -> Dict[str, torch.Size]:
+        """Each parameter's name and shape, as ``init`` makes them."""
+        return {k: v.shape for k, v in self.module.named_parameters()}
+
+    def params_problem(self, params: Any) -> Optional[str]:
+        """What keeps ``params`` from being this network's parameters, or ``None``.
+
+        Names and shapes only (metadata: no host sync), so ``apply`` checks every call:
+        ``functional_call`` would otherwise take a missing name from the parameter-free
+        skeleton, and a wrong shape would surface as a bare matmul or conv error.
+        """
+        shapes = self.param_shapes
+        if not isinstance(params, dict):
+            return f"expected a dict of tensors, got {type(params).__name__}"
+        if params.keys() != shapes.keys():
+            missing, unexpected = sorted(shapes.keys() - params.keys()), sorted(params.keys() - shapes.keys())
+            return f"missing {missing}, unexpected {unexpected}"
+        for k, shape in shapes.items():
+            v = params[k]
+            if not isinstance(v, Tensor) or v.shape != shape:
+                found = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
+                return f"params[{k!r}] must have shape {tuple(shape)}, got {found}"
+        return None
 
     def init(self, seed: Union[torch.Generator, int] = 0, dtype: torch.dtype = torch.float32) -> Params:
         return init_params(self.module, seed, dtype)
