@@ -7,7 +7,6 @@ gradients, Jacobians and vmapped ensembles need no module state at all.
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -192,6 +191,11 @@ class Network:
     input_shape: Tuple[int, int, int]
     n_classes: int
 
+    def __post_init__(self) -> None:
+        # Each parameter's name and shape, as ``init`` makes them; computed here, not lazily,
+        # as torch.compile cannot trace functools.cached_property's lock.
+        object.__setattr__(self, "param_shapes", {k: v.shape for k, v in self.module.named_parameters()})
+
     def apply(self, params: Params, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -213,11 +217,6 @@ class Network:
         if self.network_type == "cnn" and torch.compiler.is_compiling():
             return sequential_forward(self.module, params, x)
         return functional_call(self.module, params, (x,))
-
-    @functools.cached_property
-    def param_shapes(self) -> Dict[str, torch.Size]:
-        """Each parameter's name and shape, as ``init`` makes them."""
-        return {k: v.shape for k, v in self.module.named_parameters()}
 
     def params_problem(self, params: Any) -> Optional[str]:
         """What keeps ``params`` from being this network's parameters, or ``None``.
