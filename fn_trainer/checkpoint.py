@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .paths import PathLike, write_atomically
+from .paths import NotAFileError, PathLike, read_regular_file, write_atomically
 
 FORMAT = "fn-trainer-checkpoint"
 VERSION = 1
@@ -120,9 +120,12 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
     """
     path = Path(path)
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        # Read first, as a regular file: torch.load on a FIFO would wait forever.
+        data = torch.load(io.BytesIO(read_regular_file(path)), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist") from None
+    except NotAFileError as e:
+        raise CheckpointError(f"checkpoint cannot be read: {e}") from None
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"checkpoint {str(path)!r} was refused: it holds objects other than tensors and "

@@ -110,7 +110,8 @@ def validate(args: argparse.Namespace) -> None:
     from .paths import ensure_writable_dir
 
     check_seed("--seed", args.seed)
-    _check_int("--limit", args.limit, 1)
+    # Two samples at least: normalisation estimates a standard deviation from them.
+    _check_int("--limit", args.limit, 2)
     _check_int("--epochs", getattr(args, "epochs", None), 0)
     _check_int("--batch-size", getattr(args, "batch_size", None), 1)
     if hasattr(args, "lr"):
@@ -120,6 +121,8 @@ def validate(args: argparse.Namespace) -> None:
     if hasattr(args, "device"):
         _check_device(args.device)
     _check_threads(getattr(args, "threads", None))
+    for option, path in (("--out", args.out), ("--data", args.data)):
+        _check_utf8(option, path)
     if not str(args.out).strip():
         raise ValueError("--out must name a folder, got an empty string")
     args.out = Path(args.out)
@@ -127,6 +130,16 @@ def validate(args: argparse.Namespace) -> None:
         ensure_writable_dir(args.out)
     except ValueError as e:
         raise ValueError(f"--out: {e}") from None
+
+
+def _check_utf8(option: str, path: os.PathLike | str) -> None:
+    """A folder name that is valid UTF-8: the report and the run records write paths as
+    text, so a name with other bytes would fail only after the whole run was trained."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{option} must be a UTF-8 path, got {os.fspath(path)!r} (it holds bytes that "
+                         "are not UTF-8)") from None
 
 
 def _check_threads(value: Optional[int]) -> None:

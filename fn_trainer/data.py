@@ -9,6 +9,8 @@ from typing import List, NamedTuple, Tuple
 import torch
 from torch import Tensor
 
+from .paths import NotAFileError, open_regular_file
+
 N_VALID = 2000  # the validation set is the first 2000 test images; test is the rest
 N_CLASSES = 10
 IMAGE_SIZE = (28, 28)
@@ -47,14 +49,18 @@ def check_idx_file(path: Path) -> List[int]:
     unless it is a complete IDX file of the kind its name says."""
     magic, ndim = IDX_FILES[path.name]
     try:
-        with open(path, "rb") as f:
+        with open_regular_file(path) as f:  # a FIFO there would block the loader forever
             header = f.read(4 + 4 * ndim)
             size = os.fstat(f.fileno()).st_size
+    except NotAFileError as e:
+        raise DatasetError(f"cannot read data file: {e}") from None
     except OSError as e:
         raise DatasetError(f"cannot read data file {path}: {e.strerror}") from None
     if len(header) < 4 + 4 * ndim or int.from_bytes(header[:4], "big") != magic:
         raise DatasetError(f"data file {path} is not an IDX file of the expected kind (bad header)")
     dims = [int.from_bytes(header[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    if dims[0] == 0:
+        raise DatasetError(f"data file {path} holds no samples (its header says 0)")
     expected = 4 + 4 * ndim + math.prod(dims)
     if size != expected:
         raise DatasetError(
@@ -167,6 +173,11 @@ def normalize(train: Tuple[Tensor, Tensor], valid: Tuple[Tensor, Tensor],
     for name, (X, _) in (("train", train), ("valid", valid), ("test", test)):
         if not isinstance(X, Tensor):
             raise TypeError(f"{name} X must be a torch.Tensor, got {type(X).__name__}")
+        if not X.dtype.is_floating_point:  # integer pixels would normalise in integer arithmetic
+            raise TypeError(f"{name} X must have a floating dtype, got {X.dtype}; convert with X.float()")
+        if X.shape[1:] != train[0].shape[1:]:
+            raise ValueError(f"{name} X must have the training samples' shape {tuple(train[0].shape[1:])}, "
+                             f"got {tuple(X.shape[1:])}")
         if not bool(torch.isfinite(X).all()):
             raise ValueError(f"{name} X contains NaN or infinite values; normalize needs finite pixels")
     mean, scale = standardizer(train[0])

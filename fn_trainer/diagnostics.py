@@ -12,7 +12,10 @@ Params = Dict[str, Tensor]
 
 def global_norm(tensors: Union[Params, Iterable[Tensor]]) -> Tensor:
     """Euclidean norm of all entries of ``tensors`` (a dict's values or an iterable) together."""
-    values = tensors.values() if isinstance(tensors, dict) else tensors
+    values = list(tensors.values() if isinstance(tensors, dict) else tensors)
+    if not values or not all(isinstance(t, Tensor) for t in values):
+        raise ValueError(f"tensors must hold at least one tensor and only tensors, got "
+                         f"{[type(t).__name__ for t in values]}")
     return torch.sqrt(sum(t.square().sum() for t in values))
 
 
@@ -51,7 +54,14 @@ def check_differentiable(name: str, t: object) -> Tensor:
 def jacobian_norm(f: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     """Frobenius norm ``||J_f(x)||_F`` of the Jacobian of ``f`` at ``x`` (via ``jacrev``)."""
     check_differentiable("x", x)
-    return torch.linalg.vector_norm(jacrev(f)(x))
+
+    def tensor_f(t: Tensor) -> Tensor:
+        out = f(t)
+        if not isinstance(out, Tensor):
+            raise TypeError(f"f must return a torch.Tensor to have a Jacobian, got {type(out).__name__}")
+        return out
+
+    return torch.linalg.vector_norm(jacrev(tensor_f)(x))
 
 
 def per_example_grad_norms(loss_of_params: Callable[[Params, Tensor, Tensor], Tensor],

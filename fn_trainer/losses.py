@@ -17,6 +17,9 @@ def cross_entropy(probs: Tensor, targets: Tensor, eps: float = EPSILON) -> Tenso
     probs: ``(N, C)`` probabilities; targets: ``(N, C)`` one-hot (or soft) targets.
     Returns a 0-dim tensor that keeps its autograd graph.
     """
+    if probs.shape != targets.shape:  # shapes only: no host sync on the training path
+        raise ValueError(f"probs and targets must have the same shape (N, C), got {tuple(probs.shape)} "
+                         f"and {tuple(targets.shape)}")
     return -(targets * probs.clamp(eps, 1.0 - eps).log()).sum(-1).mean()
 
 
@@ -26,6 +29,9 @@ def accuracy(probs: Tensor, targets: Tensor) -> Tensor:
     probs: ``(N, C)``; targets: ``(N, C)`` one-hot or ``(N,)`` integer labels.
     Returns a 0-dim float64 tensor in ``[0, 1]`` (exact for counts below 2**53).
     """
+    if targets.shape != probs.shape and targets.shape != probs.shape[:-1]:
+        raise ValueError(f"targets must be shaped like probs {tuple(probs.shape)} (one-hot) or "
+                         f"{tuple(probs.shape[:-1])} (labels), got {tuple(targets.shape)}")
     labels = targets.argmax(-1) if targets.dim() == probs.dim() else targets
     return (probs.argmax(-1) == labels).to(torch.float64).mean()
 

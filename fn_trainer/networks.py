@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -190,14 +190,20 @@ class Network:
     input_shape: Tuple[int, int, int]
     n_classes: int
 
+    def __post_init__(self) -> None:
+        # Each parameter's name and shape, as ``init`` makes them; computed here, not lazily,
+        # as torch.compile cannot trace functools.cached_property's lock.
+        object.__setattr__(self, "param_shapes", {k: v.shape for k, v in self.module.named_parameters()})
+
     def apply(self, params: Params, x: Tensor) -> Tensor:
         self.check_input(x, params)
         return functional_call(self.module, params, (x,))
 
     def check_input(self, x: Tensor, params: object = None) -> None:
         """Raise naming ``x`` unless it is a floating ``(N, *input_shape)`` tensor of the
-        parameters' dtype. Caught here, a mistake reads as such rather than as a
-        matmul or conv shape error."""
+        parameters' dtype, and naming ``params`` unless they are this network's (names and
+        shapes). Caught here, a mistake reads as such rather than as a matmul or conv
+        shape error."""
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
@@ -211,6 +217,30 @@ class Network:
                 f"x must have the parameters' floating dtype ({None if weight is None else weight.dtype}), "
                 f"got {x.dtype}"
             )
+        if params is not None:
+            problem = self.params_problem(params)
+            if problem is not None:
+                raise ValueError(f"params do not fit this network: {problem}")
+
+    def params_problem(self, params: Any) -> Optional[str]:
+        """What keeps ``params`` from being this network's parameters, or ``None``.
+
+        Names and shapes only (metadata: no host sync), so ``apply`` checks every call:
+        ``functional_call`` would otherwise take a missing name from the parameter-free
+        skeleton, and a wrong shape would surface as a bare matmul or conv error.
+        """
+        shapes = self.param_shapes
+        if not isinstance(params, dict):
+            return f"expected a dict of tensors, got {type(params).__name__}"
+        if params.keys() != shapes.keys():
+            missing, unexpected = sorted(shapes.keys() - params.keys()), sorted(params.keys() - shapes.keys())
+            return f"missing {missing}, unexpected {unexpected}"
+        for k, shape in shapes.items():
+            v = params[k]
+            if not isinstance(v, Tensor) or v.shape != shape:
+                found = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
+                return f"params[{k!r}] must have shape {tuple(shape)}, got {found}"
+        return None
 
     def init(self, seed: Union[torch.Generator, int] = 0, dtype: torch.dtype = torch.float32) -> Params:
         return init_params(self.module, seed, dtype)

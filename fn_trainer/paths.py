@@ -6,9 +6,10 @@ import errno
 import io
 import os
 import secrets
+import stat
 import tempfile
 from pathlib import Path
-from typing import Union
+from typing import BinaryIO, Optional, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -54,6 +55,50 @@ def ensure_writable_dir(path: PathLike) -> Path:
         reason = e.strerror or type(e).__name__
         raise ValueError(f"output folder {str(folder)!r} cannot be written: {reason}") from None
     return folder
+
+
+class NotAFileError(OSError):
+    """A path to be read is not a regular file (a FIFO, a device, a folder, or a link
+    where links are refused); the message names it."""
+
+
+def open_regular_file(path: PathLike, *, follow_links: bool = True, dir_fd: Optional[int] = None) -> BinaryIO:
+    """Regular file ``path`` opened for binary reading; ``NotAFileError`` naming it if it is
+    anything else.
+
+    Opened with ``O_NONBLOCK`` and checked with ``fstat`` before any read: a FIFO or a
+    device never blocks the reader (a FIFO with no writer would wait forever, holding
+    whatever lock the reader holds). With ``follow_links=False`` the open adds
+    ``O_NOFOLLOW``, so a link planted at ``path`` is refused, never read through.
+    ``dir_fd``: ``path`` is relative to that open folder. Other ``OSError``
+    (``FileNotFoundError`` above all) propagate unchanged.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    if not follow_links:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno == errno.ELOOP and not follow_links:
+            raise NotAFileError(f"{str(path)!r} is a symbolic link, not a regular file") from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = {stat.S_IFIFO: "a FIFO", stat.S_IFDIR: "a folder", stat.S_IFCHR: "a character device",
+                    stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(mode), "not a file")
+            raise NotAFileError(f"{str(path)!r} is {kind}, not a regular file")
+        os.set_blocking(fd, True)  # a regular file: plain reads from here on
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular_file(path: PathLike, *, follow_links: bool = True) -> bytes:
+    """The bytes of regular file ``path`` (see ``open_regular_file``)."""
+    with open_regular_file(path, follow_links=follow_links) as f:
+        return f.read()
 
 
 class WriteError(OSError):

@@ -9,18 +9,24 @@ a section another process has just written.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import sys
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
-from .paths import safe_path, write_text
+from .paths import open_regular_file, safe_path, write_text
 
 ORDER = ("equivariance", "lr-sweep", "depth", "cnn", "cnn-shapes")
 SECTION_FILE = "section.md"
 REPORT_FILE = "report.md"
 LOCK_FILE = ".report.lock"
 TITLE = "# Fashion-MNIST experiments (homework 3, section 2)"
+
+
+def _warn(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr, flush=True)
 
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
@@ -35,18 +41,19 @@ def image(experiment: str, filename: str, alt: str) -> str:
     return f"![{alt}]({experiment}/{filename})"
 
 
-def write_section(out: Path, experiment: str, markdown: str) -> Path:
-    """Store ``markdown`` as ``experiment``'s section, rebuild ``report.md``, return its path."""
+def write_section(out: Path, experiment: str, markdown: str, warn: Callable[[str], None] = _warn) -> Path:
+    """Store ``markdown`` as ``experiment``'s section, rebuild ``report.md``, return its path;
+    ``warn`` is told of sections left out (see ``_read_section``)."""
     folder = safe_path(out, experiment)
     with report_lock(out):
         write_text(folder / SECTION_FILE, markdown.rstrip() + "\n")
-        return _assemble(out)
+        return _assemble(out, warn)
 
 
-def assemble(out: Path) -> Path:
+def assemble(out: Path, warn: Callable[[str], None] = _warn) -> Path:
     """Write ``<out>/report.md`` from the sections present, in question order."""
     with report_lock(out):
-        return _assemble(out)
+        return _assemble(out, warn)
 
 
 @contextlib.contextmanager
@@ -69,15 +76,44 @@ def report_lock(out: Path):
         os.close(fd)  # closing releases the lock
 
 
-def _assemble(out: Path) -> Path:
+def _read_section(out: Path, name: str, warn: Callable[[str], None]) -> Optional[str]:
+    """The text of ``<out>/<name>/section.md``, or ``None`` if it is absent or unusable.
+
+    Sections are written by ``write_text``, never as links: a link planted at the folder
+    or the file (``O_NOFOLLOW`` on both) or anything but a regular file (a FIFO would block
+    the report, and its lock, forever) is ignored with a warning, so no text from
+    outside ``out`` lands in the report.
+    """
+    folder, section = out / name, out / name / SECTION_FILE
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        reason = "it is a symbolic link or not a folder" if e.errno in (errno.ELOOP, errno.ENOTDIR) else e.strerror
+        warn(f"ignoring the report section {section}: {reason}")
+        return None
+    try:
+        with open_regular_file(SECTION_FILE, follow_links=False, dir_fd=dir_fd) as f:
+            return f.read().decode("utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        warn(f"ignoring the report section {section}: {' '.join(str(e).split())}")
+        return None
+    finally:
+        os.close(dir_fd)
+
+
+def _assemble(out: Path, warn: Callable[[str], None] = _warn) -> Path:
     out = Path(out)
     parts = [TITLE, "",
              "Measured results only; every section names the command that produced it. "
              "Accuracies are fractions in [0, 1]; epoch 0 is before training."]
     for name in ORDER:
-        section = out / name / SECTION_FILE
-        if section.exists():
-            parts += ["", section.read_text(encoding="utf-8").rstrip()]
+        text = _read_section(out, name, warn)
+        if text is not None:
+            parts += ["", text.rstrip()]
     path = out / REPORT_FILE
     write_text(path, "\n".join(parts) + "\n")
     return path

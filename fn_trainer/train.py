@@ -186,6 +186,8 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
         raise ValueError("resume=True needs a checkpoint path to resume from, got checkpoint=None")
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
+        if checkpoint.is_dir():  # found now, not when the first epoch's work is to be saved
+            raise ValueError(f"checkpoint must be a file path, got {str(checkpoint)!r}, an existing folder")
         ensure_writable_dir(checkpoint.parent)
     plain_config = to_plain(config, "config")
     settings = {"batch_size": batch_size, "shuffle": shuffle, "seed": seed, "n_classes": n_classes,
@@ -339,6 +341,8 @@ def _resume(path: Path, params: Params, opt_state: object, settings: Dict[str, A
     problem = _position_problem(epoch, batch, logs, last, n_batches)
     if problem is None:
         problem = _hyperparameter_problem(restored_state, opt_state)
+    if problem is None:
+        problem = _state_problem(restored_params, restored_state, opt_state, epoch * n_batches + batch)
     if problem is not None:
         raise CheckpointError(f"checkpoint {str(path)!r} is inconsistent: {problem}")
     if epoch > epochs or (epoch == epochs and batch > 0):
@@ -363,7 +367,7 @@ def _position_problem(epoch: Any, batch: Any, logs: Any, last: Any, n_batches: i
         return isinstance(v, int) and not isinstance(v, bool)
 
     def is_number(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
     if not is_int(epoch) or epoch < 0:
         return f"epoch must be an integer >= 0, found {epoch!r}"
@@ -377,9 +381,31 @@ def _position_problem(epoch: Any, batch: Any, logs: Any, last: Any, n_batches: i
         if not isinstance(values, list) or len(values) != expected or not all(map(is_number, values)):
             return (f"logs[{key!r}] must be a list of {expected} numbers after {epoch} epochs, found "
                     f"{len(values) if isinstance(values, list) else type(values).__name__}"
-                    + ("" if not isinstance(values, list) or len(values) != expected else " with non-numbers"))
-    if last is not None and not is_number(last):
-        return f"last_grad_norm must be a number or None, found {last!r}"
+                    + ("" if not isinstance(values, list) or len(values) != expected else " with non-numbers or non-finite values"))
+    for key in ("train_accuracy", "validation_accuracy"):
+        outside = [v for v in logs[key] if not 0 <= v <= 1]
+        if outside:
+            return f"logs[{key!r}] must hold accuracies in [0, 1], found {outside[0]!r}"
+    if last is not None and not (is_number(last) and last >= 0):
+        return f"last_grad_norm must be a finite number >= 0 or None, found {last!r}"
+    return None
+
+
+def _state_problem(params: Params, stored: object, given: object, position: int) -> Optional[str]:
+    """What is wrong with a checkpoint's parameters and optimizer state, or ``None``:
+    non-finite values anywhere, negative second moments (a field ``nu``: squared
+    gradients' averages), or a step counter (a field ``count``) that is not the
+    given state's plus ``position``, the steps taken (``epoch * n_batches + batch``)."""
+    if not tree_finite(params, stored):
+        return "its parameters or optimizer state hold NaN or infinite values"
+    fields = getattr(given, "_fields", ())
+    if "nu" in fields and not all(bool((v >= 0).all()) for v in getattr(stored, "nu").values()):
+        return "its optimizer state has negative second moments (nu)"
+    if "count" in fields and isinstance(given.count, Tensor):
+        expected = int(given.count) + position
+        if int(stored.count) != expected:
+            return (f"its optimizer state has taken {int(stored.count)} steps (count), but its position "
+                    f"is {position} steps into the run, so count must be {expected}")
     return None
 
 

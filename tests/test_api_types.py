@@ -166,3 +166,73 @@ def test_seeds_outside_0_to_2_32_are_named(seed):
 
 def test_the_largest_seed_trains():
     assert train(None, seed=2**32 - 1, shuffle=True).diverged is None
+
+
+# --- arguments that used to reach torch and fail there ------------------------------------------
+
+_X = torch.rand(10, 1, 4, 4)
+_Y = torch.randint(0, 10, (10,))
+
+
+@pytest.mark.parametrize("split", [0, 1, 2])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64])
+def test_normalize_names_a_split_with_integer_pixels(split, dtype):
+    splits = [(_X, _Y)] * 3
+    splits[split] = ((_X * 255).to(dtype), _Y)
+    name = ("train", "valid", "test")[split]
+    with pytest.raises(TypeError, match=f"{name} X must have a floating dtype, got {dtype}"):
+        normalize(*splits)
+
+
+@pytest.mark.parametrize("split", [1, 2])
+@pytest.mark.parametrize("shape", [(10, 16), (10, 1, 16, 1), (10, 2, 4, 4)])
+def test_normalize_names_a_split_whose_samples_differ_from_the_training_samples(split, shape):
+    splits = [(_X, _Y)] * 3
+    splits[split] = (torch.rand(shape), _Y)
+    name = ("train", "valid", "test")[split]
+    with pytest.raises(ValueError, match=rf"{name} X must have the training samples' shape \(1, 4, 4\)"):
+        normalize(*splits)
+
+
+@pytest.mark.parametrize("probs, targets", [((4, 10), (4, 9)), ((4, 10), (5, 10)), ((4, 10), (4,)), ((4, 10), (40,))])
+def test_cross_entropy_names_mismatched_shapes(probs, targets):
+    with pytest.raises(ValueError, match="probs and targets must have the same shape"):
+        ft.cross_entropy(torch.rand(probs), torch.rand(targets))
+
+
+@pytest.mark.parametrize("targets", [(5, 10), (4, 9), (5,), (4, 10, 1)])
+def test_accuracy_names_mismatched_targets(targets):
+    with pytest.raises(ValueError, match=r"targets must be shaped like probs \(4, 10\) \(one-hot\) or \(4,\)"):
+        ft.accuracy(torch.rand(4, 10), torch.zeros(targets))
+
+
+@pytest.mark.parametrize("out", [1.0, None, [1.0]])
+def test_jacobian_norm_names_a_function_that_returns_no_tensor(out):
+    with pytest.raises(TypeError, match=f"f must return a torch.Tensor to have a Jacobian, got {type(out).__name__}"):
+        ft.jacobian_norm(lambda a: out, torch.ones(3))
+
+
+@pytest.mark.parametrize("tensors", [{}, [], {"a": 1.0}, [torch.ones(2), None]])
+def test_global_norm_names_no_tensors_or_non_tensors(tensors):
+    with pytest.raises(ValueError, match="tensors must hold at least one tensor and only tensors"):
+        ft.global_norm(tensors)
+
+
+def _bad_params(edit):
+    net = ft.build_network("mlp", ft.NetworkConfiguration(dense_hiddens=(8,)), input_shape=(1, 4, 4))
+    params = net.init(0)
+    first = next(iter(params))
+    return net, {"missing": lambda p: {k: v for k, v in p.items() if k != first},
+                 "extra": lambda p: {**p, "evil": torch.zeros(1)},
+                 "renamed": lambda p: {("x" + k if k == first else k): v for k, v in p.items()},
+                 "wrong shape": lambda p: {**p, first: torch.zeros(3)},
+                 "transposed": lambda p: {**p, first: p[first].t().contiguous()}}[edit](params)
+
+
+@pytest.mark.parametrize("edit", ["missing", "extra", "renamed", "wrong shape", "transposed"])
+def test_fit_names_params_that_do_not_fit_the_network(edit):
+    net, params = _bad_params(edit)
+    opt = ft.adam(1e-3)
+    with pytest.raises(ValueError, match="params do not fit this network: "):
+        ft.fit(ft.make_step(net.apply, opt), ft.make_evaluate(net.apply), params, opt.init(params), (_X, _Y),
+               (_X, _Y), epochs=1, progress=False)

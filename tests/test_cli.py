@@ -187,6 +187,7 @@ def test_diverged_runs_are_reported_as_such(small_data_root, tmp_path, capsys):
     (["depth", "--epochs", "-1"], "--epochs"),
     (["depth", "--batch-size", "0"], "--batch-size"),
     (["cnn", "--limit", "0"], "--limit"),
+    (["depth", "--limit", "1"], "--limit must be an integer >= 2, got 1"),
     (["cnn", "--lr", "0"], "--lr"),
     (["cnn", "--lr", "nan"], "--lr"),
     (["lr-sweep", "--lrs", "0.1", "inf"], "--lrs"),
@@ -206,6 +207,17 @@ def test_bad_option_values_fail_with_one_line(args, option, small_data_root, tmp
     assert rc == 2
     assert err.count("\n") == 1 and err.startswith(f"fn-trainer: error: {option}")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("option", ["--out", "--data"])
+@pytest.mark.parametrize("name", [b"o_\xff", b"caf\xe9", b"\xc3"])
+def test_a_path_that_is_not_utf8_is_refused_before_training(option, name, small_data_root, tmp_path, capsys):
+    bad = os.fsdecode(os.path.join(os.fsencode(tmp_path), name))  # as Python decodes argv
+    paths = {"--data": str(small_data_root), "--out": str(tmp_path / "out"), option: bad}
+    rc, out, err = run_cli(["depth", *QUICK, "--data", paths["--data"], "--out", paths["--out"]], capsys)
+    assert rc == 2
+    assert err.count("\n") == 1 and err.startswith(f"fn-trainer: error: {option} must be a UTF-8 path")
+    assert not os.path.exists(os.fsencode(bad)) and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("out", ["", "  "])

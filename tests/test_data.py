@@ -189,3 +189,13 @@ def test_the_command_line_checks_whole_files_whatever_the_limit(data_copy, tmp_p
     assert rc == 2 and err.count("\n") == 1 and err.startswith("fn-trainer: error: data file")
     assert "-labels-idx1-ubyte" in err
     assert not (tmp_path / "out" / "runs").exists() or not any((tmp_path / "out" / "runs").iterdir())
+
+
+@pytest.mark.parametrize("names", [("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                                   ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+                                   ("train-labels-idx1-ubyte",)])
+def test_a_data_file_with_no_samples_is_named(data_copy, names):
+    for name in names:
+        _rewrite(data_copy, name, _read_idx(raw_folder(data_copy) / name)[:0])
+    with pytest.raises(DatasetError, match=f"{names[0]} holds no samples"):
+        load_fashion_mnist(data_copy, download=False)

@@ -1,6 +1,7 @@
 """Files that load but lie: hand-edited checkpoints are refused naming the file and what is
 wrong; an invalid stored run record is ignored with a warning and the run retrained."""
 import json
+import os
 
 import pytest
 import torch
@@ -51,6 +52,22 @@ EDITS = {
     "learning rate": (lambda d: _set(d, "opt_state.lr", torch.tensor(0.5, dtype=torch.float64)),
                       "optimizer state has lr=0.5, this run's optimizer has lr=0.01"),
     "beta": (lambda d: _set(d, "opt_state.b2", torch.tensor(0.9, dtype=torch.float64)), "b2=0.9"),
+    "step count behind": (lambda d: _set(d, "opt_state.count", torch.tensor(0)), "taken 0 steps .* count must be 3"),
+    "step count ahead": (lambda d: _set(d, "opt_state.count", torch.tensor(1000)), "taken 1000 steps"),
+    "negative step count": (lambda d: _set(d, "opt_state.count", torch.tensor(-5)), "taken -5 steps"),
+    "NaN parameter": (lambda d: d["params"][next(iter(d["params"]))].view(-1).__setitem__(0, float("nan")),
+                      "parameters or optimizer state hold NaN or infinite values"),
+    "infinite first moment": (lambda d: next(iter(d["opt_state"]["mu"].values())).view(-1).__setitem__(0, float("inf")),
+                              "NaN or infinite"),
+    "NaN second moment": (lambda d: next(iter(d["opt_state"]["nu"].values())).view(-1).__setitem__(0, float("nan")),
+                          "NaN or infinite"),
+    "negative second moment": (lambda d: next(iter(d["opt_state"]["nu"].values())).view(-1).__setitem__(0, -1.0),
+                               r"negative second moments \(nu\)"),
+    "NaN in logs": (lambda d: _set(d, "logs.validation_loss.1", float("nan")), "non-finite"),
+    "accuracy 7 in logs": (lambda d: _set(d, "logs.validation_accuracy.1", 7.0),
+                           r"logs\['validation_accuracy'\] must hold accuracies in \[0, 1\], found 7.0"),
+    "negative accuracy in logs": (lambda d: _set(d, "logs.train_accuracy.0", -0.5), "found -0.5"),
+    "last gradient norm -inf": (lambda d: _set(d, "last_grad_norm", float("-inf")), "last_grad_norm must be a finite"),
 }
 
 
@@ -116,3 +133,96 @@ def test_an_unreadable_run_record_is_ignored_with_a_warning(fake_data_root, tmp_
     capsys.readouterr()
     assert cli.main(args) == 0
     assert f"ignoring the run record {record}" in capsys.readouterr().err
+
+
+def _record():
+    """A valid stored record of a 2-epoch run, as JSON data."""
+    from fn_trainer.experiments.runs import RunRecord, RunSpec
+
+    spec = RunSpec("mlp", "MLP", "mlp", NetworkConfiguration(dense_hiddens=(8,)), 1e-3, True, 16, 2, 0)
+    logs = {"train_accuracy": [0.1, 0.5, 0.6], "validation_accuracy": [0.1, 0.4, 0.5],
+            "train_loss": [2.3, 1.2, 1.0], "validation_loss": [2.3, 1.3, 1.1], "train_gradient_norm": [0.9, 0.7]}
+    return RunRecord(spec, "0123456789ab", 100, logs, None, 1.5).to_json()
+
+
+def _put(dotted, value):
+    return lambda d: _set(d, dotted, value)
+
+
+# Each edit must make load_record return None with one warning naming the file and the field.
+LYING_RECORDS = {
+    "unknown spec field": (lambda d: d["spec"].update(evil=1), "unknown fields ['evil']"),
+    "unknown record field": (lambda d: d.update(evil=1), "unknown fields ['evil']"),
+    "spec field missing": (lambda d: d["spec"].pop("seed"), "has no 'seed'"),
+    "NaN accuracy": (_put("logs.validation_accuracy.1", float("nan")), "'validation_accuracy'] holds nan"),
+    "infinite loss": (_put("logs.train_loss.2", float("inf")), "'train_loss'] holds inf"),
+    "accuracy 7": (_put("logs.train_accuracy.1", 7.0), "'train_accuracy'] holds 7.0"),
+    "negative accuracy": (_put("logs.validation_accuracy.0", -0.1), "holds -0.1"),
+    "negative gradient norm": (_put("logs.train_gradient_norm.0", -1.0), "'train_gradient_norm'] holds -1.0"),
+    "negative wall time": (_put("wall_time_s", -5), "wall_time_s is -5"),
+    "NaN wall time": (_put("wall_time_s", float("nan")), "wall_time_s is nan"),
+    "negative n_params": (_put("n_params", -1), "n_params is -1"),
+    "zero batch size": (_put("spec.batch_size", 0), "batch_size is 0"),
+    "negative lr": (_put("spec.lr", -0.1), "lr is -0.1"),
+}
+
+
+@pytest.mark.parametrize("edit", list(LYING_RECORDS))
+def test_a_record_with_unknown_fields_or_lying_values_is_invalid(edit, tmp_path):
+    from fn_trainer.experiments.runs import load_record
+
+    path = tmp_path / "r.json"
+    data = _record()
+    path.write_text(json.dumps(data))
+    assert load_record(path).logs == data["logs"]  # the untouched record loads
+    change, match = LYING_RECORDS[edit]
+    change(data)
+    path.write_text(json.dumps(data))  # NaN and Infinity are written as Python's json writes them
+    warnings = []
+    assert load_record(path, warnings.append) is None
+    assert len(warnings) == 1 and str(path) in warnings[0] and match in warnings[0], warnings
+
+
+def test_a_record_that_breaks_the_record_class_is_invalid_not_fatal(tmp_path, monkeypatch):
+    """Whatever record_problem misses, building the record must not end the command."""
+    from fn_trainer.experiments import runs
+
+    monkeypatch.setattr(runs, "record_problem", lambda data: None)
+    path = tmp_path / "r.json"
+    data = _record()
+    data["spec"]["evil"] = 1
+    path.write_text(json.dumps(data))
+    warnings = []
+    assert runs.load_record(path, warnings.append) is None
+    assert len(warnings) == 1 and str(path) in warnings[0] and "evil" in warnings[0]
+
+
+def test_a_record_with_an_unknown_spec_field_is_retrained_by_the_command(fake_data_root, tmp_path, capsys):
+    args = ["depth", "--data", str(fake_data_root), "--out", str(tmp_path), *QUICK]
+    assert cli.main(args) == 0
+    record = sorted((tmp_path / "runs").glob("*.json"))[0]
+    data = json.loads(record.read_text())
+    data["spec"]["evil"] = 1
+    record.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"fn-trainer: warning: ignoring the run record {record}") and "evil" in err
+    assert "evil" not in record.read_text()  # retrained and rewritten
+
+
+@pytest.mark.parametrize("where", ["folder", "link to a folder", "working folder"])
+def test_a_checkpoint_path_that_is_a_folder_is_refused_before_training(where, tmp_path, monkeypatch):
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    path = {"folder": folder, "link to a folder": tmp_path / "link", "working folder": "."}[where]
+    if where == "link to a folder":
+        path.symlink_to(folder)
+    monkeypatch.chdir(folder)
+    import fn_trainer.train as train
+
+    steps = []
+    monkeypatch.setattr(train, "epoch_order", lambda *a: steps.append(1))  # no epoch may start
+    with pytest.raises(ValueError, match="checkpoint must be a file path") as e:
+        run(path)
+    assert str(path) in str(e.value) and not steps and os.listdir(folder) == []

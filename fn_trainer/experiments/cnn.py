@@ -26,5 +26,5 @@ def run(ctx: Context) -> List[RunRecord]:
         params_table(archs), "", runs_table(records), "",
         image(NAME, acc.name, "train and validation accuracy"),
     ]
-    write_section(ctx.out, NAME, "\n".join(parts))
+    write_section(ctx.out, NAME, "\n".join(parts), ctx.warn)
     return records

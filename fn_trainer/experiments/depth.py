@@ -30,5 +30,5 @@ def run(ctx: Context) -> List[RunRecord]:
         image(NAME, acc.name, "train and validation accuracy"), "",
         image(NAME, grad.name, "gradient norm"),
     ]
-    write_section(ctx.out, NAME, "\n".join(parts))
+    write_section(ctx.out, NAME, "\n".join(parts), ctx.warn)
     return records

@@ -109,7 +109,7 @@ def run(ctx, shift: int = 5) -> Dict[str, Any]:
     write_json(folder / "equivariance.json", {"seed": ctx.settings.seed, "shift": shift, "stats": stats})
     ctx.echo(f"equivariance: shift interior max |diff| {stats['shift_interior_max']:.3g}, "
              f"rotation interior max |diff| {stats['rotation_interior_max']:.3g}")
-    write_section(ctx.out, NAME, section(ctx, stats, result["features"].shape, shift))
+    write_section(ctx.out, NAME, section(ctx, stats, result["features"].shape, shift), ctx.warn)
     return result
 
 

@@ -45,7 +45,7 @@ def run(ctx: Context) -> List[RunRecord]:
     if any(r.trainer.startswith("fit_sweep") for r in records):
         parts += ["", "Runs with a \"shared\" wall time were trained together, one vmapped step for all "
                       "learning rates of a normalisation setting; the time is the group's."]
-    write_section(ctx.out, NAME, "\n".join(parts))
+    write_section(ctx.out, NAME, "\n".join(parts), ctx.warn)
     return records
 
 

@@ -26,7 +26,7 @@ from ..config import NetworkConfiguration
 from ..data import Split, Splits, load_fashion_mnist, normalize
 from ..networks import build_network
 from ..optim import adam
-from ..paths import safe_path, write_text
+from ..paths import read_regular_file, safe_path, write_text
 from ..report import markdown_table
 from ..step import make_step
 from ..train import LOG_KEYS, FitResult, fit, make_evaluate
@@ -154,35 +154,61 @@ def _typed(value: Any, types: Any) -> bool:
 def record_problem(data: Any) -> Optional[str]:
     """What makes ``data`` an invalid stored run record, or ``None``.
 
-    Checked: the fields and their types; a configuration of lists of integers; logs with
-    exactly ``LOG_KEYS``, numbers or ``None`` (non-finite), ``epochs + 1`` metric entries
+    Checked: exactly the known fields (``trainer`` optional) and spec fields, and their
+    types; a configuration of lists of integers; values in range (``lr`` finite > 0,
+    ``batch_size >= 1``, ``epochs >= 0``, ``n_params >= 0``, ``wall_time_s`` finite
+    >= 0); logs with exactly ``LOG_KEYS``, finite numbers or ``None`` (non-finite),
+    accuracies in [0, 1], losses and gradient norms >= 0, ``epochs + 1`` metric entries
     (fewer after a divergence) and one gradient norm fewer.
     """
     if not isinstance(data, dict):
         return f"it holds a JSON {type(data).__name__}, not an object"
-    for fields, where in ((RECORD_TYPES, data), (SPEC_TYPES, data.get("spec"))):
+    for fields, where, what in ((RECORD_TYPES, data, "it"), (SPEC_TYPES, data.get("spec"), "its spec")):
         if not isinstance(where, dict):
             return "its spec is not an object"
+        unknown = sorted(set(where) - set(fields))
+        if unknown:
+            return f"{what} has unknown fields {unknown}"
         for key, types in fields.items():
             if key not in where and not (key == "trainer" and where is data):
-                return f"it has no {key!r}"
+                return f"{what} has no {key!r}"
             if key in where and not _typed(where[key], types):
                 return f"its {key!r} is {where[key]!r}, of the wrong type"
     spec, logs = data["spec"], data["logs"]
     if set(spec["config"]) != set(NetworkConfiguration._fields) or not all(
             isinstance(v, list) and all(_typed(i, int) for i in v) for v in spec["config"].values()):
         return f"its spec's config is not a network configuration: {spec['config']!r}"
+    problem = _range_problem(spec, data)
+    if problem is not None:
+        return problem
     if set(logs) != set(LOG_KEYS):
         return f"its logs have the keys {sorted(logs)}, expected {sorted(LOG_KEYS)}"
     for key, values in logs.items():
         if not isinstance(values, list) or not all(v is None or _typed(v, (int, float)) for v in values):
             return f"its logs[{key!r}] is not a list of numbers"
+        low, high = (0.0, 1.0) if key.endswith("_accuracy") else (0.0, math.inf)
+        bad = [v for v in values if v is not None and not (math.isfinite(v) and low <= v <= high)]
+        if bad:
+            return f"its logs[{key!r}] holds {bad[0]!r}, expected finite numbers in [{low}, {high}] or null"
     n = len(logs["validation_accuracy"])
     epochs = spec["epochs"]
     complete = n == epochs + 1 or (data["diverged"] is not None and 1 <= n <= epochs + 1)
     if not complete or any(len(v) != (n - 1 if k == "train_gradient_norm" else n) for k, v in logs.items()):
         return (f"its logs have {sorted((k, len(v)) for k, v in logs.items())} entries, expected "
                 f"{epochs + 1} per metric and {epochs} gradient norms for {epochs} epochs")
+    return None
+
+
+def _range_problem(spec: Dict[str, Any], data: Dict[str, Any]) -> Optional[str]:
+    """Which number of a record (its types already checked) is out of range, or ``None``."""
+    checks = (("spec's lr", spec["lr"], lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+              ("spec's batch_size", spec["batch_size"], lambda v: v >= 1, "an integer >= 1"),
+              ("spec's epochs", spec["epochs"], lambda v: v >= 0, "an integer >= 0"),
+              ("n_params", data["n_params"], lambda v: v >= 0, "an integer >= 0"),
+              ("wall_time_s", data["wall_time_s"], lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"))
+    for what, value, ok, expected in checks:
+        if not ok(value):
+            return f"its {what} is {value!r}, expected {expected}"
     return None
 
 
@@ -265,14 +291,19 @@ def load_record(path: Path, warn: Optional[Callable[[str], None]] = None) -> Opt
     """The stored record at ``path``, or ``None`` if it is absent, unreadable or invalid
     (then the run is trained again); ``warn`` is told why a present file was ignored."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        # No link (records are written by write_atomically, never as links) and nothing
+        # but a regular file: a FIFO there would block the command forever.
+        data = json.loads(read_regular_file(path, follow_links=False).decode("utf-8"))
         problem = record_problem(data)
         if problem is not None:
             raise ValueError(problem)
         return RunRecord.from_json(data, path)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    # JSONDecodeError and UnicodeDecodeError are ValueErrors; the structural errors are a
+    # second line of defence behind record_problem: whatever the file holds, it is invalid,
+    # never the end of the command.
+    except (OSError, ValueError, RecursionError, TypeError, KeyError, AttributeError) as e:
         if warn is not None:
             reason = " ".join(str(e).split()) or type(e).__name__
             warn(f"ignoring the run record {path}: {reason}; it is trained again")
