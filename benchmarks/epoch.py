@@ -32,7 +32,7 @@ reference epochs against one vmapped epoch of the six models. For the CNN,
 glibc's malloc thresholds are fixed for the run (:func:`steady_malloc`; off with
 ``--default-malloc``), the same for every path: left adaptive, they made the reference
 CNN's epoch time jump between two modes. ``--flush-denormals`` flushes subnormal floats
-to zero on every path, as the ``fn-trainer`` command does (``fn_trainer.denormals``): the
+to zero on every path, as the ``fn-trainer`` command does (``fn_trainer.speed.denormals``): the
 ratios stay like for like, and the absolute times are those of training with the command.
 """
 from __future__ import annotations
@@ -55,7 +55,7 @@ from torch.func import functional_call, vmap
 from fn_trainer import NetworkConfiguration, adam, build_network, cross_entropy, make_step, normalize, one_hot
 from fn_trainer.compiled import compile_step
 from fn_trainer.speed import inductor_apply
-from fn_trainer.denormals import flush_denormals
+from fn_trainer.speed.denormals import flush_denormals
 from fn_trainer.networks import POOLED_SIZE, feature_map_sizes
 from fn_trainer.step import Params
 from fn_trainer.sweep import SweepData, init_sweep, make_sweep_step, stack_trees
@@ -355,7 +355,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="leave glibc's adaptive malloc thresholds alone (noisier reference CNN times)")
     p.add_argument("--flush-denormals", action="store_true",
                    help="flush subnormal floats to zero on every path, as the fn-trainer command does "
-                        "(fn_trainer.denormals); the reference loop too")
+                        "(fn_trainer.speed.denormals); the reference loop too")
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--check-targets", action="store_true", help="exit with status 1 if a target is missed")
     p.add_argument("--quiet", action="store_true")

@@ -7,7 +7,7 @@ from .checkpoint import CheckpointError
 from .compiled import compile_step, multi_step
 from .config import NetworkConfiguration
 from .data import DatasetError, Split, Splits, load_fashion_mnist, normalize, standardizer
-from .denormals import denormals_flushed, flush_denormals
+from .speed.denormals import denormals_flushed, flush_denormals
 from .diagnostics import global_norm, gradient_norm, jacobian_norm, per_example_grad_norms
 from .losses import EPSILON, accuracy, cross_entropy, one_hot
 from .networks import (Network, activation, build_network, cnn, count_parameters, init_params,

@@ -90,7 +90,7 @@ def _add_training(p: argparse.ArgumentParser, name: str) -> None:
                         "choice); 1 is much faster on a busy machine, where more threads wait for each other")
     p.add_argument("--keep-denormals", dest="flush_denormals", action="store_false",
                    help="compute with subnormal floats instead of flushing them to zero (slower once "
-                        "Adam's moments decay below 1e-38; see fn_trainer.denormals)")
+                        "Adam's moments decay below 1e-38; see fn_trainer.speed.denormals)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
@@ -183,7 +183,7 @@ def settings_of(args: argparse.Namespace, command: str):
 
 
 def run_experiments(args: argparse.Namespace, command: str) -> int:
-    from .denormals import denormals_flushed, flush_denormals
+    from .speed.denormals import denormals_flushed, flush_denormals
     from .experiments import EXPERIMENTS, experiment
     from .experiments.runs import Context
     from .report import REPORT_FILE

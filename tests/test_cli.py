@@ -335,7 +335,7 @@ def test_long_runs_train_with_a_compiled_step(small_data_root, tmp_path, capsys,
 @pytest.mark.parametrize("extra, modes", [([], [True, False]), (["--keep-denormals"], [False, False])])
 def test_training_flushes_subnormals_unless_kept_and_restores_the_mode(extra, modes, small_data_root, tmp_path,
                                                                        capsys, monkeypatch):
-    from fn_trainer import denormals
+    from fn_trainer.speed import denormals
 
     calls = []
     real = denormals.flush_denormals

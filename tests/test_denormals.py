@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from fn_trainer import denormals
+from fn_trainer.speed import denormals
 
 ROOT = Path(__file__).resolve().parents[1]
 # Run in a child process: the mode belongs to the process's threads, and the child
 # starts with two intra-op threads whatever this machine has.
 CHILD = textwrap.dedent("""
     import torch
-    from fn_trainer.denormals import denormals_flushed, flush_denormals
+    from fn_trainer.speed.denormals import denormals_flushed, flush_denormals
     torch.set_num_threads(2)
     x = torch.full((1 << 20,), 1e-40)  # subnormal float32, made before any flushing
     assert bool((x != 0).all())

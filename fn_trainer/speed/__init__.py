@@ -1,12 +1,14 @@
-"""Speed-only code: what runs faster under ``torch.compile`` on a CPU, chosen explicitly.
+"""Speed-only code for CPUs, always chosen explicitly by the caller.
 
-Nothing here changes what is computed beyond float32 rounding; the plain forms in
-``fn_trainer.networks`` stay the reference and what the exported ``solution.py`` carries.
+Nothing here changes what is computed beyond float32 rounding (or, for the subnormal
+flush, below 1.18e-38); the plain forms in ``fn_trainer.networks`` stay the reference and
+are what the exported ``solution.py`` carries.
 
 - :mod:`.cnn_forward`: the CNN forward walk and :func:`inductor_apply`, the ``apply`` a
   compiled step uses;
 - :mod:`.patches`: convolutions (and a following 2x2 max-pool) as patch matrix products;
-- :mod:`.winograd`: Winograd F(2x2, 3x3) for pooled 3x3 convolutions.
+- :mod:`.winograd`: Winograd F(2x2, 3x3) for pooled 3x3 convolutions;
+- :mod:`.denormals`: subnormal floats flushed to zero in every intra-op thread.
 """
 from .cnn_forward import inductor_apply, sequential_forward
 
