@@ -56,7 +56,7 @@ from fn_trainer import NetworkConfiguration, adam, build_network, cross_entropy,
 from fn_trainer.compiled import compile_step
 from fn_trainer.speed import inductor_apply
 from fn_trainer.speed.denormals import flush_denormals
-from fn_trainer.networks import POOLED_SIZE, feature_map_sizes
+from fn_trainer.networks import POOLED_SIZE, conv_output_size, feature_map_sizes
 from fn_trainer.step import Params
 from fn_trainer.sweep import SweepData, init_sweep, make_sweep_step, stack_trees
 
@@ -96,7 +96,7 @@ def train_flops(network_type: str, config: NetworkConfiguration, n_samples: int)
         c, (h, w) = 1, (28, 28)
         sizes = feature_map_sizes(config, (h, w))
         for i, (out_c, k, s, p) in enumerate(zip(*config[:4])):
-            oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+            oh, ow = conv_output_size(h, k, s, p), conv_output_size(w, k, s, p)
             macs.append(out_c * c * k * k * oh * ow)
             c, (h, w) = out_c, sizes[i]
         width = c * POOLED_SIZE[0] * POOLED_SIZE[1]

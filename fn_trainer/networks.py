@@ -97,6 +97,11 @@ def _dense_head(width: int, hiddens: Sequence[int], n_classes: int, act: nn.Modu
     return layers + [nn.Linear(width, n_classes), nn.Softmax(dim=1)]
 
 
+def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Output length of a convolution along one axis: ``(size + 2 padding - kernel) // stride + 1``."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
 def feature_map_sizes(config: NetworkConfiguration, input_hw: Tuple[int, int]) -> List[Tuple[int, int]]:
     """Spatial size after each conv layer's (conv, pool) pair, for an ``(H, W)`` input.
 
@@ -113,7 +118,7 @@ def feature_map_sizes(config: NetworkConfiguration, input_hw: Tuple[int, int]) -
                 f"net_config: conv layer {i} has kernel_size {k} but its input feature map "
                 f"is {h}x{w} (padding {p}); the kernel must fit inside it"
             )
-        h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        h, w = conv_output_size(h, k, s, p), conv_output_size(w, k, s, p)
         if i < n_conv - 1:
             if h < 2 or w < 2:
                 raise ValueError(

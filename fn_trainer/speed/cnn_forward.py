@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ..networks import Network, Params
+from ..networks import Network, Params, conv_output_size
 from .patches import conv_max_pool, few_slices, patch_conv
 from .winograd import WINOGRAD_MIN_CHANNELS, winograd_conv_max_pool
 
@@ -107,7 +107,7 @@ def _output_extent(layer: nn.Module, extent: Extent) -> Extent:
         return None
     if _plain_conv(layer):
         k, s, p = _geometry(layer)
-        return (extent[0] + 2 * p - k) // s + 1, (extent[1] + 2 * p - k) // s + 1
+        return conv_output_size(extent[0], k, s, p), conv_output_size(extent[1], k, s, p)
     if _is_pool2(layer):
         return extent[0] // 2, extent[1] // 2
     if isinstance(layer, MONOTONE):
