@@ -17,7 +17,7 @@ import torchvision
 import tqdm
 from torch.func import functional_call
 
-from fn_trainer.config import NetworkConfiguration
+from fn_trainer.config import HOMEWORK_SEED, NetworkConfiguration
 from fn_trainer.data import load_fashion_mnist
 from fn_trainer.data import normalize as normalize_splits
 from fn_trainer.diagnostics import global_norm
@@ -32,7 +32,7 @@ from fn_trainer.optim import adam, adam_update
 from fn_trainer.paths import ensure_writable_dir, write_figure
 from fn_trainer.train import check_split, make_evaluate
 
-SEED = 197331
+SEED = HOMEWORK_SEED
 np.random.seed(SEED)
 torch.manual_seed(SEED)
 random.seed(SEED)

@@ -15,8 +15,10 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from .config import HOMEWORK_SEED
+
 PROG = "fn-trainer"
-DEFAULT_SEED = 197331
+DEFAULT_SEED = HOMEWORK_SEED
 DEFAULT_LR = 1e-4
 DEFAULT_LRS = (0.01, 1e-4, 1e-8)
 HELP = {

@@ -24,12 +24,11 @@ from .losses import accuracy, cross_entropy
 from .networks import Network
 from .optim import adam
 from .step import Apply, make_step
-from .train import (LOG_KEYS, N_TRAIN_EVAL, FitResult, check_split, divergence_message, epoch_order,
+from .train import (EVAL_CHUNK, LOG_KEYS, N_TRAIN_EVAL, FitResult, check_split, divergence_message, epoch_order,
                     params_dtype)
 
 Params = Dict[str, Tensor]
 Split = Tuple[Tensor, Tensor]
-EVAL_CHUNK = 2000  # as make_evaluate's default
 
 
 def stack_trees(trees: Sequence[Any]) -> Any:

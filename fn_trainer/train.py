@@ -19,11 +19,12 @@ from .step import Apply, Loss, Params, Step
 LOG_KEYS = ("train_accuracy", "validation_accuracy", "train_loss", "validation_loss",
             "train_gradient_norm")
 N_TRAIN_EVAL = 2000  # train metrics are measured on the first 2000 training samples
+EVAL_CHUNK = 2000  # rows evaluated at once: bounds the memory of an evaluation pass
 Logs = Dict[str, List[float]]
 Evaluate = Callable[[Params, Tensor, Tensor], Tuple[float, float]]
 
 
-def make_evaluate(apply: Apply, loss: Loss = cross_entropy, chunk_size: int = 2000) -> Evaluate:
+def make_evaluate(apply: Apply, loss: Loss = cross_entropy, chunk_size: int = EVAL_CHUNK) -> Evaluate:
     """``evaluate(params, X, targets) -> (mean loss, accuracy)`` as Python floats.
 
     ``targets`` are one-hot ``(N, C)``. Runs without autograd in chunks of
