@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, jacrev, vmap
 
-Params = Dict[str, Tensor]
+from .types import Params
 
 
 def global_norm(tensors: Union[Params, Iterable[Tensor]]) -> Tensor:

@@ -17,8 +17,7 @@ from torch.func import functional_call
 
 from .config import NetworkConfiguration
 from .errors import check_positive_int, check_seed
-
-Params = Dict[str, Tensor]
+from .types import Params
 NETWORK_TYPES = ("mlp", "cnn")
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 POOLED_SIZE = (4, 4)  # AdaptiveMaxPool2d output before the dense head

@@ -14,8 +14,7 @@ import torch
 from torch import Tensor
 
 from .errors import check_positive_float
-
-Params = Dict[str, Tensor]
+from .types import Params
 
 
 class AdamState(NamedTuple):

@@ -9,9 +9,8 @@ from torch.func import grad_and_value
 from .diagnostics import global_norm
 from .losses import accuracy, cross_entropy
 from .optim import Optimizer
+from .types import Batch, Params
 
-Params = Dict[str, Tensor]
-Batch = Tuple[Tensor, Tensor]
 Metrics = Dict[str, Tensor]
 Apply = Callable[[Params, Tensor], Tensor]
 Loss = Callable[[Tensor, Tensor], Tensor]

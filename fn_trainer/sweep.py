@@ -24,11 +24,11 @@ from .losses import accuracy, cross_entropy
 from .networks import Network
 from .optim import adam
 from .step import Apply, make_step
+from .data import Split
+from .types import Params
 from .train import (EVAL_CHUNK, LOG_KEYS, N_TRAIN_EVAL, FitResult, check_split, divergence_message, epoch_order,
                     params_dtype)
 
-Params = Dict[str, Tensor]
-Split = Tuple[Tensor, Tensor]
 
 
 def stack_trees(trees: Sequence[Any]) -> Any:
