@@ -31,7 +31,10 @@ class AdamState(NamedTuple):
 
 
 class Optimizer(NamedTuple):
-    """``init(params) -> state``; ``update(grads, state, params) -> (params, state)``."""
+    """``init(params) -> state``; ``update(grads, state, params) -> (new_params, new_state)``.
+
+    Unlike optax's ``update``, which returns updates to add, ``update`` here returns the
+    new parameters themselves: Adam's step is applied inside it."""
 
     init: Callable[[Params], AdamState]
     update: Callable[[Params, AdamState, Params], Tuple[Params, AdamState]]

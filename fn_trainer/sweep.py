@@ -19,15 +19,15 @@ from torch.utils._pytree import tree_map
 from tqdm.auto import tqdm
 
 from .compiled import compile_step
+from .data import Split
 from .errors import check_positive_float, check_positive_int, check_seed
 from .losses import accuracy, cross_entropy
 from .networks import Network
 from .optim import adam
 from .step import Apply, make_step
-from .data import Split
-from .types import Params
 from .train import (EVAL_CHUNK, LOG_KEYS, N_TRAIN_EVAL, FitResult, check_split, divergence_message, epoch_order,
                     params_dtype)
+from .types import Params
 
 
 
