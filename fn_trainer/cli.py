@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from .config import HOMEWORK_SEED
+from .experiments import EXPERIMENTS
 
 PROG = "fn-trainer"
 DEFAULT_SEED = HOMEWORK_SEED
@@ -27,9 +28,9 @@ HELP = {
     "depth": "Q3: MLP 256-256 against a deep 64-unit MLP of solved depth (batch 128).",
     "cnn": "Q4: CNN (16,32,45) with a solved kernel size against the MLP (batch 128).",
     "cnn-shapes": "Q5: question 4's CNN, a deep 1x1-kernel CNN and a shallow 28x28-kernel CNN (batch 256).",
-    "all": "Every experiment (equivariance, lr-sweep, depth, cnn, cnn-shapes), in order, into one report.",
+    "all": f"Every experiment ({', '.join(EXPERIMENTS)}), in order, into one report.",
 }
-TRAINING = ("lr-sweep", "depth", "cnn", "cnn-shapes", "all")
+TRAINING = (*(name for name in EXPERIMENTS if name != "equivariance"), "all")  # the commands that train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,7 +187,7 @@ def settings_of(args: argparse.Namespace, command: str):
 
 def run_experiments(args: argparse.Namespace, command: str) -> int:
     from .speed.denormals import denormals_flushed, flush_denormals
-    from .experiments import EXPERIMENTS, experiment
+    from .experiments import experiment
     from .experiments.runs import Context
     from .report import REPORT_FILE
 

@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
+from .experiments import EXPERIMENTS
 from .paths import open_regular_file, safe_path, write_text
 
-ORDER = ("equivariance", "lr-sweep", "depth", "cnn", "cnn-shapes")
+ORDER = tuple(EXPERIMENTS)  # report sections in the homework's question order
 SECTION_FILE = "section.md"
 REPORT_FILE = "report.md"
 LOCK_FILE = ".report.lock"

@@ -344,3 +344,11 @@ def test_training_flushes_subnormals_unless_kept_and_restores_the_mode(extra, mo
     assert rc == 0
     assert calls == modes  # on (or kept off) for the runs, then back to the mode before
     assert not denormals.denormals_flushed()
+
+
+def test_every_experiment_has_a_subcommand_and_a_report_section():
+    from fn_trainer import cli, report
+    from fn_trainer.experiments import EXPERIMENTS
+
+    assert set(cli.HELP) == {*EXPERIMENTS, "all"}
+    assert report.ORDER == tuple(EXPERIMENTS) and set(cli.TRAINING) == {*EXPERIMENTS, "all"} - {"equivariance"}
