@@ -37,8 +37,8 @@ def reference_budget(input_shape: Tuple[int, int, int] = INPUT_SHAPE, n_classes:
     return count_parameters("mlp", REFERENCE_MLP, input_shape, n_classes)
 
 
-def measure(network_type: str, config: NetworkConfiguration, target: int,
-            input_shape: Tuple[int, int, int] = INPUT_SHAPE, n_classes: int = 10) -> Solution:
+def fixed_solution(network_type: str, config: NetworkConfiguration, target: int,
+                   input_shape: Tuple[int, int, int] = INPUT_SHAPE, n_classes: int = 10) -> Solution:
     """The count of a fixed configuration and its difference to ``target`` (``value`` = 0)."""
     n = count_parameters(network_type, config, input_shape, n_classes)
     return Solution(0, config, n, n - target)

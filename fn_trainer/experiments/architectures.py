@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import NetworkConfiguration
-from ..solve import (REFERENCE_MLP, Solution, measure, reference_budget, solve_cnn_channels,
+from ..solve import (REFERENCE_MLP, Solution, fixed_solution, reference_budget, solve_cnn_channels,
                      solve_cnn_kernel, solve_mlp_depth)
 from .runs import RunSpec, fmt_lr, network_label
 
@@ -41,7 +41,7 @@ def _from(solution: Solution, name: str, title: str, network_type: str, solved: 
 def reference_mlp() -> Architecture:
     """Question 2's MLP 784-256-256-10."""
     budget = reference_budget()
-    return _from(measure("mlp", REFERENCE_MLP, budget), "mlp-256x2", "MLP 256-256", "mlp",
+    return _from(fixed_solution("mlp", REFERENCE_MLP, budget), "mlp-256x2", "MLP 256-256", "mlp",
                  "reference")
 
 
@@ -62,7 +62,7 @@ def kernel_cnn() -> Architecture:
 def deep_cnn() -> Architecture:
     """Question 5(a): filters (8, 16, 32, 64), 1x1 kernels; fixed by the question, not solved."""
     config = NetworkConfiguration((8, 16, 32, 64), (1,) * 4, (1,) * 4, (0,) * 4, (256, 256))
-    return _from(measure("cnn", config, reference_budget()), "cnn-8-16-32-64-k1", "deep CNN (8,16,32,64) k=1",
+    return _from(fixed_solution("cnn", config, reference_budget()), "cnn-8-16-32-64-k1", "deep CNN (8,16,32,64) k=1",
                  "cnn", "fixed by the question")
 
 
