@@ -333,3 +333,13 @@ def test_interface_differences_are_reported_by_name():
         "Trainer.normalize is not a @staticmethod; in the template it is",
         "Trainer.test_equivariance takes (self, out_dir=None); the template has (self)",
     ]
+
+
+def test_the_submission_runs_isolated_without_bytecode_and_its_prints_are_shown(tmp_path):
+    """Its process is killed when grading ends: an unbuffered print still reaches the results."""
+    submission = tmp_path / "solution.py"
+    submission.write_text("import sys\nprint('printed at import')\ndef gradient_norm(function, *tensors):\n"
+                          "    raise RuntimeError(f'flags {sys.flags.isolated} {sys.flags.dont_write_bytecode}')\n")
+    results = grade(submission, timeout=5)
+    assert "flags 1 1" in results["tests"][1]["output"] and results["score"] == 0
+    assert "printed at import" in results["output"]

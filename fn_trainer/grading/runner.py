@@ -1,6 +1,6 @@
 """The submission's process, seen from the grader: start it, send requests, enforce limits.
 
-Each ``Submission`` runs ``probe`` in a fresh interpreter (``python -I``: no user site,
+Each ``Submission`` runs ``probe`` in a fresh interpreter (``python -I -B -u``: no user site, no .pyc files, unbuffered prints,
 no environment-driven paths) in a temporary working folder holding only a copy of
 ``solution.py``, in its own process group, with a memory limit (``RLIMIT_AS``), a file
 size limit (``RLIMIT_FSIZE``) and no core dumps where the OS allows them. Its printed
@@ -194,13 +194,13 @@ class Submission:
         self.answer_r, answer_w = os.pipe()
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.folder,
                "TMPDIR": self.folder, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-               "MPLBACKEND": "Agg", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+               "MPLBACKEND": "Agg"}  # python -I ignores PYTHON* variables: -B keeps .pyc files out
         os.set_blocking(self.request_w, False)  # a write waits in select, up to the deadline
         become_subreaper()
         try:
             with _LIVE_LOCK:
                 self.process = subprocess.Popen(
-                    [sys.executable, "-I", "-m", "fn_trainer.grading.probe", self.folder,
+                    [sys.executable, "-I", "-B", "-u", "-m", "fn_trainer.grading.probe", self.folder,
                      str(request_r), str(answer_w), *(["--allow-reference"] if self.allow_reference else [])],
                     cwd=self.folder, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT, pass_fds=(request_r, answer_w), start_new_session=True,
