@@ -13,6 +13,8 @@ import re
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional
 
+import pytest
+
 SPEC = Path(os.environ.get("FN_TRAINER_SPEC",
                            Path(__file__).resolve().parents[1] / ".." / "shared" / "spec" / "template-interface.md"))
 
@@ -38,7 +40,10 @@ def _parse_signature(name: str, signature: str, static: bool) -> Expected:
 
 def read_spec(path: Path = SPEC) -> Dict[str, Expected]:
     """Every function the spec declares: the module-level ones by name, the methods as
-    ``Trainer.<name>``. Raises ``ValueError`` naming the file if a part is missing."""
+    ``Trainer.<name>``. Skips the calling test when the file is absent (it lives beside the
+    repository, not in it); raises ``ValueError`` naming the file if a part is missing."""
+    if not path.is_file():
+        pytest.skip(f"the template's interface specification is not at {path} (set FN_TRAINER_SPEC)")
     text = path.read_text()
     found: Dict[str, Expected] = {}
     for name in ("gradient_norm", "jacobian_norm"):  # "- `name(...) -> float` — ..."
