@@ -243,14 +243,9 @@ def compat_loop(trainer, X, T, batch_size: int, n_steps: int) -> Callable[[], Pa
 def network_paths(network_type: str, config: NetworkConfiguration, X, T, batch_size: int, n_steps: int,
                   compile: bool) -> Dict[str, Callable[[], Params]]:
     net = build_network(network_type, config)
-    ref = reference_trainer(network_type, config, 1e-3, net.init(0))
 
     def batch_of(b):
         return X[b * batch_size:(b + 1) * batch_size], T[b * batch_size:(b + 1) * batch_size]
-
-    def reference() -> Params:
-        ref.train_steps(X, T, batch_size, n_steps)
-        return module_params(ref.network)
 
     def train_loop(trainer: ReferenceTrainer) -> Callable[[], Params]:
         def run() -> Params:
@@ -259,7 +254,7 @@ def network_paths(network_type: str, config: NetworkConfiguration, X, T, batch_s
         return run
 
     step = make_step(net.apply, adam(1e-3))
-    paths = {"reference": reference,
+    paths = {"reference": train_loop(reference_trainer(network_type, config, 1e-3, net.init(0))),
              "compat": compat_loop(compat_trainer(network_type, config, 1e-3, net.init(0)), X, T, batch_size, n_steps)}
     if compile:  # the peer: the template's loop as PyTorch users first compile it
         paths["compiled_reference"] = train_loop(

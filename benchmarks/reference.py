@@ -25,6 +25,7 @@ class ReferenceTrainer:
         self.network = (mlp(28 * 28, config, n_classes, act) if network_type == "mlp"
                         else cnn(1, config, n_classes, act))
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=lr)
+        self.optimizer_step = self.optimizer.step
 
     def compute_loss_and_accuracy(self, X: Tensor, y: Tensor):
         probs = self.network(X)
@@ -39,7 +40,7 @@ class ReferenceTrainer:
         loss, _ = self.compute_loss_and_accuracy(X_batch, y_batch)
         loss.backward()
         norm = self.compute_gradient_norm(self.network)
-        self.optimizer.step()
+        self.optimizer_step()
         return norm
 
     def train_steps(self, X: Tensor, T: Tensor, batch_size: int, n_steps: int) -> float:
@@ -65,11 +66,3 @@ class CompiledReferenceTrainer(ReferenceTrainer):
         super().__init__(network_type, config, lr, n_classes, seed)
         self.network.compile()
         self.optimizer_step = torch.compile(self.optimizer.step)
-
-    def training_step(self, X_batch: Tensor, y_batch: Tensor) -> float:
-        self.optimizer.zero_grad()
-        loss, _ = self.compute_loss_and_accuracy(X_batch, y_batch)
-        loss.backward()
-        norm = self.compute_gradient_norm(self.network)
-        self.optimizer_step()
-        return norm

@@ -26,7 +26,8 @@ LOCK_FILE = ".report.lock"
 TITLE = "# Fashion-MNIST experiments (homework 3, section 2)"
 
 
-def _warn(line: str) -> None:
+def print_warning(line: str) -> None:
+    """The default ``warn``: one ``warning: ...`` line on stderr."""
     print(f"warning: {line}", file=sys.stderr, flush=True)
 
 
@@ -42,7 +43,7 @@ def image(experiment: str, filename: str, alt: str) -> str:
     return f"![{alt}]({experiment}/{filename})"
 
 
-def write_section(out: Path, experiment: str, markdown: str, warn: Callable[[str], None] = _warn) -> Path:
+def write_section(out: Path, experiment: str, markdown: str, warn: Callable[[str], None] = print_warning) -> Path:
     """Store ``markdown`` as ``experiment``'s section, rebuild ``report.md``, return its path;
     ``warn`` is told of sections left out (see ``_read_section``)."""
     folder = safe_path(out, experiment)
@@ -51,7 +52,7 @@ def write_section(out: Path, experiment: str, markdown: str, warn: Callable[[str
         return _assemble(out, warn)
 
 
-def assemble(out: Path, warn: Callable[[str], None] = _warn) -> Path:
+def assemble(out: Path, warn: Callable[[str], None] = print_warning) -> Path:
     """Write ``<out>/report.md`` from the sections present, in question order."""
     with report_lock(out):
         return _assemble(out, warn)
@@ -106,7 +107,7 @@ def _read_section(out: Path, name: str, warn: Callable[[str], None]) -> Optional
         os.close(dir_fd)
 
 
-def _assemble(out: Path, warn: Callable[[str], None] = _warn) -> Path:
+def _assemble(out: Path, warn: Callable[[str], None] = print_warning) -> Path:
     out = Path(out)
     parts = [TITLE, "",
              "Measured results only; every section names the command that produced it. "

@@ -123,7 +123,7 @@ def check_split(name: str, split: Any, n_classes: int,
         )
     if finite and not bool(torch.isfinite(X).all()):
         raise ValueError(f"{name} X contains NaN or infinite values")
-    if dtype is not None:
+    if dtype is not None and X.dtype != dtype:
         X = X.to(dtype)
         if not bool(torch.isfinite(X).all()):  # float64 values beyond float32's range
             raise ValueError(f"{name} X has values too large for the parameters' dtype {dtype}")

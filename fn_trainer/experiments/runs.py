@@ -22,17 +22,16 @@ import torch
 
 from ..compiled import compile_step
 from ..config import HOMEWORK_SEED, NetworkConfiguration
-from ..data import Split, Splits, load_fashion_mnist, normalize
+from ..data import N_CLASSES, Split, Splits, load_fashion_mnist, normalize
 from ..networks import build_network
 from ..optim import adam
 from ..paths import read_regular_file, safe_path, write_text
-from ..report import markdown_table
+from ..report import markdown_table, print_warning
 from ..speed import inductor_apply
 from ..step import make_step
 from ..train import LOG_KEYS, FitResult, fit, make_evaluate
 
 RUNS_DIR = "runs"
-N_CLASSES = 10
 # Compiling a step costs 2-3 s (MLP) or 7-8 s (CNN) with a warm Inductor cache and 15 s or
 # 32 s cold, and saves about 1.8 ms of every MLP step and 10 ms of every CNN step (python -m
 # benchmarks.epoch: compiled against eager). It pays for itself after about 800 CNN or
@@ -230,7 +229,7 @@ class Context:
         self.settings = settings
         # Flushed at once: a run's summary line must reach a log file as the run ends.
         self.echo = echo or (lambda line: print(line, flush=True))
-        self.warn = warn or (lambda line: print(f"warning: {line}", file=sys.stderr, flush=True))
+        self.warn = warn or print_warning
         self._splits: Optional[Splits] = None
         self._prepared: Dict[bool, Tuple[Split, Split]] = {}
         self._fingerprint: Optional[str] = None

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from fn_trainer.config import NetworkConfiguration
+from fn_trainer.diagnostics import global_norm
 from fn_trainer.grading.functions import SCALAR_FUNCTIONS, TENSOR_FUNCTIONS
 from fn_trainer.grading.interface import FUNCTIONS, TRAINER_METHODS
 from fn_trainer.grading.layers import describe_layers, weighted_parameters
@@ -276,8 +277,7 @@ def reference_gradient_norm(network: nn.Module) -> float:
     """``||grad||_2`` of ``network``'s ``.grad`` buffers together: question 9's answer,
     lent to the questions that build on it, so that a wrong ``compute_gradient_norm``
     costs points in question 9 only."""
-    grads = [p.grad.detach() for p in network.parameters() if p.grad is not None]
-    return float(torch.sqrt(sum(g.double().square().sum() for g in grads)))
+    return float(global_norm([p.grad.detach() for p in network.parameters() if p.grad is not None]))
 
 
 def op_training_step(solution, request):
