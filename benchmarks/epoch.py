@@ -53,12 +53,12 @@ import torch
 from torch.func import functional_call, vmap
 
 from fn_trainer import NetworkConfiguration, adam, build_network, cross_entropy, make_step, normalize, one_hot
-from fn_trainer.compiled import compile_step
+from fn_trainer.core.networks import POOLED_SIZE, conv_output_size, feature_map_sizes
+from fn_trainer.core.step import Params
 from fn_trainer.speed import inductor_apply
 from fn_trainer.speed.denormals import flush_denormals
-from fn_trainer.networks import POOLED_SIZE, conv_output_size, feature_map_sizes
-from fn_trainer.step import Params
-from fn_trainer.sweep import SweepData, init_sweep, make_sweep_step, stack_trees
+from fn_trainer.training.compiled import compile_step
+from fn_trainer.training.sweep import SweepData, init_sweep, make_sweep_step, stack_trees
 
 from .reference import CompiledReferenceTrainer, ReferenceTrainer
 

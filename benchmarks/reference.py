@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from fn_trainer import NetworkConfiguration, accuracy, activation, cross_entropy, global_norm
-from fn_trainer.networks import cnn, mlp
+from fn_trainer.core.networks import cnn, mlp
 
 
 class ReferenceTrainer:

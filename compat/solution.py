@@ -17,20 +17,20 @@ import torchvision
 import tqdm
 from torch.func import functional_call
 
-from fn_trainer.config import HOMEWORK_SEED, NetworkConfiguration
-from fn_trainer.data import load_fashion_mnist
-from fn_trainer.data import normalize as normalize_splits
-from fn_trainer.diagnostics import global_norm
-from fn_trainer.diagnostics import gradient_norm as functional_gradient_norm
-from fn_trainer.diagnostics import jacobian_norm as functional_jacobian_norm
-from fn_trainer.errors import check_positive_float, check_positive_int
-from fn_trainer.losses import EPSILON, accuracy, cross_entropy
-from fn_trainer.losses import one_hot as one_hot_labels
-from fn_trainer.networks import activation as activation_module
-from fn_trainer.networks import NETWORK_TYPES, cnn, feature_map_sizes, mlp
-from fn_trainer.optim import adam, adam_update
-from fn_trainer.paths import ensure_writable_dir, write_figure
-from fn_trainer.train import check_split, make_evaluate
+from fn_trainer.core.checks import check_positive_float, check_positive_int
+from fn_trainer.core.config import HOMEWORK_SEED, NetworkConfiguration
+from fn_trainer.core.data import load_fashion_mnist
+from fn_trainer.core.data import normalize as normalize_splits
+from fn_trainer.core.diagnostics import global_norm
+from fn_trainer.core.diagnostics import gradient_norm as functional_gradient_norm
+from fn_trainer.core.diagnostics import jacobian_norm as functional_jacobian_norm
+from fn_trainer.core.losses import EPSILON, accuracy, cross_entropy
+from fn_trainer.core.losses import one_hot as one_hot_labels
+from fn_trainer.core.networks import NETWORK_TYPES, cnn, feature_map_sizes, mlp
+from fn_trainer.core.networks import activation as activation_module
+from fn_trainer.core.optim import adam, adam_update
+from fn_trainer.core.paths import ensure_writable_dir, write_figure
+from fn_trainer.training.fit import check_split, make_evaluate
 
 SEED = HOMEWORK_SEED
 np.random.seed(SEED)
@@ -56,7 +56,7 @@ def jacobian_norm(function: Callable, input_tensor: torch.Tensor) -> float:
 
 
 class FunctionalAdam(torch.optim.Adam):
-    """``torch.optim.Adam`` whose ``step()`` is ``fn_trainer.optim.adam_update``.
+    """``torch.optim.Adam`` whose ``step()`` is ``fn_trainer.core.optim.adam_update``.
 
     Each parameter with a ``.grad`` is updated in place. The per-parameter state keeps
     ``torch.optim.Adam``'s keys (``step``, ``exp_avg``, ``exp_avg_sq``), so the two load

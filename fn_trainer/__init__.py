@@ -3,19 +3,27 @@
 Networks are architectures applied to plain parameter dicts; training is a pure
 ``step(params, opt_state, batch) -> (params, opt_state, metrics)``.
 """
-from .checkpoint import CheckpointError
-from .compiled import compile_step, multi_step
-from .config import NetworkConfiguration
-from .data import DatasetError, Split, Splits, load_fashion_mnist, normalize, standardizer
+from .core.config import NetworkConfiguration
+from .core.data import DatasetError, Split, Splits, load_fashion_mnist, normalize, standardizer
+from .core.diagnostics import global_norm, gradient_norm, jacobian_norm, per_example_grad_norms
+from .core.losses import EPSILON, accuracy, cross_entropy, one_hot
+from .core.networks import (
+                       Network,
+                       activation,
+                       build_network,
+                       cnn,
+                       count_parameters,
+                       init_params,
+                       mlp,
+                       params_of,
+)
+from .core.optim import AdamState, Optimizer, adam
+from .core.step import make_objective, make_step
 from .speed.denormals import denormals_flushed, flush_denormals
-from .diagnostics import global_norm, gradient_norm, jacobian_norm, per_example_grad_norms
-from .losses import EPSILON, accuracy, cross_entropy, one_hot
-from .networks import (Network, activation, build_network, cnn, count_parameters, init_params,
-                       mlp, params_of)
-from .optim import AdamState, Optimizer, adam
-from .step import make_objective, make_step
-from .sweep import fit_sweep
-from .train import FitResult, fit, make_evaluate
+from .training.checkpoint import CheckpointError
+from .training.compiled import compile_step, multi_step
+from .training.fit import FitResult, fit, make_evaluate
+from .training.sweep import fit_sweep
 
 __all__ = [
     "CheckpointError", "compile_step", "multi_step", "fit_sweep", "NetworkConfiguration", "DatasetError", "Split", "Splits", "load_fashion_mnist", "normalize",

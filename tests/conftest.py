@@ -3,7 +3,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from fakedata import write_fashion_mnist
 
 REAL_DATA = Path(os.environ.get("FN_TRAINER_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fn_trainer as ft
-from fn_trainer.data import normalize
+from fn_trainer.core.data import normalize
 
 SHAPE = (1, 6, 6)
 

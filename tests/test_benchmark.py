@@ -9,11 +9,22 @@ from pathlib import Path
 import pytest
 import torch
 import torch._dynamo
-
-from benchmarks.epoch import (CNN_CONFIG, MLP_CONFIG, SMOKE_CNN, SMOKE_MLP, SWEEP_LRS, compat_loop, compat_trainer,
-                              main, reference_trainer, synthetic_data, train_flops)
-from benchmarks.reference import ReferenceTrainer
 from compiling import compiles
+
+from benchmarks.epoch import (
+    CNN_CONFIG,
+    MLP_CONFIG,
+    SMOKE_CNN,
+    SMOKE_MLP,
+    SWEEP_LRS,
+    compat_loop,
+    compat_trainer,
+    main,
+    reference_trainer,
+    synthetic_data,
+    train_flops,
+)
+from benchmarks.reference import ReferenceTrainer
 from fn_trainer import build_network, count_parameters, one_hot
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,13 +9,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fn_trainer import NetworkConfiguration, adam, build_network, make_evaluate, make_step
-from fn_trainer.checkpoint import (CheckpointError, load_checkpoint, restore_like, rng_states,
-                                   save_checkpoint, set_rng_states, to_plain)
-from fn_trainer.optim import AdamState
-from fn_trainer.train import fit
+from fn_trainer.core.optim import AdamState
+from fn_trainer.training.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    restore_like,
+    rng_states,
+    save_checkpoint,
+    set_rng_states,
+    to_plain,
+)
+from fn_trainer.training.fit import fit
 
 SHAPE = (1, 8, 8)
 
@@ -305,7 +313,7 @@ CHILD = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
     from fn_trainer import NetworkConfiguration, adam, build_network, make_evaluate, make_step
-    from fn_trainer.train import fit
+    from fn_trainer.training.fit import fit
 
     mode, out, *ckpts = sys.argv[1:]
     net = build_network("cnn", NetworkConfiguration((4,), (3,), (1,), (1,), (16,)), input_shape=(1, 8, 8))

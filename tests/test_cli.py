@@ -8,12 +8,12 @@ import matplotlib.image
 import pytest
 import torch
 import torch._dynamo
-
 from compiling import compiles
 from fakedata import write_fashion_mnist
-from fn_trainer import cli
-from fn_trainer.experiments import EXPERIMENTS
-from fn_trainer.experiments import runs as runs_module
+
+from fn_trainer.app import cli
+from fn_trainer.app.experiments import EXPERIMENTS
+from fn_trainer.app.experiments import runs as runs_module
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 QUICK = ["--epochs", "1", "--limit", "16", "--no-progress"]
@@ -347,8 +347,8 @@ def test_training_flushes_subnormals_unless_kept_and_restores_the_mode(extra, mo
 
 
 def test_every_experiment_has_a_subcommand_and_a_report_section():
-    from fn_trainer import cli, report
-    from fn_trainer.experiments import EXPERIMENTS
+    from fn_trainer.app import cli, report
+    from fn_trainer.app.experiments import EXPERIMENTS
 
     assert set(cli.HELP) == {*EXPERIMENTS, "all"}
     assert report.ORDER == tuple(EXPERIMENTS) and set(cli.TRAINING) == {*EXPERIMENTS, "all"} - {"equivariance"}

@@ -5,7 +5,8 @@ import operator
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.func import functional_call, grad
 
 from fn_trainer import NetworkConfiguration, build_network

@@ -20,9 +20,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
-
 from template_spec import read_spec
+from torch import nn
 
 SOLUTION_ENV = "FN_TRAINER_SOLUTION"
 SEED = 197331

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fn_trainer import export
-from fn_trainer.export import export_solution
+from fn_trainer.app import export
+from fn_trainer.app.export import export_solution
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -54,10 +54,11 @@ def test_exported_file_imports_only_the_template_libraries(exported):
     assert package.startswith("_fn_trainer_")
     assert load_time_imports(text) <= ALLOWED | {package}
     sources = embedded_sources(text)
-    assert {"losses", "optim", "networks", "diagnostics", "data"} <= set(sources)
-    assert not {"cli", "export", "__init__"} & set(sources)
+    assert {f"core.{name}" for name in ("losses", "optim", "networks", "diagnostics", "data")} <= set(sources)
+    # the application and the speed layer stay out: compat never compiles, plots or grades
+    assert not [name for name in sources if name.split(".")[0] not in ("core", "training")]
     for name, source in sources.items():
-        assert source == (ROOT / "fn_trainer" / f"{name}.py").read_text(), name
+        assert source == (ROOT / "fn_trainer" / (name.replace(".", "/") + ".py")).read_text(), name
         assert load_time_imports(source) <= ALLOWED, name
     assert "import fn_trainer" not in text and "from fn_trainer" not in text.split("# ---- end", 1)[1]
 
@@ -72,14 +73,14 @@ def test_exported_module_uses_its_private_copy(exported):
     solution = load(exported, "exported_solution")
     module = solution.NetworkConfiguration.__module__
     assert module.startswith("_fn_trainer_") and module.endswith(".config")
-    from fn_trainer.config import NetworkConfiguration
+    from fn_trainer.core.config import NetworkConfiguration
     assert solution.NetworkConfiguration is not NetworkConfiguration
     assert solution.Trainer.create_mlp.__module__ == "exported_solution"
     try:  # tracebacks through the embedded code show its lines
         solution.Trainer.create_activation_function("gelu")
     except ValueError:
         text = traceback.format_exc()
-    assert "fn_trainer/networks.py" in text and "raise ValueError(" in text
+    assert "fn_trainer/core/networks.py" in text and "raise ValueError(" in text
 
 
 def test_exported_file_passes_the_compat_suite_without_fn_trainer(exported):
@@ -110,12 +111,19 @@ def test_out_path_must_not_be_a_folder(tmp_path):
 
 def test_modules_with_other_load_time_imports_are_refused():
     with pytest.raises(ValueError, match="matplotlib"):
-        export.check_imports("fn_trainer/plots.py", "import numpy\nimport matplotlib.pyplot as plt\n", {})
+        export.check_imports("fn_trainer/app/plots.py", "import numpy\nimport matplotlib.pyplot as plt\n", "app.plots", {})
     lazy = "import torch\n\ndef plot():\n    import matplotlib.pyplot as plt\n"
-    export.check_imports("fn_trainer/plots.py", lazy, {})  # imported only when plot() runs
+    export.check_imports("fn_trainer/app/plots.py", lazy, "app.plots", {})  # imported only when plot() runs
 
 
-def test_the_package_itself_cannot_be_embedded():
-    with pytest.raises(ValueError, match="submodule"):
-        export.needed_modules("from fn_trainer import one_hot\n")
-    assert export.needed_modules("from fn_trainer.losses import one_hot\n") == ["errors", "losses"]  # losses imports errors
+@pytest.mark.parametrize("line", ["from fn_trainer import one_hot", "from fn_trainer.speed import inductor_apply",
+                                  "import fn_trainer.core"])
+def test_a_package_cannot_be_embedded(line):
+    with pytest.raises(ValueError, match="not 'fn_trainer"):
+        export.needed_modules(line + "\n")
+
+
+def test_relative_imports_are_followed_across_subpackages():
+    # losses imports .checks; fit imports ..core.* and .checkpoint
+    assert export.needed_modules("from fn_trainer.core.losses import one_hot\n") == ["core.checks", "core.losses"]
+    assert {"core.step", "training.checkpoint"} <= set(export.needed_modules("from fn_trainer.training.fit import fit\n"))

@@ -3,11 +3,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from hypothesis import assume, given, settings, strategies as st
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from fn_trainer import DatasetError, load_fashion_mnist, normalize, standardizer
-from fn_trainer.data import IDX_FILES, raw_folder
+from fn_trainer.core.data import IDX_FILES, raw_folder
 
 
 def test_loads_the_homework_splits(fake_data_root):
@@ -173,7 +174,7 @@ def test_image_and_label_counts_that_disagree_name_both_files(data_copy, prefix,
 
 @pytest.mark.parametrize("fault", ["label after the limit", "test label", "counts"])
 def test_the_command_line_checks_whole_files_whatever_the_limit(data_copy, tmp_path, capsys, fault):
-    from fn_trainer import cli
+    from fn_trainer.app import cli
 
     raw = raw_folder(data_copy)
     if fault == "counts":

@@ -2,11 +2,16 @@
 import pytest
 import torch
 
-from fn_trainer import (NetworkConfiguration, adam, build_network, load_fashion_mnist, make_evaluate,
-                        make_step, normalize)
-from fn_trainer.train import fit
-
-
+from fn_trainer import (
+    NetworkConfiguration,
+    adam,
+    build_network,
+    load_fashion_mnist,
+    make_evaluate,
+    make_step,
+    normalize,
+)
+from fn_trainer.training.fit import fit
 
 
 @pytest.fixture(scope="module")

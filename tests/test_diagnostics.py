@@ -1,6 +1,7 @@
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fn_trainer import global_norm, gradient_norm, jacobian_norm, per_example_grad_norms
 

@@ -7,13 +7,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from fn_trainer import (DatasetError, NetworkConfiguration, adam, build_network, load_fashion_mnist,
-                        make_evaluate, make_step, one_hot)
-from fn_trainer.errors import check_int, check_positive_float, check_positive_int
-from fn_trainer.paths import ensure_writable_dir, safe_path
-from fn_trainer.train import fit
+from fn_trainer import (
+    DatasetError,
+    NetworkConfiguration,
+    adam,
+    build_network,
+    load_fashion_mnist,
+    make_evaluate,
+    make_step,
+    one_hot,
+)
+from fn_trainer.core.checks import check_int, check_positive_float, check_positive_int
+from fn_trainer.core.paths import ensure_writable_dir, safe_path
+from fn_trainer.training.fit import fit
 
 SHAPE = (1, 8, 8)
 

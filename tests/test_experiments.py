@@ -4,14 +4,15 @@ import matplotlib.image
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from fn_trainer.config import NetworkConfiguration
-from fn_trainer.experiments import EXPERIMENTS, experiment
-from fn_trainer.experiments.equivariance import equivariance_maps
-from fn_trainer.experiments.runs import RunRecord, RunSpec, finite_logs, runs_table, summary
-from fn_trainer.plots import Curve, plot_curves, plot_map
-from fn_trainer.report import assemble, markdown_table, write_section
+from fn_trainer.app.experiments import EXPERIMENTS, experiment
+from fn_trainer.app.experiments.equivariance import equivariance_maps
+from fn_trainer.app.experiments.runs import RunRecord, RunSpec, finite_logs, runs_table, summary
+from fn_trainer.app.plots import Curve, plot_curves, plot_map
+from fn_trainer.app.report import assemble, markdown_table, write_section
+from fn_trainer.core.config import NetworkConfiguration
 
 
 def blob_image(seed: int, size: int = 28) -> torch.Tensor:

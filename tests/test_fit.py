@@ -2,9 +2,18 @@ import json
 
 import torch
 
-from fn_trainer import (NetworkConfiguration, adam, build_network, fit, load_fashion_mnist,
-                        make_evaluate, make_step, normalize, one_hot)
-from fn_trainer.train import LOG_KEYS
+from fn_trainer import (
+    NetworkConfiguration,
+    adam,
+    build_network,
+    fit,
+    load_fashion_mnist,
+    make_evaluate,
+    make_step,
+    normalize,
+    one_hot,
+)
+from fn_trainer.training.fit import LOG_KEYS
 
 
 def _tiny(seed=0):

@@ -13,18 +13,22 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
-from fn_trainer.cli import main
-from fn_trainer.export import export_solution
 import torch
-
-from fn_trainer.grading import TOTAL_POINTS, grade, grade_to_file
-from fn_trainer.grading.bundle import write_bundle
-from fn_trainer.grading.probe import encode
-from fn_trainer.grading.runner import decode_answer
-from fn_trainer.grading.interface import FUNCTIONS, NETWORK_CONFIGURATION_FIELDS, TRAINER_METHODS, differences
-from fn_trainer.grading.questions import QUESTIONS
 from template_spec import SPEC, read_spec
+
+from fn_trainer.app.cli import main
+from fn_trainer.app.export import export_solution
+from fn_trainer.app.grading import TOTAL_POINTS, grade, grade_to_file
+from fn_trainer.app.grading.bundle import write_bundle
+from fn_trainer.app.grading.interface import (
+    FUNCTIONS,
+    NETWORK_CONFIGURATION_FIELDS,
+    TRAINER_METHODS,
+    differences,
+)
+from fn_trainer.app.grading.probe import encode
+from fn_trainer.app.grading.questions import QUESTIONS
+from fn_trainer.app.grading.runner import decode_answer
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "compat" / "solution.py"
@@ -190,7 +194,7 @@ HOSTILE = {
         "    sys.modules['__main__'].read_frame = lambda stream, limit: time.sleep(10 ** 6)\n"
         "    return 0.0\n"),
     "imports the answer key": "from compat.solution import *\n",
-    "imports the reference": "import torch\nfrom fn_trainer.diagnostics import gradient_norm\n",
+    "imports the reference": "import torch\nfrom fn_trainer.core.diagnostics import gradient_norm\n",
 }
 
 

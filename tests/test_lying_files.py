@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from fn_trainer import NetworkConfiguration, adam, build_network, make_evaluate, make_step
-from fn_trainer import cli
-from fn_trainer.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from fn_trainer.train import fit
+from fn_trainer.app import cli
+from fn_trainer.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fn_trainer.training.fit import fit
 
 SHAPE = (1, 6, 6)
 
@@ -137,7 +137,7 @@ def test_an_unreadable_run_record_is_ignored_with_a_warning(fake_data_root, tmp_
 
 def _record():
     """A valid stored record of a 2-epoch run, as JSON data."""
-    from fn_trainer.experiments.runs import RunRecord, RunSpec
+    from fn_trainer.app.experiments.runs import RunRecord, RunSpec
 
     spec = RunSpec("mlp", "MLP", "mlp", NetworkConfiguration(dense_hiddens=(8,)), 1e-3, True, 16, 2, 0)
     logs = {"train_accuracy": [0.1, 0.5, 0.6], "validation_accuracy": [0.1, 0.4, 0.5],
@@ -169,7 +169,7 @@ LYING_RECORDS = {
 
 @pytest.mark.parametrize("edit", list(LYING_RECORDS))
 def test_a_record_with_unknown_fields_or_lying_values_is_invalid(edit, tmp_path):
-    from fn_trainer.experiments.runs import load_record
+    from fn_trainer.app.experiments.runs import load_record
 
     path = tmp_path / "r.json"
     data = _record()
@@ -185,7 +185,7 @@ def test_a_record_with_unknown_fields_or_lying_values_is_invalid(edit, tmp_path)
 
 def test_a_record_that_breaks_the_record_class_is_invalid_not_fatal(tmp_path, monkeypatch):
     """Whatever record_problem misses, building the record must not end the command."""
-    from fn_trainer.experiments import runs
+    from fn_trainer.app.experiments import runs
 
     monkeypatch.setattr(runs, "record_problem", lambda data: None)
     path = tmp_path / "r.json"
@@ -219,7 +219,7 @@ def test_a_checkpoint_path_that_is_a_folder_is_refused_before_training(where, tm
     if where == "link to a folder":
         path.symlink_to(folder)
     monkeypatch.chdir(folder)
-    import fn_trainer.train as train
+    import fn_trainer.training.fit as train
 
     steps = []
     monkeypatch.setattr(train, "epoch_order", lambda *a: steps.append(1))  # no epoch may start

@@ -2,12 +2,21 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
-from fn_trainer import (NetworkConfiguration, activation, build_network, cnn, count_parameters,
-                        init_params, mlp, params_of)
-from fn_trainer.networks import feature_map_sizes
+from fn_trainer import (
+    NetworkConfiguration,
+    activation,
+    build_network,
+    cnn,
+    count_parameters,
+    init_params,
+    mlp,
+    params_of,
+)
+from fn_trainer.core.networks import feature_map_sizes
 
 
 def test_default_mlp_has_the_homework_parameter_count():

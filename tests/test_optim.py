@@ -1,9 +1,10 @@
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fn_trainer import AdamState, adam
-from fn_trainer.optim import adam_update
+from fn_trainer.core.optim import adam_update
 
 
 def _problem(seed: int, dtype: torch.dtype = torch.float64):

@@ -3,11 +3,12 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fn_trainer import NetworkConfiguration, adam, build_network, make_evaluate, make_step
-from fn_trainer.checkpoint import load_checkpoint
-from fn_trainer.train import fit, metrics_finite, tree_finite
+from fn_trainer.training.checkpoint import load_checkpoint
+from fn_trainer.training.fit import fit, metrics_finite, tree_finite
 
 SHAPE = (1, 8, 8)
 N, BATCH = 80, 16  # 5 steps per epoch

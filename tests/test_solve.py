@@ -1,10 +1,19 @@
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from fn_trainer.config import NetworkConfiguration
-from fn_trainer.networks import build_network, count_parameters
-from fn_trainer.solve import (TOLERANCE, fixed_solution, mlp_config, reference_budget, solve, solve_cnn_channels,
-                              solve_cnn_kernel, solve_mlp_depth)
+from fn_trainer.app.solve import (
+    TOLERANCE,
+    fixed_solution,
+    mlp_config,
+    reference_budget,
+    solve,
+    solve_cnn_channels,
+    solve_cnn_kernel,
+    solve_mlp_depth,
+)
+from fn_trainer.core.config import NetworkConfiguration
+from fn_trainer.core.networks import build_network, count_parameters
 
 
 def built_count(network_type, config, input_shape=(1, 28, 28), n_classes=10):

@@ -8,12 +8,13 @@ import signal
 import pytest
 import torch
 
-from fn_trainer import adam, build_network, make_evaluate, make_step, report
-from fn_trainer.checkpoint import CheckpointError, load_checkpoint
-from fn_trainer.data import DatasetError, load_fashion_mnist, raw_folder
-from fn_trainer.experiments.runs import load_record
-from fn_trainer.paths import NotAFileError, read_regular_file
-from fn_trainer.train import fit
+from fn_trainer import adam, build_network, make_evaluate, make_step
+from fn_trainer.app import report
+from fn_trainer.app.experiments.runs import load_record
+from fn_trainer.core.data import DatasetError, load_fashion_mnist, raw_folder
+from fn_trainer.core.paths import NotAFileError, read_regular_file
+from fn_trainer.training.checkpoint import CheckpointError, load_checkpoint
+from fn_trainer.training.fit import fit
 
 
 class Blocked(BaseException):

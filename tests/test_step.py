@@ -1,7 +1,16 @@
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from fn_trainer import NetworkConfiguration, adam, build_network, cross_entropy, global_norm, make_step, one_hot
+from fn_trainer import (
+    NetworkConfiguration,
+    adam,
+    build_network,
+    cross_entropy,
+    global_norm,
+    make_step,
+    one_hot,
+)
 
 
 def _setup(seed: int, network_type: str = "mlp"):

@@ -3,11 +3,12 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fn_trainer import NetworkConfiguration, adam, build_network, fit, make_evaluate, make_step, normalize
-from fn_trainer.sweep import finite_per_model, fit_sweep, stack_trees, tree_index
-from fn_trainer.train import LOG_KEYS
+from fn_trainer.training.fit import LOG_KEYS
+from fn_trainer.training.sweep import finite_per_model, fit_sweep, stack_trees, tree_index
 
 TOL = dict(rtol=1e-4, atol=1e-5)  # float32: vmapped (batched) matmuls reassociate sums
 

@@ -1,4 +1,4 @@
-"""Output files: every one is written by ``fn_trainer.paths.write_atomically``, which never
+"""Output files: every one is written by ``fn_trainer.core.paths.write_atomically``, which never
 writes through a link, leaves earlier files intact on a full disk, and is safe for
 concurrent runs into one folder."""
 import errno
@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from fn_trainer import cli, paths, report
-from fn_trainer.checkpoint import load_checkpoint, save_checkpoint
-from fn_trainer.export import export_solution
-from fn_trainer.paths import WriteError, write_atomically
-from fn_trainer.plots import Curve, plot_curves, plot_map
+from fn_trainer.app import cli, report
+from fn_trainer.app.export import export_solution
+from fn_trainer.app.plots import Curve, plot_curves, plot_map
+from fn_trainer.core import paths
+from fn_trainer.core.paths import WriteError, write_atomically
+from fn_trainer.training.checkpoint import load_checkpoint, save_checkpoint
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 OUTSIDE = b"a file outside the output folder\n"

@@ -1,7 +1,7 @@
 """Speed-only code for CPUs, always chosen explicitly by the caller.
 
 Nothing here changes what is computed beyond float32 rounding (or, for the subnormal
-flush, below 1.18e-38); the plain forms in ``fn_trainer.networks`` stay the reference and
+flush, below 1.18e-38); the plain forms in ``fn_trainer.core.networks`` stay the reference and
 are what the exported ``solution.py`` carries.
 
 - :mod:`.cnn_forward`: the CNN forward walk and :func:`inductor_apply`, the ``apply`` a

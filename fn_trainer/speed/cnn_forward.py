@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ..networks import Network, Params, conv_output_size
+from ..core.networks import Network, Params, conv_output_size
 from .patches import conv_max_pool, few_slices, patch_conv
 from .winograd import WINOGRAD_MIN_CHANNELS, winograd_conv_max_pool
 

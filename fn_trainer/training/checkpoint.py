@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .paths import NotAFileError, PathLike, read_regular_file, write_atomically
+from ..core.paths import NotAFileError, PathLike, read_regular_file, write_atomically
 
 FORMAT = "fn-trainer-checkpoint"
 VERSION = 1
@@ -100,7 +100,7 @@ def _same_keys(expected, data: Any, name: str):
 
 def save_checkpoint(path: PathLike, state: Mapping[str, Any]) -> Path:
     """Write ``state`` (see ``to_plain``) to ``path`` atomically
-    (``fn_trainer.paths.write_atomically``): a crash at any moment leaves either the
+    (``fn_trainer.core.paths.write_atomically``): a crash at any moment leaves either the
     previous checkpoint or the new one, never a partial file. The file is serialised in
     memory first, so only ``write_atomically`` touches the disk (a full disk is one
     ``WriteError`` naming the file, not a torch error)."""

@@ -10,7 +10,7 @@ import json
 import os
 from typing import Any, Dict, List, NamedTuple
 
-from ..paths import write_text
+from ...core.paths import write_text
 
 
 class TestResult(NamedTuple):

@@ -15,9 +15,10 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from .checks import check_positive_int, check_seed
 from .config import NetworkConfiguration
-from .errors import check_positive_int, check_seed
 from .types import Params
+
 NETWORK_TYPES = ("mlp", "cnn")
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 POOLED_SIZE = (4, 4)  # AdaptiveMaxPool2d output before the dense head

@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .paths import write_figure  # noqa: E402
+from ..core.paths import write_figure  # noqa: E402
 
 FIGSIZE = (7.5, 4.8)
 DPI = 120

@@ -1,5 +1,5 @@
 """The submission's side of grading, run in its own interpreter:
-``python -I -m fn_trainer.grading.probe FOLDER REQUEST_FD ANSWER_FD``.
+``python -I -m fn_trainer.app.grading.probe FOLDER REQUEST_FD ANSWER_FD``.
 
 It imports ``FOLDER/solution.py``, then answers requests until the grader closes the
 request pipe. A request is a dict ``{"op": name, ...inputs}`` chosen by the grader; the
@@ -28,12 +28,12 @@ from typing import Any, Callable, Dict, Optional
 import torch
 from torch import nn
 
-from fn_trainer.config import NetworkConfiguration
-from fn_trainer.diagnostics import global_norm
-from fn_trainer.grading.functions import SCALAR_FUNCTIONS, TENSOR_FUNCTIONS
-from fn_trainer.grading.interface import FUNCTIONS, TRAINER_METHODS
-from fn_trainer.grading.layers import describe_layers, weighted_parameters
-from fn_trainer.networks import activation, cnn, mlp
+from fn_trainer.app.grading.functions import SCALAR_FUNCTIONS, TENSOR_FUNCTIONS
+from fn_trainer.app.grading.interface import FUNCTIONS, TRAINER_METHODS
+from fn_trainer.app.grading.layers import describe_layers, weighted_parameters
+from fn_trainer.core.config import NetworkConfiguration
+from fn_trainer.core.diagnostics import global_norm
+from fn_trainer.core.networks import activation, cnn, mlp
 
 HEADER = struct.Struct(">Q")
 ANSWER_KEY = ("fn_trainer", "compat")  # the reference and the homework's answer

@@ -13,7 +13,7 @@ from typing import Callable, Dict, NamedTuple, Tuple, Union
 import torch
 from torch import Tensor
 
-from .errors import check_positive_float
+from .checks import check_positive_float
 from .types import Params
 
 

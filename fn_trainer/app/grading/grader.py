@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from .questions import QUESTIONS, Mismatch, interface_report, run_part
-from .results import TestResult, results_json, write_results
 from .limits import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, START_ALLOWANCE
 from .probe import encode
+from .questions import QUESTIONS, Mismatch, interface_report, run_part
+from .results import TestResult, results_json, write_results
 from .runner import Submission, SubmissionFailed
 
 

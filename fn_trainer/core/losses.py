@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .errors import check_positive_int
+from .checks import check_positive_int
 
 EPSILON = 1e-9
 

@@ -1,5 +1,5 @@
 """Size solvers: pick the free hyper-parameter of an architecture so that its parameter
-count (``fn_trainer.networks.count_parameters``) lands near a budget.
+count (``fn_trainer.core.networks.count_parameters``) lands near a budget.
 
 The homework's budget is the 784-256-256-10 MLP (269,322 scalars) with a tolerance of
 10,000: "approximately the same number of parameters".
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, NamedTuple, Tuple
 
-from .config import NetworkConfiguration
-from .errors import check_positive_int
-from .networks import count_parameters
+from ..core.checks import check_positive_int
+from ..core.config import NetworkConfiguration
+from ..core.networks import count_parameters
 
 INPUT_SHAPE = (1, 28, 28)
 REFERENCE_MLP = NetworkConfiguration((), (), (), (), (256, 256))

@@ -16,8 +16,8 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .errors import check_positive_int
-from .step import Batch, Params, Step
+from ..core.checks import check_positive_int
+from ..core.step import Batch, Params, Step
 
 MultiStep = Callable[[Params, object, Batch], Tuple[Params, object, Dict[str, Tensor]]]
 

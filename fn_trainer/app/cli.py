@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .config import HOMEWORK_SEED
+from ..core.config import HOMEWORK_SEED
 from .experiments import EXPERIMENTS
 
 PROG = "fn-trainer"
@@ -109,8 +109,8 @@ def _check_lr(option: str, value: float) -> None:
 
 def validate(args: argparse.Namespace) -> None:
     """Raise ``ValueError`` naming the option for any out-of-range value; create ``--out``."""
-    from .errors import check_seed
-    from .paths import ensure_writable_dir
+    from ..core.checks import check_seed
+    from ..core.paths import ensure_writable_dir
 
     check_seed("--seed", args.seed)
     # Two samples at least: normalisation estimates a standard deviation from them.
@@ -186,7 +186,7 @@ def settings_of(args: argparse.Namespace, command: str):
 
 
 def run_experiments(args: argparse.Namespace, command: str) -> int:
-    from .speed.denormals import denormals_flushed, flush_denormals
+    from ..speed.denormals import denormals_flushed, flush_denormals
     from .experiments import experiment
     from .experiments.runs import Context
     from .report import REPORT_FILE
@@ -225,7 +225,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    from .data import DatasetError
+    from ..core.data import DatasetError
 
     try:
         if args.command == "export-solution":

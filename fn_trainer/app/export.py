@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 from typing import Dict, Iterator, List, Set, Tuple, Union
 
-from .paths import write_text
+from ..core.paths import write_text
 
 PACKAGE = "fn_trainer"
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 SOLUTION_SOURCE = PACKAGE_DIR.parent / "compat" / "solution.py"
 # What the exported file may import at module level, beside the standard library.
 ALLOWED_IMPORTS = frozenset({"torch", "torchvision", "numpy", "tqdm"})
@@ -44,20 +44,24 @@ class _EmbeddedModules(_importlib_abc.MetaPathFinder, _importlib_abc.Loader):
     def find_spec(self, fullname, path=None, target=None):
         if fullname == self.package:
             return _importlib_util.spec_from_loader(fullname, self, is_package=True)
-        parent, _, name = fullname.rpartition(".")
-        if parent == self.package and name in _EMBEDDED_SOURCES:
+        if not fullname.startswith(self.package + "."):
+            return None
+        name = fullname[len(self.package) + 1:]
+        if name in _EMBEDDED_SOURCES:
             return _importlib_util.spec_from_loader(fullname, self)
+        if any(module.startswith(name + ".") for module in _EMBEDDED_SOURCES):
+            return _importlib_util.spec_from_loader(fullname, self, is_package=True)  # left empty
         return None
 
     def create_module(self, spec):
         return None
 
     def exec_module(self, module):
-        if module.__name__ == self.package:
+        name = module.__name__[len(self.package) + 1:]
+        if name not in _EMBEDDED_SOURCES:  # the package or a subpackage: nothing to run
             return
-        name = module.__name__.rpartition(".")[2]
         source = _EMBEDDED_SOURCES[name]
-        filename = "<solution.py: {origin}/" + name + ".py>"
+        filename = "<solution.py: {origin}/" + name.replace(".", "/") + ".py>"
         # so that tracebacks through the embedded code show its lines
         _linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
         exec(compile(source, filename, "exec"), module.__dict__)
@@ -85,11 +89,10 @@ def export_solution(out_path: Union[str, os.PathLike]) -> Path:
 def solution_text() -> str:
     """The exported file's contents."""
     solution = SOLUTION_SOURCE.read_text(encoding="utf-8")
-    sources = {name: (PACKAGE_DIR / f"{name}.py").read_text(encoding="utf-8")
-               for name in needed_modules(solution)}
-    check_imports("compat/solution.py", solution, sources)
+    sources = {name: module_path(name).read_text(encoding="utf-8") for name in needed_modules(solution)}
+    check_imports("compat/solution.py", solution, "", sources)
     for name, source in sources.items():
-        check_imports(f"{PACKAGE}/{name}.py", source, sources)
+        check_imports(f"{PACKAGE}/{name.replace('.', '/')}.py", source, name, sources)
     digest = hashlib.sha256(repr(sorted(sources.items())).encode()).hexdigest()[:12]
     package = f"_{PACKAGE}_{digest}"
     loader = LOADER.format(
@@ -103,18 +106,25 @@ def solution_text() -> str:
     return text
 
 
-def imported_modules(node: ast.AST) -> List[str]:
+def module_path(name: str) -> Path:
+    """The file of the ``fn_trainer`` module ``name`` (dotted, relative to the package)."""
+    return PACKAGE_DIR.joinpath(*name.split(".")).with_suffix(".py")
+
+
+def imported_modules(node: ast.AST, module: str = "") -> List[str]:
     """Absolute names of the modules an import ``node`` loads (none for other nodes);
-    relative imports are resolved inside ``fn_trainer``."""
+    relative imports are resolved from ``module``, the importing ``fn_trainer`` module
+    (dotted, relative to the package; ``""`` for a file outside it)."""
     if isinstance(node, ast.Import):
         return [alias.name for alias in node.names]
     if not isinstance(node, ast.ImportFrom):
         return []
     if not node.level:
         return [node.module]
+    parts = [PACKAGE, *module.split(".")][:-node.level] if module else [PACKAGE]
     if node.module:
-        return [f"{PACKAGE}.{node.module}"]
-    return [f"{PACKAGE}.{alias.name}" for alias in node.names]  # from . import a, b
+        return [".".join([*parts, node.module])]
+    return [".".join([*parts, alias.name]) for alias in node.names]  # from . import a, b
 
 
 def string_literal(text: str) -> str:
@@ -130,39 +140,38 @@ def string_literal(text: str) -> str:
     return repr(text)
 
 
-def module_imports(source: str) -> Iterator[Tuple[ast.AST, str]]:
-    """``(node, absolute module name)`` for every import anywhere in ``source``."""
+def module_imports(source: str, module: str = "") -> Iterator[Tuple[ast.AST, str]]:
+    """``(node, absolute module name)`` for every import anywhere in ``source``, the
+    text of ``fn_trainer`` module ``module`` (see ``imported_modules``)."""
     for node in ast.walk(ast.parse(source)):
-        for module in imported_modules(node):
-            yield node, module
+        for imported in imported_modules(node, module):
+            yield node, imported
 
 
 def needed_modules(solution: str) -> List[str]:
     """Names of the ``fn_trainer`` submodules ``solution`` needs, with their own needs,
     in a stable order."""
     needed: Set[str] = set()
-    todo = [solution]
+    todo = [(solution, "")]
     while todo:
-        for node, module in module_imports(todo.pop()):
-            root, _, rest = module.partition(".")
+        for node, module in module_imports(*todo.pop()):
+            root, _, name = module.partition(".")
             if root != PACKAGE:
                 continue
-            name = rest.split(".")[0]
-            if not name:
+            if not name or not module_path(name).is_file():
                 raise ValueError(
-                    f"line {node.lineno}: import the {PACKAGE} submodule that defines a name "
-                    f"(from {PACKAGE}.losses import ...), not the package itself: the package's "
-                    "__init__ imports modules the exported file does not need"
+                    f"line {node.lineno}: import the {PACKAGE} module that defines a name "
+                    f"(from {PACKAGE}.core.losses import ...), not {module!r}: only single-file "
+                    "modules are embedded, and a package's __init__ imports modules the exported "
+                    "file does not need"
                 )
             if name not in needed:
-                if not (PACKAGE_DIR / f"{name}.py").is_file():
-                    raise ValueError(f"{PACKAGE}.{name} is not a single-file module; it cannot be embedded")
                 needed.add(name)
-                todo.append((PACKAGE_DIR / f"{name}.py").read_text(encoding="utf-8"))
+                todo.append((module_path(name).read_text(encoding="utf-8"), name))
     return sorted(needed)
 
 
-def check_imports(origin: str, source: str, embedded: Dict[str, str]) -> None:
+def check_imports(origin: str, source: str, module: str, embedded: Dict[str, str]) -> None:
     """Raise ``ValueError`` if ``source`` imports, when it is loaded, anything beyond the
     standard library, ``ALLOWED_IMPORTS`` and the embedded modules.
 
@@ -171,13 +180,13 @@ def check_imports(origin: str, source: str, embedded: Dict[str, str]) -> None:
     """
     allowed = set(sys.stdlib_module_names) | ALLOWED_IMPORTS | {"__future__"}
     for node in load_time_nodes(ast.parse(source)):
-        for module in imported_modules(node):
-            root, _, rest = module.partition(".")
-            if root == PACKAGE and rest.split(".")[0] in embedded:
+        for imported in imported_modules(node, module):
+            root, _, rest = imported.partition(".")
+            if root == PACKAGE and rest in embedded:
                 continue
             if root not in allowed:
                 raise ValueError(
-                    f"{origin} line {node.lineno} imports {module!r} when loaded; the exported "
+                    f"{origin} line {node.lineno} imports {imported!r} when loaded; the exported "
                     f"solution may only import the standard library and {sorted(ALLOWED_IMPORTS)} "
                     "at module level (import other packages inside the function that needs them)"
                 )

@@ -20,16 +20,16 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..compiled import compile_step
-from ..config import HOMEWORK_SEED, NetworkConfiguration
-from ..data import N_CLASSES, Split, Splits, load_fashion_mnist, normalize
-from ..networks import build_network
-from ..optim import adam
-from ..paths import read_regular_file, safe_path, write_text
+from ...core.config import HOMEWORK_SEED, NetworkConfiguration
+from ...core.data import N_CLASSES, Split, Splits, load_fashion_mnist, normalize
+from ...core.networks import build_network
+from ...core.optim import adam
+from ...core.paths import read_regular_file, safe_path, write_text
+from ...core.step import make_step
+from ...speed import inductor_apply
+from ...training.compiled import compile_step
+from ...training.fit import LOG_KEYS, FitResult, fit, make_evaluate
 from ..report import markdown_table, print_warning
-from ..speed import inductor_apply
-from ..step import make_step
-from ..train import LOG_KEYS, FitResult, fit, make_evaluate
 
 RUNS_DIR = "runs"
 # Compiling a step costs 2-3 s (MLP) or 7-8 s (CNN) with a warm Inductor cache and 15 s or
@@ -97,7 +97,7 @@ class RunSpec:
 
 @dataclass
 class RunRecord:
-    """A finished run as stored on disk. ``logs`` follow ``fn_trainer.train.LOG_KEYS``
+    """A finished run as stored on disk. ``logs`` follow ``fn_trainer.training.fit.LOG_KEYS``
     (non-finite values stored as ``None``); ``diverged`` is ``None`` or the reason."""
 
     spec: RunSpec

@@ -18,17 +18,24 @@ from torch.func import vmap
 from torch.utils._pytree import tree_map
 from tqdm.auto import tqdm
 
+from ..core.checks import check_positive_float, check_positive_int, check_seed
+from ..core.data import Split
+from ..core.losses import accuracy, cross_entropy
+from ..core.networks import Network
+from ..core.optim import adam
+from ..core.step import Apply, make_step
+from ..core.types import Params
 from .compiled import compile_step
-from .data import Split
-from .errors import check_positive_float, check_positive_int, check_seed
-from .losses import accuracy, cross_entropy
-from .networks import Network
-from .optim import adam
-from .step import Apply, make_step
-from .train import (EVAL_CHUNK, LOG_KEYS, N_TRAIN_EVAL, FitResult, check_split, divergence_message, epoch_order,
-                    params_dtype)
-from .types import Params
-
+from .fit import (
+    EVAL_CHUNK,
+    LOG_KEYS,
+    N_TRAIN_EVAL,
+    FitResult,
+    check_split,
+    divergence_message,
+    epoch_order,
+    params_dtype,
+)
 
 
 def stack_trees(trees: Sequence[Any]) -> Any:

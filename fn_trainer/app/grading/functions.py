@@ -2,7 +2,7 @@
 
 Both processes know them by name: the grader sends a name and tensors, the
 submission's process calls its own ``gradient_norm(FUNCTION, *tensors)``, and the
-grader compares the answer with ``fn_trainer.diagnostics`` on the same function.
+grader compares the answer with ``fn_trainer.core.diagnostics`` on the same function.
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ import torchvision.transforms.functional as TF
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ..networks import init_params
+from ...core.networks import init_params
 
 NAME = "equivariance"
 MAX_DRAWS = 100

@@ -1,11 +1,18 @@
-"""The networks of questions 2-5, sized by ``fn_trainer.solve`` against the reference MLP."""
+"""The networks of questions 2-5, sized by ``fn_trainer.app.solve`` against the reference MLP."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import NetworkConfiguration
-from ..solve import (REFERENCE_MLP, Solution, fixed_solution, reference_budget, solve_cnn_channels,
-                     solve_cnn_kernel, solve_mlp_depth)
+from ...core.config import NetworkConfiguration
+from ..solve import (
+    REFERENCE_MLP,
+    Solution,
+    fixed_solution,
+    reference_budget,
+    solve_cnn_channels,
+    solve_cnn_kernel,
+    solve_mlp_depth,
+)
 from .runs import RunSpec, fmt_lr, network_label
 
 

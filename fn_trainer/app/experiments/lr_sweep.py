@@ -4,11 +4,11 @@ from __future__ import annotations
 import time
 from typing import List, Optional, Tuple
 
-from ..networks import build_network
+from ...core.networks import build_network
+from ...speed import inductor_apply
+from ...training.fit import FitResult
 from ..plots import plot_curves
 from ..report import image, write_section
-from ..speed import inductor_apply
-from ..train import FitResult
 from .architectures import reference_mlp
 from .common import curves, header
 from .runs import N_CLASSES, Context, RunRecord, RunSpec, execute, fmt_lr, runs_table, worth_compiling
@@ -63,9 +63,9 @@ def best_pair(records: List[RunRecord]) -> str:
 
 def sweep_trainer():
     """``train_group`` for ``execute`` training all pending learning rates in one vmapped
-    step with ``fn_trainer.sweep.fit_sweep``, or ``None`` where it is not available."""
+    step with ``fn_trainer.training.sweep.fit_sweep``, or ``None`` where it is not available."""
     try:
-        from ..sweep import fit_sweep
+        from ...training.sweep import fit_sweep
     except ImportError:
         return None
 

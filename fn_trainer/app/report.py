@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
+from ..core.paths import open_regular_file, safe_path, write_text
 from .experiments import EXPERIMENTS
-from .paths import open_regular_file, safe_path, write_text
 
 ORDER = tuple(EXPERIMENTS)  # report sections in the homework's question order
 SECTION_FILE = "section.md"

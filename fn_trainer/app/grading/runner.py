@@ -200,7 +200,7 @@ class Submission:
         try:
             with _LIVE_LOCK:
                 self.process = subprocess.Popen(
-                    [sys.executable, "-I", "-B", "-u", "-m", "fn_trainer.grading.probe", self.folder,
+                    [sys.executable, "-I", "-B", "-u", "-m", "fn_trainer.app.grading.probe", self.folder,
                      str(request_r), str(answer_w), *(["--allow-reference"] if self.allow_reference else [])],
                     cwd=self.folder, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT, pass_fds=(request_r, answer_w), start_new_session=True,

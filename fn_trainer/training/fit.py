@@ -9,12 +9,19 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .checkpoint import (CheckpointError, load_checkpoint, restore_like, rng_states, save_checkpoint,
-                         set_rng_states, to_plain)
-from .errors import check_positive_int, check_seed
-from .losses import accuracy, check_labels, cross_entropy, one_hot
-from .paths import PathLike, ensure_writable_dir
-from .step import Apply, Loss, Params, Step
+from ..core.checks import check_positive_int, check_seed
+from ..core.losses import accuracy, check_labels, cross_entropy, one_hot
+from ..core.paths import PathLike, ensure_writable_dir
+from ..core.step import Apply, Loss, Params, Step
+from .checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    restore_like,
+    rng_states,
+    save_checkpoint,
+    set_rng_states,
+    to_plain,
+)
 
 LOG_KEYS = ("train_accuracy", "validation_accuracy", "train_loss", "validation_loss",
             "train_gradient_norm")

@@ -1,4 +1,4 @@
-"""``fn-trainer grade``: the grader's command line (wired into ``fn_trainer.cli``)."""
+"""``fn-trainer grade``: the grader's command line (wired into ``fn_trainer.app.cli``)."""
 from __future__ import annotations
 
 import argparse
