@@ -55,10 +55,11 @@ from torch.func import functional_call, vmap
 from fn_trainer import NetworkConfiguration, adam, build_network, cross_entropy, make_step, normalize, one_hot
 from fn_trainer.core.networks import POOLED_SIZE, conv_output_size, feature_map_sizes
 from fn_trainer.core.step import Params
+from fn_trainer.core.trees import stack_trees
 from fn_trainer.speed import inductor_apply
 from fn_trainer.speed.denormals import flush_denormals
 from fn_trainer.training.compiled import compile_step
-from fn_trainer.training.sweep import SweepData, init_sweep, make_sweep_step, stack_trees
+from fn_trainer.training.population import Member, MemberData, init_population, make_population_step
 
 from .reference import CompiledReferenceTrainer, ReferenceTrainer
 
@@ -186,10 +187,15 @@ def sweep_inputs(X, y) -> List[torch.Tensor]:
     return [X, Xn]
 
 
+def sweep_members() -> List[Member]:
+    """The sweep's six members: every learning rate on raw, then on normalised inputs, all from seed 0."""
+    return [Member(0, lr) for lr in SWEEP_LRS * 2]
+
+
 def start_params(shape: str, config: NetworkConfiguration) -> Params:
     """Where every path of ``shape`` starts: ``network.init(0)``, six copies stacked for the sweep."""
     net = build_network("mlp" if shape == "sweep" else shape, config)
-    return init_sweep(net, list(SWEEP_LRS) * 2)[0] if shape == "sweep" else net.init(0)
+    return init_population(net, sweep_members())[0] if shape == "sweep" else net.init(0)
 
 
 def first_batch_loss(shape: str, config: NetworkConfiguration, X, y, T,
@@ -278,7 +284,7 @@ def sweep_paths(config: NetworkConfiguration, X, y, T, batch_size: int, n_steps:
     net = build_network("mlp", config)
     lrs = list(SWEEP_LRS) * 2
     refs = [(reference_trainer("mlp", config, lr, net.init(0)), datasets[d]) for lr, d in zip(lrs, SWEEP_INPUTS)]
-    data = SweepData([(Xd, T) for Xd in datasets], list(SWEEP_INPUTS))
+    data = MemberData([(Xd, T) for Xd in datasets], list(SWEEP_INPUTS))
 
     def batch_of(b):
         return data.rows(slice(b * batch_size, (b + 1) * batch_size))
@@ -292,8 +298,8 @@ def sweep_paths(config: NetworkConfiguration, X, y, T, batch_size: int, n_steps:
     for name, flag in (("vmapped_eager", False), ("vmapped_compiled", True)):
         if flag and not compile:
             continue
-        params, state = init_sweep(net, lrs, 0)
-        paths[name] = functional_loop(make_sweep_step(net, 0, compile=flag),
+        params, state = init_population(net, sweep_members())
+        paths[name] = functional_loop(make_population_step(net, 0, compile=flag),
                                       {"params": params, "opt_state": state}, batch_of, n_steps)
     return paths
 

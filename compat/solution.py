@@ -9,7 +9,7 @@ import math
 import os
 import random
 from functools import partial
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, Union  # noqa: F401  (the template's imports)
 
 import numpy as np
 import torch
@@ -24,13 +24,14 @@ from fn_trainer.core.data import normalize as normalize_splits
 from fn_trainer.core.diagnostics import global_norm
 from fn_trainer.core.diagnostics import gradient_norm as functional_gradient_norm
 from fn_trainer.core.diagnostics import jacobian_norm as functional_jacobian_norm
+from fn_trainer.core.evaluate import make_evaluate
 from fn_trainer.core.losses import EPSILON, accuracy, cross_entropy
 from fn_trainer.core.losses import one_hot as one_hot_labels
 from fn_trainer.core.networks import NETWORK_TYPES, cnn, feature_map_sizes, mlp
 from fn_trainer.core.networks import activation as activation_module
 from fn_trainer.core.optim import adam, adam_update
 from fn_trainer.core.paths import ensure_writable_dir, write_figure
-from fn_trainer.training.fit import check_split, make_evaluate
+from fn_trainer.core.splits import check_split
 
 SEED = HOMEWORK_SEED
 np.random.seed(SEED)

@@ -6,6 +6,7 @@ Networks are architectures applied to plain parameter dicts; training is a pure
 from .core.config import NetworkConfiguration
 from .core.data import DatasetError, Split, Splits, load_fashion_mnist, normalize, standardizer
 from .core.diagnostics import global_norm, gradient_norm, jacobian_norm, per_example_grad_norms
+from .core.evaluate import make_evaluate
 from .core.losses import EPSILON, accuracy, cross_entropy, one_hot
 from .core.networks import (
                        Network,
@@ -22,8 +23,8 @@ from .core.step import make_objective, make_step
 from .speed.denormals import denormals_flushed, flush_denormals
 from .training.checkpoint import CheckpointError
 from .training.compiled import compile_step, multi_step
-from .training.fit import FitResult, fit, make_evaluate
-from .training.sweep import fit_sweep
+from .training.fit import FitResult, fit
+from .training.population import Member, fit_population, fit_sweep
 
 __all__ = [
     "CheckpointError", "compile_step", "multi_step", "fit_sweep", "NetworkConfiguration", "DatasetError", "Split", "Splits", "load_fashion_mnist", "normalize",

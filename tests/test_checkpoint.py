@@ -1,5 +1,4 @@
 """Checkpoints: safe loading, atomic writes, exact resume after an interrupt or a SIGKILL."""
-import os
 import pickle
 import signal
 import subprocess

@@ -126,4 +126,4 @@ def test_a_package_cannot_be_embedded(line):
 def test_relative_imports_are_followed_across_subpackages():
     # losses imports .checks; fit imports ..core.* and .checkpoint
     assert export.needed_modules("from fn_trainer.core.losses import one_hot\n") == ["core.checks", "core.losses"]
-    assert {"core.step", "training.checkpoint"} <= set(export.needed_modules("from fn_trainer.training.fit import fit\n"))
+    assert {"core.step", "training.checkpoint", "training.loop"} <= set(export.needed_modules("from fn_trainer.training.fit import fit\n"))

@@ -7,7 +7,7 @@ from compiling import compiles
 from fn_trainer import NetworkConfiguration, adam, build_network, make_step, one_hot
 from fn_trainer.speed import inductor_apply
 from fn_trainer.training.compiled import compile_step, multi_step
-from fn_trainer.training.sweep import fit_sweep
+from fn_trainer.training.population import fit_sweep
 
 # float32: Inductor fuses and reorders reductions (matmul epilogues, the gradient norm),
 # so compiled values differ from eager ones by rounding. Metrics: relative 1e-4. Adam

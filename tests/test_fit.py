@@ -13,7 +13,7 @@ from fn_trainer import (
     normalize,
     one_hot,
 )
-from fn_trainer.training.fit import LOG_KEYS
+from fn_trainer.training.loop import LOG_KEYS
 
 
 def _tiny(seed=0):

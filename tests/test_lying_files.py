@@ -222,7 +222,7 @@ def test_a_checkpoint_path_that_is_a_folder_is_refused_before_training(where, tm
     import fn_trainer.training.fit as train
 
     steps = []
-    monkeypatch.setattr(train, "epoch_order", lambda *a: steps.append(1))  # no epoch may start
+    monkeypatch.setattr(train, "train_epochs", lambda *a, **k: steps.append(1))  # no epoch may start
     with pytest.raises(ValueError, match="checkpoint must be a file path") as e:
         run(path)
     assert str(path) in str(e.value) and not steps and os.listdir(folder) == []

@@ -7,8 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fn_trainer import NetworkConfiguration, adam, build_network, make_evaluate, make_step
+from fn_trainer.core.trees import tree_finite
 from fn_trainer.training.checkpoint import load_checkpoint
-from fn_trainer.training.fit import fit, metrics_finite, tree_finite
+from fn_trainer.training.fit import fit
+from fn_trainer.training.loop import Members
 
 SHAPE = (1, 8, 8)
 N, BATCH = 80, 16  # 5 steps per epoch
@@ -122,9 +124,13 @@ def test_a_finite_run_reports_no_divergence():
 
 def test_metrics_finite_checks_every_value():
     ok = [torch.tensor(1.0), torch.tensor(2.0)]
-    assert metrics_finite(ok, ok) and metrics_finite([], [])
-    assert not metrics_finite(ok, [torch.tensor(1.0), torch.tensor(math.inf)])
-    assert not metrics_finite([torch.tensor(math.nan), torch.tensor(1.0)], ok)
+    one = Members()
+    assert one.finite_metrics(ok, ok).tolist() == [True] and one.finite_metrics([], []).tolist() == [True]
+    assert one.finite_metrics(ok, [torch.tensor(1.0), torch.tensor(math.inf)]).tolist() == [False]
+    assert one.finite_metrics([torch.tensor(math.nan), torch.tensor(1.0)], ok).tolist() == [False]
+    three = Members(3, stacked=True)  # member 1 has a NaN loss at the second step, member 2 an infinite norm
+    losses, norms = [torch.ones(3), torch.tensor([1.0, math.nan, 1.0])], [torch.ones(3), torch.tensor([1, 1, math.inf])]
+    assert three.finite_metrics(losses, norms).tolist() == [True, False, False]
 
 
 def test_tree_finite_looks_inside_containers():

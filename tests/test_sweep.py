@@ -7,8 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fn_trainer import NetworkConfiguration, adam, build_network, fit, make_evaluate, make_step, normalize
-from fn_trainer.training.fit import LOG_KEYS
-from fn_trainer.training.sweep import finite_per_model, fit_sweep, stack_trees, tree_index
+from fn_trainer.core.trees import finite_per_member, stack_trees, tree_index
+from fn_trainer.training.loop import LOG_KEYS
+from fn_trainer.training.population import fit_sweep
 
 TOL = dict(rtol=1e-4, atol=1e-5)  # float32: vmapped (batched) matmuls reassociate sums
 
@@ -97,7 +98,7 @@ def test_stack_then_index_round_trips(k, shape, seed):
         assert torch.equal(back["a"], trees[i]["a"]) and torch.equal(back["b"][0], trees[i]["b"][0])
     bad = torch.randint(0, k, ()).item()
     stacked["b"][0][bad, 0] = math.nan
-    assert finite_per_model(stacked, k).tolist() == [i != bad for i in range(k)]
+    assert finite_per_member(stacked, k).tolist() == [i != bad for i in range(k)]
 
 
 @pytest.mark.parametrize("kwargs, error, words", [

@@ -1,7 +1,7 @@
 """Autodiff diagnostics built on ``torch.func``: gradient and Jacobian norms."""
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, Union
+from typing import Callable, Iterable, Union
 
 import torch
 from torch import Tensor

@@ -1,18 +1,21 @@
-"""Evaluation and the training loop over a pure step."""
+"""``fit``: train one model with a pure step, with checkpoints and exact resume."""
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..core.checks import check_positive_int, check_seed
-from ..core.losses import accuracy, check_labels, cross_entropy, one_hot
+from ..core.evaluate import Evaluate
 from ..core.paths import PathLike, ensure_writable_dir
-from ..core.step import Apply, Loss, Params, Step
+from ..core.splits import check_split, params_dtype
+from ..core.step import Step
+from ..core.trees import tree_finite
+from ..core.types import Params
 from .checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -22,37 +25,7 @@ from .checkpoint import (
     set_rng_states,
     to_plain,
 )
-
-LOG_KEYS = ("train_accuracy", "validation_accuracy", "train_loss", "validation_loss",
-            "train_gradient_norm")
-N_TRAIN_EVAL = 2000  # train metrics are measured on the first 2000 training samples
-EVAL_CHUNK = 2000  # rows evaluated at once: bounds the memory of an evaluation pass
-Logs = Dict[str, List[float]]
-Evaluate = Callable[[Params, Tensor, Tensor], Tuple[float, float]]
-
-
-def make_evaluate(apply: Apply, loss: Loss = cross_entropy, chunk_size: int = EVAL_CHUNK) -> Evaluate:
-    """``evaluate(params, X, targets) -> (mean loss, accuracy)`` as Python floats.
-
-    ``targets`` are one-hot ``(N, C)``. Runs without autograd in chunks of
-    ``chunk_size`` rows; chunk results are weighted by their size.
-    """
-    check_positive_int("chunk_size", chunk_size)
-
-    def evaluate(params: Params, X: Tensor, targets: Tensor) -> Tuple[float, float]:
-        n = X.shape[0]
-        if n == 0:
-            raise ValueError("evaluate needs at least one sample, got an empty X")
-        total_loss = total_acc = 0.0
-        with torch.no_grad():
-            for i in range(0, n, chunk_size):
-                probs = apply(params, X[i:i + chunk_size])
-                t = targets[i:i + chunk_size]
-                total_loss += float(loss(probs, t)) * probs.shape[0]
-                total_acc += float(accuracy(probs, t)) * probs.shape[0]
-        return total_loss / n, total_acc / n
-
-    return evaluate
+from .loop import LOG_KEYS, N_TRAIN_EVAL, Logs, Progress, Stopped, appended, minibatches, train_epochs
 
 
 class FitResult(NamedTuple):
@@ -68,82 +41,6 @@ class FitResult(NamedTuple):
     opt_state: object
     logs: Logs
     diverged: Optional[str] = None
-
-
-class Progress(NamedTuple):
-    """Where a run stands. Replaced as a whole after each step, so an interrupt can
-    never observe parameters, optimizer state and position that disagree."""
-
-    params: Params
-    opt_state: object
-    logs: Logs
-    epoch: int  # completed epochs
-    batch: int  # completed minibatches of epoch ``epoch``
-    last_grad_norm: Optional[Tensor] = None  # gradient norm of the last completed minibatch
-
-
-def epoch_order(n: int, epoch: int, shuffle: bool, seed: int) -> Optional[Tensor]:
-    """The sample order of one epoch: ``None`` (in order) or a permutation that
-    depends only on ``(seed, epoch)``, so a resumed run replays it exactly."""
-    if not shuffle:
-        return None
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)
-
-
-def params_dtype(params: Any) -> torch.dtype:
-    """The one floating dtype of every tensor in ``params`` (a dict), else ``TypeError``."""
-    if not isinstance(params, dict) or not params:
-        raise TypeError(f"params must be a non-empty dict of tensors, got {type(params).__name__}")
-    dtypes = {v.dtype for v in params.values() if isinstance(v, Tensor)}
-    if len(dtypes) != 1 or len(params) != sum(isinstance(v, Tensor) for v in params.values()):
-        raise TypeError(f"params must be tensors of one floating dtype, got dtypes {sorted(map(str, dtypes))}")
-    (dtype,) = dtypes
-    if not dtype.is_floating_point:
-        raise TypeError(f"params must have a floating dtype, got {dtype}")
-    return dtype
-
-
-def check_split(name: str, split: Any, n_classes: int,
-                dtype: Optional[torch.dtype] = None, finite: bool = True) -> Tuple[Tensor, Tensor]:
-    """Return ``(X, targets)`` for a split ``(X, y)``, or raise naming ``name``.
-
-    ``X``: a non-empty floating tensor ``(N, ...)`` with finite values, returned cast to
-    ``dtype`` if given (the parameters' dtype: float64 data trains a float32 network in
-    float32, and a float64 network in float64); ``y``: ``(N,)`` integer labels in
-    ``[0, n_classes)`` or ``(N, n_classes)`` targets. ``finite=False`` skips the scans
-    for NaN and infinity (a pass over ``X``), for callers that check a result instead.
-    """
-    if not isinstance(split, (tuple, list)) or len(split) != 2:
-        raise TypeError(f"{name} must be a pair (X, y) of tensors, got {type(split).__name__}")
-    X, y = split
-    for part, t in ((f"{name} X", X), (f"{name} y", y)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{part} must be a torch.Tensor, got {type(t).__name__}")
-    if not X.dtype.is_floating_point:
-        raise TypeError(f"{name} X must have a floating dtype, got {X.dtype}")
-    if X.dim() < 2 or X.shape[0] == 0:
-        raise ValueError(f"{name} X must be (N, ...) with N >= 1 samples, got shape {tuple(X.shape)}")
-    if y.dim() == 0 or y.shape[0] != X.shape[0]:
-        raise ValueError(
-            f"{name} y must have one entry per sample of X ({X.shape[0]}), got shape {tuple(y.shape)}"
-        )
-    if finite and not bool(torch.isfinite(X).all()):
-        raise ValueError(f"{name} X contains NaN or infinite values")
-    if dtype is not None and X.dtype != dtype:
-        X = X.to(dtype)
-        if not bool(torch.isfinite(X).all()):  # float64 values beyond float32's range
-            raise ValueError(f"{name} X has values too large for the parameters' dtype {dtype}")
-    if y.dim() == 1:
-        return X, one_hot(check_labels(y, n_classes, f"{name} y"), n_classes)
-    if y.dim() != 2 or y.shape[1] != n_classes or not y.dtype.is_floating_point:
-        raise ValueError(
-            f"{name} y must be (N,) integer labels or (N, {n_classes}) float targets, got "
-            f"shape {tuple(y.shape)} {y.dtype}"
-        )
-    if finite and not bool(torch.isfinite(y).all()):
-        raise ValueError(f"{name} y contains NaN or infinite values")
-    return X, y
 
 
 def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
@@ -203,11 +100,7 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
     n = X_train.shape[0]
     n_batches = math.ceil(n / batch_size)
 
-    def minibatch(order: Optional[Tensor], b: int) -> Tuple[Tensor, Tensor]:
-        idx = slice(b * batch_size, (b + 1) * batch_size)
-        if order is not None:
-            idx = order[idx]
-        return X_train[idx], T_train[idx]
+    minibatch = minibatches(lambda idx: (X_train[idx], T_train[idx]), n, batch_size, shuffle, seed)
 
     def metrics_of(p: Params) -> Dict[str, float]:
         out = {}
@@ -227,102 +120,24 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
     if resume and checkpoint.exists():
         cur = _resume(checkpoint, params, opt_state, settings, plain_config, epochs, n_batches)
     else:
-        cur = Progress(params, opt_state, _appended({k: [] for k in LOG_KEYS}, metrics_of(params)), 0, 0)
+        cur = Progress(params, opt_state, appended({k: [] for k in LOG_KEYS}, metrics_of(params)), 0, 0)
 
-    diverged = None
-    losses: List[Tensor] = []
-    grad_norms: List[Tensor] = []
     bar = tqdm(total=epochs, initial=cur.epoch, desc=desc, disable=not progress, leave=False)
+
+    def end_epoch(cur: Progress, newly_stopped: Dict[int, Stopped]) -> Progress:
+        logs = appended(cur.logs, {"train_gradient_norm": float(cur.last_grad_norm), **metrics_of(cur.params)})
+        bar.update(1)
+        bar.set_postfix(val_acc=f"{logs['validation_accuracy'][-1]:.4f}")
+        return Progress(cur.params, cur.opt_state, logs, cur.epoch + 1, 0)
+
     try:
-        while cur.epoch < epochs:
-            order = epoch_order(n, cur.epoch, shuffle, seed)
-            start, losses, grad_norms = cur, [], []
-            for b in range(cur.batch, n_batches):
-                new_params, new_state, metrics = step(cur.params, cur.opt_state, minibatch(order, b))
-                losses.append(metrics["loss"])
-                grad_norms.append(metrics["grad_norm"])
-                cur = cur._replace(params=new_params, opt_state=new_state, batch=b + 1,
-                                   last_grad_norm=metrics["grad_norm"])
-            if not (metrics_finite(losses, grad_norms) and tree_finite(cur.params, cur.opt_state)):
-                cur, diverged = _locate_divergence(step, start, lambda b: minibatch(order, b), n_batches)
-                break
-            logs = _appended(cur.logs, {"train_gradient_norm": float(cur.last_grad_norm),
-                                        **metrics_of(cur.params)})
-            cur = Progress(cur.params, cur.opt_state, logs, cur.epoch + 1, 0)
-            if checkpoint is not None:
-                save(cur)
-            bar.update(1)
-            bar.set_postfix(val_acc=f"{logs['validation_accuracy'][-1]:.4f}")
-    except KeyboardInterrupt:
-        # Keep the last good checkpoint if this epoch already went non-finite.
-        if (checkpoint is not None and metrics_finite(losses, grad_norms)
-                and tree_finite(cur.params, cur.opt_state)):
-            save(cur)
-        raise
+        cur, stopped = train_epochs(step, cur, epochs=epochs, n_batches=n_batches, minibatch=minibatch,
+                                    end_epoch=end_epoch, save=None if checkpoint is None else save)
     finally:
         bar.close()
-    return FitResult(cur.params, cur.opt_state, cur.logs, diverged)
-
-
-def metrics_finite(losses: Sequence[Tensor], grad_norms: Sequence[Tensor]) -> bool:
-    """Whether every loss and gradient norm (0-dim tensors) is finite: one host sync in all."""
-    if not losses:
-        return True
-    return bool((torch.isfinite(torch.stack(list(losses))) & torch.isfinite(torch.stack(list(grad_norms)))).all())
-
-
-def tree_finite(*trees: Any) -> bool:
-    """Whether every floating tensor in ``trees`` (dicts, lists, tuples, NamedTuples) is finite."""
-    stack = list(trees)
-    while stack:
-        t = stack.pop()
-        if isinstance(t, Tensor):
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                return False
-        elif isinstance(t, dict):
-            stack.extend(t.values())
-        elif isinstance(t, (list, tuple)):
-            stack.extend(t)
-    return True
-
-
-def divergence_message(epoch: int, step: Optional[int], n_batches: int, loss: float = math.nan,
-                       grad_norm: float = math.nan) -> str:
-    """``FitResult.diverged``'s text for 1-based ``epoch`` and ``step``.
-
-    A finite ``loss`` and ``grad_norm`` mean the step's update made the state non-finite;
-    ``step=None`` means the failure seen in the epoch did not recur on replay.
-    """
-    if step is None:
-        return (f"diverged in epoch {epoch}: a non-finite loss, gradient or parameter was seen but "
-                "did not recur when the epoch was replayed; returning the parameters from the "
-                "start of the epoch")
-    where, values = f"diverged in epoch {epoch} at step {step} of {n_batches}", f"loss={loss}, grad_norm={grad_norm}"
-    if math.isfinite(loss) and math.isfinite(grad_norm):
-        return (f"{where}: its update made the parameters or optimizer state non-finite ({values}); "
-                "returning the parameters from before that step")
-    return f"{where}: {values}; returning the parameters from before that step"
-
-
-def _locate_divergence(step: Step, start: Progress, minibatch, n_batches: int) -> Tuple[Progress, str]:
-    """Replay the epoch from ``start``, checking every step, to find the first one whose loss
-    or gradient norm is not finite or whose update leaves non-finite parameters or optimizer
-    state. Returns the state that step received and a message naming it."""
-    cur = start
-    for b in range(start.batch, n_batches):
-        new_params, new_state, metrics = step(cur.params, cur.opt_state, minibatch(b))
-        loss, gnorm = float(metrics["loss"]), float(metrics["grad_norm"])
-        if not (math.isfinite(loss) and math.isfinite(gnorm) and tree_finite(new_params, new_state)):
-            return cur, divergence_message(start.epoch + 1, b + 1, n_batches, loss, gnorm)
-        cur = cur._replace(params=new_params, opt_state=new_state, batch=b + 1,
-                           last_grad_norm=metrics["grad_norm"])
-    # Only a non-deterministic step gets here: the values seen the first time did not recur.
-    return start, divergence_message(start.epoch + 1, None, n_batches)
-
-
-def _appended(logs: Logs, entries: Dict[str, float]) -> Logs:
-    """A copy of ``logs`` with one entry appended to each list named in ``entries``."""
-    return {k: v + [entries[k]] if k in entries else list(v) for k, v in logs.items()}
+    if stopped:
+        return FitResult(stopped[0].params, stopped[0].opt_state, cur.logs, stopped[0].message)
+    return FitResult(cur.params, cur.opt_state, cur.logs)
 
 
 def _resume(path: Path, params: Params, opt_state: object, settings: Dict[str, Any],

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 from ...core.networks import build_network
 from ...speed import inductor_apply
@@ -63,9 +63,9 @@ def best_pair(records: List[RunRecord]) -> str:
 
 def sweep_trainer():
     """``train_group`` for ``execute`` training all pending learning rates in one vmapped
-    step with ``fn_trainer.training.sweep.fit_sweep``, or ``None`` where it is not available."""
+    step with ``fn_trainer.training.population.fit_sweep``, or ``None`` where it is not available."""
     try:
-        from ...training.sweep import fit_sweep
+        from ...training.population import fit_sweep
     except ImportError:
         return None
 

@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,13 +21,15 @@ import torch
 
 from ...core.config import HOMEWORK_SEED, NetworkConfiguration
 from ...core.data import N_CLASSES, Split, Splits, load_fashion_mnist, normalize
+from ...core.evaluate import make_evaluate
 from ...core.networks import build_network
 from ...core.optim import adam
 from ...core.paths import read_regular_file, safe_path, write_text
 from ...core.step import make_step
 from ...speed import inductor_apply
 from ...training.compiled import compile_step
-from ...training.fit import LOG_KEYS, FitResult, fit, make_evaluate
+from ...training.fit import FitResult, fit
+from ...training.loop import LOG_KEYS
 from ..report import markdown_table, print_warning
 
 RUNS_DIR = "runs"

@@ -26,11 +26,11 @@ from torch.func import functional_call, grad_and_value
 from ...core.config import NetworkConfiguration
 from ...core.data import standardizer
 from ...core.diagnostics import global_norm, gradient_norm, jacobian_norm
+from ...core.evaluate import make_evaluate
 from ...core.losses import EPSILON, accuracy, cross_entropy
 from ...core.networks import activation, build_network, cnn, count_parameters, feature_map_sizes, mlp
 from ...core.optim import adam
 from ...core.step import make_objective
-from ...training.fit import make_evaluate
 from .functions import ELEMENTWISE, SCALAR_FUNCTIONS, TENSOR_FUNCTIONS
 from .interface import differences
 from .layers import describe_layers

@@ -1,0 +1,40 @@
+"""Evaluation: mean loss and accuracy of parameters on a data set, without autograd."""
+from __future__ import annotations
+
+from typing import Callable, Tuple
+
+import torch
+from torch import Tensor
+
+from .checks import check_positive_int
+from .losses import accuracy, cross_entropy
+from .step import Apply, Loss
+from .types import Params
+
+EVAL_CHUNK = 2000  # rows evaluated at once: bounds the memory of an evaluation pass
+Evaluate = Callable[[Params, Tensor, Tensor], Tuple[float, float]]
+
+
+def make_evaluate(apply: Apply, loss: Loss = cross_entropy, chunk_size: int = EVAL_CHUNK) -> Evaluate:
+    """``evaluate(params, X, targets) -> (mean loss, accuracy)`` as Python floats.
+
+    ``targets`` are one-hot ``(N, C)``. Runs without autograd in chunks of
+    ``chunk_size`` rows; chunk results are weighted by their size.
+    """
+    check_positive_int("chunk_size", chunk_size)
+
+    def evaluate(params: Params, X: Tensor, targets: Tensor) -> Tuple[float, float]:
+        n = X.shape[0]
+        if n == 0:
+            raise ValueError("evaluate needs at least one sample, got an empty X")
+        total_loss = total_acc = 0.0
+        with torch.no_grad():
+            for i in range(0, n, chunk_size):
+                probs = apply(params, X[i:i + chunk_size])
+                t = targets[i:i + chunk_size]
+                total_loss += float(loss(probs, t)) * probs.shape[0]
+                total_acc += float(accuracy(probs, t)) * probs.shape[0]
+        return total_loss / n, total_acc / n
+
+    return evaluate
+

@@ -1,0 +1,35 @@
+"""Trees of tensors: dicts, lists, tuples and NamedTuples (parameters, optimizer states),
+walked with torch's own pytree utilities, the ones ``torch.func`` uses."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils._pytree import tree_leaves, tree_map
+
+
+def tree_finite(*trees: Any) -> bool:
+    """Whether every floating tensor in ``trees`` is finite."""
+    return all(bool(torch.isfinite(leaf).all()) for leaf in tree_leaves(trees)
+               if isinstance(leaf, Tensor) and leaf.is_floating_point())
+
+
+def finite_per_member(tree: Any, count: int) -> Tensor:
+    """``(K,)`` bool for a tree stacked along a leading axis of ``count`` members:
+    whether every floating entry of member ``k`` is finite."""
+    ok = torch.ones(count, dtype=torch.bool)
+    for leaf in tree_leaves(tree):
+        if isinstance(leaf, Tensor) and leaf.is_floating_point():
+            ok = ok & torch.isfinite(leaf).reshape(count, -1).all(1)
+    return ok
+
+
+def stack_trees(trees: Sequence[Any]) -> Any:
+    """Stack K trees of equal structure leaf by leaf: each leaf ``(...)`` becomes ``(K, ...)``."""
+    return tree_map(lambda *leaves: torch.stack(leaves), *trees)
+
+
+def tree_index(tree: Any, k: int) -> Any:
+    """Member ``k`` of a stacked tree, as independent tensors (copies)."""
+    return tree_map(lambda leaf: leaf[k].clone(), tree)

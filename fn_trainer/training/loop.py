@@ -1,0 +1,198 @@
+"""The one epoch loop under ``fit``, ``fit_sweep`` and populations.
+
+It runs a pure ``step`` over the minibatches of each epoch and checks for divergence
+once per epoch, at its end (no per-step host sync). A state holds one model, or K
+members stacked along a leading axis (``Members``); a member whose loss, gradient norm
+or state is not finite is located by replaying the epoch step by step, and stops there
+with the state its failing step received, while the others go on.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from ..core.step import Step
+from ..core.trees import finite_per_member, tree_finite, tree_index
+from ..core.types import Batch, Params
+
+LOG_KEYS = ("train_accuracy", "validation_accuracy", "train_loss", "validation_loss",
+            "train_gradient_norm")
+N_TRAIN_EVAL = 2000  # train metrics are measured on the first 2000 training samples
+Logs = Dict[str, List[float]]
+Minibatch = Callable[[int, int], Batch]  # (epoch, index in the epoch) -> minibatch
+
+
+class Progress(NamedTuple):
+    """Where a run stands. Replaced as a whole after each step, so an interrupt can
+    never observe parameters, optimizer state and position that disagree."""
+
+    params: Params
+    opt_state: object
+    logs: Any  # a run's logs (its caller's format)
+    epoch: int  # completed epochs
+    batch: int  # completed minibatches of epoch ``epoch``
+    last_grad_norm: Optional[Tensor] = None  # gradient norm(s) of the last completed minibatch
+
+
+class Stopped(NamedTuple):
+    """A member that diverged: the state its failing step received and the message."""
+
+    params: Params
+    opt_state: object
+    message: str
+
+
+class Members(NamedTuple):
+    """How the loop sees the models of a state: ``count`` members stacked along a leading
+    axis of every tensor (``stacked``), or one model as it is."""
+
+    count: int = 1
+    stacked: bool = False
+
+    def finite(self, *trees: Any) -> Tensor:
+        """``(count,)`` bool: whether each member's floating tensors are all finite."""
+        if self.stacked:
+            return finite_per_member(trees, self.count)
+        return torch.tensor([tree_finite(*trees)])
+
+    def finite_metrics(self, losses: Sequence[Tensor], grad_norms: Sequence[Tensor]) -> Tensor:
+        """``(count,)`` bool: whether each member's losses and gradient norms are finite
+        (0-dim, or ``(count,)``, tensors, one per step): one host sync in all."""
+        if not losses:
+            return torch.ones(self.count, dtype=torch.bool)
+        both = torch.stack([torch.stack(list(losses)), torch.stack(list(grad_norms))])
+        return torch.isfinite(both).reshape(2 * len(losses), self.count).all(0)
+
+    def value(self, metric: Tensor, k: int) -> float:
+        """Member ``k``'s value of a step metric."""
+        return float(metric.reshape(-1)[k]) if self.stacked else float(metric)
+
+    def take(self, tree: Any, k: int) -> Any:
+        """Member ``k`` of a state: copies of a stacked one, the tree itself otherwise."""
+        return tree_index(tree, k) if self.stacked else tree
+
+
+EndEpoch = Callable[[Progress, Dict[int, Stopped]], Progress]
+
+
+def epoch_order(n: int, epoch: int, shuffle: bool, seed: int) -> Optional[Tensor]:
+    """The sample order of one epoch: ``None`` (in order) or a permutation that
+    depends only on ``(seed, epoch)``, so a resumed run replays it exactly."""
+    if not shuffle:
+        return None
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def minibatches(rows: Callable[[Any], Batch], n: int, batch_size: int, shuffle: bool = False,
+                seed: int = 0) -> Minibatch:
+    """``minibatch(epoch, b)``: ``rows(index)`` for minibatch ``b`` of an epoch over ``n``
+    samples, ``batch_size`` at a time in ``epoch_order`` (drawn once per epoch); the
+    last minibatch may be smaller."""
+    orders: Dict[int, Optional[Tensor]] = {}
+
+    def minibatch(epoch: int, b: int) -> Batch:
+        if epoch not in orders:
+            orders.clear()
+            orders[epoch] = epoch_order(n, epoch, shuffle, seed)
+        order, idx = orders[epoch], slice(b * batch_size, (b + 1) * batch_size)
+        return rows(idx if order is None else order[idx])
+
+    return minibatch
+
+
+def train_epochs(step: Step, cur: Progress, *, epochs: int, n_batches: int, minibatch: Minibatch,
+                 end_epoch: EndEpoch, members: Members = Members(),
+                 stopped: Optional[Dict[int, Stopped]] = None,
+                 save: Optional[Callable[[Progress], None]] = None) -> Tuple[Progress, Dict[int, Stopped]]:
+    """Run epochs ``cur.epoch + 1 .. epochs`` from ``cur``; returns ``(progress, stopped)``.
+
+    After each epoch, members that went non-finite in it are located by replay and added
+    to ``stopped`` (member index -> ``Stopped``); if every member has stopped, the loop
+    ends there and returns the epoch's starting progress (its logs are the completed
+    epochs'), else ``end_epoch(progress, newly_stopped)`` logs the epoch and returns the
+    progress to continue from. ``save``, if given, is called with that progress and, on
+    ``KeyboardInterrupt`` (re-raised), with the current step's when it is still finite.
+    """
+    stopped = dict(stopped or {})
+    losses: List[Tensor] = []
+    grad_norms: List[Tensor] = []
+    try:
+        while cur.epoch < epochs:
+            start, losses, grad_norms = cur, [], []
+            for b in range(cur.batch, n_batches):
+                params, opt_state, metrics = step(cur.params, cur.opt_state, minibatch(cur.epoch, b))
+                losses.append(metrics["loss"])
+                grad_norms.append(metrics["grad_norm"])
+                cur = cur._replace(params=params, opt_state=opt_state, batch=b + 1,
+                                   last_grad_norm=metrics["grad_norm"])
+            ok = members.finite_metrics(losses, grad_norms) & members.finite(cur.params, cur.opt_state)
+            failed = [k for k in range(members.count) if k not in stopped and not bool(ok[k])]
+            newly = locate_divergence(step, start, minibatch, n_batches, members, failed) if failed else {}
+            stopped.update(newly)
+            if len(stopped) == members.count:
+                return start, stopped
+            cur = end_epoch(cur, newly)
+            if save is not None:
+                save(cur)
+    except KeyboardInterrupt:
+        # Keep the last good checkpoint if this epoch already went non-finite.
+        if (save is not None and bool(members.finite_metrics(losses, grad_norms).all())
+                and bool(members.finite(cur.params, cur.opt_state).all())):
+            save(cur)
+        raise
+    return cur, stopped
+
+
+def locate_divergence(step: Step, start: Progress, minibatch: Minibatch, n_batches: int,
+                      members: Members, which: Sequence[int]) -> Dict[int, Stopped]:
+    """Replay the epoch from ``start``, checking every step, to find for each member in
+    ``which`` the first step whose loss or gradient norm is not finite or whose update
+    leaves non-finite parameters or optimizer state: the state that step received and a
+    message naming it."""
+    cur, found = start, {}
+    for b in range(start.batch, n_batches):
+        params, opt_state, metrics = step(cur.params, cur.opt_state, minibatch(start.epoch, b))
+        update_ok = members.finite(params, opt_state)
+        for k in which:
+            if k in found:
+                continue
+            loss, gnorm = members.value(metrics["loss"], k), members.value(metrics["grad_norm"], k)
+            if not (math.isfinite(loss) and math.isfinite(gnorm) and bool(update_ok[k])):
+                found[k] = Stopped(members.take(cur.params, k), members.take(cur.opt_state, k),
+                                   divergence_message(start.epoch + 1, b + 1, n_batches, loss, gnorm))
+        if len(found) == len(which):
+            return found
+        cur = cur._replace(params=params, opt_state=opt_state, batch=b + 1, last_grad_norm=metrics["grad_norm"])
+    # Only a non-deterministic step gets here: the values seen the first time did not recur.
+    for k in which:
+        if k not in found:
+            found[k] = Stopped(members.take(start.params, k), members.take(start.opt_state, k),
+                               divergence_message(start.epoch + 1, None, n_batches))
+    return found
+
+
+def divergence_message(epoch: int, step: Optional[int], n_batches: int, loss: float = math.nan,
+                       grad_norm: float = math.nan) -> str:
+    """``FitResult.diverged``'s text for 1-based ``epoch`` and ``step``.
+
+    A finite ``loss`` and ``grad_norm`` mean the step's update made the state non-finite;
+    ``step=None`` means the failure seen in the epoch did not recur on replay.
+    """
+    if step is None:
+        return (f"diverged in epoch {epoch}: a non-finite loss, gradient or parameter was seen but "
+                "did not recur when the epoch was replayed; returning the parameters from the "
+                "start of the epoch")
+    where, values = f"diverged in epoch {epoch} at step {step} of {n_batches}", f"loss={loss}, grad_norm={grad_norm}"
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        return (f"{where}: its update made the parameters or optimizer state non-finite ({values}); "
+                "returning the parameters from before that step")
+    return f"{where}: {values}; returning the parameters from before that step"
+
+
+def appended(logs: Logs, entries: Dict[str, float]) -> Logs:
+    """A copy of ``logs`` with one entry appended to each list named in ``entries``."""
+    return {k: v + [entries[k]] if k in entries else list(v) for k, v in logs.items()}

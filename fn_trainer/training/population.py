@@ -1,0 +1,287 @@
+"""Populations: K members of one network trained at once, in one vmapped step.
+
+Each member has its own seed (its initialisation ``network.init(seed)`` and, when
+shuffling, its data order), its own Adam hyper-parameters and its own data set (raw
+and normalised images side by side). The members' parameters and Adam states are
+stacked along a leading ``(K,)`` axis; each state carries its own hyper-parameters as
+tensors, so one ``vmap(step)`` updates every member with its own. Members are
+independent inside the vmap: one whose loss goes non-finite stops where ``fit`` would
+stop it, while the others go on. ``fit_sweep`` (one seed, K learning rates) is the
+population of the homework's learning-rate sweep.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+from torch.func import vmap
+from tqdm.auto import tqdm
+
+from ..core.checks import check_positive_float, check_positive_int, check_seed
+from ..core.evaluate import EVAL_CHUNK
+from ..core.losses import accuracy, cross_entropy
+from ..core.networks import Network
+from ..core.optim import AdamState, adam
+from ..core.splits import check_split, params_dtype
+from ..core.step import Apply, Step, make_step
+from ..core.trees import stack_trees, tree_index
+from ..core.types import Batch, Params
+from .compiled import compile_step
+from .fit import FitResult
+from .loop import (
+    LOG_KEYS,
+    N_TRAIN_EVAL,
+    Logs,
+    Members,
+    Progress,
+    Stopped,
+    epoch_order,
+    minibatches,
+    train_epochs,
+)
+
+Split = Tuple[Tensor, Tensor]
+
+
+class Member(NamedTuple):
+    """One member of a population: its seed and its Adam hyper-parameters
+    (``fn_trainer.adam``'s defaults where not given)."""
+
+    seed: int = 0
+    lr: float = 1e-3
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+
+    def optimizer_state(self, params: Params) -> AdamState:
+        return adam(self.lr, self.b1, self.b2, self.eps).init(params)
+
+
+def init_population(network: Network, members: Sequence[Member]) -> Tuple[Params, AdamState]:
+    """Stacked parameters (member k's equal ``network.init(members[k].seed)``) and Adam states."""
+    params = [network.init(m.seed) for m in members]
+    return stack_trees(params), stack_trees([m.optimizer_state(p) for m, p in zip(members, params)])
+
+
+class MemberData:
+    """Minibatches and evaluation sets for K members from their distinct data sets.
+
+    One distinct set, read in the same order by every member: its tensors are shared
+    (vmap ``in_dims=None``, no copies). Otherwise each minibatch is gathered per member
+    to ``(K, B, ...)``; several distinct sets are stacked once, ``(U, N, ...)``.
+    """
+
+    def __init__(self, splits: List[Split], which: List[int]):
+        self.shared = len(splits) == 1
+        if self.shared:
+            self.X, self.T = splits[0]
+        else:
+            self.X = torch.stack([X for X, _ in splits])
+            self.T = torch.stack([T for _, T in splits])
+        self.which = torch.tensor(which)
+        self.n = splits[0][0].shape[0]
+
+    @property
+    def sample_shape(self) -> torch.Size:
+        return self.X.shape[1:] if self.shared else self.X.shape[2:]
+
+    def rows(self, idx: Any) -> Split:
+        """Rows ``idx`` (a slice or ``(B,)`` indices: shared; ``(K, B)``: per member)."""
+        if isinstance(idx, Tensor) and idx.dim() == 2:
+            if self.shared:
+                return self.X[idx], self.T[idx]
+            return self.X[self.which[:, None], idx], self.T[self.which[:, None], idx]
+        if self.shared:
+            return self.X[idx], self.T[idx]
+        return self.X[:, idx][self.which], self.T[:, idx][self.which]
+
+
+def member_splits(name: str, data: Any, n_members: int, n_classes: int,
+                  dtype: torch.dtype) -> MemberData:
+    """Checked data for ``n_members``: ``data`` is one ``(X, y)`` shared by all members or a
+    sequence of ``n_members`` pairs (same shapes); a pair given several times (the same
+    tensors) is stored once."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor):
+        return MemberData([check_split(name, data, n_classes, dtype)], [0] * n_members)
+    if not isinstance(data, (tuple, list)) or len(data) != n_members:
+        raise ValueError(
+            f"{name} must be one (X, y) pair or a list of {n_members} pairs (one per member), "
+            f"got {type(data).__name__}" + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else "")
+        )
+    distinct: Dict[Tuple[int, int], int] = {}
+    splits: List[Split] = []
+    which: List[int] = []
+    for k, pair in enumerate(data):
+        checked = check_split(f"{name}[{k}]", pair, n_classes, dtype)
+        key = (id(pair[0]), id(pair[1]))
+        if key not in distinct:
+            distinct[key] = len(splits)
+            splits.append(checked)
+        which.append(distinct[key])
+    shapes = {tuple(X.shape) for X, _ in splits}
+    if len(shapes) > 1:
+        raise ValueError(f"the {name} sets of all members must have the same shape, got {sorted(shapes)}")
+    return MemberData(splits, which)
+
+
+def make_population_evaluate(network: Network):
+    """``evaluate(params, data, n) -> (losses, accuracies)``, ``(K,)`` float64 tensors each:
+    mean loss and accuracy of each member on the first ``n`` rows of its data (chunks of
+    ``EVAL_CHUNK`` rows, weighted by size, like ``make_evaluate``)."""
+
+    def evaluate(params: Params, data: MemberData, n: int) -> Tuple[Tensor, Tensor]:
+        in_dims = (0, None if data.shared else 0)
+        apply = vmap(network.apply, in_dims=in_dims)
+        per_member = vmap(lambda p, t: torch.stack([cross_entropy(p, t).double(), accuracy(p, t)]),
+                          in_dims=in_dims)
+        total = 0.0
+        with torch.no_grad():
+            for i in range(0, n, EVAL_CHUNK):
+                X, T = data.rows(slice(i, min(i + EVAL_CHUNK, n)))
+                probs = apply(params, X)
+                total = total + per_member(probs, T) * probs.shape[1]
+        return total[:, 0] / n, total[:, 1] / n
+
+    return evaluate
+
+
+def make_population_step(network: Network, batch_in_dims: Optional[int], *, compile: bool = False,
+                         compiled_apply: Optional[Apply] = None) -> Step:
+    """``vmap`` of the pure Adam step over stacked members: ``(params, state, (x, targets))``
+    with ``x: (K, B, ...)`` per member (``batch_in_dims=0``) or ``(B, ...)`` shared (``None``).
+
+    ``compile=True``: under ``torch.compile``, with ``compiled_apply`` as the forward if
+    given (``fn_trainer.speed.inductor_apply(network)``), ``network.apply`` otherwise; a
+    minibatch of another shape runs eagerly with ``network.apply``."""
+    in_dims = (0, 0, (batch_in_dims,) * 2)
+    step = vmap(make_step(network.apply, adam()), in_dims=in_dims)
+    if not compile:
+        return step
+    fast = step if compiled_apply is None else vmap(make_step(compiled_apply, adam()), in_dims=in_dims)
+    return compile_step(fast, eager=step)
+
+
+def check_members(members: Any) -> List[Member]:
+    """``members`` as a list of checked ``Member``s, else an error naming the bad entry."""
+    if isinstance(members, (str, bytes)) or not isinstance(members, Sequence) or not members:
+        raise ValueError(f"members must be a non-empty sequence of Member, got {members!r}")
+    checked = []
+    for k, m in enumerate(members):
+        if not isinstance(m, Member):
+            raise TypeError(f"members[{k}] must be a Member, got {type(m).__name__}")
+        check_seed(f"members[{k}].seed", m.seed)
+        check_positive_float(f"members[{k}].lr", m.lr)
+        adam(m.lr, m.b1, m.b2, m.eps)  # checks the betas and eps, naming them
+        checked.append(m)
+    return checked
+
+
+def fit_population(network: Network, members: Sequence[Member], train: Any, valid: Any, *, epochs: int,
+                   batch_size: int = 128, n_classes: int = 10, shuffle: bool = False,
+                   compile: bool = False, compiled_apply: Optional[Apply] = None, progress: bool = True,
+                   desc: str = "population") -> List[FitResult]:
+    """Train the members of a population of ``network`` with Adam, all in one vmapped step.
+
+    Member k starts from ``network.init(members[k].seed)`` with its own hyper-parameters;
+    with ``shuffle`` it reads the data in ``fit``'s order for its seed. ``train``/``valid``:
+    one ``(X, y)`` shared by all members (never copied per member), or a list with one
+    ``(X, y)`` per member (same shapes). Returns one ``FitResult`` per member, in order,
+    with ``fit``'s logs and divergence handling: a member whose loss, gradient norm or
+    update goes non-finite keeps its completed epochs' logs and the parameters its
+    failing step received, and ``diverged`` names the epoch, step and values; the others
+    go on. Each member's trajectory is its solo ``fit`` run's up to float32 reassociation
+    (batched matmuls).
+
+    ``compile=True`` runs the vmapped step under ``torch.compile`` (one graph for full
+    minibatches; a smaller last minibatch runs eagerly), worth it for long runs; the
+    compiled graph applies ``compiled_apply`` if given (see ``make_population_step``).
+    """
+    check_positive_int("epochs", epochs, minimum=0)
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("n_classes", n_classes)
+    if not isinstance(network, Network):
+        raise TypeError(f"network must be a Network (from build_network), got {type(network).__name__}")
+    members = check_members(members)
+    K = len(members)
+    params, state = init_population(network, members)
+    dtype = params_dtype(params)
+    train_data = member_splits("train", train, K, n_classes, dtype)
+    valid_data = member_splits("valid", valid, K, n_classes, dtype)
+    if train_data.sample_shape != valid_data.sample_shape:
+        raise ValueError("train X and valid X must have the same sample shape")
+
+    n, n_batches = train_data.n, math.ceil(train_data.n / batch_size)
+    seeds = sorted({m.seed for m in members})
+    one_order = not shuffle or len(seeds) == 1
+    if one_order:
+        minibatch = minibatches(train_data.rows, n, batch_size, shuffle, seeds[0])
+    else:
+        minibatch = _member_minibatches(train_data, members, n, batch_size)
+    step = make_population_step(network, None if train_data.shared and one_order else 0,
+                                compile=compile, compiled_apply=compiled_apply)
+    evaluate = make_population_evaluate(network)
+    n_train_eval = min(N_TRAIN_EVAL, n)
+    logs: List[Logs] = [{k: [] for k in LOG_KEYS} for _ in range(K)]
+    stopped: Dict[int, Stopped] = {}
+
+    def log_metrics(p: Params, grad_norms: Optional[Tensor] = None) -> None:
+        values = {}
+        for split, data, m in (("train", train_data, n_train_eval), ("validation", valid_data, valid_data.n)):
+            values[f"{split}_loss"], values[f"{split}_accuracy"] = (v.tolist() for v in evaluate(p, data, m))
+        if grad_norms is not None:
+            values["train_gradient_norm"] = grad_norms.tolist()
+        for k in range(K):
+            if k not in stopped:
+                for key, v in values.items():
+                    logs[k][key].append(v[k])
+
+    bar = tqdm(total=epochs, desc=desc, disable=not progress, leave=False)
+
+    def end_epoch(cur: Progress, newly_stopped: Dict[int, Stopped]) -> Progress:
+        stopped.update(newly_stopped)
+        log_metrics(cur.params, cur.last_grad_norm)
+        bar.update(1)
+        bar.set_postfix(best_val_acc=f"{max(l['validation_accuracy'][-1] for l in logs):.4f}")
+        return Progress(cur.params, cur.opt_state, logs, cur.epoch + 1, 0)
+
+    log_metrics(params)
+    try:
+        cur, stopped_all = train_epochs(step, Progress(params, state, logs, 0, 0), epochs=epochs,
+                                        n_batches=n_batches, minibatch=minibatch, end_epoch=end_epoch,
+                                        members=Members(K, stacked=True))
+    finally:
+        bar.close()
+    return [FitResult(s.params, s.opt_state, logs[k], s.message) if (s := stopped_all.get(k)) is not None
+            else FitResult(tree_index(cur.params, k), tree_index(cur.opt_state, k), logs[k])
+            for k in range(K)]
+
+
+def _member_minibatches(data: MemberData, members: Sequence[Member], n: int, batch_size: int):
+    """``minibatch(epoch, b)`` when members read the data in their own seeds' orders:
+    ``(K, B)`` indices gathered per member (the data sets themselves are not copied)."""
+    orders: Dict[int, Tensor] = {}
+
+    def minibatch(epoch: int, b: int) -> Batch:
+        if epoch not in orders:
+            orders.clear()
+            orders[epoch] = torch.stack([epoch_order(n, epoch, True, m.seed) for m in members])
+        return data.rows(orders[epoch][:, b * batch_size:(b + 1) * batch_size])
+
+    return minibatch
+
+
+def fit_sweep(network: Network, lrs: Sequence[float], train: Any, valid: Any, *, epochs: int,
+              batch_size: int = 128, seed: int = 0, n_classes: int = 10, progress: bool = True,
+              shuffle: bool = False, compile: bool = False, compiled_apply: Optional[Apply] = None,
+              desc: str = "sweep") -> List[FitResult]:
+    """``len(lrs)`` copies of ``network``, one per learning rate, all from ``network.init(seed)``:
+    ``fit_population`` with ``Member(seed, lr)`` for each learning rate."""
+    check_seed("seed", seed)
+    if isinstance(lrs, (str, bytes)) or not isinstance(lrs, Sequence) or not lrs:
+        raise ValueError(f"lrs must be a non-empty sequence of learning rates, got {lrs!r}")
+    lrs = [check_positive_float(f"lrs[{i}]", lr) for i, lr in enumerate(lrs)]
+    return fit_population(network, [Member(seed, lr) for lr in lrs], train, valid, epochs=epochs,
+                          batch_size=batch_size, n_classes=n_classes, shuffle=shuffle, compile=compile,
+                          compiled_apply=compiled_apply, progress=progress, desc=desc)
