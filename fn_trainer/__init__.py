@@ -32,6 +32,6 @@ __all__ = [
     "jacobian_norm", "per_example_grad_norms",
     "EPSILON", "accuracy", "cross_entropy", "one_hot", "Network", "activation", "build_network",
     "cnn", "count_parameters", "init_params", "mlp", "params_of", "AdamState", "Optimizer", "adam",
-    "make_objective", "make_step", "FitResult", "fit", "make_evaluate",
+    "make_objective", "make_step", "FitResult", "fit", "make_evaluate", "Member", "fit_population",
 ]
 __version__ = "0.1.0"

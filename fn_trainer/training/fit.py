@@ -2,30 +2,20 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
-import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..core.checks import check_positive_int, check_seed
 from ..core.evaluate import Evaluate
-from ..core.paths import PathLike, ensure_writable_dir
+from ..core.paths import PathLike
 from ..core.splits import check_split, params_dtype
 from ..core.step import Step
-from ..core.trees import tree_finite
 from ..core.types import Params
-from .checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    restore_like,
-    rng_states,
-    save_checkpoint,
-    set_rng_states,
-    to_plain,
-)
+from .checkpoint import to_plain
 from .loop import LOG_KEYS, N_TRAIN_EVAL, Logs, Progress, Stopped, appended, minibatches, train_epochs
+from .resume import checkpoint_path, load_progress, save_progress
 
 
 class FitResult(NamedTuple):
@@ -87,13 +77,7 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
             f"train X and valid X must have the same sample shape, got {tuple(X_train.shape[1:])} "
             f"and {tuple(X_valid.shape[1:])}"
         )
-    if resume and checkpoint is None:
-        raise ValueError("resume=True needs a checkpoint path to resume from, got checkpoint=None")
-    if checkpoint is not None:
-        checkpoint = Path(checkpoint)
-        if checkpoint.is_dir():  # found now, not when the first epoch's work is to be saved
-            raise ValueError(f"checkpoint must be a file path, got {str(checkpoint)!r}, an existing folder")
-        ensure_writable_dir(checkpoint.parent)
+    checkpoint = checkpoint_path(checkpoint, resume)
     plain_config = to_plain(config, "config")
     settings = {"batch_size": batch_size, "shuffle": shuffle, "seed": seed, "n_classes": n_classes,
                 "train_shape": list(X_train.shape), "valid_shape": list(X_valid.shape)}
@@ -110,15 +94,11 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
         return out
 
     def save(cur: Progress) -> None:
-        save_checkpoint(checkpoint, {
-            "params": cur.params, "opt_state": cur.opt_state, "logs": cur.logs,
-            "epoch": cur.epoch, "batch": cur.batch,
-            "last_grad_norm": None if cur.last_grad_norm is None else float(cur.last_grad_norm),
-            "rng": rng_states(), "settings": settings, "config": plain_config,
-        })
+        save_progress(checkpoint, cur, settings=settings, config=plain_config)
 
     if resume and checkpoint.exists():
-        cur = _resume(checkpoint, params, opt_state, settings, plain_config, epochs, n_batches)
+        cur, _ = load_progress(checkpoint, params, opt_state, settings=settings, config=plain_config,
+                               epochs=epochs, n_batches=n_batches)
     else:
         cur = Progress(params, opt_state, appended({k: [] for k in LOG_KEYS}, metrics_of(params)), 0, 0)
 
@@ -138,109 +118,3 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
     if stopped:
         return FitResult(stopped[0].params, stopped[0].opt_state, cur.logs, stopped[0].message)
     return FitResult(cur.params, cur.opt_state, cur.logs)
-
-
-def _resume(path: Path, params: Params, opt_state: object, settings: Dict[str, Any],
-            config: Any, epochs: int, n_batches: int) -> Progress:
-    """The ``Progress`` stored in checkpoint ``path``, checked against this run."""
-    data = load_checkpoint(path)
-    for what, expected in (("settings", settings), ("config", config)):
-        found = data.get(what)
-        if found != expected:
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} belongs to a different run: its {what} are {found!r}, "
-                f"this run's are {expected!r}"
-            )
-    try:
-        epoch, batch, logs = data["epoch"], data["batch"], data["logs"]
-        last = data["last_grad_norm"]
-        rng = data["rng"]
-        restored_params = restore_like(params, data["params"], "params")
-        restored_state = restore_like(opt_state, data["opt_state"], "opt_state")
-    except KeyError as e:
-        raise CheckpointError(f"checkpoint {str(path)!r} is incomplete: it has no {e}") from None
-    except CheckpointError as e:
-        raise CheckpointError(f"checkpoint {str(path)!r} does not fit this run: {e}") from None
-    problem = _position_problem(epoch, batch, logs, last, n_batches)
-    if problem is None:
-        problem = _hyperparameter_problem(restored_state, opt_state)
-    if problem is None:
-        problem = _state_problem(restored_params, restored_state, opt_state, epoch * n_batches + batch)
-    if problem is not None:
-        raise CheckpointError(f"checkpoint {str(path)!r} is inconsistent: {problem}")
-    if epoch > epochs or (epoch == epochs and batch > 0):
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} is already past epochs={epochs} (epoch {epoch}, step {batch})"
-        )
-    try:
-        set_rng_states(rng)
-    except (CheckpointError, AttributeError, KeyError, TypeError, ValueError, RuntimeError, OverflowError) as e:
-        raise CheckpointError(f"checkpoint {str(path)!r} holds unusable random generator states: {e}") from None
-    return Progress(restored_params, restored_state, {k: [float(v) for v in logs[k]] for k in LOG_KEYS}, epoch,
-                    batch, None if last is None else torch.tensor(float(last)))
-
-
-def _position_problem(epoch: Any, batch: Any, logs: Any, last: Any, n_batches: int) -> Optional[str]:
-    """What is wrong with a checkpoint's position and logs, or ``None``.
-
-    After ``epoch`` completed epochs the metric logs hold ``epoch + 1`` numbers (one
-    before training) and ``train_gradient_norm`` holds ``epoch``; ``0 <= batch <= n_batches``.
-    """
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    def is_number(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-    if not is_int(epoch) or epoch < 0:
-        return f"epoch must be an integer >= 0, found {epoch!r}"
-    if not is_int(batch) or not 0 <= batch <= n_batches:
-        return f"step within the epoch must be an integer in [0, {n_batches}], found {batch!r}"
-    if not isinstance(logs, dict) or set(logs) != set(LOG_KEYS):
-        found = sorted(logs) if isinstance(logs, dict) else type(logs).__name__
-        return f"logs must have the keys {sorted(LOG_KEYS)}, found {found}"
-    for key, values in logs.items():
-        expected = epoch if key == "train_gradient_norm" else epoch + 1
-        if not isinstance(values, list) or len(values) != expected or not all(map(is_number, values)):
-            return (f"logs[{key!r}] must be a list of {expected} numbers after {epoch} epochs, found "
-                    f"{len(values) if isinstance(values, list) else type(values).__name__}"
-                    + ("" if not isinstance(values, list) or len(values) != expected else " with non-numbers or non-finite values"))
-    for key in ("train_accuracy", "validation_accuracy"):
-        outside = [v for v in logs[key] if not 0 <= v <= 1]
-        if outside:
-            return f"logs[{key!r}] must hold accuracies in [0, 1], found {outside[0]!r}"
-    if last is not None and not (is_number(last) and last >= 0):
-        return f"last_grad_norm must be a finite number >= 0 or None, found {last!r}"
-    return None
-
-
-def _state_problem(params: Params, stored: object, given: object, position: int) -> Optional[str]:
-    """What is wrong with a checkpoint's parameters and optimizer state, or ``None``:
-    non-finite values anywhere, negative second moments (a field ``nu``: squared
-    gradients' averages), or a step counter (a field ``count``) that is not the
-    given state's plus ``position``, the steps taken (``epoch * n_batches + batch``)."""
-    if not tree_finite(params, stored):
-        return "its parameters or optimizer state hold NaN or infinite values"
-    fields = getattr(given, "_fields", ())
-    if "nu" in fields and not all(bool((v >= 0).all()) for v in getattr(stored, "nu").values()):
-        return "its optimizer state has negative second moments (nu)"
-    if "count" in fields and isinstance(given.count, Tensor):
-        expected = int(given.count) + position
-        if int(stored.count) != expected:
-            return (f"its optimizer state has taken {int(stored.count)} steps (count), but its position "
-                    f"is {position} steps into the run, so count must be {expected}")
-    return None
-
-
-def _hyperparameter_problem(stored: object, given: object) -> Optional[str]:
-    """Which hyper-parameter of a checkpoint's optimizer state differs from this run's
-    (the 0-dim floating tensors among the state's fields, e.g. Adam's lr, b1, b2, eps)."""
-    if not (isinstance(given, tuple) and hasattr(given, "_fields")):
-        return None
-    for field in given._fields:
-        mine, theirs = getattr(given, field), getattr(stored, field)
-        if (isinstance(mine, Tensor) and mine.dim() == 0 and mine.is_floating_point()
-                and not torch.equal(mine.cpu(), theirs.cpu())):
-            return (f"its optimizer state has {field}={float(theirs)!r}, this run's optimizer has "
-                    f"{field}={float(mine)!r}")
-    return None

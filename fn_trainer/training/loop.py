@@ -139,9 +139,9 @@ def train_epochs(step: Step, cur: Progress, *, epochs: int, n_batches: int, mini
             if save is not None:
                 save(cur)
     except KeyboardInterrupt:
-        # Keep the last good checkpoint if this epoch already went non-finite.
-        if (save is not None and bool(members.finite_metrics(losses, grad_norms).all())
-                and bool(members.finite(cur.params, cur.opt_state).all())):
+        # Keep the last good checkpoint if a running member already went non-finite in this epoch.
+        ok = members.finite_metrics(losses, grad_norms) & members.finite(cur.params, cur.opt_state)
+        if save is not None and all(bool(ok[k]) for k in range(members.count) if k not in stopped):
             save(cur)
         raise
     return cur, stopped

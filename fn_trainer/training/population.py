@@ -24,23 +24,26 @@ from ..core.evaluate import EVAL_CHUNK
 from ..core.losses import accuracy, cross_entropy
 from ..core.networks import Network
 from ..core.optim import AdamState, adam
+from ..core.paths import PathLike
 from ..core.splits import check_split, params_dtype
 from ..core.step import Apply, Step, make_step
 from ..core.trees import stack_trees, tree_index
 from ..core.types import Batch, Params
+from .checkpoint import to_plain
 from .compiled import compile_step
 from .fit import FitResult
 from .loop import (
     LOG_KEYS,
     N_TRAIN_EVAL,
-    Logs,
     Members,
     Progress,
     Stopped,
+    appended,
     epoch_order,
     minibatches,
     train_epochs,
 )
+from .resume import checkpoint_path, load_progress, save_progress
 
 Split = Tuple[Tensor, Tensor]
 
@@ -59,9 +62,10 @@ class Member(NamedTuple):
         return adam(self.lr, self.b1, self.b2, self.eps).init(params)
 
 
-def init_population(network: Network, members: Sequence[Member]) -> Tuple[Params, AdamState]:
-    """Stacked parameters (member k's equal ``network.init(members[k].seed)``) and Adam states."""
-    params = [network.init(m.seed) for m in members]
+def init_population(network: Network, members: Sequence[Member],
+                    dtype: torch.dtype = torch.float32) -> Tuple[Params, AdamState]:
+    """Stacked parameters (member k's equal ``network.init(members[k].seed, dtype)``) and Adam states."""
+    params = [network.init(m.seed, dtype) for m in members]
     return stack_trees(params), stack_trees([m.optimizer_state(p) for m, p in zip(members, params)])
 
 
@@ -180,11 +184,13 @@ def check_members(members: Any) -> List[Member]:
 
 def fit_population(network: Network, members: Sequence[Member], train: Any, valid: Any, *, epochs: int,
                    batch_size: int = 128, n_classes: int = 10, shuffle: bool = False,
-                   compile: bool = False, compiled_apply: Optional[Apply] = None, progress: bool = True,
-                   desc: str = "population") -> List[FitResult]:
+                   dtype: torch.dtype = torch.float32, compile: bool = False,
+                   compiled_apply: Optional[Apply] = None, progress: bool = True, desc: str = "population",
+                   checkpoint: Optional[PathLike] = None, resume: bool = False,
+                   config: Optional[Dict[str, Any]] = None) -> List[FitResult]:
     """Train the members of a population of ``network`` with Adam, all in one vmapped step.
 
-    Member k starts from ``network.init(members[k].seed)`` with its own hyper-parameters;
+    Member k starts from ``network.init(members[k].seed, dtype)`` with its own hyper-parameters;
     with ``shuffle`` it reads the data in ``fit``'s order for its seed. ``train``/``valid``:
     one ``(X, y)`` shared by all members (never copied per member), or a list with one
     ``(X, y)`` per member (same shapes). Returns one ``FitResult`` per member, in order,
@@ -197,6 +203,10 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
     ``compile=True`` runs the vmapped step under ``torch.compile`` (one graph for full
     minibatches; a smaller last minibatch runs eagerly), worth it for long runs; the
     compiled graph applies ``compiled_apply`` if given (see ``make_population_step``).
+
+    ``checkpoint``, ``resume`` and ``config`` work as in ``fit``: the whole population (and
+    its stopped members) is saved after every epoch and on ``KeyboardInterrupt``, and a
+    resumed run is bitwise the same as an uninterrupted one.
     """
     check_positive_int("epochs", epochs, minimum=0)
     check_positive_int("batch_size", batch_size)
@@ -205,8 +215,9 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
         raise TypeError(f"network must be a Network (from build_network), got {type(network).__name__}")
     members = check_members(members)
     K = len(members)
-    params, state = init_population(network, members)
+    params, state = init_population(network, members, dtype)
     dtype = params_dtype(params)
+    checkpoint = checkpoint_path(checkpoint, resume)
     train_data = member_splits("train", train, K, n_classes, dtype)
     valid_data = member_splits("valid", valid, K, n_classes, dtype)
     if train_data.sample_shape != valid_data.sample_shape:
@@ -223,37 +234,49 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
                                 compile=compile, compiled_apply=compiled_apply)
     evaluate = make_population_evaluate(network)
     n_train_eval = min(N_TRAIN_EVAL, n)
-    logs: List[Logs] = [{k: [] for k in LOG_KEYS} for _ in range(K)]
-    stopped: Dict[int, Stopped] = {}
+    everyone = Members(K, stacked=True)
+    settings = {"members": [list(m) for m in members], "batch_size": batch_size, "shuffle": shuffle,
+                "n_classes": n_classes, "train_shape": list(train_data.X.shape),
+                "valid_shape": list(valid_data.X.shape)}
+    plain_config = to_plain(config, "config")
 
-    def log_metrics(p: Params, grad_norms: Optional[Tensor] = None) -> None:
+    def metrics(p: Params, grad_norms: Optional[Tensor] = None) -> Dict[str, List[float]]:
         values = {}
         for split, data, m in (("train", train_data, n_train_eval), ("validation", valid_data, valid_data.n)):
             values[f"{split}_loss"], values[f"{split}_accuracy"] = (v.tolist() for v in evaluate(p, data, m))
         if grad_norms is not None:
             values["train_gradient_norm"] = grad_norms.tolist()
-        for k in range(K):
-            if k not in stopped:
-                for key, v in values.items():
-                    logs[k][key].append(v[k])
+        return values
 
-    bar = tqdm(total=epochs, desc=desc, disable=not progress, leave=False)
+    if resume and checkpoint.exists():
+        cur, stopped = load_progress(checkpoint, params, state, settings=settings, config=plain_config,
+                                     epochs=epochs, n_batches=n_batches, members=everyone)
+    else:
+        values = metrics(params)
+        cur, stopped = Progress(params, state, [appended({k: [] for k in LOG_KEYS}, {key: v[k] for key, v in values.items()})
+                                                for k in range(K)], 0, 0), {}
+    bar = tqdm(total=epochs, initial=cur.epoch, desc=desc, disable=not progress, leave=False)
 
     def end_epoch(cur: Progress, newly_stopped: Dict[int, Stopped]) -> Progress:
         stopped.update(newly_stopped)
-        log_metrics(cur.params, cur.last_grad_norm)
+        values = metrics(cur.params, cur.last_grad_norm)
+        logs = [member if k in stopped else appended(member, {key: v[k] for key, v in values.items()})
+                for k, member in enumerate(cur.logs)]
         bar.update(1)
         bar.set_postfix(best_val_acc=f"{max(l['validation_accuracy'][-1] for l in logs):.4f}")
         return Progress(cur.params, cur.opt_state, logs, cur.epoch + 1, 0)
 
-    log_metrics(params)
+    def save(cur: Progress) -> None:
+        save_progress(checkpoint, cur, settings=settings, config=plain_config, members=everyone, stopped=stopped)
+
     try:
-        cur, stopped_all = train_epochs(step, Progress(params, state, logs, 0, 0), epochs=epochs,
-                                        n_batches=n_batches, minibatch=minibatch, end_epoch=end_epoch,
-                                        members=Members(K, stacked=True))
+        cur, stopped = train_epochs(step, cur, epochs=epochs, n_batches=n_batches, minibatch=minibatch,
+                                    end_epoch=end_epoch, members=everyone, stopped=stopped,
+                                    save=None if checkpoint is None else save)
     finally:
         bar.close()
-    return [FitResult(s.params, s.opt_state, logs[k], s.message) if (s := stopped_all.get(k)) is not None
+    logs = cur.logs
+    return [FitResult(s.params, s.opt_state, logs[k], s.message) if (s := stopped.get(k)) is not None
             else FitResult(tree_index(cur.params, k), tree_index(cur.opt_state, k), logs[k])
             for k in range(K)]
 

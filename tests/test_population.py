@@ -1,0 +1,224 @@
+"""Populations: K members with their own seeds, hyper-parameters and inputs, in one vmapped
+step, each following its solo ``fit`` run; per-member divergence; exact resume."""
+import math
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.func import vmap
+
+from fn_trainer import (Member, NetworkConfiguration, adam, build_network, fit, fit_population, make_evaluate,
+                        make_step, normalize)
+from fn_trainer.core.trees import stack_trees, tree_index
+from fn_trainer.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fn_trainer.training.population import init_population, member_splits
+
+TOL = dict(rtol=1e-4, atol=1e-5)  # float32: vmapped (batched) matmuls reassociate sums
+TOL64 = dict(rtol=1e-10, atol=1e-12)  # the same reassociation in float64
+
+
+def synthetic(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 10, (n,), generator=g)
+    X = torch.rand(n, 1, 28, 28, generator=g) * 60
+    X[torch.arange(n), 0, 2 * y + 4, 4:24] += 150  # each class lights its own row band
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic(200, 0), synthetic(64, 1)
+
+
+MLP = NetworkConfiguration(dense_hiddens=(32, 16))
+
+
+def solo(network, member, train, valid, *, epochs, batch_size, shuffle=False, dtype=torch.float32):
+    opt = adam(member.lr, member.b1, member.b2, member.eps)
+    params = network.init(member.seed, dtype)
+    return fit(make_step(network.apply, opt), make_evaluate(network.apply), params, opt.init(params), train, valid,
+               epochs=epochs, batch_size=batch_size, shuffle=shuffle, seed=member.seed, progress=False)
+
+
+def assert_close_runs(got, want, tol):
+    assert got.diverged == want.diverged
+    assert set(got.logs) == set(want.logs)
+    for key in want.logs:
+        assert len(got.logs[key]) == len(want.logs[key]), key
+        torch.testing.assert_close(torch.tensor(got.logs[key], dtype=torch.float64),
+                                   torch.tensor(want.logs[key], dtype=torch.float64), **tol, msg=key)
+    for name in want.params:
+        torch.testing.assert_close(got.params[name], want.params[name], **tol, msg=name)
+    assert int(got.opt_state.count) == int(want.opt_state.count)
+
+
+def test_member_k_starts_from_network_init_of_its_seed_exactly():
+    net = build_network("cnn", NetworkConfiguration((4,), (3,), (1,), (0,), (8,)))
+    members = [Member(5, 1e-2), Member(0, 1e-3, b1=0.8), Member(5, 1e-4, eps=1e-6)]
+    params, state = init_population(net, members)
+    for k, m in enumerate(members):
+        mine = tree_index(params, k)
+        assert all(torch.equal(mine[n], v) for n, v in net.init(m.seed).items())
+        hyper = tree_index(state, k)
+        assert [hyper.lr.item(), hyper.b1.item(), hyper.b2.item(), hyper.eps.item()] == [m.lr, m.b1, m.b2, m.eps]
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.lists(st.tuples(st.floats(1e-5, 1e-1), st.floats(0.0, 0.99), st.floats(0.9, 0.9999),
+                          st.floats(1e-10, 1e-4), st.integers(0, 50)), min_size=1, max_size=4))
+def test_the_vmapped_adam_update_is_bitwise_each_members_solo_update(hypers):
+    """Where vmap allows bitwise equality: Adam is element-wise, so each member's update under
+    vmap, with its own hyper-parameters and step count, equals its solo update exactly."""
+    g = torch.Generator().manual_seed(len(hypers))
+    shapes = {"w": (5, 3), "b": (3,)}
+    params = [{n: torch.randn(s, generator=g) for n, s in shapes.items()} for _ in hypers]
+    grads = [{n: torch.randn(s, generator=g) * 10.0 ** torch.randint(-6, 2, (), generator=g) for n, s in shapes.items()}
+             for _ in hypers]
+    states = [adam(lr, b1, b2, eps).init(p)._replace(count=torch.tensor(c)) for (lr, b1, b2, eps, c), p in zip(hypers, params)]
+    update = adam().update
+    new_params, new_states = vmap(update)(stack_trees(grads), stack_trees(states), stack_trees(params))
+    for k in range(len(hypers)):
+        want_params, want_state = update(grads[k], states[k], params[k])
+        assert all(torch.equal(new_params[n][k], want_params[n]) for n in shapes)
+        assert all(torch.equal(new_states.nu[n][k], want_state.nu[n]) for n in shapes)
+
+
+def test_members_follow_their_solo_fit_runs_with_own_seeds_hyperparameters_and_inputs(data):
+    train, valid = data
+    ntrain, nvalid, _ = normalize(train, valid, valid)
+    net = build_network("mlp", MLP)
+    members = [Member(0, 1e-2), Member(1, 1e-3, b1=0.8, b2=0.99), Member(2, 3e-3, eps=1e-6), Member(1, 1e-3)]
+    trains = [train, train, tuple(ntrain), tuple(ntrain)]
+    valids = [valid, valid, tuple(nvalid), tuple(nvalid)]
+    results = fit_population(net, members, trains, valids, epochs=2, batch_size=64, shuffle=True, progress=False)
+    for m, tr, va, got in zip(members, trains, valids, results):
+        assert_close_runs(got, solo(net, m, tr, va, epochs=2, batch_size=64, shuffle=True), TOL)
+    # different seeds read the data in different orders: members 1 and 3 differ only in their inputs
+    assert not torch.equal(results[1].params["1.weight"], results[3].params["1.weight"])
+
+
+def test_float64_members_agree_with_solo_runs_to_float64_rounding(data):
+    train, valid = data
+    net = build_network("cnn", NetworkConfiguration((4,), (3,), (1,), (0,), (16,)))
+    members = [Member(3, 1e-2), Member(4, 1e-3)]
+    results = fit_population(net, members, train, valid, epochs=1, batch_size=64, dtype=torch.float64,
+                             progress=False)
+    for m, got in zip(members, results):
+        assert got.params["0.weight"].dtype == torch.float64
+        assert_close_runs(got, solo(net, m, train, valid, epochs=1, batch_size=64, dtype=torch.float64), TOL64)
+
+
+def test_a_diverging_member_stops_where_fit_stops_it_and_the_others_go_on(data):
+    train, valid = data
+    net = build_network("mlp", MLP)
+    members = [Member(0, 1e-3), Member(1, 1e36), Member(2, 1e-2)]
+    results = fit_population(net, members, train, valid, epochs=3, batch_size=64, progress=False)
+    assert results[1].diverged is not None and "epoch 1 at step" in results[1].diverged
+    for m, got in zip(members, results):
+        assert_close_runs(got, solo(net, m, train, valid, epochs=3, batch_size=64), TOL)
+    assert len(results[0].logs["validation_accuracy"]) == 4 and len(results[1].logs["validation_accuracy"]) == 1
+
+
+def test_shared_data_is_never_copied_per_member(data):
+    (X, y), _ = data
+    shared = member_splits("train", (X, y), 8, 10, torch.float32)
+    assert shared.shared and shared.X.data_ptr() == X.data_ptr()
+    repeated = member_splits("train", [(X, y)] * 8, 8, 10, torch.float32)
+    assert repeated.shared and repeated.X.data_ptr() == X.data_ptr()
+    Xb, Tb = repeated.rows(torch.stack([torch.arange(4), torch.arange(4, 8)]))
+    assert Xb.shape == (2, 4, 1, 28, 28)  # per-member orders gather minibatches only
+
+
+@pytest.mark.parametrize("bad, match", [
+    ([], "members must be a non-empty"), ([(0, 1e-3)], r"members\[0\] must be a Member"),
+    ([Member(-1)], r"members\[0\].seed"), ([Member(0, 0.0)], r"members\[0\].lr"), ([Member(0, 1e-3, b1=1.0)], "b1"),
+])
+def test_bad_members_are_named(data, bad, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        fit_population(build_network("mlp", MLP), bad, *data, epochs=1, progress=False)
+
+
+def test_a_population_checkpoint_of_another_population_is_refused(data, tmp_path):
+    net = build_network("mlp", MLP)
+    path = tmp_path / "p.pt"
+    fit_population(net, [Member(0, 1e-3), Member(1, 1e-3)], *data, epochs=1, batch_size=100, progress=False,
+                   checkpoint=path)
+    with pytest.raises(CheckpointError, match="different run"):
+        fit_population(net, [Member(0, 1e-3), Member(2, 1e-3)], *data, epochs=2, batch_size=100, progress=False,
+                       checkpoint=path, resume=True)
+    state = load_checkpoint(path)
+    state["logs"][1]["validation_accuracy"].append(0.5)  # a hand-edited member log
+    save_checkpoint(path, {k: v for k, v in state.items() if k not in ("format", "version")})
+    with pytest.raises(CheckpointError, match="member 1"):
+        fit_population(net, [Member(0, 1e-3), Member(1, 1e-3)], *data, epochs=2, batch_size=100, progress=False,
+                       checkpoint=path, resume=True)
+
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    import torch
+    torch.set_num_threads(1)
+    import fn_trainer.training.population as population
+    from fn_trainer import Member, NetworkConfiguration, build_network, fit_population
+
+    mode, out, ckpt = sys.argv[1:]
+    net = build_network("mlp", NetworkConfiguration(dense_hiddens=(16,)), input_shape=(1, 8, 8))
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(160, 1, 8, 8, generator=g), torch.randint(0, 10, (160,), generator=g)
+    members = [Member(0, 3e-3), Member(1, 1e-2), Member(2, 1e36), Member(3, 1e-3, b1=0.8)]
+    make = population.make_population_step
+
+    def pausing_step(*args, **kwargs):
+        step = make(*args, **kwargs)
+
+        def paused(p, s, batch):
+            if mode == "stop" and int(s.count[0]) == 2 * 5 + 3:  # in the middle of epoch 3
+                print("READY", flush=True)
+                time.sleep(300)
+            return step(p, s, batch)
+        return paused
+
+    population.make_population_step = pausing_step
+
+    def train(path, resume):
+        rs = fit_population(net, members, (X, y), (X[:40], y[:40]), epochs=4, batch_size=32, shuffle=True,
+                            progress=False, checkpoint=path, resume=resume, config={"what": "test"})
+        return [{"params": r.params, "opt_state": list(r.opt_state), "logs": r.logs, "diverged": r.diverged}
+                for r in rs]
+
+    if mode == "stop":
+        train(ckpt, resume=False)
+    else:
+        torch.save({"fresh": train(out + ".fresh.pt", resume=False), "resumed": train(ckpt, resume=True)}, out)
+""")
+
+
+def test_a_population_killed_mid_epoch_resumes_bitwise_identical_to_an_uninterrupted_run(tmp_path):
+    script, out, ckpt = tmp_path / "child.py", tmp_path / "out.pt", tmp_path / "pop.pt"
+    script.write_text(CHILD)
+    child = subprocess.Popen([sys.executable, str(script), "stop", str(out), str(ckpt)], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout.readline().strip() == "READY"
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    data = load_checkpoint(ckpt)
+    assert (data["epoch"], data["batch"]) == (2, 0) and list(data["stopped"]) == ["2"]
+    subprocess.run([sys.executable, str(script), "resume", str(out), str(ckpt)], check=True, timeout=120)
+    results = torch.load(out, weights_only=False)
+    fresh, resumed = results["fresh"], results["resumed"]
+    assert fresh[2]["diverged"] is not None and all(fresh[k]["diverged"] is None for k in (0, 1, 3))
+    for a, b in zip(fresh, resumed):
+        assert a["logs"] == b["logs"] and a["diverged"] == b["diverged"]
+        assert all(torch.equal(a["params"][n], b["params"][n]) for n in a["params"])
+        assert all(torch.equal(x, y) for x, y in zip(a["opt_state"][:1], b["opt_state"][:1]))
+    assert len(fresh[0]["logs"]["validation_accuracy"]) == 5 and not math.isnan(fresh[0]["logs"]["train_loss"][-1])
