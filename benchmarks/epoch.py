@@ -24,7 +24,9 @@ up to float32 rounding; ``initial_loss`` is the same before training.
 
 Shapes: the MLP 784-256-256-10; the CNN (16, 32, 45), kernel 3, dense (256, 256);
 the 6-run sweep (3 learning rates x raw/normalised inputs, MLP): six sequential
-reference epochs against one vmapped epoch of the six models. For the CNN,
+reference epochs against one vmapped epoch of the six models; the populations of 8 MLPs
+and 4 CNNs (seeds 0..K-1, what ``--seeds K`` trains): K sequential reference epochs
+against one vmapped epoch of the K members. For the CNN,
 ``compiled_module`` compiles the step around the homework's module as it is
 (``functional_call``), without the forward of ``fn_trainer.speed.inductor_apply`` that
 ``compiled`` uses: the difference is what that rewrite is worth.
@@ -67,7 +69,9 @@ T_ = TypeVar("T_")
 N_TRAIN = 60000
 SWEEP_LRS = (1e-2, 1e-4, 1e-8)  # the homework's learning rates, each raw and normalised
 SWEEP_INPUTS = (0, 0, 0, 1, 1, 1)  # per sweep model: raw (0) or normalised (1) inputs
-TARGETS = {"mlp": 0.6, "cnn": 0.4, "sweep": 0.5}  # best functional / reference, at most
+TARGETS = {"mlp": 0.6, "cnn": 0.4, "sweep": 0.5,  # best functional / reference, at most
+           "population_mlp": 0.3, "population_cnn": 0.45}
+POPULATION_SIZES = {"population_mlp": 8, "population_cnn": 4}  # members, seeds 0..K-1, lr 1e-3
 COMPAT_TARGET = 1.0  # the compat Trainer's training_step / reference, at most (MLP and CNN)
 MLP_CONFIG = NetworkConfiguration()
 CNN_CONFIG = NetworkConfiguration(n_channels=(16, 32, 45), kernel_sizes=(3, 3, 3))
@@ -187,30 +191,44 @@ def sweep_inputs(X, y) -> List[torch.Tensor]:
     return [X, Xn]
 
 
-def sweep_members() -> List[Member]:
-    """The sweep's six members: every learning rate on raw, then on normalised inputs, all from seed 0."""
-    return [Member(0, lr) for lr in SWEEP_LRS * 2]
+def network_type(shape: str) -> str:
+    """The network a shape trains: the sweep trains MLPs, ``population_<type>`` its type."""
+    return {"sweep": "mlp"}.get(shape, shape.rpartition("_")[2])
+
+
+def population(shape: str) -> Tuple[List[Member], List[int]]:
+    """The members of a population shape and, per member, its input (0 raw, 1 normalised).
+
+    The sweep: every learning rate on raw, then on normalised inputs, all from seed 0.
+    ``population_<type>``: ``POPULATION_SIZES[shape]`` members of seeds 0, 1, ... at lr 1e-3
+    on raw inputs, as ``--seeds K`` trains one configuration.
+    """
+    if shape == "sweep":
+        return [Member(0, lr) for lr in SWEEP_LRS * 2], list(SWEEP_INPUTS)
+    K = POPULATION_SIZES[shape]
+    return [Member(seed, 1e-3) for seed in range(K)], [0] * K
 
 
 def start_params(shape: str, config: NetworkConfiguration) -> Params:
-    """Where every path of ``shape`` starts: ``network.init(0)``, six copies stacked for the sweep."""
-    net = build_network("mlp" if shape == "sweep" else shape, config)
-    return init_population(net, sweep_members())[0] if shape == "sweep" else net.init(0)
+    """Where every path of ``shape`` starts: ``network.init(0)``, or the members' initial
+    parameters stacked for a population shape."""
+    net = build_network(network_type(shape), config)
+    return net.init(0) if shape in ("mlp", "cnn") else init_population(net, population(shape)[0])[0]
 
 
 def first_batch_loss(shape: str, config: NetworkConfiguration, X, y, T,
                      batch_size: int) -> Callable[[Params], object]:
     """``params -> loss`` on the first minibatch: ``-mean_i sum_c t_ic log p_ic`` (float).
 
-    For the sweep, ``params`` are the six models stacked (leading axis 6), each scored
-    on its own inputs (raw or normalised): a list of six floats.
+    For a population shape, ``params`` are the members stacked (leading axis K), each
+    scored on its own inputs (raw or normalised): a list of K floats.
     """
-    net = build_network("mlp" if shape == "sweep" else shape, config)
+    net = build_network(network_type(shape), config)
     t = T[:batch_size]
-    if shape != "sweep":
+    if shape in ("mlp", "cnn"):
         x = X[:batch_size]
         return lambda params: float(cross_entropy(net.apply(params, x), t))
-    xs = torch.stack([inputs[:batch_size] for inputs in sweep_inputs(X, y)])[list(SWEEP_INPUTS)]
+    xs = torch.stack([inputs[:batch_size] for inputs in sweep_inputs(X, y)])[population(shape)[1]]
     per_model = vmap(lambda p, x: cross_entropy(net.apply(p, x), t))
     return lambda params: per_model(params, xs).tolist()
 
@@ -278,13 +296,15 @@ def network_paths(network_type: str, config: NetworkConfiguration, X, T, batch_s
     return paths
 
 
-def sweep_paths(config: NetworkConfiguration, X, y, T, batch_size: int, n_steps: int,
-                compile: bool) -> Dict[str, Callable[[], Params]]:
-    datasets = sweep_inputs(X, y)
-    net = build_network("mlp", config)
-    lrs = list(SWEEP_LRS) * 2
-    refs = [(reference_trainer("mlp", config, lr, net.init(0)), datasets[d]) for lr, d in zip(lrs, SWEEP_INPUTS)]
-    data = MemberData([(Xd, T) for Xd in datasets], list(SWEEP_INPUTS))
+def population_paths(shape: str, config: NetworkConfiguration, X, y, T, batch_size: int, n_steps: int,
+                     compile: bool) -> Dict[str, Callable[[], Params]]:
+    """The members one after another in the template's loop (``reference``) against one
+    vmapped step of all of them, eager and compiled (with ``inductor_apply`` as its forward)."""
+    kind, (members, inputs) = network_type(shape), population(shape)
+    datasets = sweep_inputs(X, y) if 1 in inputs else [X]
+    net = build_network(kind, config)
+    refs = [(reference_trainer(kind, config, m.lr, net.init(m.seed)), datasets[d]) for m, d in zip(members, inputs)]
+    data = MemberData([(Xd, T) for Xd in datasets], inputs)
 
     def batch_of(b):
         return data.rows(slice(b * batch_size, (b + 1) * batch_size))
@@ -298,8 +318,10 @@ def sweep_paths(config: NetworkConfiguration, X, y, T, batch_size: int, n_steps:
     for name, flag in (("vmapped_eager", False), ("vmapped_compiled", True)):
         if flag and not compile:
             continue
-        params, state = init_population(net, sweep_members())
-        paths[name] = functional_loop(make_population_step(net, 0, compile=flag),
+        params, state = init_population(net, members)
+        step = make_population_step(net, None if data.shared else 0, compile=flag,
+                                    compiled_apply=inductor_apply(net) if flag else None)
+        paths[name] = functional_loop(step,
                                       {"params": params, "opt_state": state}, batch_of, n_steps)
     return paths
 
@@ -346,7 +368,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.epoch", description=__doc__.split("\n\n")[0])
     p.add_argument("--reps", type=int, default=5, help="timed repetitions per path (median reported)")
     p.add_argument("--cnn-steps", type=int, default=94, help="CNN steps timed per repetition, scaled to 469")
-    p.add_argument("--shapes", default="mlp,cnn,sweep", help="comma-separated subset of mlp,cnn,sweep")
+    p.add_argument("--shapes", default=",".join(TARGETS), help=f"comma-separated subset of {','.join(TARGETS)}")
     p.add_argument("--no-compile", action="store_true", help="skip the compiled paths")
     p.add_argument("--smoke", action="store_true",
                    help="tiny run for CI: small networks, 512 samples, 2 steps, 1 repetition, "
@@ -381,11 +403,11 @@ def main(argv=None) -> int:
     batch_size = 128
     n = 512 if args.smoke else N_TRAIN
     full_steps = math.ceil(n / batch_size)
-    steps = {"mlp": 2 if args.smoke else full_steps, "sweep": 2 if args.smoke else full_steps,
-             "cnn": 2 if args.smoke else min(args.cnn_steps, full_steps)}
+    steps = {shape: 2 if args.smoke else (min(args.cnn_steps, full_steps) if network_type(shape) == "cnn"
+                                          else full_steps) for shape in TARGETS}
     reps = 1 if args.smoke else args.reps
     configs = {"mlp": SMOKE_MLP if args.smoke else MLP_CONFIG, "cnn": SMOKE_CNN if args.smoke else CNN_CONFIG}
-    configs["sweep"] = configs["mlp"]
+    configs = {shape: configs[network_type(shape)] for shape in TARGETS}
     X, y = synthetic_data(n)
     T = one_hot(y, 10)
     peak_time = 0.2 if args.smoke else 2.0
@@ -397,8 +419,8 @@ def main(argv=None) -> int:
             f", scaled to {full_steps}" if steps[shape] < full_steps else ""))
         # a smoke run compiles one path, the MLP's: compiled benchmark code runs, briefly
         compiled_paths = not args.no_compile and not (args.smoke and shape != "mlp")
-        if shape == "sweep":
-            paths = sweep_paths(configs[shape], X, y, T, batch_size, steps[shape], compiled_paths)
+        if shape not in ("mlp", "cnn"):
+            paths = population_paths(shape, configs[shape], X, y, T, batch_size, steps[shape], compiled_paths)
         else:
             paths = network_paths(shape, configs[shape], X, T, batch_size, steps[shape], compiled_paths)
         scale = full_steps / steps[shape]
@@ -406,8 +428,9 @@ def main(argv=None) -> int:
         with torch.no_grad():
             initial_loss = loss(start_params(shape, configs[shape]))
         timings = measure(paths, reps, scale, log, loss)
-        # one epoch of training FLOPs (all six models for the sweep)
-        flops = train_flops("mlp" if shape == "sweep" else shape, configs[shape], n) * (6 if shape == "sweep" else 1)
+        # one epoch of training FLOPs (all members for a population)
+        members = 1 if shape in ("mlp", "cnn") else len(population(shape)[0])
+        flops = train_flops(network_type(shape), configs[shape], n) * members
         best = min((k for k in timings if k not in ("reference", "compat", "compiled_reference")), key=lambda k: timings[k]["median_s"])
         results[shape] = {
             "steps_timed": steps[shape], "steps_per_epoch": full_steps, "scaled": steps[shape] < full_steps,

@@ -41,13 +41,15 @@ def test_smoke_run_writes_json_and_every_path_does_the_same_work(tmp_path, capsy
     report = json.loads(out.read_text())
     assert report["malloc"] == "default" and report["flush_denormals"] is False
     assert report["smoke"] and report["command"].startswith("python -m benchmarks.epoch --smoke")
-    assert set(report["results"]) == {"mlp", "cnn", "sweep"}
+    assert set(report["results"]) == {"mlp", "cnn", "sweep", "population_mlp", "population_cnn"}
     expected_paths = {"mlp": {"reference", "compat", "compiled_reference", "eager", "compiled"},
                       "cnn": {"reference", "compat", "eager"},
-                      "sweep": {"reference", "vmapped_eager"}}
+                      "sweep": {"reference", "vmapped_eager"}, "population_mlp": {"reference", "vmapped_eager"},
+                      "population_cnn": {"reference", "vmapped_eager"}}
     # the sweep's models at lr 1e-8 barely move; every other model's loss moves by far more
     # than the float32 rounding (relative 1e-5) its paths may differ by
-    moves = {"mlp": [True], "cnn": [True], "sweep": [lr > 1e-8 for lr in SWEEP_LRS] * 2}
+    moves = {"mlp": [True], "cnn": [True], "sweep": [lr > 1e-8 for lr in SWEEP_LRS] * 2,
+             "population_mlp": [True] * 8, "population_cnn": [True] * 4}
     for shape, r in report["results"].items():
         paths = r["paths"]
         assert set(paths) == expected_paths[shape]
@@ -96,7 +98,7 @@ def test_reference_trainer_learns_and_has_the_homework_shape():
 
 @pytest.mark.parametrize("argv, message", [
     (["--reps", "0"], "--reps must be >= 1"),
-    (["--shapes", "mlp,rnn"], "--shapes must be a subset of ['cnn', 'mlp', 'sweep'], got ['mlp', 'rnn']"),
+    (["--shapes", "mlp,rnn"], "--shapes must be a subset of ['cnn', 'mlp', 'population_cnn', 'population_mlp', 'sweep'], got ['mlp', 'rnn']"),
     (["--cnn-steps", "-1"], "--cnn-steps must be >= 1"),
     (["--threads", "0"], "--threads must be >= 1"),
 ])
