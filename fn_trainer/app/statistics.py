@@ -1,0 +1,80 @@
+"""Statistics over seeds: a configuration's spread, and the difference of two
+configurations with Welch's t confidence interval.
+
+With K seeds per configuration, a result is ``mean ± std`` (sample standard deviation,
+``ddof=1``) over its K runs. Two configurations a and b differ by ``mean(a) - mean(b)``;
+Welch's t interval (unequal variances, Welch–Satterthwaite degrees of freedom)::
+
+    se = sqrt(s_a**2 / n_a + s_b**2 / n_b)
+    diff ± t_{0.975, df} * se
+
+The difference exceeds seed noise when that interval excludes 0.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional, Sequence
+
+from scipy import stats
+
+LEVEL = 0.95  # the confidence level of every interval in the report
+
+
+class Spread(NamedTuple):
+    """``mean`` and sample ``std`` of ``n`` runs (``std`` is ``None`` for one run)."""
+
+    mean: float
+    std: Optional[float]
+    n: int
+
+
+class Difference(NamedTuple):
+    """``mean(a) - mean(b)`` and its ``LEVEL`` interval ``[low, high]`` (``None`` when fewer
+    than two runs on a side leave no spread to estimate)."""
+
+    diff: float
+    low: Optional[float]
+    high: Optional[float]
+
+    @property
+    def exceeds_noise(self) -> Optional[bool]:
+        """Whether the interval excludes 0; ``None`` without an interval."""
+        if self.low is None:
+            return None
+        return self.low > 0 or self.high < 0
+
+
+def spread(values: Sequence[float]) -> Spread:
+    """The mean and sample standard deviation of ``values`` (at least one)."""
+    if not values:
+        raise ValueError("spread needs at least one value")
+    n = len(values)
+    mean = math.fsum(values) / n
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
+    return Spread(mean, std, n)
+
+
+def welch_difference(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> Difference:
+    """``mean(a) - mean(b)`` with Welch's t interval at ``level`` (``scipy.stats.ttest_ind``,
+    ``equal_var=False``). Two sides without any spread (every run equal) give the
+    degenerate interval ``[diff, diff]``."""
+    diff = spread(a).mean - spread(b).mean
+    if len(a) < 2 or len(b) < 2:
+        return Difference(diff, None, None)
+    if spread(a).std == 0 and spread(b).std == 0:
+        return Difference(diff, diff, diff)
+    interval = stats.ttest_ind(a, b, equal_var=False).confidence_interval(level)
+    return Difference(diff, float(interval.low), float(interval.high))
+
+
+def format_spread(s: Spread, digits: int = 4) -> str:
+    """``0.8955 ± 0.0021`` (the mean alone for one run)."""
+    return f"{s.mean:.{digits}f}" if s.std is None else f"{s.mean:.{digits}f} ± {s.std:.{digits}f}"
+
+
+def format_difference(d: Difference, digits: int = 4) -> str:
+    """``+0.0123 [+0.0050, +0.0196], exceeds seed noise`` (or ``within seed noise``)."""
+    if d.low is None:
+        return f"{d.diff:+.{digits}f} (one seed: no interval)"
+    verdict = "exceeds seed noise" if d.exceeds_noise else "within seed noise"
+    return f"{d.diff:+.{digits}f} [{d.low:+.{digits}f}, {d.high:+.{digits}f}], {verdict}"
