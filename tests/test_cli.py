@@ -13,7 +13,8 @@ from fakedata import write_fashion_mnist
 
 from fn_trainer.app import cli
 from fn_trainer.app.experiments import EXPERIMENTS
-from fn_trainer.app.experiments import runs as runs_module
+from fn_trainer.app.experiments import training
+from fn_trainer.app.experiments.records import load_record
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 QUICK = ["--epochs", "1", "--limit", "16", "--no-progress"]
@@ -92,7 +93,7 @@ def test_lr_sweep_table_and_best_pair(small_data_root, tmp_path, capsys):
     assert rc == 0
     section = (tmp_path / "lr-sweep" / "section.md").read_text()
     assert section.count("| lr=0.01 |") == 2 and section.count("| lr=0.001 |") == 2
-    records = [runs_module.load_record(p) for p in result_files(tmp_path)]
+    records = [load_record(p) for p in result_files(tmp_path)]
     top = max(r.best()[0] for r in records)
     named = [r for r in records if f"Best pair: lr={r.spec.lr:g}, normalisation "
              f"{'on' if r.spec.normalization else 'off'}:" in section]
@@ -144,7 +145,7 @@ def test_interrupted_run_resumes_to_the_same_result(small_data_root, tmp_path, c
     args = ["lr-sweep", "--sequential", "--lrs", "0.01", "--data", small_data_root, "--limit", "64",
             "--batch-size", "16", "--epochs", "2", "--no-progress"]
     assert run_cli([*args, "--out", tmp_path / "whole"], capsys)[0] == 0
-    real_make_step = runs_module.make_step
+    real_make_step = training.make_step
     calls = {"n": 0}
 
     def interrupting_make_step(*a, **k):
@@ -158,12 +159,12 @@ def test_interrupted_run_resumes_to_the_same_result(small_data_root, tmp_path, c
 
         return step_then_interrupt
 
-    monkeypatch.setattr(runs_module, "make_step", interrupting_make_step)
+    monkeypatch.setattr(training, "make_step", interrupting_make_step)
     rc, _, err = run_cli([*args, "--out", tmp_path / "cut"], capsys)
     assert rc == 130 and "--resume" in err
     assert len(list((tmp_path / "cut" / "runs").glob("*.checkpoint.pt"))) == 1
     assert result_files(tmp_path / "cut") == []
-    monkeypatch.setattr(runs_module, "make_step", real_make_step)
+    monkeypatch.setattr(training, "make_step", real_make_step)
     assert run_cli([*args, "--out", tmp_path / "cut", "--resume"], capsys)[0] == 0
     whole = {p.name: json.loads(p.read_text())["logs"] for p in result_files(tmp_path / "whole")}
     cut = {p.name: json.loads(p.read_text())["logs"] for p in result_files(tmp_path / "cut")}
@@ -175,7 +176,7 @@ def test_diverged_runs_are_reported_as_such(small_data_root, tmp_path, capsys):
     rc, out, _ = run_cli(["lr-sweep", "--sequential", "--lrs", "1e30", "--data", small_data_root, "--out", tmp_path,
                           "--epochs", "3", "--no-progress"], capsys)
     assert rc == 0 and out.count("DIVERGED") == 2
-    records = [runs_module.load_record(p) for p in result_files(tmp_path)]
+    records = [load_record(p) for p in result_files(tmp_path)]
     assert all(r.diverged for r in records)
     assert all(len(r.curve("validation_accuracy")) < 4 for r in records)  # stopped, not padded
     section = (tmp_path / "lr-sweep" / "section.md").read_text()
@@ -294,7 +295,7 @@ def test_real_data_smoke(real_data_root, tmp_path, capsys):
     rc, out, _ = run_cli(["lr-sweep", "--data", real_data_root, "--out", tmp_path, "--lrs", "0.01",
                           "--epochs", "1", "--limit", "2000", "--no-progress"], capsys)
     assert rc == 0
-    records = {r.spec.normalization: r for r in map(runs_module.load_record, result_files(tmp_path))}
+    records = {r.spec.normalization: r for r in map(load_record, result_files(tmp_path))}
     assert records[True].final() > 0.6  # one epoch on 2000 normalised images already learns
     assert_png(tmp_path / "lr-sweep" / "validation_accuracy_normalised.png")
 
@@ -303,8 +304,8 @@ def test_lr_sweep_trains_together_by_default_and_alone_with_sequential(small_dat
     common = ["lr-sweep", "--lrs", "0.01", "0.001", "--data", small_data_root, "--epochs", "1", "--no-progress"]
     assert run_cli([*common, "--out", tmp_path / "together"], capsys)[0] == 0
     assert run_cli([*common, "--out", tmp_path / "alone", "--sequential"], capsys)[0] == 0
-    together = {p.name: runs_module.load_record(p) for p in result_files(tmp_path / "together")}
-    alone = {p.name: runs_module.load_record(p) for p in result_files(tmp_path / "alone")}
+    together = {p.name: load_record(p) for p in result_files(tmp_path / "together")}
+    alone = {p.name: load_record(p) for p in result_files(tmp_path / "alone")}
     assert together.keys() == alone.keys() and len(alone) == 4
     for name, r in together.items():
         assert r.trainer.startswith("fit_sweep") and alone[name].trainer == "fit"
@@ -313,19 +314,19 @@ def test_lr_sweep_trains_together_by_default_and_alone_with_sequential(small_dat
 
 
 def test_long_runs_train_with_a_compiled_step(small_data_root, tmp_path, capsys, monkeypatch):
-    assert runs_module.worth_compiling(epochs=2, n_train=500 * 128, batch_size=128)
-    assert not runs_module.worth_compiling(epochs=1, n_train=999 * 128, batch_size=128)
+    assert training.worth_compiling(epochs=2, n_train=500 * 128, batch_size=128)
+    assert not training.worth_compiling(epochs=1, n_train=999 * 128, batch_size=128)
     common = ["lr-sweep", "--sequential", "--lrs", "0.01", "--data", small_data_root, "--epochs", "2",
               "--batch-size", "32", "--no-progress"]
     assert run_cli([*common, "--out", tmp_path / "eager"], capsys)[0] == 0
-    monkeypatch.setattr(runs_module, "COMPILE_MIN_STEPS", 4)  # 2 epochs of 2 steps
+    monkeypatch.setattr(training, "COMPILE_MIN_STEPS", 4)  # 2 epochs of 2 steps
     torch._dynamo.reset()  # no earlier test's graphs count towards the recompile limit
     # one graph for both runs (raw and normalised inputs, same shapes: the second run's new
     # step hits the first one's cache), none recompiled
     with compiles(1):
         assert run_cli([*common, "--out", tmp_path / "compiled"], capsys)[0] == 0
-    eager = {p.name: runs_module.load_record(p) for p in result_files(tmp_path / "eager")}
-    compiled = {p.name: runs_module.load_record(p) for p in result_files(tmp_path / "compiled")}
+    eager = {p.name: load_record(p) for p in result_files(tmp_path / "eager")}
+    compiled = {p.name: load_record(p) for p in result_files(tmp_path / "compiled")}
     assert eager.keys() == compiled.keys() and len(eager) == 2
     for name, r in compiled.items():
         assert r.trainer == "fit (compiled)" and eager[name].trainer == "fit"

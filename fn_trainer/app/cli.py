@@ -173,7 +173,7 @@ def _check_device(name: str) -> None:
 
 def settings_of(args: argparse.Namespace, command: str):
     """The experiments' ``Settings`` from parsed arguments."""
-    from .experiments.runs import Settings
+    from .experiments.context import Settings
 
     return Settings(
         data=args.data, out=args.out, epochs=getattr(args, "epochs", 0), seed=args.seed,
@@ -188,7 +188,7 @@ def settings_of(args: argparse.Namespace, command: str):
 def run_experiments(args: argparse.Namespace, command: str) -> int:
     from ..speed.denormals import denormals_flushed, flush_denormals
     from .experiments import experiment
-    from .experiments.runs import Context
+    from .experiments.context import Context
     from .report import REPORT_FILE
 
     validate(args)

@@ -13,7 +13,8 @@ from ..solve import (
     solve_cnn_kernel,
     solve_mlp_depth,
 )
-from .runs import RunSpec, fmt_lr, network_label
+from .formatting import fmt_lr, network_label
+from .records import RunSpec
 
 
 @dataclass(frozen=True)

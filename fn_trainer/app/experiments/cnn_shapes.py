@@ -6,7 +6,9 @@ from typing import List
 from ..report import image, write_section
 from .architectures import deep_cnn, kernel_cnn, reference_mlp, shallow_cnn
 from .common import accuracy_figure, header, params_table, train_normalised
-from .runs import Context, RunRecord, fmt_lr, runs_table
+from .context import Context
+from .formatting import fmt_lr, runs_table
+from .records import RunRecord
 
 NAME = "cnn-shapes"
 BATCH_SIZE = 256

@@ -8,7 +8,9 @@ from ..plots import Curve, plot_curves
 from ..report import markdown_table
 from ..solve import TOLERANCE, reference_budget
 from .architectures import Architecture
-from .runs import Context, RunRecord, execute
+from .context import Context
+from .records import RunRecord
+from .training import execute
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 

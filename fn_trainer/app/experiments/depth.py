@@ -7,7 +7,9 @@ from ..plots import plot_curves
 from ..report import image, write_section
 from .architectures import deep_mlp, reference_mlp
 from .common import accuracy_figure, curves, header, params_table, train_normalised
-from .runs import Context, RunRecord, fmt_lr, runs_table
+from .context import Context
+from .formatting import fmt_lr, runs_table
+from .records import RunRecord
 
 NAME = "depth"
 BATCH_SIZE = 128

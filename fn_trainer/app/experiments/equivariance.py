@@ -95,7 +95,7 @@ def run(ctx, shift: int = 5) -> Dict[str, Any]:
     # Imported here so that equivariance_maps needs only torch and torchvision.
     from ..plots import plot_map
     from ..report import write_section
-    from .runs import write_json
+    from .records import write_json
 
     folder = ctx.folder(NAME)
     result = equivariance_maps(ctx.splits.train.X[0] / 255.0, ctx.settings.seed, shift)
