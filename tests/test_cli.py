@@ -18,14 +18,19 @@ from fn_trainer.app.experiments.records import load_record
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 QUICK = ["--epochs", "1", "--limit", "16", "--no-progress"]
-# Figures each experiment must produce, and the heading of its report section.
+# Figures each experiment must produce, the heading of its report section and lines of it.
 EXPECTED = {
     "equivariance": (["original.png", "features.png", "shift_difference.png", "rotation_difference.png"],
-                     "## 1. Equivariance"),
-    "lr-sweep": (["validation_accuracy_raw.png", "validation_accuracy_normalised.png"], "## 2. Learning rate"),
-    "depth": (["accuracy.png", "gradient_norm.png"], "## 3. Depth"),
-    "cnn": (["accuracy.png"], "## 4. CNN"),
-    "cnn-shapes": (["accuracy.png"], "## 5. CNN shapes"),
+                     "## 1. Equivariance", []),
+    "lr-sweep": (["validation_accuracy_raw.png", "validation_accuracy_normalised.png"], "## 2. Learning rate",
+                 ["Network: MLP 256-256 (", "batch size 128"]),
+    "depth": (["accuracy.png", "gradient_norm.png"], "## 3. Depth",
+              ["| MLP 256-256 | mlp |", "| deep MLP ", "| on | 128 |"]),
+    "cnn": (["accuracy.png"], "## 4. CNN", ["Kernel size solved for the budget: ", "| CNN (16,32,45) k="]),
+    # the reference MLP is in the parameter table, not among the runs
+    "cnn-shapes": (["accuracy.png"], "## 5. CNN shapes",
+                   ["| MLP 256-256 | mlp |", "Shallow CNN channel count solved for the budget: ",
+                    "trained here with batch size 256."]),
 }
 N_RUNS = {"equivariance": 0, "lr-sweep": 6, "depth": 2, "cnn": 2, "cnn-shapes": 3}
 
@@ -59,11 +64,12 @@ def test_subcommand_writes_figures_logs_and_section(name, fake_data_root, tmp_pa
     quick = ["--limit", "16"] if name == "equivariance" else QUICK
     rc, out, _ = run_cli([name, "--data", fake_data_root, "--out", tmp_path, *quick], capsys)
     assert rc == 0
-    figures, heading = EXPECTED[name]
+    figures, heading, lines = EXPECTED[name]
     for filename in figures:
         assert_png(tmp_path / name / filename)
     report = (tmp_path / "report.md").read_text()
     assert heading in report
+    assert all(line in report for line in lines), name
     assert f"Command: `fn-trainer {name} --data {fake_data_root}" in report
     for filename in figures:
         assert f"]({name}/{filename})" in report

@@ -1,10 +1,11 @@
-"""How runs are written for people: learning rates, network labels, a run's summary line
-and the runs table of ``report.md``."""
+"""How runs are written for people: learning rates, network labels, a run's summary line,
+the runs table and a section's header in ``report.md``."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 from ..report import markdown_table
+from .context import Context
 from .records import RunRecord
 
 
@@ -47,3 +48,11 @@ def runs_table(records: Sequence[RunRecord]) -> str:
                            "final train acc", "final valid acc", "best valid acc", "status",
                            "wall time (s)"], rows)
 
+
+def header(title: str, ctx: Context) -> List[str]:
+    """The first lines of a training experiment's section: its title, the command, the data."""
+    s = ctx.settings
+    limit = "all" if s.limit is None else f"the first {s.limit}"
+    return [f"## {title}", "", f"Command: `{s.command}`", "",
+            f"Training samples: {limit} ({len(ctx.splits.train.y):,}); validation samples: "
+            f"{len(ctx.splits.valid.y):,}; seed {s.seed}; Adam, ReLU.", ""]

@@ -6,9 +6,9 @@ from typing import List
 from ..plots import plot_curves
 from ..report import image, write_section
 from .architectures import reference_mlp
-from .common import curves, header
 from .context import Context
-from .formatting import fmt_lr, runs_table
+from .figures import ACCURACY_YLIM, curves
+from .formatting import fmt_lr, header, runs_table
 from .records import RunRecord
 from .training import execute, train_together
 
@@ -38,7 +38,7 @@ def run(ctx: Context) -> List[RunRecord]:
             curves(group, "validation_accuracy"), folder / f"validation_accuracy_{word}.png",
             title=f"Validation accuracy, {arch.label}\n{'with' if normalization else 'without'} "
                   f"normalisation, batch {batch_size}",
-            ylabel="validation accuracy", ylim=(0.0, 1.02))
+            ylabel="validation accuracy", ylim=ACCURACY_YLIM)
         parts += [image(NAME, path.name, f"validation accuracy, {word} inputs"), ""]
     parts += [runs_table(records), "", best_pair(records)]
     if any(r.trained_together for r in records):
