@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ from fakedata import write_fashion_mnist
 from fn_trainer.app import cli
 from fn_trainer.app.experiments import EXPERIMENTS
 from fn_trainer.app.experiments import training
+from fn_trainer.app.experiments.context import Settings
 from fn_trainer.app.experiments.records import load_record
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -194,7 +196,7 @@ def test_diverged_runs_are_reported_as_such(small_data_root, tmp_path, capsys):
     (["depth", "--epochs", "-1"], "--epochs"),
     (["depth", "--batch-size", "0"], "--batch-size"),
     (["cnn", "--limit", "0"], "--limit"),
-    (["depth", "--limit", "1"], "--limit must be an integer >= 2, got 1"),
+    (["depth", "--limit", "1"], "--limit must be an int >= 2, got 1"),
     (["cnn", "--lr", "0"], "--lr"),
     (["cnn", "--lr", "nan"], "--lr"),
     (["lr-sweep", "--lrs", "0.1", "inf"], "--lrs"),
@@ -279,6 +281,22 @@ def test_training_options_are_offered_where_they_apply(capsys):
             cli.main([name, "--help"])
         out = capsys.readouterr().out
         assert all(p in out for p in present) and not any(a in out for a in absent), name
+
+
+@pytest.mark.parametrize("name", [*EXPERIMENTS, "all"])
+def test_options_left_out_give_the_settings_defaults(name):
+    settings = cli.settings_of(cli.build_parser().parse_args([name]), "the command")
+    assert dataclasses.replace(settings, out=Path(settings.out)) == Settings(command="the command")
+
+
+def test_every_option_sets_the_setting_of_its_name():
+    args = cli.build_parser().parse_args([
+        "all", "--data", "d", "--out", "o", "--seed", "4", "--limit", "9", "--no-download", "--epochs", "3",
+        "--batch-size", "7", "--lrs", "0.1", "0.2", "--sequential", "--lr", "0.5", "--force", "--resume",
+        "--device", "cuda", "--no-progress"])
+    assert cli.settings_of(args, "c") == Settings(
+        data=Path("d"), out="o", epochs=3, seed=4, batch_size=7, limit=9, lr=0.5, lrs=(0.1, 0.2), force=True,
+        resume=True, sequential=True, progress=False, download=False, device="cuda", command="c")
 
 
 def test_export_solution_writes_the_file(tmp_path, capsys):

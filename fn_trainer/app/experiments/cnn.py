@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from . import experiment_name
 from .architectures import Architecture, kernel_cnn, reference_mlp
 from .comparison import Comparison
 
-NAME = "cnn"
+NAME = experiment_name(__name__)
 
 
 def solved_kernel(archs: Sequence[Architecture], batch_size: int) -> str:
@@ -16,5 +17,5 @@ def solved_kernel(archs: Sequence[Architecture], batch_size: int) -> str:
 
 
 QUESTION = Comparison(NAME, "4. CNN with a solved kernel size against the MLP", "CNN against MLP",
-                      batch_size=128, architectures=lambda: [kernel_cnn(), reference_mlp()], note=solved_kernel)
+                      architectures=lambda: [kernel_cnn(), reference_mlp()], note=solved_kernel)
 run = QUESTION.run

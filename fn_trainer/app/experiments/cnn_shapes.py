@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from . import experiment_name
 from .architectures import Architecture, deep_cnn, kernel_cnn, shallow_cnn
 from .comparison import Comparison
 
-NAME = "cnn-shapes"
+NAME = experiment_name(__name__)
 
 
 def solved_channels(archs: Sequence[Architecture], batch_size: int) -> str:
@@ -17,6 +18,6 @@ def solved_channels(archs: Sequence[Architecture], batch_size: int) -> str:
 
 
 QUESTION = Comparison(NAME, "5. CNN shapes: deep 1x1 kernels, shallow 28x28 kernel", "three CNN shapes",
-                      batch_size=256, architectures=lambda: [kernel_cnn(), deep_cnn(), shallow_cnn()],
+                      architectures=lambda: [kernel_cnn(), deep_cnn(), shallow_cnn()],
                       note=solved_channels, with_reference=True)
 run = QUESTION.run

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
 from ..report import image, write_section
+from . import EXPERIMENTS
 from .architectures import Architecture, params_table, reference_mlp
 from .context import Context
 from .figures import accuracy_figure, gradient_figure
@@ -17,7 +18,8 @@ from .training import execute
 
 @dataclass(frozen=True)
 class Comparison:
-    """One question: ``title`` heads its section, ``subject`` titles its accuracy figure.
+    """One question: ``title`` heads its section, ``subject`` titles its accuracy figure;
+    its default batch size is ``EXPERIMENTS[name].batch_size``.
 
     ``architectures`` builds the networks to train (on use: sizing them builds networks);
     ``note(architectures, batch_size)`` is a paragraph before the tables;
@@ -28,7 +30,6 @@ class Comparison:
     name: str
     title: str
     subject: str
-    batch_size: int  # unless --batch-size
     architectures: Callable[[], List[Architecture]]
     note: Optional[Callable[[Sequence[Architecture], int], str]] = None
     with_reference: bool = False
@@ -38,7 +39,7 @@ class Comparison:
         """Train (or reuse) the runs, draw the figures and write the report section."""
         s = ctx.settings
         archs = self.architectures()
-        batch_size = s.batch_size or self.batch_size
+        batch_size = s.batch_size or EXPERIMENTS[self.name].batch_size
         records = execute(ctx, [a.spec(lr=s.lr, normalization=True, batch_size=batch_size, epochs=s.epochs,
                                        seed=s.seed) for a in archs])
         parts = header(self.title, ctx)

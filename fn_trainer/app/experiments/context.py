@@ -12,6 +12,7 @@ import torch
 from ...core.config import HOMEWORK_SEED
 from ...core.data import Split, Splits, load_fashion_mnist, normalize
 from ...core.paths import safe_path
+from .. import PROG
 from ..report import print_warning
 
 
@@ -33,7 +34,7 @@ class Settings:
     progress: bool = True
     download: bool = True
     device: str = "cpu"
-    command: str = "fn-trainer"
+    command: str = PROG
 
 
 class Context:

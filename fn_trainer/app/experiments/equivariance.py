@@ -18,8 +18,9 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ...core.networks import init_params
+from . import experiment_name
 
-NAME = "equivariance"
+NAME = experiment_name(__name__)
 MAX_DRAWS = 100
 FIGURES = {
     "image": ("original.png", "Original image (first training image, pixels / 255)", "pixel value", "gray"),

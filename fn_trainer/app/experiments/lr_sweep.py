@@ -5,6 +5,7 @@ from typing import List
 
 from ..plots import plot_curves
 from ..report import image, write_section
+from . import EXPERIMENTS, experiment_name
 from .architectures import reference_mlp
 from .context import Context
 from .figures import ACCURACY_YLIM, curves
@@ -12,8 +13,7 @@ from .formatting import fmt_lr, header, runs_table
 from .records import RunRecord
 from .training import execute, train_together
 
-NAME = "lr-sweep"
-BATCH_SIZE = 128
+NAME = experiment_name(__name__)
 TARGET = 0.80  # the homework: the best pair should pass 80% validation accuracy
 
 
@@ -21,7 +21,7 @@ def run(ctx: Context) -> List[RunRecord]:
     """Train one run per (lr, normalisation); figures, table and report section."""
     s = ctx.settings
     arch = reference_mlp()
-    batch_size = s.batch_size or BATCH_SIZE
+    batch_size = s.batch_size or EXPERIMENTS[NAME].batch_size
     folder = ctx.folder(NAME)
     records: List[RunRecord] = []
     parts = header("2. Learning rate and normalisation", ctx)
