@@ -15,6 +15,9 @@ from ...core.paths import safe_path
 from .. import PROG
 from ..report import print_warning
 
+FINGERPRINT_IMAGES = 64  # the first training images hashed into the data's fingerprint
+FINGERPRINT_DIGITS = 16  # hex digits of the fingerprint kept
+
 
 @dataclass
 class Settings:
@@ -73,15 +76,15 @@ class Context:
 
     @property
     def fingerprint(self) -> str:
-        """A short hash of the training set (size, labels, first images): results from
-        other data never count as done."""
+        """A short hash of the data (training set size, labels and first images, validation
+        labels): results from other data never count as done."""
         if self._fingerprint is None:
             train = self.splits.train
             h = hashlib.sha256(repr(tuple(train.X.shape)).encode())
             h.update(train.y.numpy().tobytes())
-            h.update(train.X[:64].numpy().tobytes())
+            h.update(train.X[:FINGERPRINT_IMAGES].numpy().tobytes())
             h.update(self.splits.valid.y.numpy().tobytes())
-            self._fingerprint = h.hexdigest()[:16]
+            self._fingerprint = h.hexdigest()[:FINGERPRINT_DIGITS]
         return self._fingerprint
 
     def data(self, normalization: bool) -> Tuple[Split, Split]:
