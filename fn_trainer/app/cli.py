@@ -123,7 +123,7 @@ def validate(args: argparse.Namespace) -> None:
     check_seed("--seed", args.seed)
     for option, value, minimum in (("--limit", args.limit, MIN_LIMIT), ("--epochs", getattr(args, "epochs", None), 0),
                                    ("--batch-size", getattr(args, "batch_size", None), 1)):
-        if value is not None:  # None: the option's "all" or the experiment's own default
+        if value is not None:  # None: not given (all samples, the experiment's batch size) or not offered here
             check_positive_int(option, value, minimum=minimum)
     if hasattr(args, "lr"):
         check_positive_float("--lr", args.lr)

@@ -21,7 +21,7 @@ FINGERPRINT_DIGITS = 16  # hex digits of the fingerprint kept
 
 @dataclass
 class Settings:
-    """What the command line gives every experiment."""
+    """What the command line gives every experiment; the command line's defaults are these."""
 
     data: Path = Path("data")
     out: Path = Path("results")
