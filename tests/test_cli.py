@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import subprocess
@@ -13,18 +14,25 @@ from fakedata import write_fashion_mnist
 
 from fn_trainer.app import cli
 from fn_trainer.app.experiments import EXPERIMENTS
-from fn_trainer.app.experiments import runs as runs_module
+from fn_trainer.app.experiments import training
+from fn_trainer.app.experiments.context import Settings
+from fn_trainer.app.experiments.records import load_record
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 QUICK = ["--epochs", "1", "--limit", "16", "--no-progress"]
-# Figures each experiment must produce, and the heading of its report section.
+# Figures each experiment must produce, the heading of its report section and lines of it.
 EXPECTED = {
     "equivariance": (["original.png", "features.png", "shift_difference.png", "rotation_difference.png"],
-                     "## 1. Equivariance"),
-    "lr-sweep": (["validation_accuracy_raw.png", "validation_accuracy_normalised.png"], "## 2. Learning rate"),
-    "depth": (["accuracy.png", "gradient_norm.png"], "## 3. Depth"),
-    "cnn": (["accuracy.png"], "## 4. CNN"),
-    "cnn-shapes": (["accuracy.png"], "## 5. CNN shapes"),
+                     "## 1. Equivariance", []),
+    "lr-sweep": (["validation_accuracy_raw.png", "validation_accuracy_normalised.png"], "## 2. Learning rate",
+                 ["Network: MLP 256-256 (", "batch size 128"]),
+    "depth": (["accuracy.png", "gradient_norm.png"], "## 3. Depth",
+              ["| MLP 256-256 | mlp |", "| deep MLP ", "| on | 128 |"]),
+    "cnn": (["accuracy.png"], "## 4. CNN", ["Kernel size solved for the budget: ", "| CNN (16,32,45) k="]),
+    # the reference MLP is in the parameter table, not among the runs
+    "cnn-shapes": (["accuracy.png"], "## 5. CNN shapes",
+                   ["| MLP 256-256 | mlp |", "Shallow CNN channel count solved for the budget: ",
+                    "trained here with batch size 256."]),
 }
 N_RUNS = {"equivariance": 0, "lr-sweep": 6, "depth": 2, "cnn": 2, "cnn-shapes": 3}
 
@@ -58,11 +66,12 @@ def test_subcommand_writes_figures_logs_and_section(name, fake_data_root, tmp_pa
     quick = ["--limit", "16"] if name == "equivariance" else QUICK
     rc, out, _ = run_cli([name, "--data", fake_data_root, "--out", tmp_path, *quick], capsys)
     assert rc == 0
-    figures, heading = EXPECTED[name]
+    figures, heading, lines = EXPECTED[name]
     for filename in figures:
         assert_png(tmp_path / name / filename)
     report = (tmp_path / "report.md").read_text()
     assert heading in report
+    assert all(line in report for line in lines), name
     assert f"Command: `fn-trainer {name} --data {fake_data_root}" in report
     for filename in figures:
         assert f"]({name}/{filename})" in report
@@ -92,7 +101,7 @@ def test_lr_sweep_table_and_best_pair(small_data_root, tmp_path, capsys):
     assert rc == 0
     section = (tmp_path / "lr-sweep" / "section.md").read_text()
     assert section.count("| lr=0.01 |") == 2 and section.count("| lr=0.001 |") == 2
-    records = [runs_module.load_record(p) for p in result_files(tmp_path)]
+    records = [load_record(p) for p in result_files(tmp_path)]
     top = max(r.best()[0] for r in records)
     named = [r for r in records if f"Best pair: lr={r.spec.lr:g}, normalisation "
              f"{'on' if r.spec.normalization else 'off'}:" in section]
@@ -144,7 +153,7 @@ def test_interrupted_run_resumes_to_the_same_result(small_data_root, tmp_path, c
     args = ["lr-sweep", "--sequential", "--lrs", "0.01", "--data", small_data_root, "--limit", "64",
             "--batch-size", "16", "--epochs", "2", "--no-progress"]
     assert run_cli([*args, "--out", tmp_path / "whole"], capsys)[0] == 0
-    real_make_step = runs_module.make_step
+    real_make_step = training.make_step
     calls = {"n": 0}
 
     def interrupting_make_step(*a, **k):
@@ -158,12 +167,12 @@ def test_interrupted_run_resumes_to_the_same_result(small_data_root, tmp_path, c
 
         return step_then_interrupt
 
-    monkeypatch.setattr(runs_module, "make_step", interrupting_make_step)
+    monkeypatch.setattr(training, "make_step", interrupting_make_step)
     rc, _, err = run_cli([*args, "--out", tmp_path / "cut"], capsys)
     assert rc == 130 and "--resume" in err
     assert len(list((tmp_path / "cut" / "runs").glob("*.checkpoint.pt"))) == 1
     assert result_files(tmp_path / "cut") == []
-    monkeypatch.setattr(runs_module, "make_step", real_make_step)
+    monkeypatch.setattr(training, "make_step", real_make_step)
     assert run_cli([*args, "--out", tmp_path / "cut", "--resume"], capsys)[0] == 0
     whole = {p.name: json.loads(p.read_text())["logs"] for p in result_files(tmp_path / "whole")}
     cut = {p.name: json.loads(p.read_text())["logs"] for p in result_files(tmp_path / "cut")}
@@ -175,7 +184,7 @@ def test_diverged_runs_are_reported_as_such(small_data_root, tmp_path, capsys):
     rc, out, _ = run_cli(["lr-sweep", "--sequential", "--lrs", "1e30", "--data", small_data_root, "--out", tmp_path,
                           "--epochs", "3", "--no-progress"], capsys)
     assert rc == 0 and out.count("DIVERGED") == 2
-    records = [runs_module.load_record(p) for p in result_files(tmp_path)]
+    records = [load_record(p) for p in result_files(tmp_path)]
     assert all(r.diverged for r in records)
     assert all(len(r.curve("validation_accuracy")) < 4 for r in records)  # stopped, not padded
     section = (tmp_path / "lr-sweep" / "section.md").read_text()
@@ -187,7 +196,7 @@ def test_diverged_runs_are_reported_as_such(small_data_root, tmp_path, capsys):
     (["depth", "--epochs", "-1"], "--epochs"),
     (["depth", "--batch-size", "0"], "--batch-size"),
     (["cnn", "--limit", "0"], "--limit"),
-    (["depth", "--limit", "1"], "--limit must be an integer >= 2, got 1"),
+    (["depth", "--limit", "1"], "--limit must be an int >= 2, got 1"),
     (["cnn", "--lr", "0"], "--lr"),
     (["cnn", "--lr", "nan"], "--lr"),
     (["lr-sweep", "--lrs", "0.1", "inf"], "--lrs"),
@@ -274,6 +283,22 @@ def test_training_options_are_offered_where_they_apply(capsys):
         assert all(p in out for p in present) and not any(a in out for a in absent), name
 
 
+@pytest.mark.parametrize("name", [*EXPERIMENTS, "all"])
+def test_options_left_out_give_the_settings_defaults(name):
+    settings = cli.settings_of(cli.build_parser().parse_args([name]), "the command")
+    assert dataclasses.replace(settings, out=Path(settings.out)) == Settings(command="the command")
+
+
+def test_every_option_sets_the_setting_of_its_name():
+    args = cli.build_parser().parse_args([
+        "all", "--data", "d", "--out", "o", "--seed", "4", "--limit", "9", "--no-download", "--epochs", "3",
+        "--batch-size", "7", "--lrs", "0.1", "0.2", "--sequential", "--lr", "0.5", "--force", "--resume",
+        "--device", "cuda", "--no-progress"])
+    assert cli.settings_of(args, "c") == Settings(
+        data=Path("d"), out="o", epochs=3, seed=4, batch_size=7, limit=9, lr=0.5, lrs=(0.1, 0.2), force=True,
+        resume=True, sequential=True, progress=False, download=False, device="cuda", command="c")
+
+
 def test_export_solution_writes_the_file(tmp_path, capsys):
     rc, out, _ = run_cli(["export-solution", tmp_path / "solution.py"], capsys)
     assert rc == 0 and (tmp_path / "solution.py").stat().st_size > 0
@@ -294,7 +319,7 @@ def test_real_data_smoke(real_data_root, tmp_path, capsys):
     rc, out, _ = run_cli(["lr-sweep", "--data", real_data_root, "--out", tmp_path, "--lrs", "0.01",
                           "--epochs", "1", "--limit", "2000", "--no-progress"], capsys)
     assert rc == 0
-    records = {r.spec.normalization: r for r in map(runs_module.load_record, result_files(tmp_path))}
+    records = {r.spec.normalization: r for r in map(load_record, result_files(tmp_path))}
     assert records[True].final() > 0.6  # one epoch on 2000 normalised images already learns
     assert_png(tmp_path / "lr-sweep" / "validation_accuracy_normalised.png")
 
@@ -303,8 +328,8 @@ def test_lr_sweep_trains_together_by_default_and_alone_with_sequential(small_dat
     common = ["lr-sweep", "--lrs", "0.01", "0.001", "--data", small_data_root, "--epochs", "1", "--no-progress"]
     assert run_cli([*common, "--out", tmp_path / "together"], capsys)[0] == 0
     assert run_cli([*common, "--out", tmp_path / "alone", "--sequential"], capsys)[0] == 0
-    together = {p.name: runs_module.load_record(p) for p in result_files(tmp_path / "together")}
-    alone = {p.name: runs_module.load_record(p) for p in result_files(tmp_path / "alone")}
+    together = {p.name: load_record(p) for p in result_files(tmp_path / "together")}
+    alone = {p.name: load_record(p) for p in result_files(tmp_path / "alone")}
     assert together.keys() == alone.keys() and len(alone) == 4
     for name, r in together.items():
         assert r.trainer.startswith("fit_sweep") and alone[name].trainer == "fit"
@@ -313,19 +338,19 @@ def test_lr_sweep_trains_together_by_default_and_alone_with_sequential(small_dat
 
 
 def test_long_runs_train_with_a_compiled_step(small_data_root, tmp_path, capsys, monkeypatch):
-    assert runs_module.worth_compiling(epochs=2, n_train=500 * 128, batch_size=128)
-    assert not runs_module.worth_compiling(epochs=1, n_train=999 * 128, batch_size=128)
+    assert training.worth_compiling(epochs=2, n_train=500 * 128, batch_size=128)
+    assert not training.worth_compiling(epochs=1, n_train=999 * 128, batch_size=128)
     common = ["lr-sweep", "--sequential", "--lrs", "0.01", "--data", small_data_root, "--epochs", "2",
               "--batch-size", "32", "--no-progress"]
     assert run_cli([*common, "--out", tmp_path / "eager"], capsys)[0] == 0
-    monkeypatch.setattr(runs_module, "COMPILE_MIN_STEPS", 4)  # 2 epochs of 2 steps
+    monkeypatch.setattr(training, "COMPILE_MIN_STEPS", 4)  # 2 epochs of 2 steps
     torch._dynamo.reset()  # no earlier test's graphs count towards the recompile limit
     # one graph for both runs (raw and normalised inputs, same shapes: the second run's new
     # step hits the first one's cache), none recompiled
     with compiles(1):
         assert run_cli([*common, "--out", tmp_path / "compiled"], capsys)[0] == 0
-    eager = {p.name: runs_module.load_record(p) for p in result_files(tmp_path / "eager")}
-    compiled = {p.name: runs_module.load_record(p) for p in result_files(tmp_path / "compiled")}
+    eager = {p.name: load_record(p) for p in result_files(tmp_path / "eager")}
+    compiled = {p.name: load_record(p) for p in result_files(tmp_path / "compiled")}
     assert eager.keys() == compiled.keys() and len(eager) == 2
     for name, r in compiled.items():
         assert r.trainer == "fit (compiled)" and eager[name].trainer == "fit"

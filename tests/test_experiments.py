@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from fn_trainer.app.experiments import EXPERIMENTS, experiment
 from fn_trainer.app.experiments.equivariance import equivariance_maps
-from fn_trainer.app.experiments.runs import RunRecord, RunSpec, finite_logs, runs_table, summary
+from fn_trainer.app.experiments.formatting import runs_table, summary
+from fn_trainer.app.experiments.records import RunRecord, RunSpec, finite_logs
 from fn_trainer.app.plots import Curve, plot_curves, plot_map
 from fn_trainer.app.report import assemble, markdown_table, write_section
 from fn_trainer.core.config import NetworkConfiguration

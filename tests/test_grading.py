@@ -277,7 +277,8 @@ def test_results_go_only_where_the_grader_writes_them(tmp_path):
     ([], "either SUBMISSION.py or --bundle"),
     (["missing.py"], "SUBMISSION.py: 'missing.py' is not a file"),
     (["x.py", "--bundle", "a.zip"], "either SUBMISSION.py or --bundle"),
-    (["{solution}", "--timeout", "0"], "--timeout must be a positive number"),
+    (["{solution}", "--timeout", "0"], "--timeout must be a positive finite number, got 0.0"),
+    (["{solution}", "--timeout", "inf"], "--timeout must be a positive finite number, got inf"),
     (["--bundle", "a.tar"], "--bundle must name a .zip file"),
 ])
 def test_bad_grade_arguments_fail_with_one_line(args, message, tmp_path, capsys, monkeypatch):
@@ -285,6 +286,12 @@ def test_bad_grade_arguments_fail_with_one_line(args, message, tmp_path, capsys,
     assert main(["grade", *[a.format(solution=SOLUTION) for a in args]]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fn-trainer: error: ") and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0, float("inf"), float("nan")])
+def test_grade_refuses_a_timeout_that_is_not_a_positive_finite_number(timeout):
+    with pytest.raises(ValueError, match="timeout must be a positive finite number"):
+        grade(SOLUTION, timeout=timeout)
 
 
 def test_bundle_grades_a_fake_autograder_tree(tmp_path):

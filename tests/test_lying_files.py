@@ -137,7 +137,7 @@ def test_an_unreadable_run_record_is_ignored_with_a_warning(fake_data_root, tmp_
 
 def _record():
     """A valid stored record of a 2-epoch run, as JSON data."""
-    from fn_trainer.app.experiments.runs import RunRecord, RunSpec
+    from fn_trainer.app.experiments.records import RunRecord, RunSpec
 
     spec = RunSpec("mlp", "MLP", "mlp", NetworkConfiguration(dense_hiddens=(8,)), 1e-3, True, 16, 2, 0)
     logs = {"train_accuracy": [0.1, 0.5, 0.6], "validation_accuracy": [0.1, 0.4, 0.5],
@@ -169,7 +169,7 @@ LYING_RECORDS = {
 
 @pytest.mark.parametrize("edit", list(LYING_RECORDS))
 def test_a_record_with_unknown_fields_or_lying_values_is_invalid(edit, tmp_path):
-    from fn_trainer.app.experiments.runs import load_record
+    from fn_trainer.app.experiments.records import load_record
 
     path = tmp_path / "r.json"
     data = _record()
@@ -185,15 +185,15 @@ def test_a_record_with_unknown_fields_or_lying_values_is_invalid(edit, tmp_path)
 
 def test_a_record_that_breaks_the_record_class_is_invalid_not_fatal(tmp_path, monkeypatch):
     """Whatever record_problem misses, building the record must not end the command."""
-    from fn_trainer.app.experiments import runs
+    from fn_trainer.app.experiments import records
 
-    monkeypatch.setattr(runs, "record_problem", lambda data: None)
+    monkeypatch.setattr(records, "record_problem", lambda data: None)
     path = tmp_path / "r.json"
     data = _record()
     data["spec"]["evil"] = 1
     path.write_text(json.dumps(data))
     warnings = []
-    assert runs.load_record(path, warnings.append) is None
+    assert records.load_record(path, warnings.append) is None
     assert len(warnings) == 1 and str(path) in warnings[0] and "evil" in warnings[0]
 
 

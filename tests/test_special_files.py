@@ -10,7 +10,7 @@ import torch
 
 from fn_trainer import adam, build_network, make_evaluate, make_step
 from fn_trainer.app import report
-from fn_trainer.app.experiments.runs import load_record
+from fn_trainer.app.experiments.records import load_record
 from fn_trainer.core.data import DatasetError, load_fashion_mnist, raw_folder
 from fn_trainer.core.paths import NotAFileError, read_regular_file
 from fn_trainer.training.checkpoint import CheckpointError, load_checkpoint

@@ -8,29 +8,37 @@ continued with ``--resume``).
 from __future__ import annotations
 
 import argparse
-import math
+import dataclasses
 import os
 import shlex
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
-from ..core.config import HOMEWORK_SEED
-from .experiments import EXPERIMENTS
+from ..core.checks import check_positive_float, check_positive_int, check_seed
+from . import PROG
+from .experiments import EXPERIMENTS, Experiment
+from .experiments.context import Context, Settings
 
-PROG = "fn-trainer"
-DEFAULT_SEED = HOMEWORK_SEED
-DEFAULT_LR = 1e-4
-DEFAULT_LRS = (0.01, 1e-4, 1e-8)
-HELP = {
-    "equivariance": "Q1: a conv-only model's equivariance to shifts and 90° rotations (four figures).",
-    "lr-sweep": "Q2: MLP 256-256 with learning rates x normalisation off/on (batch 128).",
-    "depth": "Q3: MLP 256-256 against a deep 64-unit MLP of solved depth (batch 128).",
-    "cnn": "Q4: CNN (16,32,45) with a solved kernel size against the MLP (batch 128).",
-    "cnn-shapes": "Q5: question 4's CNN, a deep 1x1-kernel CNN and a shallow 28x28-kernel CNN (batch 256).",
-    "all": f"Every experiment ({', '.join(EXPERIMENTS)}), in order, into one report.",
-}
-TRAINING = (*(name for name in EXPERIMENTS if name != "equivariance"), "all")  # the commands that train
+ALL = "all"  # the command that runs every experiment
+DEFAULTS = Settings()  # an option that sets a field of Settings has the field's default
+MIN_LIMIT = 2  # training samples: normalisation estimates a standard deviation from them
+
+
+def _help(experiment: Experiment) -> str:
+    batch = "" if experiment.batch_size is None else f" (batch {experiment.batch_size})"
+    return f"{experiment.summary}{batch}."
+
+
+def _listing(names: Sequence[str]) -> str:
+    """``"a, b and c"``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+HELP = {**{name: _help(e) for name, e in EXPERIMENTS.items()},
+        ALL: f"Every experiment ({', '.join(EXPERIMENTS)}), in order, into one report."}
+TRAINED = {name: e for name, e in EXPERIMENTS.items() if e.batch_size is not None}  # the experiments that train
+TRAINING = (*TRAINED, ALL)  # the commands that train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,13 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", type=Path, default=Path("data"), metavar="DIR",
+    p.add_argument("--data", type=Path, default=DEFAULTS.data, metavar="DIR",
                    help="torchvision root of Fashion-MNIST (FashionMNIST/raw/*); downloaded there "
                         "when missing and online (default: %(default)s)")
     # str, not Path: Path("") is ".", and an empty --out must be refused, not taken as "."
-    p.add_argument("--out", default="results", metavar="DIR",
+    p.add_argument("--out", default=str(DEFAULTS.out), metavar="DIR",
                    help="output folder for logs, figures and report.md (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed,
                    help="seed of every initialisation (default: %(default)s)")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="use only the first N training samples (default: all)")
@@ -70,24 +78,27 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_training(p: argparse.ArgumentParser, name: str) -> None:
-    p.add_argument("--epochs", type=int, default=50, help="epochs per run (default: %(default)s)")
+    """The training options of command ``name``; ``--lrs`` and ``--lr`` where its experiments use them."""
+    runs = TRAINED.values() if name == ALL else [TRAINED[name]]
+    p.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="epochs per run (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
-                   help="minibatch size (default: 128 for lr-sweep, depth and cnn; 256 for cnn-shapes)")
-    if name in ("lr-sweep", "all"):
-        p.add_argument("--lrs", type=float, nargs="+", default=list(DEFAULT_LRS), metavar="LR",
+                   help=f"minibatch size (default: {_batch_sizes()})")
+    if any(e.sweep for e in runs):
+        p.add_argument("--lrs", type=float, nargs="+", default=list(DEFAULTS.lrs), metavar="LR",
                        help="learning rates of the sweep (default: %(default)s)")
         p.add_argument("--sequential", action="store_true",
                        help="train the sweep's learning rates one after the other with plain fit "
                             "instead of together in one vmapped step")
-    if name != "lr-sweep":
-        p.add_argument("--lr", type=float, default=DEFAULT_LR,
-                       help="learning rate of depth, cnn and cnn-shapes (default: %(default)s, the "
-                            "homework Trainer's default)")
+    if not all(e.sweep for e in runs):
+        single = [n for n, e in TRAINED.items() if not e.sweep]
+        p.add_argument("--lr", type=float, default=DEFAULTS.lr,
+                       help=f"learning rate of {_listing(single)} (default: %(default)s, the homework "
+                            "Trainer's default)")
     p.add_argument("--force", action="store_true", help="rerun runs whose results already exist")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from its checkpoint instead of restarting it "
                         "(runs trained one by one; a vmapped lr sweep restarts its group)")
-    p.add_argument("--device", default="cpu", help="torch device to train on (default: %(default)s)")
+    p.add_argument("--device", default=DEFAULTS.device, help="torch device to train on (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads for torch, at most the machine's CPU count (default: torch's "
                         "choice); 1 is much faster on a busy machine, where more threads wait for each other")
@@ -97,30 +108,27 @@ def _add_training(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
-def _check_int(option: str, value: Optional[int], minimum: int) -> None:
-    if value is not None and value < minimum:
-        raise ValueError(f"{option} must be an integer >= {minimum}, got {value}")
-
-
-def _check_lr(option: str, value: float) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{option} must be a positive finite number, got {value}")
+def _batch_sizes() -> str:
+    """Each experiment's default batch size: ``"128 for lr-sweep, depth and cnn; 256 for cnn-shapes"``."""
+    names: Dict[int, List[str]] = {}
+    for name, e in TRAINED.items():
+        names.setdefault(e.batch_size, []).append(name)
+    return "; ".join(f"{size} for {_listing(group)}" for size, group in names.items())
 
 
 def validate(args: argparse.Namespace) -> None:
     """Raise ``ValueError`` naming the option for any out-of-range value; create ``--out``."""
-    from ..core.checks import check_seed
     from ..core.paths import ensure_writable_dir
 
     check_seed("--seed", args.seed)
-    # Two samples at least: normalisation estimates a standard deviation from them.
-    _check_int("--limit", args.limit, 2)
-    _check_int("--epochs", getattr(args, "epochs", None), 0)
-    _check_int("--batch-size", getattr(args, "batch_size", None), 1)
+    for option, value, minimum in (("--limit", args.limit, MIN_LIMIT), ("--epochs", getattr(args, "epochs", None), 0),
+                                   ("--batch-size", getattr(args, "batch_size", None), 1)):
+        if value is not None:  # None: not given (all samples, the experiment's batch size) or not offered here
+            check_positive_int(option, value, minimum=minimum)
     if hasattr(args, "lr"):
-        _check_lr("--lr", args.lr)
+        check_positive_float("--lr", args.lr)
     for lr in getattr(args, "lrs", ()):
-        _check_lr("--lrs", lr)
+        check_positive_float("--lrs", lr)
     if hasattr(args, "device"):
         _check_device(args.device)
     _check_threads(getattr(args, "threads", None))
@@ -171,24 +179,20 @@ def _check_device(name: str) -> None:
             raise ValueError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA devices")
 
 
-def settings_of(args: argparse.Namespace, command: str):
-    """The experiments' ``Settings`` from parsed arguments."""
-    from .experiments.runs import Settings
-
-    return Settings(
-        data=args.data, out=args.out, epochs=getattr(args, "epochs", 0), seed=args.seed,
-        batch_size=getattr(args, "batch_size", None), limit=args.limit,
-        lr=getattr(args, "lr", DEFAULT_LR), lrs=tuple(getattr(args, "lrs", DEFAULT_LRS)),
-        force=getattr(args, "force", False), resume=getattr(args, "resume", False),
-        sequential=getattr(args, "sequential", False), progress=getattr(args, "progress", True),
-        download=args.download, device=getattr(args, "device", "cpu"), command=command,
-    )
+def settings_of(args: argparse.Namespace, command: str) -> Settings:
+    """The experiments' ``Settings`` from parsed arguments: each option sets the field of
+    its name, a field without an option in this subcommand keeps its default, and
+    ``command`` is the whole command line (``args.command`` is only the subcommand)."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
+             if f.name != "command" and hasattr(args, f.name)}
+    if "lrs" in given:
+        given["lrs"] = tuple(given["lrs"])
+    return Settings(**given, command=command)
 
 
 def run_experiments(args: argparse.Namespace, command: str) -> int:
     from ..speed.denormals import denormals_flushed, flush_denormals
     from .experiments import experiment
-    from .experiments.runs import Context
     from .report import REPORT_FILE
 
     validate(args)
@@ -198,7 +202,7 @@ def run_experiments(args: argparse.Namespace, command: str) -> int:
         torch.set_num_threads(args.threads)
     ctx = Context(settings_of(args, command),
                   warn=lambda line: print(f"{PROG}: warning: {line}", file=sys.stderr, flush=True))
-    names = list(EXPERIMENTS) if args.command == "all" else [args.command]
+    names = list(EXPERIMENTS) if args.command == ALL else [args.command]
     flushed_before = denormals_flushed()
     flush_denormals(getattr(args, "flush_denormals", True))  # after --threads: it sets the threads in use
     try:

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 from ...core.config import NetworkConfiguration
+from ..report import markdown_table
 from ..solve import (
     REFERENCE_MLP,
+    TOLERANCE,
     Solution,
     fixed_solution,
     reference_budget,
@@ -13,7 +16,8 @@ from ..solve import (
     solve_cnn_kernel,
     solve_mlp_depth,
 )
-from .runs import RunSpec, fmt_lr, network_label
+from .formatting import fmt_lr, network_label
+from .records import RunSpec
 
 
 @dataclass(frozen=True)
@@ -78,3 +82,14 @@ def shallow_cnn() -> Architecture:
     s = solve_cnn_channels(28, (256, 256))
     return _from(s, f"cnn-{s.value}-k28", f"shallow CNN {s.value}ch k=28", "cnn",
                  f"{s.value} channels solved")
+
+
+def params_table(archs: Sequence[Architecture]) -> str:
+    """Parameter count of each network and its difference to the reference MLP."""
+    reference = reference_mlp()
+    rows = [[a.title, a.network_type, f"{a.n_params:,}", f"{a.difference:+,}",
+             "yes" if abs(a.difference) <= TOLERANCE else "no", a.solved] for a in archs]
+    return (f"Reference: {reference.title}, {reference.n_params:,} parameters; \"about the same\" means within "
+            f"{TOLERANCE:,}.\n\n" + markdown_table(
+                ["network", "type", "parameters", "difference to reference", f"within {TOLERANCE:,}", "size"],
+                rows))

@@ -18,9 +18,12 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ...core.networks import init_params
+from . import experiment_name
 
-NAME = "equivariance"
+NAME = experiment_name(__name__)
 MAX_DRAWS = 100
+SHIFT = 5  # pixels right and down; also the border left out of the interior
+RELATIVE_ZERO = 1e-6  # an interior difference below this fraction of the mean feature is zero (float precision)
 FIGURES = {
     "image": ("original.png", "Original image (first training image, pixels / 255)", "pixel value", "gray"),
     "features": ("features.png", "Output of the conv-only model f(x)", "activation", "viridis"),
@@ -31,7 +34,7 @@ FIGURES = {
 }
 
 
-def equivariance_maps(image: Tensor, seed: int, shift: int = 5) -> Dict[str, Any]:
+def equivariance_maps(image: Tensor, seed: int, shift: int = SHIFT) -> Dict[str, Any]:
     """Feature map and equivariance errors of the homework's conv-only model on ``image``.
 
     ``image``: ``(H, W)``, ``(1, H, W)`` or ``(1, 1, H, W)`` floats (pixels / 255). The
@@ -90,12 +93,12 @@ def equivariance_maps(image: Tensor, seed: int, shift: int = 5) -> Dict[str, Any
     return out
 
 
-def run(ctx, shift: int = 5) -> Dict[str, Any]:
+def run(ctx, shift: int = SHIFT) -> Dict[str, Any]:
     """Figures, ``equivariance.json`` and the report section for the first training image."""
     # Imported here so that equivariance_maps needs only torch and torchvision.
     from ..plots import plot_map
     from ..report import write_section
-    from .runs import write_json
+    from .records import write_json
 
     folder = ctx.folder(NAME)
     result = equivariance_maps(ctx.splits.train.X[0] / 255.0, ctx.settings.seed, shift)
@@ -121,7 +124,7 @@ def section(ctx, stats: Dict[str, Any], shape, shift: int) -> str:
              f"{stats[f'{key}_interior_mean']:.3g}", f"{stats[f'{key}_interior_max']:.3g}"]
             for name, key in ((f"shift by ({shift}, {shift}) px", "shift"), ("rotation by 90°", "rotation"))]
     equivariant = [name for name, key in (("shift", "shift"), ("90° rotation", "rotation"))
-                   if stats[f"{key}_interior_max"] <= 1e-6 * max(stats["feature_interior_mean"], 1e-12)]
+                   if stats[f"{key}_interior_max"] <= RELATIVE_ZERO * max(stats["feature_interior_mean"], 1e-12)]
     verdict = (f"Interior differences are zero (to float precision) for: {', '.join(equivariant)}."
                if equivariant else "No transformation gives zero interior differences.")
     draws = "" if stats["draws"] == 1 else f" (draw {stats['draws']}: the earlier draws gave an all-zero feature map)"

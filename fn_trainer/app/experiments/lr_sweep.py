@@ -1,20 +1,19 @@
 """Question 2: MLP 256-256 trained with each learning rate, without and with normalisation."""
 from __future__ import annotations
 
-import time
-from typing import List, Tuple
+from typing import List
 
-from ...core.networks import build_network
-from ...speed import inductor_apply
-from ...training.fit import FitResult
 from ..plots import plot_curves
 from ..report import image, write_section
+from . import EXPERIMENTS, experiment_name
 from .architectures import reference_mlp
-from .common import curves, header
-from .runs import N_CLASSES, Context, RunRecord, RunSpec, execute, fmt_lr, runs_table, worth_compiling
+from .context import Context
+from .figures import ACCURACY_YLIM, curves
+from .formatting import fmt_lr, header, runs_table
+from .records import RunRecord
+from .training import execute, train_together
 
-NAME = "lr-sweep"
-BATCH_SIZE = 128
+NAME = experiment_name(__name__)
 TARGET = 0.80  # the homework: the best pair should pass 80% validation accuracy
 
 
@@ -22,7 +21,7 @@ def run(ctx: Context) -> List[RunRecord]:
     """Train one run per (lr, normalisation); figures, table and report section."""
     s = ctx.settings
     arch = reference_mlp()
-    batch_size = s.batch_size or BATCH_SIZE
+    batch_size = s.batch_size or EXPERIMENTS[NAME].batch_size
     folder = ctx.folder(NAME)
     records: List[RunRecord] = []
     parts = header("2. Learning rate and normalisation", ctx)
@@ -32,17 +31,17 @@ def run(ctx: Context) -> List[RunRecord]:
     for normalization in (False, True):
         specs = [arch.spec(lr=lr, normalization=normalization, batch_size=batch_size, epochs=s.epochs,
                            seed=s.seed, label=f"lr={fmt_lr(lr)}") for lr in s.lrs]
-        group = execute(ctx, specs, train_group=None if s.sequential else sweep_trainer())
+        group = execute(ctx, specs, train_group=None if s.sequential else train_together)
         records += group
         word = "normalised" if normalization else "raw"
         path = plot_curves(
             curves(group, "validation_accuracy"), folder / f"validation_accuracy_{word}.png",
             title=f"Validation accuracy, {arch.label}\n{'with' if normalization else 'without'} "
                   f"normalisation, batch {batch_size}",
-            ylabel="validation accuracy", ylim=(0.0, 1.02))
+            ylabel="validation accuracy", ylim=ACCURACY_YLIM)
         parts += [image(NAME, path.name, f"validation accuracy, {word} inputs"), ""]
     parts += [runs_table(records), "", best_pair(records)]
-    if any(r.trainer.startswith("fit_sweep") for r in records):
+    if any(r.trained_together for r in records):
         parts += ["", "Runs with a \"shared\" wall time were trained together, one vmapped step for all "
                       "learning rates of a normalisation setting; the time is the group's."]
     write_section(ctx.out, NAME, "\n".join(parts), ctx.warn)
@@ -60,27 +59,3 @@ def best_pair(records: List[RunRecord]) -> str:
             f"best validation accuracy {acc:.4f} (epoch {epoch}), final {r.final():.4f}; "
             f"above {TARGET:.0%}: {'yes' if acc > TARGET else 'no'}.")
 
-
-def sweep_trainer():
-    """``train_group`` for ``execute`` training all pending learning rates in one vmapped
-    step with ``fn_trainer.training.population.fit_sweep``, or ``None`` where it is not available."""
-    try:
-        from ...training.population import fit_sweep
-    except ImportError:
-        return None
-
-    def train_group(ctx: Context, specs: List[RunSpec]) -> List[Tuple[FitResult, float, str]]:
-        first = specs[0]
-        network = build_network(first.network_type, first.config)
-        train, valid = ctx.data(first.normalization)
-        compiled = worth_compiling(first.epochs, train[0].shape[0], first.batch_size)
-        start = time.perf_counter()
-        results = fit_sweep(network, [sp.lr for sp in specs], train, valid, epochs=first.epochs,
-                            batch_size=first.batch_size, seed=first.seed, n_classes=N_CLASSES,
-                            progress=ctx.settings.progress, compile=compiled,
-                            compiled_apply=inductor_apply(network) if compiled else None,
-                            desc=f"{first.name.split('-lr')[0]} x{len(specs)} lrs")
-        wall = time.perf_counter() - start
-        return [(r, wall, f"fit_sweep ({len(specs)} learning rates together)") for r in results]
-
-    return train_group

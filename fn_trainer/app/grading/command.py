@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import math
 import signal
 import threading
 from pathlib import Path
 
+from ...core.checks import check_positive_float
 from .limits import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT
 
 HELP = "Grade a student's solution.py (section 1, 35 points) into Gradescope's results.json."
@@ -38,8 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
         print(write_bundle(args.bundle))
         return 0
-    if not (math.isfinite(args.timeout) and args.timeout > 0):
-        raise ValueError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    check_positive_float("--timeout", args.timeout)
     if not args.submission.is_file():
         raise ValueError(f"SUBMISSION.py: {str(args.submission)!r} is not a file")
     try:

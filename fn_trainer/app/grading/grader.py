@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from ...core.checks import check_positive_float
 from .limits import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, START_ALLOWANCE
 from .probe import encode
 from .questions import QUESTIONS, Mismatch, interface_report, run_part
@@ -98,8 +99,7 @@ def grade(submission: os.PathLike, timeout: float = DEFAULT_TIMEOUT,
     path = Path(submission)
     if not path.is_file():
         raise ValueError(f"submission {str(path)!r} is not a file")
-    if not (isinstance(timeout, (int, float)) and timeout > 0):
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    timeout = check_positive_float("timeout", timeout)
     start = time.monotonic()
     process = Submission(path, memory_mb, allow_reference)
     session = Session(process, timeout)

@@ -1,0 +1,99 @@
+"""What every experiment of a command shares: the command line's settings and the data,
+loaded once and normalised on demand."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+
+from ...core.config import HOMEWORK_SEED
+from ...core.data import Split, Splits, load_fashion_mnist, normalize
+from ...core.paths import safe_path
+from .. import PROG
+from ..report import print_warning
+
+FINGERPRINT_IMAGES = 64  # the first training images hashed into the data's fingerprint
+FINGERPRINT_DIGITS = 16  # hex digits of the fingerprint kept
+
+
+@dataclass
+class Settings:
+    """What the command line gives every experiment; the command line's defaults are these."""
+
+    data: Path = Path("data")
+    out: Path = Path("results")
+    epochs: int = 50
+    seed: int = HOMEWORK_SEED
+    batch_size: Optional[int] = None  # None: the experiment's own default
+    limit: Optional[int] = None  # first ``limit`` training samples only
+    lr: float = 1e-4  # the homework Trainer's default, for questions 3-5
+    lrs: Tuple[float, ...] = (0.01, 1e-4, 1e-8)
+    force: bool = False
+    resume: bool = False
+    sequential: bool = False
+    progress: bool = True
+    download: bool = True
+    device: str = "cpu"
+    command: str = PROG
+
+
+class Context:
+    """Settings plus the data, loaded once and shared by every run of a command."""
+
+    def __init__(self, settings: Settings, echo: Optional[Callable[[str], None]] = None,
+                 warn: Optional[Callable[[str], None]] = None):
+        self.settings = settings
+        # Flushed at once: a run's summary line must reach a log file as the run ends.
+        self.echo = echo or (lambda line: print(line, flush=True))
+        self.warn = warn or print_warning
+        self._splits: Optional[Splits] = None
+        self._prepared: Dict[bool, Tuple[Split, Split]] = {}
+        self._fingerprint: Optional[str] = None
+
+    @property
+    def out(self) -> Path:
+        return Path(self.settings.out)
+
+    def folder(self, name: str) -> Path:
+        """``<out>/<name>``, created."""
+        path = safe_path(self.out, name)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def splits(self) -> Splits:
+        """Train (first ``limit`` samples), validation and test splits, raw 0-255 pixels."""
+        if self._splits is None:
+            s = load_fashion_mnist(self.settings.data, download=self.settings.download)
+            if self.settings.limit is not None:
+                s = Splits(Split(s.train.X[:self.settings.limit], s.train.y[:self.settings.limit]),
+                           s.valid, s.test)
+            self._splits = s
+        return self._splits
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the data (training set size, labels and first images, validation
+        labels): results from other data never count as done."""
+        if self._fingerprint is None:
+            train = self.splits.train
+            h = hashlib.sha256(repr(tuple(train.X.shape)).encode())
+            h.update(train.y.numpy().tobytes())
+            h.update(train.X[:FINGERPRINT_IMAGES].numpy().tobytes())
+            h.update(self.splits.valid.y.numpy().tobytes())
+            self._fingerprint = h.hexdigest()[:FINGERPRINT_DIGITS]
+        return self._fingerprint
+
+    def data(self, normalization: bool) -> Tuple[Split, Split]:
+        """``(train, valid)``, normalised with the training statistics if asked, on the device."""
+        if normalization not in self._prepared:
+            s = self.splits
+            train, valid = s.train, s.valid
+            if normalization:
+                train, valid, _ = normalize(s.train, s.valid, s.test)
+            device = torch.device(self.settings.device)
+            self._prepared[normalization] = tuple(Split(X.to(device), y.to(device)) for X, y in (train, valid))
+        return self._prepared[normalization]

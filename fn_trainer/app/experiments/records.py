@@ -1,0 +1,161 @@
+"""What a run is and where its result lives: a rerun with the same configuration reuses
+the stored result.
+
+A run's result is ``<out>/runs/<name>-<hash>.json``, where ``hash`` covers everything
+that changes the result (architecture, learning rate, normalisation, batch size,
+epochs, seed and a fingerprint of the training data), so experiments that share a run
+(the reference MLP appears in three questions) train it once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from ...core.config import NetworkConfiguration
+from ...core.paths import read_regular_file, safe_path, write_text
+from .context import Context
+from .record_checks import record_problem
+
+RUNS_DIR = "runs"
+HASH_DIGITS = 12  # of a run's configuration hash, in its file names
+SWEEP_TRAINER = "fit_sweep"  # how runs trained together in one vmapped step begin their ``trainer``
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run. ``name`` names its files; ``label`` names it in figures."""
+
+    name: str
+    label: str
+    network_type: str
+    config: NetworkConfiguration
+    lr: float
+    normalization: bool
+    batch_size: int
+    epochs: int
+    seed: int
+
+    def identity(self, data_fingerprint: str) -> Dict[str, Any]:
+        """Everything the result depends on (not the name or label)."""
+        return {
+            "network_type": self.network_type, "config": self.config._asdict(),
+            "lr": self.lr, "normalization": self.normalization, "batch_size": self.batch_size,
+            "epochs": self.epochs, "seed": self.seed, "activation": "relu", "optimizer": "adam",
+            "data": data_fingerprint,
+        }
+
+    def config_hash(self, data_fingerprint: str) -> str:
+        """First ``HASH_DIGITS`` hex digits of the SHA-256 of ``identity`` as canonical JSON."""
+        text = json.dumps(self.identity(data_fingerprint), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:HASH_DIGITS]
+
+
+@dataclass
+class RunRecord:
+    """A finished run as stored on disk. ``logs`` follow ``fn_trainer.training.loop.LOG_KEYS``
+    (non-finite values stored as ``None``); ``diverged`` is ``None`` or the reason."""
+
+    spec: RunSpec
+    config_hash: str
+    n_params: int
+    logs: Dict[str, List[Optional[float]]]
+    diverged: Optional[str]
+    wall_time_s: float
+    trainer: str = "fit"
+    path: Optional[Path] = field(default=None, compare=False)
+
+    def curve(self, key: str) -> List[Optional[float]]:
+        return list(self.logs.get(key, []))
+
+    def final(self, key: str = "validation_accuracy") -> Optional[float]:
+        values = self.curve(key)
+        return values[-1] if values else None
+
+    def best(self, key: str = "validation_accuracy") -> Tuple[Optional[float], Optional[int]]:
+        """Highest finite value of ``logs[key]`` and its epoch (index; 0 = before training)."""
+        finite = [(v, i) for i, v in enumerate(self.curve(key)) if v is not None]
+        if not finite:
+            return None, None
+        v, i = max(finite, key=lambda t: (t[0], -t[1]))
+        return v, i
+
+    @property
+    def trained_together(self) -> bool:
+        """Whether the run shared one vmapped step with others: ``wall_time_s`` is the group's."""
+        return self.trainer.startswith(SWEEP_TRAINER)
+
+    def to_json(self) -> Dict[str, Any]:
+        spec = dataclasses.asdict(self.spec)
+        spec["config"] = self.spec.config._asdict()
+        return {"spec": spec, "config_hash": self.config_hash, "n_params": self.n_params,
+                "logs": self.logs, "diverged": self.diverged, "wall_time_s": self.wall_time_s,
+                "trainer": self.trainer}
+
+    @classmethod
+    def from_json(cls, data: Dict[str, Any], path: Optional[Path] = None) -> "RunRecord":
+        spec = dict(data["spec"])
+        spec["config"] = NetworkConfiguration(**{k: tuple(v) for k, v in spec["config"].items()})
+        return cls(RunSpec(**spec), data["config_hash"], data["n_params"], data["logs"],
+                   data["diverged"], data["wall_time_s"], data.get("trainer", "fit"), path)
+
+
+def finite_logs(logs: Dict[str, Sequence[float]]) -> Dict[str, List[Optional[float]]]:
+    """Logs with NaN/inf replaced by ``None`` (JSON has no NaN)."""
+    return {k: [float(v) if math.isfinite(v) else None for v in vs] for k, vs in logs.items()}
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` to ``path`` atomically (strict JSON: no NaN)."""
+    write_text(path, json.dumps(data, indent=1, allow_nan=False))
+
+
+def result_path(ctx: Context, spec: RunSpec) -> Path:
+    """``<out>/runs/<name>-<hash>.json``."""
+    return _run_file(ctx, spec, ".json")
+
+
+def checkpoint_path(ctx: Context, spec: RunSpec) -> Path:
+    """``<out>/runs/<name>-<hash>.checkpoint.pt``: the unfinished run, continued with ``--resume``."""
+    return _run_file(ctx, spec, ".checkpoint.pt")
+
+
+def _run_file(ctx: Context, spec: RunSpec, suffix: str) -> Path:
+    return safe_path(ctx.folder(RUNS_DIR), f"{spec.name}-{spec.config_hash(ctx.fingerprint)}{suffix}")
+
+
+def stored_record(ctx: Context, spec: RunSpec) -> Optional[RunRecord]:
+    """``spec``'s stored record if one exists for its configuration and data, else ``None``
+    (``ctx.warn`` is told why a present file was ignored)."""
+    stored = load_record(result_path(ctx, spec), ctx.warn)
+    if stored is None or stored.config_hash != spec.config_hash(ctx.fingerprint):
+        return None
+    stored.spec = spec  # the label may have been reworded since
+    return stored
+
+
+def load_record(path: Path, warn: Optional[Callable[[str], None]] = None) -> Optional[RunRecord]:
+    """The stored record at ``path``, or ``None`` if it is absent, unreadable or invalid
+    (then the run is trained again); ``warn`` is told why a present file was ignored."""
+    try:
+        # No link (records are written by write_atomically, never as links) and nothing
+        # but a regular file: a FIFO there would block the command forever.
+        data = json.loads(read_regular_file(path, follow_links=False).decode("utf-8"))
+        problem = record_problem(data)
+        if problem is not None:
+            raise ValueError(problem)
+        return RunRecord.from_json(data, path)
+    except FileNotFoundError:
+        return None
+    # JSONDecodeError and UnicodeDecodeError are ValueErrors; the structural errors are a
+    # second line of defence behind record_problem: whatever the file holds, it is invalid,
+    # never the end of the command.
+    except (OSError, ValueError, RecursionError, TypeError, KeyError, AttributeError) as e:
+        if warn is not None:
+            reason = " ".join(str(e).split()) or type(e).__name__
+            warn(f"ignoring the run record {path}: {reason}; it is trained again")
+        return None

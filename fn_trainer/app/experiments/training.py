@@ -1,0 +1,126 @@
+"""Training the runs of an experiment: each one alone with ``fit``, or a group together
+in one vmapped step with ``fit_sweep``; a stored result is reused instead (unless
+``--force``), and a fresh one is stored as soon as it exists."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from ...core.data import N_CLASSES
+from ...core.evaluate import make_evaluate
+from ...core.networks import build_network
+from ...core.optim import adam
+from ...core.step import make_step
+from ...speed import inductor_apply
+from ...training.compiled import compile_step
+from ...training.fit import FitResult, fit
+from ...training.population import fit_sweep
+from .context import Context
+from .formatting import summary
+from .records import (
+    SWEEP_TRAINER,
+    RunRecord,
+    RunSpec,
+    checkpoint_path,
+    finite_logs,
+    result_path,
+    stored_record,
+    write_json,
+)
+
+# Compiling a step costs 2-3 s (MLP) or 7-8 s (CNN) with a warm Inductor cache and 15 s or
+# 32 s cold, and saves about 1.8 ms of every MLP step and 10 ms of every CNN step (python -m
+# benchmarks.epoch: compiled against eager). It pays for itself after about 800 CNN or
+# 1,700 MLP steps with a warm cache, 3,200 or 8,600 from a cold one; one threshold for both
+# sits in between.
+COMPILE_MIN_STEPS = 1000
+
+Trained = Tuple[FitResult, float, str]  # the result, its wall time (s), how it was trained
+GroupTrainer = Callable[[Context, List[RunSpec]], List[Trained]]
+
+
+def worth_compiling(epochs: int, n_train: int, batch_size: int) -> bool:
+    """Whether a run of ``epochs`` epochs over ``n_train`` samples has ``COMPILE_MIN_STEPS`` steps."""
+    return epochs * math.ceil(n_train / batch_size) >= COMPILE_MIN_STEPS
+
+
+def execute(ctx: Context, specs: Sequence[RunSpec], train_group: Optional[GroupTrainer] = None) -> List[RunRecord]:
+    """Records for ``specs``, in order: stored ones unless ``force``, the others trained.
+
+    ``train_group(ctx, pending) -> [(FitResult, wall_time_s, trainer_name)]`` trains the
+    pending runs together (e.g. ``train_together``); by default each is trained alone
+    with ``train_one``. Each record is written as soon as it exists.
+    """
+    records: Dict[int, RunRecord] = {}
+    pending: List[int] = []
+    for i, spec in enumerate(specs):
+        stored = None if ctx.settings.force else stored_record(ctx, spec)
+        if stored is not None:
+            records[i] = stored
+            ctx.echo(summary(stored, skipped=True))
+        else:
+            pending.append(i)
+    if pending and train_group is not None:
+        results = train_group(ctx, [specs[i] for i in pending])
+        for i, (result, wall, trainer) in zip(pending, results):
+            records[i] = store(ctx, specs[i], result, wall, trainer)
+    else:
+        for i in pending:
+            result, wall, trainer = train_one(ctx, specs[i])
+            records[i] = store(ctx, specs[i], result, wall, trainer)
+    return [records[i] for i in range(len(specs))]
+
+
+def train_one(ctx: Context, spec: RunSpec) -> Trained:
+    """Train ``spec`` with ``fit`` from parameters initialised by ``spec.seed``, writing a
+    checkpoint every epoch (continued with ``--resume`` after an interruption); the step
+    is compiled when the run is long enough to repay it. Returns the result, the wall
+    time and how it was trained (``"fit"`` or ``"fit (compiled)"``)."""
+    net = build_network(spec.network_type, spec.config, n_classes=N_CLASSES)
+    device = torch.device(ctx.settings.device)
+    params = {k: v.to(device) for k, v in net.init(spec.seed).items()}
+    optimizer = adam(spec.lr)
+    train, valid = ctx.data(spec.normalization)
+    step = make_step(net.apply, optimizer)
+    compiled = worth_compiling(spec.epochs, train[0].shape[0], spec.batch_size)
+    if compiled:  # the forward written for Inductor; the odd last minibatch runs the plain one
+        step = compile_step(make_step(inductor_apply(net), optimizer), eager=step)
+    start = time.perf_counter()
+    result = fit(step, make_evaluate(net.apply), params, optimizer.init(params),
+                 train, valid, epochs=spec.epochs, batch_size=spec.batch_size, n_classes=N_CLASSES,
+                 seed=spec.seed, progress=ctx.settings.progress, desc=spec.name,
+                 checkpoint=checkpoint_path(ctx, spec), resume=ctx.settings.resume,
+                 config=spec.identity(ctx.fingerprint))
+    return result, time.perf_counter() - start, "fit (compiled)" if compiled else "fit"
+
+
+def train_together(ctx: Context, specs: List[RunSpec]) -> List[Trained]:
+    """A ``train_group`` for ``execute``: runs that differ only in their learning rate,
+    trained in one vmapped step with ``fit_sweep`` (compiled when long enough); the
+    wall time is the group's."""
+    first = specs[0]
+    network = build_network(first.network_type, first.config)
+    train, valid = ctx.data(first.normalization)
+    compiled = worth_compiling(first.epochs, train[0].shape[0], first.batch_size)
+    start = time.perf_counter()
+    results = fit_sweep(network, [sp.lr for sp in specs], train, valid, epochs=first.epochs,
+                        batch_size=first.batch_size, seed=first.seed, n_classes=N_CLASSES,
+                        progress=ctx.settings.progress, compile=compiled,
+                        compiled_apply=inductor_apply(network) if compiled else None,
+                        desc=f"{first.name.split('-lr')[0]} x{len(specs)} lrs")
+    wall = time.perf_counter() - start
+    return [(r, wall, f"{SWEEP_TRAINER} ({len(specs)} learning rates together)") for r in results]
+
+
+def store(ctx: Context, spec: RunSpec, result: FitResult, wall_time_s: float, trainer: str) -> RunRecord:
+    """Write the run's record to its result file and print its summary line."""
+    n_params = sum(int(v.numel()) for v in result.params.values())
+    record = RunRecord(spec, spec.config_hash(ctx.fingerprint), n_params, finite_logs(result.logs),
+                       result.diverged, wall_time_s, trainer, result_path(ctx, spec))
+    write_json(record.path, record.to_json())
+    checkpoint_path(ctx, spec).unlink(missing_ok=True)
+    ctx.echo(summary(record))
+    return record
