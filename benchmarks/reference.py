@@ -11,7 +11,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from fn_trainer import NetworkConfiguration, accuracy, activation, cross_entropy, global_norm
+from fn_trainer import NetworkConfiguration, accuracy, cross_entropy, global_norm
+from fn_trainer.core.networks import activation
 from fn_trainer.core.networks import cnn, mlp
 
 

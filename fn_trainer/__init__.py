@@ -1,37 +1,43 @@
 """fn_trainer: train small image classifiers the functional way, with ``torch.func``.
 
 Networks are architectures applied to plain parameter dicts; training is a pure
-``step(params, opt_state, batch) -> (params, opt_state, metrics)``.
+``step(params, opt_state, batch) -> (params, opt_state, metrics)``. The entry points a
+user calls are re-exported here, grouped as below; everything else lives in the layer
+that defines it: ``fn_trainer.core`` (the functional core), ``fn_trainer.training``
+(loops, populations, checkpoints, compilation), ``fn_trainer.speed`` (speed-only code
+chosen explicitly) and ``fn_trainer.app`` (the command line, experiments, grading).
 """
+# networks: architectures applied to parameter dicts
 from .core.config import NetworkConfiguration
-from .core.data import DatasetError, Split, Splits, load_fashion_mnist, normalize, standardizer
+from .core.networks import Network, build_network, count_parameters
+
+# the pure step: loss, optimizer, gradients
+from .core.losses import accuracy, cross_entropy, one_hot
+from .core.optim import AdamState, adam
+from .core.step import make_step
+
+# diagnostics through torch.func
 from .core.diagnostics import global_norm, gradient_norm, jacobian_norm, per_example_grad_norms
+
+# data
+from .core.data import DatasetError, load_fashion_mnist, normalize
+
+# training: one model, or a population in one vmapped step
 from .core.evaluate import make_evaluate
-from .core.losses import EPSILON, accuracy, cross_entropy, one_hot
-from .core.networks import (
-                       Network,
-                       activation,
-                       build_network,
-                       cnn,
-                       count_parameters,
-                       init_params,
-                       mlp,
-                       params_of,
-)
-from .core.optim import AdamState, Optimizer, adam
-from .core.step import make_objective, make_step
-from .speed.denormals import denormals_flushed, flush_denormals
 from .training.checkpoint import CheckpointError
-from .training.compiled import compile_step, multi_step
+from .training.compiled import compile_step
 from .training.fit import FitResult, fit
 from .training.population import Member, fit_population, fit_sweep
 
+# speed, always asked for: subnormal floats flushed to zero for long CPU training
+from .speed.denormals import flush_denormals
+
 __all__ = [
-    "CheckpointError", "compile_step", "multi_step", "fit_sweep", "NetworkConfiguration", "DatasetError", "Split", "Splits", "load_fashion_mnist", "normalize",
-    "standardizer", "flush_denormals", "denormals_flushed", "global_norm", "gradient_norm",
-    "jacobian_norm", "per_example_grad_norms",
-    "EPSILON", "accuracy", "cross_entropy", "one_hot", "Network", "activation", "build_network",
-    "cnn", "count_parameters", "init_params", "mlp", "params_of", "AdamState", "Optimizer", "adam",
-    "make_objective", "make_step", "FitResult", "fit", "make_evaluate", "Member", "fit_population",
+    "NetworkConfiguration", "Network", "build_network", "count_parameters",
+    "accuracy", "cross_entropy", "one_hot", "AdamState", "adam", "make_step",
+    "global_norm", "gradient_norm", "jacobian_norm", "per_example_grad_norms",
+    "DatasetError", "load_fashion_mnist", "normalize",
+    "make_evaluate", "CheckpointError", "compile_step", "FitResult", "fit", "Member", "fit_population", "fit_sweep",
+    "flush_denormals",
 ]
 __version__ = "0.1.0"

@@ -7,7 +7,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from fn_trainer import DatasetError, load_fashion_mnist, normalize, standardizer
+from fn_trainer import DatasetError, load_fashion_mnist, normalize
+from fn_trainer.core.data import standardizer
 from fn_trainer.core.data import IDX_FILES, raw_folder
 
 

@@ -5,7 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fn_trainer import EPSILON, accuracy, cross_entropy, one_hot
+from fn_trainer import accuracy, cross_entropy, one_hot
+from fn_trainer.core.losses import EPSILON
 
 labels_and_classes = st.integers(1, 12).flatmap(
     lambda c: st.tuples(st.lists(st.integers(0, c - 1), min_size=0, max_size=40), st.just(c)))

@@ -6,16 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from fn_trainer import (
-    NetworkConfiguration,
-    activation,
-    build_network,
-    cnn,
-    count_parameters,
-    init_params,
-    mlp,
-    params_of,
-)
+from fn_trainer import NetworkConfiguration, build_network, count_parameters
+from fn_trainer.core.networks import activation, cnn, init_params, mlp, params_of
 from fn_trainer.core.networks import feature_map_sizes
 
 

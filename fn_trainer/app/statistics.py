@@ -13,6 +13,7 @@ The difference exceeds seed noise when that interval excludes 0.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple, Optional, Sequence
 
 from scipy import stats
@@ -63,7 +64,11 @@ def welch_difference(a: Sequence[float], b: Sequence[float], level: float = LEVE
         return Difference(diff, None, None)
     if spread(a).std == 0 and spread(b).std == 0:
         return Difference(diff, diff, diff)
-    interval = stats.ttest_ind(a, b, equal_var=False).confidence_interval(level)
+    with warnings.catch_warnings():
+        # near-equal runs (a learning rate too small to move) trip scipy's precision warning;
+        # the interval is still the formula's, and one warning per comparison would be noise
+        warnings.simplefilter("ignore", RuntimeWarning)
+        interval = stats.ttest_ind(a, b, equal_var=False).confidence_interval(level)
     return Difference(diff, float(interval.low), float(interval.high))
 
 
