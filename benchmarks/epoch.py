@@ -55,6 +55,7 @@ import torch
 from torch.func import functional_call, vmap
 
 from fn_trainer import NetworkConfiguration, adam, build_network, cross_entropy, make_step, normalize, one_hot
+from fn_trainer.core.optim import exp_log_power
 from fn_trainer.core.networks import POOLED_SIZE, conv_output_size, feature_map_sizes
 from fn_trainer.core.step import Params
 from fn_trainer.core.trees import stack_trees
@@ -285,10 +286,11 @@ def network_paths(network_type: str, config: NetworkConfiguration, X, T, batch_s
             reference_trainer(network_type, config, 1e-3, net.init(0), CompiledReferenceTrainer))
     candidates = [("eager", step)]
     if compile:
-        candidates.append(("compiled", compile_step(make_step(inductor_apply(net), adam(1e-3)), eager=step)))
+        compiled_adam = adam(1e-3, power=exp_log_power)  # Adam's powers as Inductor computes them once per step
+        candidates.append(("compiled", compile_step(make_step(inductor_apply(net), compiled_adam), eager=step)))
     if compile and network_type == "cnn":
         module_apply = lambda p, x: functional_call(net.module, p, (x,))  # noqa: E731
-        candidates.append(("compiled_module", compile_step(make_step(module_apply, adam(1e-3)))))
+        candidates.append(("compiled_module", compile_step(make_step(module_apply, compiled_adam))))
     for name, s in candidates:
         params = net.init(0)
         paths[name] = functional_loop(s, {"params": params, "opt_state": adam(1e-3).init(params)},

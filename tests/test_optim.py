@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -130,3 +132,26 @@ def test_update_in_place_equals_the_pure_update_bit_for_bit(seed, dtype, lr, bet
         assert torch.equal(inplace[k], pure[k]), k
         assert torch.equal(inplace_state.mu[k], pure_state.mu[k]) and torch.equal(inplace_state.nu[k], pure_state.nu[k])
     assert int(inplace_state.count) == int(pure_state.count) == 50
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.floats(0.5, 0.99999), st.integers(1, 10**6))
+def test_exp_log_power_equals_tensor_power_to_float64_rounding(base, exponent):
+    from fn_trainer.core.optim import exp_log_power, tensor_power
+
+    b = torch.tensor(base, dtype=torch.float64)
+    exact, other = float(tensor_power(b, float(exponent))), float(exp_log_power(b, float(exponent)))
+    # exp(t log b) carries the rounding of t log b, relative eps * |t log b|, into the power
+    assert other == pytest.approx(exact, rel=4e-16 * (1 + abs(exponent * math.log(base))), abs=1e-300)
+
+
+def test_the_power_is_asked_for_and_the_default_is_torch_adams():
+    from fn_trainer.core.optim import adam_update, exp_log_power
+
+    assert adam(1e-3).update is adam_update  # the reference arithmetic unless a caller asks otherwise
+    params = {"w": torch.randn(4, 3, generator=torch.Generator().manual_seed(0))}
+    grads = {"w": torch.randn(4, 3, generator=torch.Generator().manual_seed(1))}
+    state = adam(1e-3).init(params)._replace(count=torch.tensor(999))
+    plain, _ = adam(1e-3).update(grads, state, params)
+    asked, _ = adam(1e-3, power=exp_log_power).update(grads, state, params)
+    torch.testing.assert_close(asked["w"], plain["w"], rtol=2e-7, atol=0)

@@ -8,6 +8,7 @@ on their values.
 from __future__ import annotations
 
 import numbers
+from functools import partial
 from typing import Callable, Dict, NamedTuple, Tuple, Union
 
 import torch
@@ -44,7 +45,26 @@ def _scalar(value: float) -> Tensor:
     return torch.tensor(value, dtype=torch.float64)
 
 
-def adam(lr: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Optimizer:
+Power = Callable[[Tensor, Tensor], Tensor]
+
+
+def tensor_power(base: Tensor, exponent: Union[Tensor, float]) -> Tensor:
+    """``base ** exponent`` with ``torch.pow``, as torch.optim.Adam computes it: the reference."""
+    # as a tensor: torch.pow(x, 0.5) with a Python exponent takes sqrt, which can round
+    # differently from the pow of Python's x ** 0.5
+    return torch.pow(base, torch.as_tensor(exponent, dtype=torch.float64))
+
+
+def exp_log_power(base: Tensor, exponent: Union[Tensor, float]) -> Tensor:
+    """``base ** exponent = exp(exponent * log(base))`` for ``base > 0``, equal to
+    ``tensor_power`` up to float64 rounding. For compiled steps: Inductor computes a
+    scalar built from exp/log once per step, but recomputes ``pow`` inside every
+    parameter's element loop (about 20% of a compiled MLP step)."""
+    return torch.exp(torch.as_tensor(exponent, dtype=torch.float64) * torch.log(base))
+
+
+def adam(lr: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *,
+         power: Power = tensor_power) -> Optimizer:
     """Adam (Kingma & Ba), the same arithmetic as ``torch.optim.Adam`` without weight decay.
 
     With ``t = count + 1``::
@@ -52,6 +72,9 @@ def adam(lr: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
         m_t = b1 * m + (1 - b1) * g
         v_t = b2 * v + (1 - b2) * g**2
         p_t = p - lr / (1 - b1**t) * m_t / (sqrt(v_t) / sqrt(1 - b2**t) + eps)
+
+    ``power`` computes the scalar powers ``b**t``: ``tensor_power`` (torch.optim.Adam's
+    arithmetic), or ``exp_log_power`` for a step to be compiled.
     """
     lr = check_positive_float("lr", lr)
     for name, beta in (("b1", b1), ("b2", b2)):
@@ -70,23 +93,7 @@ def adam(lr: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
             lr=_scalar(lr), b1=_scalar(b1), b2=_scalar(b2), eps=_scalar(eps),
         )
 
-    return Optimizer(init, adam_update)
-
-
-def _power(base: Tensor, exponent: Union[Tensor, float]) -> Tensor:
-    """``base ** exponent`` for ``base > 0`` (float64 scalars).
-
-    Eager: ``torch.pow``, as torch.optim.Adam. Compiled: ``exp(exponent * log(base))``,
-    equal up to float64 rounding, because Inductor computes a reused scalar built from
-    exp/log once per step but recomputes ``pow`` inside every parameter's element loop
-    (about 20% of a compiled MLP step).
-    """
-    # as a tensor: torch.pow(x, 0.5) with a Python exponent takes sqrt, which can round
-    # differently from the pow of Python's x ** 0.5
-    exponent = torch.as_tensor(exponent, dtype=torch.float64)
-    if torch.compiler.is_compiling():
-        return torch.exp(exponent * torch.log(base))
-    return torch.pow(base, exponent)
+    return Optimizer(init, adam_update if power is tensor_power else partial(adam_update, power=power))
 
 
 def _bias_corrections(lr, b1, b2, t, power: Callable) -> Tuple:
@@ -97,8 +104,8 @@ def _bias_corrections(lr, b1, b2, t, power: Callable) -> Tuple:
     return lr / (1 - power(b1, t)), power(1 - power(b2, t), 0.5)
 
 
-def adam_update(grads: Params, state: AdamState, params: Params, *,
-                inplace: bool = False) -> Tuple[Params, AdamState]:
+def adam_update(grads: Params, state: AdamState, params: Params, *, inplace: bool = False,
+                power: Power = tensor_power) -> Tuple[Params, AdamState]:
     """One Adam step; the hyper-parameters are read from ``state``.
 
     Returns the new parameters (not the updates) and the new state. With
@@ -106,13 +113,13 @@ def adam_update(grads: Params, state: AdamState, params: Params, *,
     bit-for-bit the values of the pure form: the object-oriented optimizer's fast
     path. It computes as torch.optim.Adam does, with Python floats for the scalars
     (a tensor operation each would cost more than the update of a small layer) and
-    one pass per operation. Eager only; no autograd.
+    one pass per operation. Eager only; no autograd. ``power``: see ``adam``.
     """
     if inplace:
         return _adam_update_inplace(grads, state, params)
     count = state.count + 1
     step_size, bias_correction2_sqrt = _bias_corrections(state.lr, state.b1, state.b2, count.to(torch.float64),
-                                                         _power)
+                                                         power)
     # cast once per dtype rather than once per parameter: eagerly each cast is a dispatch
     coefficients: Dict[torch.dtype, Tuple[Tensor, ...]] = {}
     mu, nu, new_params = {}, {}, {}

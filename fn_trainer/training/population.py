@@ -23,7 +23,7 @@ from ..core.checks import check_positive_float, check_positive_int, check_seed
 from ..core.evaluate import EVAL_CHUNK
 from ..core.losses import accuracy, cross_entropy
 from ..core.networks import Network
-from ..core.optim import AdamState, adam
+from ..core.optim import AdamState, adam, exp_log_power
 from ..core.paths import PathLike
 from ..core.splits import check_split, params_dtype
 from ..core.step import Apply, Step, make_step
@@ -157,14 +157,14 @@ def make_population_step(network: Network, batch_in_dims: Optional[int], *, comp
     with ``x: (K, B, ...)`` per member (``batch_in_dims=0``) or ``(B, ...)`` shared (``None``).
 
     ``compile=True``: under ``torch.compile``, with ``compiled_apply`` as the forward if
-    given (``fn_trainer.speed.inductor_apply(network)``), ``network.apply`` otherwise; a
-    minibatch of another shape runs eagerly with ``network.apply``."""
+    given (``fn_trainer.speed.inductor_apply(network)``), ``network.apply`` otherwise, and
+    Adam's powers as ``exp_log_power``; a minibatch of another shape runs the eager step."""
     in_dims = (0, 0, (batch_in_dims,) * 2)
     step = vmap(make_step(network.apply, adam()), in_dims=in_dims)
     if not compile:
         return step
-    fast = step if compiled_apply is None else vmap(make_step(compiled_apply, adam()), in_dims=in_dims)
-    return compile_step(fast, eager=step)
+    fast = make_step(compiled_apply or network.apply, adam(power=exp_log_power))
+    return compile_step(vmap(fast, in_dims=in_dims), eager=step)
 
 
 def check_members(members: Any) -> List[Member]:

@@ -12,7 +12,7 @@ import torch
 from ...core.data import N_CLASSES
 from ...core.evaluate import make_evaluate
 from ...core.networks import build_network
-from ...core.optim import adam
+from ...core.optim import adam, exp_log_power
 from ...core.step import make_step
 from ...speed import inductor_apply
 from ...training.compiled import compile_step
@@ -86,8 +86,8 @@ def train_one(ctx: Context, spec: RunSpec) -> Trained:
     train, valid = ctx.data(spec.normalization)
     step = make_step(net.apply, optimizer)
     compiled = worth_compiling(spec.epochs, train[0].shape[0], spec.batch_size)
-    if compiled:  # the forward written for Inductor; the odd last minibatch runs the plain one
-        step = compile_step(make_step(inductor_apply(net), optimizer), eager=step)
+    if compiled:  # the forward and powers written for Inductor; the odd last minibatch runs the plain step
+        step = compile_step(make_step(inductor_apply(net), adam(spec.lr, power=exp_log_power)), eager=step)
     start = time.perf_counter()
     result = fit(step, make_evaluate(net.apply), params, optimizer.init(params),
                  train, valid, epochs=spec.epochs, batch_size=spec.batch_size, n_classes=N_CLASSES,
