@@ -13,6 +13,7 @@ The difference exceeds seed noise when that interval excludes 0.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple, Optional, Sequence
 
 from scipy import stats
@@ -63,7 +64,12 @@ def welch_difference(a: Sequence[float], b: Sequence[float], level: float = LEVE
         return Difference(diff, None, None)
     if spread(a).std == 0 and spread(b).std == 0:
         return Difference(diff, diff, diff)
-    interval = stats.ttest_ind(a, b, equal_var=False).confidence_interval(level)
+    with warnings.catch_warnings():
+        # scipy warns of "precision loss" for a side whose values are all equal (its variance
+        # is rounding noise, ~1e-33, where it is 0): the interval is still right, and such a
+        # side is common (every seed at 100%, or all stuck at the same accuracy).
+        warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
+        interval = stats.ttest_ind(a, b, equal_var=False).confidence_interval(level)
     return Difference(diff, float(interval.low), float(interval.high))
 
 
