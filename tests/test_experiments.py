@@ -143,6 +143,28 @@ def test_plot_curves_draws_diverged_and_missing_values(tmp_path):
     assert image.shape[0] > 300 and image.shape[1] > 300
 
 
+def test_plot_curves_shades_a_band_in_the_curve_colour_where_both_sides_are_finite(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    shaded = []
+    real = matplotlib.axes.Axes.fill_between
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between",
+                        lambda self, x, low, high, **k: shaded.append((list(x), list(low), list(high), k))
+                        or real(self, x, low, high, **k))
+    low, high = [0.1, 0.4, None, 0.6], [0.2, 0.6, 0.7, 0.8]
+    banded = read_png(plot_curves([Curve("mean", [0.15, 0.5, 0.65, 0.7], start=1, color="tab:green",
+                                         band=(low, high)), Curve("alone", [0.3, 0.3])],
+                                  tmp_path / "band.png", title="t", ylabel="accuracy"))
+    (x, lows, highs, kwargs), = shaded  # one band: the curve without one has none
+    assert x == [1, 2, 3, 4] and lows[:2] == low[:2] and lows[3] == 0.6 and highs == high
+    assert list(kwargs["where"]) == [True, True, False, True] and kwargs["color"] == "tab:green"
+    plain = read_png(plot_curves([Curve("mean", [0.15, 0.5, 0.65, 0.7], start=1, color="tab:green"),
+                                  Curve("alone", [0.3, 0.3])], tmp_path / "plain.png", title="t", ylabel="accuracy"))
+    assert banded.shape == plain.shape and not np.array_equal(banded, plain)
+    with pytest.raises(ValueError, match="curve 'b': band must be \\(low, high\\)"):
+        Curve("b", [0.1, 0.2], band=([0.1], [0.2, 0.3]))
+
+
 def test_plot_curves_needs_curves(tmp_path):
     with pytest.raises(ValueError, match="at least one curve"):
         plot_curves([], tmp_path / "c.png", title="t", ylabel="y")
