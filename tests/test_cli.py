@@ -251,6 +251,17 @@ def test_missing_data_fails_with_one_line(tmp_path, capsys):
     assert err.startswith("fn-trainer: error: Fashion-MNIST is not available")
 
 
+@pytest.mark.parametrize("args, message", [
+    (["cnn", "--epochs", "many"], "argument --epochs: invalid int value: 'many'"),
+    (["no-such-experiment"], "argument COMMAND: invalid choice: 'no-such-experiment'"),
+])
+def test_unparsable_arguments_fail_with_one_line(args, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.startswith(f"fn-trainer: error: {message}")
+
+
 def test_argparse_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["depth", "--epochs", "many"])

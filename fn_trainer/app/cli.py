@@ -41,8 +41,16 @@ TRAINED = {name: e for name, e in EXPERIMENTS.items() if e.batch_size is not Non
 TRAINING = (*TRAINED, ALL)  # the commands that train
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the command line's one-line errors: ``fn-trainer: error: <message>``
+    on stderr and status 2, like every other bad argument (argparse would print the usage too)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{PROG}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG,
         description="Functional trainer for MLPs and CNNs on Fashion-MNIST: reproduces the "
                     "homework's section-2 experiments as figures, JSON logs and report.md.",
