@@ -322,7 +322,7 @@ def population_paths(shape: str, config: NetworkConfiguration, X, y, T, batch_si
             continue
         params, state = init_population(net, members)
         step = make_population_step(net, None if data.shared else 0, compile=flag,
-                                    compiled_apply=inductor_apply(net) if flag else None)
+                                    compiled_apply=inductor_apply(net, vmapped=True) if flag else None)
         paths[name] = functional_loop(step,
                                       {"params": params, "opt_state": state}, batch_of, n_steps)
     return paths

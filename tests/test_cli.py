@@ -19,7 +19,9 @@ from fn_trainer.app.experiments.context import Settings
 from fn_trainer.app.experiments.records import load_record
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-QUICK = ["--epochs", "1", "--limit", "16", "--no-progress"]
+ONE_EPOCH = ["--epochs", "1", "--limit", "16", "--no-progress"]
+QUICK = [*ONE_EPOCH, "--seeds", "1"]  # one run per configuration
+SEEDS = 2  # runs per configuration where a test trains several: the fewest with a spread
 # Figures each experiment must produce, the heading of its report section and lines of it.
 EXPECTED = {
     "equivariance": (["original.png", "features.png", "shift_difference.png", "rotation_difference.png"],
@@ -63,7 +65,7 @@ def result_files(out: Path):
 
 @pytest.mark.parametrize("name", list(EXPERIMENTS))
 def test_subcommand_writes_figures_logs_and_section(name, fake_data_root, tmp_path, capsys):
-    quick = ["--limit", "16"] if name == "equivariance" else QUICK
+    quick = ["--limit", "16"] if name == "equivariance" else [*ONE_EPOCH, "--seeds", SEEDS]
     rc, out, _ = run_cli([name, "--data", fake_data_root, "--out", tmp_path, *quick], capsys)
     assert rc == 0
     figures, heading, lines = EXPECTED[name]
@@ -76,7 +78,7 @@ def test_subcommand_writes_figures_logs_and_section(name, fake_data_root, tmp_pa
     for filename in figures:
         assert f"]({name}/{filename})" in report
     files = result_files(tmp_path)
-    assert len(files) == N_RUNS[name]
+    assert len(files) == N_RUNS[name] * SEEDS
     for f in files:
         data = json.loads(f.read_text())
         assert data["config_hash"] in f.name
@@ -97,7 +99,7 @@ def test_equivariance_json_states_the_measured_differences(small_data_root, tmp_
 
 def test_lr_sweep_table_and_best_pair(small_data_root, tmp_path, capsys):
     rc, _, _ = run_cli(["lr-sweep", "--data", small_data_root, "--out", tmp_path, "--lrs", "0.01", "0.001",
-                        "--epochs", "2", "--limit", "64", "--no-progress"], capsys)
+                        "--epochs", "2", "--limit", "64", "--no-progress", "--seeds", "1"], capsys)
     assert rc == 0
     section = (tmp_path / "lr-sweep" / "section.md").read_text()
     assert section.count("| lr=0.01 |") == 2 and section.count("| lr=0.001 |") == 2
@@ -123,8 +125,7 @@ def test_rerun_skips_finished_runs_and_force_reruns(small_data_root, tmp_path, c
 
 
 def test_changed_configuration_is_a_new_run(small_data_root, tmp_path, capsys):
-    base = ["depth", "--data", small_data_root, "--out", tmp_path, "--limit", "16", "--no-progress",
-            "--epochs", "1"]
+    base = ["depth", "--data", small_data_root, "--out", tmp_path, *QUICK]
     assert run_cli(base, capsys)[0] == 0
     rc, out, _ = run_cli(base + ["--lr", "0.001"], capsys)
     assert rc == 0 and "skipped" not in out
@@ -132,7 +133,7 @@ def test_changed_configuration_is_a_new_run(small_data_root, tmp_path, capsys):
 
 
 def test_other_data_is_never_taken_as_done(small_data_root, tmp_path, capsys):
-    args = ["depth", "--data", small_data_root, "--out", tmp_path, "--epochs", "1", "--no-progress"]
+    args = ["depth", "--data", small_data_root, "--out", tmp_path, "--epochs", "1", "--no-progress", "--seeds", "1"]
     assert run_cli(args + ["--limit", "16"], capsys)[0] == 0
     rc, out, _ = run_cli(args + ["--limit", "17"], capsys)
     assert rc == 0 and "skipped" not in out
@@ -151,7 +152,7 @@ def test_single_experiment_keeps_other_sections(small_data_root, tmp_path, capsy
 
 def test_interrupted_run_resumes_to_the_same_result(small_data_root, tmp_path, capsys, monkeypatch):
     args = ["lr-sweep", "--sequential", "--lrs", "0.01", "--data", small_data_root, "--limit", "64",
-            "--batch-size", "16", "--epochs", "2", "--no-progress"]
+            "--batch-size", "16", "--epochs", "2", "--no-progress", "--seeds", "1"]
     assert run_cli([*args, "--out", tmp_path / "whole"], capsys)[0] == 0
     real_make_step = training.make_step
     calls = {"n": 0}
@@ -182,7 +183,7 @@ def test_interrupted_run_resumes_to_the_same_result(small_data_root, tmp_path, c
 
 def test_diverged_runs_are_reported_as_such(small_data_root, tmp_path, capsys):
     rc, out, _ = run_cli(["lr-sweep", "--sequential", "--lrs", "1e30", "--data", small_data_root, "--out", tmp_path,
-                          "--epochs", "3", "--no-progress"], capsys)
+                          "--epochs", "3", "--no-progress", "--seeds", "1"], capsys)
     assert rc == 0 and out.count("DIVERGED") == 2
     records = [load_record(p) for p in result_files(tmp_path)]
     assert all(r.diverged for r in records)
@@ -210,6 +211,10 @@ def test_diverged_runs_are_reported_as_such(small_data_root, tmp_path, capsys):
     (["lr-sweep", "--threads", "0"], "--threads"),
     (["lr-sweep", "--threads", "40000"], f"--threads must be between 1 and {os.cpu_count()} (this machine's CPU count)"),
     (["depth", "--threads", str(os.cpu_count() + 1)], "--threads must be between 1 and"),
+    (["depth", "--seeds", "0"], "--seeds must be an int >= 1, got 0"),
+    (["lr-sweep", "--seeds", "-1"], "--seeds must be an int >= 1, got -1"),
+    (["all", "--seed", str(2**32 - 2), "--seeds", "3"],
+     "--seeds 3 from --seed 4294967294 reaches seed 4294967296, above the largest seed 2**32 - 1"),
 ])
 def test_bad_option_values_fail_with_one_line(args, option, small_data_root, tmp_path, capsys):
     rc, out, err = run_cli([*args, "--data", small_data_root, "--out", tmp_path], capsys)
@@ -251,6 +256,18 @@ def test_missing_data_fails_with_one_line(tmp_path, capsys):
     assert err.startswith("fn-trainer: error: Fashion-MNIST is not available")
 
 
+@pytest.mark.parametrize("args, message", [
+    (["depth", "--seeds", "x"], "argument --seeds: invalid int value: 'x'"),
+    (["cnn", "--epochs", "many"], "argument --epochs: invalid int value: 'many'"),
+    (["no-such-experiment"], "argument COMMAND: invalid choice: 'no-such-experiment'"),
+])
+def test_unparsable_arguments_fail_with_one_line(args, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.startswith(f"fn-trainer: error: {message}")
+
+
 def test_argparse_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["depth", "--epochs", "many"])
@@ -273,10 +290,10 @@ def test_every_subcommand_has_help(name, capsys):
 
 def test_training_options_are_offered_where_they_apply(capsys):
     for name, present, absent in (("lr-sweep", ["--lrs", "--sequential"], ["--lr "]),
-                                  ("depth", ["--lr ", "--epochs", "--batch-size", "--force", "--resume"],
-                                   ["--lrs"]),
+                                  ("depth", ["--lr ", "--epochs", "--batch-size", "--force", "--resume",
+                                             "--seeds"], ["--lrs"]),
                                   ("all", ["--lrs", "--lr "], []),
-                                  ("equivariance", [], ["--epochs", "--lr "])):
+                                  ("equivariance", [], ["--epochs", "--lr ", "--seeds"])):
         with pytest.raises(SystemExit):
             cli.main([name, "--help"])
         out = capsys.readouterr().out
@@ -293,10 +310,10 @@ def test_every_option_sets_the_setting_of_its_name():
     args = cli.build_parser().parse_args([
         "all", "--data", "d", "--out", "o", "--seed", "4", "--limit", "9", "--no-download", "--epochs", "3",
         "--batch-size", "7", "--lrs", "0.1", "0.2", "--sequential", "--lr", "0.5", "--force", "--resume",
-        "--device", "cuda", "--no-progress"])
+        "--device", "cuda", "--no-progress", "--seeds", "5"])
     assert cli.settings_of(args, "c") == Settings(
-        data=Path("d"), out="o", epochs=3, seed=4, batch_size=7, limit=9, lr=0.5, lrs=(0.1, 0.2), force=True,
-        resume=True, sequential=True, progress=False, download=False, device="cuda", command="c")
+        data=Path("d"), out="o", epochs=3, seed=4, seeds=5, batch_size=7, limit=9, lr=0.5, lrs=(0.1, 0.2),
+        force=True, resume=True, sequential=True, progress=False, download=False, device="cuda", command="c")
 
 
 def test_export_solution_writes_the_file(tmp_path, capsys):
@@ -317,7 +334,7 @@ def test_python_dash_m_help():
 @pytest.mark.realdata
 def test_real_data_smoke(real_data_root, tmp_path, capsys):
     rc, out, _ = run_cli(["lr-sweep", "--data", real_data_root, "--out", tmp_path, "--lrs", "0.01",
-                          "--epochs", "1", "--limit", "2000", "--no-progress"], capsys)
+                          "--epochs", "1", "--limit", "2000", "--no-progress", "--seeds", "1"], capsys)
     assert rc == 0
     records = {r.spec.normalization: r for r in map(load_record, result_files(tmp_path))}
     assert records[True].final() > 0.6  # one epoch on 2000 normalised images already learns
@@ -325,7 +342,8 @@ def test_real_data_smoke(real_data_root, tmp_path, capsys):
 
 
 def test_lr_sweep_trains_together_by_default_and_alone_with_sequential(small_data_root, tmp_path, capsys):
-    common = ["lr-sweep", "--lrs", "0.01", "0.001", "--data", small_data_root, "--epochs", "1", "--no-progress"]
+    common = ["lr-sweep", "--lrs", "0.01", "0.001", "--data", small_data_root, "--epochs", "1", "--no-progress",
+              "--seeds", "1"]
     assert run_cli([*common, "--out", tmp_path / "together"], capsys)[0] == 0
     assert run_cli([*common, "--out", tmp_path / "alone", "--sequential"], capsys)[0] == 0
     together = {p.name: load_record(p) for p in result_files(tmp_path / "together")}
@@ -341,7 +359,7 @@ def test_long_runs_train_with_a_compiled_step(small_data_root, tmp_path, capsys,
     assert training.worth_compiling(epochs=2, n_train=500 * 128, batch_size=128)
     assert not training.worth_compiling(epochs=1, n_train=999 * 128, batch_size=128)
     common = ["lr-sweep", "--sequential", "--lrs", "0.01", "--data", small_data_root, "--epochs", "2",
-              "--batch-size", "32", "--no-progress"]
+              "--batch-size", "32", "--no-progress", "--seeds", "1"]
     assert run_cli([*common, "--out", tmp_path / "eager"], capsys)[0] == 0
     monkeypatch.setattr(training, "COMPILE_MIN_STEPS", 4)  # 2 epochs of 2 steps
     torch._dynamo.reset()  # no earlier test's graphs count towards the recompile limit
@@ -377,3 +395,219 @@ def test_every_experiment_has_a_subcommand_and_a_report_section():
 
     assert set(cli.HELP) == {*EXPERIMENTS, "all"}
     assert report.ORDER == tuple(EXPERIMENTS) and set(cli.TRAINING) == {*EXPERIMENTS, "all"} - {"equivariance"}
+
+
+# --- several seeds per configuration -------------------------------------------------------------
+
+@pytest.fixture
+def populations(monkeypatch):
+    """The members of every population the experiments train (``fit_population`` calls)."""
+    calls = []
+    real = training.fit_population
+
+    def spy(network, members, *args, **kwargs):
+        calls.append(list(members))
+        return real(network, members, *args, **kwargs)
+
+    monkeypatch.setattr(training, "fit_population", spy)
+    return calls
+
+
+def records_by_name(out: Path):
+    return {p.name: load_record(p) for p in result_files(out)}
+
+
+def test_the_seeds_of_each_network_train_as_one_population(small_data_root, tmp_path, capsys, populations):
+    common = ["depth", "--data", small_data_root, *ONE_EPOCH, "--lr", "0.001"]
+    assert run_cli([*common, "--out", tmp_path / "pop", "--seed", "5", "--seeds", "2"], capsys)[0] == 0
+    assert [[(m.seed, m.lr) for m in members] for members in populations] == [[(5, 0.001), (6, 0.001)]] * 2
+    together = records_by_name(tmp_path / "pop")
+    assert len(together) == 4 and all(r.trainer == "fit_population (2 runs together)" for r in together.values())
+    # member k is the run of seed 5 + k: the same file name, and its logs up to float32 rounding
+    assert run_cli([*common, "--out", tmp_path / "alone", "--seed", "6", "--seeds", "1"], capsys)[0] == 0
+    alone = records_by_name(tmp_path / "alone")
+    assert len(alone) == 2 and alone.keys() <= together.keys()
+    for name, r in alone.items():
+        assert r.trainer == "fit"
+        for key, values in r.logs.items():
+            assert together[name].logs[key] == pytest.approx(values, rel=1e-5), (name, key)
+
+
+def test_more_seeds_train_only_the_runs_not_yet_stored(small_data_root, tmp_path, capsys, populations):
+    args = ["cnn", "--data", small_data_root, "--out", tmp_path, *ONE_EPOCH]
+    assert run_cli([*args, "--seeds", "1"], capsys)[0] == 0 and populations == []
+    rc, out, _ = run_cli([*args, "--seeds", "2"], capsys)
+    assert rc == 0 and out.count("already done, skipped") == 2
+    assert [[m.seed for m in members] for members in populations] == [[Settings().seed + 1]] * 2
+    assert len(result_files(tmp_path)) == 4
+
+
+def test_one_seed_trains_as_before_seeds(small_data_root, tmp_path, capsys, populations):
+    """--seeds 1: each run alone with fit (the lr sweep: fit_sweep per normalisation), logs
+    exactly those of fit from the run's seed."""
+    from fn_trainer.app.experiments.context import Context
+    from fn_trainer.app.experiments.records import finite_logs
+    from fn_trainer.core.evaluate import make_evaluate
+    from fn_trainer.core.networks import build_network
+    from fn_trainer.core.optim import adam
+    from fn_trainer.core.step import make_step
+    from fn_trainer.training.fit import fit
+
+    assert run_cli(["depth", "--data", small_data_root, "--out", tmp_path, *QUICK], capsys)[0] == 0
+    assert run_cli(["lr-sweep", "--data", small_data_root, "--out", tmp_path, *QUICK, "--lrs", "0.01"], capsys)[0] == 0
+    assert populations == []
+    records = [load_record(p) for p in result_files(tmp_path)]
+    assert sorted(r.trainer for r in records) == ["fit", "fit", *["fit_sweep (1 learning rates together)"] * 2]
+    ctx = Context(Settings(data=small_data_root, limit=16, download=False))
+    for r in records:
+        if r.trainer != "fit":
+            continue
+        net = build_network(r.spec.network_type, r.spec.config)
+        params, optimizer = net.init(r.spec.seed), adam(r.spec.lr)
+        train, valid = ctx.data(r.spec.normalization)
+        expected = fit(make_step(net.apply, optimizer), make_evaluate(net.apply), params, optimizer.init(params),
+                       train, valid, epochs=1, batch_size=r.spec.batch_size, seed=r.spec.seed, progress=False)
+        assert r.logs == finite_logs(expected.logs), r.spec.name
+
+
+def test_seeds_give_mean_and_std_tables_and_differences_with_intervals(small_data_root, tmp_path, capsys,
+                                                                      monkeypatch):
+    import matplotlib.axes
+
+    from fn_trainer.app.statistics import format_difference, format_spread, spread, welch_difference
+
+    populations, bands = [], []
+    monkeypatch.setattr(training, "fit_population",
+                        lambda network, members, *a, **k: populations.append(members) or fake_population(
+                            network, members, *a, **k))
+    real_fill = matplotlib.axes.Axes.fill_between
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between",
+                        lambda self, *a, **k: bands.append(a) or real_fill(self, *a, **k))
+    rc, _, err = run_cli(["lr-sweep", "--data", small_data_root, "--out", tmp_path, "--lrs", "0.01", "0.001",
+                          *FAKE_EPOCHS, "--seeds", SEEDS], capsys)
+    assert rc == 0 and err == ""
+    # every run of the sweep in one population: 2 normalisations x 2 learning rates x 2 seeds
+    (members,) = populations
+    seed = Settings().seed
+    assert [(m.lr, m.seed) for m in members] == [(lr, seed + k) for lr in (0.01, 0.001) for k in range(SEEDS)] * 2
+    assert len(bands) == 4  # one band per configuration: 2 learning rates in each of the 2 figures
+    section = (tmp_path / "lr-sweep" / "section.md").read_text()
+    records = [load_record(p) for p in result_files(tmp_path)]
+    assert len(records) == 8
+
+    def runs(lr, normalization):
+        return [r for r in records if r.spec.lr == lr and r.spec.normalization == normalization]
+
+    for lr in (0.01, 0.001):
+        for normalization in (False, True):
+            final = spread([r.final() for r in runs(lr, normalization)])
+            best = spread([r.best()[0] for r in runs(lr, normalization)])
+            assert final.mean != best.mean and final.std > 0
+            row = (f"| lr={lr:g} | 269,322 | {lr:g} | {'on' if normalization else 'off'} | {SEEDS} | "
+                   f"{format_spread(final)} | {format_spread(best)} | 0 |")
+            assert row in section
+    assert "Welch's t 95% confidence interval" in section
+    best_lr = max((0.01, 0.001), key=lambda lr: max(spread([r.best()[0] for r in runs(lr, n)]).mean
+                                                     for n in (False, True)))
+    line = f"- normalisation on against off at lr={best_lr:g}: "
+    for which, value in (("final", lambda r: r.final()), ("best", lambda r: r.best()[0])):
+        difference = welch_difference([value(r) for r in runs(best_lr, True)],
+                                      [value(r) for r in runs(best_lr, False)])
+        assert difference.diff != 0 and difference.low is not None
+        line += f"{which} {format_difference(difference)}; "
+    assert line[:-2] in section.splitlines()
+
+
+@pytest.mark.parametrize("name, lines", [
+    ("depth", ["- deep MLP 54x64 against MLP 256-256: final "]),
+    ("cnn", ["- CNN (16,32,45) k=3 against MLP 256-256: final "]),
+    ("cnn-shapes", ["- deep CNN (8,16,32,64) k=1 against CNN (16,32,45) k=3: final ",
+                    "- shallow CNN 41ch k=28 against CNN (16,32,45) k=3: final ",
+                    "- deep CNN (8,16,32,64) k=1 against shallow CNN 41ch k=28: final "]),
+])
+def test_every_comparison_of_the_homework_has_its_difference(name, lines, small_data_root, tmp_path, capsys,
+                                                             monkeypatch):
+    monkeypatch.setattr(training, "fit_population", fake_population)
+    monkeypatch.setattr(training, "fit", fake_fit)
+    for seeds, expected in (("1", "(one seed: no interval)"), (str(SEEDS), "seed noise")):
+        out = tmp_path / seeds
+        assert run_cli([name, "--data", small_data_root, "--out", out, *FAKE_EPOCHS, "--seeds", seeds], capsys)[0] == 0
+        section = (out / name / "section.md").read_text()
+        found = [line for line in section.splitlines() if line.startswith("- ")]
+        assert [line[:len(start)] for line, start in zip(found, lines)] == lines and len(found) == len(lines)
+        assert all(line.count(expected) == 2 for line in found)  # the final and the best accuracy
+        assert ("mean ± std" in section) == (seeds != "1")
+
+
+FAKE_EPOCHS = ["--epochs", "2", "--limit", "16", "--no-progress"]  # for fake_fit and fake_population
+
+
+def fake_fit(*args, **kwargs):
+    """``fit``'s result without training: the logs of ``fake_logs`` for the run's seed."""
+    from fn_trainer.training.fit import FitResult
+
+    return FitResult(args[2], None, fake_logs(0.3 + 0.01 * (kwargs["seed"] % 5), kwargs["epochs"]))
+
+
+def fake_population(network, members, *args, **kwargs):
+    """``fit_population``'s results without training: member k's logs peak at 0.5 + 0.05 k."""
+    from fn_trainer.training.fit import FitResult
+
+    params = network.init(0)
+    return [FitResult(params, None, fake_logs(0.3 + 0.05 * k, kwargs["epochs"])) for k in range(len(members))]
+
+
+def fake_logs(value, epochs):
+    """Accuracy 0.1 before training, ``value + 0.2`` after the first epoch, ``value`` after the others."""
+    accuracy = [0.1] + [value + 0.2 if e == 1 else value for e in range(1, epochs + 1)]
+    return {"train_loss": [2.3] * (epochs + 1), "validation_loss": [2.3] * (epochs + 1), "train_accuracy": accuracy,
+            "validation_accuracy": accuracy, "train_gradient_norm": [1.0] * epochs}
+
+
+def test_an_interrupted_population_resumes_where_it_stopped(small_data_root, tmp_path, capsys, monkeypatch):
+    from fn_trainer.training import population
+
+    # one population of 2 normalisations x 2 seeds; 4 steps an epoch, 8 in all
+    args = ["lr-sweep", "--lrs", "0.01", "--data", small_data_root, "--limit", "64", "--batch-size", "16",
+            "--epochs", "2", "--no-progress", "--seeds", SEEDS]
+    assert run_cli([*args, "--out", tmp_path / "whole"], capsys)[0] == 0
+    real_make_step = population.make_step
+    steps = {"n": 0, "stop_at": 6}  # the second step of the second epoch
+
+    def counting_make_step(*a, **k):
+        step = real_make_step(*a, **k)
+
+        def counted(*sa):
+            steps["n"] += 1
+            if steps["n"] == steps["stop_at"]:
+                raise KeyboardInterrupt
+            return step(*sa)
+
+        return counted
+
+    monkeypatch.setattr(population, "make_step", counting_make_step)
+    rc, _, err = run_cli([*args, "--out", tmp_path / "cut"], capsys)
+    assert rc == 130 and "--resume" in err
+    assert len(list((tmp_path / "cut" / "runs").glob("*-x4-*.checkpoint.pt"))) == 1
+    assert result_files(tmp_path / "cut") == []
+    steps.update(n=0, stop_at=None)
+    assert run_cli([*args, "--out", tmp_path / "cut", "--resume"], capsys)[0] == 0
+    assert steps["n"] == 3  # the 5 steps done before the interruption are not trained again
+    whole = {p.name: json.loads(p.read_text())["logs"] for p in result_files(tmp_path / "whole")}
+    cut = {p.name: json.loads(p.read_text())["logs"] for p in result_files(tmp_path / "cut")}
+    assert len(whole) == 4 and cut == whole
+    assert list((tmp_path / "cut" / "runs").glob("*.checkpoint.pt")) == []
+
+
+@pytest.mark.parametrize("min_steps, compiled", [(2, True), (3, False)])
+def test_long_populations_train_with_a_compiled_step(min_steps, compiled, small_data_root, tmp_path, capsys,
+                                                     monkeypatch):
+    calls = []
+    monkeypatch.setattr(training, "fit_population",
+                        lambda *a, **k: calls.append(k) or fake_population(*a, **k))
+    monkeypatch.setattr(training, "COMPILE_MIN_STEPS", min_steps)  # 2 epochs of one minibatch
+    assert run_cli(["depth", "--data", small_data_root, "--out", tmp_path, *FAKE_EPOCHS, "--seeds", SEEDS],
+                   capsys)[0] == 0
+    assert [(k["compile"], k["compiled_apply"] is not None) for k in calls] == [(compiled, compiled)] * 2
+    trainer = f"fit_population ({SEEDS} runs together{', compiled' if compiled else ''})"
+    assert {load_record(p).trainer for p in result_files(tmp_path)} == {trainer}

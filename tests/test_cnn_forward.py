@@ -215,3 +215,28 @@ def test_sequential_forward_on_non_square_multichannel_inputs(input_shape, confi
     net = build_network("cnn", config, input_shape=input_shape)
     x = torch.rand(5, *input_shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     assert_rewrite_matches_module(net, net.init(1, dtype=torch.float64), x)
+
+
+def test_the_forward_for_populations_compiles_under_vmap():
+    """Dynamo cannot trace ``vmap`` over the Winograd rewrite's ``autograd.Function``s: a
+    population's compiled step (K stacked models, one vmapped step) applies
+    ``inductor_apply(net, vmapped=True)``, the rewrite without them, still the module's function."""
+    from torch.func import vmap
+
+    from fn_trainer.core.losses import one_hot
+    from fn_trainer.core.optim import adam
+    from fn_trainer.core.step import make_step
+    from fn_trainer.training.population import Member, init_population
+
+    # the second layer is a Winograd one for a single model (see the "winograd" case above)
+    net = build_network("cnn", NetworkConfiguration(n_channels=(WINOGRAD_MIN_CHANNELS, 8, 4), kernel_sizes=(3, 3, 3),
+                                                     strides=(1, 1, 1), paddings=(0, 1, 0), dense_hiddens=(8,)))
+    params, state = init_population(net, [Member(0, 1e-3), Member(1, 1e-2)])
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.rand(4, 1, 28, 28, generator=g), one_hot(torch.randint(0, 10, (4,), generator=g), 10))
+    in_dims = (0, 0, (None, None))
+    compiled, calls = compile_recording(vmap(make_step(inductor_apply(net, vmapped=True), adam()), in_dims=in_dims),
+                                        params, state, batch)
+    assert calls  # it was traced into a graph, not run eagerly
+    eager = vmap(make_step(net.apply, adam()), in_dims=in_dims)(params, state, batch)
+    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-4, atol=1e-6)  # the members' new parameters

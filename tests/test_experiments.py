@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import matplotlib.image
@@ -8,7 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fn_trainer.app.experiments import EXPERIMENTS, experiment
+from fn_trainer.app.experiments.configurations import Configuration, by_configuration
 from fn_trainer.app.experiments.equivariance import equivariance_maps
+from fn_trainer.app.experiments.figures import curves
 from fn_trainer.app.experiments.formatting import runs_table, summary
 from fn_trainer.app.experiments.records import RunRecord, RunSpec, finite_logs
 from fn_trainer.app.plots import Curve, plot_curves, plot_map
@@ -74,9 +77,51 @@ def test_every_experiment_module_has_name_and_run():
         experiment("nope")
 
 
-def spec(name="r", lr=0.01, normalization=True, epochs=3):
+def spec(name="r", lr=0.01, normalization=True, epochs=3, seed=0):
     return RunSpec(name, f"label {name}", "mlp", NetworkConfiguration((), (), (), (), (8,)), lr, normalization,
-                   32, epochs, 0)
+                   32, epochs, seed)
+
+
+def seed_run(seed, accuracy, diverged=None, lr=0.01):
+    """A run of configuration ``spec()`` (named after its seed, as runs are) with these validation accuracies."""
+    return RunRecord(dataclasses.replace(spec(lr=lr, seed=seed), name=f"r-s{seed}"), f"h{seed}", 10,
+                     {"validation_accuracy": accuracy, "train_accuracy": accuracy}, diverged, 1.0)
+
+
+def test_a_configuration_averages_its_seeds_epoch_by_epoch_and_ends_where_a_seed_diverged():
+    runs = (seed_run(0, [0.1, 0.5, 0.7, 0.6]), seed_run(1, [0.1, 0.3, 0.5], "diverged in epoch 3"),
+            seed_run(2, [0.4, 0.4, 0.6, 0.9]))
+    c = Configuration(runs)
+    assert c.mean_curve("validation_accuracy") == pytest.approx([0.2, 0.4, 0.6, None], abs=1e-15)
+    assert c.mean_curve("validation_accuracy")[3] is None
+    assert c.band("validation_accuracy") == ([0.1, 0.3, 0.5, None], [0.4, 0.5, 0.7, None])
+    assert c.finals() == [0.6, 0.5, 0.9] and c.bests() == [0.7, 0.5, 0.9]
+    assert c.final_spread().mean == pytest.approx(2.0 / 3) and c.best_spread().n == 3
+    assert c.diverged == "1 of 3 seeds diverged" and c.seeds == [0, 1, 2]
+    (curve,) = curves([c], "validation_accuracy")
+    assert curve.band == c.band("validation_accuracy") and curve.diverged == c.diverged
+
+
+def test_one_seed_is_the_run_itself_without_a_band():
+    run = seed_run(5, [0.1, 0.35, float("nan")], "diverged in epoch 2: loss=nan")
+    run.logs = finite_logs(run.logs)
+    c = Configuration((run,))
+    assert c.mean_curve("validation_accuracy") == run.curve("validation_accuracy") and c.band("train_accuracy") is None
+    assert c.diverged == run.diverged and c.finals() == [] and c.final_spread() is None
+    (curve,) = curves([c], "validation_accuracy", suffix=" — validation")
+    assert curve == Curve("label r — validation", run.curve("validation_accuracy"), 0, "tab:blue", "-",
+                          run.diverged, None)
+
+
+def test_runs_group_into_configurations_by_everything_but_the_seed():
+    a0, a1 = seed_run(0, [0.1]), seed_run(1, [0.2])
+    b0 = seed_run(0, [0.3], lr=0.001)
+    groups = by_configuration([a0, b0, a1])
+    assert [g.runs for g in groups] == [(a0, a1), (b0,)]
+    with pytest.raises(ValueError, match="must differ only in their seed"):
+        Configuration((a0, b0))
+    with pytest.raises(ValueError, match="at least one run"):
+        Configuration(())
 
 
 def test_config_hash_changes_with_every_setting_but_not_the_name():
@@ -141,6 +186,28 @@ def test_plot_curves_draws_diverged_and_missing_values(tmp_path):
                        tmp_path / "c.png", title="t", ylabel="accuracy")
     image = read_png(path)
     assert image.shape[0] > 300 and image.shape[1] > 300
+
+
+def test_plot_curves_shades_a_band_in_the_curve_colour_where_both_sides_are_finite(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    shaded = []
+    real = matplotlib.axes.Axes.fill_between
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between",
+                        lambda self, x, low, high, **k: shaded.append((list(x), list(low), list(high), k))
+                        or real(self, x, low, high, **k))
+    low, high = [0.1, 0.4, None, 0.6], [0.2, 0.6, 0.7, 0.8]
+    banded = read_png(plot_curves([Curve("mean", [0.15, 0.5, 0.65, 0.7], start=1, color="tab:green",
+                                         band=(low, high)), Curve("alone", [0.3, 0.3])],
+                                  tmp_path / "band.png", title="t", ylabel="accuracy"))
+    (x, lows, highs, kwargs), = shaded  # one band: the curve without one has none
+    assert x == [1, 2, 3, 4] and lows[:2] == low[:2] and lows[3] == 0.6 and highs == high
+    assert list(kwargs["where"]) == [True, True, False, True] and kwargs["color"] == "tab:green"
+    plain = read_png(plot_curves([Curve("mean", [0.15, 0.5, 0.65, 0.7], start=1, color="tab:green"),
+                                  Curve("alone", [0.3, 0.3])], tmp_path / "plain.png", title="t", ylabel="accuracy"))
+    assert banded.shape == plain.shape and not np.array_equal(banded, plain)
+    with pytest.raises(ValueError, match="curve 'b': band must be \\(low, high\\)"):
+        Curve("b", [0.1, 0.2], band=([0.1], [0.2, 0.3]))
 
 
 def test_plot_curves_needs_curves(tmp_path):

@@ -1,5 +1,6 @@
 """Statistics over seeds: spreads and Welch's interval, against their formulas."""
 import math
+import warnings
 
 import pytest
 from hypothesis import given, settings
@@ -32,6 +33,14 @@ def test_welch_interval_with_one_noisy_side_has_its_degrees_of_freedom():
     se = math.sqrt(0.25 / 3)
     assert d.low == pytest.approx(0.2 - T_975[2] * se, abs=1e-9) and not d.exceeds_noise
     assert "within seed noise" in format_difference(d)
+
+
+def test_a_side_of_equal_values_gives_its_interval_without_a_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a printed warning would reach the command line's stderr
+        d = welch_difference([1.0, 1.0, 1.0], [0.2, 0.3, 0.4])
+    se = math.sqrt(0.01 / 3)  # only the second side varies: df = 2
+    assert d.low == pytest.approx(0.7 - T_975[2] * se, abs=1e-9) and d.high == pytest.approx(0.7 + T_975[2] * se, abs=1e-9)
 
 
 def test_one_seed_gives_no_interval_and_says_so():

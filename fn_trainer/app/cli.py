@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from ..core.checks import check_positive_float, check_positive_int, check_seed
+from ..core.checks import SEED_LIMIT, check_positive_float, check_positive_int, check_seed
 from . import PROG
 from .experiments import EXPERIMENTS, Experiment
 from .experiments.context import Context, Settings
@@ -41,8 +41,16 @@ TRAINED = {name: e for name, e in EXPERIMENTS.items() if e.batch_size is not Non
 TRAINING = (*TRAINED, ALL)  # the commands that train
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the command line's one-line errors: ``fn-trainer: error: <message>``
+    on stderr and status 2, like every other bad argument (argparse would print the usage too)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{PROG}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG,
         description="Functional trainer for MLPs and CNNs on Fashion-MNIST: reproduces the "
                     "homework's section-2 experiments as figures, JSON logs and report.md.",
@@ -81,14 +89,18 @@ def _add_training(p: argparse.ArgumentParser, name: str) -> None:
     """The training options of command ``name``; ``--lrs`` and ``--lr`` where its experiments use them."""
     runs = TRAINED.values() if name == ALL else [TRAINED[name]]
     p.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="epochs per run (default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=DEFAULTS.seeds, metavar="K",
+                   help="runs per configuration, initialised from seeds --seed, --seed + 1, ...; "
+                        "they train together in one vmapped step, and the report gives their mean ± std "
+                        "and confidence intervals of the differences it draws (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help=f"minibatch size (default: {_batch_sizes()})")
     if any(e.sweep for e in runs):
         p.add_argument("--lrs", type=float, nargs="+", default=list(DEFAULTS.lrs), metavar="LR",
                        help="learning rates of the sweep (default: %(default)s)")
         p.add_argument("--sequential", action="store_true",
-                       help="train the sweep's learning rates one after the other with plain fit "
-                            "instead of together in one vmapped step")
+                       help="train the sweep's runs (learning rates, normalisations, seeds) one after the "
+                            "other with plain fit instead of together in one vmapped step")
     if not all(e.sweep for e in runs):
         single = [n for n, e in TRAINED.items() if not e.sweep]
         p.add_argument("--lr", type=float, default=DEFAULTS.lr,
@@ -96,8 +108,8 @@ def _add_training(p: argparse.ArgumentParser, name: str) -> None:
                             "Trainer's default)")
     p.add_argument("--force", action="store_true", help="rerun runs whose results already exist")
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run from its checkpoint instead of restarting it "
-                        "(runs trained one by one; a vmapped lr sweep restarts its group)")
+                   help="continue an interrupted run, or the seeds trained together, from its checkpoint "
+                        "instead of restarting it (with --seeds 1 a vmapped lr sweep restarts its group)")
     p.add_argument("--device", default=DEFAULTS.device, help="torch device to train on (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads for torch, at most the machine's CPU count (default: torch's "
@@ -121,6 +133,11 @@ def validate(args: argparse.Namespace) -> None:
     from ..core.paths import ensure_writable_dir
 
     check_seed("--seed", args.seed)
+    if hasattr(args, "seeds"):
+        check_positive_int("--seeds", args.seeds)
+        if args.seed + args.seeds > SEED_LIMIT:
+            raise ValueError(f"--seeds {args.seeds} from --seed {args.seed} reaches seed {args.seed + args.seeds - 1}, "
+                             f"above the largest seed 2**32 - 1 = {SEED_LIMIT - 1}")
     for option, value, minimum in (("--limit", args.limit, MIN_LIMIT), ("--epochs", getattr(args, "epochs", None), 0),
                                    ("--batch-size", getattr(args, "batch_size", None), 1)):
         if value is not None:  # None: not given (all samples, the experiment's batch size) or not offered here

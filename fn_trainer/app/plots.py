@@ -16,13 +16,16 @@ from ..core.paths import write_figure  # noqa: E402
 
 FIGSIZE = (7.5, 4.8)
 DPI = 120
+BAND_ALPHA = 0.2  # a band is shaded lightly: the lines stay readable where bands overlap
 
 
 @dataclass(frozen=True)
 class Curve:
     """One line of a figure. ``values[i]`` is plotted at ``x = start + i``; ``None`` or
     non-finite entries are missing. ``diverged`` (a reason) ends the line with a marker
-    and says so in the legend."""
+    and says so in the legend. ``band = (low, high)``, two sequences like ``values``:
+    a shaded band in the line's colour between them (e.g. the spread over seeds around
+    their mean), drawn where both are finite."""
 
     label: str
     values: Sequence[Optional[float]]
@@ -30,12 +33,30 @@ class Curve:
     color: Optional[str] = None
     linestyle: str = "-"
     diverged: Optional[str] = None
+    band: Optional[Tuple[Sequence[Optional[float]], Sequence[Optional[float]]]] = None
+
+    def __post_init__(self):
+        if self.band is not None and (len(self.band) != 2 or len(self.band[0]) != len(self.band[1])):
+            raise ValueError(f"curve {self.label!r}: band must be (low, high), two sequences of equal length")
+
+
+def _is_finite(v: Optional[float]) -> bool:
+    return v is not None and math.isfinite(v)
 
 
 def _finite(values: Sequence[Optional[float]], start: int) -> Tuple[np.ndarray, np.ndarray]:
-    xs = [start + i for i, v in enumerate(values) if v is not None and math.isfinite(v)]
-    ys = [v for v in values if v is not None and math.isfinite(v)]
+    xs = [start + i for i, v in enumerate(values) if _is_finite(v)]
+    ys = [v for v in values if _is_finite(v)]
     return np.asarray(xs), np.asarray(ys, dtype=float)
+
+
+def _draw_band(ax, band: Tuple[Sequence[Optional[float]], Sequence[Optional[float]]], start: int,
+               color: str) -> None:
+    """Shade between ``band``'s low and high values where both are finite (gaps elsewhere)."""
+    low, high = band
+    lows, highs = ([v if _is_finite(v) else np.nan for v in side] for side in (low, high))
+    ax.fill_between(np.arange(start, start + len(low)), lows, highs,
+                    where=np.isfinite(lows) & np.isfinite(highs), color=color, alpha=BAND_ALPHA, linewidth=0)
 
 
 def plot_curves(curves: Sequence[Curve], path: Path, *, title: str, ylabel: str,
@@ -45,7 +66,8 @@ def plot_curves(curves: Sequence[Curve], path: Path, *, title: str, ylabel: str,
 
     A diverged curve is drawn up to its last finite value and ends with an ``X``
     marker; its legend entry says "diverged". A curve with no finite value at all is
-    listed in the legend only.
+    listed in the legend only. A curve's ``band`` is shaded in its colour; what a band
+    shows is for the title or the labels to say.
     """
     if not curves:
         raise ValueError("plot_curves needs at least one curve")
@@ -55,6 +77,8 @@ def plot_curves(curves: Sequence[Curve], path: Path, *, title: str, ylabel: str,
         label = f"{c.label} — diverged" if c.diverged else c.label
         (line,) = ax.plot(xs, ys, linestyle=c.linestyle, color=c.color, label=label,
                           marker="o" if len(xs) == 1 else None)
+        if c.band is not None:
+            _draw_band(ax, c.band, c.start, line.get_color())
         if c.diverged and len(xs):
             ax.plot(xs[-1:], ys[-1:], marker="X", markersize=11, color=line.get_color(),
                     markeredgecolor="black", linestyle="none")

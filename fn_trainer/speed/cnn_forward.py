@@ -81,12 +81,13 @@ def _geometry(conv: nn.Conv2d) -> Tuple[int, int, int]:
     return conv.kernel_size[0], conv.stride[0], conv.padding[0]
 
 
-def _pooled_conv(x: Tensor, conv: nn.Conv2d, pool: nn.Module, w: Tensor) -> Optional[Tensor]:
-    """``pool(conv(x))`` without bias in the form of this module's docstring, or ``None``
-    when ``pool`` is neither ``MaxPool2d(2)`` nor ``AdaptiveMaxPool2d``."""
+def _pooled_conv(x: Tensor, conv: nn.Conv2d, pool: nn.Module, w: Tensor, winograd: bool) -> Optional[Tensor]:
+    """``pool(conv(x))`` without bias in the form of this module's docstring (Winograd's
+    only if ``winograd``), or ``None`` when ``pool`` is neither ``MaxPool2d(2)`` nor
+    ``AdaptiveMaxPool2d``."""
     k, s, p = _geometry(conv)
     if _is_pool2(pool):
-        if k == 3 and s == 1 and conv.in_channels >= WINOGRAD_MIN_CHANNELS:
+        if winograd and k == 3 and s == 1 and conv.in_channels >= WINOGRAD_MIN_CHANNELS:
             return winograd_conv_max_pool(x, w, p)
         if few_slices(k + s, 2 * s):
             return conv_max_pool(x, w, s, p)
@@ -148,11 +149,11 @@ def _extents_read(layers: List[nn.Module], input_extent: Tuple[int, int]) -> Lis
     return extents
 
 
-def sequential_forward(module: nn.Sequential, params: Params, x: Tensor) -> Tensor:
+def sequential_forward(module: nn.Sequential, params: Params, x: Tensor, *, winograd: bool = True) -> Tensor:
     """``functional_call(module, params, (x,))`` with the rewrites of this module's docstring
-    applied to every ``Conv2d -> activation -> MaxPool2d(2) | AdaptiveMaxPool2d`` triple,
-    and every plain convolution given only the part of its input map the output depends on
-    (:func:`_extents_read`)."""
+    applied to every ``Conv2d -> activation -> MaxPool2d(2) | AdaptiveMaxPool2d`` triple
+    (the Winograd one, 3., only if ``winograd``), and every plain convolution given only the
+    part of its input map the output depends on (:func:`_extents_read`)."""
     # not named_children(): it lists a module shared by several positions (the builders
     # reuse one activation instance) only once
     layers: List[tuple] = list(module._modules.items())
@@ -163,7 +164,7 @@ def sequential_forward(module: nn.Sequential, params: Params, x: Tensor) -> Tens
         if reads[i] is not None and _plain_conv(layer):
             x = x[..., :reads[i][0], :reads[i][1]]
         if i + 2 < len(layers) and _plain_conv(layer) and isinstance(layers[i + 1][1], MONOTONE):
-            z = _pooled_conv(x, layer, layers[i + 2][1], params[f"{name}.weight"])
+            z = _pooled_conv(x, layer, layers[i + 2][1], params[f"{name}.weight"], winograd)
             if z is not None:
                 b = params.get(f"{name}.bias")
                 x = layers[i + 1][1](z if b is None else z + b[:, None, None])
@@ -175,15 +176,20 @@ def sequential_forward(module: nn.Sequential, params: Params, x: Tensor) -> Tens
     return x
 
 
-def inductor_apply(network: Network) -> Callable[[Params, Tensor], Tensor]:
+def inductor_apply(network: Network, *, vmapped: bool = False) -> Callable[[Params, Tensor], Tensor]:
     """``apply(params, x)`` for a step to be compiled: :func:`sequential_forward` for a CNN,
     ``network.apply`` for an MLP (Inductor already fuses its layers). The same function up
-    to float32 rounding; the input checks of ``network.apply`` run first."""
+    to float32 rounding; the input checks of ``network.apply`` run first.
+
+    ``vmapped=True`` for a step that ``torch.func.vmap`` maps over stacked models (a
+    population) before it is compiled: without the Winograd rewrite, whose written-out
+    backward passes (``torch.autograd.Function``) Dynamo cannot trace under ``vmap``.
+    """
     if network.network_type != "cnn":
         return network.apply
 
     def apply(params: Params, x: Tensor) -> Tensor:
         network.check_input(x, params)
-        return sequential_forward(network.module, params, x)
+        return sequential_forward(network.module, params, x, winograd=not vmapped)
 
     return apply

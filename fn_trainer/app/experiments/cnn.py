@@ -17,5 +17,6 @@ def solved_kernel(archs: Sequence[Architecture], batch_size: int) -> str:
 
 
 QUESTION = Comparison(NAME, "4. CNN with a solved kernel size against the MLP", "CNN against MLP",
-                      architectures=lambda: [kernel_cnn(), reference_mlp()], note=solved_kernel)
+                      architectures=lambda: [kernel_cnn(), reference_mlp()], note=solved_kernel,
+                      contrasts=((0, 1),))  # the CNN against the MLP
 run = QUESTION.run

@@ -19,5 +19,6 @@ def solved_channels(archs: Sequence[Architecture], batch_size: int) -> str:
 
 QUESTION = Comparison(NAME, "5. CNN shapes: deep 1x1 kernels, shallow 28x28 kernel", "three CNN shapes",
                       architectures=lambda: [kernel_cnn(), deep_cnn(), shallow_cnn()],
-                      note=solved_channels, with_reference=True)
+                      note=solved_channels, with_reference=True,
+                      contrasts=((1, 0), (2, 0), (1, 2)))  # deep and shallow against question 4's, deep against shallow
 run = QUESTION.run

@@ -9,5 +9,6 @@ NAME = experiment_name(__name__)
 
 QUESTION = Comparison(NAME, "3. Depth: MLP 256-256 against a deep 64-unit MLP",
                       "MLP 256-256 against a deep 64-unit MLP",
-                      architectures=lambda: [reference_mlp(), deep_mlp(64)], gradient_norm=True)
+                      architectures=lambda: [reference_mlp(), deep_mlp(64)], gradient_norm=True,
+                      contrasts=((1, 0),))  # the deep MLP against the MLP
 run = QUESTION.run

@@ -1,11 +1,14 @@
 """How runs are written for people: learning rates, network labels, a run's summary line,
-the runs table and a section's header in ``report.md``."""
+the runs table, the configurations' spreads over seeds and their differences, and a
+section's header in ``report.md``."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from ..report import markdown_table
-from .context import Context
+from ..statistics import LEVEL, Spread, format_difference, format_spread, welch_difference
+from .configurations import Configuration
+from .context import Context, Settings
 from .records import RunRecord
 
 
@@ -41,18 +44,78 @@ def runs_table(records: Sequence[RunRecord]) -> str:
         best, epoch = r.best()
         s = r.spec
         rows.append([s.label, f"{r.n_params:,}", fmt_lr(s.lr), "on" if s.normalization else "off",
-                     s.batch_size, s.epochs, fmt_metric(r.final("train_accuracy")), fmt_metric(r.final()),
+                     s.batch_size, s.epochs, s.seed, fmt_metric(r.final("train_accuracy")), fmt_metric(r.final()),
                      f"{fmt_metric(best)} (epoch {epoch})", r.diverged.split(":")[0] if r.diverged else "ok",
                      f"{r.wall_time_s:.1f}" + (" (shared)" if r.trained_together else "")])
-    return markdown_table(["run", "params", "lr", "normalisation", "batch", "epochs",
+    return markdown_table(["run", "params", "lr", "normalisation", "batch", "epochs", "seed",
                            "final train acc", "final valid acc", "best valid acc", "status",
                            "wall time (s)"], rows)
+
+
+def shared_note(records: Sequence[RunRecord]) -> List[str]:
+    """What a "shared" wall time in the runs table means, and a blank line; nothing if no run has one."""
+    if not any(r.trained_together for r in records):
+        return []
+    return ["Runs with a \"shared\" wall time were trained together with others in one vmapped step (the "
+            "\"trainer\" of the run's JSON file says with how many); the time is the group's.", ""]
+
+
+def fmt_spread(s: Optional[Spread]) -> str:
+    """``mean ± std`` of an accuracy over seeds; ``"n/a"`` where no run has a value."""
+    return "n/a" if s is None else format_spread(s)
+
+
+def spread_table(configurations: Sequence[Configuration]) -> str:
+    """Markdown table: per configuration its seeds and the mean ± std (sample standard
+    deviation) over them of the final and the best validation accuracy."""
+    rows = [[c.spec.label, f"{c.n_params:,}", fmt_lr(c.spec.lr), "on" if c.spec.normalization else "off",
+             len(c.runs), fmt_spread(c.final_spread()), fmt_spread(c.best_spread()),
+             sum(1 for r in c.runs if r.diverged)] for c in configurations]
+    return markdown_table(["configuration", "params", "lr", "normalisation", "seeds",
+                           "final valid acc (mean ± std)", "best valid acc (mean ± std)", "diverged runs"], rows)
+
+
+def several_seeds(configurations: Sequence[Configuration]) -> bool:
+    """Whether any configuration has more than one run (then spreads are worth a table)."""
+    return any(len(c.runs) > 1 for c in configurations)
+
+
+Contrast = Tuple[str, Configuration, Configuration]  # what is compared, first, second
+
+
+def differences(contrasts: Sequence[Contrast]) -> List[str]:
+    """The report's comparisons: a sentence on the method, then per contrast the difference
+    (first minus second) of the mean final and of the mean best validation accuracy, with
+    Welch's t interval over seeds and whether it exceeds seed noise."""
+    if not contrasts:
+        return []
+    sizes = sorted({len(c.runs) for _, a, b in contrasts for c in (a, b)})
+    if sizes[0] < 2:
+        method = ("Differences of validation accuracy, first minus second. With one seed per configuration "
+                  f"there is no interval: seed noise is not measured (rerun with --seeds {Settings.seeds}).")
+    else:
+        method = (f"Differences of the mean validation accuracy over {' or '.join(map(str, sizes))} seeds, first "
+                  f"minus second, with Welch's t {LEVEL:.0%} confidence interval (unequal variances); a "
+                  f"difference exceeds seed noise when its interval excludes 0.")
+    lines = [method, ""]
+    for what, a, b in contrasts:
+        lines.append(f"- {what}: final {_difference(a.finals(), b.finals())}; "
+                     f"best {_difference(a.bests(), b.bests())}")
+    return lines
+
+
+def _difference(a: Sequence[float], b: Sequence[float]) -> str:
+    if not a or not b:
+        return "n/a (a side has no finite validation accuracy)"
+    return format_difference(welch_difference(a, b))
 
 
 def header(title: str, ctx: Context) -> List[str]:
     """The first lines of a training experiment's section: its title, the command, the data."""
     s = ctx.settings
     limit = "all" if s.limit is None else f"the first {s.limit}"
+    seeds = (f"seed {s.seed}" if s.seeds == 1 else
+             f"seeds {s.run_seeds[0]} to {s.run_seeds[-1]} ({s.seeds} runs per configuration)")
     return [f"## {title}", "", f"Command: `{s.command}`", "",
             f"Training samples: {limit} ({len(ctx.splits.train.y):,}); validation samples: "
-            f"{len(ctx.splits.valid.y):,}; seed {s.seed}; Adam, ReLU.", ""]
+            f"{len(ctx.splits.valid.y):,}; {seeds}; Adam, ReLU.", ""]

@@ -23,7 +23,9 @@ from .record_checks import record_problem
 
 RUNS_DIR = "runs"
 HASH_DIGITS = 12  # of a run's configuration hash, in its file names
-SWEEP_TRAINER = "fit_sweep"  # how runs trained together in one vmapped step begin their ``trainer``
+SWEEP_TRAINER = "fit_sweep"  # how the runs of a one-seed lr sweep's group begin their ``trainer``
+POPULATION_TRAINER = "fit_population"  # how the runs of a population (several seeds) begin theirs
+TOGETHER_TRAINERS = (SWEEP_TRAINER, POPULATION_TRAINER)  # runs that shared one vmapped step
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ class RunRecord:
     @property
     def trained_together(self) -> bool:
         """Whether the run shared one vmapped step with others: ``wall_time_s`` is the group's."""
-        return self.trainer.startswith(SWEEP_TRAINER)
+        return self.trainer.startswith(TOGETHER_TRAINERS)
 
     def to_json(self) -> Dict[str, Any]:
         spec = dataclasses.asdict(self.spec)
@@ -122,6 +124,15 @@ def result_path(ctx: Context, spec: RunSpec) -> Path:
 def checkpoint_path(ctx: Context, spec: RunSpec) -> Path:
     """``<out>/runs/<name>-<hash>.checkpoint.pt``: the unfinished run, continued with ``--resume``."""
     return _run_file(ctx, spec, ".checkpoint.pt")
+
+
+def population_checkpoint_path(ctx: Context, specs: Sequence[RunSpec]) -> Path:
+    """``<out>/runs/<first name>-x<K>-<hash>.checkpoint.pt``: the unfinished population of
+    ``specs`` (trained together), continued with ``--resume``; the hash covers every
+    member's configuration hash, in order."""
+    digest = hashlib.sha256(" ".join(sp.config_hash(ctx.fingerprint) for sp in specs).encode())
+    return safe_path(ctx.folder(RUNS_DIR),
+                     f"{specs[0].name}-x{len(specs)}-{digest.hexdigest()[:HASH_DIGITS]}.checkpoint.pt")
 
 
 def _run_file(ctx: Context, spec: RunSpec, suffix: str) -> Path:

@@ -1,6 +1,7 @@
 """Training the runs of an experiment: each one alone with ``fit``, or a group together
-in one vmapped step with ``fit_sweep``; a stored result is reused instead (unless
-``--force``), and a fresh one is stored as soon as it exists."""
+in one vmapped step (a population of seeds with ``fit_population``, a one-seed lr sweep
+with ``fit_sweep``); a stored result is reused instead (unless ``--force``), and a fresh
+one is stored as soon as it exists."""
 from __future__ import annotations
 
 import math
@@ -17,15 +18,17 @@ from ...core.step import make_step
 from ...speed import inductor_apply
 from ...training.compiled import compile_step
 from ...training.fit import FitResult, fit
-from ...training.population import fit_sweep
-from .context import Context
+from ...training.population import Member, fit_population, fit_sweep
+from .context import Context, Settings
 from .formatting import summary
 from .records import (
+    POPULATION_TRAINER,
     SWEEP_TRAINER,
     RunRecord,
     RunSpec,
     checkpoint_path,
     finite_logs,
+    population_checkpoint_path,
     result_path,
     stored_record,
     write_json,
@@ -64,9 +67,12 @@ def execute(ctx: Context, specs: Sequence[RunSpec], train_group: Optional[GroupT
         else:
             pending.append(i)
     if pending and train_group is not None:
-        results = train_group(ctx, [specs[i] for i in pending])
+        group = [specs[i] for i in pending]
+        results = train_group(ctx, group)
         for i, (result, wall, trainer) in zip(pending, results):
             records[i] = store(ctx, specs[i], result, wall, trainer)
+        # Only once every record is written: until then --resume needs the checkpoint.
+        population_checkpoint_path(ctx, group).unlink(missing_ok=True)
     else:
         for i in pending:
             result, wall, trainer = train_one(ctx, specs[i])
@@ -113,6 +119,42 @@ def train_together(ctx: Context, specs: List[RunSpec]) -> List[Trained]:
                         desc=f"{first.name.split('-lr')[0]} x{len(specs)} lrs")
     wall = time.perf_counter() - start
     return [(r, wall, f"{SWEEP_TRAINER} ({len(specs)} learning rates together)") for r in results]
+
+
+def train_population(ctx: Context, specs: List[RunSpec]) -> List[Trained]:
+    """A ``train_group`` for ``execute``: runs of one network, batch size and epoch count
+    (differing in seed, learning rate or normalisation) trained as one population with
+    ``fit_population``, all in one vmapped step. Each run starts from ``spec.seed``'s
+    initialisation with Adam at ``spec.lr``, on its normalisation's data (one data set
+    shared by all runs that have it); the step is compiled as in ``train_one`` when the
+    run is long enough (with the forward for Inductor that ``vmap`` can trace); the
+    population is checkpointed every epoch and continued with ``--resume``. The wall
+    time is the population's."""
+    first = specs[0]
+    shapes = {(sp.network_type, sp.config, sp.batch_size, sp.epochs) for sp in specs}
+    if len(shapes) != 1:
+        raise ValueError(f"the runs of a population must share their network, batch size and epochs, got "
+                         f"{[sp.name for sp in specs]}")
+    network = build_network(first.network_type, first.config, n_classes=N_CLASSES)
+    data = [ctx.data(sp.normalization) for sp in specs]
+    compiled = worth_compiling(first.epochs, data[0][0].X.shape[0], first.batch_size)
+    start = time.perf_counter()
+    results = fit_population(network, [Member(sp.seed, sp.lr) for sp in specs], [train for train, _ in data],
+                             [valid for _, valid in data], epochs=first.epochs, batch_size=first.batch_size,
+                             n_classes=N_CLASSES, compile=compiled,
+                             compiled_apply=inductor_apply(network, vmapped=True) if compiled else None,
+                             progress=ctx.settings.progress, desc=f"{first.name.split('-lr')[0]} x{len(specs)}",
+                             checkpoint=population_checkpoint_path(ctx, specs), resume=ctx.settings.resume,
+                             config={"members": [sp.identity(ctx.fingerprint) for sp in specs]})
+    wall = time.perf_counter() - start
+    how = f"{POPULATION_TRAINER} ({len(specs)} runs together{', compiled' if compiled else ''})"
+    return [(r, wall, how) for r in results]
+
+
+def seeds_trainer(settings: Settings) -> Optional[GroupTrainer]:
+    """How the runs of a configuration's seeds train: together, one population, when there
+    are several; with one seed each run alone with ``fit``, as before seeds."""
+    return train_population if settings.seeds > 1 else None
 
 
 def store(ctx: Context, spec: RunSpec, result: FitResult, wall_time_s: float, trainer: str) -> RunRecord:
