@@ -21,7 +21,7 @@ def finite_per_member(tree: Any, count: int) -> Tensor:
     ok = torch.ones(count, dtype=torch.bool)
     for leaf in tree_leaves(tree):
         if isinstance(leaf, Tensor) and leaf.is_floating_point():
-            ok = ok & torch.isfinite(leaf).reshape(count, -1).all(1)
+            ok = ok & torch.isfinite(leaf).reshape(count, -1).all(1).cpu()
     return ok
 
 
@@ -33,3 +33,8 @@ def stack_trees(trees: Sequence[Any]) -> Any:
 def tree_index(tree: Any, k: int) -> Any:
     """Member ``k`` of a stacked tree, as independent tensors (copies)."""
     return tree_map(lambda leaf: leaf[k].clone(), tree)
+
+
+def tree_to(tree: Any, device: torch.device) -> Any:
+    """``tree`` with every tensor on ``device`` (the same tensors where they already are)."""
+    return tree_map(lambda leaf: leaf.to(device) if isinstance(leaf, Tensor) else leaf, tree)

@@ -64,7 +64,7 @@ class Members(NamedTuple):
         if not losses:
             return torch.ones(self.count, dtype=torch.bool)
         both = torch.stack([torch.stack(list(losses)), torch.stack(list(grad_norms))])
-        return torch.isfinite(both).reshape(2 * len(losses), self.count).all(0)
+        return torch.isfinite(both).reshape(2 * len(losses), self.count).all(0).cpu()
 
     def value(self, metric: Tensor, k: int) -> float:
         """Member ``k``'s value of a step metric."""

@@ -27,7 +27,7 @@ from ..core.optim import AdamState, adam, exp_log_power
 from ..core.paths import PathLike
 from ..core.splits import check_split, params_dtype
 from ..core.step import Apply, Step, make_step
-from ..core.trees import stack_trees, tree_index
+from ..core.trees import stack_trees, tree_index, tree_to
 from ..core.types import Batch, Params
 from .checkpoint import to_plain
 from .compiled import compile_step
@@ -84,7 +84,7 @@ class MemberData:
         else:
             self.X = torch.stack([X for X, _ in splits])
             self.T = torch.stack([T for _, T in splits])
-        self.which = torch.tensor(which)
+        self.which = torch.tensor(which, device=self.X.device)
         self.n = splits[0][0].shape[0]
 
     @property
@@ -222,6 +222,9 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
     valid_data = member_splits("valid", valid, K, n_classes, dtype)
     if train_data.sample_shape != valid_data.sample_shape:
         raise ValueError("train X and valid X must have the same sample shape")
+    if train_data.X.device != valid_data.X.device:
+        raise ValueError(f"train X and valid X must be on one device, got {train_data.X.device} and {valid_data.X.device}")
+    params, state = tree_to((params, state), train_data.X.device)  # the members train where their data is
 
     n, n_batches = train_data.n, math.ceil(train_data.n / batch_size)
     seeds = sorted({m.seed for m in members})
