@@ -150,7 +150,8 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
         train: Tuple[Tensor, Tensor], valid: Tuple[Tensor, Tensor], *, epochs: int,
         batch_size: int = 128, n_classes: int = 10, shuffle: bool = False, seed: int = 0,
         progress: bool = True, desc: str = "train", checkpoint: Optional[PathLike] = None,
-        resume: bool = False, config: Optional[Dict[str, Any]] = None) -> FitResult:
+        resume: bool = False, config: Optional[Dict[str, Any]] = None,
+        write_checkpoint: bool = True) -> FitResult:
     """Train for ``epochs`` epochs of minibatches, logging like the homework's ``train_loop``.
 
     ``train`` and ``valid`` are ``(X, y)`` with ``y`` labels ``(N,)`` or one-hot ``(N, C)``.
@@ -177,6 +178,8 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
     written with the same settings, ``config`` and parameter shapes (else
     ``CheckpointError``, a ``ValueError``); the result is bitwise the same as an
     uninterrupted run. Without ``resume`` an existing checkpoint is overwritten.
+    ``write_checkpoint=False`` only reads ``checkpoint``, to resume, and never writes it:
+    the ranks of a data-parallel run other than rank 0, which writes it for them all.
     """
     check_positive_int("epochs", epochs, minimum=0)
     check_positive_int("batch_size", batch_size)
@@ -196,7 +199,8 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
         checkpoint = Path(checkpoint)
         if checkpoint.is_dir():  # found now, not when the first epoch's work is to be saved
             raise ValueError(f"checkpoint must be a file path, got {str(checkpoint)!r}, an existing folder")
-        ensure_writable_dir(checkpoint.parent)
+        if write_checkpoint:
+            ensure_writable_dir(checkpoint.parent)
     plain_config = to_plain(config, "config")
     settings = {"batch_size": batch_size, "shuffle": shuffle, "seed": seed, "n_classes": n_classes,
                 "train_shape": list(X_train.shape), "valid_shape": list(X_valid.shape)}
@@ -249,13 +253,13 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
             logs = _appended(cur.logs, {"train_gradient_norm": float(cur.last_grad_norm),
                                         **metrics_of(cur.params)})
             cur = Progress(cur.params, cur.opt_state, logs, cur.epoch + 1, 0)
-            if checkpoint is not None:
+            if checkpoint is not None and write_checkpoint:
                 save(cur)
             bar.update(1)
             bar.set_postfix(val_acc=f"{logs['validation_accuracy'][-1]:.4f}")
     except KeyboardInterrupt:
         # Keep the last good checkpoint if this epoch already went non-finite.
-        if (checkpoint is not None and metrics_finite(losses, grad_norms)
+        if (checkpoint is not None and write_checkpoint and metrics_finite(losses, grad_norms)
                 and tree_finite(cur.params, cur.opt_state)):
             save(cur)
         raise
