@@ -1,4 +1,5 @@
 """Data-parallel training: two CPU processes (gloo) against one, differing starts, lost ranks."""
+import json
 import os
 import re
 import signal
@@ -12,10 +13,14 @@ import pytest
 import torch
 import torch.distributed as dist
 from distributed_ranks import BATCH_SIZES, LR, problem, train
+from fakedata import write_fashion_mnist
 from hypothesis import given
 from hypothesis import strategies as st
 
 from fn_trainer import make_step
+from fn_trainer.app import cli
+from fn_trainer.app.cli import settings_of
+from fn_trainer.training.checkpoint import load_checkpoint, save_checkpoint
 from fn_trainer.training.distributed import (
     RankLostError,
     launch_from_env,
@@ -174,3 +179,99 @@ def test_only_collective_failures_become_lost_ranks():
     with pytest.raises(RuntimeError, match="^mat1 and mat2 shapes cannot be multiplied$"):
         with lost_ranks_raise("while testing"):
             raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+
+# --- the command line ------------------------------------------------------------------------
+
+CLI_TOL = 1e-5  # relative, as METRICS32 (measured: 1e-7 over the 40 steps of a run)
+MARK = 9.5
+CLI_RUN = ["depth", "--limit", "64", "--batch-size", "16", "--epochs", "10", "--no-download", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def cli_data_root(tmp_path_factory) -> Path:
+    return write_fashion_mnist(tmp_path_factory.mktemp("fashion"), n_train=64, n_test=200, seed=1)
+
+
+def torchrun(args, world_size: int = 2):
+    """``torchrun --standalone`` of ``python -m fn_trainer args`` with ``world_size`` processes."""
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc_per_node={world_size}", "-m", "fn_trainer", *map(str, args)],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_a_lost_rank_stops_the_command_and_torchrun_resumes_it(cli_data_root, tmp_path):
+    run = [*CLI_RUN, "--data", cli_data_root]
+    args = [*run, "--parallel", "data", "--rank-timeout", "30", "--out", tmp_path / "parallel"]
+    first, second = start_ranks(["-m", "fn_trainer", *args])
+    checkpoints = tmp_path / "parallel" / "runs"
+    try:
+        deadline = time.monotonic() + 120
+        while not list(checkpoints.glob("*.checkpoint.pt")) and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second.kill()  # after rank 0 wrote the first epoch's checkpoint
+        killed = time.monotonic()
+        rc, _, err = finish(first, timeout=120)
+        waited = time.monotonic() - killed
+    finally:
+        second.kill()
+        second.communicate()
+    assert rc == 2, err[-3000:]
+    (line,) = error_lines(err)
+    assert line.startswith("fn-trainer: error: lost contact with the other ranks")
+    assert line.endswith("; rerun with --resume to continue from the last checkpoint")
+    assert waited < 60
+    # a mark in the interrupted run's logs: a run resumed from its checkpoint keeps them
+    (checkpoint,) = checkpoints.glob("*.checkpoint.pt")
+    state = load_checkpoint(checkpoint)
+    state["logs"]["train_loss"][0] = MARK
+    save_checkpoint(checkpoint, state)
+
+    done = torchrun([*args, "--resume"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    # rank 0 alone prints: one summary line per run (trained or found done) and the report's path
+    assert len([line for line in done.stdout.splitlines() if "params;" in line]) == 2
+    assert done.stdout.count("report: ") == 1
+    assert not list(checkpoints.glob("*.checkpoint.pt"))
+
+    assert cli.main([*map(str, run), "--out", str(tmp_path / "single")]) == 0
+    records = sorted(checkpoints.glob("*.json"))
+    assert len(records) == 2
+    for path in records:
+        parallel, single = (json.loads(p.read_text()) for p in (path, tmp_path / "single" / "runs" / path.name))
+        assert parallel["trainer"] == "fit (data parallel, 2 ranks)"
+        if path.name == checkpoint.name.replace(".checkpoint.pt", ".json"):
+            assert parallel["logs"]["train_loss"][0] == MARK
+            parallel["logs"]["train_loss"][0] = single["logs"]["train_loss"][0]
+        for key, values in parallel["logs"].items():
+            assert values == pytest.approx(single["logs"][key], rel=CLI_TOL)
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--parallel", "data"], {}, "--parallel data runs under torchrun, which sets RANK, WORLD_SIZE and LOCAL_RANK"),
+    ([], {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"},
+     r"one of 2 processes started by torchrun \(WORLD_SIZE\), but without --parallel each would train"),
+    (["--parallel", "population"], {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"},
+     "--parallel population .* is not available yet"),
+    (["--parallel", "data"], {"RANK": "0", "WORLD_SIZE": "2"}, "LOCAL_RANK missing"),
+    (["--rank-timeout", "0"], {}, "--rank-timeout must be a positive finite number, got 0.0"),
+])
+def test_parallel_options_that_cannot_work_are_one_line_errors(cli_data_root, tmp_path, capsys, monkeypatch,
+                                                                args, env, message):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    rc = cli.main(["depth", *CLI_RUN[1:], "--data", str(cli_data_root), "--out", str(tmp_path), *args])
+    (line,) = capsys.readouterr().err.splitlines()
+    assert rc == 2 and re.match(f"fn-trainer: error: .*{message}", line)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_each_rank_trains_the_sweep_run_by_run_and_only_rank_0_shows_progress_or_downloads():
+    args = cli.build_parser().parse_args(["lr-sweep", "--parallel", "data"])
+    leader, other = (settings_of(args, "fn-trainer", rank) for rank in (0, 1))
+    assert leader.sequential and other.sequential  # a vmapped sweep is one process's work
+    assert (leader.progress, leader.download, other.progress, other.download) == (True, True, False, False)
+    assert not settings_of(cli.build_parser().parse_args(["lr-sweep"]), "fn-trainer").sequential

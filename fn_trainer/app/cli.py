@@ -22,6 +22,7 @@ PROG = "fn-trainer"
 DEFAULT_SEED = HOMEWORK_SEED
 DEFAULT_LR = 1e-4
 DEFAULT_LRS = (0.01, 1e-4, 1e-8)
+DEFAULT_RANK_TIMEOUT = 300.0  # seconds: long enough for rank 0's figures and report between two runs
 HELP = {
     "equivariance": "Q1: a conv-only model's equivariance to shifts and 90° rotations (four figures).",
     "lr-sweep": "Q2: MLP 256-256 with learning rates x normalisation off/on (batch 128).",
@@ -95,6 +96,12 @@ def _add_training(p: argparse.ArgumentParser, name: str) -> None:
                    help="compute with subnormal floats instead of flushing them to zero (slower once "
                         "Adam's moments decay below 1e-38; see fn_trainer.speed.denormals)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--parallel", choices=("data", "population"), default=None,
+                   help="under torchrun: train every run over all its processes, each on its slice of "
+                        "every minibatch (data); rank 0 alone prints and writes (population: not yet)")
+    p.add_argument("--rank-timeout", type=float, default=DEFAULT_RANK_TIMEOUT, metavar="SECONDS",
+                   help="with --parallel: how long a rank waits for the others (in a step, or for rank "
+                        "0's next run) before it stops with an error (default: %(default)s)")
 
 
 def _check_int(option: str, value: Optional[int], minimum: int) -> None:
@@ -102,7 +109,7 @@ def _check_int(option: str, value: Optional[int], minimum: int) -> None:
         raise ValueError(f"{option} must be an integer >= {minimum}, got {value}")
 
 
-def _check_lr(option: str, value: float) -> None:
+def _check_positive(option: str, value: float) -> None:
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{option} must be a positive finite number, got {value}")
 
@@ -118,11 +125,13 @@ def validate(args: argparse.Namespace) -> None:
     _check_int("--epochs", getattr(args, "epochs", None), 0)
     _check_int("--batch-size", getattr(args, "batch_size", None), 1)
     if hasattr(args, "lr"):
-        _check_lr("--lr", args.lr)
+        _check_positive("--lr", args.lr)
     for lr in getattr(args, "lrs", ()):
-        _check_lr("--lrs", lr)
+        _check_positive("--lrs", lr)
     if hasattr(args, "device"):
         _check_device(args.device)
+    if hasattr(args, "rank_timeout"):
+        _check_positive("--rank-timeout", args.rank_timeout)
     _check_threads(getattr(args, "threads", None))
     for option, path in (("--out", args.out), ("--data", args.data)):
         _check_utf8(option, path)
@@ -171,17 +180,22 @@ def _check_device(name: str) -> None:
             raise ValueError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA devices")
 
 
-def settings_of(args: argparse.Namespace, command: str):
-    """The experiments' ``Settings`` from parsed arguments."""
+def settings_of(args: argparse.Namespace, command: str, rank: int = 0, device: Optional[str] = None):
+    """The experiments' ``Settings`` from parsed arguments, for rank ``rank`` of a
+    ``--parallel`` launch (only rank 0 shows progress and downloads) computing on ``device``
+    (default ``--device``)."""
     from .experiments.runs import Settings
 
+    parallel = getattr(args, "parallel", None)
     return Settings(
         data=args.data, out=args.out, epochs=getattr(args, "epochs", 0), seed=args.seed,
         batch_size=getattr(args, "batch_size", None), limit=args.limit,
         lr=getattr(args, "lr", DEFAULT_LR), lrs=tuple(getattr(args, "lrs", DEFAULT_LRS)),
         force=getattr(args, "force", False), resume=getattr(args, "resume", False),
-        sequential=getattr(args, "sequential", False), progress=getattr(args, "progress", True),
-        download=args.download, device=getattr(args, "device", "cpu"), command=command,
+        # a vmapped sweep is one process's work: with --parallel each run is trained by all ranks
+        sequential=getattr(args, "sequential", False) or parallel is not None,
+        progress=getattr(args, "progress", True) and rank == 0, download=args.download and rank == 0,
+        device=device or getattr(args, "device", "cpu"), command=command, parallel=parallel, rank=rank,
     )
 
 
@@ -189,21 +203,28 @@ def run_experiments(args: argparse.Namespace, command: str) -> int:
     from ..speed.denormals import denormals_flushed, flush_denormals
     from .experiments import experiment
     from .experiments.runs import Context
+    from .parallel import detect, serve, session
     from .report import REPORT_FILE
 
     validate(args)
+    launch = detect(getattr(args, "parallel", None))
     if getattr(args, "threads", None):
         import torch
 
         torch.set_num_threads(args.threads)
-    ctx = Context(settings_of(args, command),
-                  warn=lambda line: print(f"{PROG}: warning: {line}", file=sys.stderr, flush=True))
     names = list(EXPERIMENTS) if args.command == "all" else [args.command]
     flushed_before = denormals_flushed()
     flush_denormals(getattr(args, "flush_denormals", True))  # after --threads: it sets the threads in use
     try:
-        for name in names:
-            experiment(name).run(ctx)
+        timeout_s = getattr(args, "rank_timeout", DEFAULT_RANK_TIMEOUT)
+        with session(launch, getattr(args, "device", "cpu"), timeout_s) as device:
+            ctx = Context(settings_of(args, command, launch.rank if launch else 0, device),
+                          warn=lambda line: print(f"{PROG}: warning: {line}", file=sys.stderr, flush=True))
+            if launch is not None and launch.rank != 0:
+                serve(ctx)  # train the runs rank 0 sends; it alone writes and prints
+                return 0
+            for name in names:
+                experiment(name).run(ctx)
     finally:
         flush_denormals(flushed_before)
     print(f"report: {Path(args.out) / REPORT_FILE}")
@@ -226,6 +247,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     from ..core.data import DatasetError
+    from ..training.distributed import RankLostError
+    from .parallel import rank_prefix
 
     try:
         if args.command == "export-solution":
@@ -236,10 +259,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return grading_command.run(args)
         return run_experiments(args, shlex.join([PROG, *argv]))
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; finished runs are saved, rerun with --resume to continue "
-              "the interrupted one from its checkpoint", file=sys.stderr)
+        if not rank_prefix():  # said once, by rank 0, for all ranks
+            print(f"{PROG}: interrupted; finished runs are saved, rerun with --resume to continue "
+                  "the interrupted one from its checkpoint", file=sys.stderr)
         return 130
-    except (DatasetError, ValueError, TypeError, OSError) as e:
+    except (DatasetError, ValueError, TypeError, OSError, RankLostError) as e:
         message = " ".join(str(e).split()) or type(e).__name__
-        print(f"{PROG}: error: {message}", file=sys.stderr)
+        if isinstance(e, RankLostError):
+            message += "; rerun with --resume to continue from the last checkpoint"
+        print(f"{PROG}: error: {rank_prefix()}{message}", file=sys.stderr)
         return 2

@@ -103,7 +103,7 @@ def backend_for(device: torch.device) -> str:
 
 
 def init_process_group(launch: Launch, device: str | torch.device = "cpu", *,
-                       timeout_s: float = 300.0) -> torch.device:
+                       timeout_s: float) -> torch.device:
     """Join the launch's process group (``env://``: ``MASTER_ADDR`` and ``MASTER_PORT``,
     set by torchrun) and return the device this rank computes on: ``cuda:LOCAL_RANK``
     for a CUDA device, else ``device``. A collective that waits longer than

@@ -29,6 +29,7 @@ from ...core.step import make_step
 from ...speed import inductor_apply
 from ...training.compiled import compile_step
 from ...training.fit import LOG_KEYS, FitResult, fit, make_evaluate
+from ..parallel import data_parallel_run
 from ..report import markdown_table, print_warning
 
 RUNS_DIR = "runs"
@@ -64,6 +65,8 @@ class Settings:
     download: bool = True
     device: str = "cpu"
     command: str = "fn-trainer"
+    parallel: Optional[str] = None  # --parallel: "data", or None for one process
+    rank: int = 0  # this process's rank in a torchrun launch (0: the one that writes)
 
 
 @dataclass(frozen=True)
@@ -354,7 +357,9 @@ def train_one(ctx: Context, spec: RunSpec) -> Tuple[FitResult, float, str]:
     """Train ``spec`` with ``fit`` from parameters initialised by ``spec.seed``, writing a
     checkpoint every epoch (continued with ``--resume`` after an interruption); the step
     is compiled when the run is long enough to repay it. Returns the result, the wall
-    time and how it was trained (``"fit"`` or ``"fit (compiled)"``)."""
+    time and how it was trained (``"fit"`` or ``"fit (compiled)"``). With ``--parallel
+    data`` every rank trains it, each on its slice of every minibatch, and rank 0 alone
+    writes the checkpoint (``fn_trainer.app.parallel``)."""
     net = build_network(spec.network_type, spec.config, n_classes=N_CLASSES)
     device = torch.device(ctx.settings.device)
     params = {k: v.to(device) for k, v in net.init(spec.seed).items()}
@@ -362,15 +367,18 @@ def train_one(ctx: Context, spec: RunSpec) -> Tuple[FitResult, float, str]:
     train, valid = ctx.data(spec.normalization)
     step = make_step(net.apply, optimizer)
     compiled = worth_compiling(spec.epochs, train[0].shape[0], spec.batch_size)
-    if compiled:  # the forward written for Inductor; the odd last minibatch runs the plain one
+    trainer = "fit (compiled)" if compiled else "fit"
+    if ctx.settings.parallel == "data":
+        step, trainer = data_parallel_run(ctx, spec, net, optimizer, compiled)
+    elif compiled:  # the forward written for Inductor; the odd last minibatch runs the plain one
         step = compile_step(make_step(inductor_apply(net), optimizer), eager=step)
     start = time.perf_counter()
     result = fit(step, make_evaluate(net.apply), params, optimizer.init(params),
                  train, valid, epochs=spec.epochs, batch_size=spec.batch_size, n_classes=N_CLASSES,
                  seed=spec.seed, progress=ctx.settings.progress, desc=spec.name,
                  checkpoint=ctx.checkpoint_path(spec), resume=ctx.settings.resume,
-                 config=spec.identity(ctx.fingerprint))
-    return result, time.perf_counter() - start, "fit (compiled)" if compiled else "fit"
+                 config=spec.identity(ctx.fingerprint), write_checkpoint=ctx.settings.rank == 0)
+    return result, time.perf_counter() - start, trainer
 
 
 def store(ctx: Context, spec: RunSpec, result: FitResult, wall_time_s: float, trainer: str) -> RunRecord:
