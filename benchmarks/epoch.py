@@ -299,9 +299,10 @@ def sweep_paths(config: NetworkConfiguration, X, y, T, batch_size: int, n_steps:
 
 
 def measure(paths: Dict[str, Callable[[], Params]], reps: int, scale: float, log,
-            loss: Callable[[Params], object]) -> Dict[str, Dict]:
+            loss: Callable[[Params], object], baseline: str = "reference") -> Dict[str, Dict]:
     """Warm every path once (timed: compile warm-up), then ``reps`` alternating rounds;
-    ``final_loss`` is ``loss`` of the parameters each path reached last."""
+    ``ratio`` is each path's median over ``baseline``'s; ``final_loss`` is ``loss`` of the
+    parameters each path reached last."""
     out: Dict[str, Dict] = {}
     reached: Dict[str, Params] = {}
     for name, run in paths.items():
@@ -313,7 +314,7 @@ def measure(paths: Dict[str, Callable[[], Params]], reps: int, scale: float, log
             seconds, reached[name] = timed(run)
             out[name]["epoch_s"].append(round(seconds * scale, 4))
         log(f"  rep {r + 1}/{reps}: " + ", ".join(f"{n} {v['epoch_s'][-1]:.3f}" for n, v in out.items()))
-    ref = statistics.median(out["reference"]["epoch_s"])
+    ref = statistics.median(out[baseline]["epoch_s"])
     peer = statistics.median(out["compiled_reference"]["epoch_s"]) if "compiled_reference" in out else None
     with torch.no_grad():
         for name, v in out.items():
