@@ -22,6 +22,7 @@ PROG = "fn-trainer"
 DEFAULT_SEED = HOMEWORK_SEED
 DEFAULT_LR = 1e-4
 DEFAULT_LRS = (0.01, 1e-4, 1e-8)
+PARALLEL_MODES = ("data", "population")  # fn_trainer.app.parallel; population is reserved
 DEFAULT_RANK_TIMEOUT = 300.0  # seconds: long enough for rank 0's figures and report between two runs
 HELP = {
     "equivariance": "Q1: a conv-only model's equivariance to shifts and 90° rotations (four figures).",
@@ -96,7 +97,7 @@ def _add_training(p: argparse.ArgumentParser, name: str) -> None:
                    help="compute with subnormal floats instead of flushing them to zero (slower once "
                         "Adam's moments decay below 1e-38; see fn_trainer.speed.denormals)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    p.add_argument("--parallel", choices=("data", "population"), default=None,
+    p.add_argument("--parallel", choices=PARALLEL_MODES, default=None,
                    help="under torchrun: train every run over all its processes, each on its slice of "
                         "every minibatch (data); rank 0 alone prints and writes (population: not yet)")
     p.add_argument("--rank-timeout", type=float, default=DEFAULT_RANK_TIMEOUT, metavar="SECONDS",

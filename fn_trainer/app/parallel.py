@@ -36,8 +36,6 @@ if TYPE_CHECKING:
     from ..core.networks import Network
     from .experiments.runs import Context, RunSpec
 
-MODES = ("data", "population")
-
 
 def detect(mode: Optional[str], environ: Mapping[str, str] = os.environ) -> Optional[Launch]:
     """This process's place in a torchrun launch for ``--parallel mode`` (``None``: no
@@ -54,8 +52,6 @@ def detect(mode: Optional[str], environ: Mapping[str, str] = os.environ) -> Opti
     if mode == "population":
         raise ValueError("--parallel population (a population's members split across the ranks) is not "
                          "available yet; --parallel data is")
-    if mode not in MODES:
-        raise ValueError(f"--parallel must be one of {list(MODES)}, got {mode!r}")
     if launch is None:
         raise ValueError("--parallel data runs under torchrun, which sets RANK, WORLD_SIZE and LOCAL_RANK: "
                          "torchrun --standalone --nproc_per_node=N -m fn_trainer ... --parallel data")
