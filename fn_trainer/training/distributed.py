@@ -17,10 +17,12 @@ every rank: checked with the parameters at the first step), one collective per s
 
 The collective is a functional one (``torch.distributed._functional_collectives``),
 which ``torch.compile`` traces: a compiled data-parallel step is one graph, collective
-included, built by the same ``compile_step`` as the single-process step. Chosen by
-measurement (``python -m benchmarks.distributed``): against the step compiled as two
-graphs around an eager ``all_reduce``, the one graph was as fast or faster, and it
-needs no compiled path of its own.
+included, built by the same ``compile_step`` as the single-process step (its eager
+fallback for the odd last minibatch included). Measured against the step compiled as
+two graphs around an eager ``all_reduce`` (``python -m benchmarks.distributed``, MLP,
+two ranks on a shared 2-core machine), neither was faster beyond the machine's noise
+(one graph faster in 8 of 12 paired repetitions, the medians 3.3 against 2.9 and 3.9
+against 3.3 s an epoch), so the form that needs no compiled path of its own was kept.
 
 Backends: gloo for CPU tensors, nccl for CUDA ones. A rank that dies breaks its peers'
 connections and a rank that hangs runs into the process group's timeout: either way
