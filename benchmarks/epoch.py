@@ -55,8 +55,8 @@ import torch
 from torch.func import functional_call, vmap
 
 from fn_trainer import NetworkConfiguration, adam, build_network, cross_entropy, make_step, normalize, one_hot
-from fn_trainer.core.optim import exp_log_power
 from fn_trainer.core.networks import POOLED_SIZE, conv_output_size, feature_map_sizes
+from fn_trainer.core.optim import exp_log_power
 from fn_trainer.core.step import Params
 from fn_trainer.core.trees import stack_trees
 from fn_trainer.speed import inductor_apply
@@ -329,9 +329,10 @@ def population_paths(shape: str, config: NetworkConfiguration, X, y, T, batch_si
 
 
 def measure(paths: Dict[str, Callable[[], Params]], reps: int, scale: float, log,
-            loss: Callable[[Params], object]) -> Dict[str, Dict]:
+            loss: Callable[[Params], object], baseline: str = "reference") -> Dict[str, Dict]:
     """Warm every path once (timed: compile warm-up), then ``reps`` alternating rounds;
-    ``final_loss`` is ``loss`` of the parameters each path reached last."""
+    ``ratio`` is each path's median over ``baseline``'s; ``final_loss`` is ``loss`` of the
+    parameters each path reached last."""
     out: Dict[str, Dict] = {}
     reached: Dict[str, Params] = {}
     for name, run in paths.items():
@@ -343,7 +344,7 @@ def measure(paths: Dict[str, Callable[[], Params]], reps: int, scale: float, log
             seconds, reached[name] = timed(run)
             out[name]["epoch_s"].append(round(seconds * scale, 4))
         log(f"  rep {r + 1}/{reps}: " + ", ".join(f"{n} {v['epoch_s'][-1]:.3f}" for n, v in out.items()))
-    ref = statistics.median(out["reference"]["epoch_s"])
+    ref = statistics.median(out[baseline]["epoch_s"])
     peer = statistics.median(out["compiled_reference"]["epoch_s"]) if "compiled_reference" in out else None
     with torch.no_grad():
         for name, v in out.items():

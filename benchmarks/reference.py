@@ -12,8 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from fn_trainer import NetworkConfiguration, accuracy, cross_entropy, global_norm
-from fn_trainer.core.networks import activation
-from fn_trainer.core.networks import cnn, mlp
+from fn_trainer.core.networks import activation, cnn, mlp
 
 
 class ReferenceTrainer:

@@ -9,28 +9,28 @@ chosen explicitly) and ``fn_trainer.app`` (the command line, experiments, gradin
 """
 # networks: architectures applied to parameter dicts
 from .core.config import NetworkConfiguration
-from .core.networks import Network, build_network, count_parameters
-
-# the pure step: loss, optimizer, gradients
-from .core.losses import accuracy, cross_entropy, one_hot
-from .core.optim import AdamState, adam
-from .core.step import make_step
-
-# diagnostics through torch.func
-from .core.diagnostics import global_norm, gradient_norm, jacobian_norm, per_example_grad_norms
 
 # data
 from .core.data import DatasetError, load_fashion_mnist, normalize
 
+# diagnostics through torch.func
+from .core.diagnostics import global_norm, gradient_norm, jacobian_norm, per_example_grad_norms
+
 # training: one model, or a population in one vmapped step
 from .core.evaluate import make_evaluate
+
+# the pure step: loss, optimizer, gradients
+from .core.losses import accuracy, cross_entropy, one_hot
+from .core.networks import Network, build_network, count_parameters
+from .core.optim import AdamState, adam
+from .core.step import make_step
+
+# speed, always asked for: subnormal floats flushed to zero for long CPU training
+from .speed.denormals import flush_denormals
 from .training.checkpoint import CheckpointError
 from .training.compiled import compile_step
 from .training.fit import FitResult, fit
 from .training.population import Member, fit_population, fit_sweep
-
-# speed, always asked for: subnormal floats flushed to zero for long CPU training
-from .speed.denormals import flush_denormals
 
 __all__ = [
     "NetworkConfiguration", "Network", "build_network", "count_parameters",

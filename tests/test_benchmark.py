@@ -131,3 +131,20 @@ def test_compat_path_does_the_reference_work_bit_for_bit(network_type, config):
     reference.train_steps(X, T, 32, 3)
     for name, theirs in reference.network.named_parameters():
         assert torch.equal(ours[name], theirs) and not torch.equal(ours[name], start[name]), name
+
+
+def test_distributed_smoke_run_times_one_process_and_two_ranks_doing_the_same_work(tmp_path):
+    from benchmarks import distributed
+
+    out = tmp_path / "bench.json"
+    assert distributed.main(["--smoke", "--no-compile", "--quiet", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["ranks"] == 2 and report["command"].startswith("python -m benchmarks.distributed --smoke")
+    paths = report["results"]
+    assert set(paths) == {"single_eager", "data_parallel_eager"} and paths["single_eager"]["ratio"] == 1.0
+    assert all(v["median_s"] > 0 for v in paths.values())
+    # one process on whole minibatches, two ranks on halves: the same training up to float32
+    # rounding, a hundred times less than training moved the loss
+    single, parallel = (paths[k]["final_loss"] for k in ("single_eager", "data_parallel_eager"))
+    assert parallel == pytest.approx(single, rel=1e-5)
+    assert abs(report["initial_loss"] - single) > 100 * 1e-5 * single

@@ -270,6 +270,24 @@ def test_resume_refuses_a_checkpoint_of_another_run(tmp_path, changed, match):
         run(**kw)
 
 
+def test_a_reader_resumes_from_the_checkpoint_but_never_writes_it(tmp_path):
+    # the ranks of a data-parallel run other than 0: they resume with rank 0 and leave the file to it
+    folder = tmp_path / "absent"
+    run(checkpoint=folder / "c.pt", write_checkpoint=False)
+    assert not folder.exists()
+    path = tmp_path / "c.pt"
+    with pytest.raises(KeyboardInterrupt):
+        run(checkpoint=path, step_hook=interrupt_at(7))
+    written = path.read_bytes()
+    with pytest.raises(KeyboardInterrupt):  # an interrupt saves nothing either
+        run(checkpoint=path, resume=True, write_checkpoint=False, step_hook=interrupt_at(9))
+    calls = []
+    resumed = run(checkpoint=path, resume=True, write_checkpoint=False, step_hook=calls.append)
+    assert len(calls) == 18 - 7  # from where the first interrupt left it, not the second
+    assert_same_run(resumed, run())
+    assert path.read_bytes() == written
+
+
 @pytest.mark.parametrize("count", [4, 6, 7, 12])  # mid-epoch, at an epoch's last step, at a boundary
 def test_keyboard_interrupt_saves_and_resume_is_exact(tmp_path, count):
     path = tmp_path / "c.pt"

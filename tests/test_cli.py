@@ -13,8 +13,7 @@ from compiling import compiles
 from fakedata import write_fashion_mnist
 
 from fn_trainer.app import cli
-from fn_trainer.app.experiments import EXPERIMENTS
-from fn_trainer.app.experiments import training
+from fn_trainer.app.experiments import EXPERIMENTS, training
 from fn_trainer.app.experiments.context import Settings
 from fn_trainer.app.experiments.records import load_record
 

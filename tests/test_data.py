@@ -8,8 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from fn_trainer import DatasetError, load_fashion_mnist, normalize
-from fn_trainer.core.data import standardizer
-from fn_trainer.core.data import IDX_FILES, raw_folder
+from fn_trainer.core.data import IDX_FILES, raw_folder, standardizer
 
 
 def test_loads_the_homework_splits(fake_data_root):

@@ -7,8 +7,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from fn_trainer import NetworkConfiguration, build_network, count_parameters
-from fn_trainer.core.networks import activation, cnn, init_params, mlp, params_of
-from fn_trainer.core.networks import feature_map_sizes
+from fn_trainer.core.networks import activation, cnn, feature_map_sizes, init_params, mlp, params_of
 
 
 def test_default_mlp_has_the_homework_parameter_count():

@@ -12,8 +12,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.func import vmap
 
-from fn_trainer import (Member, NetworkConfiguration, adam, build_network, fit, fit_population, make_evaluate,
-                        make_step, normalize)
+from fn_trainer import (
+    Member,
+    NetworkConfiguration,
+    adam,
+    build_network,
+    fit,
+    fit_population,
+    make_evaluate,
+    make_step,
+    normalize,
+)
 from fn_trainer.core.trees import stack_trees, tree_index
 from fn_trainer.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fn_trainer.training.population import init_population, member_splits

@@ -22,6 +22,7 @@ from .experiments.context import Context, Settings
 
 ALL = "all"  # the command that runs every experiment
 DEFAULTS = Settings()  # an option that sets a field of Settings has the field's default
+PARALLEL_MODES = ("data", "population")  # fn_trainer.app.parallel; population is reserved
 MIN_LIMIT = 2  # training samples: normalisation estimates a standard deviation from them
 
 
@@ -118,6 +119,12 @@ def _add_training(p: argparse.ArgumentParser, name: str) -> None:
                    help="compute with subnormal floats instead of flushing them to zero (slower once "
                         "Adam's moments decay below 1e-38; see fn_trainer.speed.denormals)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--parallel", choices=PARALLEL_MODES, default=DEFAULTS.parallel,
+                   help="under torchrun: data: train every run over all its processes, each on its slice "
+                        "of every minibatch; rank 0 alone prints and writes (population: not yet)")
+    p.add_argument("--rank-timeout", type=float, default=DEFAULTS.rank_timeout, metavar="SECONDS",
+                   help="with --parallel: how long a rank waits for the others (in a step, or for rank "
+                        "0's next run) before it stops with an error (default: %(default)s)")
 
 
 def _batch_sizes() -> str:
@@ -146,6 +153,8 @@ def validate(args: argparse.Namespace) -> None:
         check_positive_float("--lr", args.lr)
     for lr in getattr(args, "lrs", ()):
         check_positive_float("--lrs", lr)
+    if hasattr(args, "rank_timeout"):
+        check_positive_float("--rank-timeout", args.rank_timeout)
     if hasattr(args, "device"):
         _check_device(args.device)
     _check_threads(getattr(args, "threads", None))
@@ -196,15 +205,21 @@ def _check_device(name: str) -> None:
             raise ValueError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA devices")
 
 
-def settings_of(args: argparse.Namespace, command: str) -> Settings:
+def settings_of(args: argparse.Namespace, command: str, rank: int = 0, device: Optional[str] = None) -> Settings:
     """The experiments' ``Settings`` from parsed arguments: each option sets the field of
     its name, a field without an option in this subcommand keeps its default, and
-    ``command`` is the whole command line (``args.command`` is only the subcommand)."""
+    ``command`` is the whole command line (``args.command`` is only the subcommand). For
+    rank ``rank`` of a ``--parallel`` launch, computing on ``device`` (default ``--device``):
+    only rank 0 shows progress and downloads."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
-             if f.name != "command" and hasattr(args, f.name)}
+             if f.name not in ("command", "rank") and hasattr(args, f.name)}
     if "lrs" in given:
         given["lrs"] = tuple(given["lrs"])
-    return Settings(**given, command=command)
+    if rank != 0:
+        given.update(progress=False, download=False)
+    if device is not None:
+        given["device"] = device
+    return Settings(**given, command=command, rank=rank)
 
 
 def run_experiments(args: argparse.Namespace, command: str) -> int:
@@ -217,14 +232,22 @@ def run_experiments(args: argparse.Namespace, command: str) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    ctx = Context(settings_of(args, command),
-                  warn=lambda line: print(f"{PROG}: warning: {line}", file=sys.stderr, flush=True))
+    from .parallel import detect, serve, session
+
+    launch = detect(getattr(args, "parallel", None))
     names = list(EXPERIMENTS) if args.command == ALL else [args.command]
     flushed_before = denormals_flushed()
     flush_denormals(getattr(args, "flush_denormals", True))  # after --threads: it sets the threads in use
     try:
-        for name in names:
-            experiment(name).run(ctx)
+        with session(launch, getattr(args, "device", DEFAULTS.device), getattr(args, "rank_timeout",
+                                                                             DEFAULTS.rank_timeout)) as device:
+            ctx = Context(settings_of(args, command, launch.rank if launch else 0, device),
+                          warn=lambda line: print(f"{PROG}: warning: {line}", file=sys.stderr, flush=True))
+            if launch is not None and launch.rank != 0:
+                serve(ctx)  # train the runs rank 0 sends; it alone prints and writes
+                return 0
+            for name in names:
+                experiment(name).run(ctx)
     finally:
         flush_denormals(flushed_before)
     print(f"report: {Path(args.out) / REPORT_FILE}")
@@ -247,6 +270,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     from ..core.data import DatasetError
+    from ..training.distributed import RankLostError
+    from .parallel import rank_prefix
 
     try:
         if args.command == "export-solution":
@@ -257,10 +282,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return grading_command.run(args)
         return run_experiments(args, shlex.join([PROG, *argv]))
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; finished runs are saved, rerun with --resume to continue "
-              "the interrupted one from its checkpoint", file=sys.stderr)
+        if not rank_prefix():  # said once, by rank 0, for all ranks
+            print(f"{PROG}: interrupted; finished runs are saved, rerun with --resume to continue "
+                  "the interrupted one from its checkpoint", file=sys.stderr)
         return 130
-    except (DatasetError, ValueError, TypeError, OSError) as e:
+    except (DatasetError, ValueError, TypeError, OSError, RankLostError) as e:
         message = " ".join(str(e).split()) or type(e).__name__
-        print(f"{PROG}: error: {message}", file=sys.stderr)
+        if isinstance(e, RankLostError):
+            message += "; rerun with --resume to continue from the last checkpoint"
+        print(f"{PROG}: error: {rank_prefix()}{message}", file=sys.stderr)
         return 2

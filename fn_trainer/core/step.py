@@ -15,6 +15,7 @@ Metrics = Dict[str, Tensor]
 Apply = Callable[[Params, Tensor], Tensor]
 Loss = Callable[[Tensor, Tensor], Tensor]
 Step = Callable[[Params, object, Batch], Tuple[Params, object, Metrics]]
+Gradient = Callable[[Params, Tensor, Tensor], Tuple[Params, Tuple[Tensor, Tensor]]]
 
 
 def make_objective(apply: Apply, loss: Loss = cross_entropy) -> Callable[[Params, Tensor, Tensor], Tensor]:
@@ -26,6 +27,21 @@ def make_objective(apply: Apply, loss: Loss = cross_entropy) -> Callable[[Params
     return objective
 
 
+def make_gradient(apply: Apply, loss: Loss = cross_entropy) -> Gradient:
+    """``gradient(params, x, targets) -> (grads, (loss_value, probs))``: the step's first half.
+
+    ``grads`` is ``d loss(apply(params, x), targets) / d params``, shaped like ``params``;
+    ``loss_value`` the 0-dim loss and ``probs`` the ``(B, n_classes)`` outputs it was
+    computed from. A data-parallel step runs it on each rank's slice of the minibatch.
+    """
+
+    def objective(params: Params, x: Tensor, targets: Tensor):
+        probs = apply(params, x)
+        return loss(probs, targets), probs
+
+    return grad_and_value(objective, has_aux=True)
+
+
 def make_step(apply: Apply, optimizer: Optimizer, loss: Loss = cross_entropy) -> Step:
     """Build a pure training step.
 
@@ -33,16 +49,11 @@ def make_step(apply: Apply, optimizer: Optimizer, loss: Loss = cross_entropy) ->
     one-hot. ``metrics`` holds 0-dim tensors (no host sync): ``loss`` and ``accuracy``
     of the batch before the update, and ``grad_norm``, the global gradient norm.
     """
-
-    def objective(params: Params, x: Tensor, targets: Tensor):
-        probs = apply(params, x)
-        return loss(probs, targets), probs
-
-    grad_fn = grad_and_value(objective, has_aux=True)
+    gradient = make_gradient(apply, loss)
 
     def step(params: Params, opt_state, batch: Batch):
         x, targets = batch
-        grads, (loss_value, probs) = grad_fn(params, x, targets)
+        grads, (loss_value, probs) = gradient(params, x, targets)
         new_params, new_state = optimizer.update(grads, opt_state, params)
         metrics = {
             "loss": loss_value.detach(),

@@ -37,7 +37,8 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
         train: Tuple[Tensor, Tensor], valid: Tuple[Tensor, Tensor], *, epochs: int,
         batch_size: int = 128, n_classes: int = 10, shuffle: bool = False, seed: int = 0,
         progress: bool = True, desc: str = "train", checkpoint: Optional[PathLike] = None,
-        resume: bool = False, config: Optional[Dict[str, Any]] = None) -> FitResult:
+        resume: bool = False, config: Optional[Dict[str, Any]] = None,
+        write_checkpoint: bool = True) -> FitResult:
     """Train for ``epochs`` epochs of minibatches, logging like the homework's ``train_loop``.
 
     ``train`` and ``valid`` are ``(X, y)`` with ``y`` labels ``(N,)`` or one-hot ``(N, C)``.
@@ -64,6 +65,8 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
     written with the same settings, ``config`` and parameter shapes (else
     ``CheckpointError``, a ``ValueError``); the result is bitwise the same as an
     uninterrupted run. Without ``resume`` an existing checkpoint is overwritten.
+    ``write_checkpoint=False`` only reads ``checkpoint``, to resume, and never writes it:
+    the ranks of a data-parallel run other than rank 0, which writes it for them all.
     """
     check_positive_int("epochs", epochs, minimum=0)
     check_positive_int("batch_size", batch_size)
@@ -77,7 +80,7 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
             f"train X and valid X must have the same sample shape, got {tuple(X_train.shape[1:])} "
             f"and {tuple(X_valid.shape[1:])}"
         )
-    checkpoint = checkpoint_path(checkpoint, resume)
+    checkpoint = checkpoint_path(checkpoint, resume, writable=write_checkpoint)
     plain_config = to_plain(config, "config")
     settings = {"batch_size": batch_size, "shuffle": shuffle, "seed": seed, "n_classes": n_classes,
                 "train_shape": list(X_train.shape), "valid_shape": list(X_valid.shape)}
@@ -112,7 +115,8 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
 
     try:
         cur, stopped = train_epochs(step, cur, epochs=epochs, n_batches=n_batches, minibatch=minibatch,
-                                    end_epoch=end_epoch, save=None if checkpoint is None else save)
+                                    end_epoch=end_epoch,
+                                    save=None if checkpoint is None or not write_checkpoint else save)
     finally:
         bar.close()
     if stopped:

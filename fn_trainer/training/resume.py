@@ -29,9 +29,10 @@ from .checkpoint import (
 from .loop import LOG_KEYS, Members, Progress, Stopped
 
 
-def checkpoint_path(checkpoint: Optional[PathLike], resume: bool) -> Optional[Path]:
-    """``checkpoint`` as a ``Path`` whose folder is writable (``None`` stays ``None``), checked
-    before any training so that a bad path fails now, not when the first epoch is saved."""
+def checkpoint_path(checkpoint: Optional[PathLike], resume: bool, writable: bool = True) -> Optional[Path]:
+    """``checkpoint`` as a ``Path`` whose folder is ``writable`` if asked (``None`` stays
+    ``None``), checked before any training so that a bad path fails now, not when the
+    first epoch is saved."""
     if resume and checkpoint is None:
         raise ValueError("resume=True needs a checkpoint path to resume from, got checkpoint=None")
     if checkpoint is None:
@@ -39,7 +40,8 @@ def checkpoint_path(checkpoint: Optional[PathLike], resume: bool) -> Optional[Pa
     checkpoint = Path(checkpoint)
     if checkpoint.is_dir():
         raise ValueError(f"checkpoint must be a file path, got {str(checkpoint)!r}, an existing folder")
-    ensure_writable_dir(checkpoint.parent)
+    if writable:
+        ensure_writable_dir(checkpoint.parent)
     return checkpoint
 
 

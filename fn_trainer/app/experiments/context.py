@@ -42,6 +42,9 @@ class Settings:
     download: bool = True
     device: str = "cpu"
     command: str = PROG
+    parallel: Optional[str] = None  # --parallel: "data" under torchrun, or None for one process
+    rank_timeout: float = 300.0  # seconds a rank waits for the others: rank 0's figures and report between runs
+    rank: int = 0  # this process's rank in a torchrun launch (0: the one that prints and writes)
 
     @property
     def run_seeds(self) -> Tuple[int, ...]:

@@ -68,12 +68,13 @@ def run(ctx: Context) -> List[RunRecord]:
 
 
 def train(ctx: Context, specs: Dict[bool, List[RunSpec]]) -> List[RunRecord]:
-    """Records of every run, raw ones first: with ``--sequential`` each alone; with one seed
+    """Records of every run, raw ones first: with ``--sequential`` or ``--parallel`` each alone; with one seed
     the learning rates of each normalisation together (``fit_sweep``, as before seeds);
     with several seeds every run of the sweep in one population."""
     s = ctx.settings
-    if s.sequential or s.seeds == 1:
-        group = None if s.sequential else train_together
+    alone = s.sequential or s.parallel is not None  # --parallel data: every rank trains each run in turn
+    if alone or s.seeds == 1:
+        group = None if alone else train_together
         return [r for normalization in NORMALIZATIONS for r in execute(ctx, specs[normalization], group)]
     return execute(ctx, [sp for normalization in NORMALIZATIONS for sp in specs[normalization]], train_population)
 

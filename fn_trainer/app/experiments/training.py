@@ -19,6 +19,7 @@ from ...speed import inductor_apply
 from ...training.compiled import compile_step
 from ...training.fit import FitResult, fit
 from ...training.population import Member, fit_population, fit_sweep
+from ..parallel import data_parallel_run
 from .context import Context, Settings
 from .formatting import summary
 from .records import (
@@ -84,7 +85,9 @@ def train_one(ctx: Context, spec: RunSpec) -> Trained:
     """Train ``spec`` with ``fit`` from parameters initialised by ``spec.seed``, writing a
     checkpoint every epoch (continued with ``--resume`` after an interruption); the step
     is compiled when the run is long enough to repay it. Returns the result, the wall
-    time and how it was trained (``"fit"`` or ``"fit (compiled)"``)."""
+    time and how it was trained (``"fit"`` or ``"fit (compiled)"``). With ``--parallel
+    data`` every rank trains it, each on its slice of every minibatch, and rank 0 alone
+    writes the checkpoint (``fn_trainer.app.parallel``)."""
     net = build_network(spec.network_type, spec.config, n_classes=N_CLASSES)
     device = torch.device(ctx.settings.device)
     params = {k: v.to(device) for k, v in net.init(spec.seed).items()}
@@ -92,15 +95,18 @@ def train_one(ctx: Context, spec: RunSpec) -> Trained:
     train, valid = ctx.data(spec.normalization)
     step = make_step(net.apply, optimizer)
     compiled = worth_compiling(spec.epochs, train[0].shape[0], spec.batch_size)
-    if compiled:  # the forward and powers written for Inductor; the odd last minibatch runs the plain step
+    trainer = "fit (compiled)" if compiled else "fit"
+    if ctx.settings.parallel == "data":  # every rank, each on its slice of every minibatch
+        step, trainer = data_parallel_run(ctx, spec, net, optimizer, compiled)
+    elif compiled:  # the forward and powers written for Inductor; the odd last minibatch runs the plain step
         step = compile_step(make_step(inductor_apply(net), adam(spec.lr, power=exp_log_power)), eager=step)
     start = time.perf_counter()
     result = fit(step, make_evaluate(net.apply), params, optimizer.init(params),
                  train, valid, epochs=spec.epochs, batch_size=spec.batch_size, n_classes=N_CLASSES,
                  seed=spec.seed, progress=ctx.settings.progress, desc=spec.name,
                  checkpoint=checkpoint_path(ctx, spec), resume=ctx.settings.resume,
-                 config=spec.identity(ctx.fingerprint))
-    return result, time.perf_counter() - start, "fit (compiled)" if compiled else "fit"
+                 config=spec.identity(ctx.fingerprint), write_checkpoint=ctx.settings.rank == 0)
+    return result, time.perf_counter() - start, trainer
 
 
 def train_together(ctx: Context, specs: List[RunSpec]) -> List[Trained]:
@@ -154,7 +160,8 @@ def train_population(ctx: Context, specs: List[RunSpec]) -> List[Trained]:
 def seeds_trainer(settings: Settings) -> Optional[GroupTrainer]:
     """How the runs of a configuration's seeds train: together, one population, when there
     are several; with one seed each run alone with ``fit``, as before seeds."""
-    return train_population if settings.seeds > 1 else None
+    # --parallel data: each run is trained by every rank in turn, so one at a time
+    return train_population if settings.seeds > 1 and settings.parallel is None else None
 
 
 def store(ctx: Context, spec: RunSpec, result: FitResult, wall_time_s: float, trainer: str) -> RunRecord:

@@ -1,0 +1,94 @@
+"""One rank of the data-parallel tests (tests/test_distributed.py starts one per rank).
+
+    python tests/distributed_ranks.py MODE OUT TIMEOUT_S
+
+with ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` set as
+torchrun sets them. MODE:
+
+- ``agree``: train ``BATCH_SIZES`` minibatches data-parallel, eagerly in float64 and
+  compiled in float32, and save the results to ``OUT/rank<R>.pt``;
+- ``differ``: every rank starts from parameters of its own seed;
+- ``die`` / ``hang``: rank 1 kills / stops itself at step ``FAIL_AT``; the others train on.
+
+A ``RankLostError`` or ``RanksDifferError`` is printed as one line on stderr, exit status 2.
+"""
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+from compiling import graphs_compiled
+
+from fn_trainer import NetworkConfiguration, adam, build_network, one_hot
+from fn_trainer.training.distributed import (
+    RankLostError,
+    RanksDifferError,
+    close_process_group,
+    data_parallel_step,
+    init_process_group,
+    launch_from_env,
+)
+
+SHAPE = (1, 8, 8)
+LR = 1e-2
+# 13 rows split 7/6 over two ranks; the last minibatch has fewer rows than ranks
+BATCH_SIZES = [13] * 19 + [1]
+FAIL_AT = 3
+
+
+def problem(dtype: torch.dtype, seed: int = 0):
+    """``(network, optimizer, params, minibatches)``: the same on every rank and in the test."""
+    net = build_network("mlp", NetworkConfiguration(dense_hiddens=(16,)), input_shape=SHAPE)
+    params = {k: v.to(dtype) for k, v in net.init(seed).items()}
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(b, *SHAPE, generator=g, dtype=dtype),
+                one_hot(torch.randint(0, 10, (b,), generator=g), 10).to(dtype)) for b in BATCH_SIZES]
+    return net, adam(LR), params, batches
+
+
+def train(step, params, state, batches, fail=None):
+    """Apply ``step`` to every minibatch; ``fail(i)`` is called before step ``i``."""
+    history = []
+    for i, batch in enumerate(batches):
+        if fail is not None:
+            fail(i)
+        params, state, metrics = step(params, state, batch)
+        history.append(metrics)
+    return params, state, {k: torch.stack([m[k] for m in history]) for k in history[0]}
+
+
+def main(mode: str, out: Path, timeout_s: float) -> None:
+    torch.set_num_threads(1)
+    launch = launch_from_env()
+    init_process_group(launch, timeout_s=timeout_s)
+    results = {}
+    if mode == "agree":
+        for dtype, compiled in ((torch.float64, False), (torch.float32, True)):
+            net, opt, params, batches = problem(dtype)
+            step = data_parallel_step(net.apply, opt, compiled_apply=net.apply if compiled else None)
+            before = graphs_compiled()
+            params, state, metrics = train(step, params, opt.init(params), batches)
+            results[str(dtype)] = (params, state._asdict(), metrics, graphs_compiled() - before)
+    elif mode == "differ":
+        net, opt, params, batches = problem(torch.float32, seed=launch.rank)
+        train(data_parallel_step(net.apply, opt), params, opt.init(params), batches)
+    else:
+        net, opt, params, batches = problem(torch.float32)
+        stop = signal.SIGKILL if mode == "die" else signal.SIGSTOP
+
+        def fail(i):
+            if launch.rank == 1 and i == FAIL_AT:
+                os.kill(os.getpid(), stop)
+
+        train(data_parallel_step(net.apply, opt), params, opt.init(params), batches * 1000, fail)
+    torch.save(results, out / f"rank{launch.rank}.pt")
+    close_process_group()
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1], Path(sys.argv[2]), float(sys.argv[3]))
+    except (RankLostError, RanksDifferError) as e:
+        print(f"{type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)

@@ -1,0 +1,284 @@
+"""Data-parallel training: two CPU processes (gloo) against one, differing starts, lost ranks."""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from distributed_ranks import BATCH_SIZES, LR, problem, train
+from fakedata import write_fashion_mnist
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fn_trainer import make_step
+from fn_trainer.app import cli
+from fn_trainer.app.cli import settings_of
+from fn_trainer.training.checkpoint import load_checkpoint, save_checkpoint
+from fn_trainer.training.distributed import (
+    RankLostError,
+    launch_from_env,
+    lost_ranks_raise,
+    make_data_parallel_step,
+    slice_bounds,
+)
+
+HELPER = Path(__file__).with_name("distributed_ranks.py")
+STEPS = len(BATCH_SIZES)
+# Two ranks sum two half-minibatch gradients where one process sums one: the same sums in
+# another order. float64: agreement to 1e-12 (measured: 4e-16 in the losses, 1e-16 in the
+# parameters). float32, compiled: losses and gradient norms to 1e-5 relative (measured:
+# 2e-7); parameters to 1e-5 of Adam's largest possible move, lr * steps (measured: 3e-7
+# of it). Slices weighted alike rather than by their rows (7 and 6 of 13) are off by percents.
+TOL64 = dict(rtol=1e-12, atol=1e-12)
+METRICS32 = dict(rtol=1e-5, atol=0.0)
+PARAMS32 = dict(rtol=0.0, atol=1e-5 * LR * STEPS)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_env(rank: int, world_size: int, port: int) -> dict:
+    """The environment torchrun gives rank ``rank``: one node, loopback rendezvous."""
+    return {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+
+
+def start_ranks(argv, world_size: int = 2):
+    port = free_port()
+    return [subprocess.Popen([sys.executable, *map(str, argv)], env=launch_env(r, world_size, port),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for r in range(world_size)]
+
+
+def finish(process: subprocess.Popen, timeout: float):
+    """``(exit status, stdout, stderr)``; a process still running after ``timeout`` s is killed
+    and fails the test."""
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+        pytest.fail(f"rank still running after {timeout} s; stderr: {err[-2000:]}")
+    return process.returncode, out, err
+
+
+def run_helper(mode: str, out: Path, timeout_s: float = 30.0, wait: float = 240.0):
+    processes = start_ranks([HELPER, mode, out, timeout_s])
+    return [finish(p, wait) for p in processes]
+
+
+def error_lines(err: str):
+    """stderr's lines, less the warnings torch may log on its own."""
+    return [line for line in err.splitlines() if line.strip() and "Warning" not in line and "W1" not in line[:20]]
+
+
+def test_two_ranks_train_like_one_process_on_the_whole_minibatch(tmp_path):
+    for rc, _, err in run_helper("agree", tmp_path):
+        assert rc == 0, err[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for dtype, compiled in ((torch.float64, False), (torch.float32, True)):
+        (params, state, metrics, graphs), (params1, state1, metrics1, _) = (r[str(dtype)] for r in ranks)
+        # the same update on every rank: the parameters never drift apart
+        for k in params:
+            assert torch.equal(params[k], params1[k]), k
+        assert all(torch.equal(metrics[k], metrics1[k]) for k in metrics)
+        assert graphs == (1 if compiled else 0)  # the compiled step ran compiled: one graph, no break
+
+        net, opt, start, batches = problem(dtype)
+        ref_params, ref_state, ref = train(make_step(net.apply, opt), start, opt.init(start), batches)
+        assert int(state["count"]) == int(ref_state.count) == STEPS
+        assert torch.equal(metrics["accuracy"], ref["accuracy"])
+        metric_tol, params_tol = (TOL64, TOL64) if dtype == torch.float64 else (METRICS32, PARAMS32)
+        for key in ("loss", "grad_norm"):
+            torch.testing.assert_close(metrics[key], ref[key], **metric_tol)
+        for k in ref_params:
+            torch.testing.assert_close(params[k], ref_params[k], **params_tol)
+
+
+def test_ranks_that_start_from_different_parameters_stop_with_one_line(tmp_path):
+    for rc, _, err in run_helper("differ", tmp_path):
+        assert rc == 2, err[-3000:]
+        (line,) = error_lines(err)
+        assert line.startswith("RanksDifferError: rank 1 and rank 0 hold different parameters (first at ")
+        assert "the same seed" in line
+    assert not list(tmp_path.iterdir())  # no rank trained
+
+
+@pytest.mark.parametrize("mode, timeout_s, reason", [
+    ("die", 30.0, "Connection (closed|reset) by peer"),  # seen at once: the dead rank's sockets close
+    ("hang", 2.0, "Timed out"),  # a stopped rank answers nothing: the process group's timeout
+])
+def test_a_lost_rank_stops_the_other_with_one_line_within_the_timeout(tmp_path, mode, timeout_s, reason):
+    first, second = start_ranks([HELPER, mode, tmp_path, timeout_s])
+    started = time.monotonic()
+    try:
+        rc, _, err = finish(first, timeout=120)
+        waited = time.monotonic() - started
+    finally:
+        second.kill()  # a stopped process too
+        second.communicate()
+    assert rc == 2, err[-3000:]
+    (line,) = error_lines(err)
+    assert line.startswith("RankLostError: lost contact with the other ranks during a training step")
+    assert re.search(reason, line)
+    assert waited < 60  # start-up and a few steps; without a timeout it would wait forever
+    if mode == "die":
+        assert second.returncode == -signal.SIGKILL
+
+
+@given(st.integers(0, 300), st.integers(1, 9))
+def test_slices_cover_the_minibatch_in_order_and_differ_by_at_most_one_row(n_rows, world_size):
+    bounds = [slice_bounds(n_rows, r, world_size) for r in range(world_size)]
+    assert [i for start, stop in bounds for i in range(start, stop)] == list(range(n_rows))
+    sizes = [stop - start for start, stop in bounds]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] - sizes[-1] <= 1
+
+
+def test_launch_is_read_from_torchruns_variables():
+    assert launch_from_env({}) is None
+    assert launch_from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == (3, 4, 1)
+    for env, message in (({"RANK": "0", "WORLD_SIZE": "2"}, "LOCAL_RANK missing"),
+                         ({"RANK": "x", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}, "RANK must be an integer"),
+                         ({"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}, "RANK < WORLD_SIZE")):
+        with pytest.raises(ValueError, match=message):
+            launch_from_env(env)
+
+
+@pytest.fixture
+def one_rank_group():
+    """A gloo group of this process alone."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_one_rank_is_bitwise_the_single_process_step(one_rank_group):
+    net, opt, params, batches = problem(torch.float32)
+    got = train(make_data_parallel_step(net.apply, opt), params, opt.init(params), batches)
+    want = train(make_step(net.apply, opt), params, opt.init(params), batches)
+    for a, b in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
+        assert torch.equal(a, b)
+
+
+def test_only_collective_failures_become_lost_ranks():
+    with pytest.raises(RankLostError, match="^lost contact with the other ranks while testing .*: Timed out "
+                                            "waiting 2000ms for recv operation to complete$"):
+        with lost_ranks_raise("while testing"):
+            raise RuntimeError("[/src/gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 2000ms for "
+                               "recv operation to complete")
+    with pytest.raises(RuntimeError, match="^mat1 and mat2 shapes cannot be multiplied$"):
+        with lost_ranks_raise("while testing"):
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+
+# --- the command line ------------------------------------------------------------------------
+
+CLI_TOL = 1e-5  # relative, as METRICS32 (measured: 1e-7 over the 40 steps of a run)
+MARK = 9.5
+CLI_RUN = ["depth", "--limit", "64", "--batch-size", "16", "--epochs", "10", "--no-download", "--no-progress", "--seeds", "1"]
+
+
+@pytest.fixture(scope="module")
+def cli_data_root(tmp_path_factory) -> Path:
+    return write_fashion_mnist(tmp_path_factory.mktemp("fashion"), n_train=64, n_test=200, seed=1)
+
+
+def torchrun(args, world_size: int = 2):
+    """``torchrun --standalone`` of ``python -m fn_trainer args`` with ``world_size`` processes."""
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc_per_node={world_size}", "-m", "fn_trainer", *map(str, args)],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_a_lost_rank_stops_the_command_and_torchrun_resumes_it(cli_data_root, tmp_path):
+    run = [*CLI_RUN, "--data", cli_data_root]
+    args = [*run, "--parallel", "data", "--rank-timeout", "30", "--out", tmp_path / "parallel"]
+    first, second = start_ranks(["-m", "fn_trainer", *args])
+    checkpoints = tmp_path / "parallel" / "runs"
+    try:
+        deadline = time.monotonic() + 120
+        while not list(checkpoints.glob("*.checkpoint.pt")) and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second.kill()  # after rank 0 wrote the first epoch's checkpoint
+        killed = time.monotonic()
+        rc, _, err = finish(first, timeout=120)
+        waited = time.monotonic() - killed
+    finally:
+        second.kill()
+        second.communicate()
+    assert rc == 2, err[-3000:]
+    (line,) = error_lines(err)
+    assert line.startswith("fn-trainer: error: lost contact with the other ranks")
+    assert line.endswith("; rerun with --resume to continue from the last checkpoint")
+    assert waited < 60
+    # a mark in the interrupted run's logs: a run resumed from its checkpoint keeps them
+    (checkpoint,) = checkpoints.glob("*.checkpoint.pt")
+    state = load_checkpoint(checkpoint)
+    state["logs"]["train_loss"][0] = MARK
+    save_checkpoint(checkpoint, state)
+
+    done = torchrun([*args, "--resume"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    # rank 0 alone prints: one summary line per run (trained or found done) and the report's path
+    assert len([line for line in done.stdout.splitlines() if "params;" in line]) == 2
+    assert done.stdout.count("report: ") == 1
+    assert not list(checkpoints.glob("*.checkpoint.pt"))
+
+    assert cli.main([*map(str, run), "--out", str(tmp_path / "single")]) == 0
+    records = sorted(checkpoints.glob("*.json"))
+    assert len(records) == 2
+    for path in records:
+        parallel, single = (json.loads(p.read_text()) for p in (path, tmp_path / "single" / "runs" / path.name))
+        assert parallel["trainer"] == "fit (data parallel, 2 ranks)"
+        if path.name == checkpoint.name.replace(".checkpoint.pt", ".json"):
+            assert parallel["logs"]["train_loss"][0] == MARK
+            parallel["logs"]["train_loss"][0] = single["logs"]["train_loss"][0]
+        for key, values in parallel["logs"].items():
+            assert values == pytest.approx(single["logs"][key], rel=CLI_TOL)
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--parallel", "data"], {}, "--parallel data runs under torchrun, which sets RANK, WORLD_SIZE and LOCAL_RANK"),
+    ([], {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"},
+     r"one of 2 processes started by torchrun \(WORLD_SIZE\), but without --parallel each would train"),
+    (["--parallel", "population"], {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"},
+     "--parallel population .* is not available yet"),
+    (["--parallel", "data"], {"RANK": "0", "WORLD_SIZE": "2"}, "LOCAL_RANK missing"),
+    (["--rank-timeout", "0"], {}, "--rank-timeout must be a positive finite number, got 0.0"),
+])
+def test_parallel_options_that_cannot_work_are_one_line_errors(cli_data_root, tmp_path, capsys, monkeypatch,
+                                                                args, env, message):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    rc = cli.main(["depth", *CLI_RUN[1:], "--data", str(cli_data_root), "--out", str(tmp_path), *args])
+    (line,) = capsys.readouterr().err.splitlines()
+    assert rc == 2 and re.match(f"fn-trainer: error: .*{message}", line)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_only_rank_0_shows_progress_or_downloads_and_every_rank_trains_each_run_alone(monkeypatch):
+    args = cli.build_parser().parse_args(["lr-sweep", "--parallel", "data"])
+    leader, other = (settings_of(args, "fn-trainer", rank) for rank in (0, 1))
+    assert (leader.progress, leader.download, other.progress, other.download) == (True, True, False, False)
+    assert (leader.rank, other.rank, leader.parallel, other.parallel) == (0, 1, "data", "data")
+    from fn_trainer.app.experiments import lr_sweep, training
+
+    groups = []
+    monkeypatch.setattr(lr_sweep, "execute", lambda ctx, specs, group=None: groups.append(group) or [])
+    for settings in (leader, settings_of(cli.build_parser().parse_args(["lr-sweep"]), "fn-trainer")):
+        lr_sweep.train(type("Ctx", (), {"settings": settings})(), {False: [], True: []})
+    # a vmapped sweep or population is one process's work: under --parallel each run trains alone
+    assert groups[:2] == [None, None] and groups[2] is training.train_population
