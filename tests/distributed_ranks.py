@@ -62,6 +62,13 @@ def main(mode: str, out: Path, timeout_s: float) -> None:
     torch.set_num_threads(1)
     launch = launch_from_env()
     init_process_group(launch, timeout_s=timeout_s)
+    try:  # left open at exit, a failed group's threads can abort the process (SIGABRT)
+        run(mode, out, launch)
+    finally:
+        close_process_group()
+
+
+def run(mode: str, out: Path, launch) -> None:
     results = {}
     if mode == "agree":
         for dtype, compiled in ((torch.float64, False), (torch.float32, True)):
@@ -83,7 +90,6 @@ def main(mode: str, out: Path, timeout_s: float) -> None:
 
         train(data_parallel_step(net.apply, opt), params, opt.init(params), batches * 1000, fail)
     torch.save(results, out / f"rank{launch.rank}.pt")
-    close_process_group()
 
 
 if __name__ == "__main__":

@@ -250,10 +250,7 @@ def test_a_lost_rank_stops_the_command_and_torchrun_resumes_it(cli_data_root, tm
 
 @pytest.mark.parametrize("args, env, message", [
     (["--parallel", "data"], {}, "--parallel data runs under torchrun, which sets RANK, WORLD_SIZE and LOCAL_RANK"),
-    ([], {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"},
-     r"one of 2 processes started by torchrun \(WORLD_SIZE\), but without --parallel each would train"),
-    (["--parallel", "population"], {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"},
-     "--parallel population .* is not available yet"),
+    (["--parallel", "population"], {}, "--parallel population runs under torchrun"),
     (["--parallel", "data"], {"RANK": "0", "WORLD_SIZE": "2"}, "LOCAL_RANK missing"),
     (["--rank-timeout", "0"], {}, "--rank-timeout must be a positive finite number, got 0.0"),
 ])
@@ -282,3 +279,24 @@ def test_only_rank_0_shows_progress_or_downloads_and_every_rank_trains_each_run_
         lr_sweep.train(type("Ctx", (), {"settings": settings})(), {False: [], True: []})
     # a vmapped sweep or population is one process's work: under --parallel each run trains alone
     assert groups[:2] == [None, None] and groups[2] is training.train_population
+
+
+def test_a_population_split_over_two_ranks_gives_every_member_the_single_process_logs(cli_data_root, tmp_path):
+    """--parallel population: 3 seeds of each network of the depth question, members 2 + 1
+    over two ranks, each rank training its share in one vmapped step; rank 0 writes every
+    member's record, with the logs of the single-process population."""
+    run = ["depth", "--limit", "64", "--batch-size", "16", "--epochs", "3", "--no-download", "--no-progress",
+           "--seeds", "3", "--data", cli_data_root]
+    done = torchrun([*run, "--parallel", "population", "--out", tmp_path / "parallel"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len([line for line in done.stdout.splitlines() if "params;" in line]) == 6  # rank 0 alone prints
+    assert cli.main([*map(str, run), "--out", str(tmp_path / "single")]) == 0
+    parallel = sorted((tmp_path / "parallel" / "runs").glob("*.json"))
+    single = sorted((tmp_path / "single" / "runs").glob("*.json"))
+    assert [p.name for p in parallel] == [p.name for p in single] and len(single) == 6
+    assert not list((tmp_path / "parallel" / "runs").glob("*.checkpoint.pt"))
+    for a, b in zip(parallel, single):
+        mine, theirs = json.loads(a.read_text()), json.loads(b.read_text())
+        assert "fit_population (2 runs together" in mine["trainer"] or "fit_population (1 runs" in mine["trainer"]
+        for key, values in mine["logs"].items():
+            assert values == pytest.approx(theirs["logs"][key], rel=CLI_TOL, abs=1e-7), (a.name, key)

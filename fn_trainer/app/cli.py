@@ -22,7 +22,7 @@ from .experiments.context import Context, Settings
 
 ALL = "all"  # the command that runs every experiment
 DEFAULTS = Settings()  # an option that sets a field of Settings has the field's default
-PARALLEL_MODES = ("data", "population")  # fn_trainer.app.parallel; population is reserved
+PARALLEL_MODES = ("data", "population")  # fn_trainer.app.parallel
 MIN_LIMIT = 2  # training samples: normalisation estimates a standard deviation from them
 
 
@@ -120,8 +120,10 @@ def _add_training(p: argparse.ArgumentParser, name: str) -> None:
                         "Adam's moments decay below 1e-38; see fn_trainer.speed.denormals)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument("--parallel", choices=PARALLEL_MODES, default=DEFAULTS.parallel,
-                   help="under torchrun: data: train every run over all its processes, each on its slice "
-                        "of every minibatch; rank 0 alone prints and writes (population: not yet)")
+                   help="under torchrun: data: every run over all processes, each on its slice of every "
+                        "minibatch; population: a population's members (seeds, learning rates) split over "
+                        "the processes. Default under torchrun: populations split their members, single "
+                        "runs their minibatches. Rank 0 alone prints and writes")
     p.add_argument("--rank-timeout", type=float, default=DEFAULTS.rank_timeout, metavar="SECONDS",
                    help="with --parallel: how long a rank waits for the others (in a step, or for rank "
                         "0's next run) before it stops with an error (default: %(default)s)")
@@ -205,12 +207,13 @@ def _check_device(name: str) -> None:
             raise ValueError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA devices")
 
 
-def settings_of(args: argparse.Namespace, command: str, rank: int = 0, device: Optional[str] = None) -> Settings:
+def settings_of(args: argparse.Namespace, command: str, rank: int = 0, device: Optional[str] = None,
+                parallel: Optional[str] = None) -> Settings:
     """The experiments' ``Settings`` from parsed arguments: each option sets the field of
     its name, a field without an option in this subcommand keeps its default, and
     ``command`` is the whole command line (``args.command`` is only the subcommand). For
-    rank ``rank`` of a ``--parallel`` launch, computing on ``device`` (default ``--device``):
-    only rank 0 shows progress and downloads."""
+    rank ``rank`` of a torchrun launch in mode ``parallel`` (default ``--parallel``),
+    computing on ``device`` (default ``--device``): only rank 0 shows progress and downloads."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
              if f.name not in ("command", "rank") and hasattr(args, f.name)}
     if "lrs" in given:
@@ -219,6 +222,8 @@ def settings_of(args: argparse.Namespace, command: str, rank: int = 0, device: O
         given.update(progress=False, download=False)
     if device is not None:
         given["device"] = device
+    if parallel is not None:
+        given["parallel"] = parallel
     return Settings(**given, command=command, rank=rank)
 
 
@@ -234,14 +239,14 @@ def run_experiments(args: argparse.Namespace, command: str) -> int:
         torch.set_num_threads(args.threads)
     from .parallel import detect, serve, session
 
-    launch = detect(getattr(args, "parallel", None))
+    launch, mode = detect(getattr(args, "parallel", None))
     names = list(EXPERIMENTS) if args.command == ALL else [args.command]
     flushed_before = denormals_flushed()
     flush_denormals(getattr(args, "flush_denormals", True))  # after --threads: it sets the threads in use
     try:
         with session(launch, getattr(args, "device", DEFAULTS.device), getattr(args, "rank_timeout",
                                                                              DEFAULTS.rank_timeout)) as device:
-            ctx = Context(settings_of(args, command, launch.rank if launch else 0, device),
+            ctx = Context(settings_of(args, command, launch.rank if launch else 0, device, mode),
                           warn=lambda line: print(f"{PROG}: warning: {line}", file=sys.stderr, flush=True))
             if launch is not None and launch.rank != 0:
                 serve(ctx)  # train the runs rank 0 sends; it alone prints and writes

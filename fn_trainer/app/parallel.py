@@ -9,14 +9,18 @@ rank 0's checkpoint to resume with it. With several nodes, every node needs the 
 in ``--data`` (only rank 0 downloads), and ``--resume`` needs ``--out`` on storage all
 nodes see.
 
-``--parallel population`` (the members of a population split across the ranks) is
-reserved: it would send a group of runs where ``data`` sends one.
+``--parallel population``: the members of a population (a configuration's seeds, the
+learning-rate sweep) split across the ranks; each rank trains its share in one vmapped
+step and checkpoints it, and rank 0 gathers every member's result and writes the
+records. Under torchrun without ``--parallel`` (``auto``), populations split their
+members and single runs their minibatches.
 """
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import TYPE_CHECKING, Iterator, Mapping, Optional, Tuple
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator, List, Mapping, Optional, Tuple
 
 import torch.distributed as dist
 
@@ -27,36 +31,37 @@ from ..training.distributed import (
     Launch,
     close_process_group,
     data_parallel_step,
+    gather_to_first,
     init_process_group,
     launch_from_env,
     lost_ranks_raise,
+    slice_bounds,
 )
 
 if TYPE_CHECKING:
     from ..core.networks import Network
-    from .experiments.context import Context
+    from .experiments.context import Context, Settings
     from .experiments.records import RunSpec
 
 
-def detect(mode: Optional[str], environ: Mapping[str, str] = os.environ) -> Optional[Launch]:
-    """This process's place in a torchrun launch for ``--parallel mode`` (``None``: no
-    ``--parallel``), or ``None`` for a process on its own. Raises ``ValueError`` for a
-    mode without torchrun, or torchrun's processes without a mode (each would train
-    and write every run)."""
+def detect(mode: Optional[str], environ: Mapping[str, str] = os.environ) -> Tuple[Optional[Launch], Optional[str]]:
+    """This process's place in a torchrun launch and the ``--parallel`` mode it runs in:
+    ``(None, None)`` for a process on its own. Under torchrun without ``--parallel`` the
+    mode is ``"auto"``: a population splits its members over the ranks, a single run
+    its minibatches. Raises ``ValueError`` for a mode without torchrun."""
     launch = launch_from_env(environ)
-    if mode is None:
-        if launch is not None and launch.world_size > 1:
-            raise ValueError(f"this is one of {launch.world_size} processes started by torchrun (WORLD_SIZE), "
-                             "but without --parallel each would train and write every run: pass --parallel "
-                             "data, or start the command as one process")
-        return None
-    if mode == "population":
-        raise ValueError("--parallel population (a population's members split across the ranks) is not "
-                         "available yet; --parallel data is")
     if launch is None:
-        raise ValueError("--parallel data runs under torchrun, which sets RANK, WORLD_SIZE and LOCAL_RANK: "
-                         "torchrun --standalone --nproc_per_node=N -m fn_trainer ... --parallel data")
-    return launch
+        if mode is not None:
+            raise ValueError(f"--parallel {mode} runs under torchrun, which sets RANK, WORLD_SIZE and LOCAL_RANK: "
+                             f"torchrun --standalone --nproc_per_node=N -m fn_trainer ... --parallel {mode}")
+        return None, None
+    return launch, mode or "auto"
+
+
+def splits_populations(settings: "Settings") -> bool:
+    """Whether the members of a population are split over the ranks (``population``,
+    ``auto``); with ``data`` every run trains alone, over all ranks' minibatch slices."""
+    return settings.parallel in ("population", "auto")
 
 
 @contextlib.contextmanager
@@ -78,14 +83,41 @@ def session(launch: Optional[Launch], device: str, timeout_s: float) -> Iterator
 
 
 def serve(ctx: "Context") -> None:
-    """The ranks other than 0: train every run rank 0 sends, until it sends none."""
-    from .experiments.training import train_one  # training imports this module
+    """The ranks other than 0: train every run rank 0 sends (a list: a population, this
+    rank's share of it), until it sends none."""
+    from .experiments.training import train_one, train_population  # training imports this module
 
     while True:
-        spec = _receive()
-        if spec is None:
+        work = _receive()
+        if work is None:
             return
-        train_one(ctx, spec)
+        if isinstance(work, list):
+            train_population(ctx, work)
+        else:
+            train_one(ctx, work)
+
+
+def population_parallel_run(ctx: "Context", specs: List["RunSpec"], train_share: Callable) -> List:
+    """A population over the ranks: rank 0 sends ``specs`` to the others, every rank trains
+    its consecutive share of the members (``slice_bounds``) with ``train_share(ctx,
+    share_specs)``, each checkpointing its own share, and rank 0 gathers every member's
+    result in order. Returns them on rank 0, ``[]`` on the others."""
+    if ctx.settings.rank == 0:
+        _send(specs)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    start, stop = slice_bounds(len(specs), rank, world)
+    mine = train_share(ctx, specs[start:stop]) if start < stop else []
+    shares = gather_to_first(mine, "while gathering the population's results")
+    return [] if shares is None else [trained for share in shares for trained in share]
+
+
+def share_checkpoints(ctx: "Context", specs: List["RunSpec"]) -> List[Path]:
+    """The checkpoint files of a population's shares over the launch's ranks."""
+    from .experiments.records import population_checkpoint_path
+
+    world_size = dist.get_world_size()
+    bounds = [slice_bounds(len(specs), rank, world_size) for rank in range(world_size)]
+    return [population_checkpoint_path(ctx, specs[a:b]) for a, b in bounds if a < b]
 
 
 def data_parallel_run(ctx: "Context", spec: "RunSpec", network: "Network", optimizer: Optimizer,

@@ -161,6 +161,15 @@ def _reason(e: BaseException) -> str:
     return (line.split(". ")[0].rstrip(".") or type(e).__name__)
 
 
+def gather_to_first(obj: Any, doing: str) -> Optional[List[Any]]:
+    """Every rank's ``obj`` (picklable), in rank order, on rank 0; ``None`` on the others."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    gathered: Optional[List[Any]] = [None] * world if rank == 0 else None
+    with lost_ranks_raise(doing):
+        dist.gather_object(obj, gathered, dst=0)
+    return gathered
+
+
 def slice_bounds(n_rows: int, rank: int, world_size: int) -> Tuple[int, int]:
     """``(start, stop)``: rank ``rank``'s rows of a minibatch of ``n_rows``.
 

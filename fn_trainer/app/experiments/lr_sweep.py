@@ -68,12 +68,13 @@ def run(ctx: Context) -> List[RunRecord]:
 
 
 def train(ctx: Context, specs: Dict[bool, List[RunSpec]]) -> List[RunRecord]:
-    """Records of every run, raw ones first: with ``--sequential`` or ``--parallel`` each alone; with one seed
-    the learning rates of each normalisation together (``fit_sweep``, as before seeds);
-    with several seeds every run of the sweep in one population."""
+    """Records of every run, raw ones first: with ``--sequential`` or ``--parallel data`` each
+    alone; with one seed the learning rates of each normalisation together (``fit_sweep``,
+    as before seeds); with several seeds, or split over torchrun's ranks, every run of the
+    sweep in one population."""
     s = ctx.settings
-    alone = s.sequential or s.parallel is not None  # --parallel data: every rank trains each run in turn
-    if alone or s.seeds == 1:
+    alone = s.sequential or s.parallel == "data"  # --parallel data: every rank trains each run in turn
+    if alone or (s.seeds == 1 and s.parallel is None):
         group = None if alone else train_together
         return [r for normalization in NORMALIZATIONS for r in execute(ctx, specs[normalization], group)]
     return execute(ctx, [sp for normalization in NORMALIZATIONS for sp in specs[normalization]], train_population)

@@ -19,7 +19,7 @@ from ...speed import inductor_apply
 from ...training.compiled import compile_step
 from ...training.fit import FitResult, fit
 from ...training.population import Member, fit_population, fit_sweep
-from ..parallel import data_parallel_run
+from ..parallel import data_parallel_run, population_parallel_run, share_checkpoints, splits_populations
 from .context import Context, Settings
 from .formatting import summary
 from .records import (
@@ -72,8 +72,11 @@ def execute(ctx: Context, specs: Sequence[RunSpec], train_group: Optional[GroupT
         results = train_group(ctx, group)
         for i, (result, wall, trainer) in zip(pending, results):
             records[i] = store(ctx, specs[i], result, wall, trainer)
-        # Only once every record is written: until then --resume needs the checkpoint.
+        # Only once every record is written: until then --resume needs the checkpoint(s).
         population_checkpoint_path(ctx, group).unlink(missing_ok=True)
+        if splits_populations(ctx.settings):
+            for path in share_checkpoints(ctx, group):
+                path.unlink(missing_ok=True)
     else:
         for i in pending:
             result, wall, trainer = train_one(ctx, specs[i])
@@ -96,7 +99,7 @@ def train_one(ctx: Context, spec: RunSpec) -> Trained:
     step = make_step(net.apply, optimizer)
     compiled = worth_compiling(spec.epochs, train[0].shape[0], spec.batch_size)
     trainer = "fit (compiled)" if compiled else "fit"
-    if ctx.settings.parallel == "data":  # every rank, each on its slice of every minibatch
+    if ctx.settings.parallel is not None:  # every rank, each on its slice of every minibatch
         step, trainer = data_parallel_run(ctx, spec, net, optimizer, compiled)
     elif compiled:  # the forward and powers written for Inductor; the odd last minibatch runs the plain step
         step = compile_step(make_step(inductor_apply(net), adam(spec.lr, power=exp_log_power)), eager=step)
@@ -135,7 +138,15 @@ def train_population(ctx: Context, specs: List[RunSpec]) -> List[Trained]:
     shared by all runs that have it); the step is compiled as in ``train_one`` when the
     run is long enough (with the forward for Inductor that ``vmap`` can trace); the
     population is checkpointed every epoch and continued with ``--resume``. The wall
-    time is the population's."""
+    time is the population's. Under torchrun (``--parallel population``, or no
+    ``--parallel``) the members are split over the ranks (``population_parallel_run``)."""
+    if splits_populations(ctx.settings):
+        return population_parallel_run(ctx, specs, _train_members)
+    return _train_members(ctx, specs)
+
+
+def _train_members(ctx: Context, specs: List[RunSpec]) -> List[Trained]:
+    """``train_population``'s work in one process: ``specs`` in one ``fit_population``."""
     first = specs[0]
     shapes = {(sp.network_type, sp.config, sp.batch_size, sp.epochs) for sp in specs}
     if len(shapes) != 1:
@@ -161,7 +172,7 @@ def seeds_trainer(settings: Settings) -> Optional[GroupTrainer]:
     """How the runs of a configuration's seeds train: together, one population, when there
     are several; with one seed each run alone with ``fit``, as before seeds."""
     # --parallel data: each run is trained by every rank in turn, so one at a time
-    return train_population if settings.seeds > 1 and settings.parallel is None else None
+    return train_population if settings.seeds > 1 and settings.parallel != "data" else None
 
 
 def store(ctx: Context, spec: RunSpec, result: FitResult, wall_time_s: float, trainer: str) -> RunRecord:
