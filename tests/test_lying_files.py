@@ -2,6 +2,7 @@
 wrong; an invalid stored run record is ignored with a warning and the run retrained."""
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -95,6 +96,25 @@ def test_an_untouched_checkpoint_resumes(tmp_path):
 
 QUICK = ["--epochs", "1", "--limit", "16", "--no-progress"]
 
+
+def depth_args(data_root, out) -> list:
+    return ["depth", "--data", str(data_root), "--out", str(out), *QUICK]
+
+
+@pytest.fixture(scope="module")
+def finished_depth(fake_data_root, tmp_path_factory):
+    """An output folder where the quick ``depth`` command has finished (each test edits a copy)."""
+    out = tmp_path_factory.mktemp("depth")
+    assert cli.main(depth_args(fake_data_root, out)) == 0
+    return out
+
+
+@pytest.fixture
+def depth_done(finished_depth, fake_data_root, tmp_path) -> list:
+    """The quick ``depth`` command's arguments with ``--out tmp_path``, a copy of ``finished_depth``."""
+    shutil.copytree(finished_depth, tmp_path, dirs_exist_ok=True)
+    return depth_args(fake_data_root, tmp_path)
+
 RECORD_EDITS = {
     "logs null": lambda d: d.update(logs=None),
     "accuracy as text": lambda d: d["logs"]["validation_accuracy"].__setitem__(1, "high"),
@@ -108,9 +128,8 @@ RECORD_EDITS = {
 
 
 @pytest.mark.parametrize("edit", list(RECORD_EDITS))
-def test_an_invalid_run_record_is_ignored_with_a_warning_and_retrained(edit, fake_data_root, tmp_path, capsys):
-    args = ["depth", "--data", str(fake_data_root), "--out", str(tmp_path), *QUICK]
-    assert cli.main(args) == 0
+def test_an_invalid_run_record_is_ignored_with_a_warning_and_retrained(edit, depth_done, tmp_path, capsys):
+    args = depth_done
     records = sorted((tmp_path / "runs").glob("*.json"))
     good = records[0].read_text()
     data = json.loads(good)
@@ -125,9 +144,8 @@ def test_an_invalid_run_record_is_ignored_with_a_warning_and_retrained(edit, fak
     assert json.loads(records[0].read_text())["logs"] == json.loads(good)["logs"]  # retrained, same result
 
 
-def test_an_unreadable_run_record_is_ignored_with_a_warning(fake_data_root, tmp_path, capsys):
-    args = ["depth", "--data", str(fake_data_root), "--out", str(tmp_path), *QUICK]
-    assert cli.main(args) == 0
+def test_an_unreadable_run_record_is_ignored_with_a_warning(depth_done, tmp_path, capsys):
+    args = depth_done
     record = sorted((tmp_path / "runs").glob("*.json"))[0]
     record.write_bytes(b'{"spec": ')
     capsys.readouterr()
@@ -197,9 +215,8 @@ def test_a_record_that_breaks_the_record_class_is_invalid_not_fatal(tmp_path, mo
     assert len(warnings) == 1 and str(path) in warnings[0] and "evil" in warnings[0]
 
 
-def test_a_record_with_an_unknown_spec_field_is_retrained_by_the_command(fake_data_root, tmp_path, capsys):
-    args = ["depth", "--data", str(fake_data_root), "--out", str(tmp_path), *QUICK]
-    assert cli.main(args) == 0
+def test_a_record_with_an_unknown_spec_field_is_retrained_by_the_command(depth_done, tmp_path, capsys):
+    args = depth_done
     record = sorted((tmp_path / "runs").glob("*.json"))[0]
     data = json.loads(record.read_text())
     data["spec"]["evil"] = 1
