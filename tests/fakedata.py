@@ -35,3 +35,15 @@ def write_fashion_mnist(root: Path, n_train: int = 300, n_test: int = 2100, seed
         _write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
         _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
     return Path(root)
+
+
+def banded_tensors(n: int, seed: int):
+    """``(X, y)`` tensors: ``n`` float images (1, 28, 28) in [0, 210] where each class
+    lights its own row band over noise, and their labels; for tests that train in memory."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 10, (n,), generator=g)
+    X = torch.rand(n, 1, 28, 28, generator=g) * 60
+    X[torch.arange(n), 0, 2 * y + 4, 4:24] += 150
+    return X, y

@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 import torch
+from fakedata import banded_tensors
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.func import vmap
@@ -31,17 +32,9 @@ TOL = dict(rtol=1e-4, atol=1e-5)  # float32: vmapped (batched) matmuls reassocia
 TOL64 = dict(rtol=1e-10, atol=1e-12)  # the same reassociation in float64
 
 
-def synthetic(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 10, (n,), generator=g)
-    X = torch.rand(n, 1, 28, 28, generator=g) * 60
-    X[torch.arange(n), 0, 2 * y + 4, 4:24] += 150  # each class lights its own row band
-    return X, y
-
-
 @pytest.fixture(scope="module")
 def data():
-    return synthetic(200, 0), synthetic(64, 1)
+    return banded_tensors(200, 0), banded_tensors(64, 1)
 
 
 MLP = NetworkConfiguration(dense_hiddens=(32, 16))

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from fakedata import banded_tensors
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,17 +15,9 @@ from fn_trainer.training.population import fit_sweep
 TOL = dict(rtol=1e-4, atol=1e-5)  # float32: vmapped (batched) matmuls reassociate sums
 
 
-def synthetic(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 10, (n,), generator=g)
-    X = torch.rand(n, 1, 28, 28, generator=g) * 60
-    X[torch.arange(n), 0, 2 * y + 4, 4:24] += 150  # each class lights its own row band
-    return X, y
-
-
 @pytest.fixture(scope="module")
 def data():
-    return synthetic(200, 0), synthetic(64, 1)
+    return banded_tensors(200, 0), banded_tensors(64, 1)
 
 
 def solo(network, lr, train, valid, epochs, batch_size, seed=0):
