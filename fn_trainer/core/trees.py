@@ -18,11 +18,13 @@ def tree_finite(*trees: Any) -> bool:
 def finite_per_member(tree: Any, count: int) -> Tensor:
     """``(K,)`` bool for a tree stacked along a leading axis of ``count`` members:
     whether every floating entry of member ``k`` is finite."""
-    ok = torch.ones(count, dtype=torch.bool)
+    ok = None
     for leaf in tree_leaves(tree):
         if isinstance(leaf, Tensor) and leaf.is_floating_point():
-            ok = ok & torch.isfinite(leaf).reshape(count, -1).all(1).cpu()
-    return ok
+            finite = torch.isfinite(leaf).reshape(count, -1).all(1)
+            ok = finite if ok is None else ok & finite
+    # one copy to the host at the end, not one per leaf
+    return torch.ones(count, dtype=torch.bool) if ok is None else ok.cpu()
 
 
 def stack_trees(trees: Sequence[Any]) -> Any:

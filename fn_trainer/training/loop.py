@@ -9,7 +9,7 @@ with the state its failing step received, while the others go on.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -88,18 +88,24 @@ def epoch_order(n: int, epoch: int, shuffle: bool, seed: int) -> Optional[Tensor
 
 
 def minibatches(rows: Callable[[Any], Batch], n: int, batch_size: int, shuffle: bool = False,
-                seed: int = 0) -> Minibatch:
+                seed: Union[int, Sequence[int]] = 0) -> Minibatch:
     """``minibatch(epoch, b)``: ``rows(index)`` for minibatch ``b`` of an epoch over ``n``
     samples, ``batch_size`` at a time in ``epoch_order`` (drawn once per epoch); the
-    last minibatch may be smaller."""
+    last minibatch may be smaller. ``seed`` a sequence of K seeds (with ``shuffle``):
+    one order each, and ``rows`` gets ``(K, B)`` indices, a row per member."""
     orders: Dict[int, Optional[Tensor]] = {}
+
+    def order_of(epoch: int) -> Optional[Tensor]:
+        if isinstance(seed, int):
+            return epoch_order(n, epoch, shuffle, seed)
+        return torch.stack([epoch_order(n, epoch, True, s) for s in seed])
 
     def minibatch(epoch: int, b: int) -> Batch:
         if epoch not in orders:
             orders.clear()
-            orders[epoch] = epoch_order(n, epoch, shuffle, seed)
+            orders[epoch] = order_of(epoch)
         order, idx = orders[epoch], slice(b * batch_size, (b + 1) * batch_size)
-        return rows(idx if order is None else order[idx])
+        return rows(idx if order is None else order[..., idx])
 
     return minibatch
 

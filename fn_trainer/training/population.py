@@ -28,7 +28,7 @@ from ..core.paths import PathLike
 from ..core.splits import check_split, params_dtype
 from ..core.step import Apply, Step, make_step
 from ..core.trees import stack_trees, tree_index, tree_to
-from ..core.types import Batch, Params
+from ..core.types import Params
 from .checkpoint import to_plain
 from .compiled import compile_step
 from .fit import FitResult
@@ -39,7 +39,6 @@ from .loop import (
     Progress,
     Stopped,
     appended,
-    epoch_order,
     minibatches,
     train_epochs,
 )
@@ -92,13 +91,12 @@ class MemberData:
         return self.X.shape[1:] if self.shared else self.X.shape[2:]
 
     def rows(self, idx: Any) -> Split:
-        """Rows ``idx`` (a slice or ``(B,)`` indices: shared; ``(K, B)``: per member)."""
-        if isinstance(idx, Tensor) and idx.dim() == 2:
-            if self.shared:
-                return self.X[idx], self.T[idx]
-            return self.X[self.which[:, None], idx], self.T[self.which[:, None], idx]
+        """Rows ``idx`` (a slice or ``(B,)`` indices: the same for every member; ``(K, B)``:
+        a row of indices per member)."""
         if self.shared:
             return self.X[idx], self.T[idx]
+        if isinstance(idx, Tensor) and idx.dim() == 2:
+            return self.X[self.which[:, None], idx], self.T[self.which[:, None], idx]
         return self.X[:, idx][self.which], self.T[:, idx][self.which]
 
 
@@ -229,10 +227,8 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
     n, n_batches = train_data.n, math.ceil(train_data.n / batch_size)
     seeds = sorted({m.seed for m in members})
     one_order = not shuffle or len(seeds) == 1
-    if one_order:
-        minibatch = minibatches(train_data.rows, n, batch_size, shuffle, seeds[0])
-    else:
-        minibatch = _member_minibatches(train_data, members, n, batch_size)
+    # members of different seeds read the data in their own orders: (K, B) rows gathered per member
+    minibatch = minibatches(train_data.rows, n, batch_size, shuffle, seeds[0] if one_order else [m.seed for m in members])
     step = make_population_step(network, None if train_data.shared and one_order else 0,
                                 compile=compile, compiled_apply=compiled_apply)
     evaluate = make_population_evaluate(network)
@@ -282,20 +278,6 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
     return [FitResult(s.params, s.opt_state, logs[k], s.message) if (s := stopped.get(k)) is not None
             else FitResult(tree_index(cur.params, k), tree_index(cur.opt_state, k), logs[k])
             for k in range(K)]
-
-
-def _member_minibatches(data: MemberData, members: Sequence[Member], n: int, batch_size: int):
-    """``minibatch(epoch, b)`` when members read the data in their own seeds' orders:
-    ``(K, B)`` indices gathered per member (the data sets themselves are not copied)."""
-    orders: Dict[int, Tensor] = {}
-
-    def minibatch(epoch: int, b: int) -> Batch:
-        if epoch not in orders:
-            orders.clear()
-            orders[epoch] = torch.stack([epoch_order(n, epoch, True, m.seed) for m in members])
-        return data.rows(orders[epoch][:, b * batch_size:(b + 1) * batch_size])
-
-    return minibatch
 
 
 def fit_sweep(network: Network, lrs: Sequence[float], train: Any, valid: Any, *, epochs: int,
