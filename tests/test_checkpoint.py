@@ -327,13 +327,15 @@ def test_keyboard_interrupt_after_divergence_keeps_the_last_good_checkpoint(tmp_
 # --- SIGKILL ---------------------------------------------------------------------------------
 
 CHILD = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
     import torch
     torch.set_num_threads(1)
     from fn_trainer import NetworkConfiguration, adam, build_network, make_evaluate, make_step
     from fn_trainer.training.fit import fit
 
     mode, out, *ckpts = sys.argv[1:]
+    if mode == "stop":  # a shell starts background jobs with SIGINT ignored, and Python keeps it so
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     net = build_network("cnn", NetworkConfiguration((4,), (3,), (1,), (1,), (16,)), input_shape=(1, 8, 8))
     g = torch.Generator().manual_seed(0)
     X, y = torch.randn(160, 1, 8, 8, generator=g), torch.randint(0, 10, (160,), generator=g)
