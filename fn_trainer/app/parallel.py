@@ -69,7 +69,9 @@ def session(launch: Optional[Launch], device: str, timeout_s: float) -> Iterator
     """Join the launch's process group for the command's duration (nothing without a
     launch) and yield the device this rank computes on; a rank waits ``timeout_s`` seconds
     for the others. When rank 0 completes, it tells the other ranks to stop waiting for
-    runs; when it fails, they lose contact with it."""
+    runs, and every rank leaves the group only after all have finished their collectives
+    (a group torn down under a message still in flight can abort the process); when rank
+    0 fails, the others lose contact with it."""
     if launch is None:
         yield device
         return
@@ -78,6 +80,8 @@ def session(launch: Optional[Launch], device: str, timeout_s: float) -> Iterator
         yield str(joined)
         if launch.rank == 0:
             _send(None)
+        with lost_ranks_raise("while finishing"):
+            dist.barrier()
     finally:
         close_process_group()
 
