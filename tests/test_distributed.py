@@ -2,7 +2,6 @@
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -82,7 +81,7 @@ def error_lines(err: str):
     return [line for line in err.splitlines() if line.strip() and "Warning" not in line and "W1" not in line[:20]]
 
 
-def test_two_ranks_train_like_one_process_on_the_whole_minibatch(tmp_path):
+def test_two_ranks_train_like_one_process_and_refuse_differing_starts(tmp_path):
     for rc, _, err in run_helper("agree", tmp_path):
         assert rc == 0, err[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
@@ -103,23 +102,16 @@ def test_two_ranks_train_like_one_process_on_the_whole_minibatch(tmp_path):
             torch.testing.assert_close(metrics[key], ref[key], **metric_tol)
         for k in ref_params:
             torch.testing.assert_close(params[k], ref_params[k], **params_tol)
+    # then every rank started from its own seed's parameters: the first step refused on both
+    for r in ranks:
+        assert r["differ"].startswith("rank 1 and rank 0 hold different parameters (first at ")
+        assert "the same seed" in r["differ"]
 
 
-def test_ranks_that_start_from_different_parameters_stop_with_one_line(tmp_path):
-    for rc, _, err in run_helper("differ", tmp_path):
-        assert rc == 2, err[-3000:]
-        (line,) = error_lines(err)
-        assert line.startswith("RanksDifferError: rank 1 and rank 0 hold different parameters (first at ")
-        assert "the same seed" in line
-    assert not list(tmp_path.iterdir())  # no rank trained
-
-
-@pytest.mark.parametrize("mode, timeout_s, reason", [
-    ("die", 30.0, "Connection (closed|reset) by peer"),  # seen at once: the dead rank's sockets close
-    ("hang", 2.0, "Timed out"),  # a stopped rank answers nothing: the process group's timeout
-])
-def test_a_lost_rank_stops_the_other_with_one_line_within_the_timeout(tmp_path, mode, timeout_s, reason):
-    first, second = start_ranks([HELPER, mode, tmp_path, timeout_s])
+def test_a_stopped_rank_stops_the_other_with_one_line_within_the_timeout(tmp_path):
+    # a stopped rank answers nothing: the process group's timeout ends the wait (a killed
+    # rank's closed sockets end it at once: the command's test below)
+    first, second = start_ranks([HELPER, "hang", tmp_path, 2.0])
     started = time.monotonic()
     try:
         rc, _, err = finish(first, timeout=120)
@@ -130,10 +122,8 @@ def test_a_lost_rank_stops_the_other_with_one_line_within_the_timeout(tmp_path, 
     assert rc == 2, err[-3000:]
     (line,) = error_lines(err)
     assert line.startswith("RankLostError: lost contact with the other ranks during a training step")
-    assert re.search(reason, line)
+    assert re.search("Timed out", line)
     assert waited < 60  # start-up and a few steps; without a timeout it would wait forever
-    if mode == "die":
-        assert second.returncode == -signal.SIGKILL
 
 
 @given(st.integers(0, 300), st.integers(1, 9))
@@ -221,7 +211,8 @@ def test_a_lost_rank_stops_the_command_and_torchrun_resumes_it(cli_data_root, tm
     (line,) = error_lines(err)
     assert line.startswith("fn-trainer: error: lost contact with the other ranks")
     assert line.endswith("; rerun with --resume to continue from the last checkpoint")
-    assert waited < 60
+    # seen at once, not after --rank-timeout's 30 s: the killed rank's sockets closed
+    assert re.search("Connection (closed|reset) by peer", line) and waited < 25
     # a mark in the interrupted run's logs: a run resumed from its checkpoint keeps them
     (checkpoint,) = checkpoints.glob("*.checkpoint.pt")
     state = load_checkpoint(checkpoint)
