@@ -5,8 +5,7 @@
 with ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` set as
 torchrun sets them. MODE:
 
-- ``agree``: train ``BATCH_SIZES`` minibatches data-parallel, eagerly in float64 and
-  compiled in float32; then start once more from parameters of each rank's own seed, which
+- ``agree``: train ``BATCH_SIZES`` minibatches data-parallel in float64; then start once more from parameters of each rank's own seed, which
   must stop with ``RanksDifferError`` before any step; save the results and that error's
   text to ``OUT/rank<R>.pt``;
 - ``die`` / ``hang``: rank 1 kills / stops itself at step ``FAIL_AT``; the others train on.
@@ -19,7 +18,6 @@ import sys
 from pathlib import Path
 
 import torch
-from compiling import graphs_compiled
 
 from fn_trainer import NetworkConfiguration, adam, build_network, one_hot
 from fn_trainer.training.distributed import (
@@ -72,12 +70,9 @@ def main(mode: str, out: Path, timeout_s: float) -> None:
 def run(mode: str, out: Path, launch) -> None:
     results = {}
     if mode == "agree":
-        for dtype, compiled in ((torch.float64, False), (torch.float32, True)):
-            net, opt, params, batches = problem(dtype)
-            step = data_parallel_step(net.apply, opt, compiled_apply=net.apply if compiled else None)
-            before = graphs_compiled()
-            params, state, metrics = train(step, params, opt.init(params), batches)
-            results[str(dtype)] = (params, state._asdict(), metrics, graphs_compiled() - before)
+        net, opt, params, batches = problem(torch.float64)
+        params, state, metrics = train(data_parallel_step(net.apply, opt), params, opt.init(params), batches)
+        results["agree"] = (params, state._asdict(), metrics)
         # the same launch checks differing starts: a second launch would cost two more processes
         net, opt, params, batches = problem(torch.float32, seed=launch.rank)
 
