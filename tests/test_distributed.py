@@ -161,8 +161,9 @@ def test_one_rank_is_bitwise_the_single_process_step(one_rank_group):
 
 
 def test_the_compiled_data_parallel_step_is_one_graph_and_agrees_with_the_eager_step(one_rank_group):
-    # the collective stays outside the compiled region: one graph, no break, whatever the
-    # number of ranks (a group of one here; two ranks' arithmetic is the float64 test above)
+    # the functional all-reduce is traced into the one graph (on a group of one as on more:
+    # the compiled code calls _c10d_functional.all_reduce_); two ranks' arithmetic is the
+    # float64 test above
     net, opt, params, batches = problem(torch.float32)
     torch._dynamo.reset()
     with compiles(1):
