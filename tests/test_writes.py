@@ -5,6 +5,7 @@ import errno
 import multiprocessing
 import os
 import random
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from fn_trainer.app import cli, report
 from fn_trainer.app.export import export_solution
 from fn_trainer.app.plots import Curve, plot_curves, plot_map
 from fn_trainer.core import paths
-from fn_trainer.core.paths import WriteError, write_atomically
+from fn_trainer.core.paths import WriteError, discard, temporaries, write_atomically
 from fn_trainer.training.checkpoint import load_checkpoint, save_checkpoint
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -179,6 +180,36 @@ def test_a_full_disk_during_a_run_is_one_line_and_exit_status_2(small_disk, fake
     assert "disk is full" in err
     assert {name: (folder / name).read_bytes() for name in before} == before
     assert _only_files(folder) == sorted(before)
+
+
+# --- a writer killed mid-write --------------------------------------------------------------
+
+def _killed_while_writing(path):
+    """In a child process: write ``path``, killed (SIGKILL) halfway through the bytes."""
+    real = paths._write_all
+
+    def half_then_killed(fd, data):
+        real(fd, data[:len(data) // 2])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    paths._write_all = half_then_killed
+    write_atomically(path, b"new" * 1000)
+
+
+def test_a_killed_writers_temporary_file_is_discarded_with_its_file_and_no_other(tmp_path):
+    path, neighbour = tmp_path / "run.checkpoint.pt", tmp_path / "run.checkpoint.pt.json"
+    for p in (path, neighbour):
+        write_atomically(p, b"old")
+        child = multiprocessing.get_context("fork").Process(target=_killed_while_writing, args=(p,))
+        child.start()
+        child.join(60)
+        assert child.exitcode == -signal.SIGKILL
+    assert path.read_bytes() == neighbour.read_bytes() == b"old"  # a kill leaves the earlier file
+    (left,), (other,) = temporaries(path), temporaries(neighbour)  # and its write's temporary file
+    assert len(left.read_bytes()) == 1500 and left != other
+    discard(path)
+    assert sorted(tmp_path.iterdir()) == sorted([neighbour, other])
+    discard(path)  # nothing left to discard
 
 
 # --- concurrent runs into one folder --------------------------------------------------------

@@ -1,17 +1,19 @@
 """Output locations: names that cannot escape their folder, folders known to be writable,
-files replaced atomically."""
+files replaced atomically, and discarded with what killed writes left beside them."""
 from __future__ import annotations
 
 import errno
 import io
 import os
+import re
 import secrets
 import stat
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Optional, Union
+from typing import BinaryIO, List, Optional, Union
 
 PathLike = Union[str, os.PathLike]
+TOKEN_BYTES = 6  # of the random part of a temporary file's name: ``.<name>.<12 hex digits>.tmp``
 
 
 def safe_path(root: PathLike, name: str) -> Path:
@@ -115,14 +117,15 @@ def write_atomically(path: PathLike, data: bytes) -> Path:
     The bytes go to a new temporary file in the same folder (``O_EXCL``: never an existing
     file or link), are flushed to disk, and the temporary file is renamed onto ``path``
     (``os.replace``). A crash at any moment leaves either the previous file or the new
-    one, never a partial file, and no temporary file is left behind. A symbolic link at
+    one, never a partial file; an exception (``KeyboardInterrupt`` too) leaves no
+    temporary file behind, a killed process may (``discard`` removes it). A symbolic link at
     ``path`` is replaced by the file, never written through, so nothing lands where the
     link points. Any ``OSError`` (a full disk above all) becomes a one-line
     ``WriteError`` naming ``path``. Returns ``path``.
     """
     path = Path(path)
     folder = path.parent
-    tmp = folder / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    tmp = folder / f".{path.name}.{secrets.token_hex(TOKEN_BYTES)}.tmp"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         # Not mkstemp: its files are private (0600); this one gets the usual umask-based mode.
@@ -146,6 +149,25 @@ def write_atomically(path: PathLike, data: bytes) -> Path:
         raise
     _fsync_dir(folder)
     return path
+
+
+def temporaries(path: PathLike) -> List[Path]:
+    """The temporary files of ``write_atomically`` beside ``path``: a write in progress, or
+    one whose process was killed (SIGKILL, a power cut) before it could rename or remove it."""
+    path = Path(path)
+    name = re.compile(re.escape(f".{path.name}.") + f"[0-9a-f]{{{2 * TOKEN_BYTES}}}" + re.escape(".tmp"))
+    try:
+        return sorted(entry for entry in path.parent.iterdir() if name.fullmatch(entry.name))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def discard(path: PathLike) -> None:
+    """Delete file ``path`` if it exists, and the ``temporaries`` killed writers left beside
+    it (a checkpoint's can be as large as the checkpoint). Only once no process writes
+    ``path`` any more: a write in progress would lose its temporary file."""
+    for file in (Path(path), *temporaries(path)):
+        file.unlink(missing_ok=True)
 
 
 def _write_all(fd: int, data: bytes) -> None:

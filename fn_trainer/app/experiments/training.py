@@ -14,6 +14,7 @@ from ...core.data import N_CLASSES
 from ...core.evaluate import make_evaluate
 from ...core.networks import build_network
 from ...core.optim import adam, exp_log_power
+from ...core.paths import discard
 from ...core.step import make_step
 from ...speed import inductor_apply
 from ...training.compiled import compile_step
@@ -73,10 +74,10 @@ def execute(ctx: Context, specs: Sequence[RunSpec], train_group: Optional[GroupT
         for i, (result, wall, trainer) in zip(pending, results):
             records[i] = store(ctx, specs[i], result, wall, trainer)
         # Only once every record is written: until then --resume needs the checkpoint(s).
-        population_checkpoint_path(ctx, group).unlink(missing_ok=True)
+        discard(population_checkpoint_path(ctx, group))
         if splits_populations(ctx.settings):
             for path in share_checkpoints(ctx, group):
-                path.unlink(missing_ok=True)
+                discard(path)
     else:
         for i in pending:
             result, wall, trainer = train_one(ctx, specs[i])
@@ -181,6 +182,6 @@ def store(ctx: Context, spec: RunSpec, result: FitResult, wall_time_s: float, tr
     record = RunRecord(spec, spec.config_hash(ctx.fingerprint), n_params, finite_logs(result.logs),
                        result.diverged, wall_time_s, trainer, result_path(ctx, spec))
     write_json(record.path, record.to_json())
-    checkpoint_path(ctx, spec).unlink(missing_ok=True)
+    discard(checkpoint_path(ctx, spec))
     ctx.echo(summary(record))
     return record
