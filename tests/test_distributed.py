@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from fn_trainer import make_step
 from fn_trainer.app import cli
 from fn_trainer.app.cli import settings_of
+from fn_trainer.core.paths import temporaries
 from fn_trainer.training.checkpoint import load_checkpoint, save_checkpoint
 from fn_trainer.training.distributed import (
     RankLostError,
@@ -288,22 +289,68 @@ def test_only_rank_0_shows_progress_or_downloads_and_every_rank_trains_each_run_
     assert groups[:2] == [None, None] and groups[2] is training.train_population
 
 
-def test_a_population_split_over_two_ranks_gives_every_member_the_single_process_logs(cli_data_root, tmp_path):
+def test_a_population_split_over_two_ranks_survives_a_lost_rank_and_resumes_to_the_single_process_logs(
+        cli_data_root, tmp_path):
     """--parallel population: 3 seeds of each network of the depth question, members 2 + 1
-    over two ranks, each rank training its share in one vmapped step; rank 0 writes every
-    member's record, with the logs of the single-process population."""
-    run = ["depth", "--limit", "64", "--batch-size", "16", "--epochs", "3", "--no-download", "--no-progress",
-           "--seeds", "3", "--data", cli_data_root]
-    done = torchrun([*run, "--parallel", "population", "--out", tmp_path / "parallel"])
+    over two ranks, each rank training and checkpointing its share in one vmapped step.
+    Rank 1 is killed while the first population trains: rank 0 stops with one line, and
+    the same command with --resume continues every share from its own checkpoint (rank
+    1's may be epochs behind rank 0's) and trains the second population uninterrupted;
+    rank 0 writes every member's record, with the logs of the single-process population."""
+    run = [*CLI_RUN[:-1], "3", "--data", cli_data_root]
+    args = [*run, "--parallel", "population", "--rank-timeout", "30", "--out", tmp_path / "parallel"]
+    runs = tmp_path / "parallel" / "runs"
+    first, second = start_ranks(["-m", "fn_trainer", *args])
+    try:
+        deadline = time.monotonic() + 120
+        while first.poll() is None and time.monotonic() < deadline:
+            # members 2 + 1: rank 1's share checkpoint is the one of one member; kill rank 1 while
+            # it writes the next one (stopped first, so that the write cannot finish meanwhile)
+            share = next(runs.glob("*-x1-*.checkpoint.pt"), None) if runs.is_dir() else None
+            if share is not None and temporaries(share):
+                second.send_signal(signal.SIGSTOP)
+                if temporaries(share):
+                    break
+                second.send_signal(signal.SIGCONT)
+            time.sleep(0.001)
+        second.kill()
+        killed = time.monotonic()
+        rc, _, err = finish(first, timeout=120)
+        waited = time.monotonic() - killed
+    finally:
+        second.kill()
+        second.communicate()
+    assert rc == 2, err[-3000:]
+    (line,) = error_lines(err)
+    assert line.startswith("fn-trainer: error: lost contact with the other ranks")
+    assert line.endswith("; rerun with --resume to continue from the last checkpoint")
+    assert waited < 60
+    assert not list(runs.glob("*.json"))  # no member's record before every share is gathered
+    assert share is not None and temporaries(share)  # the killed rank's unfinished write
+    epochs = int(run[run.index("--epochs") + 1])
+    assert 0 < load_checkpoint(share)["epoch"] < epochs  # rank 1 stopped mid-population
+    # a mark in the first member of each share: a share resumed from its checkpoint keeps it
+    marked = []
+    for checkpoint in sorted(runs.glob("*.checkpoint.pt")):
+        state = load_checkpoint(checkpoint)
+        state["logs"][0]["train_loss"][0] = MARK
+        save_checkpoint(checkpoint, state)
+        first_member = re.fullmatch(r"(.+)-x[0-9]+-[0-9a-f]+\.checkpoint\.pt", checkpoint.name).group(1)
+        marked.append(f"{first_member}-")
+    assert len(marked) == 2, marked  # rank 0's share and the killed rank 1's
+
+    done = torchrun([*args, "--resume"])
     assert done.returncode == 0, done.stderr[-3000:]
     assert len([line for line in done.stdout.splitlines() if "params;" in line]) == 6  # rank 0 alone prints
     assert cli.main([*map(str, run), "--out", str(tmp_path / "single")]) == 0
-    parallel = sorted((tmp_path / "parallel" / "runs").glob("*.json"))
-    single = sorted((tmp_path / "single" / "runs").glob("*.json"))
+    parallel, single = (sorted(p.glob("*.json")) for p in (runs, tmp_path / "single" / "runs"))
     assert [p.name for p in parallel] == [p.name for p in single] and len(single) == 6
-    assert not list((tmp_path / "parallel" / "runs").glob("*.checkpoint.pt"))
+    assert sorted(runs.iterdir()) == parallel  # no checkpoint left, nor a killed write's temporary file
     for a, b in zip(parallel, single):
         mine, theirs = json.loads(a.read_text()), json.loads(b.read_text())
-        assert "fit_population (2 runs together" in mine["trainer"] or "fit_population (1 runs" in mine["trainer"]
+        assert re.match(r"fit_population \((2|1) runs together", mine["trainer"]), mine["trainer"]
+        if any(a.name.startswith(prefix) for prefix in marked):
+            assert mine["logs"]["train_loss"][0] == MARK, a.name
+            mine["logs"]["train_loss"][0] = theirs["logs"]["train_loss"][0]
         for key, values in mine["logs"].items():
             assert values == pytest.approx(theirs["logs"][key], rel=CLI_TOL, abs=1e-7), (a.name, key)
