@@ -101,4 +101,7 @@ if __name__ == "__main__":
         main(sys.argv[1], Path(sys.argv[2]), float(sys.argv[3]))
     except RankLostError as e:
         print(f"{type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        os._exit(2)
+    # as fn_trainer's own ranks: no interpreter finalization under gloo's worker threads
+    sys.stdout.flush()
+    os._exit(0)
