@@ -207,16 +207,17 @@ def torchrun(args, world_size: int = 2):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-def test_a_lost_rank_stops_the_command_and_torchrun_resumes_it(cli_data_root, tmp_path):
-    run = [*CLI_RUN, "--data", cli_data_root]
-    args = [*run, "--parallel", "data", "--rank-timeout", "30", "--out", tmp_path / "parallel"]
-    first, second = start_ranks(["-m", "fn_trainer", *args])
-    checkpoints = tmp_path / "parallel" / "runs"
+def kill_rank_1_once(argv, folder: Path, pattern: str):
+    """Start two ranks of ``argv``, SIGKILL rank 1 once a file matching ``pattern`` is in
+    ``folder``, and check rank 0's one-line error; returns that line, the seconds rank 0 took
+    to stop after the kill, and the file found (``None`` if rank 0 ended first)."""
+    first, second = start_ranks(argv)
     try:
-        deadline = time.monotonic() + 120
-        while not list(checkpoints.glob("*.checkpoint.pt")) and first.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        second.kill()  # after rank 0 wrote the first epoch's checkpoint
+        deadline, found = time.monotonic() + 120, None
+        while found is None and first.poll() is None and time.monotonic() < deadline:
+            found = next(folder.glob(pattern), None) if folder.is_dir() else None
+            time.sleep(0.01)
+        second.kill()
         killed = time.monotonic()
         rc, _, err = finish(first, timeout=120)
         waited = time.monotonic() - killed
@@ -227,6 +228,15 @@ def test_a_lost_rank_stops_the_command_and_torchrun_resumes_it(cli_data_root, tm
     (line,) = error_lines(err)
     assert line.startswith("fn-trainer: error: lost contact with the other ranks")
     assert line.endswith("; rerun with --resume to continue from the last checkpoint")
+    return line, waited, found
+
+
+def test_a_lost_rank_stops_the_command_and_torchrun_resumes_it(cli_data_root, tmp_path):
+    run = [*CLI_RUN, "--data", cli_data_root]
+    args = [*run, "--parallel", "data", "--rank-timeout", "30", "--out", tmp_path / "parallel"]
+    checkpoints = tmp_path / "parallel" / "runs"
+    # after rank 0 wrote the first epoch's checkpoint
+    line, waited, _ = kill_rank_1_once(["-m", "fn_trainer", *args], checkpoints, "*.checkpoint.pt")
     # seen at once, not after --rank-timeout's 30 s: the killed rank's sockets closed
     assert re.search("Connection (closed|reset) by peer", line) and waited < 25
     # a mark in the interrupted run's logs: a run resumed from its checkpoint keeps them
@@ -299,24 +309,9 @@ def test_a_population_split_over_two_ranks_survives_a_lost_rank_and_resumes_to_t
     run = [*CLI_RUN[:-1], "3", "--data", cli_data_root]
     args = [*run, "--parallel", "population", "--rank-timeout", "30", "--out", tmp_path / "parallel"]
     runs = tmp_path / "parallel" / "runs"
-    first, second = start_ranks(["-m", "fn_trainer", *args])
-    try:
-        deadline, share = time.monotonic() + 120, None
-        while share is None and first.poll() is None and time.monotonic() < deadline:
-            # members 2 + 1: rank 1's share checkpoint is the one of one member
-            share = next(runs.glob("*-x1-*.checkpoint.pt"), None) if runs.is_dir() else None
-            time.sleep(0.01)
-        second.kill()  # once rank 1 checkpointed its share (a write killed midway: test_writes)
-        killed = time.monotonic()
-        rc, _, err = finish(first, timeout=120)
-        waited = time.monotonic() - killed
-    finally:
-        second.kill()
-        second.communicate()
-    assert rc == 2, err[-3000:]
-    (line,) = error_lines(err)
-    assert line.startswith("fn-trainer: error: lost contact with the other ranks")
-    assert line.endswith("; rerun with --resume to continue from the last checkpoint")
+    # members 2 + 1: rank 1's share checkpoint is the one of one member; killed once it is
+    # written (a write killed midway: test_writes)
+    line, waited, share = kill_rank_1_once(["-m", "fn_trainer", *args], runs, "*-x1-*.checkpoint.pt")
     assert waited < 60
     assert not list(runs.glob("*.json"))  # no member's record before every share is gathered
     assert share is not None
