@@ -55,7 +55,7 @@ import torch
 from torch.func import functional_call, vmap
 
 from fn_trainer import NetworkConfiguration, adam, build_network, cross_entropy, make_step, normalize, one_hot
-from fn_trainer.core.networks import POOLED_SIZE, conv_output_size, feature_map_sizes
+from fn_trainer.core.networks import POOLED_SIZE, Network, conv_output_size, feature_map_sizes
 from fn_trainer.core.optim import exp_log_power
 from fn_trainer.core.step import Params
 from fn_trainer.core.trees import stack_trees
@@ -308,15 +308,24 @@ def population_paths(shape: str, config: NetworkConfiguration, X, y, T, batch_si
     refs = [(reference_trainer(kind, config, m.lr, net.init(m.seed)), datasets[d]) for m, d in zip(members, inputs)]
     data = MemberData([(Xd, T) for Xd in datasets], inputs)
 
-    def batch_of(b):
-        return data.rows(slice(b * batch_size, (b + 1) * batch_size))
-
     def sequential() -> Params:
         for trainer, Xd in refs:
             trainer.train_steps(Xd, T, batch_size, n_steps)
         return stack_trees([module_params(trainer.network) for trainer, _ in refs])
 
-    paths = {"reference": sequential}
+    return {"reference": sequential, **vmapped_paths(net, members, data, batch_size, n_steps, compile)}
+
+
+def vmapped_paths(net: Network, members: List[Member], data: MemberData, batch_size: int, n_steps: int,
+                  compile: bool) -> Dict[str, Callable[[], Params]]:
+    """``members`` trained on ``data`` in one vmapped step, eager (``vmapped_eager``) and, if
+    ``compile``, compiled with ``inductor_apply(net, vmapped=True)`` as its forward
+    (``vmapped_compiled``); each from ``init_population(net, members)``."""
+
+    def batch_of(b):
+        return data.rows(slice(b * batch_size, (b + 1) * batch_size))
+
+    paths = {}
     for name, flag in (("vmapped_eager", False), ("vmapped_compiled", True)):
         if flag and not compile:
             continue
@@ -329,18 +338,21 @@ def population_paths(shape: str, config: NetworkConfiguration, X, y, T, batch_si
 
 
 def measure(paths: Dict[str, Callable[[], Params]], reps: int, scale: float, log,
-            loss: Callable[[Params], object], baseline: str = "reference") -> Dict[str, Dict]:
+            loss: Callable[[Params], object], baseline: str = "reference",
+            before: Callable[[], None] = lambda: None) -> Dict[str, Dict]:
     """Warm every path once (timed: compile warm-up), then ``reps`` alternating rounds;
     ``ratio`` is each path's median over ``baseline``'s; ``final_loss`` is ``loss`` of the
-    parameters each path reached last."""
+    parameters each path reached last. ``before()`` runs, untimed, before each timed run."""
     out: Dict[str, Dict] = {}
     reached: Dict[str, Params] = {}
     for name, run in paths.items():
+        before()
         warmup_s, reached[name] = timed(run)
         out[name] = {"warmup_s": round(warmup_s, 3), "epoch_s": []}
         log(f"  warm-up {name}: {out[name]['warmup_s']:.2f} s")
     for r in range(reps):
         for name, run in paths.items():
+            before()
             seconds, reached[name] = timed(run)
             out[name]["epoch_s"].append(round(seconds * scale, 4))
         log(f"  rep {r + 1}/{reps}: " + ", ".join(f"{n} {v['epoch_s'][-1]:.3f}" for n, v in out.items()))
