@@ -1,22 +1,37 @@
-"""Data-parallel epoch times: N ranks of one thread against one process of N threads.
+"""Epoch times: N ranks of one thread against one process of N threads, in both ``--parallel`` modes.
 
-    python -m benchmarks.distributed [--smoke] [--reps 5] [--ranks 2] [--json results.json]
+    python -m benchmarks.distributed [--smoke] [--reps 5] [--ranks 2] [--modes data,population]
+                                     [--json results.json]
 
-The same work on the same cores two ways, for the MLP 784-256-256-10 on synthetic data
-of Fashion-MNIST shape (469 minibatches of 128). First one process with ``--ranks``
-threads times ``make_step``, eager and compiled (``single_*`` paths). Then ``--ranks``
-processes of one thread each (this module again, started with the variables torchrun
-sets; gloo over loopback) time the data-parallel step (``data_parallel_*``): eager;
-compiled as one graph with the collective traced inside (what ``fn-trainer --parallel
-data`` runs); and compiled as two graphs around an eager ``all_reduce``, the alternative
-it was chosen against. Figures: the median over ``--reps`` repetitions of one epoch of
-training steps, paths alternated within each process, compile warm-up timed apart;
-``ratio`` is each path's median over the single process's compiled one (its eager one
-with ``--no-compile``).
+The same work on the same cores two ways, on synthetic data of Fashion-MNIST shape (469
+minibatches of 128). First one process with ``--ranks`` threads times the single-process
+paths (``single_*``), eager and compiled. Then ``--ranks`` processes of one thread each
+(this module again, started with the variables torchrun sets; gloo over loopback) time
+the parallel paths. Two modes, each with its own paths:
 
-Every path starts from ``network.init(0)`` and trains the same minibatches, so each
-records ``final_loss`` (its parameters' loss on the first minibatch after its last
-repetition), which agree up to float32 rounding.
+- ``data``: the MLP 784-256-256-10. The single process times ``make_step``; the ranks the
+  data-parallel step (``data_parallel_*``): eager; compiled as one graph with the
+  collective traced inside (what ``fn-trainer --parallel data`` runs); and compiled as two
+  graphs around an eager ``all_reduce``, the alternative it was chosen against.
+- ``population``: ``benchmarks.epoch``'s ``population_mlp``, K = 8 MLPs of seeds 0..7 at lr
+  1e-3. The single process trains all K members in one vmapped step; each rank trains its
+  consecutive share of the members (``slice_bounds``, as ``fn-trainer --parallel
+  population`` splits them: K/N each) in one vmapped step (``population_parallel_*``),
+  eager and compiled (the vmapped ``inductor_apply`` forward). The members are independent,
+  so no collective runs during an epoch: each rank times its own epochs, the ranks starting
+  every timed epoch together (an untimed barrier), and a repetition's figure is the
+  slowest rank's epoch, since the job ends when its last rank does (every rank's times
+  are in the JSON too).
+
+Figures: the median over ``--reps`` repetitions of one epoch of training steps, paths
+alternated within each process, compile warm-up timed apart; ``ratio`` is each path's
+median over its mode's single-process compiled one (its eager one with ``--no-compile``).
+
+Every path of a mode starts from the same parameters (``network.init(0)``; the members'
+``network.init(seed)``) and trains the same minibatches, so each records ``final_loss``,
+its parameters' loss on the first minibatch after its last repetition: one for the data
+mode, one per member in member order for the population (the ranks' members gathered to
+rank 0). They agree up to float32 rounding.
 """
 from __future__ import annotations
 
@@ -25,11 +40,12 @@ import json
 import math
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -38,7 +54,8 @@ from fn_trainer import adam, build_network, make_step, one_hot
 from fn_trainer.core.diagnostics import global_norm
 from fn_trainer.core.losses import accuracy
 from fn_trainer.core.optim import Optimizer
-from fn_trainer.core.step import Apply, Step, make_gradient
+from fn_trainer.core.step import Apply, Params, Step, make_gradient
+from fn_trainer.core.trees import tree_index
 from fn_trainer.speed import inductor_apply
 from fn_trainer.training.compiled import compile_step
 from fn_trainer.training.distributed import (
@@ -46,11 +63,14 @@ from fn_trainer.training.distributed import (
     _unpack,
     close_process_group,
     data_parallel_step,
+    gather_to_first,
     init_process_group,
     launch_from_env,
+    lost_ranks_raise,
     place,
     slice_bounds,
 )
+from fn_trainer.training.population import MemberData
 
 from .epoch import (
     MLP_CONFIG,
@@ -60,12 +80,17 @@ from .epoch import (
     functional_loop,
     machine,
     measure,
+    population,
+    start_params,
     synthetic_data,
+    vmapped_paths,
 )
 
 BATCH_SIZE = 128
 LR = 1e-3
-BASELINES = ("single_compiled", "single_eager")  # the ratios' denominator: the first one timed
+BASELINES = ("single_compiled", "single_eager")  # a mode's ratios' denominator: the first one timed
+MODES = ("data", "population")  # what the ranks split: every minibatch's rows, or a population's members
+POPULATION = "population_mlp"  # benchmarks.epoch's shape: K = 8 MLPs, seeds 0..7, lr 1e-3
 PROG = "python -m benchmarks.distributed"
 ROOT = Path(__file__).resolve().parents[1]  # where ``-m benchmarks`` is found
 
@@ -100,7 +125,7 @@ def two_graph_step(apply: Apply, optimizer: Optimizer) -> Step:
     return step
 
 
-def paths(parallel: bool, compiled: bool, config, X, T, n_steps: int) -> Dict[str, Callable]:
+def data_mode_paths(parallel: bool, compiled: bool, config, X, T, n_steps: int) -> Dict[str, Callable]:
     """The single-process paths, or (``parallel``) the data-parallel ones of this rank;
     the compiled ones only if ``compiled``."""
     net = build_network("mlp", config)
@@ -127,36 +152,96 @@ def paths(parallel: bool, compiled: bool, config, X, T, n_steps: int) -> Dict[st
     return out
 
 
-def time_paths(args: argparse.Namespace, parallel: bool, log) -> Tuple[Dict[str, Dict], float]:
-    """Timings of this process's paths, and the loss they all start from."""
+def population_mode_paths(parallel: bool, compiled: bool, config, X, T, n_steps: int) -> Dict[str, Callable]:
+    """The single process's vmapped step of all the population's members, or
+    (``parallel``) that of this rank's consecutive share of them (``slice_bounds``, as
+    ``--parallel population`` splits them); the compiled one only if ``compiled``."""
+    members = population(POPULATION)[0]
+    if parallel:
+        start, stop = slice_bounds(len(members), *place())
+        members = members[start:stop]
+    timed = vmapped_paths(build_network("mlp", config), members, MemberData([(X, T)], [0] * len(members)),
+                          BATCH_SIZE, n_steps, compiled)
+    prefix = "population_parallel" if parallel else "single"
+    return {f"{prefix}_{name.removeprefix('vmapped_')}": run for name, run in timed.items()}
+
+
+def member_losses(config, X, y, T) -> Callable[[Params], List[float]]:
+    """``params -> [loss of member k]`` for members stacked along a leading axis: one MLP's
+    ``first_batch_loss``, member by member, so that a rank's share of the members is
+    scored with the same arithmetic as the whole population."""
+    loss = first_batch_loss("mlp", config, X, y, T, BATCH_SIZE)
+    return lambda params: [loss(tree_index(params, k)) for k in range(len(next(iter(params.values()))))]
+
+
+def time_paths(args: argparse.Namespace, mode: str, parallel: bool,
+               log) -> Tuple[Dict[str, Dict], Union[float, List[float]]]:
+    """Timings of this process's paths of ``mode``, and the loss (a list of the members'
+    losses for the population) they all start from."""
     n = 512 if args.smoke else N_TRAIN
     config = SMOKE_MLP if args.smoke else MLP_CONFIG
     X, y = synthetic_data(n)
     T = one_hot(y, 10)
     n_steps = 2 if args.smoke else math.ceil(n / BATCH_SIZE)
-    timed = paths(parallel, not args.no_compile, config, X, T, n_steps)
-    loss = first_batch_loss("mlp", config, X, y, T, BATCH_SIZE)
+    if mode == "data":
+        timed = data_mode_paths(parallel, not args.no_compile, config, X, T, n_steps)
+        shape, loss = "mlp", first_batch_loss("mlp", config, X, y, T, BATCH_SIZE)
+    else:
+        timed = population_mode_paths(parallel, not args.no_compile, config, X, T, n_steps)
+        shape, loss = POPULATION, member_losses(config, X, y, T)
+    # the ranks of a split population never wait for each other within an epoch: an
+    # untimed barrier starts each timed epoch on every rank at once
+    before = dist.barrier if parallel and mode == "population" else (lambda: None)
     with torch.no_grad():
-        initial_loss = loss(build_network("mlp", config).init(0))
-    return measure(timed, 1 if args.smoke else args.reps, 1.0, log, loss, baseline=next(iter(timed))), initial_loss
+        initial_loss = loss(start_params(shape, config))
+    return measure(timed, 1 if args.smoke else args.reps, 1.0, log, loss, baseline=next(iter(timed)),
+                   before=before), initial_loss
+
+
+def slowest_rank(shares: List[Dict[str, Dict]]) -> Dict[str, Dict]:
+    """The split population's timings as one job's, from every rank's (rank order): per
+    repetition the slowest rank's epoch (the job ends when its last rank does), and its
+    median; the slowest warm-up; the members' final losses in member order (the ranks'
+    shares are consecutive). Every rank's own times are kept (``rank_*``)."""
+    out = {}
+    for name in shares[0]:
+        ranks = [share[name] for share in shares]
+        epochs = [max(times) for times in zip(*(v["epoch_s"] for v in ranks))]
+        out[name] = {"warmup_s": max(v["warmup_s"] for v in ranks), "epoch_s": epochs,
+                     "median_s": statistics.median(epochs),
+                     "rank_warmup_s": [v["warmup_s"] for v in ranks], "rank_epoch_s": [v["epoch_s"] for v in ranks],
+                     "final_loss": [loss for v in ranks for loss in v["final_loss"]]}
+    return out
 
 
 def run_rank(args: argparse.Namespace) -> None:
-    """One rank of the data-parallel half; rank 0 writes its timings to ``args.worker``."""
+    """One rank of the parallel half; rank 0 writes the timings of every mode to ``args.worker``."""
     torch.set_num_threads(1)
     launch = launch_from_env()
     init_process_group(launch, timeout_s=600)
+    results = {}
     try:
         log = print_to_stderr if launch.rank == 0 and not args.quiet else (lambda msg: None)
-        results, _ = time_paths(args, True, log)
+        for mode in args.modes:
+            log(f" {mode} mode" + (" (rank 0's share)" if mode == "population" else ""))
+            results[mode], _ = time_paths(args, mode, True, log)
+            if mode == "population":
+                shares = gather_to_first(results[mode], "while gathering the ranks' timings")
+                if shares is not None:  # rank 0
+                    results[mode] = slowest_rank(shares)
+        # as fn_trainer.app.parallel.session does: no rank leaves the group before every rank
+        # has finished its collectives (the gather's last message)
+        with lost_ranks_raise("while finishing"):
+            dist.barrier()
     finally:
         close_process_group()
     if launch.rank == 0:
         Path(args.worker).write_text(json.dumps(results))
 
 
-def run_ranks(args: argparse.Namespace, argv) -> Dict[str, Dict]:
-    """Start ``args.ranks`` processes of this module, one thread each, as torchrun would."""
+def run_ranks(args: argparse.Namespace, argv) -> Dict[str, Dict[str, Dict]]:
+    """Start ``args.ranks`` processes of this module, one thread each, as torchrun would;
+    their timings per mode and path."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -181,19 +266,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--reps", type=int, default=5, help="timed repetitions per path (median reported)")
     p.add_argument("--ranks", type=int, default=2,
-                   help="processes of the data-parallel half, and threads of the single process")
+                   help="processes of the parallel half, and threads of the single process")
+    p.add_argument("--modes", default=",".join(MODES),
+                   help="comma-separated subset of data,population: what the ranks split (every minibatch's rows, "
+                        "or the population's members)")
     p.add_argument("--no-compile", action="store_true", help="skip the compiled paths")
     p.add_argument("--smoke", action="store_true",
-                   help="tiny run for CI: a small MLP, 512 samples, 2 steps, 1 repetition")
+                   help="tiny run for CI: small MLPs, 512 samples, 2 steps, 1 repetition")
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--quiet", action="store_true")
-    p.add_argument("--worker", help=argparse.SUPPRESS)  # a rank of the data-parallel half: its output file
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # a rank of the parallel half: its output file
     args = p.parse_args(argv)
     for name in ("reps", "ranks"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1")
     if args.ranks > (os.cpu_count() or 1):
         p.error(f"--ranks must be at most this machine's CPU count ({os.cpu_count()}), got {args.ranks}")
+    modes = args.modes.split(",")
+    if not set(modes) <= set(MODES):
+        p.error(f"--modes must be a comma-separated subset of {','.join(MODES)}, got {args.modes!r}")
+    args.modes = [mode for mode in MODES if mode in modes]
+    K = len(population(POPULATION)[0])
+    if "population" in args.modes and args.ranks > K:  # a rank without members would time nothing
+        p.error(f"--ranks must be at most the population's {K} members with --modes population, got {args.ranks}")
     return args
 
 
@@ -207,24 +302,35 @@ def main(argv: Optional[list] = None) -> int:
     load_before = os.getloadavg()
     threads = torch.get_num_threads()
     torch.set_num_threads(args.ranks)
+    results: Dict[str, Dict] = {}
     try:
         log(f"one process, {args.ranks} threads")
-        results, initial_loss = time_paths(args, False, log)
+        for mode in args.modes:
+            log(f" {mode} mode")
+            paths, initial_loss = time_paths(args, mode, False, log)
+            results[mode] = {"initial_loss": initial_loss, "paths": paths}
     finally:
         torch.set_num_threads(threads)
     log(f"{args.ranks} ranks, 1 thread each")
-    results.update(run_ranks(args, argv))
-    baseline = next(name for name in BASELINES if name in results)
-    for v in results.values():
-        v["ratio"] = round(v["median_s"] / results[baseline]["median_s"], 3)
+    for mode, paths in run_ranks(args, argv).items():
+        results[mode]["paths"].update(paths)
+    for r in results.values():
+        r["baseline"] = baseline = next(name for name in BASELINES if name in r["paths"])
+        for v in r["paths"].values():
+            v["ratio"] = round(v["median_s"] / r["paths"][baseline]["median_s"], 3)
+    K = len(population(POPULATION)[0])
     report = {
         "command": " ".join([PROG, *argv]),
         "what": f"median seconds per epoch of training steps ({'2' if args.smoke else '469'} minibatches of "
                 f"{BATCH_SIZE}): one process of {args.ranks} threads (single_*) against {args.ranks} ranks of one "
-                f"thread (data_parallel_*); ratio = path / {baseline}",
+                f"thread; data mode: one MLP, every rank on its slice of every minibatch (data_parallel_*); "
+                f"population mode: {K} MLPs, one vmapped step of all of them against each rank's share in one "
+                f"vmapped step, a repetition's time the slowest rank's (population_parallel_*); ratio = path / "
+                f"its mode's baseline (single_compiled, or single_eager without it); final_loss per member for "
+                f"the population",
         "smoke": args.smoke, "reps": 1 if args.smoke else args.reps, "ranks": args.ranks,
         "machine": machine(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
-        "initial_loss": initial_loss, "results": results,
+        "results": results,
     }
     print_table(report)
     if args.json:
@@ -236,9 +342,15 @@ def print_table(report: Dict) -> None:
     print(f"{report['command']}\n{report['machine']['cpu']}, {report['machine']['cores']} cores, torch "
           f"{report['machine']['torch']}; load {report['load_average_before'][0]:.1f} -> "
           f"{report['load_average_after'][0]:.1f}")
-    print(f"{'path':26} {'median s/epoch':>14} {'ratio':>6} {'warm-up s':>9} {'final loss':>10}")
-    for name, v in report["results"].items():
-        print(f"{name:26} {v['median_s']:14.3f} {v['ratio']:6.2f} {v['warmup_s']:9.2f} {v['final_loss']:10.5f}")
+    print(f"{'mode':10} {'path':28} {'median s/epoch':>14} {'ratio':>6} {'warm-up s':>9} {'final loss':>10}")
+    for mode, r in report["results"].items():
+        for name, v in r["paths"].items():
+            loss = v["final_loss"]  # the population's: the members' mean here, each member's in the JSON
+            loss = statistics.fmean(loss) if isinstance(loss, list) else loss
+            print(f"{mode:10} {name:28} {v['median_s']:14.3f} {v['ratio']:6.2f} {v['warmup_s']:9.2f} {loss:10.5f}")
+    if "population" in report["results"]:
+        print("population: final loss is the members' mean; s/epoch and warm-up of population_parallel_* are "
+              "the slowest rank's")
 
 
 if __name__ == "__main__":

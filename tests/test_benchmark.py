@@ -142,11 +142,52 @@ def test_distributed_smoke_run_times_one_process_and_two_ranks_doing_the_same_wo
     assert distributed.main(["--smoke", "--no-compile", "--quiet", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["ranks"] == 2 and report["command"].startswith("python -m benchmarks.distributed --smoke")
-    paths = report["results"]
+    assert set(report["results"]) == {"data", "population"}
+    data, members = (report["results"][mode] for mode in ("data", "population"))
+    paths = data["paths"]
     assert set(paths) == {"single_eager", "data_parallel_eager"} and paths["single_eager"]["ratio"] == 1.0
     assert all(v["median_s"] > 0 for v in paths.values())
     # one process on whole minibatches, two ranks on halves: the same training up to float32
     # rounding, a hundred times less than training moved the loss
     single, parallel = (paths[k]["final_loss"] for k in ("single_eager", "data_parallel_eager"))
     assert parallel == pytest.approx(single, rel=1e-5)
-    assert abs(report["initial_loss"] - single) > 100 * 1e-5 * single
+    assert abs(data["initial_loss"] - single) > 100 * 1e-5 * single
+
+    # the population: all 8 members in one process against 4 on each rank, every member's
+    # final loss gathered back in member order
+    paths = members["paths"]
+    assert set(paths) == {"single_eager", "population_parallel_eager"} and paths["single_eager"]["ratio"] == 1.0
+    split = paths["population_parallel_eager"]
+    assert all(v["median_s"] > 0 for v in paths.values()) and len(split["rank_epoch_s"]) == 2
+    assert split["epoch_s"] == [max(times) for times in zip(*split["rank_epoch_s"])]  # the slowest rank's
+    start, single, parallel = (torch.tensor(x) for x in (members["initial_loss"], paths["single_eager"]["final_loss"],
+                                                          split["final_loss"]))
+    assert start.shape == single.shape == (8,)
+    torch.testing.assert_close(parallel, single, rtol=1e-5, atol=0.0)
+    assert bool(((start - single).abs() > 100 * 1e-5 * single.abs()).all()), (start, single)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--modes", "data,pop"], "--modes must be a comma-separated subset of data,population, got 'data,pop'"),
+    (["--ranks", "9"], "--ranks must be at most the population's 8 members with --modes population, got 9"),
+])
+def test_distributed_bad_options_exit_with_a_message(argv, message, capsys, monkeypatch):
+    from benchmarks import distributed
+
+    monkeypatch.setattr(distributed.os, "cpu_count", lambda: 16)  # the members are the limit, not the cores
+    with pytest.raises(SystemExit) as stopped:
+        distributed.parse_args(argv)
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"python -m benchmarks.distributed: error: {message}"
+
+
+def test_distributed_split_population_is_timed_by_its_slowest_rank():
+    from benchmarks.distributed import slowest_rank
+
+    # rank 0 is slower in the first repetition, rank 1 in the second and in warm-up
+    shares = [{"split": {"warmup_s": 1.0, "epoch_s": [0.3, 0.1, 0.2], "final_loss": [1.5, 2.5]}},
+              {"split": {"warmup_s": 2.0, "epoch_s": [0.2, 0.4, 0.1], "final_loss": [3.5]}}]
+    joined = slowest_rank(shares)["split"]
+    assert joined["epoch_s"] == [0.3, 0.4, 0.2] and joined["median_s"] == 0.3 and joined["warmup_s"] == 2.0
+    assert joined["rank_epoch_s"] == [[0.3, 0.1, 0.2], [0.2, 0.4, 0.1]] and joined["rank_warmup_s"] == [1.0, 2.0]
+    assert joined["final_loss"] == [1.5, 2.5, 3.5]  # the members in rank order
