@@ -297,7 +297,12 @@ def main(argv: Optional[list] = None) -> int:
     args = parse_args(argv)
     if args.worker:
         run_rank(args)
-        return 0
+        # leave without finalizing the interpreter: a gloo worker thread still dropping its
+        # last finished collective (whose tensors need the GIL to be freed) aborts the
+        # process when the interpreter is torn down under it (seen in about 1 of 8 runs)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     log = (lambda msg: None) if args.quiet else print_to_stderr
     load_before = os.getloadavg()
     threads = torch.get_num_threads()
