@@ -16,8 +16,6 @@ import math
 import warnings
 from typing import NamedTuple, Optional, Sequence
 
-from scipy import stats
-
 LEVEL = 0.95  # the confidence level of every interval in the report
 
 
@@ -64,6 +62,8 @@ def welch_difference(a: Sequence[float], b: Sequence[float], level: float = LEVE
         return Difference(diff, None, None)
     if spread(a).std == 0 and spread(b).std == 0:
         return Difference(diff, diff, diff)
+    from scipy import stats  # here: scipy.stats takes 0.5 s to import, and most runs have one seed
+
     with warnings.catch_warnings():
         # scipy warns of "precision loss" for a side whose values are all equal (its variance
         # is rounding noise, ~1e-33, where it is 0): the interval is still right, and such a
