@@ -2,8 +2,14 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
-from fakedata import write_fashion_mnist
+
+# Inductor compiles in the test process, not in a pool of its own processes: each of those
+# starts by importing torch, and with one test process per core they only compete with
+# the other test processes. Set before Inductor's configuration is first imported.
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+
+import torch  # noqa: E402
+from fakedata import write_fashion_mnist  # noqa: E402
 
 REAL_DATA = Path(os.environ.get("FN_TRAINER_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 
