@@ -75,9 +75,13 @@ def finish(process: subprocess.Popen, timeout: float):
     return process.returncode, out, err
 
 
-def run_helper(mode: str, out: Path, timeout_s: float = 30.0, wait: float = 240.0):
-    processes = start_ranks([HELPER, mode, out, timeout_s])
-    return [finish(p, wait) for p in processes]
+def run_ranks(argv, wait: float = 240.0):
+    """Start two ranks of ``argv`` and wait for both: ``[(exit status, stdout, stderr)]``."""
+    return [finish(p, wait) for p in start_ranks(argv)]
+
+
+def run_helper(mode: str, out: Path, timeout_s: float = 30.0):
+    return run_ranks([HELPER, mode, out, timeout_s])
 
 
 def error_lines(err: str):
@@ -327,9 +331,10 @@ def test_a_population_split_over_two_ranks_survives_a_lost_rank_and_resumes_to_t
         marked.append(f"{first_member}-")
     assert len(marked) == 2, marked  # rank 0's share and the killed rank 1's
 
-    done = torchrun([*args, "--resume"])
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert len([line for line in done.stdout.splitlines() if "params;" in line]) == 6  # rank 0 alone prints
+    # resumed by the same two ranks (torchrun's own launch: the data-parallel test above)
+    (rc, out, err), (rc1, out1, err1) = run_ranks(["-m", "fn_trainer", *args, "--resume"])
+    assert rc == rc1 == 0, (err + err1)[-3000:]
+    assert len([line for line in out.splitlines() if "params;" in line]) == 6 and not out1  # rank 0 alone prints
     assert cli.main([*map(str, run), "--out", str(tmp_path / "single")]) == 0
     parallel, single = (sorted(p.glob("*.json")) for p in (runs, tmp_path / "single" / "runs"))
     assert [p.name for p in parallel] == [p.name for p in single] and len(single) == 6
