@@ -98,6 +98,22 @@ def test_compiled_cnn_step_equals_eager_and_does_not_recompile():
     assert max(float((want[0][k] - params[k]).abs().max()) for k in params) > 0.5 * 1e-3 * len(data)
 
 
+def test_compiled_steps_of_networks_alike_in_shapes_keep_their_own_graphs(mlp):
+    # compile_step drops the guards on closures: each compiled step must still run its own
+    # network. Same parameter shapes, another activation: served the relu graph, the tanh
+    # network's step would be off by far more than rounding (float64: rounding stays tiny).
+    tanh = build_network("mlp", NetworkConfiguration(dense_hiddens=(32,)), activation_name="tanh")
+    torch._dynamo.reset()
+    params = mlp.init(0, dtype=torch.float64)
+    data = [(x.double(), targets.double()) for x, targets in batches(2, 128)]
+    for net in (mlp, tanh):
+        step = make_step(net.apply, adam(1e-3))
+        with compiles(1):
+            got = run(compile_step(step), params, adam(1e-3).init(params), data)
+        want = run(step, params, adam(1e-3).init(params), data)
+        torch.testing.assert_close(got[2], want[2], **TOL64)
+
+
 def test_multi_step_equals_consecutive_steps(mlp):
     step = make_step(mlp.apply, adam(1e-2))
     params = mlp.init(1)
