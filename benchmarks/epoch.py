@@ -8,7 +8,10 @@ repetition after repetition (alternating, so load changes hit them alike); the
 figure is the median over repetitions of the time of one epoch of training steps
 (per-epoch evaluation excluded on every path). With ``--cnn-steps`` below 469 the
 CNN times that many steps and scales to 469 (said in the output). Compile warm-up
-(first calls, compilation included) is timed separately.
+(first calls, compilation included) is timed separately. Each shape's matmul floor is
+the ratio a path would reach doing the shape's matrix-product FLOPs (``train_flops``) at
+the measured fp32 matmul peak and nothing else: a target below it takes fewer FLOPs
+(Winograd, for the CNN's second layer), not faster code.
 
 Paths: ``reference`` (the template's loop, ``benchmarks.reference``), ``compat`` (the
 compat ``Trainer.training_step``, what students and graders run), ``compiled_reference``
@@ -464,6 +467,8 @@ def main(argv=None) -> int:
     for r in results.values():
         for v in r["paths"].values():
             v["pct_of_matmul_peak"] = round(100 * r["gflop_per_epoch"] / v["median_s"] / peak, 1)
+        # the ratio of a path doing the counted matmul FLOPs at the peak and nothing else
+        r["matmul_floor_ratio"] = round(r["gflop_per_epoch"] / peak / r["paths"]["reference"]["median_s"], 3)
     report = {
         "command": "python -m benchmarks.epoch " + " ".join(sys.argv[1:] if argv is None else argv),
         "what": "median seconds per epoch of training steps (469 minibatches of 128, evaluation excluded), "
@@ -494,7 +499,8 @@ def print_table(report: Dict) -> None:
             print(f"{shape:6} {name:18} {v['median_s']:14.3f} {v['ratio']:6.2f} {to_peer} {v['pct_of_matmul_peak']:7.1f} "
                   f"{v['warmup_s']:9.2f}")
         print(f"{shape:6} target <= {r['target_ratio']}: best {r['best']} {r['best_ratio']:.2f} -> "
-              f"{verdict[r['target_met']]}" + (" (scaled from a fraction of an epoch)" if r["scaled"] else ""))
+              f"{verdict[r['target_met']]}; matmul floor {r['matmul_floor_ratio']:.2f}"
+              + (" (scaled from a fraction of an epoch)" if r["scaled"] else ""))
         if "compat_target_ratio" in r:
             print(f"{shape:6} compat target <= {r['compat_target_ratio']}: {r['paths']['compat']['ratio']:.2f} -> "
                   f"{verdict[r['compat_target_met']]}")
