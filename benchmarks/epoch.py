@@ -43,8 +43,6 @@ ratios stay like for like, and the absolute times are those of training with the
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import json
 import math
 import os
@@ -52,7 +50,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Tuple, TypeVar
+from typing import Callable, Dict, List, Tuple, TypeVar
 
 import torch
 from torch.func import functional_call, vmap
@@ -64,6 +62,7 @@ from fn_trainer.core.step import Params
 from fn_trainer.core.trees import stack_trees
 from fn_trainer.speed import inductor_apply
 from fn_trainer.speed.denormals import flush_denormals
+from fn_trainer.speed.malloc import steady_malloc
 from fn_trainer.training.compiled import compile_step
 from fn_trainer.training.population import Member, MemberData, init_population, make_population_step
 
@@ -115,29 +114,6 @@ def train_flops(network_type: str, config: NetworkConfiguration, n_samples: int)
         macs.append(width * out)
         width = out
     return 2.0 * n_samples * (3 * sum(macs) - macs[0])
-
-
-MALLOPT_PARAMETERS = {"M_TRIM_THRESHOLD": -1, "M_MMAP_THRESHOLD": -3}  # their numbers in malloc.h
-STEADY_MALLOC = {"M_MMAP_THRESHOLD": 32 << 20, "M_TRIM_THRESHOLD": 1 << 30}
-
-
-def steady_malloc() -> Optional[Dict[str, int]]:
-    """Fix glibc malloc's thresholds for this process to ``STEADY_MALLOC``; returns them,
-    or ``None`` where that is not possible (not glibc).
-
-    By default glibc moves both thresholds as memory is freed, and the reference loop's
-    multi-megabyte convolution buffers then switch between reused heap memory and fresh,
-    page-faulted mappings: its CNN epoch jumped between about 6.7 and 9.4 s within one
-    run, which made the ratios a matter of luck. Fixed at glibc's own largest mmap
-    threshold (32 MiB) with a trim threshold above it, every path keeps reusing heap
-    memory and the reference is steady (6.5-7.5 s).
-    """
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
-    except (OSError, AttributeError):
-        return None
-    ok = [mallopt(MALLOPT_PARAMETERS[name], value) for name, value in STEADY_MALLOC.items()]
-    return dict(STEADY_MALLOC) if all(ok) else None
 
 
 def matmul_peak(seconds: float = 1.0, size: int = 1024) -> float:

@@ -71,7 +71,7 @@ def test_smoke_run_writes_json_and_every_path_does_the_same_work(tmp_path, capsy
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_steady_malloc_fixes_glibc_thresholds():
     # in a child process: mallopt changes the whole process
-    code = "from benchmarks.epoch import steady_malloc, STEADY_MALLOC; print(steady_malloc() == STEADY_MALLOC)"
+    code = "from fn_trainer.speed.malloc import steady_malloc, STEADY_MALLOC; print(steady_malloc() == STEADY_MALLOC)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=ROOT)
     assert out.stdout.strip() == "True"
