@@ -14,8 +14,9 @@ from fakedata import write_fashion_mnist
 
 from fn_trainer.app import cli
 from fn_trainer.app.experiments import EXPERIMENTS, training
-from fn_trainer.app.experiments.context import Settings
+from fn_trainer.app.experiments.context import CALIBRATION_FILE, Context, Settings
 from fn_trainer.app.experiments.records import load_record
+from fn_trainer.speed.calibration import DEFAULTS, cpu_key, store_calibration
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ONE_EPOCH = ["--epochs", "1", "--limit", "16", "--no-progress"]
@@ -43,6 +44,11 @@ def small_data_root(tmp_path_factory) -> Path:
     """Synthetic IDX data small enough for many CLI runs: 64 training images and a
     validation set of 200 (the test split is then empty)."""
     return write_fashion_mnist(tmp_path_factory.mktemp("small"), n_train=64, n_test=200, seed=1)
+
+
+def calibrated(**compile_min_steps):
+    """The defaults as a calibration of this CPU, with these ``compile_min_steps``."""
+    return DEFAULTS._replace(cpu=cpu_key(), compile_min_steps={**DEFAULTS.compile_min_steps, **compile_min_steps})
 
 
 def run_cli(args, capsys):
@@ -357,12 +363,15 @@ def test_lr_sweep_trains_together_by_default_and_alone_with_sequential(small_dat
 
 
 def test_long_runs_train_with_a_compiled_step(small_data_root, tmp_path, capsys, monkeypatch):
-    assert training.worth_compiling(epochs=2, n_train=500 * 128, batch_size=128)
-    assert not training.worth_compiling(epochs=1, n_train=999 * 128, batch_size=128)
+    # the threshold is the calibration's in the output folder, per network type
+    store_calibration(tmp_path / "compiled" / CALIBRATION_FILE, calibrated(mlp=4, cnn=10 ** 6))
+    ctx = Context(Settings(out=tmp_path / "compiled"))
+    assert training.worth_compiling(ctx, "mlp", epochs=2, n_train=2 * 128, batch_size=128)
+    assert not training.worth_compiling(ctx, "mlp", epochs=1, n_train=3 * 128, batch_size=128)
+    assert not training.worth_compiling(ctx, "cnn", epochs=2, n_train=2 * 128, batch_size=128)
     common = ["lr-sweep", "--sequential", "--lrs", "0.01", "--data", small_data_root, "--epochs", "2",
               "--batch-size", "32", "--no-progress", "--seeds", "1"]
     assert run_cli([*common, "--out", tmp_path / "eager"], capsys)[0] == 0
-    monkeypatch.setattr(training, "COMPILE_MIN_STEPS", 4)  # 2 epochs of 2 steps
     torch._dynamo.reset()  # no earlier test's graphs count towards the recompile limit
     # one graph per run (raw and normalised inputs; each compiled step keeps a cache of its
     # own, the second one's graph coming from Inductor's), none recompiled
@@ -388,6 +397,17 @@ def test_training_flushes_subnormals_unless_kept_and_restores_the_mode(extra, mo
     assert rc == 0
     assert calls == modes  # on (or kept off) for the runs, then back to the mode before
     assert not denormals.denormals_flushed()
+
+
+@pytest.mark.parametrize("extra, calls", [([], 1), (["--default-malloc"], 0)])
+def test_training_fixes_the_malloc_thresholds_unless_told_not_to(extra, calls, small_data_root, tmp_path, capsys,
+                                                                monkeypatch):
+    from fn_trainer.speed import malloc
+
+    fixed = []
+    monkeypatch.setattr(malloc, "steady_malloc", lambda: fixed.append(1))  # the process's setting stays as it is
+    assert run_cli(["depth", "--data", small_data_root, "--out", tmp_path, *QUICK, *extra], capsys)[0] == 0
+    assert len(fixed) == calls
 
 
 def test_every_experiment_has_a_subcommand_and_a_report_section():
@@ -606,7 +626,7 @@ def test_long_populations_train_with_a_compiled_step(min_steps, compiled, small_
     calls = []
     monkeypatch.setattr(training, "fit_population",
                         lambda *a, **k: calls.append(k) or fake_population(*a, **k))
-    monkeypatch.setattr(training, "COMPILE_MIN_STEPS", min_steps)  # 2 epochs of one minibatch
+    store_calibration(tmp_path / CALIBRATION_FILE, calibrated(mlp=min_steps))  # 2 epochs of one minibatch
     assert run_cli(["depth", "--data", small_data_root, "--out", tmp_path, *FAKE_EPOCHS, "--seeds", SEEDS],
                    capsys)[0] == 0
     assert [(k["compile"], k["compiled_apply"] is not None) for k in calls] == [(compiled, compiled)] * 2

@@ -13,7 +13,8 @@ from fn_trainer import NetworkConfiguration, build_network
 from fn_trainer.speed import inductor_apply
 from fn_trainer.speed.cnn_forward import _extents_read, sequential_forward
 from fn_trainer.speed.patches import conv_max_pool, patch_conv
-from fn_trainer.speed.winograd import WINOGRAD_MIN_CHANNELS, winograd_conv_max_pool
+from fn_trainer.speed.calibration import DEFAULTS
+from fn_trainer.speed.winograd import winograd_conv_max_pool
 
 
 @settings(max_examples=40, deadline=None)
@@ -164,7 +165,7 @@ def test_mlp_layers_pass_through_unchanged():
     (NetworkConfiguration(n_channels=(4, 8), kernel_sizes=(3, 3), strides=(1, 1), paddings=(0, 0),
                           dense_hiddens=(8,)), 2, 0, 0),
     # the pooled 3x3 layer with enough input channels runs as Winograd products
-    (NetworkConfiguration(n_channels=(WINOGRAD_MIN_CHANNELS, 8, 4), kernel_sizes=(3, 3, 3), strides=(1, 1, 1),
+    (NetworkConfiguration(n_channels=(DEFAULTS.winograd_min_channels, 8, 4), kernel_sizes=(3, 3, 3), strides=(1, 1, 1),
                           paddings=(0, 1, 0), dense_hiddens=(8,)), 2, 1, 0),
     # a 28x28 kernel of stride 1 would take 784 slices: it stays a conv
     (NetworkConfiguration(n_channels=(5,), kernel_sizes=(28,), strides=(1,), paddings=(0,), dense_hiddens=(8,)),
@@ -196,7 +197,7 @@ def compile_recording(fn, *args):
 def test_compiled_network_apply_is_the_plain_module():
     """No hidden switch: under torch.compile, ``Network.apply`` still runs the convolutions
     and pools of the homework's module; only ``inductor_apply`` asks for the rewrite."""
-    net = build_network("cnn", NetworkConfiguration(n_channels=(WINOGRAD_MIN_CHANNELS, 8), kernel_sizes=(3, 3),
+    net = build_network("cnn", NetworkConfiguration(n_channels=(DEFAULTS.winograd_min_channels, 8), kernel_sizes=(3, 3),
                                                      strides=(1, 1), paddings=(0, 0), dense_hiddens=(8,)))
     params, x = net.init(0), torch.rand(4, 1, 28, 28)
     _, calls = compile_recording(net.apply, params, x)
@@ -229,7 +230,7 @@ def test_the_forward_for_populations_compiles_under_vmap():
     from fn_trainer.training.population import Member, init_population
 
     # the second layer is a Winograd one for a single model (see the "winograd" case above)
-    net = build_network("cnn", NetworkConfiguration(n_channels=(WINOGRAD_MIN_CHANNELS, 8, 4), kernel_sizes=(3, 3, 3),
+    net = build_network("cnn", NetworkConfiguration(n_channels=(DEFAULTS.winograd_min_channels, 8, 4), kernel_sizes=(3, 3, 3),
                                                      strides=(1, 1, 1), paddings=(0, 1, 0), dense_hiddens=(8,)))
     params, state = init_population(net, [Member(0, 1e-3), Member(1, 1e-2)])
     g = torch.Generator().manual_seed(0)

@@ -21,6 +21,7 @@ from .experiments import EXPERIMENTS, Experiment
 from .experiments.context import Context, Settings
 
 ALL = "all"  # the command that runs every experiment
+CALIBRATE = "calibrate"  # the command that measures this CPU's choices (fn_trainer.speed.calibration)
 DEFAULTS = Settings()  # an option that sets a field of Settings has the field's default
 PARALLEL_MODES = ("data", "population")  # fn_trainer.app.parallel
 MIN_LIMIT = 2  # training samples: normalisation estimates a standard deviation from them
@@ -62,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
         _add_common(p)
         if name in TRAINING:
             _add_training(p, name)
+    text = ("Measure this CPU's speed choices (when a run compiles its step, from how many channels a "
+            "layer uses Winograd products) into OUT/calibration.json; about 2 minutes on 2 cores. "
+            "Training commands use them, and `all` measures them first when OUT has none for this CPU.")
+    p = sub.add_parser(CALIBRATE, help=text, description=text)
+    p.add_argument("--out", default=str(DEFAULTS.out), metavar="DIR",
+                   help="output folder that holds calibration.json (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for torch, as training will use them (default: torch's choice)")
     p = sub.add_parser("export-solution", help="Write the homework's standalone solution.py.",
                        description="Write the homework's standalone solution.py to OUT.")
     p.add_argument("out_path", metavar="OUT", type=Path, help="the .py file to write")
@@ -118,6 +127,9 @@ def _add_training(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--keep-denormals", dest="flush_denormals", action="store_false",
                    help="compute with subnormal floats instead of flushing them to zero (slower once "
                         "Adam's moments decay below 1e-38; see fn_trainer.speed.denormals)")
+    p.add_argument("--default-malloc", dest="steady_malloc", action="store_false",
+                   help="leave glibc's malloc thresholds adaptive instead of fixing them so that big "
+                        "buffers are reused (slower and less steady; see fn_trainer.speed.malloc)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument("--parallel", choices=PARALLEL_MODES, default=DEFAULTS.parallel,
                    help="under torchrun: data: every run over all processes, each on its slice of every "
@@ -139,7 +151,6 @@ def _batch_sizes() -> str:
 
 def validate(args: argparse.Namespace) -> None:
     """Raise ``ValueError`` naming the option for any out-of-range value; create ``--out``."""
-    from ..core.paths import ensure_writable_dir
 
     check_seed("--seed", args.seed)
     if hasattr(args, "seeds"):
@@ -160,13 +171,19 @@ def validate(args: argparse.Namespace) -> None:
     if hasattr(args, "device"):
         _check_device(args.device)
     _check_threads(getattr(args, "threads", None))
-    for option, path in (("--out", args.out), ("--data", args.data)):
-        _check_utf8(option, path)
-    if not str(args.out).strip():
+    _check_utf8("--data", args.data)
+    args.out = _checked_out(args.out)
+
+
+def _checked_out(out: str) -> Path:
+    """``--out`` as a ``Path``: a UTF-8 name of a folder that is created if missing and writable."""
+    from ..core.paths import ensure_writable_dir
+
+    _check_utf8("--out", out)
+    if not str(out).strip():
         raise ValueError("--out must name a folder, got an empty string")
-    args.out = Path(args.out)
     try:
-        ensure_writable_dir(args.out)
+        return ensure_writable_dir(Path(out))
     except ValueError as e:
         raise ValueError(f"--out: {e}") from None
 
@@ -228,8 +245,11 @@ def settings_of(args: argparse.Namespace, command: str, rank: int = 0, device: O
 
 
 def run_experiments(args: argparse.Namespace, command: str) -> int:
+    from ..speed.calibration import load_calibration
     from ..speed.denormals import denormals_flushed, flush_denormals
+    from ..speed.malloc import steady_malloc
     from .experiments import experiment
+    from .experiments.context import CALIBRATION_FILE
     from .report import REPORT_FILE
 
     validate(args)
@@ -241,13 +261,19 @@ def run_experiments(args: argparse.Namespace, command: str) -> int:
 
     launch, mode = detect(getattr(args, "parallel", None))
     names = list(EXPERIMENTS) if args.command == ALL else [args.command]
+    if getattr(args, "steady_malloc", True):
+        steady_malloc()
     flushed_before = denormals_flushed()
     flush_denormals(getattr(args, "flush_denormals", True))  # after --threads: it sets the threads in use
+    if args.command == ALL and launch is None and load_calibration(args.out / CALIBRATION_FILE) is None:
+        print(f"{PROG}: no calibration for this CPU in {args.out}: measuring it first", file=sys.stderr, flush=True)
+        calibrate_into(args.out)
     try:
         with session(launch, getattr(args, "device", DEFAULTS.device), getattr(args, "rank_timeout",
                                                                              DEFAULTS.rank_timeout)) as device:
             ctx = Context(settings_of(args, command, launch.rank if launch else 0, device, mode),
                           warn=lambda line: print(f"{PROG}: warning: {line}", file=sys.stderr, flush=True))
+            ctx.calibration  # a calibration file that is not one fails here, before any training
             if launch is not None and launch.rank != 0:
                 serve(ctx)  # train the runs rank 0 sends; it alone prints and writes
                 return 0
@@ -256,6 +282,29 @@ def run_experiments(args: argparse.Namespace, command: str) -> int:
     finally:
         flush_denormals(flushed_before)
     print(f"report: {Path(args.out) / REPORT_FILE}")
+    return 0
+
+
+def calibrate_into(out: Path) -> None:
+    """Measure this CPU's calibration and store it in ``out``, each measurement said on stderr."""
+    from ..speed.calibration import calibrate, store_calibration
+    from .experiments.context import CALIBRATION_FILE
+
+    calibration = calibrate(log=lambda line: print(f"{PROG}: calibration: {line}", file=sys.stderr, flush=True))
+    path = store_calibration(out / CALIBRATION_FILE, calibration)
+    steps = ", ".join(f"{k} from {v} steps" for k, v in calibration.compile_min_steps.items())
+    print(f"{PROG}: calibration for {calibration.cpu}: Winograd from {calibration.winograd_min_channels} "
+          f"input channels; compiled steps: {steps}; in {path}", file=sys.stderr, flush=True)
+
+
+def run_calibration(args: argparse.Namespace) -> int:
+    _check_threads(args.threads)
+    args.out = _checked_out(args.out)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    calibrate_into(args.out)
     return 0
 
 
@@ -281,6 +330,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "export-solution":
             return export(args)
+        if args.command == CALIBRATE:
+            return run_calibration(args)
         if args.command == "grade":
             from .grading import command as grading_command
 

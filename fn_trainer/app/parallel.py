@@ -26,7 +26,6 @@ import torch.distributed as dist
 
 from ..core.optim import Optimizer
 from ..core.step import Step
-from ..speed import inductor_apply
 from ..training.distributed import (
     Launch,
     close_process_group,
@@ -130,7 +129,7 @@ def data_parallel_run(ctx: "Context", spec: "RunSpec", network: "Network", optim
     sends ``spec`` to the others. Compiled: the forward written for Inductor."""
     if ctx.settings.rank == 0:
         _send(spec)
-    step = data_parallel_step(network.apply, optimizer, compiled_apply=inductor_apply(network) if compiled else None)
+    step = data_parallel_step(network.apply, optimizer, compiled_apply=ctx.fast_apply(network) if compiled else None)
     return step, f"fit (data parallel, {dist.get_world_size()} ranks{', compiled' if compiled else ''})"
 
 

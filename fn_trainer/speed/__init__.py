@@ -8,7 +8,10 @@ are what the exported ``solution.py`` carries.
   compiled step uses;
 - :mod:`.patches`: convolutions (and a following 2x2 max-pool) as patch matrix products;
 - :mod:`.winograd`: Winograd F(2x2, 3x3) for pooled 3x3 convolutions;
-- :mod:`.denormals`: subnormal floats flushed to zero in every intra-op thread.
+- :mod:`.calibration`: the choices that depend on the CPU (the Winograd threshold, when
+  compiling pays), measured on it and stored per CPU;
+- :mod:`.denormals`: subnormal floats flushed to zero in every intra-op thread;
+- :mod:`.malloc`: glibc's malloc thresholds fixed, so that big buffers are reused.
 """
 from .cnn_forward import inductor_apply, sequential_forward
 

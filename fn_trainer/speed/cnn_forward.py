@@ -25,7 +25,8 @@ the CNN (16, 32, 45): its ``compiled_module`` path compiles the module's own for
    becomes two more matrix products. A layer whose patches would need more than
    ``MAX_SLICES`` slices (a large kernel of stride 1) keeps ``F.conv2d``.
 3. **Winograd F(2x2, 3x3) for 3x3 convolutions of stride 1 with a 2x2 max-pool** and at
-   least ``WINOGRAD_MIN_CHANNELS`` input channels (Lavin and Gray, 2016). Each pool window
+   least ``winograd_min_channels`` input channels (Lavin and Gray, 2016; the threshold is
+   measured per CPU, :mod:`.calibration`). Each pool window
    is one Winograd tile: its 4x4 input window ``d`` (the same patches as in 2.) and the
    kernel ``g`` give the 2x2 outputs ``A^T [(G g G^T) * (B^T d B)] A``, so the product over
    channels becomes 16 products of ``(N L, C) @ (C, O)``, one per tile position (4 times
@@ -57,8 +58,9 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..core.networks import Network, Params, conv_output_size
+from .calibration import DEFAULTS, NEVER
 from .patches import conv_max_pool, few_slices, patch_conv
-from .winograd import WINOGRAD_MIN_CHANNELS, winograd_conv_max_pool
+from .winograd import winograd_conv_max_pool
 
 MONOTONE = (nn.ReLU, nn.Tanh, nn.Sigmoid)  # max commutes with these
 
@@ -81,13 +83,14 @@ def _geometry(conv: nn.Conv2d) -> Tuple[int, int, int]:
     return conv.kernel_size[0], conv.stride[0], conv.padding[0]
 
 
-def _pooled_conv(x: Tensor, conv: nn.Conv2d, pool: nn.Module, w: Tensor, winograd: bool) -> Optional[Tensor]:
+def _pooled_conv(x: Tensor, conv: nn.Conv2d, pool: nn.Module, w: Tensor,
+                 winograd_min_channels: int) -> Optional[Tensor]:
     """``pool(conv(x))`` without bias in the form of this module's docstring (Winograd's
-    only if ``winograd``), or ``None`` when ``pool`` is neither ``MaxPool2d(2)`` nor
-    ``AdaptiveMaxPool2d``."""
+    from ``winograd_min_channels`` input channels), or ``None`` when ``pool`` is neither
+    ``MaxPool2d(2)`` nor ``AdaptiveMaxPool2d``."""
     k, s, p = _geometry(conv)
     if _is_pool2(pool):
-        if winograd and k == 3 and s == 1 and conv.in_channels >= WINOGRAD_MIN_CHANNELS:
+        if k == 3 and s == 1 and conv.in_channels >= winograd_min_channels:
             return winograd_conv_max_pool(x, w, p)
         if few_slices(k + s, 2 * s):
             return conv_max_pool(x, w, s, p)
@@ -149,11 +152,13 @@ def _extents_read(layers: List[nn.Module], input_extent: Tuple[int, int]) -> Lis
     return extents
 
 
-def sequential_forward(module: nn.Sequential, params: Params, x: Tensor, *, winograd: bool = True) -> Tensor:
+def sequential_forward(module: nn.Sequential, params: Params, x: Tensor, *,
+                       winograd_min_channels: int = DEFAULTS.winograd_min_channels) -> Tensor:
     """``functional_call(module, params, (x,))`` with the rewrites of this module's docstring
     applied to every ``Conv2d -> activation -> MaxPool2d(2) | AdaptiveMaxPool2d`` triple
-    (the Winograd one, 3., only if ``winograd``), and every plain convolution given only the
-    part of its input map the output depends on (:func:`_extents_read`)."""
+    (the Winograd one, 3., from ``winograd_min_channels`` input channels), and every plain
+    convolution given only the part of its input map the output depends on
+    (:func:`_extents_read`)."""
     # not named_children(): it lists a module shared by several positions (the builders
     # reuse one activation instance) only once
     layers: List[tuple] = list(module._modules.items())
@@ -164,7 +169,7 @@ def sequential_forward(module: nn.Sequential, params: Params, x: Tensor, *, wino
         if reads[i] is not None and _plain_conv(layer):
             x = x[..., :reads[i][0], :reads[i][1]]
         if i + 2 < len(layers) and _plain_conv(layer) and isinstance(layers[i + 1][1], MONOTONE):
-            z = _pooled_conv(x, layer, layers[i + 2][1], params[f"{name}.weight"], winograd)
+            z = _pooled_conv(x, layer, layers[i + 2][1], params[f"{name}.weight"], winograd_min_channels)
             if z is not None:
                 b = params.get(f"{name}.bias")
                 x = layers[i + 1][1](z if b is None else z + b[:, None, None])
@@ -176,10 +181,13 @@ def sequential_forward(module: nn.Sequential, params: Params, x: Tensor, *, wino
     return x
 
 
-def inductor_apply(network: Network, *, vmapped: bool = False) -> Callable[[Params, Tensor], Tensor]:
+def inductor_apply(network: Network, *, vmapped: bool = False,
+                   winograd_min_channels: int = DEFAULTS.winograd_min_channels) -> Callable[[Params, Tensor], Tensor]:
     """``apply(params, x)`` for a step to be compiled: :func:`sequential_forward` for a CNN,
     ``network.apply`` for an MLP (Inductor already fuses its layers). The same function up
-    to float32 rounding; the input checks of ``network.apply`` run first.
+    to float32 rounding; the input checks of ``network.apply`` run first. Pooled 3x3
+    layers with ``winograd_min_channels`` input channels or more run as Winograd products
+    (the default: as measured on a 2-core Intel Xeon; ``calibrate()`` measures this CPU's).
 
     ``vmapped=True`` for a step that ``torch.func.vmap`` maps over stacked models (a
     population) before it is compiled: without the Winograd rewrite, whose written-out
@@ -190,6 +198,7 @@ def inductor_apply(network: Network, *, vmapped: bool = False) -> Callable[[Para
 
     def apply(params: Params, x: Tensor) -> Tensor:
         network.check_input(x, params)
-        return sequential_forward(network.module, params, x, winograd=not vmapped)
+        return sequential_forward(network.module, params, x,
+                                  winograd_min_channels=NEVER if vmapped else winograd_min_channels)
 
     return apply

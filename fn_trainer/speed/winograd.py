@@ -17,11 +17,6 @@ from torch import Tensor
 
 from .patches import channels_last, phase_patches
 
-# below this the transforms outweigh the saved products: forward and backward of a 13x13
-# layer with 32 outputs, batch 128, compiled, in ms (patch product / Winograd): 1.89 / 2.00
-# at 8 input channels, 1.92 / 1.82 at 10, 2.82 / 2.09 at 16 (0.48 / 0.84 at 1: the first layer)
-WINOGRAD_MIN_CHANNELS = 10
-
 
 def _combination(terms: List[Tensor], coefficients: List[float]) -> Tensor:
     """``sum(c * t)`` over the non-zero coefficients, written with additions where ``c`` is 1 or -1."""

@@ -11,12 +11,16 @@ import torch
 
 from ...core.config import HOMEWORK_SEED
 from ...core.data import Split, Splits, load_fashion_mnist, normalize
+from ...core.networks import Network, Params
 from ...core.paths import safe_path
+from ...speed import inductor_apply
+from ...speed.calibration import DEFAULTS, Calibration, load_calibration
 from .. import PROG
 from ..report import print_warning
 
 FINGERPRINT_IMAGES = 64  # the first training images hashed into the data's fingerprint
 FINGERPRINT_DIGITS = 16  # hex digits of the fingerprint kept
+CALIBRATION_FILE = "calibration.json"  # in the output folder: this CPU's measured choices
 
 
 @dataclass
@@ -64,10 +68,28 @@ class Context:
         self._splits: Optional[Splits] = None
         self._prepared: Dict[bool, Tuple[Split, Split]] = {}
         self._fingerprint: Optional[str] = None
+        self._calibration: Optional[Calibration] = None
 
     @property
     def out(self) -> Path:
         return Path(self.settings.out)
+
+    @property
+    def calibration_path(self) -> Path:
+        return safe_path(self.out, CALIBRATION_FILE)
+
+    @property
+    def calibration(self) -> Calibration:
+        """This CPU's calibration from the output folder (``fn-trainer calibrate``), else
+        ``DEFAULTS``: when a run compiles its step, and the Winograd threshold."""
+        if self._calibration is None:
+            self._calibration = load_calibration(self.calibration_path) or DEFAULTS
+        return self._calibration
+
+    def fast_apply(self, network: Network, *, vmapped: bool = False) -> Callable[[Params, torch.Tensor], torch.Tensor]:
+        """The forward of ``network`` that a compiled step uses, with this CPU's Winograd threshold."""
+        return inductor_apply(network, vmapped=vmapped,
+                              winograd_min_channels=self.calibration.winograd_min_channels)
 
     def folder(self, name: str) -> Path:
         """``<out>/<name>``, created."""

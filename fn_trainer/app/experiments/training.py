@@ -16,7 +16,6 @@ from ...core.networks import build_network
 from ...core.optim import adam, exp_log_power
 from ...core.paths import discard
 from ...core.step import make_step
-from ...speed import inductor_apply
 from ...training.compiled import compile_step
 from ...training.fit import FitResult, fit
 from ...training.population import Member, fit_population, fit_sweep
@@ -36,20 +35,14 @@ from .records import (
     write_json,
 )
 
-# Compiling a step costs 2-3 s (MLP) or 7-8 s (CNN) with a warm Inductor cache and 15 s or
-# 32 s cold, and saves about 1.8 ms of every MLP step and 10 ms of every CNN step (python -m
-# benchmarks.epoch: compiled against eager). It pays for itself after about 800 CNN or
-# 1,700 MLP steps with a warm cache, 3,200 or 8,600 from a cold one; one threshold for both
-# sits in between.
-COMPILE_MIN_STEPS = 1000
-
 Trained = Tuple[FitResult, float, str]  # the result, its wall time (s), how it was trained
 GroupTrainer = Callable[[Context, List[RunSpec]], List[Trained]]
 
 
-def worth_compiling(epochs: int, n_train: int, batch_size: int) -> bool:
-    """Whether a run of ``epochs`` epochs over ``n_train`` samples has ``COMPILE_MIN_STEPS`` steps."""
-    return epochs * math.ceil(n_train / batch_size) >= COMPILE_MIN_STEPS
+def worth_compiling(ctx: Context, network_type: str, epochs: int, n_train: int, batch_size: int) -> bool:
+    """Whether a run of ``epochs`` epochs over ``n_train`` samples has enough steps to repay
+    compiling its step: this CPU's ``compile_min_steps`` (``ctx.calibration``)."""
+    return epochs * math.ceil(n_train / batch_size) >= ctx.calibration.compile_min_steps[network_type]
 
 
 def execute(ctx: Context, specs: Sequence[RunSpec], train_group: Optional[GroupTrainer] = None) -> List[RunRecord]:
@@ -98,12 +91,12 @@ def train_one(ctx: Context, spec: RunSpec) -> Trained:
     optimizer = adam(spec.lr)
     train, valid = ctx.data(spec.normalization)
     step = make_step(net.apply, optimizer)
-    compiled = worth_compiling(spec.epochs, train[0].shape[0], spec.batch_size)
+    compiled = worth_compiling(ctx, spec.network_type, spec.epochs, train[0].shape[0], spec.batch_size)
     trainer = "fit (compiled)" if compiled else "fit"
     if ctx.settings.parallel is not None:  # every rank, each on its slice of every minibatch
         step, trainer = data_parallel_run(ctx, spec, net, optimizer, compiled)
     elif compiled:  # the forward and powers written for Inductor; the odd last minibatch runs the plain step
-        step = compile_step(make_step(inductor_apply(net), adam(spec.lr, power=exp_log_power)), eager=step)
+        step = compile_step(make_step(ctx.fast_apply(net), adam(spec.lr, power=exp_log_power)), eager=step)
     start = time.perf_counter()
     result = fit(step, make_evaluate(net.apply), params, optimizer.init(params),
                  train, valid, epochs=spec.epochs, batch_size=spec.batch_size, n_classes=N_CLASSES,
@@ -120,12 +113,12 @@ def train_together(ctx: Context, specs: List[RunSpec]) -> List[Trained]:
     first = specs[0]
     network = build_network(first.network_type, first.config)
     train, valid = ctx.data(first.normalization)
-    compiled = worth_compiling(first.epochs, train[0].shape[0], first.batch_size)
+    compiled = worth_compiling(ctx, first.network_type, first.epochs, train[0].shape[0], first.batch_size)
     start = time.perf_counter()
     results = fit_sweep(network, [sp.lr for sp in specs], train, valid, epochs=first.epochs,
                         batch_size=first.batch_size, seed=first.seed, n_classes=N_CLASSES,
                         progress=ctx.settings.progress, compile=compiled,
-                        compiled_apply=inductor_apply(network) if compiled else None,
+                        compiled_apply=ctx.fast_apply(network) if compiled else None,
                         desc=f"{first.name.split('-lr')[0]} x{len(specs)} lrs")
     wall = time.perf_counter() - start
     return [(r, wall, f"{SWEEP_TRAINER} ({len(specs)} learning rates together)") for r in results]
@@ -155,12 +148,13 @@ def _train_members(ctx: Context, specs: List[RunSpec]) -> List[Trained]:
                          f"{[sp.name for sp in specs]}")
     network = build_network(first.network_type, first.config, n_classes=N_CLASSES)
     data = [ctx.data(sp.normalization) for sp in specs]
-    compiled = worth_compiling(first.epochs, data[0][0].X.shape[0], first.batch_size)
+    compiled = worth_compiling(ctx, first.network_type, first.epochs, data[0][0].X.shape[0],
+                               first.batch_size)
     start = time.perf_counter()
     results = fit_population(network, [Member(sp.seed, sp.lr) for sp in specs], [train for train, _ in data],
                              [valid for _, valid in data], epochs=first.epochs, batch_size=first.batch_size,
                              n_classes=N_CLASSES, compile=compiled,
-                             compiled_apply=inductor_apply(network, vmapped=True) if compiled else None,
+                             compiled_apply=ctx.fast_apply(network, vmapped=True) if compiled else None,
                              progress=ctx.settings.progress, desc=f"{first.name.split('-lr')[0]} x{len(specs)}",
                              checkpoint=population_checkpoint_path(ctx, specs), resume=ctx.settings.resume,
                              config={"members": [sp.identity(ctx.fingerprint) for sp in specs]})

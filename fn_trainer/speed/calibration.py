@@ -1,0 +1,299 @@
+"""The choices that depend on the CPU, measured on it once and stored per CPU.
+
+Two choices of the fast path depend on the machine more than on the code:
+
+- ``winograd_min_channels``: from how many input channels a pooled 3x3 convolution runs
+  as Winograd products (:mod:`.winograd`) rather than one patch product (:mod:`.patches`).
+  The transforms cost memory passes, the products save multiply-adds; where the balance
+  tips depends on the CPU's matmul speed against its memory speed.
+- ``compile_min_steps[network_type]``: from how many training steps a run compiles its
+  step. Compiling pays once its cold cost ``c`` (seconds, with an empty Inductor cache)
+  is repaid by the time saved per step: ``ceil(c / (t_eager - t_compiled))``.
+
+:func:`calibrate` measures both in a child process with an empty Inductor cache, so the
+compile times are the cold ones and nothing of the measurement stays in the caller's
+process; :func:`load_calibration` and :func:`store_calibration` keep one calibration per
+CPU (:func:`cpu_key`) in a JSON file. ``DEFAULTS`` holds the values used where nothing
+was measured: those measured on a 2-core Intel Xeon.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+
+from ..core.paths import read_regular_file, write_atomically
+
+NEVER = 2 ** 31 - 1  # a threshold no layer or run reaches: the choice is never taken
+CHANNELS = (8, 16, 32)  # the input channels at which the two forms of a layer are timed
+NETWORK_TYPES = ("mlp", "cnn")
+
+
+class Calibration(NamedTuple):
+    """What :func:`calibrate` measured on the CPU ``cpu`` (:func:`cpu_key`), and what follows.
+
+    ``layer_ms[C] = (patch, winograd)``: milliseconds per compiled CNN training step whose
+    pooled 3x3 layer with ``C`` input channels runs in either form (:func:`time_winograd`);
+    ``steps_ms[type] = (eager, compiled)`` per training step and ``compile_s[type]`` for the
+    cold compile of the homework's networks.
+    """
+
+    cpu: str
+    winograd_min_channels: int
+    compile_min_steps: Dict[str, int]
+    layer_ms: Dict[int, Tuple[float, float]]
+    steps_ms: Dict[str, Tuple[float, float]]
+    compile_s: Dict[str, float]
+
+
+# measured on a 2-core Intel Xeon (benchmarks/README.md). Forward and backward of a 13x13
+# layer with 32 outputs, batch 128, compiled, in ms (patch product / Winograd): 1.89 / 2.00
+# at 8 input channels, 1.92 / 1.82 at 10, 2.82 / 2.09 at 16. A compile (2-3 s for the MLP,
+# 7-8 s for the CNN with a warm Inductor cache, 15 s and 32 s cold) saved 1.8 ms of every
+# MLP and 10 ms of every CNN step: one threshold between the warm and the cold cost of both.
+DEFAULTS = Calibration(cpu="defaults (2-core Intel Xeon)", winograd_min_channels=10,
+                       compile_min_steps={"mlp": 1000, "cnn": 1000}, layer_ms={}, steps_ms={}, compile_s={})
+
+
+def cpu_key() -> str:
+    """What a calibration holds for: CPU model, logical CPUs, torch's threads and version."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}; {os.cpu_count()} CPUs; {torch.get_num_threads()} threads; torch {torch.__version__}"
+
+
+def winograd_threshold(layer_ms: Dict[int, Tuple[float, float]]) -> int:
+    """The fewest measured channels from which Winograd was faster at every measured count
+    (``NEVER`` if it was not faster at the largest)."""
+    threshold = NEVER
+    for channels in sorted(layer_ms, reverse=True):
+        patch, winograd = layer_ms[channels]
+        if winograd >= patch:
+            break
+        threshold = channels
+    return threshold
+
+
+def steps_to_repay(compile_s: float, eager_ms: float, compiled_ms: float) -> int:
+    """``ceil(compile_s / saving)`` steps, the saving per step being ``eager - compiled``
+    (``NEVER`` when compiling saves nothing)."""
+    saving_s = (eager_ms - compiled_ms) / 1e3
+    return NEVER if saving_s <= 0 else min(NEVER, math.ceil(compile_s / saving_s))
+
+
+def median_ms(fn: Callable[[], object], calls: int, reps: int) -> float:
+    """Median over ``reps`` repetitions of milliseconds per call of ``calls`` calls."""
+    times: List[float] = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - start) / calls * 1e3)
+    return statistics.median(times)
+
+
+def time_winograd(channels: Sequence[int], *, batch: int = 128, steps: int = 10,
+                  reps: int = 5) -> Dict[int, Tuple[float, float]]:
+    """``{C: (patch_ms, winograd_ms)}``: milliseconds per compiled training step of the
+    homework CNN with ``C`` channels in its first layer, so ``C`` input channels in its
+    pooled 3x3 second layer, which runs as a patch product or as Winograd products; each
+    form from its own compiled graph, the two alternated.
+
+    Whole steps, not the layer alone: timed by itself, the layer's Winograd form came out
+    slower at 16 channels (4.6 against 3.8 ms) while the whole step was faster with it
+    (6.1 against 7.5 ms; 2-core AMD EPYC).
+    """
+    from ..core.config import NetworkConfiguration
+
+    out: Dict[int, Tuple[float, float]] = {}
+    default = NetworkConfiguration()
+    for c in channels:
+        config = default._replace(n_channels=(c, *default.n_channels[1:]))
+        runs = {form: compiled_steps("cnn", config, threshold, batch=batch, steps=steps)[1]
+                for form, threshold in (("patch", NEVER), ("winograd", c))}
+        times: Dict[str, List[float]] = {form: [] for form in runs}
+        for _ in range(reps):  # alternated: load changes hit both alike
+            for form, run in runs.items():
+                times[form].append(median_ms(run, 1, 1) / steps)
+        out[c] = (statistics.median(times["patch"]), statistics.median(times["winograd"]))
+    return out
+
+
+def compiled_steps(network_type: str, config, winograd_min_channels: int, *, batch: int = 128,
+                   steps: int = 10) -> Tuple[float, Callable[[], float], Callable[[], float]]:
+    """``(compile_s, compiled_run, eager_run)``: the first compiled training step's seconds
+    (compilation included), and ``steps`` steps of the compiled and of the eager step on
+    one synthetic minibatch of ``batch`` Fashion-MNIST-shaped images, each call from the
+    same start and returning the last step's loss."""
+    from ..core.losses import one_hot
+    from ..core.networks import build_network
+    from ..core.optim import adam, exp_log_power
+    from ..core.step import make_step
+    from ..training.compiled import compile_step
+    from .cnn_forward import inductor_apply
+
+    net = build_network(network_type, config)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, *net.input_shape, generator=g) * 255
+    targets = one_hot(torch.randint(0, 10, (batch,), generator=g), 10)
+    eager = make_step(net.apply, adam(1e-3))
+    compiled = compile_step(make_step(inductor_apply(net, winograd_min_channels=winograd_min_channels),
+                                      adam(1e-3, power=exp_log_power)))
+    params = net.init(0)
+    state = adam(1e-3).init(params)
+    start = time.perf_counter()
+    float(compiled(params, state, (x, targets))[2]["loss"])
+    compile_s = time.perf_counter() - start
+
+    def run(step):
+        def steps_of() -> float:
+            p, s = params, state
+            for _ in range(steps):
+                p, s, metrics = step(p, s, (x, targets))
+            return float(metrics["loss"])
+        return steps_of
+
+    return compile_s, run(compiled), run(eager)
+
+
+def time_training(network_type: str, *, steps: int = 10, reps: int = 5) -> Tuple[float, float, float]:
+    """``(compile_s, eager_ms, compiled_ms)`` for the homework's ``network_type`` at its
+    default configuration: the first compiled step (compilation included) and the median
+    milliseconds per step of the eager and the compiled step, alternated."""
+    from ..core.config import NetworkConfiguration
+
+    compile_s, compiled, eager = compiled_steps(network_type, NetworkConfiguration(),
+                                                DEFAULTS.winograd_min_channels, steps=steps)
+    eager()  # warm: the first eager steps allocate
+    times: Dict[str, List[float]] = {"eager": [], "compiled": []}
+    for _ in range(reps):
+        for name, run in (("eager", eager), ("compiled", compiled)):
+            times[name].append(median_ms(run, 1, 1) / steps)
+    return compile_s, statistics.median(times["eager"]), statistics.median(times["compiled"])
+
+
+def measure(channels: Sequence[int] = CHANNELS, network_types: Sequence[str] = NETWORK_TYPES,
+            log: Callable[[str], None] = lambda line: None) -> Calibration:
+    """Measure in this process (:func:`calibrate` runs it in a fresh one). The compiles of
+    the homework's networks come first, so theirs are the cold ones."""
+    steps_ms: Dict[str, Tuple[float, float]] = {}
+    compile_s: Dict[str, float] = {}
+    for kind in network_types:
+        compile_s[kind], eager, compiled = time_training(kind)
+        steps_ms[kind] = (eager, compiled)
+        log(f"{kind} step: eager {eager:.2f} ms, compiled {compiled:.2f} ms, cold compile {compile_s[kind]:.1f} s")
+    layer_ms = time_winograd(channels)
+    for c, (patch, winograd) in layer_ms.items():
+        log(f"CNN step, {c} input channels in its second layer: patch product {patch:.2f} ms, "
+            f"Winograd {winograd:.2f} ms")
+    return Calibration(cpu=cpu_key(), winograd_min_channels=winograd_threshold(layer_ms),
+                       compile_min_steps={k: steps_to_repay(compile_s[k], *steps_ms[k]) for k in network_types},
+                       layer_ms=layer_ms, steps_ms=steps_ms, compile_s=compile_s)
+
+
+def calibrate(log: Callable[[str], None] = lambda line: None) -> Calibration:
+    """Measure this CPU's choices (about 2 minutes on 2 cores) in a child process with
+    torch's thread count and an empty Inductor cache, training as the ``fn-trainer``
+    command does (malloc thresholds fixed, subnormals flushed); ``log`` gets a line per
+    measurement as it is made."""
+    with tempfile.TemporaryDirectory(prefix="fn-trainer-calibration-") as cache, \
+            tempfile.TemporaryFile("w+") as errors:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+        with subprocess.Popen([sys.executable, "-m", __name__, str(torch.get_num_threads())], env=env,
+                              stdout=subprocess.PIPE, stderr=errors, text=True) as child:
+            assert child.stdout is not None
+            lines = []
+            for line in child.stdout:  # the log lines as they come, the result last
+                lines.append(line.rstrip("\n"))
+                if not line.startswith("{"):
+                    log(lines[-1])
+        if child.returncode != 0 or not lines or not lines[-1].startswith("{"):
+            errors.seek(0)
+            last = (errors.read().strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"calibration failed (status {child.returncode}): {last}")
+    return from_json(json.loads(lines[-1]))
+
+
+def to_json(calibration: Calibration) -> Dict:
+    return {**calibration._asdict(), "layer_ms": {str(c): list(v) for c, v in calibration.layer_ms.items()},
+            "steps_ms": {k: list(v) for k, v in calibration.steps_ms.items()}}
+
+
+def from_json(entry: object) -> Calibration:
+    """A ``Calibration`` from its JSON form; ``ValueError`` saying what is wrong otherwise."""
+    if not isinstance(entry, dict) or set(entry) != set(Calibration._fields):
+        raise ValueError(f"an entry must hold exactly {', '.join(Calibration._fields)}")
+    counts = {"winograd_min_channels": entry["winograd_min_channels"], **{
+        f"compile_min_steps[{k!r}]": v for k, v in dict(entry["compile_min_steps"]).items()}}
+    for name, value in counts.items():
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= NEVER:
+            raise ValueError(f"{name} must be an int in [1, {NEVER}], got {value!r}")
+    if set(entry["compile_min_steps"]) != set(NETWORK_TYPES):
+        raise ValueError(f"compile_min_steps must name {', '.join(NETWORK_TYPES)}")
+    try:
+        return Calibration(cpu=str(entry["cpu"]), winograd_min_channels=entry["winograd_min_channels"],
+                           compile_min_steps=dict(entry["compile_min_steps"]),
+                           layer_ms={int(c): (float(a), float(b)) for c, (a, b) in entry["layer_ms"].items()},
+                           steps_ms={str(k): (float(a), float(b)) for k, (a, b) in entry["steps_ms"].items()},
+                           compile_s={str(k): float(v) for k, v in entry["compile_s"].items()})
+    except (TypeError, ValueError, AttributeError):
+        raise ValueError("layer_ms, steps_ms and compile_s must map names to numbers") from None
+
+
+def _entries(path: Path) -> Dict[str, object]:
+    """The file's calibrations by CPU key (none if there is no file); ``ValueError`` naming
+    the file for one that is not such a JSON object."""
+    try:  # not through a link: nothing from outside the output folder decides
+        data = json.loads(read_regular_file(path, follow_links=False))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a calibration file ({e}); delete it to calibrate again") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a calibration file (a JSON object by CPU expected); delete it to calibrate again")
+    return data
+
+
+def load_calibration(path: os.PathLike | str) -> Optional[Calibration]:
+    """The calibration stored in ``path`` for this CPU (:func:`cpu_key`), or ``None``."""
+    path = Path(path)
+    entry = _entries(path).get(cpu_key())
+    if entry is None:
+        return None
+    try:
+        return from_json(entry)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}; delete it to calibrate again") from None
+
+
+def store_calibration(path: os.PathLike | str, calibration: Calibration) -> Path:
+    """Write ``calibration`` into ``path`` under its CPU, keeping the other CPUs' entries."""
+    path = Path(path)
+    entries = _entries(path)
+    entries[calibration.cpu] = to_json(calibration)
+    return write_atomically(path, (json.dumps(entries, indent=2) + "\n").encode())
+
+
+if __name__ == "__main__":  # the child process of calibrate(): lines of log, then the JSON
+    from .denormals import flush_denormals
+    from .malloc import steady_malloc
+
+    torch.set_num_threads(int(sys.argv[1]))
+    steady_malloc()  # as the fn-trainer command trains
+    flush_denormals(True)
+    result = measure(log=lambda line: print(line, flush=True))
+    print(json.dumps(to_json(result)))

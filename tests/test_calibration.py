@@ -1,0 +1,219 @@
+"""The CPU-dependent choices: what a calibration decides from its measurements, how it is
+stored per CPU, and that the training commands follow the stored one."""
+import json
+import math
+import os
+import sys
+
+import pytest
+import torch
+from compiling import compiles
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fn_trainer import NetworkConfiguration, build_network
+from fn_trainer.app import cli
+from fn_trainer.app.experiments.context import CALIBRATION_FILE, Context, Settings
+from fn_trainer.speed import calibration, cnn_forward
+from fn_trainer.speed.calibration import (
+    DEFAULTS,
+    NEVER,
+    Calibration,
+    calibrate,
+    cpu_key,
+    load_calibration,
+    steps_to_repay,
+    store_calibration,
+    winograd_threshold,
+)
+
+# the smallest CNN whose second layer is a pooled 3x3 convolution: Winograd-eligible
+SMALL_CNN = NetworkConfiguration(n_channels=(4, 4, 2), kernel_sizes=(3, 3, 3), dense_hiddens=())
+timings = st.floats(min_value=0.01, max_value=100.0)
+
+
+def measured(**changes) -> Calibration:
+    values = dict(cpu=cpu_key(), winograd_min_channels=16, compile_min_steps={"mlp": 2500, "cnn": 1300},
+                  layer_ms={8: (6.7, 6.8), 16: (7.6, 6.4)}, steps_ms={"mlp": (3.5, 1.3), "cnn": (13.0, 7.5)},
+                  compile_s={"mlp": 5.5, "cnn": 20.6})
+    return Calibration(**{**values, **changes})
+
+
+@given(st.dictionaries(st.integers(1, 512), st.tuples(timings, timings), min_size=1, max_size=6))
+def test_winograd_from_the_fewest_channels_after_which_it_always_won(layer_ms):
+    threshold = winograd_threshold(layer_ms)
+    won = {c: winograd < patch for c, (patch, winograd) in layer_ms.items()}
+    assert all(won[c] for c in layer_ms if c >= threshold)
+    below = [c for c in layer_ms if c < threshold]
+    # the next count below did not win (else the threshold would be lower); NEVER: the largest lost
+    assert not below or not won[max(below)]
+    assert threshold == NEVER or threshold in layer_ms
+
+
+def test_winograd_threshold_examples():
+    assert winograd_threshold({8: (2.0, 2.1), 16: (3.8, 2.9), 32: (7.2, 5.2)}) == 16
+    assert winograd_threshold({8: (2.0, 1.9), 16: (3.8, 4.6), 32: (7.2, 5.2)}) == 32  # lost at 16
+    assert winograd_threshold({8: (2.0, 1.9), 16: (3.8, 3.0), 32: (7.2, 7.3)}) == NEVER
+
+
+@given(st.floats(0.0, 1000.0), timings, timings)
+def test_a_compile_is_repaid_by_the_first_step_count_that_saves_its_cost(compile_s, eager_ms, compiled_ms):
+    steps = steps_to_repay(compile_s, eager_ms, compiled_ms)
+    saving = (eager_ms - compiled_ms) / 1e3
+    if saving <= 0:
+        assert steps == NEVER
+    elif steps < NEVER:
+        assert steps * saving >= compile_s * (1 - 1e-12) and (steps - 1) * saving < compile_s
+
+
+def test_stored_per_cpu_and_loaded_back(tmp_path):
+    path = tmp_path / "calibration.json"
+    assert load_calibration(path) is None  # no file: nothing measured
+    other = measured(cpu="another CPU; 64 CPUs; 64 threads; torch 2.14.1", winograd_min_channels=8)
+    store_calibration(path, other)
+    assert load_calibration(path) is None  # another CPU's figures are not this one's
+    mine = measured()
+    store_calibration(path, mine)
+    assert load_calibration(path) == mine
+    assert set(json.loads(path.read_text())) == {other.cpu, mine.cpu}  # the other CPU's entry is kept
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not a calibration file"),
+    ("[1, 2]", "a JSON object by CPU expected"),
+])
+def test_a_file_that_is_not_a_calibration_is_refused_naming_it(content, message, tmp_path):
+    path = tmp_path / "calibration.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message) as e:
+        load_calibration(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value) and "delete it" in str(e.value)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda e: e.update(winograd_min_channels="ten"), "winograd_min_channels must be an int"),
+    (lambda e: e.update(winograd_min_channels=0), "winograd_min_channels must be an int in"),
+    (lambda e: e.update(winograd_min_channels=True), "winograd_min_channels must be an int"),
+    (lambda e: e["compile_min_steps"].update(cnn=-3), "compile_min_steps\\['cnn'\\] must be an int"),
+    (lambda e: e["compile_min_steps"].pop("mlp"), "compile_min_steps must name mlp, cnn"),
+    (lambda e: e.pop("layer_ms"), "an entry must hold exactly"),
+    (lambda e: e.update(steps_ms={"mlp": "fast"}), "must map names to numbers"),
+])
+def test_a_hand_edited_entry_is_refused_naming_the_field(edit, message, tmp_path):
+    path = store_calibration(tmp_path / "calibration.json", measured())
+    entries = json.loads(path.read_text())
+    edit(entries[cpu_key()])
+    path.write_text(json.dumps(entries))
+    with pytest.raises(ValueError, match=message) as e:
+        load_calibration(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_link_is_neither_read_nor_written_through(tmp_path):
+    target = tmp_path / "elsewhere.json"
+    store_calibration(target, measured())
+    (tmp_path / "out").mkdir()
+    link = tmp_path / "out" / "calibration.json"
+    link.symlink_to(target)
+    before = target.read_bytes()
+    for act in (load_calibration, lambda path: store_calibration(path, measured(winograd_min_channels=8))):
+        with pytest.raises(ValueError, match="not a calibration file") as e:
+            act(link)
+        assert str(link) in str(e.value)
+    assert target.read_bytes() == before and link.is_symlink()
+
+
+class FakeChild:
+    """A stand-in for the calibration's child process: its output lines and exit status."""
+
+    def __init__(self, stdout: str, stderr: str = "", returncode: int = 0):
+        self.lines, self.stderr, self.returncode = stdout.splitlines(True), stderr, returncode
+
+    def __call__(self, argv, env, stdout, stderr, text):
+        self.argv, self.cache = argv, env["TORCHINDUCTOR_CACHE_DIR"]
+        stderr.write(self.stderr)
+        self.stdout = iter(self.lines)
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_the_child_process_result_is_parsed_and_its_failure_is_one_line(monkeypatch):
+    child = FakeChild("mlp step: ...\ncnn step: ...\n" + json.dumps(calibration.to_json(measured())) + "\n")
+    monkeypatch.setattr(calibration.subprocess, "Popen", child)
+    logged = []
+    assert calibrate(log=logged.append) == measured()
+    assert logged == ["mlp step: ...", "cnn step: ..."]
+    # a fresh interpreter with this process's threads, its compile cache empty and gone after
+    assert child.argv == [sys.executable, "-m", "fn_trainer.speed.calibration", str(torch.get_num_threads())]
+    assert not os.path.exists(child.cache)
+    for failed in (FakeChild("mlp step: ...\n", "Traceback ...\nRuntimeError: out of memory\n", 1),
+                   FakeChild("mlp step: ...\n", "RuntimeError: out of memory\n", 0)):  # no result
+        monkeypatch.setattr(calibration.subprocess, "Popen", failed)
+        with pytest.raises(RuntimeError,
+                           match=r"^calibration failed \(status [01]\): RuntimeError: out of memory$"):
+            calibrate()
+
+
+def test_measure_decides_from_what_it_timed(monkeypatch):
+    monkeypatch.setattr(calibration, "time_training",
+                        lambda kind: {"mlp": (5.0, 3.0, 1.0), "cnn": (20.0, 13.0, 7.0)}[kind])
+    monkeypatch.setattr(calibration, "time_winograd",
+                        lambda channels: {8: (6.0, 6.5), 16: (7.5, 6.2), 32: (15.0, 10.5)})
+    got = calibration.measure()
+    assert got.winograd_min_channels == 16
+    assert got.compile_min_steps == {"mlp": 2500, "cnn": math.ceil(20.0 / 0.006)}
+    assert got.cpu == cpu_key() and got.steps_ms == {"mlp": (3.0, 1.0), "cnn": (13.0, 7.0)}
+
+
+def test_the_two_forms_timed_are_two_graphs_of_the_same_training():
+    # what time_winograd times: CNN steps with the pooled 3x3 layer as a patch product and
+    # with Winograd products, each compiled (two graphs), training alike (float32 rounding)
+    torch._dynamo.reset()
+    with compiles(2):
+        runs = {form: calibration.compiled_steps("cnn", SMALL_CNN, threshold, batch=8, steps=3)
+                for form, threshold in (("patch", NEVER), ("winograd", 4))}
+    assert all(compile_s > 0 for compile_s, _, _ in runs.values())
+    eager = runs["patch"][2]()
+    assert runs["patch"][1]() == pytest.approx(eager, rel=1e-4)
+    assert runs["winograd"][1]() == pytest.approx(eager, rel=1e-4)
+    assert runs["winograd"][2]() == eager  # the eager step is the plain module either way
+
+
+def test_training_commands_follow_the_calibration_in_the_output_folder(tmp_path, monkeypatch):
+    net = build_network("cnn", SMALL_CNN)
+    used = []
+    real = cnn_forward.winograd_conv_max_pool
+    monkeypatch.setattr(cnn_forward, "winograd_conv_max_pool", lambda *a: used.append(a[0].shape[1]) or real(*a))
+    x = torch.rand(2, 1, 28, 28)
+    for threshold, layers in ((4, [4]), (5, [])):
+        out = tmp_path / str(threshold)
+        store_calibration(out / CALIBRATION_FILE, measured(winograd_min_channels=threshold))
+        ctx = Context(Settings(out=out))
+        assert ctx.calibration == measured(winograd_min_channels=threshold)
+        used.clear()
+        ctx.fast_apply(net)(net.init(0), x)
+        assert used == layers  # the second layer's 4 input channels: Winograd from 4, not from 5
+    assert Context(Settings(out=tmp_path / "none")).calibration == DEFAULTS
+
+
+def test_calibrate_command_stores_and_all_measures_first_only_without_one(tmp_path, capsys, monkeypatch):
+    runs = []
+    monkeypatch.setattr(calibration, "calibrate", lambda log: runs.append(1) or log("mlp step: ...") or measured())
+    assert cli.main(["calibrate", "--out", str(tmp_path / "out")]) == 0
+    assert load_calibration(tmp_path / "out" / CALIBRATION_FILE) == measured() and runs == [1]
+    assert "calibration: mlp step: ..." in capsys.readouterr().err
+    # `all` measures first when the folder has none for this CPU, then trains (stopped
+    # here: there is no data)
+    for out, expected in ((tmp_path / "out", [1]), (tmp_path / "new", [1, 1])):
+        args = ["all", "--out", str(out), "--data", str(tmp_path / "no-data"), "--no-download"]
+        assert cli.main(args) == 2
+        assert "fn-trainer: error: " in capsys.readouterr().err
+        assert runs == expected
+    assert load_calibration(tmp_path / "new" / CALIBRATION_FILE) == measured()
+    assert cli.main(["calibrate", "--out", str(tmp_path), "--threads", "0"]) == 2
+    assert capsys.readouterr().err.startswith("fn-trainer: error: --threads must be between 1 and")
