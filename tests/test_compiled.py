@@ -6,7 +6,7 @@ from compiling import compiles
 
 from fn_trainer import NetworkConfiguration, adam, build_network, make_step, one_hot
 from fn_trainer.speed import inductor_apply
-from fn_trainer.training.compiled import compile_step, multi_step
+from fn_trainer.training.compiled import argument_guards, compile_step, multi_step
 from fn_trainer.training.population import fit_sweep
 
 # float32: Inductor fuses and reorders reductions (matmul epilogues, the gradient norm),
@@ -112,6 +112,27 @@ def test_compiled_steps_of_networks_alike_in_shapes_keep_their_own_graphs(mlp):
             got = run(compile_step(step), params, adam(1e-3).init(params), data)
         want = run(step, params, adam(1e-3).init(params), data)
         torch.testing.assert_close(got[2], want[2], **TOL64)
+
+
+def test_compiled_step_still_checks_its_arguments():
+    # the guards on the arguments stay, not only those on tensors: a Python number in the
+    # batch is a constant of the graph, and another one must give another graph, never the
+    # first one's result
+    torch._dynamo.reset()
+    step = compile_step(lambda params, state, batch: (params, state, {"y": batch[0] * batch[1]}))
+    x = torch.ones(3)
+    with compiles(1):
+        assert torch.equal(step({}, None, (x, 2.0))[2]["y"], 2 * x)
+    with compiles(1):
+        assert torch.equal(step({}, None, (x, 3.0))[2]["y"], 3 * x)
+
+
+def test_compile_step_passes_a_mode_as_its_options(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: seen.update(kwargs) or fn)
+    compile_step(lambda *a: a, mode="max-autotune-no-cudagraphs")
+    assert "mode" not in seen and seen["options"]["max_autotune"] is True
+    assert seen["options"]["guard_filter_fn"] is argument_guards
 
 
 def test_multi_step_equals_consecutive_steps(mlp):

@@ -35,13 +35,14 @@ def compile_step(step: Step, *, mode: str | None = None, other_shapes: str = "ea
     written for Inductor (``fn_trainer.speed.inductor_apply``) can leave that minibatch
     to the plain one. ``mode`` is passed to ``torch.compile`` (``None``: its default).
 
-    Before each call Dynamo checks only the guards on tensors (shape, stride, dtype,
-    device) and on global state (grad mode and the like), not the ones on everything the
-    trace read through closures: the network's module tree, the optimizer's constants,
-    the keys of every dict, a thousand checks for the CNN that took 0.3-0.4 ms of its
-    5.5 ms step. That is sound because the compiled function has a code object of its
-    own (:func:`own_code`), so its cache serves only this ``step``, whose closures do not
-    change; a call with other tensors (shapes, dtypes) still compiles anew.
+    Before each call Dynamo checks only the guards on the arguments (every tensor's
+    shape, stride, dtype and device, the dicts' keys, the types, any Python number) and
+    on global state (grad mode and the like), not those on what the trace read through
+    closures and globals: the network's module tree, the optimizer's constants, a
+    thousand checks for the CNN that took 0.3-0.4 ms of its 5.5 ms step. So ``step``'s
+    closures must not change after its first call (those of ``make_step`` never do).
+    The compiled function has a code object of its own (:func:`own_code`), so its cache
+    serves only this ``step``.
     """
     if not callable(step):
         raise TypeError(f"step must be callable, got {type(step).__name__}")
@@ -49,8 +50,11 @@ def compile_step(step: Step, *, mode: str | None = None, other_shapes: str = "ea
         raise ValueError(f"other_shapes must be 'eager' or 'compile', got {other_shapes!r}")
     if eager is not None and not callable(eager):
         raise TypeError(f"eager must be callable, got {type(eager).__name__}")
-    compiled = torch.compile(own_code(step), fullgraph=True, dynamic=False, mode=mode,
-                             options={"guard_filter_fn": torch.compiler.keep_portable_guards_unsafe})
+    options = dict(torch._inductor.list_mode_options(mode)) if mode is not None else {}
+    if hasattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe"):  # guard filters exist (torch >= 2.7)
+        options["guard_filter_fn"] = argument_guards
+    # torch.compile takes a mode or options, not both: the mode's options are merged in
+    compiled = torch.compile(own_code(step), fullgraph=True, dynamic=False, options=options or None)
     fallback = step if eager is None else eager
     if other_shapes == "compile":
         return compiled
@@ -66,6 +70,14 @@ def compile_step(step: Step, *, mode: str | None = None, other_shapes: str = "ea
     return compiled_step
 
 
+def argument_guards(entries) -> list:
+    """A ``guard_filter_fn``: keep the guards on the arguments of :func:`own_code`'s
+    function (sources ``args``, ``args[...]``, ``kwargs[...]``) and on ambient state (no
+    source: grad mode, functorch's stack, the default device...)."""
+    return [e.name == "" or e.name in ("args", "kwargs") or e.name.startswith(("args[", "kwargs["))
+            for e in entries]
+
+
 def own_code(fn: Callable) -> Callable:
     """``fn`` behind a function whose code object no other function shares.
 
@@ -74,8 +86,8 @@ def own_code(fn: Callable) -> Callable:
     network would be served the first one's graph (tested); with them kept, every
     network compiled in a process would count towards one code object's recompile limit.
     """
-    def traced(*args):
-        return fn(*args)
+    def traced(*args, **kwargs):
+        return fn(*args, **kwargs)
 
     code = traced.__code__.replace()  # a new code object, equal in content
     return types.FunctionType(code, traced.__globals__, traced.__name__, None, traced.__closure__)
