@@ -98,6 +98,8 @@ def test_a_file_that_is_not_a_calibration_is_refused_naming_it(content, message,
     (lambda e: e["compile_min_steps"].pop("mlp"), "compile_min_steps must name mlp, cnn"),
     (lambda e: e.pop("layer_ms"), "an entry must hold exactly"),
     (lambda e: e.update(steps_ms={"mlp": "fast"}), "must map names to numbers"),
+    (lambda e: e.update(compile_min_steps=7), "compile_min_steps must map network types"),
+    (lambda e: e.update(cpu="another CPU"), "says it was measured on 'another CPU'"),
 ])
 def test_a_hand_edited_entry_is_refused_naming_the_field(edit, message, tmp_path):
     path = store_calibration(tmp_path / "calibration.json", measured())
@@ -149,12 +151,13 @@ def test_the_child_process_result_is_parsed_and_its_failure_is_one_line(monkeypa
     assert calibrate(log=logged.append) == measured()
     assert logged == ["mlp step: ...", "cnn step: ..."]
     # a fresh interpreter with this process's threads, its compile cache empty and gone after
-    assert child.argv == [sys.executable, "-m", "fn_trainer.speed.calibration", str(torch.get_num_threads())]
+    assert child.argv == [sys.executable, "-c", "from fn_trainer.speed.calibration import child_main; "
+                          f"child_main({torch.get_num_threads()})"]
     assert not os.path.exists(child.cache)
     for failed in (FakeChild("mlp step: ...\n", "Traceback ...\nRuntimeError: out of memory\n", 1),
                    FakeChild("mlp step: ...\n", "RuntimeError: out of memory\n", 0)):  # no result
         monkeypatch.setattr(calibration.subprocess, "Popen", failed)
-        with pytest.raises(RuntimeError,
+        with pytest.raises(calibration.CalibrationError,
                            match=r"^calibration failed \(status [01]\): RuntimeError: out of memory$"):
             calibrate()
 
@@ -170,18 +173,23 @@ def test_measure_decides_from_what_it_timed(monkeypatch):
     assert got.cpu == cpu_key() and got.steps_ms == {"mlp": (3.0, 1.0), "cnn": (13.0, 7.0)}
 
 
-def test_the_two_forms_timed_are_two_graphs_of_the_same_training():
+def test_the_two_forms_timed_are_two_graphs_of_the_same_training(monkeypatch):
     # what time_winograd times: CNN steps with the pooled 3x3 layer as a patch product and
-    # with Winograd products, each compiled (two graphs), training alike (float32 rounding)
+    # with Winograd products (the threshold reaches the forward), each compiled (two
+    # graphs), training alike (float32 rounding)
+    thresholds = []
+    real = cnn_forward.inductor_apply
+    monkeypatch.setattr(cnn_forward, "inductor_apply",
+                        lambda net, **kw: thresholds.append(kw["winograd_min_channels"]) or real(net, **kw))
     torch._dynamo.reset()
     with compiles(2):
         runs = {form: calibration.compiled_steps("cnn", SMALL_CNN, threshold, batch=8, steps=3)
                 for form, threshold in (("patch", NEVER), ("winograd", 4))}
+    assert thresholds == [NEVER, 4]
     assert all(compile_s > 0 for compile_s, _, _ in runs.values())
     eager = runs["patch"][2]()
     assert runs["patch"][1]() == pytest.approx(eager, rel=1e-4)
     assert runs["winograd"][1]() == pytest.approx(eager, rel=1e-4)
-    assert runs["winograd"][2]() == eager  # the eager step is the plain module either way
 
 
 def test_training_commands_follow_the_calibration_in_the_output_folder(tmp_path, monkeypatch):
@@ -202,18 +210,35 @@ def test_training_commands_follow_the_calibration_in_the_output_folder(tmp_path,
 
 
 def test_calibrate_command_stores_and_all_measures_first_only_without_one(tmp_path, capsys, monkeypatch):
+    from fakedata import write_fashion_mnist
+
+    from fn_trainer.app import experiments
+
     runs = []
     monkeypatch.setattr(calibration, "calibrate", lambda log: runs.append(1) or log("mlp step: ...") or measured())
     assert cli.main(["calibrate", "--out", str(tmp_path / "out")]) == 0
     assert load_calibration(tmp_path / "out" / CALIBRATION_FILE) == measured() and runs == [1]
     assert "calibration: mlp step: ..." in capsys.readouterr().err
-    # `all` measures first when the folder has none for this CPU, then trains (stopped
-    # here: there is no data)
-    for out, expected in ((tmp_path / "out", [1]), (tmp_path / "new", [1, 1])):
-        args = ["all", "--out", str(out), "--data", str(tmp_path / "no-data"), "--no-download"]
+    # `all` checks the data, then measures when the folder has none for this CPU, then
+    # trains (stopped here)
+    data = write_fashion_mnist(tmp_path / "data", n_train=8, n_test=8, seed=1)
+    monkeypatch.setattr(experiments, "experiment", lambda name: (_ for _ in ()).throw(ValueError("stopped")))
+    for out, folder, expected, error in (("out", data, [1], "stopped"), ("new", tmp_path / "no-data", [1], "no-data"),
+                                         ("new", data, [1, 1], "stopped"), ("new", data, [1, 1], "stopped")):
+        args = ["all", "--out", str(tmp_path / out), "--data", str(folder), "--no-download"]
         assert cli.main(args) == 2
-        assert "fn-trainer: error: " in capsys.readouterr().err
-        assert runs == expected
+        assert "fn-trainer: error: " in capsys.readouterr().err and runs == expected
     assert load_calibration(tmp_path / "new" / CALIBRATION_FILE) == measured()
     assert cli.main(["calibrate", "--out", str(tmp_path), "--threads", "0"]) == 2
     assert capsys.readouterr().err.startswith("fn-trainer: error: --threads must be between 1 and")
+
+
+def test_a_failed_calibration_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(calibration.subprocess, "Popen", FakeChild("", "MemoryError\n", 1))
+    assert cli.main(["calibrate", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == "fn-trainer: error: calibration failed (status 1): MemoryError\n"
+    assert not (tmp_path / CALIBRATION_FILE).exists()
+    (tmp_path / CALIBRATION_FILE).write_text("{")  # refused before two minutes of measuring
+    monkeypatch.setattr(calibration, "calibrate", lambda log: pytest.fail("measured"))
+    assert cli.main(["calibrate", "--out", str(tmp_path)]) == 2
+    assert "not a calibration file" in capsys.readouterr().err

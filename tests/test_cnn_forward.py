@@ -11,9 +11,9 @@ from torch.func import functional_call, grad
 
 from fn_trainer import NetworkConfiguration, build_network
 from fn_trainer.speed import inductor_apply
+from fn_trainer.speed.calibration import DEFAULTS
 from fn_trainer.speed.cnn_forward import _extents_read, sequential_forward
 from fn_trainer.speed.patches import conv_max_pool, patch_conv
-from fn_trainer.speed.calibration import DEFAULTS
 from fn_trainer.speed.winograd import winograd_conv_max_pool
 
 

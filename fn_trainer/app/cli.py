@@ -249,7 +249,6 @@ def run_experiments(args: argparse.Namespace, command: str) -> int:
     from ..speed.denormals import denormals_flushed, flush_denormals
     from ..speed.malloc import steady_malloc
     from .experiments import experiment
-    from .experiments.context import CALIBRATION_FILE
     from .report import REPORT_FILE
 
     validate(args)
@@ -257,7 +256,7 @@ def run_experiments(args: argparse.Namespace, command: str) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from .parallel import detect, serve, session
+    from .parallel import detect, serve, session, share_calibration
 
     launch, mode = detect(getattr(args, "parallel", None))
     names = list(EXPERIMENTS) if args.command == ALL else [args.command]
@@ -265,14 +264,18 @@ def run_experiments(args: argparse.Namespace, command: str) -> int:
         steady_malloc()
     flushed_before = denormals_flushed()
     flush_denormals(getattr(args, "flush_denormals", True))  # after --threads: it sets the threads in use
-    if args.command == ALL and launch is None and load_calibration(args.out / CALIBRATION_FILE) is None:
-        print(f"{PROG}: no calibration for this CPU in {args.out}: measuring it first", file=sys.stderr, flush=True)
-        calibrate_into(args.out)
     try:
         with session(launch, getattr(args, "device", DEFAULTS.device), getattr(args, "rank_timeout",
                                                                              DEFAULTS.rank_timeout)) as device:
             ctx = Context(settings_of(args, command, launch.rank if launch else 0, device, mode),
                           warn=lambda line: print(f"{PROG}: warning: {line}", file=sys.stderr, flush=True))
+            if launch is not None:
+                share_calibration(ctx)  # rank 0's, for every rank to decide alike
+            elif args.command == ALL and device == "cpu" and load_calibration(ctx.calibration_path) is None:
+                ctx.splits  # the data first: a missing data set fails before minutes of measuring
+                print(f"{PROG}: no calibration for this CPU in {args.out}: measuring it first", file=sys.stderr,
+                      flush=True)
+                calibrate_into(args.out)
             ctx.calibration  # a calibration file that is not one fails here, before any training
             if launch is not None and launch.rank != 0:
                 serve(ctx)  # train the runs rank 0 sends; it alone prints and writes
@@ -298,8 +301,12 @@ def calibrate_into(out: Path) -> None:
 
 
 def run_calibration(args: argparse.Namespace) -> int:
+    from ..speed.calibration import load_calibration
+    from .experiments.context import CALIBRATION_FILE
+
     _check_threads(args.threads)
     args.out = _checked_out(args.out)
+    load_calibration(args.out / CALIBRATION_FILE)  # a file that cannot take the result fails before measuring
     if args.threads:
         import torch
 
@@ -324,6 +331,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     from ..core.data import DatasetError
+    from ..speed.calibration import CalibrationError
     from ..training.distributed import RankLostError
     from .parallel import rank_prefix
 
@@ -342,7 +350,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{PROG}: interrupted; finished runs are saved, rerun with --resume to continue "
                   "the interrupted one from its checkpoint", file=sys.stderr)
         return 130
-    except (DatasetError, ValueError, TypeError, OSError, RankLostError) as e:
+    except (DatasetError, ValueError, TypeError, OSError, RankLostError, CalibrationError) as e:
         message = " ".join(str(e).split()) or type(e).__name__
         if isinstance(e, RankLostError):
             message += "; rerun with --resume to continue from the last checkpoint"

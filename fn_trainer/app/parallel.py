@@ -85,6 +85,16 @@ def session(launch: Optional[Launch], device: str, timeout_s: float) -> Iterator
         close_process_group()
 
 
+def share_calibration(ctx: "Context") -> None:
+    """Every rank takes rank 0's calibration (``ctx.calibration``): ranks deciding for
+    themselves (other CPUs, other thread counts) could compile a run that rank 0 trains
+    eagerly, or take another Winograd threshold, and their replicas would drift apart."""
+    message = [ctx.calibration if ctx.settings.rank == 0 else None]
+    with lost_ranks_raise("while sharing rank 0's calibration"):
+        dist.broadcast_object_list(message, src=0)
+    ctx.calibration = message[0]
+
+
 def serve(ctx: "Context") -> None:
     """The ranks other than 0: train every run rank 0 sends (a list: a population, this
     rank's share of it), until it sends none."""

@@ -39,6 +39,10 @@ CHANNELS = (8, 16, 32)  # the input channels at which the two forms of a layer a
 NETWORK_TYPES = ("mlp", "cnn")
 
 
+class CalibrationError(RuntimeError):
+    """The measuring process failed; the message gives its last line of error output."""
+
+
 class Calibration(NamedTuple):
     """What :func:`calibrate` measured on the CPU ``cpu`` (:func:`cpu_key`), and what follows.
 
@@ -189,7 +193,8 @@ def time_training(network_type: str, *, steps: int = 10, reps: int = 5) -> Tuple
 def measure(channels: Sequence[int] = CHANNELS, network_types: Sequence[str] = NETWORK_TYPES,
             log: Callable[[str], None] = lambda line: None) -> Calibration:
     """Measure in this process (:func:`calibrate` runs it in a fresh one). The compiles of
-    the homework's networks come first, so theirs are the cold ones."""
+    the homework's networks come first, so theirs are the cold ones; the CNN's is timed
+    with the default Winograd threshold, which the measured one rarely changes for it."""
     steps_ms: Dict[str, Tuple[float, float]] = {}
     compile_s: Dict[str, float] = {}
     for kind in network_types:
@@ -213,7 +218,9 @@ def calibrate(log: Callable[[str], None] = lambda line: None) -> Calibration:
     with tempfile.TemporaryDirectory(prefix="fn-trainer-calibration-") as cache, \
             tempfile.TemporaryFile("w+") as errors:
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
-        with subprocess.Popen([sys.executable, "-m", __name__, str(torch.get_num_threads())], env=env,
+        # -c, not -m: run as __main__, this module would be imported a second time
+        code = f"from {__name__} import child_main; child_main({torch.get_num_threads()})"
+        with subprocess.Popen([sys.executable, "-c", code], env=env,
                               stdout=subprocess.PIPE, stderr=errors, text=True) as child:
             assert child.stdout is not None
             lines = []
@@ -224,7 +231,7 @@ def calibrate(log: Callable[[str], None] = lambda line: None) -> Calibration:
         if child.returncode != 0 or not lines or not lines[-1].startswith("{"):
             errors.seek(0)
             last = (errors.read().strip().splitlines() or ["no output"])[-1]
-            raise RuntimeError(f"calibration failed (status {child.returncode}): {last}")
+            raise CalibrationError(f"calibration failed (status {child.returncode}): {last}")
     return from_json(json.loads(lines[-1]))
 
 
@@ -237,8 +244,10 @@ def from_json(entry: object) -> Calibration:
     """A ``Calibration`` from its JSON form; ``ValueError`` saying what is wrong otherwise."""
     if not isinstance(entry, dict) or set(entry) != set(Calibration._fields):
         raise ValueError(f"an entry must hold exactly {', '.join(Calibration._fields)}")
+    if not isinstance(entry["compile_min_steps"], dict):
+        raise ValueError("compile_min_steps must map network types to step counts")
     counts = {"winograd_min_channels": entry["winograd_min_channels"], **{
-        f"compile_min_steps[{k!r}]": v for k, v in dict(entry["compile_min_steps"]).items()}}
+        f"compile_min_steps[{k!r}]": v for k, v in entry["compile_min_steps"].items()}}
     for name, value in counts.items():
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= NEVER:
             raise ValueError(f"{name} must be an int in [1, {NEVER}], got {value!r}")
@@ -275,9 +284,12 @@ def load_calibration(path: os.PathLike | str) -> Optional[Calibration]:
     if entry is None:
         return None
     try:
-        return from_json(entry)
+        calibration = from_json(entry)
+        if calibration.cpu != cpu_key():
+            raise ValueError(f"the entry for {cpu_key()!r} says it was measured on {calibration.cpu!r}")
     except ValueError as e:
         raise ValueError(f"{path}: {e}; delete it to calibrate again") from None
+    return calibration
 
 
 def store_calibration(path: os.PathLike | str, calibration: Calibration) -> Path:
@@ -288,11 +300,12 @@ def store_calibration(path: os.PathLike | str, calibration: Calibration) -> Path
     return write_atomically(path, (json.dumps(entries, indent=2) + "\n").encode())
 
 
-if __name__ == "__main__":  # the child process of calibrate(): lines of log, then the JSON
+def child_main(threads: int) -> None:
+    """The child process of :func:`calibrate`: lines of log, then the result as JSON."""
     from .denormals import flush_denormals
     from .malloc import steady_malloc
 
-    torch.set_num_threads(int(sys.argv[1]))
+    torch.set_num_threads(threads)
     steady_malloc()  # as the fn-trainer command trains
     flush_denormals(True)
     result = measure(log=lambda line: print(line, flush=True))

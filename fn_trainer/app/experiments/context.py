@@ -86,6 +86,10 @@ class Context:
             self._calibration = load_calibration(self.calibration_path) or DEFAULTS
         return self._calibration
 
+    @calibration.setter
+    def calibration(self, calibration: Calibration) -> None:
+        self._calibration = calibration
+
     def fast_apply(self, network: Network, *, vmapped: bool = False) -> Callable[[Params, torch.Tensor], torch.Tensor]:
         """The forward of ``network`` that a compiled step uses, with this CPU's Winograd threshold."""
         return inductor_apply(network, vmapped=vmapped,
