@@ -58,7 +58,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..core.networks import Network, Params, conv_output_size
-from .calibration import DEFAULTS, NEVER
+from .calibration import DEFAULTS
 from .patches import conv_max_pool, few_slices, patch_conv
 from .winograd import winograd_conv_max_pool
 
@@ -84,14 +84,14 @@ def _geometry(conv: nn.Conv2d) -> Tuple[int, int, int]:
 
 
 def _pooled_conv(x: Tensor, conv: nn.Conv2d, pool: nn.Module, w: Tensor,
-                 winograd_min_channels: int) -> Optional[Tensor]:
+                 winograd_min_channels: int, for_vmap: bool) -> Optional[Tensor]:
     """``pool(conv(x))`` without bias in the form of this module's docstring (Winograd's
-    from ``winograd_min_channels`` input channels), or ``None`` when ``pool`` is neither
-    ``MaxPool2d(2)`` nor ``AdaptiveMaxPool2d``."""
+    from ``winograd_min_channels`` input channels, in its ``for_vmap`` form if asked), or
+    ``None`` when ``pool`` is neither ``MaxPool2d(2)`` nor ``AdaptiveMaxPool2d``."""
     k, s, p = _geometry(conv)
     if _is_pool2(pool):
         if k == 3 and s == 1 and conv.in_channels >= winograd_min_channels:
-            return winograd_conv_max_pool(x, w, p)
+            return winograd_conv_max_pool(x, w, p, for_vmap=for_vmap)
         if few_slices(k + s, 2 * s):
             return conv_max_pool(x, w, s, p)
         return F.max_pool2d(F.conv2d(x, w, stride=s, padding=p), 2)
@@ -153,11 +153,13 @@ def _extents_read(layers: List[nn.Module], input_extent: Tuple[int, int]) -> Lis
 
 
 def sequential_forward(module: nn.Sequential, params: Params, x: Tensor, *,
-                       winograd_min_channels: int = DEFAULTS.winograd_min_channels) -> Tensor:
+                       winograd_min_channels: int = DEFAULTS.winograd_min_channels,
+                       for_vmap: bool = False) -> Tensor:
     """``functional_call(module, params, (x,))`` with the rewrites of this module's docstring
     applied to every ``Conv2d -> activation -> MaxPool2d(2) | AdaptiveMaxPool2d`` triple
-    (the Winograd one, 3., from ``winograd_min_channels`` input channels), and every plain
-    convolution given only the part of its input map the output depends on
+    (the Winograd one, 3., from ``winograd_min_channels`` input channels; ``for_vmap``: in
+    the form Dynamo traces under ``vmap``, see :func:`winograd_conv_max_pool`), and every
+    plain convolution given only the part of its input map the output depends on
     (:func:`_extents_read`)."""
     # not named_children(): it lists a module shared by several positions (the builders
     # reuse one activation instance) only once
@@ -169,7 +171,8 @@ def sequential_forward(module: nn.Sequential, params: Params, x: Tensor, *,
         if reads[i] is not None and _plain_conv(layer):
             x = x[..., :reads[i][0], :reads[i][1]]
         if i + 2 < len(layers) and _plain_conv(layer) and isinstance(layers[i + 1][1], MONOTONE):
-            z = _pooled_conv(x, layer, layers[i + 2][1], params[f"{name}.weight"], winograd_min_channels)
+            z = _pooled_conv(x, layer, layers[i + 2][1], params[f"{name}.weight"], winograd_min_channels,
+                             for_vmap)
             if z is not None:
                 b = params.get(f"{name}.bias")
                 x = layers[i + 1][1](z if b is None else z + b[:, None, None])
@@ -190,15 +193,16 @@ def inductor_apply(network: Network, *, vmapped: bool = False,
     (the default: as measured on a 2-core Intel Xeon; ``calibrate()`` measures this CPU's).
 
     ``vmapped=True`` for a step that ``torch.func.vmap`` maps over stacked models (a
-    population) before it is compiled: without the Winograd rewrite, whose written-out
-    backward passes (``torch.autograd.Function``) Dynamo cannot trace under ``vmap``.
+    population) before it is compiled: the Winograd rewrite leaves its backward passes to
+    autograd, as Dynamo cannot trace ``vmap`` over the written-out ones
+    (``torch.autograd.Function``); the threshold is the single model's.
     """
     if network.network_type != "cnn":
         return network.apply
 
     def apply(params: Params, x: Tensor) -> Tensor:
         network.check_input(x, params)
-        return sequential_forward(network.module, params, x,
-                                  winograd_min_channels=NEVER if vmapped else winograd_min_channels)
+        return sequential_forward(network.module, params, x, winograd_min_channels=winograd_min_channels,
+                                  for_vmap=vmapped)
 
     return apply

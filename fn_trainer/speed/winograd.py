@@ -6,7 +6,9 @@ the kernel ``g`` give the 2x2 outputs ``A^T [(G g G^T) * (B^T d B)] A``, so the 
 over channels becomes 16 products of ``(N L, C) @ (C, O)``, one per tile position. The
 transforms are additions done by Inductor's loops; their backward passes are written out
 (:class:`WinogradInput`, :class:`WinogradPool`) so each is one pass over memory, and the
-pool's backward keeps the index of the first maximum, as ``MaxPool2d`` does.
+pool's backward keeps the index of the first maximum, as ``MaxPool2d`` does. Under
+``torch.func.vmap`` Dynamo cannot trace an ``autograd.Function``: the form for a vmapped
+step (``for_vmap=True``) leaves the backward passes to autograd.
 """
 from __future__ import annotations
 
@@ -48,6 +50,23 @@ _WINDOW_OF_COLUMN = [(2 * du + r) * 4 + 2 * dv + q for du in (0, 1) for dv in (0
 _COLUMN_OF_WINDOW = sorted(range(16), key=_WINDOW_OF_COLUMN.__getitem__)
 
 
+def _input_transform(patches: Tensor) -> Tensor:
+    """``B^T d B`` of every tile: ``(M, 16 C) -> (16, M, C)``."""
+    columns = patches.unflatten(-1, (16, -1)).unbind(-2)
+    window = [columns[j] for j in _COLUMN_OF_WINDOW]
+    return torch.stack([_combination(window, row) for row in _WINO_INPUT])
+
+
+def _output_transform(m: Tensor) -> List[Tensor]:
+    """``A^T m A`` of every tile: ``(16, M, O)`` -> its four outputs, each ``(M, O)``, row-major."""
+    planes = m.unbind(0)
+    return [_combination(planes, row) for row in _WINO_OUTPUT]
+
+
+def _max4(y: List[Tensor]) -> Tensor:
+    return torch.maximum(torch.maximum(y[0], y[1]), torch.maximum(y[2], y[3]))
+
+
 class WinogradInput(torch.autograd.Function):
     """``B^T d B`` of every tile: patches ``(M, 16 C)`` of :func:`phase_patches` (window 4,
     stride 2) -> ``(16, M, C)``, one ``(M, C)`` matrix per tile position."""
@@ -56,9 +75,7 @@ class WinogradInput(torch.autograd.Function):
 
     @staticmethod
     def forward(patches: Tensor) -> Tensor:
-        columns = patches.unflatten(-1, (16, -1)).unbind(-2)
-        window = [columns[j] for j in _COLUMN_OF_WINDOW]
-        return torch.stack([_combination(window, row) for row in _WINO_INPUT])
+        return _input_transform(patches)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -79,9 +96,8 @@ class WinogradPool(torch.autograd.Function):
 
     @staticmethod
     def forward(m: Tensor) -> Tuple[Tensor, Tensor]:
-        planes = m.unbind(0)
-        y = [_combination(planes, row) for row in _WINO_OUTPUT]
-        best = torch.maximum(torch.maximum(y[0], y[1]), torch.maximum(y[2], y[3]))
+        y = _output_transform(m)
+        best = _max4(y)
         # int32: Inductor's loops over an int8 index ran 4 times slower
         first = torch.where(y[0] == best, 0, torch.where(y[1] == best, 1, torch.where(y[2] == best, 2, 3)))
         return best, first.to(torch.int32)
@@ -105,14 +121,21 @@ def winograd_kernel(weight: Tensor) -> Tensor:
     return torch.stack([_combination(taps, row) for row in _WINO_KERNEL])
 
 
-def winograd_conv_max_pool(x: Tensor, weight: Tensor, padding: int) -> Tensor:
+def winograd_conv_max_pool(x: Tensor, weight: Tensor, padding: int, *, for_vmap: bool = False) -> Tensor:
     """``max_pool2d(conv2d(x, weight, padding=padding), 2)`` without bias, for a 3x3 kernel
     of stride 1, by Winograd F(2x2, 3x3) with one tile per pool window.
 
     x: ``(N, C, H, W)``; weight: ``(O, C, 3, 3)``. Returns ``(N, O, Ho // 2, Wo // 2)``,
     channels-last in memory; ties give the gradient to the first maximum, as ``MaxPool2d``.
+    ``for_vmap=True``: the same values with the backward passes left to autograd, for a step
+    that ``torch.func.vmap`` maps before Dynamo traces it; ties then share the gradient, as
+    ``torch.maximum`` does.
     """
     patches, h, w = phase_patches(channels_last(x, padding), 4, 2)
-    m = torch.bmm(WinogradInput.apply(patches), winograd_kernel(weight))  # (16, N L, O)
-    pooled, _ = WinogradPool.apply(m)
+    if for_vmap:
+        m = torch.bmm(_input_transform(patches), winograd_kernel(weight))
+        pooled = _max4(_output_transform(m))
+    else:
+        m = torch.bmm(WinogradInput.apply(patches), winograd_kernel(weight))  # (16, N L, O)
+        pooled, _ = WinogradPool.apply(m)
     return pooled.view(x.shape[0], h, w, -1).permute(0, 3, 1, 2)
