@@ -24,6 +24,7 @@ from fn_trainer.speed.calibration import (
     load_calibration,
     steps_to_repay,
     store_calibration,
+    to_json,
     winograd_threshold,
 )
 
@@ -81,6 +82,7 @@ def test_stored_per_cpu_and_loaded_back(tmp_path):
 @pytest.mark.parametrize("content, message", [
     ("{not json", "not a calibration file"),
     ("[1, 2]", "a JSON object by CPU expected"),
+    ("[" * 100_000 + "]" * 100_000, "not a calibration file"),  # too deep for the JSON parser
 ])
 def test_a_file_that_is_not_a_calibration_is_refused_naming_it(content, message, tmp_path):
     path = tmp_path / "calibration.json"
@@ -97,7 +99,10 @@ def test_a_file_that_is_not_a_calibration_is_refused_naming_it(content, message,
     (lambda e: e["compile_min_steps"].update(cnn=-3), "compile_min_steps\\['cnn'\\] must be an int"),
     (lambda e: e["compile_min_steps"].pop("mlp"), "compile_min_steps must name mlp, cnn"),
     (lambda e: e.pop("layer_ms"), "an entry must hold exactly"),
-    (lambda e: e.update(steps_ms={"mlp": "fast"}), "must map names to numbers"),
+    (lambda e: e.update(steps_ms={"mlp": "fast"}), "must map names to finite non-negative numbers"),
+    (lambda e: e.update(compile_s={"mlp": 10 ** 400, "cnn": 1.0}), "must map names to finite"),
+    (lambda e: e.update(compile_s={"mlp": -1.0, "cnn": 1.0}), "must map names to finite non-negative"),
+    (lambda e: e["steps_ms"].update(mlp=[float("nan"), 1.0]), "must map names to finite"),
     (lambda e: e.update(compile_min_steps=7), "compile_min_steps must map network types"),
     (lambda e: e.update(cpu="another CPU"), "says it was measured on 'another CPU'"),
 ])
@@ -196,7 +201,8 @@ def test_training_commands_follow_the_calibration_in_the_output_folder(tmp_path,
     net = build_network("cnn", SMALL_CNN)
     used = []
     real = cnn_forward.winograd_conv_max_pool
-    monkeypatch.setattr(cnn_forward, "winograd_conv_max_pool", lambda *a: used.append(a[0].shape[1]) or real(*a))
+    monkeypatch.setattr(cnn_forward, "winograd_conv_max_pool",
+                        lambda *a, **k: used.append(a[0].shape[1]) or real(*a, **k))
     x = torch.rand(2, 1, 28, 28)
     for threshold, layers in ((4, [4]), (5, [])):
         out = tmp_path / str(threshold)
@@ -227,7 +233,8 @@ def test_calibrate_command_stores_and_all_measures_first_only_without_one(tmp_pa
                                          ("new", data, [1, 1], "stopped"), ("new", data, [1, 1], "stopped")):
         args = ["all", "--out", str(tmp_path / out), "--data", str(folder), "--no-download"]
         assert cli.main(args) == 2
-        assert "fn-trainer: error: " in capsys.readouterr().err and runs == expected
+        err = capsys.readouterr().err
+        assert "fn-trainer: error: " in err and error in err.split("error: ")[-1] and runs == expected
     assert load_calibration(tmp_path / "new" / CALIBRATION_FILE) == measured()
     assert cli.main(["calibrate", "--out", str(tmp_path), "--threads", "0"]) == 2
     assert capsys.readouterr().err.startswith("fn-trainer: error: --threads must be between 1 and")
@@ -242,3 +249,14 @@ def test_a_failed_calibration_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(calibration, "calibrate", lambda log: pytest.fail("measured"))
     assert cli.main(["calibrate", "--out", str(tmp_path)]) == 2
     assert "not a calibration file" in capsys.readouterr().err
+
+
+def test_calibrate_replaces_a_bad_entry_for_this_cpu_and_keeps_the_others(tmp_path, monkeypatch):
+    path = store_calibration(tmp_path / CALIBRATION_FILE, measured(cpu="another CPU"))
+    entries = json.loads(path.read_text())
+    entries[cpu_key()] = {**to_json(measured()), "winograd_min_channels": 0}
+    path.write_text(json.dumps(entries))
+    monkeypatch.setattr(calibration, "calibrate", lambda log: measured())
+    assert cli.main(["calibrate", "--out", str(tmp_path)]) == 0
+    assert load_calibration(path) == measured()
+    assert set(json.loads(path.read_text())) == {"another CPU", cpu_key()}

@@ -43,8 +43,9 @@ channels-last in memory between rewritten layers.
 
 Values equal the eager module's up to float32 rounding. Sub-gradients at exact ties
 differ in one place: ``torch.maximum`` shares the gradient between tied entries of a
-pool rewritten as in 2., where ``MaxPool2d`` (and the Winograd pool of 3.) gives it to the
-first one. The parameter gradient is the same either way unless two different input
+pool rewritten as in 2. (and of the Winograd pool of 3. in its form for ``vmap``), where
+``MaxPool2d`` (and the Winograd pool otherwise) gives it to the first one. The parameter
+gradient is the same either way unless two different input
 patches give bitwise-equal values (tied patches of constant background contribute
 equally), so training is unaffected; a Jacobian with respect to the input may split
 differently.
