@@ -140,7 +140,7 @@ def data_mode_paths(parallel: bool, compiled: bool, config, X, T, n_steps: int) 
         eager = make_step(net.apply, optimizer)
         steps = {"single_eager": eager}
         if compiled:
-            steps["single_compiled"] = compile_step(make_step(fast, optimizer), eager=eager)
+            steps["single_compiled"] = compile_step(make_step(fast, optimizer), eager=eager, guard_closures=False)
 
     def batch_of(b):
         return X[b * BATCH_SIZE:(b + 1) * BATCH_SIZE], T[b * BATCH_SIZE:(b + 1) * BATCH_SIZE]

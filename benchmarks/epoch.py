@@ -266,10 +266,12 @@ def network_paths(network_type: str, config: NetworkConfiguration, X, T, batch_s
     candidates = [("eager", step)]
     if compile:
         compiled_adam = adam(1e-3, power=exp_log_power)  # Adam's powers as Inductor computes them once per step
-        candidates.append(("compiled", compile_step(make_step(inductor_apply(net), compiled_adam), eager=step)))
+        candidates.append(("compiled", compile_step(make_step(inductor_apply(net), compiled_adam), eager=step,
+                                                      guard_closures=False)))
     if compile and network_type == "cnn":
         module_apply = lambda p, x: functional_call(net.module, p, (x,))  # noqa: E731
-        candidates.append(("compiled_module", compile_step(make_step(module_apply, compiled_adam))))
+        candidates.append(("compiled_module", compile_step(make_step(module_apply, compiled_adam),
+                                                             guard_closures=False)))
     for name, s in candidates:
         params = net.init(0)
         paths[name] = functional_loop(s, {"params": params, "opt_state": adam(1e-3).init(params)},

@@ -99,8 +99,8 @@ def test_compiled_cnn_step_equals_eager_and_does_not_recompile():
 
 
 def test_compiled_steps_of_networks_alike_in_shapes_keep_their_own_graphs(mlp):
-    # compile_step drops the guards on closures: each compiled step must still run its own
-    # network. Same parameter shapes, another activation: served the relu graph, the tanh
+    # guard_closures=False drops the guards on closures: each compiled step must still run
+    # its own network. Same parameter shapes, another activation: served the relu graph, the tanh
     # network's step would be off by far more than rounding (float64: rounding stays tiny).
     tanh = build_network("mlp", NetworkConfiguration(dense_hiddens=(32,)), activation_name="tanh")
     torch._dynamo.reset()
@@ -109,7 +109,7 @@ def test_compiled_steps_of_networks_alike_in_shapes_keep_their_own_graphs(mlp):
     for net in (mlp, tanh):
         step = make_step(net.apply, adam(1e-3))
         with compiles(1):
-            got = run(compile_step(step), params, adam(1e-3).init(params), data)
+            got = run(compile_step(step, guard_closures=False), params, adam(1e-3).init(params), data)
         want = run(step, params, adam(1e-3).init(params), data)
         torch.testing.assert_close(got[2], want[2], **TOL64)
 
@@ -119,7 +119,8 @@ def test_compiled_step_still_checks_its_arguments():
     # batch is a constant of the graph, and another one must give another graph, never the
     # first one's result
     torch._dynamo.reset()
-    step = compile_step(lambda params, state, batch: (params, state, {"y": batch[0] * batch[1]}))
+    step = compile_step(lambda params, state, batch: (params, state, {"y": batch[0] * batch[1]}),
+                        guard_closures=False)
     x = torch.ones(3)
     with compiles(1):
         assert torch.equal(step({}, None, (x, 2.0))[2]["y"], 2 * x)
@@ -127,12 +128,45 @@ def test_compiled_step_still_checks_its_arguments():
         assert torch.equal(step({}, None, (x, 3.0))[2]["y"], 3 * x)
 
 
+class Weights(dict):
+    pass
+
+
+def test_compiled_step_checks_tensors_inside_dict_subclasses():
+    # Dynamo names the items of a dict subclass "dict.__getitem__(args[0], ...)": their
+    # guards come from the arguments too, and a float64 weight must not get the float32 graph
+    torch._dynamo.reset()
+    step = compile_step(lambda params, state, batch: (params, state, {"y": params["w"] * batch[0]}),
+                        guard_closures=False)
+    x = torch.ones(3, dtype=torch.float64)
+    with compiles(1):
+        step(Weights(w=torch.full((3,), 2.0)), None, (x,))
+    with compiles(1):
+        y = step(Weights(w=torch.full((3,), 3.0, dtype=torch.float64)), None, (x,))[2]["y"]
+    assert y.dtype == torch.float64 and torch.equal(y, 3 * x)
+
+
+def test_compiled_step_checks_its_closures_unless_told_not_to():
+    scale = [2.0]
+    x = torch.ones(3)
+    for guard_closures, second in ((True, 3 * x), (False, 2 * x)):
+        torch._dynamo.reset()
+        scale[0] = 2.0
+        step = compile_step(lambda params, state, batch: (params, state, {"y": batch[0] * scale[0]}),
+                            guard_closures=guard_closures)
+        step({}, None, (x,))
+        scale[0] = 3.0  # by default the closure's new value compiles again; the fast path keeps the graph
+        assert torch.equal(step({}, None, (x,))[2]["y"], second)
+
+
 def test_compile_step_passes_a_mode_as_its_options(monkeypatch):
     seen = {}
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: seen.update(kwargs) or fn)
-    compile_step(lambda *a: a, mode="max-autotune-no-cudagraphs")
+    compile_step(lambda *a: a, mode="max-autotune-no-cudagraphs", guard_closures=False)
     assert "mode" not in seen and seen["options"]["max_autotune"] is True
     assert seen["options"]["guard_filter_fn"] is argument_guards
+    compile_step(lambda *a: a)  # every guard checked: no filter
+    assert seen["options"] is None
 
 
 def test_multi_step_equals_consecutive_steps(mlp):

@@ -24,7 +24,7 @@ MultiStep = Callable[[Params, object, Batch], Tuple[Params, object, Dict[str, Te
 
 
 def compile_step(step: Step, *, mode: str | None = None, other_shapes: str = "eager",
-                 eager: Optional[Step] = None) -> Step:
+                 eager: Optional[Step] = None, guard_closures: bool = True) -> Step:
     """``step`` under ``torch.compile(fullgraph=True, dynamic=False)``, same signature.
 
     The graph is specialised to the first minibatch shape it sees. A minibatch of
@@ -33,14 +33,17 @@ def compile_step(step: Step, *, mode: str | None = None, other_shapes: str = "ea
     as long as the first), or compiles another graph when ``other_shapes="compile"``.
     The eager step is ``eager`` if given, else ``step``: a step built on a forward
     written for Inductor (``fn_trainer.speed.inductor_apply``) can leave that minibatch
-    to the plain one. ``mode`` is passed to ``torch.compile`` (``None``: its default).
+    to the plain one. ``mode`` names one of ``torch.compile``'s modes, whose options are
+    passed (``None``: its default).
 
-    Before each call Dynamo checks only the guards on the arguments (every tensor's
-    shape, stride, dtype and device, the dicts' keys, the types, any Python number) and
+    ``guard_closures=False`` is the fast path for a step whose closures and globals never
+    change after its first call (those of ``make_step``): before each call Dynamo then
+    checks only the guards on the arguments (every tensor's shape, stride, dtype and
+    device, the dicts' keys, the types, any Python number; :func:`argument_guards`) and
     on global state (grad mode and the like), not those on what the trace read through
     closures and globals: the network's module tree, the optimizer's constants, a
-    thousand checks for the CNN that took 0.3-0.4 ms of its 5.5 ms step. So ``step``'s
-    closures must not change after its first call (those of ``make_step`` never do).
+    thousand checks for the CNN that took 0.3-0.4 ms of its 5.5 ms step. By default
+    every guard is checked, and a step that reads a changed closure compiles again.
     The compiled function has a code object of its own (:func:`own_code`), so its cache
     serves only this ``step``.
     """
@@ -51,8 +54,8 @@ def compile_step(step: Step, *, mode: str | None = None, other_shapes: str = "ea
     if eager is not None and not callable(eager):
         raise TypeError(f"eager must be callable, got {type(eager).__name__}")
     options = dict(torch._inductor.list_mode_options(mode)) if mode is not None else {}
-    if hasattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe"):  # guard filters exist (torch >= 2.7)
-        options["guard_filter_fn"] = argument_guards
+    if not guard_closures and hasattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe"):
+        options["guard_filter_fn"] = argument_guards  # guard filters exist (torch >= 2.7)
     # torch.compile takes a mode or options, not both: the mode's options are merged in
     compiled = torch.compile(own_code(step), fullgraph=True, dynamic=False, options=options or None)
     fallback = step if eager is None else eager
@@ -71,11 +74,19 @@ def compile_step(step: Step, *, mode: str | None = None, other_shapes: str = "ea
 
 
 def argument_guards(entries) -> list:
-    """A ``guard_filter_fn``: keep the guards on the arguments of :func:`own_code`'s
-    function (sources ``args``, ``args[...]``, ``kwargs[...]``) and on ambient state (no
-    source: grad mode, functorch's stack, the default device...)."""
-    return [e.name == "" or e.name in ("args", "kwargs") or e.name.startswith(("args[", "kwargs["))
-            for e in entries]
+    """A ``guard_filter_fn``: keep the guards on ambient state (no source: grad mode,
+    functorch's stack, the default device...) and on whatever the trace reached from the
+    arguments of :func:`own_code`'s function, ``args`` and ``kwargs`` (an item, a key, a
+    type, an attribute of them, however Dynamo names it)."""
+    return [e.name == "" or _root_name(e.orig_guard.originating_source) in ("args", "kwargs") for e in entries]
+
+
+def _root_name(source) -> Optional[str]:
+    """The local variable a guard's source starts from (``None``: a global, a closure cell's
+    contents are the cell's own name)."""
+    while getattr(source, "base", None) is not None:  # chained sources: items, attributes, types
+        source = source.base
+    return getattr(source, "local_name", None)
 
 
 def own_code(fn: Callable) -> Callable:

@@ -292,5 +292,6 @@ def data_parallel_step(apply: Apply, optimizer: Optimizer, loss: Loss = cross_en
     ``apply`` for a minibatch of another shape), and ``checked``."""
     step = make_data_parallel_step(apply, optimizer, loss, group=group)
     if compiled_apply is not None:
-        step = compile_step(make_data_parallel_step(compiled_apply, optimizer, loss, group=group), eager=step)
+        step = compile_step(make_data_parallel_step(compiled_apply, optimizer, loss, group=group), eager=step,
+                            guard_closures=False)
     return checked(step, group)

@@ -162,7 +162,7 @@ def make_population_step(network: Network, batch_in_dims: Optional[int], *, comp
     if not compile:
         return step
     fast = make_step(compiled_apply or network.apply, adam(power=exp_log_power))
-    return compile_step(vmap(fast, in_dims=in_dims), eager=step)
+    return compile_step(vmap(fast, in_dims=in_dims), eager=step, guard_closures=False)
 
 
 def check_members(members: Any) -> List[Member]:

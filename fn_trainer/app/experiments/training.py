@@ -96,7 +96,8 @@ def train_one(ctx: Context, spec: RunSpec) -> Trained:
     if ctx.settings.parallel is not None:  # every rank, each on its slice of every minibatch
         step, trainer = data_parallel_run(ctx, spec, net, optimizer, compiled)
     elif compiled:  # the forward and powers written for Inductor; the odd last minibatch runs the plain step
-        step = compile_step(make_step(ctx.fast_apply(net), adam(spec.lr, power=exp_log_power)), eager=step)
+        step = compile_step(make_step(ctx.fast_apply(net), adam(spec.lr, power=exp_log_power)), eager=step,
+                            guard_closures=False)
     start = time.perf_counter()
     result = fit(step, make_evaluate(net.apply), params, optimizer.init(params),
                  train, valid, epochs=spec.epochs, batch_size=spec.batch_size, n_classes=N_CLASSES,
