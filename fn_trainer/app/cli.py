@@ -245,6 +245,8 @@ def settings_of(args: argparse.Namespace, command: str, rank: int = 0, device: O
 
 
 def run_experiments(args: argparse.Namespace, command: str) -> int:
+    import torch
+
     from ..speed.calibration import load_calibration
     from ..speed.denormals import denormals_flushed, flush_denormals
     from ..speed.malloc import steady_malloc
@@ -253,8 +255,6 @@ def run_experiments(args: argparse.Namespace, command: str) -> int:
 
     validate(args)
     if getattr(args, "threads", None):
-        import torch
-
         torch.set_num_threads(args.threads)
     from .parallel import detect, serve, session, share_calibration
 
@@ -271,7 +271,8 @@ def run_experiments(args: argparse.Namespace, command: str) -> int:
                           warn=lambda line: print(f"{PROG}: warning: {line}", file=sys.stderr, flush=True))
             if launch is not None:
                 share_calibration(ctx)  # rank 0's, for every rank to decide alike
-            elif args.command == ALL and device == "cpu" and load_calibration(ctx.calibration_path) is None:
+            elif (args.command == ALL and torch.device(device).type == "cpu"
+                  and load_calibration(ctx.calibration_path) is None):
                 ctx.splits  # the data first: a missing data set fails before minutes of measuring
                 print(f"{PROG}: no calibration for this CPU in {args.out}: measuring it first", file=sys.stderr,
                       flush=True)
@@ -301,12 +302,12 @@ def calibrate_into(out: Path) -> None:
 
 
 def run_calibration(args: argparse.Namespace) -> int:
-    from ..speed.calibration import load_calibration
+    from ..speed.calibration import check_file
     from .experiments.context import CALIBRATION_FILE
 
     _check_threads(args.threads)
     args.out = _checked_out(args.out)
-    load_calibration(args.out / CALIBRATION_FILE)  # a file that cannot take the result fails before measuring
+    check_file(args.out / CALIBRATION_FILE)  # a file that cannot take the result fails before measuring
     if args.threads:
         import torch
 
@@ -346,7 +347,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return grading_command.run(args)
         return run_experiments(args, shlex.join([PROG, *argv]))
     except KeyboardInterrupt:
-        if not rank_prefix():  # said once, by rank 0, for all ranks
+        if args.command == CALIBRATE:
+            print(f"{PROG}: interrupted; nothing was stored", file=sys.stderr)
+        elif not rank_prefix():  # said once, by rank 0, for all ranks
             print(f"{PROG}: interrupted; finished runs are saved, rerun with --resume to continue "
                   "the interrupted one from its checkpoint", file=sys.stderr)
         return 130

@@ -32,11 +32,11 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
+from ..core.networks import NETWORK_TYPES
 from ..core.paths import read_regular_file, write_atomically
 
 NEVER = 2 ** 31 - 1  # a threshold no layer or run reaches: the choice is never taken
 CHANNELS = (8, 16, 32)  # the input channels at which the two forms of a layer are timed
-NETWORK_TYPES = ("mlp", "cnn")
 
 
 class CalibrationError(RuntimeError):
@@ -156,7 +156,7 @@ def compiled_steps(network_type: str, config, winograd_min_channels: int, *, bat
     targets = one_hot(torch.randint(0, 10, (batch,), generator=g), 10)
     eager = make_step(net.apply, adam(1e-3))
     compiled = compile_step(make_step(inductor_apply(net, winograd_min_channels=winograd_min_channels),
-                                      adam(1e-3, power=exp_log_power)))
+                                      adam(1e-3, power=exp_log_power)), guard_closures=False)
     params = net.init(0)
     state = adam(1e-3).init(params)
     start = time.perf_counter()
@@ -256,11 +256,21 @@ def from_json(entry: object) -> Calibration:
     try:
         return Calibration(cpu=str(entry["cpu"]), winograd_min_channels=entry["winograd_min_channels"],
                            compile_min_steps=dict(entry["compile_min_steps"]),
-                           layer_ms={int(c): (float(a), float(b)) for c, (a, b) in entry["layer_ms"].items()},
-                           steps_ms={str(k): (float(a), float(b)) for k, (a, b) in entry["steps_ms"].items()},
-                           compile_s={str(k): float(v) for k, v in entry["compile_s"].items()})
-    except (TypeError, ValueError, AttributeError):
-        raise ValueError("layer_ms, steps_ms and compile_s must map names to numbers") from None
+                           layer_ms={int(c): (_time(a), _time(b)) for c, (a, b) in entry["layer_ms"].items()},
+                           steps_ms={str(k): (_time(a), _time(b)) for k, (a, b) in entry["steps_ms"].items()},
+                           compile_s={str(k): _time(v) for k, v in entry["compile_s"].items()})
+    except (TypeError, ValueError, AttributeError, OverflowError):
+        raise ValueError("layer_ms, steps_ms and compile_s must map names to finite non-negative numbers") from None
+
+
+def _time(value: object) -> float:
+    """A measured time: a finite, non-negative number (``ValueError`` otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(value)
+    t = float(value)
+    if not math.isfinite(t) or t < 0:
+        raise ValueError(value)
+    return t
 
 
 def _entries(path: Path) -> Dict[str, object]:
@@ -270,11 +280,17 @@ def _entries(path: Path) -> Dict[str, object]:
         data = json.loads(read_regular_file(path, follow_links=False))
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise ValueError(f"{path}: not a calibration file ({e}); delete it to calibrate again") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: not a calibration file (a JSON object by CPU expected); delete it to calibrate again")
     return data
+
+
+def check_file(path: os.PathLike | str) -> None:
+    """``ValueError`` naming ``path`` if it exists and is not a calibration file (one whose
+    entry for this CPU is bad can take a new one)."""
+    _entries(Path(path))
 
 
 def load_calibration(path: os.PathLike | str) -> Optional[Calibration]:
