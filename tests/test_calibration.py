@@ -260,3 +260,16 @@ def test_calibrate_replaces_a_bad_entry_for_this_cpu_and_keeps_the_others(tmp_pa
     assert cli.main(["calibrate", "--out", str(tmp_path)]) == 0
     assert load_calibration(path) == measured()
     assert set(json.loads(path.read_text())) == {"another CPU", cpu_key()}
+
+
+def test_an_output_folder_calibrated_only_for_other_cpus_says_the_defaults_apply(tmp_path):
+    for stored, expected, n_warnings in (([], DEFAULTS, 0), (["another CPU"], DEFAULTS, 1),
+                                         (["another CPU", cpu_key()], measured(), 0)):
+        out = tmp_path / str(len(stored)) / str(n_warnings)
+        for cpu in stored:
+            store_calibration(out / CALIBRATION_FILE, measured(cpu=cpu))
+        warnings = []
+        assert Context(Settings(out=out), warn=warnings.append).calibration == expected
+        assert len(warnings) == n_warnings
+        if warnings:
+            assert str(out / CALIBRATION_FILE) in warnings[0] and "'another CPU'" in warnings[0]

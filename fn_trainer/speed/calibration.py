@@ -293,6 +293,11 @@ def check_file(path: os.PathLike | str) -> None:
     _entries(Path(path))
 
 
+def calibrated_cpus(path: os.PathLike | str) -> List[str]:
+    """The CPU keys that ``path`` holds calibrations for (none if there is no file)."""
+    return sorted(_entries(Path(path)))
+
+
 def load_calibration(path: os.PathLike | str) -> Optional[Calibration]:
     """The calibration stored in ``path`` for this CPU (:func:`cpu_key`), or ``None``."""
     path = Path(path)

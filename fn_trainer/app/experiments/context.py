@@ -14,7 +14,7 @@ from ...core.data import Split, Splits, load_fashion_mnist, normalize
 from ...core.networks import Network, Params
 from ...core.paths import safe_path
 from ...speed import inductor_apply
-from ...speed.calibration import DEFAULTS, Calibration, load_calibration
+from ...speed.calibration import DEFAULTS, Calibration, calibrated_cpus, cpu_key, load_calibration
 from .. import PROG
 from ..report import print_warning
 
@@ -84,6 +84,11 @@ class Context:
         ``DEFAULTS``: when a run compiles its step, and the Winograd threshold."""
         if self._calibration is None:
             self._calibration = load_calibration(self.calibration_path) or DEFAULTS
+            others = calibrated_cpus(self.calibration_path) if self._calibration is DEFAULTS else []
+            if others:  # e.g. measured with another thread count: said, not silently ignored
+                self.warn(f"{self.calibration_path} holds no calibration for {cpu_key()!r}, only for "
+                          f"{', '.join(map(repr, others))}: the defaults apply; fn-trainer calibrate "
+                          f"--out {self.out} measures this one")
         return self._calibration
 
     @calibration.setter
