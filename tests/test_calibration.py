@@ -245,7 +245,7 @@ def test_a_failed_calibration_is_one_line(tmp_path, capsys, monkeypatch):
     assert cli.main(["calibrate", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err == "fn-trainer: error: calibration failed (status 1): MemoryError\n"
     assert not (tmp_path / CALIBRATION_FILE).exists()
-    (tmp_path / CALIBRATION_FILE).write_text("{")  # refused before two minutes of measuring
+    (tmp_path / CALIBRATION_FILE).write_text("{")  # refused before minutes of measuring
     monkeypatch.setattr(calibration, "calibrate", lambda log: pytest.fail("measured"))
     assert cli.main(["calibrate", "--out", str(tmp_path)]) == 2
     assert "not a calibration file" in capsys.readouterr().err

@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name in TRAINING:
             _add_training(p, name)
     text = ("Measure this CPU's speed choices (when a run compiles its step, from how many channels a "
-            "layer uses Winograd products) into OUT/calibration.json; about 2 minutes on 2 cores. "
+            "layer uses Winograd products) into OUT/calibration.json; a few minutes on 2 cores. "
             "Training commands use them, and `all` measures them first when OUT has none for this CPU.")
     p = sub.add_parser(CALIBRATE, help=text, description=text)
     p.add_argument("--out", default=str(DEFAULTS.out), metavar="DIR",

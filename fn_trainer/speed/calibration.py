@@ -211,7 +211,7 @@ def measure(channels: Sequence[int] = CHANNELS, network_types: Sequence[str] = N
 
 
 def calibrate(log: Callable[[str], None] = lambda line: None) -> Calibration:
-    """Measure this CPU's choices (about 2 minutes on 2 cores) in a child process with
+    """Measure this CPU's choices (a few minutes on 2 cores) in a child process with
     torch's thread count and an empty Inductor cache, training as the ``fn-trainer``
     command does (malloc thresholds fixed, subnormals flushed); ``log`` gets a line per
     measurement as it is made."""
