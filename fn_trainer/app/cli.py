@@ -302,12 +302,12 @@ def calibrate_into(out: Path) -> None:
 
 
 def run_calibration(args: argparse.Namespace) -> int:
-    from ..speed.calibration import check_file
+    from ..speed.calibration import calibrated_cpus
     from .experiments.context import CALIBRATION_FILE
 
     _check_threads(args.threads)
     args.out = _checked_out(args.out)
-    check_file(args.out / CALIBRATION_FILE)  # a file that cannot take the result fails before measuring
+    calibrated_cpus(args.out / CALIBRATION_FILE)  # a file that cannot take the result fails before measuring
     if args.threads:
         import torch
 

@@ -287,14 +287,10 @@ def _entries(path: Path) -> Dict[str, object]:
     return data
 
 
-def check_file(path: os.PathLike | str) -> None:
-    """``ValueError`` naming ``path`` if it exists and is not a calibration file (one whose
-    entry for this CPU is bad can take a new one)."""
-    _entries(Path(path))
-
-
 def calibrated_cpus(path: os.PathLike | str) -> List[str]:
-    """The CPU keys that ``path`` holds calibrations for (none if there is no file)."""
+    """The CPU keys that ``path`` holds calibrations for (none if there is no file);
+    ``ValueError`` naming ``path`` if it is not a calibration file (a bad entry for this
+    CPU is no reason: a new one can replace it)."""
     return sorted(_entries(Path(path)))
 
 
