@@ -17,7 +17,9 @@ Paths: ``reference`` (the template's loop, ``benchmarks.reference``), ``compat``
 compat ``Trainer.training_step``, what students and graders run), ``compiled_reference``
 (the peer: the template's loop with the module and the optimizer step under
 ``torch.compile``, what a PyTorch user tries first; "to peer" is each path's ratio to it)
-and the functional ones.
+and the functional ones. With ``--jax``, the MLP and the CNN are also trained in JAX +
+optax (``benchmarks.jax_peer``: ``jax_jit``, the step under ``jax.jit``; ``jax_scan``,
+``lax.scan`` over many steps per call).
 
 Every path starts from the same parameters (``network.init(0)``, copied into the
 reference's module too) and repeats the same minibatches, so every path of a shape does
@@ -43,6 +45,7 @@ ratios stay like for like, and the absolute times are those of training with the
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -75,6 +78,7 @@ SWEEP_INPUTS = (0, 0, 0, 1, 1, 1)  # per sweep model: raw (0) or normalised (1) 
 TARGETS = {"mlp": 0.6, "cnn": 0.4, "sweep": 0.5,  # best functional / reference, at most
            "population_mlp": 0.3, "population_cnn": 0.45}
 POPULATION_SIZES = {"population_mlp": 8, "population_cnn": 4}  # members, seeds 0..K-1, lr 1e-3
+NOT_OURS = ("reference", "compat", "compiled_reference", "jax_jit", "jax_scan")  # not candidates for "best"
 COMPAT_TARGET = 1.0  # the compat Trainer's training_step / reference, at most (MLP and CNN)
 MLP_CONFIG = NetworkConfiguration()
 CNN_CONFIG = NetworkConfiguration(n_channels=(16, 32, 45), kernel_sizes=(3, 3, 3))
@@ -245,7 +249,7 @@ def compat_loop(trainer, X, T, batch_size: int, n_steps: int) -> Callable[[], Pa
 
 
 def network_paths(network_type: str, config: NetworkConfiguration, X, T, batch_size: int, n_steps: int,
-                  compile: bool, peer: bool) -> Dict[str, Callable[[], Params]]:
+                  compile: bool, peer: bool, jax: bool = False) -> Dict[str, Callable[[], Params]]:
     net = build_network(network_type, config)
 
     def batch_of(b):
@@ -263,6 +267,9 @@ def network_paths(network_type: str, config: NetworkConfiguration, X, T, batch_s
     if peer:  # the template's loop as PyTorch users first compile it
         paths["compiled_reference"] = train_loop(
             reference_trainer(network_type, config, 1e-3, net.init(0), CompiledReferenceTrainer))
+    if jax:  # the same training in JAX + optax (imported only when asked for: an optional dependency)
+        from .jax_peer import jax_paths
+        paths.update(jax_paths(net.module, net.init(0), 1e-3, X, T, batch_size, n_steps))
     candidates = [("eager", step)]
     if compile:
         compiled_adam = adam(1e-3, power=exp_log_power)  # Adam's powers as Inductor computes them once per step
@@ -375,6 +382,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--flush-denormals", action="store_true",
                    help="flush subnormal floats to zero on every path, as the fn-trainer command does "
                         "(fn_trainer.speed.denormals); the reference loop too")
+    p.add_argument("--jax", action="store_true",
+                   help="also time the MLP and the CNN in JAX + optax, the step under jax.jit and lax.scan "
+                        "over many steps per call (needs pip install -e '.[peers]')")
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--check-targets", action="store_true", help="exit with status 1 if a target is missed")
     p.add_argument("--quiet", action="store_true")
@@ -382,6 +392,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("reps", "cnn_steps", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.jax and (importlib.util.find_spec("jax") is None or importlib.util.find_spec("optax") is None):
+        p.error("--jax needs jax and optax: pip install -e '.[peers]'")
     args.shapes = args.shapes.split(",")
     if not set(args.shapes) <= set(TARGETS):
         p.error(f"--shapes must be a subset of {sorted(TARGETS)}, got {args.shapes}")
@@ -420,7 +432,7 @@ def main(argv=None) -> int:
         else:
             # the peer's compile (module and torch.optim.Adam's step) takes longer than a smoke run
             paths = network_paths(shape, configs[shape], X, T, batch_size, steps[shape], compiled_paths,
-                                  peer=compiled_paths and not args.smoke)
+                                  peer=compiled_paths and not args.smoke, jax=args.jax)
         scale = full_steps / steps[shape]
         loss = first_batch_loss(shape, configs[shape], X, y, T, batch_size)
         with torch.no_grad():
@@ -429,7 +441,7 @@ def main(argv=None) -> int:
         # one epoch of training FLOPs (all members for a population)
         members = 1 if shape in ("mlp", "cnn") else len(population(shape)[0])
         flops = train_flops(network_type(shape), configs[shape], n) * members
-        best = min((k for k in timings if k not in ("reference", "compat", "compiled_reference")), key=lambda k: timings[k]["median_s"])
+        best = min((k for k in timings if k not in NOT_OURS), key=lambda k: timings[k]["median_s"])
         results[shape] = {
             "steps_timed": steps[shape], "steps_per_epoch": full_steps, "scaled": steps[shape] < full_steps,
             "gflop_per_epoch": round(flops / 1e9, 4), "initial_loss": initial_loss, "paths": timings, "best": best,
@@ -479,6 +491,11 @@ def print_table(report: Dict) -> None:
         print(f"{shape:6} target <= {r['target_ratio']}: best {r['best']} {r['best_ratio']:.2f} -> "
               f"{verdict[r['target_met']]}; matmul floor {r['matmul_floor_ratio']:.2f}"
               + (" (scaled from a fraction of an epoch)" if r["scaled"] else ""))
+        jax_paths = [name for name in ("jax_jit", "jax_scan") if name in r["paths"]]
+        if jax_paths:
+            fastest = min(jax_paths, key=lambda name: r["paths"][name]["median_s"])
+            print(f"{shape:6} JAX's best: {fastest} {r['paths'][fastest]['ratio']:.2f}; {r['best']} takes "
+                  f"{r['paths'][r['best']]['median_s'] / r['paths'][fastest]['median_s']:.2f} of its time")
         if "compat_target_ratio" in r:
             print(f"{shape:6} compat target <= {r['compat_target_ratio']}: {r['paths']['compat']['ratio']:.2f} -> "
                   f"{verdict[r['compat_target_met']]}")

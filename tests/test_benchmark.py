@@ -1,5 +1,6 @@
 """The benchmark's smoke mode runs end to end, every path doing the same work, and writes
 self-describing JSON."""
+import importlib.util
 import json
 import platform
 import subprocess
@@ -191,3 +192,66 @@ def test_distributed_split_population_is_timed_by_its_slowest_rank():
     assert joined["epoch_s"] == [0.3, 0.4, 0.2] and joined["median_s"] == 0.3 and joined["warmup_s"] == 2.0
     assert joined["rank_epoch_s"] == [[0.3, 0.1, 0.2], [0.2, 0.4, 0.1]] and joined["rank_warmup_s"] == [1.0, 2.0]
     assert joined["final_loss"] == [1.5, 2.5, 3.5]  # the members in rank order
+
+
+JAX_MISSING = importlib.util.find_spec("jax") is None or importlib.util.find_spec("optax") is None
+
+
+@pytest.mark.skipif(JAX_MISSING, reason="needs jax and optax (pip install -e '.[peers]')")
+@pytest.mark.parametrize("network_type", ["mlp", "cnn"])
+def test_jax_peer_trains_the_template_loops_parameters(network_type):
+    """Same start, same minibatches (4 full ones and a partial fifth, so the scan path runs
+    one scan of 4 and a jitted step): each JAX path reaches the template loop's parameters
+    up to float32 rounding, far below the 1e-3 an Adam step moves them. In a child process,
+    so that JAX's threads stay out of the test worker."""
+    code = f"""
+import json, torch
+from benchmarks.epoch import SMOKE_CNN, SMOKE_MLP, reference_trainer, synthetic_data
+from benchmarks.jax_peer import jax_paths
+from fn_trainer import build_network, one_hot
+config = {{"mlp": SMOKE_MLP, "cnn": SMOKE_CNN}}["{network_type}"]
+X, y = synthetic_data(300, seed=1)
+T = one_hot(y, 10)
+net = build_network("{network_type}", config)
+start = net.init(0)
+reference = reference_trainer("{network_type}", config, 1e-3, start)
+reference.train_steps(X, T, 64, 5)
+want = dict(reference.network.named_parameters())
+out = {{}}
+for name, run in jax_paths(net.module, start, 1e-3, X, T, 64, 5).items():
+    reached = run()
+    out[name] = {{"keys": sorted(reached) == sorted(want),
+                 "error": max(float((reached[k] - want[k].detach()).abs().max()) for k in want),
+                 "moved": min(float((want[k].detach() - start[k]).abs().max()) for k in want)}}
+print(json.dumps(out))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    out = json.loads(done.stdout.splitlines()[-1])
+    assert set(out) == {"jax_jit", "jax_scan"}
+    for name, r in out.items():
+        assert r["keys"] and r["moved"] > 1e-3 and r["error"] < 1e-5, (name, r)
+
+
+@pytest.mark.skipif(JAX_MISSING, reason="needs jax and optax (pip install -e '.[peers]')")
+def test_jax_option_adds_the_jax_paths_and_names_the_fastest(tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.epoch", "--smoke", "--jax", "--no-compile",
+                           "--shapes", "mlp", "--default-malloc", "--json", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, check=True)
+    paths = json.loads(out.read_text())["results"]["mlp"]["paths"]
+    assert {"jax_jit", "jax_scan"} <= set(paths)
+    want = paths["reference"]["final_loss"]
+    for name in ("jax_jit", "jax_scan"):
+        assert abs(paths[name]["final_loss"] - want) <= 1e-5 * abs(want), (name, paths[name]["final_loss"], want)
+    fastest = min(("jax_jit", "jax_scan"), key=lambda name: paths[name]["median_s"])
+    assert f"mlp    JAX's best: {fastest} " in done.stdout
+
+
+def test_jax_option_without_jax_says_what_to_install(monkeypatch, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "jax" else real(name, *a))
+    with pytest.raises(SystemExit) as stopped:
+        main(["--jax", "--smoke"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "python -m benchmarks.epoch: error: --jax needs jax and optax: pip install -e '.[peers]'")
