@@ -75,7 +75,7 @@ T_ = TypeVar("T_")
 N_TRAIN = 60000
 SWEEP_LRS = (1e-2, 1e-4, 1e-8)  # the homework's learning rates, each raw and normalised
 SWEEP_INPUTS = (0, 0, 0, 1, 1, 1)  # per sweep model: raw (0) or normalised (1) inputs
-TARGETS = {"mlp": 0.6, "cnn": 0.4, "sweep": 0.5,  # best functional / reference, at most
+TARGETS = {"mlp": 0.45, "cnn": 0.4, "sweep": 0.5,  # best functional / reference, at most
            "population_mlp": 0.3, "population_cnn": 0.45}
 POPULATION_SIZES = {"population_mlp": 8, "population_cnn": 4}  # members, seeds 0..K-1, lr 1e-3
 NOT_OURS = ("reference", "compat", "compiled_reference", "jax_jit", "jax_scan")  # not candidates for "best"
@@ -269,7 +269,10 @@ def network_paths(network_type: str, config: NetworkConfiguration, X, T, batch_s
             reference_trainer(network_type, config, 1e-3, net.init(0), CompiledReferenceTrainer))
     if jax:  # the same training in JAX + optax (imported only when asked for: an optional dependency)
         from .jax_peer import jax_paths
-        paths.update(jax_paths(net.module, net.init(0), 1e-3, X, T, batch_size, n_steps))
+        # the CNN under lax.scan took 3 times as long as under jax.jit (71 against 24 s an epoch,
+        # 2-core AMD EPYC): left out, it would take most of the benchmark's time
+        paths.update(jax_paths(net.module, net.init(0), 1e-3, X, T, batch_size, n_steps,
+                               scan=network_type == "mlp"))
     candidates = [("eager", step)]
     if compile:
         compiled_adam = adam(1e-3, power=exp_log_power)  # Adam's powers as Inductor computes them once per step

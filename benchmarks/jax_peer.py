@@ -125,9 +125,9 @@ def scan_steps(n_full: int) -> int:
 
 
 def jax_paths(module: nn.Sequential, params: Params, lr: float, X: torch.Tensor, T: torch.Tensor,
-              batch_size: int, n_steps: int) -> Dict[str, Callable[[], Params]]:
-    """``jax_jit`` and ``jax_scan``: ``n_steps`` minibatches of ``(X, one-hot T)`` from ``params``,
-    each path returning the parameters it reached (as torch tensors)."""
+              batch_size: int, n_steps: int, scan: bool = True) -> Dict[str, Callable[[], Params]]:
+    """``jax_jit`` and (if ``scan``) ``jax_scan``: ``n_steps`` minibatches of ``(X, one-hot T)``
+    from ``params``, each path returning the parameters it reached (as torch tensors)."""
     optimizer, step = make_scan_step(jax_apply(module), lr)
     jitted = jax.jit(step)
     scanned = jax.jit(lambda carry, xs, ts: lax.scan(step, carry, (xs, ts)))
@@ -158,4 +158,4 @@ def jax_paths(module: nn.Sequential, params: Params, lr: float, X: torch.Tensor,
 
         return run
 
-    return {"jax_jit": path(False), "jax_scan": path(True)}
+    return {"jax_jit": path(False), **({"jax_scan": path(True)} if scan else {})}
