@@ -20,8 +20,7 @@ from torch.func import vmap
 from tqdm.auto import tqdm
 
 from ..core.checks import check_positive_float, check_positive_int, check_seed
-from ..core.evaluate import EVAL_CHUNK
-from ..core.losses import accuracy, cross_entropy
+from ..core.evaluate import make_evaluate
 from ..core.networks import Network
 from ..core.optim import AdamState, adam, exp_log_power
 from ..core.paths import PathLike
@@ -85,10 +84,18 @@ class MemberData:
             self.T = torch.stack([T for _, T in splits])
         self.which = torch.tensor(which, device=self.X.device)
         self.n = splits[0][0].shape[0]
+        self.n_members = len(which)
 
     @property
     def sample_shape(self) -> torch.Size:
         return self.X.shape[1:] if self.shared else self.X.shape[2:]
+
+    def member(self, k: int) -> Split:
+        """The whole ``(X, T)`` that member ``k`` reads."""
+        if self.shared:
+            return self.X, self.T
+        u = int(self.which[k])
+        return self.X[u], self.T[u]
 
     def rows(self, idx: Any) -> Split:
         """Rows ``idx`` (a slice or ``(B,)`` indices: the same for every member; ``(K, B)``:
@@ -130,21 +137,16 @@ def member_splits(name: str, data: Any, n_members: int, n_classes: int,
 
 def make_population_evaluate(network: Network):
     """``evaluate(params, data, n) -> (losses, accuracies)``, ``(K,)`` float64 tensors each:
-    mean loss and accuracy of each member on the first ``n`` rows of its data (chunks of
-    ``EVAL_CHUNK`` rows, weighted by size, like ``make_evaluate``)."""
+    mean loss and accuracy of each member on the first ``n`` rows of its data, by
+    ``make_evaluate`` for one member after another. One vmapped pass over all members took
+    longer (2.2 times as long for 3 CNNs, 1.6 times for 18 MLPs, 14,000 rows on 2 cores)."""
+    evaluate_one = make_evaluate(network.apply)
 
     def evaluate(params: Params, data: MemberData, n: int) -> Tuple[Tensor, Tensor]:
-        in_dims = (0, None if data.shared else 0)
-        apply = vmap(network.apply, in_dims=in_dims)
-        per_member = vmap(lambda p, t: torch.stack([cross_entropy(p, t).double(), accuracy(p, t)]),
-                          in_dims=in_dims)
-        total = 0.0
-        with torch.no_grad():
-            for i in range(0, n, EVAL_CHUNK):
-                X, T = data.rows(slice(i, min(i + EVAL_CHUNK, n)))
-                probs = apply(params, X)
-                total = total + per_member(probs, T) * probs.shape[1]
-        return total[:, 0] / n, total[:, 1] / n
+        scores = [evaluate_one(tree_index(params, k), *(part[:n] for part in data.member(k)))
+                  for k in range(data.n_members)]
+        losses, accuracies = zip(*scores)
+        return torch.tensor(losses, dtype=torch.float64), torch.tensor(accuracies, dtype=torch.float64)
 
     return evaluate
 
