@@ -78,7 +78,8 @@ SWEEP_INPUTS = (0, 0, 0, 1, 1, 1)  # per sweep model: raw (0) or normalised (1) 
 TARGETS = {"mlp": 0.45, "cnn": 0.4, "sweep": 0.5,  # best functional / reference, at most
            "population_mlp": 0.3, "population_cnn": 0.45}
 POPULATION_SIZES = {"population_mlp": 8, "population_cnn": 4}  # members, seeds 0..K-1, lr 1e-3
-NOT_OURS = ("reference", "compat", "compiled_reference", "jax_jit", "jax_scan")  # not candidates for "best"
+JAX_PATHS = ("jax_jit", "jax_scan")  # with --jax (benchmarks.jax_peer)
+NOT_OURS = ("reference", "compat", "compiled_reference", *JAX_PATHS)  # not candidates for "best"
 COMPAT_TARGET = 1.0  # the compat Trainer's training_step / reference, at most (MLP and CNN)
 MLP_CONFIG = NetworkConfiguration()
 CNN_CONFIG = NetworkConfiguration(n_channels=(16, 32, 45), kernel_sizes=(3, 3, 3))
@@ -494,9 +495,9 @@ def print_table(report: Dict) -> None:
         print(f"{shape:6} target <= {r['target_ratio']}: best {r['best']} {r['best_ratio']:.2f} -> "
               f"{verdict[r['target_met']]}; matmul floor {r['matmul_floor_ratio']:.2f}"
               + (" (scaled from a fraction of an epoch)" if r["scaled"] else ""))
-        jax_paths = [name for name in ("jax_jit", "jax_scan") if name in r["paths"]]
-        if jax_paths:
-            fastest = min(jax_paths, key=lambda name: r["paths"][name]["median_s"])
+        timed_jax = [name for name in JAX_PATHS if name in r["paths"]]
+        if timed_jax:
+            fastest = min(timed_jax, key=lambda name: r["paths"][name]["median_s"])
             print(f"{shape:6} JAX's best: {fastest} {r['paths'][fastest]['ratio']:.2f}; {r['best']} takes "
                   f"{r['paths'][r['best']]['median_s'] / r['paths'][fastest]['median_s']:.2f} of its time")
         if "compat_target_ratio" in r:

@@ -64,7 +64,8 @@ def _layer(name: str, layer: nn.Module) -> Callable[[Dict[str, jax.Array], jax.A
     """One layer of the homework's networks as ``(params, x) -> y``."""
     if isinstance(layer, nn.Linear):
         return lambda p, x: x @ p[f"{name}.weight"].T + p[f"{name}.bias"]
-    if isinstance(layer, nn.Conv2d) and layer.groups == 1 and layer.dilation == (1, 1) and isinstance(layer.padding, tuple):
+    if isinstance(layer, nn.Conv2d) and layer.groups == 1 and layer.dilation == (1, 1) \
+            and layer.padding_mode == "zeros" and isinstance(layer.padding, tuple):
         stride, padding = layer.stride, [(q, q) for q in layer.padding]
         return lambda p, x: lax.conv_general_dilated(x, p[f"{name}.weight"], stride, padding,
                                                      dimension_numbers=("NCHW", "OIHW", "NCHW")
