@@ -84,7 +84,6 @@ class MemberData:
             self.T = torch.stack([T for _, T in splits])
         self.which = torch.tensor(which, device=self.X.device)
         self.n = splits[0][0].shape[0]
-        self.n_members = len(which)
 
     @property
     def sample_shape(self) -> torch.Size:
@@ -144,7 +143,7 @@ def make_population_evaluate(network: Network):
 
     def evaluate(params: Params, data: MemberData, n: int) -> Tuple[Tensor, Tensor]:
         scores = [evaluate_one(tree_index(params, k), *(part[:n] for part in data.member(k)))
-                  for k in range(data.n_members)]
+                  for k in range(len(data.which))]
         losses, accuracies = zip(*scores)
         return torch.tensor(losses, dtype=torch.float64), torch.tensor(accuracies, dtype=torch.float64)
 
