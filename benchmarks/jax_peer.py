@@ -138,9 +138,10 @@ def jax_paths(module: nn.Sequential, params: Params, lr: float, X: torch.Tensor,
     batches = [(Xj[b * batch_size:(b + 1) * batch_size], Tj[b * batch_size:(b + 1) * batch_size])
                for b in range(n_steps)]
     per_call = scan_steps(n_full) if n_full else 1
+    # a second copy of the data, in scan chunks: made only for the scan path
     chunks = [(Xj[:n_full * batch_size].reshape(-1, per_call, batch_size, *X.shape[1:])[c],
                Tj[:n_full * batch_size].reshape(-1, per_call, batch_size, T.shape[1])[c])
-              for c in range(n_full // per_call)]
+              for c in range(n_full // per_call)] if scan else []
     start = to_jax(params)
 
     def path(scan: bool) -> Callable[[], Params]:
