@@ -13,7 +13,7 @@ from compiling import compiles
 from fakedata import write_fashion_mnist
 
 from fn_trainer.app import cli
-from fn_trainer.app.experiments import EXPERIMENTS, training
+from fn_trainer.app.experiments import EXPERIMENTS, experiment, training
 from fn_trainer.app.experiments.context import CALIBRATION_FILE, Context, Settings
 from fn_trainer.app.experiments.records import load_record
 from fn_trainer.speed.calibration import DEFAULTS, cpu_key, store_calibration
@@ -127,6 +127,25 @@ def test_rerun_skips_finished_runs_and_force_reruns(small_data_root, tmp_path, c
     rc, out, _ = run_cli(args + ["--force"], capsys)
     assert rc == 0 and "skipped" not in out
     assert all(p.stat().st_mtime_ns != stamps[p] for p in stamps)
+
+
+def test_force_retrains_earlier_runs_and_a_run_two_questions_share_once(small_data_root, tmp_path, monkeypatch):
+    """``all --force``: what an earlier command stored is trained again, and the MLP that
+    questions 3 and 4 share is trained once, then reused by the second question."""
+    trained = []
+    real_train_one = training.train_one
+    monkeypatch.setattr(training, "train_one", lambda ctx, spec: trained.append(spec.name) or real_train_one(ctx, spec))
+    settings = Settings(data=Path(small_data_root), out=tmp_path, epochs=1, limit=16, seeds=1,
+                        progress=False, download=False)
+    experiment("depth").run(Context(settings, echo=lambda line: None))
+    earlier = sorted(trained)
+    assert len(earlier) == 2
+
+    trained.clear()
+    ctx = Context(dataclasses.replace(settings, force=True), echo=lambda line: None)
+    for name in ("depth", "cnn"):
+        experiment(name).run(ctx)
+    assert len(trained) == len(set(trained)) == 3 and set(earlier) < set(trained)
 
 
 def test_changed_configuration_is_a_new_run(small_data_root, tmp_path, capsys):

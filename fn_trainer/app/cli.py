@@ -116,7 +116,8 @@ def _add_training(p: argparse.ArgumentParser, name: str) -> None:
         p.add_argument("--lr", type=float, default=DEFAULTS.lr,
                        help=f"learning rate of {_listing(single)} (default: %(default)s, the homework "
                             "Trainer's default)")
-    p.add_argument("--force", action="store_true", help="rerun runs whose results already exist")
+    p.add_argument("--force", action="store_true",
+                   help="retrain runs whose results an earlier command stored (a run this command has trained is reused)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run, or the seeds trained together, from its checkpoint "
                         "instead of restarting it (with --seeds 1 a vmapped lr sweep restarts its group)")

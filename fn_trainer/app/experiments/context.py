@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Set, Tuple
 
 import torch
 
@@ -69,6 +69,9 @@ class Context:
         self._prepared: Dict[bool, Tuple[Split, Split]] = {}
         self._fingerprint: Optional[str] = None
         self._calibration: Optional[Calibration] = None
+        # Result files this command wrote: --force retrains what earlier commands stored, not
+        # a run that two experiments share (question 3's MLP is question 4's and the sweep's).
+        self.written: Set[Path] = set()
 
     @property
     def out(self) -> Path:

@@ -1,7 +1,7 @@
 """Training the runs of an experiment: each one alone with ``fit``, or a group together
 in one vmapped step (a population of seeds with ``fit_population``, a one-seed lr sweep
-with ``fit_sweep``); a stored result is reused instead (unless ``--force``), and a fresh
-one is stored as soon as it exists."""
+with ``fit_sweep``); a stored result is reused instead (with ``--force``, only one stored by
+this command), and a fresh one is stored as soon as it exists."""
 from __future__ import annotations
 
 import math
@@ -46,7 +46,8 @@ def worth_compiling(ctx: Context, network_type: str, epochs: int, n_train: int, 
 
 
 def execute(ctx: Context, specs: Sequence[RunSpec], train_group: Optional[GroupTrainer] = None) -> List[RunRecord]:
-    """Records for ``specs``, in order: stored ones unless ``force``, the others trained.
+    """Records for ``specs``, in order: stored ones (with ``force``, only those this command
+    wrote), the others trained.
 
     ``train_group(ctx, pending) -> [(FitResult, wall_time_s, trainer_name)]`` trains the
     pending runs together (e.g. ``train_together``); by default each is trained alone
@@ -55,7 +56,8 @@ def execute(ctx: Context, specs: Sequence[RunSpec], train_group: Optional[GroupT
     records: Dict[int, RunRecord] = {}
     pending: List[int] = []
     for i, spec in enumerate(specs):
-        stored = None if ctx.settings.force else stored_record(ctx, spec)
+        fresh = not ctx.settings.force or result_path(ctx, spec) in ctx.written
+        stored = stored_record(ctx, spec) if fresh else None
         if stored is not None:
             records[i] = stored
             ctx.echo(summary(stored, skipped=True))
@@ -177,6 +179,7 @@ def store(ctx: Context, spec: RunSpec, result: FitResult, wall_time_s: float, tr
     record = RunRecord(spec, spec.config_hash(ctx.fingerprint), n_params, finite_logs(result.logs),
                        result.diverged, wall_time_s, trainer, result_path(ctx, spec))
     write_json(record.path, record.to_json())
+    ctx.written.add(record.path)
     discard(checkpoint_path(ctx, spec))
     ctx.echo(summary(record))
     return record
