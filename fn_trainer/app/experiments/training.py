@@ -56,8 +56,8 @@ def execute(ctx: Context, specs: Sequence[RunSpec], train_group: Optional[GroupT
     records: Dict[int, RunRecord] = {}
     pending: List[int] = []
     for i, spec in enumerate(specs):
-        fresh = not ctx.settings.force or result_path(ctx, spec) in ctx.written
-        stored = stored_record(ctx, spec) if fresh else None
+        reusable = not ctx.settings.force or result_path(ctx, spec) in ctx.written
+        stored = stored_record(ctx, spec) if reusable else None
         if stored is not None:
             records[i] = stored
             ctx.echo(summary(stored, skipped=True))
