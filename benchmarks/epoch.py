@@ -19,11 +19,13 @@ compat ``Trainer.training_step``, what students and graders run), ``compiled_ref
 ``torch.compile``, what a PyTorch user tries first; "to peer" is each path's ratio to it)
 and the functional ones. With ``--jax``, the MLP and the CNN are also trained in JAX +
 optax (``benchmarks.jax_peer``: ``jax_jit``, the step under ``jax.jit``; ``jax_scan``,
-``lax.scan`` over many steps per call).
+``lax.scan`` over many steps per call). The MLP shapes also time ``products``: the
+step's matrix products alone, for every member, with nothing else (``benchmarks.products``):
+no implementation of the same fp32 training with torch's products gets below its ratio.
 
-Every path starts from the same parameters (``network.init(0)``, copied into the
-reference's module too) and repeats the same minibatches, so every path of a shape does
-the same work: each records ``final_loss``, the cross-entropy of its parameters after
+Every training path starts from the same parameters (``network.init(0)``, copied into the
+reference's module too) and repeats the same minibatches, so every training path of a
+shape does the same work: each records ``final_loss``, the cross-entropy of its parameters after
 its last repetition on the first minibatch (for the sweep, one per model), which agree
 up to float32 rounding; ``initial_loss`` is the same before training.
 
@@ -69,6 +71,7 @@ from fn_trainer.speed.malloc import steady_malloc
 from fn_trainer.training.compiled import compile_step
 from fn_trainer.training.population import Member, MemberData, init_population, make_population_step
 
+from .products import dense_products, products_loop
 from .reference import CompiledReferenceTrainer, ReferenceTrainer
 
 T_ = TypeVar("T_")
@@ -79,7 +82,8 @@ TARGETS = {"mlp": 0.45, "cnn": 0.4, "sweep": 0.5,  # best functional / reference
            "population_mlp": 0.3, "population_cnn": 0.45}
 POPULATION_SIZES = {"population_mlp": 8, "population_cnn": 4}  # members, seeds 0..K-1, lr 1e-3
 JAX_PATHS = ("jax_jit", "jax_scan")  # with --jax (benchmarks.jax_peer)
-NOT_OURS = ("reference", "compat", "compiled_reference", *JAX_PATHS)  # not candidates for "best"
+PRODUCTS = "products"  # the MLP step's matrix products alone (benchmarks.products): a floor, no training
+NOT_OURS = ("reference", "compat", "compiled_reference", PRODUCTS, *JAX_PATHS)  # not candidates for "best"
 COMPAT_TARGET = 1.0  # the compat Trainer's training_step / reference, at most (MLP and CNN)
 MLP_CONFIG = NetworkConfiguration()
 CNN_CONFIG = NetworkConfiguration(n_channels=(16, 32, 45), kernel_sizes=(3, 3, 3))
@@ -334,7 +338,8 @@ def measure(paths: Dict[str, Callable[[], Params]], reps: int, scale: float, log
             before: Callable[[], None] = lambda: None) -> Dict[str, Dict]:
     """Warm every path once (timed: compile warm-up), then ``reps`` alternating rounds;
     ``ratio`` is each path's median over ``baseline``'s; ``final_loss`` is ``loss`` of the
-    parameters each path reached last. ``before()`` runs, untimed, before each timed run."""
+    parameters each path reached last (``None`` for a path that trains nothing and returns
+    ``None``: ``products``). ``before()`` runs, untimed, before each timed run."""
     out: Dict[str, Dict] = {}
     reached: Dict[str, Params] = {}
     for name, run in paths.items():
@@ -356,7 +361,7 @@ def measure(paths: Dict[str, Callable[[], Params]], reps: int, scale: float, log
             v["ratio"] = round(v["median_s"] / ref, 3)
             if peer is not None:
                 v["ratio_to_compiled_reference"] = round(v["median_s"] / peer, 3)
-            v["final_loss"] = loss(reached[name])
+            v["final_loss"] = None if reached[name] is None else loss(reached[name])
     return out
 
 
@@ -437,13 +442,15 @@ def main(argv=None) -> int:
             # the peer's compile (module and torch.optim.Adam's step) takes longer than a smoke run
             paths = network_paths(shape, configs[shape], X, T, batch_size, steps[shape], compiled_paths,
                                   peer=compiled_paths and not args.smoke, jax=args.jax)
+        members = 1 if shape in ("mlp", "cnn") else len(population(shape)[0])
+        if network_type(shape) == "mlp":
+            paths[PRODUCTS] = products_loop(dense_products(configs[shape], batch_size), members, steps[shape])
         scale = full_steps / steps[shape]
         loss = first_batch_loss(shape, configs[shape], X, y, T, batch_size)
         with torch.no_grad():
             initial_loss = loss(start_params(shape, configs[shape]))
         timings = measure(paths, reps, scale, log, loss)
         # one epoch of training FLOPs (all members for a population)
-        members = 1 if shape in ("mlp", "cnn") else len(population(shape)[0])
         flops = train_flops(network_type(shape), configs[shape], n) * members
         best = min((k for k in timings if k not in NOT_OURS), key=lambda k: timings[k]["median_s"])
         results[shape] = {

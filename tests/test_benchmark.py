@@ -25,6 +25,7 @@ from benchmarks.epoch import (
     synthetic_data,
     train_flops,
 )
+from benchmarks.products import Product, dense_products, product_flops, products_loop
 from benchmarks.reference import ReferenceTrainer
 from fn_trainer import build_network, count_parameters, one_hot
 from fn_trainer.speed.denormals import denormals_flushed, flush_denormals
@@ -43,9 +44,10 @@ def test_smoke_run_writes_json_and_every_path_does_the_same_work(tmp_path, capsy
     assert report["malloc"] == "default" and report["flush_denormals"] is False
     assert report["smoke"] and report["command"].startswith("python -m benchmarks.epoch --smoke")
     assert set(report["results"]) == {"mlp", "cnn", "sweep", "population_mlp", "population_cnn"}
-    expected_paths = {"mlp": {"reference", "compat", "eager", "compiled"},
+    expected_paths = {"mlp": {"reference", "compat", "eager", "compiled", "products"},
                       "cnn": {"reference", "compat", "eager"},
-                      "sweep": {"reference", "vmapped_eager"}, "population_mlp": {"reference", "vmapped_eager"},
+                      "sweep": {"reference", "vmapped_eager", "products"},
+                      "population_mlp": {"reference", "vmapped_eager", "products"},
                       "population_cnn": {"reference", "vmapped_eager"}}
     # the sweep's models at lr 1e-8 barely move; every other model's loss moves by far more
     # than the float32 rounding (relative 1e-5) its paths may differ by
@@ -60,7 +62,10 @@ def test_smoke_run_writes_json_and_every_path_does_the_same_work(tmp_path, capsy
         assert r["target_met"] is None and r.get("compat_target_met") is None
         start = torch.tensor(r["initial_loss"]).reshape(-1)  # one loss per model
         want = torch.tensor(paths["reference"]["final_loss"]).reshape(-1)
+        assert paths.get("products", {}).get("final_loss") is None  # it trains nothing
         for name, v in paths.items():
+            if name == "products":
+                continue
             torch.testing.assert_close(torch.tensor(v["final_loss"]).reshape(-1), want, rtol=1e-5, atol=0.0,
                                        msg=lambda m: f"{shape} {name}: {m}")
         for moved, a, b in zip(moves[shape], start, want):
@@ -83,6 +88,35 @@ def test_training_flops_match_the_issue_figures():
     assert train_flops("mlp", MLP_CONFIG, 1) == 2 * (3 * (784 * 256 + 256 * 256 + 256 * 10) - 784 * 256)
     assert round(train_flops("mlp", MLP_CONFIG, 60000) / 1e9) == 73
     assert round(train_flops("cnn", CNN_CONFIG, 60000) / 1e9) == 357
+
+
+def test_products_are_the_three_per_dense_layer_that_the_flop_count_counts():
+    # forward x Wᵀ, weight gradient dzᵀ x, and after the first layer the input gradient dz W
+    assert dense_products(SMOKE_MLP, 8) == [Product(8, 784, 32, False, True), Product(32, 8, 784, True, False),
+                                            Product(8, 32, 10, False, True), Product(10, 8, 32, True, False),
+                                            Product(8, 10, 32, False, False)]
+    for members in (1, 8):
+        assert product_flops(dense_products(MLP_CONFIG, 128), members) == members * train_flops("mlp", MLP_CONFIG, 128)
+
+
+@pytest.mark.parametrize("members", [1, 3])
+def test_products_loop_multiplies_operands_of_the_products_shapes(members, monkeypatch):
+    seen = []
+    real = {"mm": torch.mm, "bmm": torch.bmm}
+
+    def recording(name):
+        def product(lhs, rhs, out):
+            seen.append((name, tuple(lhs.shape), tuple(rhs.shape), lhs.is_contiguous(), rhs.is_contiguous()))
+            return real[name](lhs, rhs, out=out)
+        return product
+
+    monkeypatch.setattr(torch, "mm", recording("mm"))
+    monkeypatch.setattr(torch, "bmm", recording("bmm"))
+    products = dense_products(SMOKE_MLP, 8)
+    products_loop(products, members, n_steps=2)()
+    lead = () if members == 1 else (members,)
+    assert seen == 2 * [("mm" if members == 1 else "bmm", (*lead, p.m, p.k), (*lead, p.k, p.n),
+                         not p.lhs_transposed, not p.rhs_transposed) for p in products]
 
 
 def test_reference_trainer_learns_and_has_the_homework_shape():
