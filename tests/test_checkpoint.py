@@ -218,6 +218,14 @@ def test_truncated_checkpoint_is_named(tmp_path):
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize("content", [b".", b"\x80\x02h\x05.", b"\x80\x02]q\x00(K\x01e."[:-1]])
+def test_garbled_checkpoint_is_named(tmp_path, content):
+    # not a zip: torch's weights-only unpickler reads it and fails with IndexError, KeyError...
+    (tmp_path / "c.pt").write_bytes(content)
+    with pytest.raises(CheckpointError, match="c.pt.* cannot be read"):
+        load_checkpoint(tmp_path / "c.pt")
+
+
 @pytest.mark.parametrize("content,match", [
     ({"a": 1}, "not an fn-trainer checkpoint"),
     ({"format": "fn-trainer-checkpoint", "version": 99}, "format version 99"),

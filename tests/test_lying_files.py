@@ -69,6 +69,11 @@ EDITS = {
                            r"logs\['validation_accuracy'\] must hold accuracies in \[0, 1\], found 7.0"),
     "negative accuracy in logs": (lambda d: _set(d, "logs.train_accuracy.0", -0.5), "found -0.5"),
     "last gradient norm -inf": (lambda d: _set(d, "last_grad_norm", float("-inf")), "last_grad_norm must be a finite"),
+    # an int beyond the float range, which math.isfinite cannot take
+    "huge integer in logs": (lambda d: _set(d, "logs.train_loss.0", 2**1100), r"logs\['train_loss'\] .* non-numbers"),
+    "huge last gradient norm": (lambda d: _set(d, "last_grad_norm", 2**1100), "last_grad_norm must be a finite"),
+    "tensor in the settings": (lambda d: _set(d, "settings.batch_size", torch.tensor([16, 16])),
+                               "inconsistent: RuntimeError: Boolean value of Tensor"),
 }
 
 
@@ -182,6 +187,10 @@ LYING_RECORDS = {
     "negative n_params": (_put("n_params", -1), "n_params is -1"),
     "zero batch size": (_put("spec.batch_size", 0), "batch_size is 0"),
     "negative lr": (_put("spec.lr", -0.1), "lr is -0.1"),
+    # ints beyond the float range, which math.isfinite cannot take
+    "huge lr": (_put("spec.lr", 10**400), "lr is 1000"),
+    "huge wall time": (_put("wall_time_s", 10**400), "wall_time_s is 1000"),
+    "huge log value": (_put("logs.train_loss.1", 10**400), "'train_loss'] holds 1000"),
 }
 
 

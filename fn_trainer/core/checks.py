@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from typing import Any
 
 
@@ -34,10 +35,20 @@ def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
     return int(value)
 
 
+def is_finite_number(value: Any) -> bool:
+    """Whether ``value`` is a real number (``bool`` excluded) that a finite float can hold:
+    ``math.isfinite`` of an int beyond the float range raises ``OverflowError`` instead."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    if isinstance(value, numbers.Integral):
+        return abs(int(value)) <= sys.float_info.max
+    return math.isfinite(value)
+
+
 def check_positive_float(name: str, value: Any) -> float:
     """Return ``float(value)`` if it is a finite real number > 0, else raise naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a positive finite number, got {value!r} ({type(value).__name__})")
-    if not math.isfinite(value) or value <= 0:
+    if not is_finite_number(value) or value <= 0:
         raise ValueError(f"{name} must be a positive finite number, got {value}")
     return float(value)

@@ -8,13 +8,13 @@ against the run that resumes, so a hand-edited or foreign file is refused with a
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from ..core.checks import is_finite_number
 from ..core.paths import PathLike, ensure_writable_dir
 from ..core.trees import tree_finite
 from ..core.types import Params
@@ -66,6 +66,19 @@ def load_progress(path: Path, params: Params, opt_state: object, *, settings: Di
     checked against this run: its ``params`` and ``opt_state`` at the start (shapes,
     hyper-parameters, step counts), ``settings``, ``config`` and ``epochs``."""
     data = load_checkpoint(path)
+    try:
+        return _checked_progress(path, data, params, opt_state, settings=settings, config=config, epochs=epochs,
+                                 n_batches=n_batches, members=members)
+    except CheckpointError:
+        raise
+    except Exception as e:  # a hand-edited value of a type the checks did not foresee
+        raise CheckpointError(f"checkpoint {str(path)!r} is inconsistent: {type(e).__name__}: {e}") from None
+
+
+def _checked_progress(path: Path, data: Dict[str, Any], params: Params, opt_state: object, *,
+                      settings: Dict[str, Any], config: Any, epochs: int, n_batches: int,
+                      members: Members) -> Tuple[Progress, Dict[int, Stopped]]:
+    """``load_progress`` of the loaded checkpoint ``data``."""
     for what, expected in (("settings", settings), ("config", config)):
         found = data.get(what)
         if found != expected:
@@ -164,7 +177,7 @@ def position_problem(epoch: Any, batch: Any, logs: Any, last: Any, n_batches: in
         return isinstance(v, int) and not isinstance(v, bool)
 
     def is_number(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        return isinstance(v, (int, float)) and is_finite_number(v)
 
     if not is_int(epoch) or epoch < 0:
         return f"epoch must be an integer >= 0, found {epoch!r}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Optional
 
+from ...core.checks import is_finite_number
 from ...core.config import NetworkConfiguration
 from ...training.loop import LOG_KEYS
 
@@ -52,11 +53,11 @@ def record_problem(data: Any) -> Optional[str]:
 
 def _range_problem(spec: Dict[str, Any], data: Dict[str, Any]) -> Optional[str]:
     """Which number of a record (its types already checked) is out of range, or ``None``."""
-    checks = (("spec's lr", spec["lr"], lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+    checks = (("spec's lr", spec["lr"], lambda v: is_finite_number(v) and v > 0, "a finite number > 0"),
               ("spec's batch_size", spec["batch_size"], lambda v: v >= 1, "an integer >= 1"),
               ("spec's epochs", spec["epochs"], lambda v: v >= 0, "an integer >= 0"),
               ("n_params", data["n_params"], lambda v: v >= 0, "an integer >= 0"),
-              ("wall_time_s", data["wall_time_s"], lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"))
+              ("wall_time_s", data["wall_time_s"], lambda v: is_finite_number(v) and v >= 0, "a finite number >= 0"))
     for what, value, ok, expected in checks:
         if not ok(value):
             return f"its {what} is {value!r}, expected {expected}"
@@ -71,7 +72,7 @@ def _logs_problem(logs: Dict[str, Any], epochs: int, diverged: Optional[str]) ->
         if not isinstance(values, list) or not all(v is None or _typed(v, (int, float)) for v in values):
             return f"its logs[{key!r}] is not a list of numbers"
         low, high = (0.0, 1.0) if key.endswith("_accuracy") else (0.0, math.inf)
-        bad = [v for v in values if v is not None and not (math.isfinite(v) and low <= v <= high)]
+        bad = [v for v in values if v is not None and not (is_finite_number(v) and low <= v <= high)]
         if bad:
             return f"its logs[{key!r}] holds {bad[0]!r}, expected finite numbers in [{low}, {high}] or null"
     n = len(logs["validation_accuracy"])

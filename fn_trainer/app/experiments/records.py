@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -23,6 +24,7 @@ from .record_checks import record_problem
 
 RUNS_DIR = "runs"
 HASH_DIGITS = 12  # of a run's configuration hash, in its file names
+CHECKPOINT_SUFFIX = ".checkpoint.pt"
 SWEEP_TRAINER = "fit_sweep"  # how the runs of a one-seed lr sweep's group begin their ``trainer``
 POPULATION_TRAINER = "fit_population"  # how the runs of a population (several seeds) begin theirs
 TOGETHER_TRAINERS = (SWEEP_TRAINER, POPULATION_TRAINER)  # runs that shared one vmapped step
@@ -123,7 +125,7 @@ def result_path(ctx: Context, spec: RunSpec) -> Path:
 
 def checkpoint_path(ctx: Context, spec: RunSpec) -> Path:
     """``<out>/runs/<name>-<hash>.checkpoint.pt``: the unfinished run, continued with ``--resume``."""
-    return _run_file(ctx, spec, ".checkpoint.pt")
+    return _run_file(ctx, spec, CHECKPOINT_SUFFIX)
 
 
 def population_checkpoint_path(ctx: Context, specs: Sequence[RunSpec]) -> Path:
@@ -132,7 +134,21 @@ def population_checkpoint_path(ctx: Context, specs: Sequence[RunSpec]) -> Path:
     member's configuration hash, in order."""
     digest = hashlib.sha256(" ".join(sp.config_hash(ctx.fingerprint) for sp in specs).encode())
     return safe_path(ctx.folder(RUNS_DIR),
-                     f"{specs[0].name}-x{len(specs)}-{digest.hexdigest()[:HASH_DIGITS]}.checkpoint.pt")
+                     f"{specs[0].name}-x{len(specs)}-{digest.hexdigest()[:HASH_DIGITS]}{CHECKPOINT_SUFFIX}")
+
+
+def other_checkpoints(path: Path) -> List[Path]:
+    """The checkpoints beside ``path`` (of ``checkpoint_path`` or ``population_checkpoint_path``)
+    of the same run or population under other settings or data (another hash, or another
+    member count)."""
+    name = path.name[:-len(CHECKPOINT_SUFFIX)].rsplit("-", 1)[0]
+    population = re.fullmatch(r"(.*)-x[0-9]+", name)
+    stem = re.escape(population.group(1)) + "-x[0-9]+" if population else re.escape(name)
+    pattern = re.compile(f"{stem}-[0-9a-f]{{{HASH_DIGITS}}}{re.escape(CHECKPOINT_SUFFIX)}")
+    try:
+        return sorted(p for p in path.parent.iterdir() if p != path and pattern.fullmatch(p.name))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def _run_file(ctx: Context, spec: RunSpec, suffix: str) -> Path:
@@ -165,7 +181,7 @@ def load_record(path: Path, warn: Optional[Callable[[str], None]] = None) -> Opt
     # JSONDecodeError and UnicodeDecodeError are ValueErrors; the structural errors are a
     # second line of defence behind record_problem: whatever the file holds, it is invalid,
     # never the end of the command.
-    except (OSError, ValueError, RecursionError, TypeError, KeyError, AttributeError) as e:
+    except (OSError, ValueError, ArithmeticError, RecursionError, TypeError, KeyError, AttributeError) as e:
         if warn is not None:
             reason = " ".join(str(e).split()) or type(e).__name__
             warn(f"ignoring the run record {path}: {reason}; it is trained again")
