@@ -225,6 +225,7 @@ def test_diverged_runs_are_reported_as_such(small_data_root, tmp_path, capsys):
     (["cnn", "--lr", "0"], "--lr"),
     (["cnn", "--lr", "nan"], "--lr"),
     (["lr-sweep", "--lrs", "0.1", "inf"], "--lrs"),
+    (["lr-sweep", "--lrs", "0.01", "0.1", "1e-2"], "--lrs must name each learning rate once, got 0.01 more than once"),
     (["depth", "--seed", "-4"], "--seed"),
     (["depth", "--seed", str(2**32)], "--seed must be an integer in [0, 2**32 - 1 = 4294967295]"),
     (["equivariance", "--seed", "18446744073709551616"], "--seed must be an integer in [0, 2**32 - 1"),
@@ -602,6 +603,27 @@ def fake_logs(value, epochs):
     accuracy = [0.1] + [value + 0.2 if e == 1 else value for e in range(1, epochs + 1)]
     return {"train_loss": [2.3] * (epochs + 1), "validation_loss": [2.3] * (epochs + 1), "train_accuracy": accuracy,
             "validation_accuracy": accuracy, "train_gradient_norm": [1.0] * epochs}
+
+
+def test_resume_names_the_checkpoints_that_other_options_left(small_data_root, tmp_path, capsys, monkeypatch):
+    args = ["lr-sweep", "--sequential", "--lrs", "0.01", "--data", small_data_root, "--batch-size", "16",
+            "--epochs", "2", "--no-progress", "--seeds", "1", "--out", tmp_path]
+    real_make_step = training.make_step
+
+    def interrupting_make_step(*a, **k):
+        def interrupt(*sa):
+            raise KeyboardInterrupt
+        return interrupt
+
+    monkeypatch.setattr(training, "make_step", interrupting_make_step)
+    assert run_cli([*args, "--limit", "64"], capsys)[0] == 130
+    (left,) = (tmp_path / "runs").glob("*.checkpoint.pt")
+    monkeypatch.setattr(training, "make_step", real_make_step)
+    rc, _, err = run_cli([*args, "--limit", "48", "--resume"], capsys)  # --limit changed: another run
+    assert rc == 0 and err.count("--resume: no checkpoint") == 1 and left.name in err
+    assert "trains from the start" in err and left.exists()
+    rc, _, err = run_cli([*args, "--limit", "64", "--resume"], capsys)  # the options it was left by
+    assert rc == 0 and "--resume" not in err and not left.exists()
 
 
 def test_an_interrupted_population_resumes_where_it_stopped(small_data_root, tmp_path, capsys, monkeypatch):

@@ -165,8 +165,13 @@ def validate(args: argparse.Namespace) -> None:
             check_positive_int(option, value, minimum=minimum)
     if hasattr(args, "lr"):
         check_positive_float("--lr", args.lr)
-    for lr in getattr(args, "lrs", ()):
+    lrs = getattr(args, "lrs", ())
+    for lr in lrs:
         check_positive_float("--lrs", lr)
+    repeated = sorted({lr for lr in lrs if lrs.count(lr) > 1})
+    if repeated:  # one configuration twice would count its runs as twice the seeds
+        raise ValueError(f"--lrs must name each learning rate once, got {_listing([f'{lr:g}' for lr in repeated])} "
+                         "more than once")
     if hasattr(args, "rank_timeout"):
         check_positive_float("--rank-timeout", args.rank_timeout)
     if hasattr(args, "device"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -29,6 +30,7 @@ from .records import (
     RunSpec,
     checkpoint_path,
     finite_logs,
+    other_checkpoints,
     population_checkpoint_path,
     result_path,
     stored_record,
@@ -63,6 +65,9 @@ def execute(ctx: Context, specs: Sequence[RunSpec], train_group: Optional[GroupT
             ctx.echo(summary(stored, skipped=True))
         else:
             pending.append(i)
+    if pending and ctx.settings.resume and not splits_populations(ctx.settings):
+        warn_other_checkpoints(ctx, [population_checkpoint_path(ctx, [specs[i] for i in pending])]
+                               if train_group is train_population else [checkpoint_path(ctx, specs[i]) for i in pending])
     if pending and train_group is not None:
         group = [specs[i] for i in pending]
         results = train_group(ctx, group)
@@ -78,6 +83,18 @@ def execute(ctx: Context, specs: Sequence[RunSpec], train_group: Optional[GroupT
             result, wall, trainer = train_one(ctx, specs[i])
             records[i] = store(ctx, specs[i], result, wall, trainer)
     return [records[i] for i in range(len(specs))]
+
+
+def warn_other_checkpoints(ctx: Context, paths: Sequence[Path]) -> None:
+    """Under ``--resume``: for each checkpoint path missing while checkpoints of the same
+    run under other options are present (``--limit``, ``--batch-size``, ``--seeds`` changed
+    since), say that the run trains from the start and which files could be continued."""
+    for path in paths:
+        others = [] if path.exists() else other_checkpoints(path)
+        if others:
+            ctx.warn(f"--resume: no checkpoint {path.name} for these options and data, so it trains from the "
+                     f"start; {path.parent} holds {', '.join(p.name for p in others)} from other options "
+                     "(rerun with those to continue it)")
 
 
 def train_one(ctx: Context, spec: RunSpec) -> Trained:
