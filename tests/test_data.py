@@ -200,3 +200,29 @@ def test_a_data_file_with_no_samples_is_named(data_copy, names):
         _rewrite(data_copy, name, _read_idx(raw_folder(data_copy) / name)[:0])
     with pytest.raises(DatasetError, match=f"{names[0]} holds no samples"):
         load_fashion_mnist(data_copy, download=False)
+
+
+def test_torchvisions_old_processed_files_are_refused_naming_the_folder(data_copy):
+    # torchvision would read them instead of the checked IDX files
+    processed = data_copy / "FashionMNIST" / "processed"
+    processed.mkdir()
+    torch.save((["not"], ["tensors"]), processed / "training.pt")
+    load_fashion_mnist(data_copy, download=False)  # one of the two: torchvision reads the IDX files
+    torch.save((["not"], ["tensors"]), processed / "test.pt")
+    with pytest.raises(DatasetError, match=f"{processed} holds torchvision's old training.pt and test.pt"):
+        load_fashion_mnist(data_copy, download=False)
+
+
+@pytest.mark.parametrize("name, index", [("train-images-idx3-ubyte", 250), ("t10k-images-idx3-ubyte", 1999),
+                                         ("train-labels-idx1-ubyte", 299)])
+def test_the_data_fingerprint_changes_with_any_training_or_validation_sample(data_copy, tmp_path, name, index):
+    from fn_trainer.app.experiments.context import Context, Settings
+
+    def fingerprint(root):
+        return Context(Settings(data=root, out=tmp_path / "out", download=False)).fingerprint
+
+    before = fingerprint(data_copy)
+    array = _read_idx(raw_folder(data_copy) / name).copy()
+    array[index] = (array[index] + 1) % 10  # an image one grey level brighter, or another label
+    _rewrite(data_copy, name, array)
+    assert fingerprint(data_copy) != before

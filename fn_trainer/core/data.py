@@ -20,6 +20,7 @@ IDX_FILES = {
     "t10k-images-idx3-ubyte": (0x0803, 3),
     "t10k-labels-idx1-ubyte": (0x0801, 1),
 }
+LEGACY_FILES = ("training.pt", "test.pt")  # what older torchvision versions cached in FashionMNIST/processed
 
 
 class DatasetError(ValueError):
@@ -103,9 +104,15 @@ def load_fashion_mnist(root: str | os.PathLike = "./data", download: bool = True
     downloads them when allowed and reachable. Any failure raises ``DatasetError``
     naming the folder and the expected files, or the file at fault: images that are not
     28x28, image and label counts that disagree, labels outside ``[0, 10)`` anywhere in
-    either label file.
+    either label file, or torchvision's old ``processed`` copies beside the IDX files
+    (torchvision would read them instead).
     """
     folder = raw_folder(root)
+    legacy = [folder.parent / "processed" / name for name in LEGACY_FILES]
+    if all(path.is_file() for path in legacy):  # torchvision's own test
+        # torchvision would read these instead of the IDX files, unchecked
+        raise DatasetError(f"{legacy[0].parent} holds torchvision's old {' and '.join(LEGACY_FILES)}, which would "
+                           f"be read instead of the IDX files in {folder}; move that folder away")
     present = [folder / name for name in IDX_FILES if (folder / name).exists()]
     for path in present:
         check_idx_file(path)
