@@ -18,7 +18,7 @@ from fn_trainer.app import cli, report
 from fn_trainer.app.export import export_solution
 from fn_trainer.app.plots import Curve, plot_curves, plot_map
 from fn_trainer.core import paths
-from fn_trainer.core.paths import WriteError, discard, temporaries, write_atomically
+from fn_trainer.core.paths import STALE_TEMPORARY_S, WriteError, discard, temporaries, write_atomically
 from fn_trainer.training.checkpoint import load_checkpoint, save_checkpoint
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -207,9 +207,30 @@ def test_a_killed_writers_temporary_file_is_discarded_with_its_file_and_no_other
     assert path.read_bytes() == neighbour.read_bytes() == b"old"  # a kill leaves the earlier file
     (left,), (other,) = temporaries(path), temporaries(neighbour)  # and its write's temporary file
     assert len(left.read_bytes()) == 1500 and left != other
+    discard(path)  # the temporary file is as young as a write in progress in another process: kept
+    assert sorted(tmp_path.iterdir()) == sorted([neighbour, left, other])
+    age = time.time() - STALE_TEMPORARY_S - 1
+    for file in (left, other):
+        os.utime(file, (age, age))
     discard(path)
     assert sorted(tmp_path.iterdir()) == sorted([neighbour, other])
     discard(path)  # nothing left to discard
+
+
+def test_discard_keeps_a_write_in_progress_in_another_process(tmp_path):
+    path = tmp_path / "run.checkpoint.pt"
+    real = paths._write_all
+
+    def discarded_meanwhile(fd, data):  # the other process finishes the same run and discards it
+        real(fd, data)
+        discard(path)
+
+    paths._write_all = discarded_meanwhile
+    try:
+        write_atomically(path, b"new")
+    finally:
+        paths._write_all = real
+    assert path.read_bytes() == b"new" and not temporaries(path)
 
 
 # --- concurrent runs into one folder --------------------------------------------------------

@@ -9,10 +9,12 @@ import re
 import secrets
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import BinaryIO, List, Optional, Union
 
 PathLike = Union[str, os.PathLike]
+STALE_TEMPORARY_S = 600  # no write in progress is this old: its bytes are in memory and go out in one pass
 TOKEN_BYTES = 6  # of the random part of a temporary file's name: ``.<name>.<12 hex digits>.tmp``
 
 
@@ -164,10 +166,17 @@ def temporaries(path: PathLike) -> List[Path]:
 
 def discard(path: PathLike) -> None:
     """Delete file ``path`` if it exists, and the ``temporaries`` killed writers left beside
-    it (a checkpoint's can be as large as the checkpoint). Only once no process writes
-    ``path`` any more: a write in progress would lose its temporary file."""
-    for file in (Path(path), *temporaries(path)):
-        file.unlink(missing_ok=True)
+    it (a checkpoint's can be as large as the checkpoint): those untouched for
+    ``STALE_TEMPORARY_S``. A younger one may be another process's write in progress (two
+    commands training the same run into one folder), whose rename would fail without it."""
+    Path(path).unlink(missing_ok=True)
+    now = time.time()
+    for file in temporaries(path):
+        try:
+            if now - file.stat().st_mtime > STALE_TEMPORARY_S:
+                file.unlink()
+        except FileNotFoundError:  # renamed or removed by its writer meanwhile
+            pass
 
 
 def _write_all(fd: int, data: bytes) -> None:
