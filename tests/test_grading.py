@@ -30,6 +30,7 @@ from fn_trainer.app.grading.interface import (
 )
 from fn_trainer.app.grading.probe import HEADER, OPS, attempt, encode
 from fn_trainer.app.grading.questions import QUESTIONS
+from fn_trainer.app.grading import results as grading_results
 from fn_trainer.app.grading.runner import decode_answer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -356,6 +357,37 @@ def test_bundle_grades_a_fake_autograder_tree(tmp_path):
     results = json.loads((tmp_path / "autograder" / "results" / "results.json").read_text())
     assert_gradescope_format(results)
     assert results["score"] == 0 and "gradient_norm" in results["tests"][1]["output"]
+
+
+def test_bundle_scores_0_when_the_submission_forges_results_and_kills_the_grader(tmp_path):
+    bundle = write_bundle(tmp_path / "autograder.zip")
+    source = tmp_path / "autograder" / "source"
+    with zipfile.ZipFile(bundle) as archive:
+        archive.extractall(source)
+    results = tmp_path / "autograder" / "results" / "results.json"
+    submission = tmp_path / "autograder" / "submission" / "solution.py"
+    submission.parent.mkdir()
+    # run as the grader's user and child: it can write the results and kill the grader
+    submission.write_text(f"import json, os, signal\n"
+                          f"open({str(results)!r}, 'w').write(json.dumps({{'score': 35, 'tests': []}}))\n"
+                          f"os.kill(os.getppid(), signal.SIGKILL)\n")
+    env = {**os.environ, "AUTOGRADER_ROOT": str(tmp_path / "autograder"), "AUTOGRADER_PYTHON": sys.executable}
+    run = subprocess.run(["bash", str(source / "run_autograder")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    written = json.loads(results.read_text())
+    assert written["score"] == 0 and written["tests"] == []
+    assert written["output"].startswith("The autograder stopped before it finished grading (exit status 137)")
+
+
+def test_results_replace_what_utf8_cannot_encode(tmp_path):
+    # a submission's error message can hold a lone surrogate: raise ValueError("\ud800")
+    results = grading_results.results_json(
+        [grading_results.TestResult("1", "gradient_norm", 0.0, 3.0, "ValueError: \ud800")], 1.0, "\udcff")
+    grading_results.write_results(tmp_path / "results.json", results)
+    written = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    assert written["tests"][0]["output"] == "ValueError: ?" and written["output"] == "?"
+    assert "ValueError: ?" in grading_results.summary(results)
 
 
 def as_written(expected) -> tuple:

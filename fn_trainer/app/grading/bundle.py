@@ -42,7 +42,15 @@ if [ ! -f "$ROOT/submission/solution.py" ]; then
     printf '%s\\n' '{"score": 0, "execution_time": 0, "output": "No solution.py was found in the submission: upload the file named solution.py.", "tests": []}' > "$ROOT/results/results.json"
     exit 0
 fi
-exec "$PYTHON" -m fn_trainer grade "$ROOT/submission/solution.py" --results "$ROOT/results/results.json"
+"$PYTHON" -m fn_trainer grade "$ROOT/submission/solution.py" --results "$ROOT/results/results.json"
+status=$?
+if [ "$status" -ne 0 ]; then
+    # The grader was killed or failed before writing its results: whatever results.json holds
+    # now (the submission runs as the same user, and could have written it) is not its work.
+    rm -f "$ROOT/results/results.json"
+    printf '{"score": 0, "execution_time": 0, "output": "The autograder stopped before it finished grading (exit status %s), so nothing was graded. Please tell the course staff.", "tests": []}\n' "$status" > "$ROOT/results/results.json"
+fi
+exit 0
 """
 
 

@@ -13,6 +13,12 @@ from typing import Any, Dict, List, NamedTuple
 from ...core.paths import write_text
 
 
+def _encodable(text: str) -> str:
+    """``text`` with what UTF-8 cannot encode (lone surrogates, which a submission's error
+    message can hold) replaced by ``?``: results.json and the summary must always be written."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 class TestResult(NamedTuple):
     number: str
     name: str
@@ -22,12 +28,12 @@ class TestResult(NamedTuple):
 
     def as_gradescope(self) -> Dict[str, Any]:
         return {"name": self.name, "number": self.number, "score": self.score, "max_score": self.max_score,
-                "output": self.output, "visibility": "visible"}
+                "output": _encodable(self.output), "visibility": "visible"}
 
 
 def results_json(tests: List[TestResult], execution_time: float, output: str) -> Dict[str, Any]:
     return {"score": sum(t.score for t in tests), "execution_time": round(execution_time, 1),
-            "output": output, "tests": [t.as_gradescope() for t in tests]}
+            "output": _encodable(output), "tests": [t.as_gradescope() for t in tests]}
 
 
 def write_results(path: os.PathLike, results: Dict[str, Any]) -> None:
