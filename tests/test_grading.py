@@ -196,6 +196,42 @@ def test_each_mistake_loses_points_in_its_question_only(tmp_path, monkeypatch):
         assert set(lost) == {question}, f"{name}: lost {lost}"
 
 
+# Correct answers written otherwise than the reference: each keeps every point.
+VARIANTS = {
+    "an MLP module that registers its output layers first": [(
+        "return mlp(input_dim, net_config, n_classes, activation)",
+        "layers = list(mlp(input_dim, net_config, n_classes, activation))\n\n"
+        "        class Net(torch.nn.Module):\n"
+        "            def __init__(self):\n"
+        "                super().__init__()\n"
+        "                self.out = torch.nn.ModuleList(layers[-2:])\n"
+        "                self.body = torch.nn.ModuleList(layers[:-2])\n\n"
+        "            def forward(self, x):\n"
+        "                for m in [*self.body, *self.out]:\n"
+        "                    x = m(x)\n"
+        "                return x\n\n"
+        "        return Net()")],
+    "a CNN ending in Softmax() with its implicit dim": [(
+        "return cnn(in_channels, net_config, n_classes, activation)",
+        "return torch.nn.Sequential(*list(cnn(in_channels, net_config, n_classes, activation))[:-1],\n"
+        "                                   torch.nn.Softmax())")],
+    "zero_grad after the update": [(
+        "        self.optimizer.step()\n        return norm",
+        "        self.optimizer.step()\n        self.optimizer.zero_grad()\n        return norm")],
+}
+
+
+@pytest.mark.filterwarnings("ignore:Implicit dimension choice for softmax")
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_correct_answers_written_otherwise_keep_every_point(variant, tmp_path, monkeypatch):
+    path = tmp_path / "solution.py"
+    path.write_text(mutate(export_solution(tmp_path / "exported.py").read_text(), VARIANTS[variant]))
+    monkeypatch.setattr(grader, "Submission", InProcessSubmission)
+    monkeypatch.setattr(questions, "SETTINGS", settings(questions.SETTINGS, max_examples=MUTANT_EXAMPLES))
+    results = grade(path)
+    assert results["score"] == 35, {t["number"]: t["output"] for t in results["tests"] if t["score"] < t["max_score"]}
+
+
 HOSTILE = {
     "import error": "import torch\nimport no_such_module_anywhere\n",
     "an exception and an endless loop": (

@@ -1,13 +1,14 @@
 """A network's layers as plain strings, the same in both processes.
 
-``describe_layers(module)`` lists the leaf modules in registration order (a module
-used at several places, like one activation instance, is listed at each), each as
+``describe_layers(module)`` lists the leaf modules in registration order, or in the
+order a forward pass called them (``called_order``; a module used at several places,
+like one activation instance, is listed at each), each as
 ``Kind(arguments)`` with the arguments that matter to the homework normalised
 (pairs for sizes, ``dim=-1`` written ``1`` for the ``(N, C)`` softmax).
 """
 from __future__ import annotations
 
-from typing import List
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -36,8 +37,8 @@ def describe_layer(m: nn.Module) -> str:
         return f"AdaptiveMaxPool2d({_pair(m.output_size)})"
     if isinstance(m, nn.Flatten):
         return "Flatten()" if (m.start_dim, m.end_dim) == (1, -1) else f"Flatten({m.start_dim}, {m.end_dim})"
-    if isinstance(m, nn.Softmax):
-        return f"Softmax(dim={1 if m.dim == -1 else m.dim})"
+    if isinstance(m, nn.Softmax):  # dim=None: torch's implicit choice, dim 1 for the (N, C) output
+        return f"Softmax(dim={1 if m.dim in (-1, None) else m.dim})"
     for kind in KINDS:
         if isinstance(m, kind):
             return f"{kind.__name__}()"
@@ -49,15 +50,33 @@ def leaf_modules(module: nn.Module) -> List[nn.Module]:
     return [m for _, m in module.named_modules(remove_duplicate=False) if not list(m.children())]
 
 
-def describe_layers(module: nn.Module) -> List[str]:
-    return [describe_layer(m) for m in leaf_modules(module)]
+def describe_layers(module: nn.Module, order: Optional[List[nn.Module]] = None) -> List[str]:
+    """``describe_layer`` of each leaf module, in ``order`` if given (``called_order``),
+    else in registration order."""
+    return [describe_layer(m) for m in (leaf_modules(module) if order is None else order)]
 
 
-def weighted_parameters(module: nn.Module) -> List[torch.Tensor]:
-    """``[weight, bias, weight, bias, ...]`` of the Linear/Conv2d layers in order (a
-    missing bias is skipped)."""
+def called_order(module: nn.Module, forward: Callable[[], Any]) -> Tuple[Any, Optional[List[nn.Module]]]:
+    """``forward()``'s value and the leaf modules of ``module`` in the order it called them
+    (repeats included), or ``None`` for an order when it called none: a network whose
+    ``forward`` runs its layers in another order than it registered them is described as
+    it computes."""
+    called: List[nn.Module] = []
+    hooks = [m.register_forward_pre_hook(lambda m, args: called.append(m))
+             for m in dict.fromkeys(leaf_modules(module))]
+    try:
+        value = forward()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return value, called or None
+
+
+def weighted_parameters(module: nn.Module, order: Optional[List[nn.Module]] = None) -> List[torch.Tensor]:
+    """``[weight, bias, weight, bias, ...]`` of the Linear/Conv2d layers in ``order`` (as
+    ``describe_layers``; a layer called twice counts once, a missing bias is skipped)."""
     found = []
-    for m in leaf_modules(module):
+    for m in dict.fromkeys(leaf_modules(module) if order is None else order):
         if isinstance(m, WEIGHTED):
             found += [p.detach().clone() for p in (m.weight, m.bias) if p is not None]
     return found

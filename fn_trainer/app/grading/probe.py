@@ -30,7 +30,7 @@ from torch import nn
 
 from fn_trainer.app.grading.functions import SCALAR_FUNCTIONS, TENSOR_FUNCTIONS
 from fn_trainer.app.grading.interface import FUNCTIONS, TRAINER_METHODS
-from fn_trainer.app.grading.layers import describe_layers, weighted_parameters
+from fn_trainer.app.grading.layers import called_order, describe_layers, weighted_parameters
 from fn_trainer.core.config import NetworkConfiguration
 from fn_trainer.core.diagnostics import global_norm
 from fn_trainer.core.networks import activation, cnn, mlp
@@ -233,8 +233,12 @@ def op_build(solution, request):
         with torch.no_grad():
             return tensor(net(request["x"]), "the network")
 
-    return {"layers": describe_layers(net), "n_params": sum(p.numel() for p in net.parameters()),
-            "weights": weighted_parameters(net), "output": attempt(forward)}
+    # the layers as the forward calls them: a correct network need not register them in that order
+    output, order = called_order(net, lambda: attempt(forward))
+    if "error" in output:
+        order = None
+    return {"layers": describe_layers(net, order), "n_params": sum(p.numel() for p in net.parameters()),
+            "weights": weighted_parameters(net, order), "output": output}
 
 
 def op_normalize(solution, request):
