@@ -136,6 +136,17 @@ MUTANTS = {
 }
 
 
+def test_an_evaluate_stub_gets_no_point_for_leaving_the_network_unchanged(tmp_path, monkeypatch):
+    path = tmp_path / "solution.py"
+    path.write_text(mutate(export_solution(tmp_path / "exported.py").read_text(), [(
+        "    def evaluate(self, X: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, float]:\n",
+        "    def evaluate(self, X: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, float]:\n"
+        "        return 0.0, 0.0\n")]))
+    monkeypatch.setattr(grader, "Submission", InProcessSubmission)
+    monkeypatch.setattr(questions, "SETTINGS", settings(questions.SETTINGS, max_examples=MUTANT_EXAMPLES))
+    assert scores(grade(path))["11"] == 0
+
+
 def mutate(source: str, substitutions) -> str:
     for old, new in substitutions:
         assert source.count(old) == 1, old

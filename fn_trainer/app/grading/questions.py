@@ -471,10 +471,14 @@ def check_evaluate(which: int, ask: Ask, case) -> None:
 
 
 def check_evaluate_leaves_network(ask: Ask, case) -> None:
-    net, call, got, _ = ask_evaluate(ask, case)
+    net, call, got, want = ask_evaluate(ask, case)
     for name, p in net.params.items():
         if not torch.equal(got["params"][name], p):
             raise Mismatch(f"{call} changed the network's {name}: evaluating must not train")
+    # an evaluate that never runs the network leaves it unchanged too: not a point by itself
+    if not (close(got["loss"], want[0]) or close(got["accuracy"], want[1])):
+        raise Mismatch(f"{call} returned neither the network's loss ({want[0]:.6g}) nor its accuracy "
+                       f"({want[1]:.6g}), so whether it evaluates the network without changing it is not shown")
 
 
 # ---- the interface (0 points) ----
