@@ -149,6 +149,19 @@ def test_an_invalid_run_record_is_ignored_with_a_warning_and_retrained(edit, dep
     assert json.loads(records[0].read_text())["logs"] == json.loads(good)["logs"]  # retrained, same result
 
 
+def test_a_record_copied_into_another_runs_file_is_ignored_with_a_warning(depth_done, tmp_path, capsys):
+    first, second = sorted((tmp_path / "runs").glob("*.json"))[:2]
+    kept = second.read_text()
+    copied = json.loads(first.read_text())
+    copied["config_hash"] = json.loads(kept)["config_hash"]  # the hash its new file name carries
+    second.write_text(json.dumps(copied))
+    capsys.readouterr()
+    assert cli.main(depth_done) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"ignoring the run record {second}: it holds another run's configuration" in err
+    assert json.loads(second.read_text())["logs"] == json.loads(kept)["logs"]  # retrained, its own result
+
+
 def test_an_unreadable_run_record_is_ignored_with_a_warning(depth_done, tmp_path, capsys):
     args = depth_done
     record = sorted((tmp_path / "runs").glob("*.json"))[0]

@@ -158,8 +158,17 @@ def _run_file(ctx: Context, spec: RunSpec, suffix: str) -> Path:
 def stored_record(ctx: Context, spec: RunSpec) -> Optional[RunRecord]:
     """``spec``'s stored record if one exists for its configuration and data, else ``None``
     (``ctx.warn`` is told why a present file was ignored)."""
-    stored = load_record(result_path(ctx, spec), ctx.warn)
-    if stored is None or stored.config_hash != spec.config_hash(ctx.fingerprint):
+    path = result_path(ctx, spec)
+    stored = load_record(path, ctx.warn)
+    if stored is None:
+        return None
+    expected = spec.config_hash(ctx.fingerprint)
+    # the file's name carries the hash; the record inside must be that run's (a record
+    # copied or edited into another run's file is not)
+    found = stored.spec.config_hash(ctx.fingerprint)
+    if stored.config_hash != expected or found != expected:
+        ctx.warn(f"ignoring the run record {path}: it holds another run's configuration "
+                 f"(hash {stored.config_hash}, its spec {found}, expected {expected}); it is trained again")
         return None
     stored.spec = spec  # the label may have been reworded since
     return stored
