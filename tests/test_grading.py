@@ -22,6 +22,7 @@ from fn_trainer.app.cli import main
 from fn_trainer.app.export import export_solution
 from fn_trainer.app.grading import TOTAL_POINTS, grade, grade_to_file, grader, questions
 from fn_trainer.app.grading.bundle import write_bundle
+from fn_trainer.app.grading.limits import START_ALLOWANCE
 from fn_trainer.app.grading.interface import (
     FUNCTIONS,
     NETWORK_CONFIGURATION_FIELDS,
@@ -334,6 +335,21 @@ def deflated(frame: bytes) -> bytes:
         for info in original.infolist():
             archive.writestr(info.filename, original.read(info), compress_type=zipfile.ZIP_DEFLATED)
     return compressed.getvalue()
+
+
+def test_questions_left_when_the_time_budget_is_spent_are_not_graded(tmp_path):
+    # every function loops forever: each question runs into its time limit
+    submission = tmp_path / "solution.py"
+    submission.write_text("import torch\ndef gradient_norm(f, *ts):\n    while True:\n        pass\n"
+                          "jacobian_norm = gradient_norm\n")
+    start = time.monotonic()
+    results = grade(submission, timeout=1, budget=4)
+    elapsed = time.monotonic() - start
+    assert_gradescope_format(results)
+    skipped = [t["number"] for t in results["tests"] if t["output"].startswith("not graded: the grading's time budget")]
+    assert "1" not in skipped and skipped[-1] == "11" and results["score"] == 0
+    # no question starts after the budget; the one running then stops at its time limit
+    assert elapsed < 4 + 1 + START_ALLOWANCE
 
 
 def test_answers_are_read_only_as_stored_records_within_the_limit():

@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 from ...core.checks import check_positive_float
-from .limits import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT
+from .limits import DEFAULT_BUDGET, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT
 
 HELP = "Grade a student's solution.py (section 1, 35 points) into Gradescope's results.json."
 
@@ -21,6 +21,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
                    help="time limit in seconds for each question, and for importing the file "
                         "(plus 20 s to start Python and torch; default: %(default)s)")
+    p.add_argument("--budget", type=float, default=DEFAULT_BUDGET, metavar="S",
+                   help="time limit in seconds for the whole grading: questions left when it is spent score 0 "
+                        "as not graded, and results.json is still written (default: %(default)s)")
     p.add_argument("--allow-reference", action="store_true",
                    help="let the submission import fn_trainer and compat (refused to students): "
                         "for grading this project's own compat/solution.py")
@@ -39,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
         print(write_bundle(args.bundle))
         return 0
     check_positive_float("--timeout", args.timeout)
+    check_positive_float("--budget", args.budget)
     if not args.submission.is_file():
         raise ValueError(f"SUBMISSION.py: {str(args.submission)!r} is not a file")
     try:
@@ -50,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from .results import summary
 
     print(summary(_stopping_on_sigterm(grade_to_file, args.submission, args.results, args.timeout,
-                                       DEFAULT_MEMORY_MB, args.allow_reference)))
+                                       DEFAULT_MEMORY_MB, args.allow_reference, args.budget)))
     print(f"results: {args.results}")
     return 0
 

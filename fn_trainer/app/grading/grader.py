@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from ...core.checks import check_positive_float
-from .limits import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, START_ALLOWANCE
+from .limits import DEFAULT_BUDGET, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, START_ALLOWANCE
 from .probe import encode
 from .questions import QUESTIONS, Mismatch, interface_report, run_part
 from .results import TestResult, results_json, write_results
@@ -25,15 +25,15 @@ class Session:
     """The submission's process across questions: restarted for a question when an
     earlier one killed it, never again after its import failed."""
 
-    def __init__(self, submission: Submission, timeout: float) -> None:
-        self.submission, self.timeout = submission, timeout
+    def __init__(self, submission: Submission, timeout: float, budget_end: float = float("inf")) -> None:
+        self.submission, self.timeout, self.budget_end = submission, timeout, budget_end
         self.deadline = 0.0
         self.fatal: Optional[str] = None  # the import failed: nothing can be checked
         self.broken: Optional[str] = None  # this question's process died or overran
         self.answers: Dict[bytes, dict] = {}  # parts of a question often draw the same inputs
 
     def begin(self) -> None:
-        self.deadline = time.monotonic() + self.timeout
+        self.deadline = self._deadline()
         self.broken = None
         self.answers.clear()  # a question's answers may depend on state an earlier one left
         if self.fatal is None and not self.submission.running:
@@ -41,7 +41,14 @@ class Session:
                 self.submission.start(self.deadline + START_ALLOWANCE)
             except SubmissionFailed as e:
                 self.fatal = str(e)
-            self.deadline = time.monotonic() + self.timeout
+            self.deadline = self._deadline()
+
+    def _deadline(self) -> float:
+        """``timeout`` from now, but not past the end of the whole grading's budget."""
+        return min(time.monotonic() + self.timeout, self.budget_end)
+
+    def out_of_time(self) -> bool:
+        return time.monotonic() >= self.budget_end
 
     def ask(self, op: str, what: str, **inputs) -> Any:
         reason = self.fatal or self.broken
@@ -59,6 +66,12 @@ class Session:
         if "error" in answer:
             raise Mismatch(f"{what} raised {answer['error']}")
         return answer["value"]
+
+
+def not_graded(question, budget: float) -> TestResult:
+    return TestResult(question.number, f"Question {question.number}: {question.title}", 0, question.points,
+                      f"not graded: the grading's time budget of {budget:g} s was spent on the questions "
+                      "before it (each of them slow or stopped at its time limit)")
 
 
 def grade_question(question, session: Session) -> TestResult:
@@ -90,9 +103,14 @@ def grade_interface(session: Session) -> TestResult:
 
 
 def grade(submission: os.PathLike, timeout: float = DEFAULT_TIMEOUT,
-          memory_mb: int = DEFAULT_MEMORY_MB, allow_reference: bool = False) -> Dict[str, Any]:
+          memory_mb: int = DEFAULT_MEMORY_MB, allow_reference: bool = False,
+          budget: float = DEFAULT_BUDGET) -> Dict[str, Any]:
     """Grade ``submission`` (a ``solution.py``); return Gradescope's results as a dict.
 
+    ``timeout`` seconds for each question, and ``budget`` for the whole grading: a
+    question that would start after it is spent scores 0 as not graded, so that results
+    are written before the platform's own limit stops the grader (eleven questions that
+    each run into their time limit would take about 11 × ``timeout``, more with restarts).
     ``allow_reference=True`` lets the submission import ``fn_trainer`` and ``compat``
     (refused to students): for grading the project's own ``compat/solution.py``.
     """
@@ -100,11 +118,14 @@ def grade(submission: os.PathLike, timeout: float = DEFAULT_TIMEOUT,
     if not path.is_file():
         raise ValueError(f"submission {str(path)!r} is not a file")
     timeout = check_positive_float("timeout", timeout)
+    budget = check_positive_float("budget", budget)
     start = time.monotonic()
     process = Submission(path, memory_mb, allow_reference)
-    session = Session(process, timeout)
+    session = Session(process, timeout, start + budget)
     try:
-        tests = [grade_interface(session)] + [grade_question(q, session) for q in QUESTIONS]
+        tests = [grade_interface(session)]
+        for q in QUESTIONS:
+            tests.append(not_graded(q, budget) if session.out_of_time() else grade_question(q, session))
     finally:
         process.stop()
     notes = []
@@ -117,9 +138,10 @@ def grade(submission: os.PathLike, timeout: float = DEFAULT_TIMEOUT,
 
 
 def grade_to_file(submission: os.PathLike, results_path: os.PathLike, timeout: float = DEFAULT_TIMEOUT,
-                  memory_mb: int = DEFAULT_MEMORY_MB, allow_reference: bool = False) -> Dict[str, Any]:
+                  memory_mb: int = DEFAULT_MEMORY_MB, allow_reference: bool = False,
+                  budget: float = DEFAULT_BUDGET) -> Dict[str, Any]:
     """``grade`` and write ``results.json`` to ``results_path`` once the submission's
     process has ended."""
-    results = grade(submission, timeout, memory_mb, allow_reference)
+    results = grade(submission, timeout, memory_mb, allow_reference, budget)
     write_results(results_path, results)
     return results

@@ -1,6 +1,7 @@
 """The limits a submission runs under (defaults of the API and of ``fn-trainer grade``)."""
 
 DEFAULT_TIMEOUT = 30.0  # seconds for each question, and for importing solution.py
+DEFAULT_BUDGET = 480.0  # seconds for the whole grading: under Gradescope's usual 10-minute limit
 START_ALLOWANCE = 20.0  # extra seconds for the import: starting Python and torch (4 s on a busy 2-core VM)
 DEFAULT_MEMORY_MB = 8192  # RLIMIT_AS: address space, not resident memory; torch alone maps ~3 GB
 FILE_SIZE_MB = 64  # RLIMIT_FSIZE: the largest file the submission may write
