@@ -21,17 +21,17 @@ from template_spec import SPEC, read_spec
 from fn_trainer.app.cli import main
 from fn_trainer.app.export import export_solution
 from fn_trainer.app.grading import TOTAL_POINTS, grade, grade_to_file, grader, questions
+from fn_trainer.app.grading import results as grading_results
 from fn_trainer.app.grading.bundle import write_bundle
-from fn_trainer.app.grading.limits import START_ALLOWANCE
 from fn_trainer.app.grading.interface import (
     FUNCTIONS,
     NETWORK_CONFIGURATION_FIELDS,
     TRAINER_METHODS,
     differences,
 )
+from fn_trainer.app.grading.limits import START_ALLOWANCE
 from fn_trainer.app.grading.probe import HEADER, OPS, attempt, encode
 from fn_trainer.app.grading.questions import QUESTIONS
-from fn_trainer.app.grading import results as grading_results
 from fn_trainer.app.grading.runner import decode_answer
 
 ROOT = Path(__file__).resolve().parents[1]
