@@ -250,6 +250,21 @@ def test_a_record_with_an_unknown_spec_field_is_retrained_by_the_command(depth_d
     assert "evil" not in record.read_text()  # retrained and rewritten
 
 
+def test_a_folder_where_a_run_record_goes_is_refused_before_training(depth_done, tmp_path, capsys, monkeypatch):
+    from fn_trainer.app.experiments import training
+
+    record = sorted((tmp_path / "runs").glob("*.json"))[0]
+    record.unlink()
+    record.mkdir()
+    trained = []
+    monkeypatch.setattr(training, "train_one", lambda *a: trained.append(a))
+    monkeypatch.setattr(training, "train_population", lambda *a: trained.append(a))
+    capsys.readouterr()
+    assert cli.main(depth_done) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"the run record {record} is an existing folder" in err and not trained
+
+
 @pytest.mark.parametrize("where", ["folder", "link to a folder", "working folder"])
 def test_a_checkpoint_path_that_is_a_folder_is_refused_before_training(where, tmp_path, monkeypatch):
     folder = tmp_path / "ck"
