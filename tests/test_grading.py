@@ -223,6 +223,15 @@ VARIANTS = {
         "                    x = m(x)\n"
         "                return x\n\n"
         "        return Net()")],
+    "an MLP calling its Linear layers' forward methods": [(
+        "return mlp(input_dim, net_config, n_classes, activation)",
+        "layers = list(mlp(input_dim, net_config, n_classes, activation))\n\n"
+        "        class Net(torch.nn.Sequential):\n"
+        "            def forward(self, x):\n"
+        "                for m in self:\n"
+        "                    x = m.forward(x) if isinstance(m, torch.nn.Linear) else m(x)\n"
+        "                return x\n\n"
+        "        return Net(*layers)")],
     "a CNN ending in Softmax() with its implicit dim": [(
         "return cnn(in_channels, net_config, n_classes, activation)",
         "return torch.nn.Sequential(*list(cnn(in_channels, net_config, n_classes, activation))[:-1],\n"
@@ -338,18 +347,25 @@ def deflated(frame: bytes) -> bytes:
 
 
 def test_questions_left_when_the_time_budget_is_spent_are_not_graded(tmp_path):
-    # every function loops forever: each question runs into its time limit
+    # every function and method loops forever: each question runs into its time limit
     submission = tmp_path / "solution.py"
-    submission.write_text("import torch\ndef gradient_norm(f, *ts):\n    while True:\n        pass\n"
-                          "jacobian_norm = gradient_norm\n")
+    submission.write_text("import torch\n"
+                          "def forever(*args, **kwargs):\n    while True:\n        pass\n"
+                          "class Loops(type):\n    def __getattr__(cls, name):\n        return forever\n"
+                          "class Trainer(metaclass=Loops):\n    pass\n"
+                          "def __getattr__(name):\n    return forever\n")
+    # each question runs into its 1 s limit and restarts the process (a second or more to
+    # import torch): a budget of 12 s is spent well before the eleventh question
     start = time.monotonic()
-    results = grade(submission, timeout=1, budget=4)
+    results = grade(submission, timeout=1, budget=12)
     elapsed = time.monotonic() - start
     assert_gradescope_format(results)
-    skipped = [t["number"] for t in results["tests"] if t["output"].startswith("not graded: the grading's time budget")]
-    assert "1" not in skipped and skipped[-1] == "11" and results["score"] == 0
+    outputs = {t["number"]: t["output"] for t in results["tests"]}
+    skipped = [n for n, out in outputs.items()
+               if out.startswith("not graded: the grading's time budget of 12 s was spent")]
+    assert "time limit" in outputs["1"] and skipped[-1] == "11" and results["score"] == 0
     # no question starts after the budget; the one running then stops at its time limit
-    assert elapsed < 4 + 1 + START_ALLOWANCE
+    assert elapsed < 12 + 1 + START_ALLOWANCE
 
 
 def test_answers_are_read_only_as_stored_records_within_the_limit():
@@ -422,7 +438,8 @@ def test_bundle_grades_a_fake_autograder_tree(tmp_path):
     assert results["score"] == 0 and "gradient_norm" in results["tests"][1]["output"]
 
 
-def test_bundle_scores_0_when_the_submission_forges_results_and_kills_the_grader(tmp_path):
+@pytest.mark.parametrize("forgery", ["file", "folder"])
+def test_bundle_scores_0_when_the_submission_forges_results_and_kills_the_grader(forgery, tmp_path):
     bundle = write_bundle(tmp_path / "autograder.zip")
     source = tmp_path / "autograder" / "source"
     with zipfile.ZipFile(bundle) as archive:
@@ -431,9 +448,9 @@ def test_bundle_scores_0_when_the_submission_forges_results_and_kills_the_grader
     submission = tmp_path / "autograder" / "submission" / "solution.py"
     submission.parent.mkdir()
     # run as the grader's user and child: it can write the results and kill the grader
-    submission.write_text(f"import json, os, signal\n"
-                          f"open({str(results)!r}, 'w').write(json.dumps({{'score': 35, 'tests': []}}))\n"
-                          f"os.kill(os.getppid(), signal.SIGKILL)\n")
+    forge = (f"open({str(results)!r}, 'w').write(json.dumps({{'score': 35, 'tests': []}}))" if forgery == "file"
+             else f"os.makedirs({str(results / 'x')!r})")  # a folder the fallback's write must not land in
+    submission.write_text(f"import json, os, signal\n{forge}\nos.kill(os.getppid(), signal.SIGKILL)\n")
     env = {**os.environ, "AUTOGRADER_ROOT": str(tmp_path / "autograder"), "AUTOGRADER_PYTHON": sys.executable}
     run = subprocess.run(["bash", str(source / "run_autograder")], env=env, capture_output=True, text=True,
                          timeout=300)

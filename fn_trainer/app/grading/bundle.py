@@ -47,8 +47,10 @@ status=$?
 if [ "$status" -ne 0 ]; then
     # The grader was killed or failed before writing its results: whatever results.json holds
     # now (the submission runs as the same user, and could have written it) is not its work.
-    rm -f "$ROOT/results/results.json"
-    printf '{"score": 0, "execution_time": 0, "output": "The autograder stopped before it finished grading (exit status %s), so nothing was graded. Please tell the course staff.", "tests": []}\n' "$status" > "$ROOT/results/results.json"
+    # Written beside it and renamed over it: a link or folder put there is replaced, not followed.
+    printf '{"score": 0, "execution_time": 0, "output": "The autograder stopped before it finished grading (exit status %s), so nothing was graded. Please tell the course staff.", "tests": []}\n' "$status" > "$ROOT/results/.results.json.$$"
+    rm -rf "$ROOT/results/results.json"
+    mv -f "$ROOT/results/.results.json.$$" "$ROOT/results/results.json"
 fi
 exit 0
 """

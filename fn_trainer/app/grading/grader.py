@@ -40,7 +40,10 @@ class Session:
             try:
                 self.submission.start(self.deadline + START_ALLOWANCE)
             except SubmissionFailed as e:
-                self.fatal = str(e)
+                if self.out_of_time():  # cut short by the budget: not the import's fault
+                    self.broken = self.budget_spent
+                else:
+                    self.fatal = str(e)
             self.deadline = self._deadline()
 
     def _deadline(self) -> float:
@@ -49,6 +52,8 @@ class Session:
 
     def out_of_time(self) -> bool:
         return time.monotonic() >= self.budget_end
+
+    budget_spent = "not graded: the grading's time budget ran out during this question"
 
     def ask(self, op: str, what: str, **inputs) -> Any:
         reason = self.fatal or self.broken
@@ -60,7 +65,7 @@ class Session:
             try:
                 self.answers[key] = self.submission.call(request, self.deadline, what)
             except SubmissionFailed as e:
-                self.broken = str(e)
+                self.broken = self.budget_spent if self.out_of_time() else str(e)
                 raise
         answer = self.answers[key]
         if "error" in answer:

@@ -58,9 +58,10 @@ def describe_layers(module: nn.Module, order: Optional[List[nn.Module]] = None) 
 
 def called_order(module: nn.Module, forward: Callable[[], Any]) -> Tuple[Any, Optional[List[nn.Module]]]:
     """``forward()``'s value and the leaf modules of ``module`` in the order it called them
-    (repeats included), or ``None`` for an order when it called none: a network whose
-    ``forward`` runs its layers in another order than it registered them is described as
-    it computes."""
+    (repeats included): a network whose ``forward`` runs its layers in another order than
+    it registered them is described as it computes. The order is ``None`` (registration
+    order applies) when the calls missed a Linear or Conv2d layer, which a forward using
+    ``layer.forward(x)`` or ``F.linear`` instead of ``layer(x)`` does."""
     called: List[nn.Module] = []
     hooks = [m.register_forward_pre_hook(lambda m, args: called.append(m))
              for m in dict.fromkeys(leaf_modules(module))]
@@ -69,7 +70,8 @@ def called_order(module: nn.Module, forward: Callable[[], Any]) -> Tuple[Any, Op
     finally:
         for hook in hooks:
             hook.remove()
-    return value, called or None
+    weighted = {m for m in leaf_modules(module) if isinstance(m, WEIGHTED)}
+    return value, called if called and weighted <= set(called) else None
 
 
 def weighted_parameters(module: nn.Module, order: Optional[List[nn.Module]] = None) -> List[torch.Tensor]:
