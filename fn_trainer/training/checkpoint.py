@@ -130,6 +130,8 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
             f"checkpoint {str(path)!r} was refused: it holds objects other than tensors and "
             f"plain Python values, and loading it could run code ({_first_line(e)})"
         ) from None
+    except MemoryError:
+        raise
     except Exception as e:  # torch's weights-only unpickler raises IndexError, KeyError... on garbage
         raise CheckpointError(
             f"checkpoint {str(path)!r} cannot be read (truncated or not a checkpoint): "

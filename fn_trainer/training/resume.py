@@ -69,7 +69,7 @@ def load_progress(path: Path, params: Params, opt_state: object, *, settings: Di
     try:
         return _checked_progress(path, data, params, opt_state, settings=settings, config=config, epochs=epochs,
                                  n_batches=n_batches, members=members)
-    except CheckpointError:
+    except (CheckpointError, MemoryError, torch.cuda.OutOfMemoryError):
         raise
     except Exception as e:  # a hand-edited value of a type the checks did not foresee
         raise CheckpointError(f"checkpoint {str(path)!r} is inconsistent: {type(e).__name__}: {e}") from None

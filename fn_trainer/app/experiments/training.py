@@ -90,14 +90,15 @@ def execute(ctx: Context, specs: Sequence[RunSpec], train_group: Optional[GroupT
 
 def warn_other_checkpoints(ctx: Context, paths: Sequence[Path]) -> None:
     """Under ``--resume``: for each checkpoint path missing while checkpoints of the same
-    run under other options are present (``--limit``, ``--batch-size``, ``--seeds`` changed
-    since), say that the run trains from the start and which files could be continued."""
+    run name are present under another hash (``--limit`` or the data changed since; a
+    changed batch size, epoch count or seed changes the name too, and is not found) or
+    another population size, say that the run trains from the start, naming them."""
     for path in paths:
         others = [] if path.exists() else other_checkpoints(path)
         if others:
             ctx.warn(f"--resume: no checkpoint {path.name} for these options and data, so it trains from the "
-                     f"start; {path.parent} holds {', '.join(p.name for p in others)} from other options "
-                     "(rerun with those to continue it)")
+                     f"start; {path.parent} holds {', '.join(p.name for p in others)}, left with other options "
+                     "or data")
 
 
 def train_one(ctx: Context, spec: RunSpec) -> Trained:
