@@ -21,7 +21,7 @@ and the functional ones. With ``--jax``, the MLP and the CNN are also trained in
 optax (``benchmarks.jax_peer``: ``jax_jit``, the step under ``jax.jit``; ``jax_scan``,
 ``lax.scan`` over many steps per call). The MLP shapes also time ``products``: the
 step's matrix products alone, for every member, with nothing else (``benchmarks.products``):
-no implementation of the same fp32 training with torch's products gets below its ratio.
+a step doing those products in those shapes gets no lower.
 
 Every training path starts from the same parameters (``network.init(0)``, copied into the
 reference's module too) and repeats the same minibatches, so every training path of a

@@ -10,11 +10,11 @@ three products, each ``B · in · out`` multiply-adds:
 ``products_loop`` times exactly these with torch's GEMM, in the layouts the compiled step
 hands it (transposed views, no copies), into buffers allocated once, for ``members``
 models at once (``torch.bmm`` over the members, as the vmapped step batches them). No
-activation, loss or optimizer runs, so no implementation of the same fp32 training with
-torch's products can take less time: a speed target below this path's ratio needs fewer
-FLOPs or faster products, not less work around them. Unlike the matmul floor of
-``benchmarks.epoch`` (the FLOPs at the peak of a 1024-square product), it is the rate these
-thin shapes actually reach on the machine.
+activation, loss or optimizer runs: a step doing these products can take no less time,
+so a speed target below this path's ratio needs fewer FLOPs or faster products (other
+shapes for the same FLOPs, such as one wide product for members sharing their input),
+not less work around them. Unlike the matmul floor of ``benchmarks.epoch`` (the FLOPs at
+the peak of a 1024-square product), it is the rate these thin shapes reach on the machine.
 """
 from __future__ import annotations
 
