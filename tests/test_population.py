@@ -224,3 +224,21 @@ def test_a_population_killed_mid_epoch_resumes_bitwise_identical_to_an_uninterru
         assert all(torch.equal(a["params"][n], b["params"][n]) for n in a["params"])
         assert all(torch.equal(x, y) for x, y in zip(a["opt_state"][:1], b["opt_state"][:1]))
     assert len(fresh[0]["logs"]["validation_accuracy"]) == 5 and not math.isnan(fresh[0]["logs"]["train_loss"][-1])
+
+
+def test_a_population_larger_than_the_machines_memory_is_refused_before_any_member_is_made(data, monkeypatch):
+    import fn_trainer.training.population as population
+
+    network = build_network("mlp", MLP)
+    n_params = sum(p.numel() for p in network.module.parameters())
+    need = 3 * n_params * population.STATE_COPIES * 4  # float32
+    made = []
+    monkeypatch.setattr(population, "init_population", lambda *a: made.append(a))
+    monkeypatch.setattr(population, "physical_memory", lambda: need - 1)
+    with pytest.raises(ValueError, match=f"a population of 3 members of {n_params:,} parameters needs about"):
+        fit_population(network, [Member(s) for s in range(3)], *data, epochs=1, progress=False)
+    assert not made
+    monkeypatch.setattr(population, "physical_memory", lambda: need)  # exactly enough: it goes on
+    with pytest.raises(TypeError):  # to init_population, here a stand-in that returns nothing
+        fit_population(network, [Member(s) for s in range(3)], *data, epochs=1, progress=False)
+    assert len(made) == 1

@@ -12,6 +12,7 @@ population of the homework's learning-rate sweep.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -58,6 +59,30 @@ class Member(NamedTuple):
 
     def optimizer_state(self, params: Params) -> AdamState:
         return adam(self.lr, self.b1, self.b2, self.eps).init(params)
+
+
+STATE_COPIES = 7  # per parameter: itself, its gradient, Adam's two moments, and a step's new three
+
+
+def physical_memory() -> Optional[int]:
+    """This machine's memory in bytes, or ``None`` where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_population_fits(network: Network, n_members: int, dtype: torch.dtype = torch.float32) -> None:
+    """Raise ``ValueError`` when ``n_members`` members' parameters, gradients and Adam state
+    alone (``STATE_COPIES`` copies of the parameters each) exceed this machine's memory:
+    such a population would end in an out-of-memory kill, after initialising every member."""
+    total = physical_memory()
+    n_params = sum(p.numel() for p in network.module.parameters())
+    need = n_members * n_params * STATE_COPIES * torch.finfo(dtype).bits // 8
+    if total is not None and need > total:
+        raise ValueError(f"a population of {n_members} members of {n_params:,} parameters needs about "
+                         f"{need / 2**30:.1f} GiB for their parameters, gradients and Adam moments, more than "
+                         f"this machine's {total / 2**30:.1f} GiB: train fewer members (seeds, learning rates) at once")
 
 
 def init_population(network: Network, members: Sequence[Member],
@@ -214,6 +239,7 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
         raise TypeError(f"network must be a Network (from build_network), got {type(network).__name__}")
     members = check_members(members)
     K = len(members)
+    check_population_fits(network, K, dtype)
     params, state = init_population(network, members, dtype)
     dtype = params_dtype(params)
     checkpoint = checkpoint_path(checkpoint, resume)

@@ -58,10 +58,11 @@ def execute(ctx: Context, specs: Sequence[RunSpec], train_group: Optional[GroupT
     records: Dict[int, RunRecord] = {}
     pending: List[int] = []
     for i, spec in enumerate(specs):
-        if result_path(ctx, spec).is_dir():  # found now, not once the training it would waste is done
-            raise ValueError(f"the run record {result_path(ctx, spec)} is an existing folder, where the "
-                             "run's result is to be written: move it away")
-        reusable = not ctx.settings.force or result_path(ctx, spec) in ctx.written
+        path = result_path(ctx, spec)
+        if path.is_dir():  # found now, not once the training it would waste is done
+            raise ValueError(f"the run record {path} is an existing folder, where the run's result is to be "
+                             "written: move it away")
+        reusable = not ctx.settings.force or path in ctx.written
         stored = stored_record(ctx, spec) if reusable else None
         if stored is not None:
             records[i] = stored
