@@ -288,6 +288,12 @@ HOSTILE = {
         "    except BlockingIOError:\n        pass\n"
         "    sys.modules['__main__'].read_frame = lambda stream, limit: time.sleep(10 ** 6)\n"
         "    return 0.0\n"),
+    "looks for the reference in its own process": (
+        "import gc, sys, types\n"
+        "LEAK = sorted({m for m in sys.modules if m.startswith('fn_trainer')} | {\n"
+        "    o.__module__ for o in gc.get_objects()\n"
+        "    if isinstance(o, types.FunctionType) and (o.__module__ or '').startswith('fn_trainer')})\n"
+        "def gradient_norm(f, *ts):\n    raise RuntimeError(f'reference code found: {LEAK}')\n"),
     "imports the answer key": "from compat.solution import *\n",
     "imports the reference": "import torch\nfrom fn_trainer.core.diagnostics import gradient_norm\n",
 }
@@ -332,6 +338,7 @@ def test_hostile_submissions_get_valid_results(tmp_path):
     assert not daemon_left
     assert "stopped reading the grader's requests" in outputs["stops reading its requests"]["1"]
     assert "time limit" not in outputs["stops reading its requests"]["2"]
+    assert "reference code found: []" in outputs["looks for the reference in its own process"]["1"]
     for name, module in (("imports the answer key", "compat"), ("imports the reference", "fn_trainer")):
         assert graded[name]["score"] == 0
         assert f"No module named '{module}': the grader's reference is not available" in graded[name]["output"]

@@ -8,7 +8,7 @@ like one activation instance, is listed at each), each as
 """
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -82,3 +82,33 @@ def weighted_parameters(module: nn.Module, order: Optional[List[nn.Module]] = No
         if isinstance(m, WEIGHTED):
             found += [p.detach().clone() for p in (m.weight, m.bias) if p is not None]
     return found
+
+
+def _arguments(m: nn.Module) -> Dict[str, Any]:
+    """The constructor arguments that rebuild layer ``m`` (of one of ``KINDS``)."""
+    if isinstance(m, nn.Linear):
+        return {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None}
+    if isinstance(m, nn.Conv2d):
+        return {"in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": m.kernel_size,
+                "stride": m.stride, "padding": m.padding, "bias": m.bias is not None}
+    if isinstance(m, nn.MaxPool2d):
+        return {"kernel_size": m.kernel_size, "stride": m.stride, "padding": m.padding}
+    if isinstance(m, nn.AdaptiveMaxPool2d):
+        return {"output_size": m.output_size}
+    if isinstance(m, nn.Flatten):
+        return {"start_dim": m.start_dim, "end_dim": m.end_dim}
+    if isinstance(m, nn.Softmax):
+        return {"dim": m.dim}
+    return {}
+
+
+def recipe(module: nn.Module) -> List[Tuple[str, Dict[str, Any]]]:
+    """``module``'s leaf layers as ``(class name, constructor arguments)``: what
+    ``from_recipe`` rebuilds in another process, with plain values only."""
+    return [(type(m).__name__, _arguments(m)) for m in leaf_modules(module)]
+
+
+def from_recipe(layers: List[Tuple[str, Dict[str, Any]]]) -> nn.Sequential:
+    """The ``nn.Sequential`` of ``recipe``'s layers, made from ``torch.nn`` classes of ``KINDS`` only."""
+    allowed = {kind.__name__: kind for kind in KINDS}
+    return nn.Sequential(*(allowed[name](**arguments) for name, arguments in layers))

@@ -1,11 +1,13 @@
 """The submission's side of grading, run in its own interpreter:
-``python -I -m fn_trainer.app.grading.probe FOLDER REQUEST_FD ANSWER_FD``.
+``python -I path/to/probe.py FOLDER REQUEST_FD ANSWER_FD``.
 
 It imports ``FOLDER/solution.py``, then answers requests until the grader closes the
 request pipe. A request is a dict ``{"op": name, ...inputs}`` chosen by the grader; the
 answer is what the submission's functions returned on those inputs, as plain values and
 tensors. Nothing here judges an answer: the grader compares it with ``fn_trainer`` in
-its own process, which the submission's code cannot reach. Frames on both pipes are an
+its own process. Run as a file (as the grader starts it), this module loads only its
+sibling modules ``functions``, ``interface`` and ``layers`` (torch alone) and never
+``fn_trainer``'s reference code, so none of it is in the submission's process. Frames on both pipes are an
 8-byte length followed by ``torch.save`` bytes, read with ``weights_only=True``.
 
 The answer key is out of the submission's reach by name: before ``solution.py`` is
@@ -15,25 +17,42 @@ them, so ``from compat.solution import *`` fails like any missing module.
 """
 from __future__ import annotations
 
+import collections
 import importlib
 import importlib.abc
+import importlib.util
 import inspect
 import io
 import os
 import struct
 import sys
 import traceback
+from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch import nn
 
-from fn_trainer.app.grading.functions import SCALAR_FUNCTIONS, TENSOR_FUNCTIONS
-from fn_trainer.app.grading.interface import FUNCTIONS, TRAINER_METHODS
-from fn_trainer.app.grading.layers import called_order, describe_layers, weighted_parameters
-from fn_trainer.core.config import NetworkConfiguration
-from fn_trainer.core.diagnostics import global_norm
-from fn_trainer.core.networks import activation, cnn, mlp
+
+def _sibling(name: str):
+    """This folder's module ``name``, loaded from its file without importing the package."""
+    spec = importlib.util.spec_from_file_location(f"grading_{name}", Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+if __package__:  # imported by the grader: the package is there already
+    from . import functions, interface, layers
+else:  # the submission's process: fn_trainer's reference code is never loaded into it
+    functions, interface, layers = (_sibling(name) for name in ("functions", "interface", "layers"))
+SCALAR_FUNCTIONS, TENSOR_FUNCTIONS = functions.SCALAR_FUNCTIONS, functions.TENSOR_FUNCTIONS
+FUNCTIONS, TRAINER_METHODS = interface.FUNCTIONS, interface.TRAINER_METHODS
+called_order, describe_layers = layers.called_order, layers.describe_layers
+weighted_parameters = layers.weighted_parameters
+# the template's NetworkConfiguration, for a submission that has none
+NetworkConfiguration = collections.namedtuple("NetworkConfiguration", list(interface.NETWORK_CONFIGURATION_FIELDS),
+                                              defaults=list(interface.NETWORK_CONFIGURATION_FIELDS.values()))
 
 HEADER = struct.Struct(">Q")
 ANSWER_KEY = ("fn_trainer", "compat")  # the reference and the homework's answer
@@ -125,13 +144,9 @@ def config_of(solution, fields: Dict[str, tuple]):
 
 
 def grader_network(spec: Dict[str, Any]) -> nn.Module:
-    """The grader's own network (``fn_trainer``'s builder) with the sent parameters, so
-    that questions 8-11 do not depend on the submission's builders."""
-    act = activation(spec["activation"])
-    config = NetworkConfiguration(**spec["config"])
-    c, h, w = spec["input_shape"]
-    module = (mlp(c * h * w, config, spec["n_classes"], act) if spec["type"] == "mlp"
-              else cnn(c, config, spec["n_classes"], act))
+    """The grader's own network, rebuilt from the layers it sent (``layers.recipe``) with
+    the sent parameters, so that questions 8-11 do not depend on the submission's builders."""
+    module = layers.from_recipe(spec["layers"])
     module.load_state_dict(spec["params"])
     return module
 
@@ -225,7 +240,7 @@ def op_build(solution, request):
     trainer = solution.Trainer
     build = trainer.create_mlp if request["type"] == "mlp" else trainer.create_cnn
     net = build(request["first"], config_of(solution, request["config"]), request["n_classes"],
-                activation(request["activation"]))
+                layers.from_recipe([(request["activation_class"], {})])[0])
     if not isinstance(net, nn.Module):
         raise TypeError(f"create_{request['type']} returned {type(net).__name__}, expected a torch.nn.Module")
 
@@ -281,7 +296,7 @@ def reference_gradient_norm(network: nn.Module) -> float:
     """``||grad||_2`` of ``network``'s ``.grad`` buffers together: question 9's answer,
     lent to the questions that build on it, so that a wrong ``compute_gradient_norm``
     costs points in question 9 only."""
-    return float(global_norm([p.grad.detach() for p in network.parameters() if p.grad is not None]))
+    return float(torch.sqrt(sum(p.grad.detach().square().sum() for p in network.parameters() if p.grad is not None)))
 
 
 def op_training_step(solution, request):

@@ -33,7 +33,7 @@ from ...core.optim import adam
 from ...core.step import make_objective
 from .functions import ELEMENTWISE, SCALAR_FUNCTIONS, TENSOR_FUNCTIONS
 from .interface import differences
-from .layers import describe_layers
+from .layers import describe_layers, recipe
 
 EXAMPLES = 12
 ATOL, RTOL = 1e-6, 1e-5
@@ -210,7 +210,8 @@ def ask_build(ask: Ask, kind: str, case):
     c, h, w = case["input_shape"]
     x = randn(case["seed"], (2, c, h, w))
     answer = ask("build", build_call(kind, case), type=kind, first=c * h * w if kind == "mlp" else c,
-                 config=case["config"], n_classes=case["n_classes"], activation=case["activation"], x=x)
+                 config=case["config"], n_classes=case["n_classes"],
+                 activation_class=type(activation(case["activation"])).__name__, x=x)
     return x, answer
 
 
@@ -326,7 +327,7 @@ def network_case(seed: int, n: int, n_classes: int = 4, hidden: int = 5, sharpne
     X = torch.randn((n, 1, 2, 3), generator=g) * 2
     labels = torch.randint(0, n_classes, (n,), generator=g)
     spec = {"type": "mlp", "input_shape": (1, 2, 3), "config": {"dense_hiddens": (hidden,)},
-            "n_classes": n_classes, "activation": "tanh", "params": params}
+            "n_classes": n_classes, "activation": "tanh", "params": params, "layers": recipe(net.module)}
     return NetworkCase(spec, net.apply, X, labels)
 
 

@@ -36,8 +36,11 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from . import probe
 from .limits import ANSWER_LIMIT, DEFAULT_MEMORY_MB, FILE_SIZE_MB, OUTPUT_KEPT
 from .probe import HEADER, encode
+
+PROBE = probe.__file__  # run as a file, so that the submission's process never imports fn_trainer
 
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 FILE_SIZE_LIMIT = FILE_SIZE_MB << 20
@@ -200,7 +203,7 @@ class Submission:
         try:
             with _LIVE_LOCK:
                 self.process = subprocess.Popen(
-                    [sys.executable, "-I", "-B", "-u", "-m", "fn_trainer.app.grading.probe", self.folder,
+                    [sys.executable, "-I", "-B", "-u", PROBE, self.folder,
                      str(request_r), str(answer_w), *(["--allow-reference"] if self.allow_reference else [])],
                     cwd=self.folder, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT, pass_fds=(request_r, answer_w), start_new_session=True,
