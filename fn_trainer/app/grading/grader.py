@@ -25,6 +25,8 @@ class Session:
     """The submission's process across questions: restarted for a question when an
     earlier one killed it, never again after its import failed."""
 
+    budget_spent = "not graded: the grading's time budget ran out during this question"
+
     def __init__(self, submission: Submission, timeout: float, budget_end: float = float("inf")) -> None:
         self.submission, self.timeout, self.budget_end = submission, timeout, budget_end
         self.deadline = 0.0
@@ -52,8 +54,6 @@ class Session:
 
     def out_of_time(self) -> bool:
         return time.monotonic() >= self.budget_end
-
-    budget_spent = "not graded: the grading's time budget ran out during this question"
 
     def ask(self, op: str, what: str, **inputs) -> Any:
         reason = self.fatal or self.broken
