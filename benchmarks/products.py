@@ -23,8 +23,7 @@ from typing import Callable, List, NamedTuple
 import torch
 
 from fn_trainer import NetworkConfiguration
-
-INPUT_WIDTH, N_CLASSES = 28 * 28, 10
+from fn_trainer.core.data import IMAGE_SIZE, N_CLASSES
 
 
 class Product(NamedTuple):
@@ -40,7 +39,7 @@ class Product(NamedTuple):
 
 def dense_products(config: NetworkConfiguration, batch_size: int) -> List[Product]:
     """The products of one training step of the MLP ``config`` on ``batch_size`` rows."""
-    widths = (INPUT_WIDTH, *config.dense_hiddens, N_CLASSES)
+    widths = (IMAGE_SIZE[0] * IMAGE_SIZE[1], *config.dense_hiddens, N_CLASSES)
     products = []
     for layer, (fan_in, fan_out) in enumerate(zip(widths, widths[1:])):
         products.append(Product(batch_size, fan_in, fan_out, False, True))   # x Wᵀ

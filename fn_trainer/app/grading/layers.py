@@ -62,15 +62,15 @@ def called_order(module: nn.Module, forward: Callable[[], Any]) -> Tuple[Any, Op
     it registered them is described as it computes. The order is ``None`` (registration
     order applies) when the calls missed a Linear or Conv2d layer, which a forward using
     ``layer.forward(x)`` or ``F.linear`` instead of ``layer(x)`` does."""
+    leaves = leaf_modules(module)
     called: List[nn.Module] = []
-    hooks = [m.register_forward_pre_hook(lambda m, args: called.append(m))
-             for m in dict.fromkeys(leaf_modules(module))]
+    hooks = [m.register_forward_pre_hook(lambda m, args: called.append(m)) for m in dict.fromkeys(leaves)]
     try:
         value = forward()
     finally:
         for hook in hooks:
             hook.remove()
-    weighted = {m for m in leaf_modules(module) if isinstance(m, WEIGHTED)}
+    weighted = {m for m in leaves if isinstance(m, WEIGHTED)}
     return value, called if called and weighted <= set(called) else None
 
 
