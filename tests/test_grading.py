@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import settings
+from hypothesis import given, settings
 from template_spec import SPEC, read_spec
 
 from fn_trainer.app.cli import main
@@ -23,6 +23,7 @@ from fn_trainer.app.export import export_solution
 from fn_trainer.app.grading import TOTAL_POINTS, grade, grade_to_file, grader, questions
 from fn_trainer.app.grading import results as grading_results
 from fn_trainer.app.grading.bundle import write_bundle
+from fn_trainer.app.grading.functions import TENSOR_FUNCTIONS
 from fn_trainer.app.grading.interface import (
     FUNCTIONS,
     NETWORK_CONFIGURATION_FIELDS,
@@ -239,6 +240,43 @@ VARIANTS = {
     "zero_grad after the update": [(
         "        self.optimizer.step()\n        return norm",
         "        self.optimizer.step()\n        self.optimizer.zero_grad()\n        return norm")],
+    # The questions on the Trainer's methods make it with the submission's own __init__.
+    "a device that __init__ sets and the methods use": [(
+        "        self.train_logs = {'train_accuracy': [], 'validation_accuracy': [], 'train_loss': [],\n",
+        "        self.device = torch.device('cpu')\n"
+        "        self.train_logs = {'train_accuracy': [], 'validation_accuracy': [], 'train_loss': [],\n"), (
+        "        targets = self._targets(y, X, \"compute_loss_and_accuracy data\")\n",
+        "        X, y = X.to(self.device), y.to(self.device)\n"
+        "        targets = self._targets(y, X, \"compute_loss_and_accuracy data\")\n"), (
+        "        targets = self._targets(y, X, \"evaluate data\")\n",
+        "        X, y = X.to(self.device), y.to(self.device)\n"
+        "        targets = self._targets(y, X, \"evaluate data\")\n")],
+    "an MLP that flattens and takes the softmax in its forward": [(
+        "return mlp(input_dim, net_config, n_classes, activation)",
+        "layers = torch.nn.ModuleList(list(mlp(input_dim, net_config, n_classes, activation))[1:-1])\n\n"
+        "        class Net(torch.nn.Module):\n"
+        "            def __init__(self):\n"
+        "                super().__init__()\n"
+        "                self.layers = layers\n\n"
+        "            def forward(self, x):\n"
+        "                x = x.flatten(1)\n"
+        "                for m in self.layers:\n"
+        "                    x = m(x)\n"
+        "                return torch.softmax(x, dim=1)\n\n"
+        "        return Net()")],
+    "a CNN with Identity in place of its last pool": [(
+        "return cnn(in_channels, net_config, n_classes, activation)",
+        "layers = list(cnn(in_channels, net_config, n_classes, activation))\n"
+        "        at = max(i for i, m in enumerate(layers) if isinstance(m, torch.nn.Conv2d)) + 2\n"
+        "        return torch.nn.Sequential(*layers[:at], torch.nn.Identity(), *layers[at:])")],
+    "normalize written for 28 x 28 images": [(
+        "        return normalize_splits(train, valid, test)",
+        "        flat = [(X.reshape(-1, 784), y) for X, y in (train, valid, test)]\n"
+        "        mean, std = flat[0][0].mean(0), flat[0][0].std(0)\n"
+        "        return tuple((((X - mean) / std).reshape(-1, 1, 28, 28), y) for X, y in flat)")],
+    "jacobian_norm with torch.autograd.functional.jacobian": [(
+        "    return float(functional_jacobian_norm(function, input_tensor))",
+        "    return float(torch.linalg.vector_norm(torch.autograd.functional.jacobian(function, input_tensor)))")],
 }
 
 
@@ -251,6 +289,18 @@ def test_correct_answers_written_otherwise_keep_every_point(variant, tmp_path, m
     monkeypatch.setattr(questions, "SETTINGS", settings(questions.SETTINGS, max_examples=MUTANT_EXAMPLES))
     results = grade(path)
     assert results["score"] == 35, {t["number"]: t["output"] for t in results["tests"] if t["score"] < t["max_score"]}
+
+
+def test_jacobian_norm_is_asked_only_of_outputs_with_entries():
+    # differences of one entry is empty: the homework never asks for that Jacobian
+    for part in QUESTIONS[1].parts:
+        @settings(questions.SETTINGS, max_examples=200)
+        @given(part.strategy)
+        def check(case):
+            x = questions.randn(case["seed"], case["shape"])
+            assert TENSOR_FUNCTIONS[case["function"]](x).numel() > 0, case
+
+        check()
 
 
 HOSTILE = {
@@ -475,6 +525,29 @@ def test_results_replace_what_utf8_cannot_encode(tmp_path):
     written = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
     assert written["tests"][0]["output"] == "ValueError: ?" and written["output"] == "?"
     assert "ValueError: ?" in grading_results.summary(results)
+
+
+def test_results_cut_an_output_of_any_size(tmp_path):
+    long = "x" * (10 * grading_results.MAX_OUTPUT)
+    results = grading_results.results_json([grading_results.TestResult("7", "one_hot", 0.0, 2.0, long)], 1.0, long)
+    for text in (results["output"], results["tests"][0]["output"]):
+        assert text.startswith("x" * grading_results.MAX_OUTPUT) and len(text) < grading_results.MAX_OUTPUT + 100
+        assert text.endswith(f"({9 * grading_results.MAX_OUTPUT} more characters left out)")
+
+
+def test_messages_name_the_first_error_and_no_huge_answer(tmp_path, monkeypatch):
+    path = tmp_path / "solution.py"
+    path.write_text(mutate(export_solution(tmp_path / "exported.py").read_text(), [
+        ("        return torch.tensor(loss, dtype=torch.float32), acc\n",
+         "        return torch.tensor(loss, dtype=torch.float32), acuracy\n"),
+        ("    def one_hot(self, y: torch.Tensor) -> torch.Tensor:\n",
+         "    def one_hot(self, y: torch.Tensor) -> torch.Tensor:\n        return torch.zeros(100_000)\n")]))
+    monkeypatch.setattr(grader, "Submission", InProcessSubmission)
+    monkeypatch.setattr(questions, "SETTINGS", settings(questions.SETTINGS, max_examples=MUTANT_EXAMPLES))
+    outputs = {t["number"]: t["output"] for t in grade(path)["tests"]}
+    # the one-hot call's error, not the one of the retry with labels
+    assert "raised RuntimeError: NameError: name 'acuracy' is not defined" in outputs["11"]
+    assert "returned a tensor of shape (100000,), expected (4, 5)" in outputs["7"] and len(outputs["7"]) < 1000
 
 
 def as_written(expected) -> tuple:

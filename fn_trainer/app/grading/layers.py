@@ -15,7 +15,7 @@ from torch import nn
 
 WEIGHTED = (nn.Linear, nn.Conv2d)
 KINDS = (nn.Linear, nn.Conv2d, nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Softmax,
-         nn.ReLU, nn.Tanh, nn.Sigmoid)
+         nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Identity)
 
 
 def _pair(value) -> tuple:
