@@ -12,7 +12,7 @@ from fn_trainer.app.experiments import EXPERIMENTS, experiment
 from fn_trainer.app.experiments.configurations import Configuration, by_configuration
 from fn_trainer.app.experiments.equivariance import equivariance_maps
 from fn_trainer.app.experiments.figures import curves
-from fn_trainer.app.experiments.formatting import runs_table, summary
+from fn_trainer.app.experiments.formatting import differences, runs_table, summary
 from fn_trainer.app.experiments.records import RunRecord, RunSpec, finite_logs
 from fn_trainer.app.plots import Curve, plot_curves, plot_map
 from fn_trainer.app.report import assemble, markdown_table, write_section
@@ -113,6 +113,16 @@ def test_one_seed_is_the_run_itself_without_a_band():
                           run.diverged, None)
 
 
+def test_differences_give_no_final_accuracy_for_configurations_with_diverged_runs():
+    fine = Configuration((seed_run(0, [0.1, 0.5, 0.7]), seed_run(1, [0.2, 0.6, 0.8])))
+    broken = Configuration((seed_run(0, [0.1], "diverged in epoch 2"), seed_run(1, [0.2, 0.4, 0.5])))
+    _, _, line = differences([("broken against fine", broken, fine)])
+    assert line.startswith("- broken against fine: final n/a (1 of 2 seeds of the first diverged: ")
+    assert "; best -0.4500 [" in line  # the best accuracy before diverging still counts
+    _, _, line = differences([("fine against fine", fine, fine)])
+    assert line.startswith("- fine against fine: final +0.0000 [")
+
+
 def test_runs_group_into_configurations_by_everything_but_the_seed():
     a0, a1 = seed_run(0, [0.1]), seed_run(1, [0.2])
     b0 = seed_run(0, [0.3], lr=0.001)
@@ -208,6 +218,14 @@ def test_plot_curves_shades_a_band_in_the_curve_colour_where_both_sides_are_fini
     assert banded.shape == plain.shape and not np.array_equal(banded, plain)
     with pytest.raises(ValueError, match="curve 'b': band must be \\(low, high\\)"):
         Curve("b", [0.1, 0.2], band=([0.1], [0.2, 0.3]))
+
+
+def test_plot_curves_draws_curves_that_all_diverged_at_once_on_a_log_scale(tmp_path):
+    # every seed diverged in the first epoch: no finite value and an empty band
+    curves = [Curve(name, [None, None], diverged="2 of 2 seeds diverged", band=([None, None], [None, None]))
+              for name in ("deep", "wide")]
+    path = plot_curves(curves, tmp_path / "loss.png", title="t", ylabel="loss", logy=True)
+    assert read_png(path).shape[0] > 300
 
 
 def test_plot_curves_needs_curves(tmp_path):

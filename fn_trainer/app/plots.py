@@ -55,8 +55,11 @@ def _draw_band(ax, band: Tuple[Sequence[Optional[float]], Sequence[Optional[floa
     """Shade between ``band``'s low and high values where both are finite (gaps elsewhere)."""
     low, high = band
     lows, highs = ([v if _is_finite(v) else np.nan for v in side] for side in (low, high))
+    where = np.isfinite(lows) & np.isfinite(highs)
+    if not where.any():  # matplotlib would give the axes an empty extent, which a log scale refuses
+        return
     ax.fill_between(np.arange(start, start + len(low)), lows, highs,
-                    where=np.isfinite(lows) & np.isfinite(highs), color=color, alpha=BAND_ALPHA, linewidth=0)
+                    where=where, color=color, alpha=BAND_ALPHA, linewidth=0)
 
 
 def plot_curves(curves: Sequence[Curve], path: Path, *, title: str, ylabel: str,
@@ -66,14 +69,17 @@ def plot_curves(curves: Sequence[Curve], path: Path, *, title: str, ylabel: str,
 
     A diverged curve is drawn up to its last finite value and ends with an ``X``
     marker; its legend entry says "diverged". A curve with no finite value at all is
-    listed in the legend only. A curve's ``band`` is shaded in its colour; what a band
-    shows is for the title or the labels to say.
+    listed in the legend only; with no positive value anywhere, ``logy`` is ignored. A
+    curve's ``band`` is shaded in its colour; what a band shows is for the title or the
+    labels to say.
     """
     if not curves:
         raise ValueError("plot_curves needs at least one curve")
     fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI)
+    positive = False  # a log scale needs a value above 0 (every run may have diverged at once)
     for c in curves:
         xs, ys = _finite(c.values, c.start)
+        positive = positive or bool((ys > 0).any())
         label = f"{c.label} — diverged" if c.diverged else c.label
         (line,) = ax.plot(xs, ys, linestyle=c.linestyle, color=c.color, label=label,
                           marker="o" if len(xs) == 1 else None)
@@ -82,7 +88,7 @@ def plot_curves(curves: Sequence[Curve], path: Path, *, title: str, ylabel: str,
         if c.diverged and len(xs):
             ax.plot(xs[-1:], ys[-1:], marker="X", markersize=11, color=line.get_color(),
                     markeredgecolor="black", linestyle="none")
-    if logy:
+    if logy and positive:
         ax.set_yscale("log")
     if ylim is not None:
         ax.set_ylim(*ylim)

@@ -86,7 +86,8 @@ Contrast = Tuple[str, Configuration, Configuration]  # what is compared, first, 
 def differences(contrasts: Sequence[Contrast]) -> List[str]:
     """The report's comparisons: a sentence on the method, then per contrast the difference
     (first minus second) of the mean final and of the mean best validation accuracy, with
-    Welch's t interval over seeds and whether it exceeds seed noise."""
+    Welch's t interval over seeds and whether it exceeds seed noise. The final one is n/a
+    when a run of either side diverged."""
     if not contrasts:
         return []
     sizes = sorted({len(c.runs) for _, a, b in contrasts for c in (a, b)})
@@ -99,9 +100,18 @@ def differences(contrasts: Sequence[Contrast]) -> List[str]:
                   f"difference exceeds seed noise when its interval excludes 0.")
     lines = [method, ""]
     for what, a, b in contrasts:
-        lines.append(f"- {what}: final {_difference(a.finals(), b.finals())}; "
-                     f"best {_difference(a.bests(), b.bests())}")
+        lines.append(f"- {what}: final {_final_difference(a, b)}; best {_difference(a.bests(), b.bests())}")
     return lines
+
+
+def _final_difference(a: Configuration, b: Configuration) -> str:
+    """The final accuracies' difference, or why there is none: a diverged run's last finite
+    value comes from before its divergence, not from the last epoch."""
+    diverged = [f"{n} of {len(c.runs)} seeds of the {side}" for side, c in (("first", a), ("second", b))
+                for n in [sum(1 for r in c.runs if r.diverged)] if n]
+    if diverged:
+        return f"n/a ({' and '.join(diverged)} diverged: a diverged run has no last-epoch accuracy)"
+    return _difference(a.finals(), b.finals())
 
 
 def _difference(a: Sequence[float], b: Sequence[float]) -> str:
