@@ -231,3 +231,46 @@ def test_compile_step_leaves_other_shapes_to_the_eager_step(monkeypatch):
     assert calls == [("fast", (4, 2)), ("fast", (4, 2)), ("plain", (3, 2)), ("fast", (4, 2))]
     with pytest.raises(TypeError, match="eager"):
         compile_step(fast, eager="plain")
+
+
+def test_a_compiled_step_is_made_for_the_full_minibatch_even_if_a_short_one_comes_first():
+    # a run resumed at an epoch's short last minibatch sees that one first
+    torch._dynamo.reset()
+    eager_shapes = []
+
+    def eager(params, state, batch):
+        eager_shapes.append(tuple(batch[0].shape))
+        return params, state, {"y": batch[0] * 2}
+
+    step = compile_step(lambda params, state, batch: (params, state, {"y": batch[0] * 2}), eager=eager,
+                        guard_closures=False, batch_shape=(4, 3))
+    with compiles(0):
+        step({}, None, (torch.ones(2, 3),))
+    with compiles(1):
+        assert torch.equal(step({}, None, (torch.ones(4, 3),))[2]["y"], torch.full((4, 3), 2.0))
+    assert eager_shapes == [(2, 3)]
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_fit_population_compiles_for_its_full_minibatches(shuffle, monkeypatch):
+    from fn_trainer.training import population
+
+    made_for, seen = [], set()
+
+    def recording(step, *, eager, guard_closures, batch_shape):
+        made_for.append(batch_shape)
+
+        def run(params, state, batch):
+            seen.add(tuple(batch[0].shape))
+            return eager(params, state, batch)
+
+        return run
+
+    monkeypatch.setattr(population, "compile_step", recording)
+    net = build_network("mlp", NetworkConfiguration(dense_hiddens=(4,)))
+    X, y = torch.randn(10, 1, 28, 28), torch.arange(10) % 10
+    members = [population.Member(seed=s) for s in (0, 1)]
+    population.fit_population(net, members, (X, y), (X, y), epochs=1, batch_size=4, shuffle=shuffle,
+                              compile=True, progress=False)
+    full = (2, 4, 1, 28, 28) if shuffle else (4, 1, 28, 28)  # two seeds shuffle in two orders
+    assert made_for == [full] and full in seen and len(seen) == 2  # and the short last minibatch

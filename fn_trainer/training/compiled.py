@@ -24,11 +24,13 @@ MultiStep = Callable[[Params, object, Batch], Tuple[Params, object, Dict[str, Te
 
 
 def compile_step(step: Step, *, mode: str | None = None, other_shapes: str = "eager",
-                 eager: Optional[Step] = None, guard_closures: bool = True) -> Step:
+                 eager: Optional[Step] = None, guard_closures: bool = True,
+                 batch_shape: Optional[Tuple[int, ...]] = None) -> Step:
     """``step`` under ``torch.compile(fullgraph=True, dynamic=False)``, same signature.
 
-    The graph is specialised to the first minibatch shape it sees. A minibatch of
-    another shape (the smaller last one of an epoch) runs eagerly when
+    The graph is specialised to ``batch_shape``, the shape of a full minibatch's inputs
+    ``batch[0]`` (``None``: the first minibatch's, which a run resumed at an epoch's
+    short last minibatch would make the short one). A minibatch of another shape (the smaller last one of an epoch) runs eagerly when
     ``other_shapes="eager"`` (one eager step per epoch instead of a second compilation
     as long as the first), or compiles another graph when ``other_shapes="compile"``.
     The eager step is ``eager`` if given, else ``step``: a step built on a forward
@@ -61,7 +63,7 @@ def compile_step(step: Step, *, mode: str | None = None, other_shapes: str = "ea
     fallback = step if eager is None else eager
     if other_shapes == "compile":
         return compiled
-    first_shape = None
+    first_shape = None if batch_shape is None else tuple(batch_shape)
 
     def compiled_step(params: Params, opt_state, batch: Batch):
         nonlocal first_shape

@@ -176,19 +176,21 @@ def make_population_evaluate(network: Network):
 
 
 def make_population_step(network: Network, batch_in_dims: Optional[int], *, compile: bool = False,
-                         compiled_apply: Optional[Apply] = None) -> Step:
+                         compiled_apply: Optional[Apply] = None,
+                         batch_shape: Optional[Tuple[int, ...]] = None) -> Step:
     """``vmap`` of the pure Adam step over stacked members: ``(params, state, (x, targets))``
     with ``x: (K, B, ...)`` per member (``batch_in_dims=0``) or ``(B, ...)`` shared (``None``).
 
     ``compile=True``: under ``torch.compile``, with ``compiled_apply`` as the forward if
     given (``fn_trainer.speed.inductor_apply(network)``), ``network.apply`` otherwise, and
-    Adam's powers as ``exp_log_power``; a minibatch of another shape runs the eager step."""
+    Adam's powers as ``exp_log_power``, for minibatches of ``batch_shape`` (``x``'s; see
+    ``compile_step``); a minibatch of another shape runs the eager step."""
     in_dims = (0, 0, (batch_in_dims,) * 2)
     step = vmap(make_step(network.apply, adam()), in_dims=in_dims)
     if not compile:
         return step
     fast = make_step(compiled_apply or network.apply, adam(power=exp_log_power))
-    return compile_step(vmap(fast, in_dims=in_dims), eager=step, guard_closures=False)
+    return compile_step(vmap(fast, in_dims=in_dims), eager=step, guard_closures=False, batch_shape=batch_shape)
 
 
 def check_members(members: Any) -> List[Member]:
@@ -256,8 +258,10 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
     one_order = not shuffle or len(seeds) == 1
     # members of different seeds read the data in their own orders: (K, B) rows gathered per member
     minibatch = minibatches(train_data.rows, n, batch_size, shuffle, seeds[0] if one_order else [m.seed for m in members])
-    step = make_population_step(network, None if train_data.shared and one_order else 0,
-                                compile=compile, compiled_apply=compiled_apply)
+    shared = train_data.shared and one_order
+    full = (min(batch_size, n), *train_data.sample_shape)  # what a resumed run may not see first
+    step = make_population_step(network, None if shared else 0, compile=compile, compiled_apply=compiled_apply,
+                                batch_shape=full if shared else (len(members), *full))
     evaluate = make_population_evaluate(network)
     n_train_eval = min(N_TRAIN_EVAL, n)
     everyone = Members(K, stacked=True)

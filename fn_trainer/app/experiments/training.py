@@ -121,7 +121,8 @@ def train_one(ctx: Context, spec: RunSpec) -> Trained:
         step, trainer = data_parallel_run(ctx, spec, net, optimizer, compiled)
     elif compiled:  # the forward and powers written for Inductor; the odd last minibatch runs the plain step
         step = compile_step(make_step(ctx.fast_apply(net), adam(spec.lr, power=exp_log_power)), eager=step,
-                            guard_closures=False)
+                            guard_closures=False,
+                            batch_shape=(min(spec.batch_size, train[0].shape[0]), *train[0].shape[1:]))
     start = time.perf_counter()
     result = fit(step, make_evaluate(net.apply), params, optimizer.init(params),
                  train, valid, epochs=spec.epochs, batch_size=spec.batch_size, n_classes=N_CLASSES,
