@@ -159,6 +159,12 @@ def test_a_population_checkpoint_of_another_population_is_refused(data, tmp_path
     with pytest.raises(CheckpointError, match="member 1"):
         fit_population(net, [Member(0, 1e-3), Member(1, 1e-3)], *data, epochs=2, batch_size=100, progress=False,
                        checkpoint=path, resume=True)
+    state["logs"][1]["validation_accuracy"].pop()
+    state["batch"], state["last_grad_norm"] = 1, None  # within an epoch, whose log needs the last norm
+    save_checkpoint(path, {k: v for k, v in state.items() if k not in ("format", "version")})
+    with pytest.raises(CheckpointError, match="member 0: last_grad_norm must be a number after step 1 "):
+        fit_population(net, [Member(0, 1e-3), Member(1, 1e-3)], *data, epochs=2, batch_size=100, progress=False,
+                       checkpoint=path, resume=True)
 
 
 CHILD = textwrap.dedent("""

@@ -171,7 +171,8 @@ def position_problem(epoch: Any, batch: Any, logs: Any, last: Any, n_batches: in
     """What is wrong with a checkpoint's position and logs, or ``None``.
 
     After ``epoch`` completed epochs the metric logs hold ``epoch + 1`` numbers (one
-    before training) and ``train_gradient_norm`` holds ``epoch``; ``0 <= batch <= n_batches``.
+    before training) and ``train_gradient_norm`` holds ``epoch``; ``0 <= batch <= n_batches``;
+    ``last``, the last completed minibatch's gradient norm, is ``None`` only at ``batch == 0``.
     """
     def is_int(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
@@ -196,6 +197,8 @@ def position_problem(epoch: Any, batch: Any, logs: Any, last: Any, n_batches: in
         outside = [v for v in logs[key] if not 0 <= v <= 1]
         if outside:
             return f"logs[{key!r}] must hold accuracies in [0, 1], found {outside[0]!r}"
+    if batch > 0 and last is None:  # the epoch's log takes the last completed minibatch's norm
+        return f"last_grad_norm must be a number after step {batch} of the epoch, found None"
     if last is not None and not (is_number(last) and last >= 0):
         return f"last_grad_norm must be a finite number >= 0 or None, found {last!r}"
     return None
