@@ -72,6 +72,10 @@ EDITS = {
     # an int beyond the float range, which math.isfinite cannot take
     "huge integer in logs": (lambda d: _set(d, "logs.train_loss.0", 2**1100), r"logs\['train_loss'\] .* non-numbers"),
     "huge last gradient norm": (lambda d: _set(d, "last_grad_norm", 2**1100), "last_grad_norm must be a finite"),
+    "no last gradient norm within the epoch": (lambda d: (_set(d, "batch", 3), _set(d, "last_grad_norm", None)),
+                                               "last_grad_norm must be a number after step 3 of the epoch"),
+    "python rng holding text": (lambda d: _set(d, "rng.python.1", ["x"] * 625),
+                                "unusable random generator states: an integer is required"),
     "tensor in the settings": (lambda d: _set(d, "settings.batch_size", torch.tensor([16, 16])),
                                "inconsistent: RuntimeError: Boolean value of Tensor"),
 }
@@ -85,6 +89,7 @@ def test_a_hand_edited_checkpoint_is_refused_naming_the_file(edit, tmp_path):
     change, match = EDITS[edit]
     change(data)
     save_checkpoint(path, {k: v for k, v in data.items() if k not in ("format", "version")})
+    torch.rand(1)  # the generator moves on from the state the checkpoint holds
     state = torch.get_rng_state()
     with pytest.raises(CheckpointError, match=match) as e:
         run(path, resume=True)

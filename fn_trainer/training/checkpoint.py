@@ -174,11 +174,17 @@ def set_rng_states(states: Mapping[str, Any]) -> None:
     """
     template = rng_states()
     restore_like(template, {k: v for k, v in states.items() if k in template}, "rng")
-    torch.set_rng_state(states["torch"])
     version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
+    python = (version, tuple(internal), gauss)
     kind, keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    numpy = (kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
+    # each state is tried on a generator of its own first: one the others refuse changes nothing
+    random.Random().setstate(python)
+    np.random.RandomState().set_state(numpy)
+    torch.Generator().set_state(states["torch"])
+    torch.set_rng_state(states["torch"])
+    random.setstate(python)
+    np.random.set_state(numpy)
     cuda = states.get("cuda")
     if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
