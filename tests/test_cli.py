@@ -226,6 +226,8 @@ def test_diverged_runs_are_reported_as_such(small_data_root, tmp_path, capsys):
     (["cnn", "--lr", "nan"], "--lr"),
     (["lr-sweep", "--lrs", "0.1", "inf"], "--lrs"),
     (["lr-sweep", "--lrs", "0.01", "0.1", "1e-2"], "--lrs must name each learning rate once, got 0.01 more than once"),
+    (["lr-sweep", "--lrs", "0.001", "0.0010000001"],
+     "--lrs 0.001 and 0.0010000001 are both written 0.001 in run names and the report"),
     (["depth", "--seed", "-4"], "--seed"),
     (["depth", "--seed", str(2**32)], "--seed must be an integer in [0, 2**32 - 1 = 4294967295]"),
     (["equivariance", "--seed", "18446744073709551616"], "--seed must be an integer in [0, 2**32 - 1"),

@@ -19,6 +19,7 @@ from ..core.checks import SEED_LIMIT, check_positive_float, check_positive_int, 
 from . import PROG
 from .experiments import EXPERIMENTS, Experiment
 from .experiments.context import Context, Settings
+from .experiments.formatting import fmt_lr
 
 ALL = "all"  # the command that runs every experiment
 CALIBRATE = "calibrate"  # the command that measures this CPU's choices (fn_trainer.speed.calibration)
@@ -170,8 +171,16 @@ def validate(args: argparse.Namespace) -> None:
         check_positive_float("--lrs", lr)
     repeated = sorted({lr for lr in lrs if lrs.count(lr) > 1})
     if repeated:  # one configuration twice would count its runs as twice the seeds
-        raise ValueError(f"--lrs must name each learning rate once, got {_listing([f'{lr:g}' for lr in repeated])} "
+        raise ValueError(f"--lrs must name each learning rate once, got {_listing([fmt_lr(lr) for lr in repeated])} "
                          "more than once")
+    written: Dict[str, List[float]] = {}
+    for lr in lrs:
+        written.setdefault(fmt_lr(lr), []).append(lr)
+    alike = [(text, values) for text, values in written.items() if len(values) > 1]
+    if alike:  # run names, legends and tables write a learning rate this way: they could not be told apart
+        text, values = alike[0]
+        raise ValueError(f"--lrs {' and '.join(map(repr, values))} are both written {text} in run names and the "
+                         "report: give learning rates that differ in their first 6 significant digits")
     if hasattr(args, "rank_timeout"):
         check_positive_float("--rank-timeout", args.rank_timeout)
     if hasattr(args, "device"):
