@@ -1,5 +1,6 @@
 """Files that load but lie: hand-edited checkpoints are refused naming the file and what is
 wrong; an invalid stored run record is ignored with a warning and the run retrained."""
+import errno
 import json
 import os
 import shutil
@@ -124,6 +125,36 @@ def depth_done(finished_depth, fake_data_root, tmp_path) -> list:
     """The quick ``depth`` command's arguments with ``--out tmp_path``, a copy of ``finished_depth``."""
     shutil.copytree(finished_depth, tmp_path, dirs_exist_ok=True)
     return depth_args(fake_data_root, tmp_path)
+
+@pytest.mark.parametrize("resume", [True, False])
+def test_a_population_stopped_between_its_records_resumes_from_its_checkpoint(resume, finished_depth, fake_data_root,
+                                                                              tmp_path, monkeypatch):
+    from fn_trainer.app.experiments import training
+    from fn_trainer.core.paths import _write_error
+
+    args = depth_args(fake_data_root, tmp_path)
+    write, writes = training.write_json, []
+
+    def second_fails(path, data):  # the disk fills up after the population's first record
+        writes.append(path)
+        if len(writes) == 2:
+            raise _write_error(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+        return write(path, data)
+
+    monkeypatch.setattr(training, "write_json", second_fails)
+    assert cli.main(args) != 0
+    monkeypatch.setattr(training, "write_json", write)
+    populations, fit_population = [], training.fit_population
+    monkeypatch.setattr(training, "fit_population", lambda net, members, *a, **k: populations.append(len(members))
+                        or fit_population(net, members, *a, **k))
+    assert cli.main([*args, "--resume"] if resume else args) == 0
+    # resumed: the first population whole, from its checkpoint, not its two missing runs, and
+    # either way no checkpoint is left once every record is written
+    assert populations == ([3, 3] if resume else [2, 3])
+    assert not list((tmp_path / "runs").glob("*.checkpoint.pt"))
+    for done in (finished_depth / "runs").glob("*.json"):  # as if it had never stopped
+        assert json.loads((tmp_path / "runs" / done.name).read_text())["logs"] == json.loads(done.read_text())["logs"]
+
 
 RECORD_EDITS = {
     "logs null": lambda d: d.update(logs=None),
