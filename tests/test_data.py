@@ -226,3 +226,26 @@ def test_the_data_fingerprint_changes_with_any_training_or_validation_sample(dat
     array[index] = (array[index] + 1) % 10  # an image one grey level brighter, or another label
     _rewrite(data_copy, name, array)
     assert fingerprint(data_copy) != before
+
+
+def test_a_home_folder_path_is_checked_where_torchvision_reads_it(data_copy, monkeypatch):
+    monkeypatch.setenv("HOME", str(data_copy.parent))
+    path = raw_folder(data_copy) / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DatasetError, match="train-images-idx3-ubyte.*truncated"):
+        load_fashion_mnist(f"~/{data_copy.name}", download=False)
+
+
+def test_a_download_that_would_write_through_a_link_is_refused(data_copy, tmp_path, monkeypatch):
+    import torchvision.datasets.utils as utils
+
+    monkeypatch.setattr(utils, "download_url", lambda *a, **k: pytest.fail("downloaded"))
+    folder = raw_folder(data_copy)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.move(folder / "train-labels-idx1-ubyte", outside / "train-labels-idx1-ubyte")
+    (folder / "train-labels-idx1-ubyte").symlink_to(outside / "train-labels-idx1-ubyte")
+    (folder / "t10k-labels-idx1-ubyte").unlink()  # missing: a download would fetch all four
+    with pytest.raises(DatasetError, match="train-labels-idx1-ubyte is a symbolic link, and downloading the "
+                                           "missing t10k-labels-idx1-ubyte would write through it"):
+        load_fashion_mnist(data_copy, download=True)

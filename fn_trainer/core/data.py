@@ -104,9 +104,11 @@ def load_fashion_mnist(root: str | os.PathLike = "./data", download: bool = True
     downloads them when allowed and reachable. Any failure raises ``DatasetError``
     naming the folder and the expected files, or the file at fault: images that are not
     28x28, image and label counts that disagree, labels outside ``[0, 10)`` anywhere in
-    either label file, or torchvision's old ``processed`` copies beside the IDX files
-    (torchvision would read them instead).
+    either label file, torchvision's old ``processed`` copies beside the IDX files
+    (torchvision would read them instead), or a file missing beside a symbolic link that
+    the download would write through. ``~`` in ``root`` is expanded, as torchvision does.
     """
+    root = os.path.expanduser(os.fspath(root))  # as torchvision expands it: the checks must read its files
     folder = raw_folder(root)
     legacy = [folder.parent / "processed" / name for name in LEGACY_FILES]
     if all(path.is_file() for path in legacy):  # torchvision's own test
@@ -119,6 +121,11 @@ def load_fashion_mnist(root: str | os.PathLike = "./data", download: bool = True
     missing = [name for name in IDX_FILES if folder / name not in present]
     if missing and not download:
         raise DatasetError(_missing_message(folder, f"download=False; missing {', '.join(missing)}"))
+    if missing:  # torchvision downloads and extracts all four with open(..., "wb"), which follows links
+        linked = [path for name in IDX_FILES for path in (folder / name, folder / f"{name}.gz") if path.is_symlink()]
+        if linked:
+            raise DatasetError(f"{linked[0]} is a symbolic link, and downloading the missing {', '.join(missing)} "
+                               f"would write through it: put all four IDX files in {folder}, or remove the link")
     try:
         from torchvision.datasets import FashionMNIST
     except Exception as e:  # a broken install fails here, often not with ImportError
