@@ -29,7 +29,7 @@ from fn_trainer.core.losses import EPSILON, accuracy, cross_entropy
 from fn_trainer.core.losses import one_hot as one_hot_labels
 from fn_trainer.core.networks import NETWORK_TYPES, cnn, feature_map_sizes, mlp
 from fn_trainer.core.networks import activation as activation_module
-from fn_trainer.core.optim import adam, adam_update
+from fn_trainer.core.optim import adam, adam_update, scheduled_lr
 from fn_trainer.core.paths import ensure_writable_dir, write_figure
 from fn_trainer.core.splits import check_split
 
@@ -46,14 +46,20 @@ FIGURES_DIR: Union[str, os.PathLike] = "."
 __all__ = ["NetworkConfiguration", "gradient_norm", "jacobian_norm", "FunctionalAdam", "Trainer"]
 
 
+def _plain(splits) -> Tuple[Tuple[torch.Tensor, torch.Tensor], ...]:
+    """The template's plain tuples: ``torch.save`` of a split loads anywhere, no class needed."""
+    return tuple((X, y) for X, y in splits)
+
+
 def gradient_norm(function: Callable, *tensor_list: List[torch.Tensor]) -> float:
     """``||grad function(*tensor_list)||_2`` over all the tensors together, as a float."""
-    return float(functional_gradient_norm(function, *tensor_list))
+    # detached: inputs made with requires_grad=True give a norm with a graph, which float() warns about
+    return float(functional_gradient_norm(function, *tensor_list).detach())
 
 
 def jacobian_norm(function: Callable, input_tensor: torch.Tensor) -> float:
     """Frobenius norm of the Jacobian of ``function`` at ``input_tensor``, as a float."""
-    return float(functional_jacobian_norm(function, input_tensor))
+    return float(functional_jacobian_norm(function, input_tensor).detach())
 
 
 class FunctionalAdam(torch.optim.Adam):
@@ -102,11 +108,12 @@ class FunctionalAdam(torch.optim.Adam):
 
     def _hyper_parameters(self, lr: float, b1: float, b2: float, eps: float):
         """An empty ``AdamState`` carrying the group's hyper-parameters, built (and
-        checked) once per distinct setting rather than at every step."""
-        key = (lr, b1, b2, eps)
+        checked) once per distinct setting rather than at every step. The learning rate
+        is a schedule's: 0, or a tensor, as ``torch.optim.Adam`` takes them."""
+        key = (float(lr), b1, b2, eps)
         if key not in self._hyper_cache:
             self._hyper_cache.clear()  # a schedule moves on: keep only the current setting
-            self._hyper_cache[key] = adam(lr, b1, b2, eps).init({})
+            self._hyper_cache[key] = scheduled_lr(adam(b1=b1, b2=b2, eps=eps).init({}), lr)
         return self._hyper_cache[key]
 
     def _update(self, hyper, count: int, cohort: List[torch.Tensor]) -> None:
@@ -173,7 +180,7 @@ class Trainer:
                                              Tuple[torch.Tensor, torch.Tensor]]:
         """Train (60000), validation (first 2000 test images), test (other 8000):
         ``(X (N, 1, 28, 28) float32 in 0-255, y (N,) int64)`` each."""
-        return load_fashion_mnist(datapath, download=True)
+        return _plain(load_fashion_mnist(datapath, download=True))
 
     @staticmethod
     def create_mlp(input_dim: int, net_config: NetworkConfiguration, n_classes: int,
@@ -278,7 +285,7 @@ class Trainer:
                                                                     Tuple[torch.Tensor, torch.Tensor],
                                                                     Tuple[torch.Tensor, torch.Tensor]]:
         """``X <- (X - mean) / std`` with the training set's feature-wise statistics."""
-        return normalize_splits(train, valid, test)
+        return _plain(normalize_splits(train, valid, test))
 
     def test_equivariance(self) -> Dict[str, np.ndarray]:
         """Section 2, question 1: how a small conv net reacts to shifts and rotations.

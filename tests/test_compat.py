@@ -321,6 +321,24 @@ def test_gradient_norm_of_a_product():
     assert S.gradient_norm(lambda x, y: (x * y).sum(), a, b) == pytest.approx(math.sqrt(30.0))
 
 
+@pytest.mark.filterwarnings("error")  # float() of a tensor with a graph warns
+def test_gradient_norm_takes_inputs_that_require_grad_and_one_element_outputs():
+    a, b = torch.tensor([1.0, 2.0], requires_grad=True), torch.tensor([3.0, -4.0], requires_grad=True)
+    assert S.gradient_norm(lambda x, y: (x * y).sum(), a, b) == pytest.approx(math.sqrt(30.0))
+    # a (1,) output, which torch.autograd.grad takes as well
+    assert S.gradient_norm(lambda x, y: (x * y).sum().reshape(1), a, b) == pytest.approx(math.sqrt(30.0))
+    assert S.jacobian_norm(lambda x: 2 * x, a) == pytest.approx(math.sqrt(8.0))
+
+
+def test_splits_are_the_templates_plain_tuples(make_trainer, tmp_path):
+    t = make_trainer(normalization=True)
+    for split in (t.train, t.valid, t.test, *S.Trainer.load_dataset(t.datapath)):
+        assert type(split) is tuple and len(split) == 2
+    torch.save(t.valid, tmp_path / "valid.pt")  # loads anywhere, with torch.load's weights_only default
+    X, y = torch.load(tmp_path / "valid.pt")
+    assert torch.equal(X, t.valid[0]) and torch.equal(y, t.valid[1])
+
+
 @HYPOTHESIS
 @given(m=st.integers(1, 5), n=st.integers(1, 5), seed=st.integers(0, 2**16))
 def test_jacobian_norm_of_a_linear_map_is_its_frobenius_norm(m, n, seed):
@@ -460,7 +478,8 @@ def test_optimizer_steps_parameters_that_missed_a_gradient_like_torch_adam(make_
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_optimizer_steps_equal_torch_adam_bit_for_bit(make_trainer, dtype):
     """The same gradients into both optimizers give the same parameters and moments,
-    to the last bit, through a learning-rate change and a parameter that misses a step."""
+    to the last bit, through learning-rate changes (to 0, where a schedule may end, too)
+    and a parameter that misses a step."""
     t = make_trainer(network_type="cnn", net_config=S.NetworkConfiguration((4, 8), (3, 3), (1, 1), (1, 0), (16,)))
     network = t.network.to(dtype)
     reference = copy.deepcopy(network)
@@ -468,9 +487,9 @@ def test_optimizer_steps_equal_torch_adam_bit_for_bit(make_trainer, dtype):
     theirs = torch.optim.Adam(reference.parameters(), lr=3e-3, betas=(0.8, 0.99), eps=1e-6)
     g = torch.Generator().manual_seed(0)
     for step in range(40):
-        if step == 20:
+        if step in (20, 30, 35):
             for group in (*ours.param_groups, *theirs.param_groups):
-                group["lr"] = 1e-4
+                group["lr"] = {20: 1e-4, 30: 0.0, 35: 2e-4}[step]
         for p, q in zip(network.parameters(), reference.parameters()):
             # gradients from 1e-12 to 1: Adam's moments span many binades
             p.grad = torch.randn(p.shape, generator=g, dtype=dtype) * 10.0 ** -torch.randint(0, 13, p.shape, generator=g)

@@ -21,6 +21,7 @@ from fn_trainer import (
     one_hot,
 )
 from fn_trainer.core.checks import check_int, check_positive_float, check_positive_int
+from fn_trainer.core.optim import scheduled_lr
 from fn_trainer.core.paths import ensure_writable_dir, safe_path
 from fn_trainer.training.fit import fit
 
@@ -94,6 +95,14 @@ def test_apply_names_the_expected_input_shape(network_type, shape):
 def test_adam_rejects_learning_rates_that_are_not_positive_and_finite(lr):
     with pytest.raises(ValueError, match="lr must be a positive finite number"):
         adam(lr)
+
+
+@pytest.mark.parametrize("lr", [-1e-3, math.nan, math.inf])
+def test_a_scheduled_learning_rate_is_finite_and_not_negative(lr):
+    state = adam(1e-3).init({})
+    assert float(scheduled_lr(state, 0.0).lr) == 0.0 and float(scheduled_lr(state, torch.tensor(0.5)).lr) == 0.5
+    with pytest.raises(ValueError, match="lr must be a finite number >= 0"):
+        scheduled_lr(state, lr)
 
 
 @pytest.mark.parametrize("lr", ["0.1", None, True, torch.tensor(0.1)])

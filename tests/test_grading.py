@@ -113,7 +113,7 @@ MUTANTS = {
         "        layers.insert(last + 2, torch.nn.MaxPool2d(kernel_size=2))\n"
         "        return torch.nn.Sequential(*layers)")]),
     "normalising with the test set's statistics": ("6", [(
-        "return normalize_splits(train, valid, test)",
+        "return _plain(normalize_splits(train, valid, test))",
         "mean, std = test[0].mean(0), test[0].std(0)\n"
         "        return tuple(((X - mean) / std, y) for X, y in (train, valid, test))")]),
     "one_hot off by one": ("7", [(
@@ -270,12 +270,12 @@ VARIANTS = {
         "        at = max(i for i, m in enumerate(layers) if isinstance(m, torch.nn.Conv2d)) + 2\n"
         "        return torch.nn.Sequential(*layers[:at], torch.nn.Identity(), *layers[at:])")],
     "normalize written for 28 x 28 images": [(
-        "        return normalize_splits(train, valid, test)",
+        "        return _plain(normalize_splits(train, valid, test))",
         "        flat = [(X.reshape(-1, 784), y) for X, y in (train, valid, test)]\n"
         "        mean, std = flat[0][0].mean(0), flat[0][0].std(0)\n"
         "        return tuple((((X - mean) / std).reshape(-1, 1, 28, 28), y) for X, y in flat)")],
     "jacobian_norm with torch.autograd.functional.jacobian": [(
-        "    return float(functional_jacobian_norm(function, input_tensor))",
+        "    return float(functional_jacobian_norm(function, input_tensor).detach())",
         "    return float(torch.linalg.vector_norm(torch.autograd.functional.jacobian(function, input_tensor)))")],
 }
 

@@ -22,7 +22,8 @@ def global_norm(tensors: Union[Params, Iterable[Tensor]]) -> Tensor:
 def gradient_norm(f: Callable[..., Tensor], *tensors: Tensor) -> Tensor:
     """``||grad f(t_1, ..., t_n)||_2`` over all ``t_i`` together.
 
-    ``f(*tensors)`` must return a 0-dim tensor; every ``t_i`` must be a floating tensor.
+    ``f(*tensors)`` must return a tensor of one element (0-dim, or ``(1,)`` as
+    ``torch.autograd.grad`` takes it too); every ``t_i`` must be a floating tensor.
     Returns a 0-dim tensor.
     """
     if not tensors:
@@ -32,10 +33,10 @@ def gradient_norm(f: Callable[..., Tensor], *tensors: Tensor) -> Tensor:
 
     def scalar_f(*args: Tensor) -> Tensor:
         out = f(*args)
-        if not isinstance(out, Tensor) or out.dim() != 0:
+        if not isinstance(out, Tensor) or out.numel() != 1:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(f"f must return a 0-dim tensor (a scalar) to have a gradient, got {shape}")
-        return out
+            raise ValueError(f"f must return a tensor of one element (a scalar) to have a gradient, got {shape}")
+        return out.reshape(())
 
     grads = grad(scalar_f, argnums=tuple(range(len(tensors))))(*tensors)
     return global_norm(grads)

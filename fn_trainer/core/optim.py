@@ -7,6 +7,7 @@ on their values.
 """
 from __future__ import annotations
 
+import math
 import numbers
 from functools import partial
 from typing import Callable, Dict, NamedTuple, Tuple, Union
@@ -94,6 +95,16 @@ def adam(lr: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
         )
 
     return Optimizer(init, adam_update if power is tensor_power else partial(adam_update, power=power))
+
+
+def scheduled_lr(state: AdamState, lr: Union[float, Tensor]) -> AdamState:
+    """``state`` with the learning rate a schedule sets: any finite ``lr >= 0``, a 0-dim
+    tensor too. A schedule may end at 0, where a step moves only the moments, as
+    ``torch.optim.Adam``'s does."""
+    value = float(lr)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"lr must be a finite number >= 0, got {value}")
+    return state._replace(lr=_scalar(value))
 
 
 def _bias_corrections(lr, b1, b2, t, power: Callable) -> Tuple:
