@@ -24,6 +24,7 @@ import importlib.util
 import inspect
 import io
 import os
+import signal
 import struct
 import sys
 import traceback
@@ -124,8 +125,14 @@ def attempt(run: Callable[[], Any]) -> Dict[str, Any]:
         return {"error": describe_error(e)}
 
 
+class Described(Exception):
+    """An error whose message is already ``describe_error``'s, one or more of them."""
+
+
 def describe_error(e: BaseException) -> str:
     """``Type: message`` and the last line of the submission's file in the traceback."""
+    if isinstance(e, Described):
+        return str(e)
     where = ""
     for frame in reversed(traceback.extract_tb(e.__traceback__)):
         if os.path.basename(frame.filename) == "solution.py":
@@ -160,31 +167,66 @@ def tiny_splits(n_classes: int):
     return tuple((torch.rand(n, 1, 28, 28, generator=g) * 255, torch.arange(n) % n_classes) for n in TINY_SPLITS)
 
 
+INIT_LIMIT_S = 5.0  # for the submission's own __init__ on tiny data: it builds two small networks
+_init_works: Dict[type, bool] = {}  # per Trainer class, in this process: whether its __init__ ran
+
+
+class InitTooSlow(Exception):
+    pass
+
+
+def _too_slow(signum, frame):
+    raise InitTooSlow(f"__init__ took more than {INIT_LIMIT_S:g} s on a few images")
+
+
 def constructed(solution, network_type: str, n_classes: int, lr: float, batch_size: int):
-    """A ``Trainer`` made by the submission's own ``__init__``, so that whatever else it
-    sets up (a device, a helper) is there, with ``load_dataset`` answering
-    ``tiny_splits`` instead of reading Fashion-MNIST and no normalisation. When that
-    ``__init__`` raises, a ``Trainer`` made without it: the questions then test the
-    methods alone, and the attributes the template's ``__init__`` sets come from
-    ``trainer_of``."""
+    """A ``Trainer`` made by the submission's own ``__init__`` (``own_init``), so that
+    whatever else it sets up (a device, a helper) is there. When that ``__init__`` fails,
+    a ``Trainer`` made without it, here and for every later request of this process: the
+    questions then test the methods alone, and the attributes the template's
+    ``__init__`` sets come from ``trainer_of``. So a wrong ``create_mlp``, which the
+    ``__init__`` calls, costs points in its own question only."""
     cls = solution.Trainer
+    if _init_works.get(cls, True):
+        trainer = own_init(cls, network_type, n_classes, lr, batch_size)
+        _init_works[cls] = trainer is not None
+        if trainer is not None:
+            return trainer
+    return cls.__new__(cls)
+
+
+def own_init(cls, network_type: str, n_classes: int, lr: float, batch_size: int):
+    """``cls``'s ``__init__`` with ``load_dataset`` answering ``tiny_splits`` instead of
+    reading Fashion-MNIST (also when called as ``Trainer.load_dataset``) and no
+    normalisation, within ``INIT_LIMIT_S`` seconds; torch's default dtype, device and
+    grad mode are as before it, whatever it set. The ``Trainer``, or ``None`` when it
+    raised, ran too long or could not be given the tiny data."""
     trainer = cls.__new__(cls)
     splits = tiny_splits(n_classes)
-    had_own = "load_dataset" in cls.__dict__
     saved = cls.__dict__.get("load_dataset")
-    cls.load_dataset = staticmethod(lambda datapath: splits)  # also when called as Trainer.load_dataset
+    dtype, device, grad = torch.get_default_dtype(), torch.get_default_device(), torch.is_grad_enabled()
+    previous = signal.signal(signal.SIGALRM, _too_slow)
+    signal.setitimer(signal.ITIMER_REAL, INIT_LIMIT_S)
     try:
+        # type's own setattr: a metaclass of the submission's cannot refuse it
+        type.__setattr__(cls, "load_dataset", staticmethod(lambda datapath: splits))
         cls.__init__(trainer, network_type=network_type, n_classes=n_classes, lr=lr, batch_size=batch_size,
                      normalization=False)
     except BaseException as e:  # the submission's __init__ may fail any way, exit() included
         if isinstance(e, KeyboardInterrupt):
             raise
-        trainer = cls.__new__(cls)
+        trainer = None
     finally:
-        if had_own:
-            cls.load_dataset = saved
-        else:
-            del cls.load_dataset
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        torch.set_default_dtype(dtype)
+        if torch.get_default_device() != device:  # None: no device context at all, as by default
+            torch.set_default_device(None if device.type == "cpu" else device)
+        torch.set_grad_enabled(grad)
+        if saved is not None:
+            type.__setattr__(cls, "load_dataset", saved)
+        elif "load_dataset" in cls.__dict__:  # the __init__ may have deleted it already
+            type.__delattr__(cls, "load_dataset")
     return trainer
 
 
@@ -355,7 +397,7 @@ def op_evaluate(solution, request):
         one_hot_error = first["error"]
         given, first = "labels", attempt(lambda: trainer.evaluate(request["X"], request["y"]))
         if "error" in first:  # the template passes one-hot rows: that error comes first
-            raise RuntimeError(f"{one_hot_error}; with integer labels instead: {first['error']}")
+            raise Described(f"{one_hot_error}; with integer labels instead: {first['error']}")
     loss, acc = first["value"]
     return {"loss": number(loss, "evaluate's loss"), "accuracy": number(acc, "evaluate's accuracy"),
             "targets": given, "params": state_of(trainer.network)}
