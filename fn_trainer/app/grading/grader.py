@@ -17,7 +17,7 @@ from ...core.checks import check_positive_float
 from .limits import DEFAULT_BUDGET, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, START_ALLOWANCE
 from .probe import encode
 from .questions import QUESTIONS, Mismatch, interface_report, run_part
-from .results import TestResult, results_json, write_results
+from .results import MAX_PART_OUTPUT, TestResult, cut, results_json, write_results
 from .runner import Submission, SubmissionFailed
 
 
@@ -92,8 +92,8 @@ def grade_question(question, session: Session) -> TestResult:
         if failure is None:
             score += part.points
             lines.append(f"PASS {part.title} ({part.points}/{part.points})")
-        else:
-            lines.append(f"FAIL {part.title} (0/{part.points}): {failure}")
+        else:  # cut: a submission's answer can be any size, and every part's line must show
+            lines.append(f"FAIL {part.title} (0/{part.points}): {cut(failure, MAX_PART_OUTPUT)}")
     return TestResult(question.number, f"Question {question.number}: {question.title}", score,
                       question.points, "\n".join(lines))
 

@@ -13,15 +13,19 @@ from typing import Any, Dict, List, NamedTuple
 from ...core.paths import write_text
 
 MAX_OUTPUT = 8000  # characters of one output field: a submission's answer can be any size
+MAX_PART_OUTPUT = 1500  # characters of one part's reason within a question's output
+
+
+def cut(text: str, limit: int) -> str:
+    """``text``, or its first ``limit`` characters and how many more there were."""
+    return text if len(text) <= limit else text[:limit] + f" ... ({len(text) - limit} more characters left out)"
 
 
 def _encodable(text: str) -> str:
     """``text`` with what UTF-8 cannot encode (lone surrogates, which a submission's error
     message can hold) replaced by ``?``, and cut to ``MAX_OUTPUT`` characters:
     results.json and the summary must always be written, at a size Gradescope shows."""
-    if len(text) > MAX_OUTPUT:
-        text = text[:MAX_OUTPUT] + f" ... ({len(text) - MAX_OUTPUT} more characters left out)"
-    return text.encode("utf-8", "replace").decode("utf-8")
+    return cut(text, MAX_OUTPUT).encode("utf-8", "replace").decode("utf-8")
 
 
 class TestResult(NamedTuple):
