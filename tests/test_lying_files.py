@@ -144,6 +144,8 @@ def test_a_population_stopped_between_its_records_resumes_from_its_checkpoint(re
     monkeypatch.setattr(training, "write_json", second_fails)
     assert cli.main(args) != 0
     monkeypatch.setattr(training, "write_json", write)
+    left = {path: path.read_bytes() for path in (tmp_path / "runs").glob("*.checkpoint.pt")}
+    assert len(left) == 1
     populations, fit_population = [], training.fit_population
     monkeypatch.setattr(training, "fit_population", lambda net, members, *a, **k: populations.append(len(members))
                         or fit_population(net, members, *a, **k))
@@ -151,6 +153,10 @@ def test_a_population_stopped_between_its_records_resumes_from_its_checkpoint(re
     # resumed: the first population whole, from its checkpoint, not its two missing runs, and
     # either way no checkpoint is left once every record is written
     assert populations == ([3, 3] if resume else [2, 3])
+    assert not list((tmp_path / "runs").glob("*.checkpoint.pt"))
+    for path, data in left.items():  # as if stopped after its last record, before deleting it
+        path.write_bytes(data)
+    assert cli.main([*args, "--resume"]) == 0 and populations == ([3, 3] if resume else [2, 3])
     assert not list((tmp_path / "runs").glob("*.checkpoint.pt"))
     for done in (finished_depth / "runs").glob("*.json"):  # as if it had never stopped
         assert json.loads((tmp_path / "runs" / done.name).read_text())["logs"] == json.loads(done.read_text())["logs"]

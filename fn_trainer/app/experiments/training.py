@@ -71,10 +71,9 @@ def execute(ctx: Context, specs: Sequence[RunSpec], train_group: Optional[GroupT
             pending.append(i)
     # The whole population's checkpoint, when a command stopped between writing its records:
     # resumed, it ends at once and gives the records still missing.
-    whole = population_checkpoint_path(ctx, specs) if train_group is train_population and specs else None
-    if whole is not None and (splits_populations(ctx.settings) or len(pending) in (0, len(specs))):
-        whole = None
-    if pending and whole is not None and ctx.settings.resume and whole.exists():
+    whole = (population_checkpoint_path(ctx, specs)
+             if train_group is train_population and specs and not splits_populations(ctx.settings) else None)
+    if whole is not None and 0 < len(pending) < len(specs) and ctx.settings.resume and whole.exists():
         pending = list(range(len(specs)))
     if pending and ctx.settings.resume and not splits_populations(ctx.settings):
         warn_other_checkpoints(ctx, [population_checkpoint_path(ctx, [specs[i] for i in pending])]
@@ -87,8 +86,6 @@ def execute(ctx: Context, specs: Sequence[RunSpec], train_group: Optional[GroupT
                 records[i] = store(ctx, specs[i], result, wall, trainer)
         # Only once every record is written: until then --resume needs the checkpoint(s).
         discard(population_checkpoint_path(ctx, group))
-        if whole is not None:  # every record is written now: the whole population's is of no use
-            discard(whole)
         if splits_populations(ctx.settings):
             for path in share_checkpoints(ctx, group):
                 discard(path)
@@ -96,6 +93,8 @@ def execute(ctx: Context, specs: Sequence[RunSpec], train_group: Optional[GroupT
         for i in pending:
             result, wall, trainer = train_one(ctx, specs[i])
             records[i] = store(ctx, specs[i], result, wall, trainer)
+    if whole is not None:  # every record is written: the whole population's checkpoint is of no use
+        discard(whole)
     return [records[i] for i in range(len(specs))]
 
 
