@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 from hypothesis import given, settings
+from hypothesis import strategies as st
 from template_spec import SPEC, read_spec
 
 from fn_trainer.app.cli import main
 from fn_trainer.app.export import export_solution
-from fn_trainer.app.grading import TOTAL_POINTS, grade, grade_to_file, grader, questions
+from fn_trainer.app.grading import TOTAL_POINTS, grade, grade_to_file, grader, probe, questions
 from fn_trainer.app.grading import results as grading_results
 from fn_trainer.app.grading.bundle import write_bundle
 from fn_trainer.app.grading.functions import TENSOR_FUNCTIONS
@@ -30,6 +31,7 @@ from fn_trainer.app.grading.interface import (
     TRAINER_METHODS,
     differences,
 )
+from fn_trainer.app.grading.layers import describe_layer
 from fn_trainer.app.grading.limits import START_ALLOWANCE
 from fn_trainer.app.grading.probe import HEADER, OPS, attempt, encode
 from fn_trainer.app.grading.questions import QUESTIONS
@@ -303,6 +305,30 @@ def test_jacobian_norm_is_asked_only_of_outputs_with_entries():
         check()
 
 
+INIT = "                 normalization: bool = True):\n"
+FAILING_INITS = {
+    "never ends": [(INIT, INIT + "        while True:\n            pass\n")],
+    "changes torch's default dtype": [(INIT, INIT + "        torch.set_default_dtype(torch.float64)\n")],
+    "has a metaclass that refuses attributes": [(
+        "class Trainer:\n",
+        "class Frozen(type):\n    def __setattr__(cls, name, value):\n        raise AttributeError(name)\n\n\n"
+        "class Trainer(metaclass=Frozen):\n")],
+}
+
+
+@pytest.mark.parametrize("init", list(FAILING_INITS))
+def test_an_init_that_fails_or_misbehaves_costs_no_point(init, tmp_path, monkeypatch):
+    # questions 7-11 make the Trainer with the submission's own __init__ when it works
+    path = tmp_path / "solution.py"
+    path.write_text(mutate(export_solution(tmp_path / "exported.py").read_text(), FAILING_INITS[init]))
+    monkeypatch.setattr(grader, "Submission", InProcessSubmission)
+    monkeypatch.setattr(questions, "SETTINGS", settings(questions.SETTINGS, max_examples=MUTANT_EXAMPLES))
+    monkeypatch.setattr(probe, "INIT_LIMIT_S", 1.0)
+    results = grade(path)
+    assert results["score"] == 35, {t["number"]: t["output"] for t in results["tests"] if t["score"] < t["max_score"]}
+    assert torch.get_default_dtype() == torch.float32
+
+
 HOSTILE = {
     "import error": "import torch\nimport no_such_module_anywhere\n",
     "an exception and an endless loop": (
@@ -548,6 +574,37 @@ def test_messages_name_the_first_error_and_no_huge_answer(tmp_path, monkeypatch)
     # the one-hot call's error, not the one of the retry with labels
     assert "raised RuntimeError: NameError: name 'acuracy' is not defined" in outputs["11"]
     assert "returned a tensor of shape (100000,), expected (4, 5)" in outputs["7"] and len(outputs["7"]) < 1000
+
+
+def test_each_part_of_a_question_shows_however_long_another_parts_reason_is():
+    def huge(ask, case):
+        raise questions.Mismatch("x" * 100_000)
+
+    class Quiet:
+        fatal = broken = None
+        ask = None
+
+        def begin(self):
+            pass
+
+    question = questions.Question("4", "t", [questions.Part("long", 1, st.just(0), huge),
+                                             questions.Part("short", 2, st.just(0), lambda ask, case: None)])
+    result = grader.grade_question(question, Quiet())
+    assert result.score == 2 and len(result.output) < grading_results.MAX_OUTPUT
+    assert result.output.endswith("PASS short (2/2)")
+
+
+def test_an_identity_subclass_with_a_forward_of_its_own_is_no_identity():
+    class Doubling(torch.nn.Identity):
+        def forward(self, x):
+            return 2 * x
+
+    assert describe_layer(torch.nn.Identity()) == "Identity()"
+    assert describe_layer(Doubling()) == "Doubling (not one of the torch.nn layers the homework names)"
+
+
+def test_an_error_already_described_is_not_cut():
+    assert probe.describe_error(probe.Described("x" * 1000)) == "x" * 1000
 
 
 def as_written(expected) -> tuple:
