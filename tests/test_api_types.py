@@ -115,7 +115,7 @@ def test_normalize_names_the_split_with_a_non_finite_pixel(where, value):
     (lambda a: (a.sum(), a.sum()), "tuple"),
 ])
 def test_gradient_norm_names_a_function_that_is_not_scalar(f, got):
-    with pytest.raises(ValueError, match=f"f must return a 0-dim tensor .*got {got}"):
+    with pytest.raises(ValueError, match=f"f must return a tensor of one element .*got {got}"):
         ft.gradient_norm(f, torch.ones(3))
 
 

@@ -572,7 +572,8 @@ def test_messages_name_the_first_error_and_no_huge_answer(tmp_path, monkeypatch)
     monkeypatch.setattr(questions, "SETTINGS", settings(questions.SETTINGS, max_examples=MUTANT_EXAMPLES))
     outputs = {t["number"]: t["output"] for t in grade(path)["tests"]}
     # the one-hot call's error, not the one of the retry with labels
-    assert "raised RuntimeError: NameError: name 'acuracy' is not defined" in outputs["11"]
+    assert "raised NameError: name 'acuracy' is not defined (solution.py line" in outputs["11"]
+    assert "acuracy); with integer labels instead: NameError" in outputs["11"]
     assert "returned a tensor of shape (100000,), expected (4, 5)" in outputs["7"] and len(outputs["7"]) < 1000
 
 
