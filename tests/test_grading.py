@@ -141,14 +141,11 @@ MUTANTS = {
 
 
 def test_an_evaluate_stub_gets_no_point_for_leaving_the_network_unchanged(tmp_path, monkeypatch):
-    path = tmp_path / "solution.py"
-    path.write_text(mutate(export_solution(tmp_path / "exported.py").read_text(), [(
+    results = grade_in_process([(
         "    def evaluate(self, X: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, float]:\n",
         "    def evaluate(self, X: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, float]:\n"
-        "        return 0.0, 0.0\n")]))
-    monkeypatch.setattr(grader, "Submission", InProcessSubmission)
-    monkeypatch.setattr(questions, "SETTINGS", settings(questions.SETTINGS, max_examples=MUTANT_EXAMPLES))
-    assert scores(grade(path))["11"] == 0
+        "        return 0.0, 0.0\n")], tmp_path, monkeypatch)
+    assert scores(results)["11"] == 0
 
 
 def mutate(source: str, substitutions) -> str:
@@ -190,6 +187,21 @@ class InProcessSubmission:
         if self.solution is not None:
             sys.modules.pop(self.solution.__name__, None)
             self.solution = None
+
+
+def grade_in_process(substitutions, tmp_path, monkeypatch) -> dict:
+    """The exported solution with ``substitutions`` (``mutate``), graded in this process
+    with ``MUTANT_EXAMPLES`` examples a part."""
+    path = tmp_path / "solution.py"
+    path.write_text(mutate(export_solution(tmp_path / "exported.py").read_text(), substitutions))
+    monkeypatch.setattr(grader, "Submission", InProcessSubmission)
+    monkeypatch.setattr(questions, "SETTINGS", settings(questions.SETTINGS, max_examples=MUTANT_EXAMPLES))
+    return grade(path)
+
+
+def lost(results) -> dict:
+    """Each question that lost points: its output."""
+    return {t["number"]: t["output"] for t in results["tests"] if t["score"] < t["max_score"]}
 
 
 def test_each_mistake_loses_points_in_its_question_only(tmp_path, monkeypatch):
@@ -285,12 +297,8 @@ VARIANTS = {
 @pytest.mark.filterwarnings("ignore:Implicit dimension choice for softmax")
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_correct_answers_written_otherwise_keep_every_point(variant, tmp_path, monkeypatch):
-    path = tmp_path / "solution.py"
-    path.write_text(mutate(export_solution(tmp_path / "exported.py").read_text(), VARIANTS[variant]))
-    monkeypatch.setattr(grader, "Submission", InProcessSubmission)
-    monkeypatch.setattr(questions, "SETTINGS", settings(questions.SETTINGS, max_examples=MUTANT_EXAMPLES))
-    results = grade(path)
-    assert results["score"] == 35, {t["number"]: t["output"] for t in results["tests"] if t["score"] < t["max_score"]}
+    results = grade_in_process(VARIANTS[variant], tmp_path, monkeypatch)
+    assert results["score"] == 35, lost(results)
 
 
 def test_jacobian_norm_is_asked_only_of_outputs_with_entries():
@@ -319,13 +327,9 @@ FAILING_INITS = {
 @pytest.mark.parametrize("init", list(FAILING_INITS))
 def test_an_init_that_fails_or_misbehaves_costs_no_point(init, tmp_path, monkeypatch):
     # questions 7-11 make the Trainer with the submission's own __init__ when it works
-    path = tmp_path / "solution.py"
-    path.write_text(mutate(export_solution(tmp_path / "exported.py").read_text(), FAILING_INITS[init]))
-    monkeypatch.setattr(grader, "Submission", InProcessSubmission)
-    monkeypatch.setattr(questions, "SETTINGS", settings(questions.SETTINGS, max_examples=MUTANT_EXAMPLES))
     monkeypatch.setattr(probe, "INIT_LIMIT_S", 1.0)
-    results = grade(path)
-    assert results["score"] == 35, {t["number"]: t["output"] for t in results["tests"] if t["score"] < t["max_score"]}
+    results = grade_in_process(FAILING_INITS[init], tmp_path, monkeypatch)
+    assert results["score"] == 35, lost(results)
     assert torch.get_default_dtype() == torch.float32
 
 
@@ -562,15 +566,13 @@ def test_results_cut_an_output_of_any_size(tmp_path):
 
 
 def test_messages_name_the_first_error_and_no_huge_answer(tmp_path, monkeypatch):
-    path = tmp_path / "solution.py"
-    path.write_text(mutate(export_solution(tmp_path / "exported.py").read_text(), [
+    results = grade_in_process([
         ("        return torch.tensor(loss, dtype=torch.float32), acc\n",
          "        return torch.tensor(loss, dtype=torch.float32), acuracy\n"),
         ("    def one_hot(self, y: torch.Tensor) -> torch.Tensor:\n",
-         "    def one_hot(self, y: torch.Tensor) -> torch.Tensor:\n        return torch.zeros(100_000)\n")]))
-    monkeypatch.setattr(grader, "Submission", InProcessSubmission)
-    monkeypatch.setattr(questions, "SETTINGS", settings(questions.SETTINGS, max_examples=MUTANT_EXAMPLES))
-    outputs = {t["number"]: t["output"] for t in grade(path)["tests"]}
+         "    def one_hot(self, y: torch.Tensor) -> torch.Tensor:\n        return torch.zeros(100_000)\n")],
+        tmp_path, monkeypatch)
+    outputs = {t["number"]: t["output"] for t in results["tests"]}
     # the one-hot call's error, not the one of the retry with labels
     assert "raised NameError: name 'acuracy' is not defined (solution.py line" in outputs["11"]
     assert "acuracy); with integer labels instead: NameError" in outputs["11"]
