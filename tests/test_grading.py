@@ -4,6 +4,7 @@ import importlib.util
 import io
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -602,8 +603,34 @@ def test_an_identity_subclass_with_a_forward_of_its_own_is_no_identity():
         def forward(self, x):
             return 2 * x
 
-    assert describe_layer(torch.nn.Identity()) == "Identity()"
+    class Named(torch.nn.Identity):
+        pass
+
+    assert describe_layer(torch.nn.Identity()) == describe_layer(Named()) == "Identity()"
     assert describe_layer(Doubling()) == "Doubling (not one of the torch.nn layers the homework names)"
+
+
+def test_the_init_time_limit_never_escapes_nor_leaves_its_changes(monkeypatch):
+    # __init__ calls that end about when the alarm fires: it may reach the clean-up itself
+    monkeypatch.setattr(probe, "INIT_LIMIT_S", 0.001)
+    ends = iter(random.Random(0).uniform(0.00093, 0.00100) for _ in range(3000))
+
+    class Trainer:
+        @staticmethod
+        def load_dataset(datapath):
+            raise AssertionError("the tiny splits are given instead")
+
+        def __init__(self, **options):
+            torch.set_default_dtype(torch.float64)
+            self.load_dataset("./data")
+            until = time.perf_counter() + next(ends)
+            while time.perf_counter() < until:
+                pass
+
+    own = Trainer.__dict__["load_dataset"]
+    for _ in range(3000):
+        probe.own_init(Trainer, "mlp", 10, 1e-4, 128)
+        assert torch.get_default_dtype() == torch.float32 and Trainer.__dict__["load_dataset"] is own
 
 
 def test_an_error_already_described_is_not_cut():

@@ -175,10 +175,6 @@ class InitTooSlow(Exception):
     pass
 
 
-def _too_slow(signum, frame):
-    raise InitTooSlow(f"__init__ took more than {INIT_LIMIT_S:g} s on a few images")
-
-
 def constructed(solution, network_type: str, n_classes: int, lr: float, batch_size: int):
     """A ``Trainer`` made by the submission's own ``__init__`` (``own_init``), so that
     whatever else it sets up (a device, a helper) is there. When that ``__init__`` fails,
@@ -205,18 +201,31 @@ def own_init(cls, network_type: str, n_classes: int, lr: float, batch_size: int)
     splits = tiny_splits(n_classes)
     saved = cls.__dict__.get("load_dataset")
     dtype, device, grad = torch.get_default_dtype(), torch.get_default_device(), torch.is_grad_enabled()
-    previous = signal.signal(signal.SIGALRM, _too_slow)
+    # Python runs a signal's handler at some later bytecode, perhaps in the clean-up below:
+    # it raises only while the submission's code may still be running.
+    armed = [True]
+
+    def too_slow(signum, frame):
+        if armed[0]:
+            armed[0] = False
+            raise InitTooSlow(f"__init__ took more than {INIT_LIMIT_S:g} s on a few images")
+
+    previous = signal.signal(signal.SIGALRM, too_slow)
     signal.setitimer(signal.ITIMER_REAL, INIT_LIMIT_S)
     try:
-        # type's own setattr: a metaclass of the submission's cannot refuse it
-        type.__setattr__(cls, "load_dataset", staticmethod(lambda datapath: splits))
-        cls.__init__(trainer, network_type=network_type, n_classes=n_classes, lr=lr, batch_size=batch_size,
-                     normalization=False)
+        try:
+            # type's own setattr: a metaclass of the submission's cannot refuse it
+            type.__setattr__(cls, "load_dataset", staticmethod(lambda datapath: splits))
+            cls.__init__(trainer, network_type=network_type, n_classes=n_classes, lr=lr, batch_size=batch_size,
+                         normalization=False)
+        finally:
+            armed[0] = False  # the handler may raise before this line: caught below
     except BaseException as e:  # the submission's __init__ may fail any way, exit() included
         if isinstance(e, KeyboardInterrupt):
             raise
         trainer = None
     finally:
+        armed[0] = False
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
         torch.set_default_dtype(dtype)
