@@ -249,3 +249,10 @@ def test_a_download_that_would_write_through_a_link_is_refused(data_copy, tmp_pa
     with pytest.raises(DatasetError, match="train-labels-idx1-ubyte is a symbolic link, and downloading the "
                                            "missing t10k-labels-idx1-ubyte would write through it"):
         load_fashion_mnist(data_copy, download=True)
+    # an archive whose checksum fails would be downloaded again, through the link
+    (folder / "train-labels-idx1-ubyte").unlink()
+    shutil.move(outside / "train-labels-idx1-ubyte", folder / "train-labels-idx1-ubyte")
+    (outside / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not the archive")
+    (folder / "t10k-labels-idx1-ubyte.gz").symlink_to(outside / "t10k-labels-idx1-ubyte.gz")
+    with pytest.raises(DatasetError, match="t10k-labels-idx1-ubyte.gz is a symbolic link"):
+        load_fashion_mnist(data_copy, download=True)

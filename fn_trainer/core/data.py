@@ -121,18 +121,24 @@ def load_fashion_mnist(root: str | os.PathLike = "./data", download: bool = True
     missing = [name for name in IDX_FILES if folder / name not in present]
     if missing and not download:
         raise DatasetError(_missing_message(folder, f"download=False; missing {', '.join(missing)}"))
-    if missing:  # torchvision downloads and extracts all four with open(..., "wb"), which follows links
-        linked = [path for name in IDX_FILES for path in (folder / name, folder / f"{name}.gz") if path.is_symlink()]
-        if linked:
-            raise DatasetError(f"{linked[0]} is a symbolic link, and downloading the missing {', '.join(missing)} "
-                               f"would write through it: put all four IDX files in {folder}, or remove the link")
     try:
         from torchvision.datasets import FashionMNIST
+        from torchvision.datasets.utils import check_integrity
     except Exception as e:  # a broken install fails here, often not with ImportError
         raise DatasetError(
             f"torchvision could not be imported ({type(e).__name__}: {e}); it is needed to read "
             f"{folder}. Reinstall torch and torchvision together so their versions match."
         ) from None
+    if missing:
+        # torchvision then extracts all four IDX files, and downloads each archive whose checksum
+        # fails, with open(..., "wb"): a symbolic link there would be written through
+        archives = {Path(url).name: md5 for url, md5 in FashionMNIST.resources}
+        linked = [folder / name for name in IDX_FILES if (folder / name).is_symlink()]
+        linked += [folder / archive for archive, md5 in archives.items()
+                   if (folder / archive).is_symlink() and not check_integrity(str(folder / archive), md5)]
+        if linked:
+            raise DatasetError(f"{linked[0]} is a symbolic link, and downloading the missing {', '.join(missing)} "
+                               f"would write through it: put all four IDX files in {folder}, or remove the link")
     try:
         train = FashionMNIST(root=str(root), train=True, download=download)
         test = FashionMNIST(root=str(root), train=False, download=download)
