@@ -74,7 +74,7 @@ class FunctionalAdam(torch.optim.Adam):
 
     def __init__(self, params, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8) -> None:
-        adam(lr, *betas, eps)  # rejects bad hyper-parameters, naming them
+        scheduled_lr(adam(b1=betas[0], b2=betas[1], eps=eps).init({}), lr)  # rejects bad ones, naming them
         super().__init__(params, lr=lr, betas=tuple(betas), eps=eps)
         self._hyper_cache: Dict[Tuple[float, ...], object] = {}
 
@@ -109,7 +109,9 @@ class FunctionalAdam(torch.optim.Adam):
     def _hyper_parameters(self, lr: float, b1: float, b2: float, eps: float):
         """An empty ``AdamState`` carrying the group's hyper-parameters, built (and
         checked) once per distinct setting rather than at every step. The learning rate
-        is a schedule's: 0, or a tensor, as ``torch.optim.Adam`` takes them."""
+        may be 0, where a schedule may end, as ``torch.optim.Adam`` takes it; a tensor one
+        is read as its value (``torch.optim.Adam`` may then round the step size in the
+        tensor's dtype, a last-bit difference)."""
         key = (float(lr), b1, b2, eps)
         if key not in self._hyper_cache:
             self._hyper_cache.clear()  # a schedule moves on: keep only the current setting

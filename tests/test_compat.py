@@ -504,6 +504,18 @@ def test_optimizer_steps_equal_torch_adam_bit_for_bit(make_trainer, dtype):
     assert [int(ours.state[p]["step"]) for p in network.parameters()][-1] == 39
 
 
+def test_the_optimizer_takes_the_learning_rates_torch_adam_takes():
+    params = [torch.nn.Parameter(torch.ones(3))]
+    for lr in (0.0, torch.tensor(1e-3)):
+        torch.optim.Adam(params, lr=lr)
+        S.FunctionalAdam(params, lr=lr)
+    for lr in (-1e-3, math.nan):
+        with pytest.raises(ValueError):
+            torch.optim.Adam(params, lr=lr)
+        with pytest.raises(ValueError, match="lr must be a finite number >= 0"):
+            S.FunctionalAdam(params, lr=lr)
+
+
 def test_a_copied_or_pickled_optimizer_keeps_stepping(make_trainer):
     t = make_trainer(lr=1e-3)
     X, Y = t.train[0][:32], t.one_hot(t.train[1][:32])
