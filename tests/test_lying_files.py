@@ -154,10 +154,14 @@ def test_a_population_stopped_between_its_records_resumes_from_its_checkpoint(re
     # either way no checkpoint is left once every record is written
     assert populations == ([3, 3] if resume else [2, 3])
     assert not list((tmp_path / "runs").glob("*.checkpoint.pt"))
-    for path, data in left.items():  # as if stopped after its last record, before deleting it
-        path.write_bytes(data)
+    (path, data), = left.items()
+    earliest = min(record.stat().st_mtime_ns for record in (tmp_path / "runs").glob("*.json"))
+    path.write_bytes(data)
+    os.utime(path, ns=(earliest - 10**9,) * 2)  # as if stopped after its last record, before deleting it
     assert cli.main([*args, "--resume"]) == 0 and populations == ([3, 3] if resume else [2, 3])
-    assert not list((tmp_path / "runs").glob("*.checkpoint.pt"))
+    assert not path.exists()
+    path.write_bytes(data)  # newer than the records: a --force command's, stopped early, for --force --resume
+    assert cli.main([*args, "--resume"]) == 0 and path.exists()
     for done in (finished_depth / "runs").glob("*.json"):  # as if it had never stopped
         assert json.loads((tmp_path / "runs" / done.name).read_text())["logs"] == json.loads(done.read_text())["logs"]
 

@@ -93,9 +93,19 @@ def execute(ctx: Context, specs: Sequence[RunSpec], train_group: Optional[GroupT
         for i in pending:
             result, wall, trainer = train_one(ctx, specs[i])
             records[i] = store(ctx, specs[i], result, wall, trainer)
-    if whole is not None:  # every record is written: the whole population's checkpoint is of no use
-        discard(whole)
+    if whole is not None and _older_than_records(ctx, whole, specs):
+        discard(whole)  # left by a command stopped after its last record: of no use now
     return [records[i] for i in range(len(specs))]
+
+
+def _older_than_records(ctx: Context, checkpoint: Path, specs: Sequence[RunSpec]) -> bool:
+    """Whether ``checkpoint`` exists and every run's record was written after it (a newer
+    one, of a ``--force`` command stopped early, is for ``--force --resume`` to continue)."""
+    try:
+        written = checkpoint.stat().st_mtime_ns
+        return all(result_path(ctx, spec).stat().st_mtime_ns > written for spec in specs)
+    except FileNotFoundError:
+        return False
 
 
 def warn_other_checkpoints(ctx: Context, paths: Sequence[Path]) -> None:
