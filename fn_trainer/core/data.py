@@ -132,7 +132,7 @@ def load_fashion_mnist(root: str | os.PathLike = "./data", download: bool = True
     if missing:
         # torchvision then extracts all four IDX files, and downloads each archive whose checksum
         # fails, with open(..., "wb"): a symbolic link there would be written through
-        archives = {Path(url).name: md5 for url, md5 in FashionMNIST.resources}
+        archives = {Path(name).name: md5 for name, md5 in FashionMNIST.resources}
         linked = [folder / name for name in IDX_FILES if (folder / name).is_symlink()]
         linked += [folder / archive for archive, md5 in archives.items()
                    if (folder / archive).is_symlink() and not check_integrity(str(folder / archive), md5)]

@@ -30,9 +30,10 @@ def compile_step(step: Step, *, mode: str | None = None, other_shapes: str = "ea
 
     The graph is specialised to ``batch_shape``, the shape of a full minibatch's inputs
     ``batch[0]`` (``None``: the first minibatch's, which a run resumed at an epoch's
-    short last minibatch would make the short one). A minibatch of another shape (the smaller last one of an epoch) runs eagerly when
-    ``other_shapes="eager"`` (one eager step per epoch instead of a second compilation
-    as long as the first), or compiles another graph when ``other_shapes="compile"``.
+    short last minibatch would make the short one). A minibatch of another shape (the
+    smaller last one of an epoch) runs eagerly when ``other_shapes="eager"`` (one eager
+    step per epoch instead of a second compilation as long as the first), or compiles
+    another graph when ``other_shapes="compile"``.
     The eager step is ``eager`` if given, else ``step``: a step built on a forward
     written for Inductor (``fn_trainer.speed.inductor_apply``) can leave that minibatch
     to the plain one. ``mode`` names one of ``torch.compile``'s modes, whose options are
