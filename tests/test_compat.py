@@ -14,6 +14,7 @@ import pickle
 import random
 import sys
 from pathlib import Path
+from typing import Tuple
 
 import numpy as np
 import pytest
@@ -502,6 +503,10 @@ def test_optimizer_steps_equal_torch_adam_bit_for_bit(make_trainer, dtype):
             assert torch.equal(p, q), f"step {step}"
             assert torch.equal(ours.state[p]["exp_avg_sq"], theirs.state[q]["exp_avg_sq"]), f"step {step}"
     assert [int(ours.state[p]["step"]) for p in network.parameters()][-1] == 39
+
+
+def test_network_configuration_annotations_are_types_as_in_the_template():
+    assert S.NetworkConfiguration.__annotations__ == {field: Tuple[int, ...] for field in S.NetworkConfiguration._fields}
 
 
 def test_the_optimizer_takes_the_learning_rates_torch_adam_takes():

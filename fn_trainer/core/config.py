@@ -1,6 +1,6 @@
 """The homework's settings shared by every layer: the architecture description and the seed."""
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: the template's NamedTuple carries its
+# field types as types, which code comparing ``__annotations__`` with it sees.
 from typing import NamedTuple, Tuple
 
 # The course template seeds numpy, torch and random with it on import; the command line's default.
