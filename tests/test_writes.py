@@ -18,7 +18,15 @@ from fn_trainer.app import cli, report
 from fn_trainer.app.export import export_solution
 from fn_trainer.app.plots import Curve, plot_curves, plot_map
 from fn_trainer.core import paths
-from fn_trainer.core.paths import STALE_TEMPORARY_S, WriteError, discard, temporaries, write_atomically
+from fn_trainer.core.paths import (
+    STALE_TEMPORARY_S,
+    WriteError,
+    discard,
+    ensure_writable_dir,
+    temporaries,
+    write_atomically,
+    write_text,
+)
 from fn_trainer.training.checkpoint import load_checkpoint, save_checkpoint
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -269,3 +277,13 @@ def test_concurrent_writers_keep_every_section(rounds, tmp_path):
         assert [w.exitcode for w in writers] == [0] * len(writers)
         text = (out / "report.md").read_text()
         assert [f"## {name} round {rounds - 1}" in text for name in report.ORDER] == [True] * len(report.ORDER)
+
+
+def test_a_file_where_a_folder_goes_is_named(tmp_path):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(WriteError, match=r"cannot write '.*afile/x.txt': '.*afile' is a file, not a folder"):
+        write_text(tmp_path / "afile" / "x.txt", "text")
+    with pytest.raises(ValueError, match=r"output folder '.*afile/out' cannot be written: '.*afile' is a file, not a"):
+        ensure_writable_dir(tmp_path / "afile" / "out")
+    with pytest.raises(ValueError, match=r"output folder '.*afile' cannot be written: '.*afile' is a file, not a"):
+        ensure_writable_dir(tmp_path / "afile")

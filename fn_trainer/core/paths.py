@@ -56,8 +56,7 @@ def ensure_writable_dir(path: PathLike) -> Path:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
             pass
     except OSError as e:
-        reason = e.strerror or type(e).__name__
-        raise ValueError(f"output folder {str(folder)!r} cannot be written: {reason}") from None
+        raise ValueError(f"output folder {str(folder)!r} cannot be written: {_reason(folder, e)}") from None
     return folder
 
 
@@ -186,11 +185,29 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _write_error(path: Path, e: OSError) -> WriteError:
+def _file_in_the_way(folder: Path) -> Optional[Path]:
+    """The first of ``folder``'s ancestors, or ``folder`` itself, that exists and is not a
+    folder: why creating ``folder`` fails with "File exists" or "Not a directory"."""
+    for part in (*reversed(folder.parents), folder):
+        if not part.exists():
+            return None
+        if not part.is_dir():
+            return part
+    return None
+
+
+def _reason(folder: Path, e: OSError) -> str:
+    """Why writing in ``folder`` failed, in words."""
     if e.errno in DISK_FULL:
-        reason = "the disk is full (no space left on device)"
-    else:
-        reason = e.strerror or str(e) or type(e).__name__
+        return "the disk is full (no space left on device)"
+    blocking = _file_in_the_way(folder) if e.errno in (errno.EEXIST, errno.ENOTDIR) else None
+    if blocking is not None:
+        return f"{str(blocking)!r} is a file, not a folder"
+    return e.strerror or str(e) or type(e).__name__
+
+
+def _write_error(path: Path, e: OSError) -> WriteError:
+    reason = _reason(path.parent, e)
     error = WriteError(f"cannot write {str(path)!r}: {reason}; any earlier version of it is unchanged")
     error.errno = e.errno  # not .filename: OSError would then print itself as "[Errno ..."
     error.path = path
