@@ -188,11 +188,14 @@ def _write_all(fd: int, data: bytes) -> None:
 def _file_in_the_way(folder: Path) -> Optional[Path]:
     """The first of ``folder``'s ancestors, or ``folder`` itself, that exists and is not a
     folder: why creating ``folder`` fails with "File exists" or "Not a directory"."""
-    for part in (*reversed(folder.parents), folder):
-        if not part.exists():
-            return None
-        if not part.is_dir():
-            return part
+    try:
+        for part in (*reversed(folder.parents), folder):
+            if not part.exists():
+                return None
+            if not part.is_dir():
+                return part
+    except OSError:  # an ancestor that cannot be looked into: the OS's own reason then
+        pass
     return None
 
 
