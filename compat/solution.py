@@ -74,9 +74,9 @@ class FunctionalAdam(torch.optim.Adam):
 
     def __init__(self, params, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8) -> None:
-        scheduled_lr(adam(b1=betas[0], b2=betas[1], eps=eps).init({}), lr)  # rejects bad ones, naming them
-        super().__init__(params, lr=lr, betas=tuple(betas), eps=eps)
         self._hyper_cache: Dict[Tuple[float, ...], object] = {}
+        self._hyper_parameters(lr, *betas, eps)  # rejects bad hyper-parameters, naming them
+        super().__init__(params, lr=lr, betas=tuple(betas), eps=eps)
 
     def __setstate__(self, state: Dict) -> None:  # pickling and deepcopy keep torch's fields only
         super().__setstate__(state)

@@ -7,7 +7,6 @@ on their values.
 """
 from __future__ import annotations
 
-import math
 import numbers
 from functools import partial
 from typing import Callable, Dict, NamedTuple, Tuple, Union
@@ -15,7 +14,7 @@ from typing import Callable, Dict, NamedTuple, Tuple, Union
 import torch
 from torch import Tensor
 
-from .checks import check_positive_float
+from .checks import check_positive_float, is_finite_number
 from .types import Params
 
 
@@ -101,10 +100,10 @@ def scheduled_lr(state: AdamState, lr: Union[float, Tensor]) -> AdamState:
     """``state`` with the learning rate a schedule sets: any finite ``lr >= 0``, a 0-dim
     tensor too. A schedule may end at 0, where a step moves only the moments, as
     ``torch.optim.Adam``'s does."""
-    value = float(lr)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"lr must be a finite number >= 0, got {value}")
-    return state._replace(lr=_scalar(value))
+    value = float(lr) if isinstance(lr, Tensor) else lr
+    if not is_finite_number(value) or value < 0:
+        raise ValueError(f"lr must be a finite number >= 0, got {value!r}")
+    return state._replace(lr=_scalar(float(value)))
 
 
 def _bias_corrections(lr, b1, b2, t, power: Callable) -> Tuple:
