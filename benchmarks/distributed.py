@@ -1,7 +1,8 @@
 """Epoch times: N ranks of one thread against one process of N threads, in both ``--parallel`` modes.
 
     python -m benchmarks.distributed [--smoke] [--reps 5] [--ranks 2] [--modes data,population]
-                                     [--json results.json]
+                                     [--population mlp|cnn] [--reference] [--no-eager | --no-compile]
+                                     [--flush-denormals] [--default-malloc] [--json results.json]
 
 The same work on the same cores two ways, on synthetic data of Fashion-MNIST shape (469
 minibatches of 128). First one process with ``--ranks`` threads times the single-process
@@ -14,7 +15,8 @@ the parallel paths. Two modes, each with its own paths:
   collective traced inside (what ``fn-trainer --parallel data`` runs); and compiled as two
   graphs around an eager ``all_reduce``, the alternative it was chosen against.
 - ``population``: ``benchmarks.epoch``'s ``population_mlp``, K = 8 MLPs of seeds 0..7 at lr
-  1e-3. The single process trains all K members in one vmapped step; each rank trains its
+  1e-3 (``--population cnn``: its ``population_cnn``, K = 4 CNNs (16, 32, 45) of seeds
+  0..3). The single process trains all K members in one vmapped step; each rank trains its
   consecutive share of the members (``slice_bounds``, as ``fn-trainer --parallel
   population`` splits them: K/N each) in one vmapped step (``population_parallel_*``),
   eager and compiled (the vmapped ``inductor_apply`` forward). The members are independent,
@@ -26,6 +28,13 @@ the parallel paths. Two modes, each with its own paths:
 Figures: the median over ``--reps`` repetitions of one epoch of training steps, paths
 alternated within each process, compile warm-up timed apart; ``ratio`` is each path's
 median over its mode's single-process compiled one (its eager one with ``--no-compile``).
+With ``--reference`` the single process also times the population's members one after
+another in the template's loop (``reference``, ``N`` threads, alternated with its other
+paths), and every path of that mode gets ``ratio_to_reference``: the ratio
+``benchmarks.epoch`` gives a population, now for the split one too. The ranks run after
+the single process, so their ratios span two runs, not alternated rounds. As in
+``benchmarks.epoch``, glibc's malloc thresholds are fixed in every process
+(``--default-malloc`` leaves them) and ``--flush-denormals`` flushes subnormals.
 
 Every path of a mode starts from the same parameters (``network.init(0)``; the members'
 ``network.init(seed)``) and trains the same minibatches, so each records ``final_loss``,
@@ -57,6 +66,8 @@ from fn_trainer.core.optim import Optimizer
 from fn_trainer.core.step import Apply, Params, Step, make_gradient
 from fn_trainer.core.trees import tree_index
 from fn_trainer.speed import inductor_apply
+from fn_trainer.speed.denormals import flush_denormals
+from fn_trainer.speed.malloc import steady_malloc
 from fn_trainer.training.compiled import compile_step
 from fn_trainer.training.distributed import (
     _pack,
@@ -73,14 +84,18 @@ from fn_trainer.training.distributed import (
 from fn_trainer.training.population import MemberData
 
 from .epoch import (
+    CNN_CONFIG,
     MLP_CONFIG,
     N_TRAIN,
+    SMOKE_CNN,
     SMOKE_MLP,
     first_batch_loss,
     functional_loop,
     machine,
     measure,
+    network_type,
     population,
+    sequential_reference,
     start_params,
     synthetic_data,
     vmapped_paths,
@@ -90,7 +105,8 @@ BATCH_SIZE = 128
 LR = 1e-3
 BASELINES = ("single_compiled", "single_eager")  # a mode's ratios' denominator: the first one timed
 MODES = ("data", "population")  # what the ranks split: every minibatch's rows, or a population's members
-POPULATION = "population_mlp"  # benchmarks.epoch's shape: K = 8 MLPs, seeds 0..7, lr 1e-3
+# --population: benchmarks.epoch's shape, K = 8 MLPs or 4 CNNs (16, 32, 45), seeds 0..K-1, lr 1e-3
+POPULATIONS = {"mlp": "population_mlp", "cnn": "population_cnn"}
 PROG = "python -m benchmarks.distributed"
 ROOT = Path(__file__).resolve().parents[1]  # where ``-m benchmarks`` is found
 
@@ -125,22 +141,25 @@ def two_graph_step(apply: Apply, optimizer: Optimizer) -> Step:
     return step
 
 
-def data_mode_paths(parallel: bool, compiled: bool, config, X, T, n_steps: int) -> Dict[str, Callable]:
+def data_mode_paths(parallel: bool, compiled: bool, eager: bool, config, X, T, n_steps: int) -> Dict[str, Callable]:
     """The single-process paths, or (``parallel``) the data-parallel ones of this rank;
-    the compiled ones only if ``compiled``."""
+    the compiled ones only if ``compiled``, the eager one only if ``eager``."""
     net = build_network("mlp", config)
     fast = inductor_apply(net)
     optimizer = adam(LR)
+    eager_step = make_step(net.apply, optimizer)
     if parallel:
         steps = {"data_parallel_eager": data_parallel_step(net.apply, optimizer)}
         if compiled:
             steps["data_parallel_compiled"] = data_parallel_step(net.apply, optimizer, compiled_apply=fast)
             steps["data_parallel_two_graphs"] = two_graph_step(fast, optimizer)
     else:
-        eager = make_step(net.apply, optimizer)
-        steps = {"single_eager": eager}
+        steps = {"single_eager": eager_step}
         if compiled:
-            steps["single_compiled"] = compile_step(make_step(fast, optimizer), eager=eager, guard_closures=False)
+            steps["single_compiled"] = compile_step(make_step(fast, optimizer), eager=eager_step,
+                                                    guard_closures=False)
+    if not eager:
+        steps.pop("data_parallel_eager" if parallel else "single_eager")
 
     def batch_of(b):
         return X[b * BATCH_SIZE:(b + 1) * BATCH_SIZE], T[b * BATCH_SIZE:(b + 1) * BATCH_SIZE]
@@ -152,25 +171,35 @@ def data_mode_paths(parallel: bool, compiled: bool, config, X, T, n_steps: int) 
     return out
 
 
-def population_mode_paths(parallel: bool, compiled: bool, config, X, T, n_steps: int) -> Dict[str, Callable]:
+def population_mode_paths(args: argparse.Namespace, parallel: bool, config, X, T,
+                          n_steps: int) -> Dict[str, Callable]:
     """The single process's vmapped step of all the population's members, or
     (``parallel``) that of this rank's consecutive share of them (``slice_bounds``, as
-    ``--parallel population`` splits them); the compiled one only if ``compiled``."""
-    members = population(POPULATION)[0]
+    ``--parallel population`` splits them); the compiled one unless ``--no-compile``, the
+    eager one unless ``--no-eager``. With ``--reference`` the single process also trains
+    the members one after another in the template's loop (``reference``)."""
+    kind = network_type(POPULATIONS[args.population])
+    members = population(POPULATIONS[args.population])[0]
     if parallel:
         start, stop = slice_bounds(len(members), *place())
         members = members[start:stop]
-    timed = vmapped_paths(build_network("mlp", config), members, MemberData([(X, T)], [0] * len(members)),
-                          BATCH_SIZE, n_steps, compiled)
+    net = build_network(kind, config)
+    timed = vmapped_paths(net, members, MemberData([(X, T)], [0] * len(members)), BATCH_SIZE, n_steps,
+                          not args.no_compile)
+    if args.no_eager:
+        del timed["vmapped_eager"]
     prefix = "population_parallel" if parallel else "single"
-    return {f"{prefix}_{name.removeprefix('vmapped_')}": run for name, run in timed.items()}
+    paths = {f"{prefix}_{name.removeprefix('vmapped_')}": run for name, run in timed.items()}
+    if args.reference and not parallel:
+        paths["reference"] = sequential_reference(kind, config, members, [X] * len(members), T, BATCH_SIZE, n_steps)
+    return paths
 
 
-def member_losses(config, X, y, T) -> Callable[[Params], List[float]]:
-    """``params -> [loss of member k]`` for members stacked along a leading axis: one MLP's
-    ``first_batch_loss``, member by member, so that a rank's share of the members is
-    scored with the same arithmetic as the whole population."""
-    loss = first_batch_loss("mlp", config, X, y, T, BATCH_SIZE)
+def member_losses(kind: str, config, X, y, T) -> Callable[[Params], List[float]]:
+    """``params -> [loss of member k]`` for members stacked along a leading axis: one
+    network's ``first_batch_loss``, member by member, so that a rank's share of the members
+    is scored with the same arithmetic as the whole population."""
+    loss = first_batch_loss(kind, config, X, y, T, BATCH_SIZE)
     return lambda params: [loss(tree_index(params, k)) for k in range(len(next(iter(params.values()))))]
 
 
@@ -179,16 +208,17 @@ def time_paths(args: argparse.Namespace, mode: str, parallel: bool,
     """Timings of this process's paths of ``mode``, and the loss (a list of the members'
     losses for the population) they all start from."""
     n = 512 if args.smoke else N_TRAIN
-    config = SMOKE_MLP if args.smoke else MLP_CONFIG
+    kind = "mlp" if mode == "data" else network_type(POPULATIONS[args.population])
+    config = {"mlp": SMOKE_MLP if args.smoke else MLP_CONFIG, "cnn": SMOKE_CNN if args.smoke else CNN_CONFIG}[kind]
     X, y = synthetic_data(n)
     T = one_hot(y, 10)
     n_steps = 2 if args.smoke else math.ceil(n / BATCH_SIZE)
     if mode == "data":
-        timed = data_mode_paths(parallel, not args.no_compile, config, X, T, n_steps)
+        timed = data_mode_paths(parallel, not args.no_compile, not args.no_eager, config, X, T, n_steps)
         shape, loss = "mlp", first_batch_loss("mlp", config, X, y, T, BATCH_SIZE)
     else:
-        timed = population_mode_paths(parallel, not args.no_compile, config, X, T, n_steps)
-        shape, loss = POPULATION, member_losses(config, X, y, T)
+        timed = population_mode_paths(args, parallel, config, X, T, n_steps)
+        shape, loss = POPULATIONS[args.population], member_losses(kind, config, X, y, T)
     # the ranks of a split population never wait for each other within an epoch: an
     # untimed barrier starts each timed epoch on every rank at once
     before = dist.barrier if parallel and mode == "population" else (lambda: None)
@@ -214,9 +244,19 @@ def slowest_rank(shares: List[Dict[str, Dict]]) -> Dict[str, Dict]:
     return out
 
 
+def prepare_process(args: argparse.Namespace) -> Optional[Dict[str, int]]:
+    """This process's allocator and subnormal mode, as ``benchmarks.epoch`` sets them; the
+    malloc settings, or ``None`` where left as they were."""
+    malloc = None if args.default_malloc else steady_malloc()
+    if args.flush_denormals:
+        flush_denormals(True)
+    return malloc
+
+
 def run_rank(args: argparse.Namespace) -> None:
     """One rank of the parallel half; rank 0 writes the timings of every mode to ``args.worker``."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # before flushing: flush_denormals sets the mode in torch's threads
+    prepare_process(args)
     launch = launch_from_env()
     init_process_group(launch, timeout_s=600)
     results = {}
@@ -271,8 +311,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="comma-separated subset of data,population: what the ranks split (every minibatch's rows, "
                         "or the population's members)")
     p.add_argument("--no-compile", action="store_true", help="skip the compiled paths")
+    p.add_argument("--no-eager", action="store_true", help="skip the eager paths")
+    p.add_argument("--population", choices=sorted(POPULATIONS), default="mlp",
+                   help="the population mode's members: 8 MLPs (default) or 4 CNNs (16, 32, 45)")
+    p.add_argument("--reference", action="store_true",
+                   help="population mode: also time the members one after another in the template's loop in "
+                        "the single process (ratio_to_reference)")
     p.add_argument("--smoke", action="store_true",
                    help="tiny run for CI: small MLPs, 512 samples, 2 steps, 1 repetition")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="leave glibc's adaptive malloc thresholds alone, in every process (as in benchmarks.epoch)")
+    p.add_argument("--flush-denormals", action="store_true",
+                   help="flush subnormal floats to zero in every process, as the fn-trainer command does")
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # a rank of the parallel half: its output file
@@ -286,7 +336,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not set(modes) <= set(MODES):
         p.error(f"--modes must be a comma-separated subset of {','.join(MODES)}, got {args.modes!r}")
     args.modes = [mode for mode in MODES if mode in modes]
-    K = len(population(POPULATION)[0])
+    if args.no_compile and args.no_eager:
+        p.error("--no-compile and --no-eager leave nothing to time: give at most one of them")
+    K = len(population(POPULATIONS[args.population])[0])
     if "population" in args.modes and args.ranks > K:  # a rank without members would time nothing
         p.error(f"--ranks must be at most the population's {K} members with --modes population, got {args.ranks}")
     return args
@@ -307,6 +359,7 @@ def main(argv: Optional[list] = None) -> int:
     load_before = os.getloadavg()
     threads = torch.get_num_threads()
     torch.set_num_threads(args.ranks)
+    malloc = prepare_process(args)
     results: Dict[str, Dict] = {}
     try:
         log(f"one process, {args.ranks} threads")
@@ -323,18 +376,22 @@ def main(argv: Optional[list] = None) -> int:
         r["baseline"] = baseline = next(name for name in BASELINES if name in r["paths"])
         for v in r["paths"].values():
             v["ratio"] = round(v["median_s"] / r["paths"][baseline]["median_s"], 3)
-    K = len(population(POPULATION)[0])
+            if "reference" in r["paths"]:
+                v["ratio_to_reference"] = round(v["median_s"] / r["paths"]["reference"]["median_s"], 3)
+    K = len(population(POPULATIONS[args.population])[0])
+    kind = network_type(POPULATIONS[args.population])
     report = {
         "command": " ".join([PROG, *argv]),
         "what": f"median seconds per epoch of training steps ({'2' if args.smoke else '469'} minibatches of "
                 f"{BATCH_SIZE}): one process of {args.ranks} threads (single_*) against {args.ranks} ranks of one "
                 f"thread; data mode: one MLP, every rank on its slice of every minibatch (data_parallel_*); "
-                f"population mode: {K} MLPs, one vmapped step of all of them against each rank's share in one "
+                f"population mode: {K} {kind.upper()}s, one vmapped step of all of them against each rank's share in one "
                 f"vmapped step, a repetition's time the slowest rank's (population_parallel_*); ratio = path / "
                 f"its mode's baseline (single_compiled, or single_eager without it); final_loss per member for "
                 f"the population",
         "smoke": args.smoke, "reps": 1 if args.smoke else args.reps, "ranks": args.ranks,
-        "machine": machine(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "machine": machine(), "malloc": malloc or "default", "flush_denormals": args.flush_denormals,
+        "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "results": results,
     }
     print_table(report)
@@ -347,12 +404,15 @@ def print_table(report: Dict) -> None:
     print(f"{report['command']}\n{report['machine']['cpu']}, {report['machine']['cores']} cores, torch "
           f"{report['machine']['torch']}; load {report['load_average_before'][0]:.1f} -> "
           f"{report['load_average_after'][0]:.1f}")
-    print(f"{'mode':10} {'path':28} {'median s/epoch':>14} {'ratio':>6} {'warm-up s':>9} {'final loss':>10}")
+    print(f"{'mode':10} {'path':28} {'median s/epoch':>14} {'ratio':>6} {'warm-up s':>9} {'final loss':>10}"
+          f" {'to reference':>12}")
     for mode, r in report["results"].items():
         for name, v in r["paths"].items():
             loss = v["final_loss"]  # the population's: the members' mean here, each member's in the JSON
             loss = statistics.fmean(loss) if isinstance(loss, list) else loss
-            print(f"{mode:10} {name:28} {v['median_s']:14.3f} {v['ratio']:6.2f} {v['warmup_s']:9.2f} {loss:10.5f}")
+            to_reference = f"{v['ratio_to_reference']:12.2f}" if "ratio_to_reference" in v else f"{'-':>12}"
+            print(f"{mode:10} {name:28} {v['median_s']:14.3f} {v['ratio']:6.2f} {v['warmup_s']:9.2f} {loss:10.5f}"
+                  f" {to_reference}")
     if "population" in report["results"]:
         print("population: final loss is the members' mean; s/epoch and warm-up of population_parallel_* are "
               "the slowest rank's")

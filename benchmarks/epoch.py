@@ -301,15 +301,25 @@ def population_paths(shape: str, config: NetworkConfiguration, X, y, T, batch_si
     kind, (members, inputs) = network_type(shape), population(shape)
     datasets = sweep_inputs(X, y) if 1 in inputs else [X]
     net = build_network(kind, config)
-    refs = [(reference_trainer(kind, config, m.lr, net.init(m.seed)), datasets[d]) for m, d in zip(members, inputs)]
     data = MemberData([(Xd, T) for Xd in datasets], inputs)
+    return {"reference": sequential_reference(kind, config, members, [datasets[d] for d in inputs], T,
+                                              batch_size, n_steps),
+            **vmapped_paths(net, members, data, batch_size, n_steps, compile)}
 
-    def sequential() -> Params:
-        for trainer, Xd in refs:
-            trainer.train_steps(Xd, T, batch_size, n_steps)
+
+def sequential_reference(kind: str, config: NetworkConfiguration, members: List[Member], inputs: List[torch.Tensor],
+                         T: torch.Tensor, batch_size: int, n_steps: int) -> Callable[[], Params]:
+    """The members one after another in the template's loop, member k from
+    ``net.init(seed_k)`` on ``inputs[k]``; the members' parameters stacked."""
+    net = build_network(kind, config)
+    refs = [(reference_trainer(kind, config, m.lr, net.init(m.seed)), Xk) for m, Xk in zip(members, inputs)]
+
+    def run() -> Params:
+        for trainer, Xk in refs:
+            trainer.train_steps(Xk, T, batch_size, n_steps)
         return stack_trees([module_params(trainer.network) for trainer, _ in refs])
 
-    return {"reference": sequential, **vmapped_paths(net, members, data, batch_size, n_steps, compile)}
+    return run
 
 
 def vmapped_paths(net: Network, members: List[Member], data: MemberData, batch_size: int, n_steps: int,

@@ -174,7 +174,8 @@ def test_distributed_smoke_run_times_one_process_and_two_ranks_doing_the_same_wo
     from benchmarks import distributed
 
     out = tmp_path / "bench.json"
-    assert distributed.main(["--smoke", "--no-compile", "--quiet", "--json", str(out)]) == 0
+    # --default-malloc: the test process keeps its allocator settings
+    assert distributed.main(["--smoke", "--no-compile", "--default-malloc", "--quiet", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["ranks"] == 2 and report["command"].startswith("python -m benchmarks.distributed --smoke")
     assert set(report["results"]) == {"data", "population"}
@@ -202,7 +203,34 @@ def test_distributed_smoke_run_times_one_process_and_two_ranks_doing_the_same_wo
     assert bool(((start - single).abs() > 100 * 1e-5 * single.abs()).all()), (start, single)
 
 
+def test_distributed_cnn_population_split_over_ranks_trains_what_the_template_loop_trains(tmp_path):
+    """``--population cnn --reference``: 4 CNNs one after another in the template's loop, in
+    one vmapped step, and 2 + 2 on two ranks reach the same parameters, member by member, up
+    to float32 rounding; ``ratio_to_reference`` is each path's median over the loop's."""
+    from benchmarks import distributed
+
+    out = tmp_path / "bench.json"
+    assert distributed.main(["--smoke", "--no-compile", "--default-malloc", "--quiet", "--modes", "population",
+                             "--population", "cnn", "--reference", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    members = report["results"]["population"]
+    paths = members["paths"]
+    assert set(paths) == {"single_eager", "reference", "population_parallel_eager"}
+    for v in paths.values():
+        assert v["ratio_to_reference"] == round(v["median_s"] / paths["reference"]["median_s"], 3)
+    start, reference, single, parallel = (torch.tensor(x) for x in (
+        members["initial_loss"], paths["reference"]["final_loss"], paths["single_eager"]["final_loss"],
+        paths["population_parallel_eager"]["final_loss"]))
+    assert start.shape == reference.shape == (4,) and len(set(start.tolist())) == 4  # four seeds
+    torch.testing.assert_close(single, reference, rtol=1e-5, atol=0.0)
+    torch.testing.assert_close(parallel, reference, rtol=1e-5, atol=0.0)
+    assert bool(((start - reference).abs() > 100 * 1e-5 * reference.abs()).all()), (start, reference)
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--no-compile", "--no-eager"], "--no-compile and --no-eager leave nothing to time: give at most one of them"),
+    (["--population", "cnn", "--ranks", "5"],
+     "--ranks must be at most the population's 4 members with --modes population, got 5"),
     (["--modes", "data,pop"], "--modes must be a comma-separated subset of data,population, got 'data,pop'"),
     (["--ranks", "9"], "--ranks must be at most the population's 8 members with --modes population, got 9"),
 ])
