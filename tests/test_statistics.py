@@ -18,6 +18,14 @@ def test_spread_is_the_mean_and_sample_standard_deviation():
     assert format_spread(s) == "0.8200 ± 0.0200"
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_accuracy_is_refused_not_called_within_seed_noise(bad):
+    with pytest.raises(ValueError, match="spread needs finite values, got "):
+        spread([0.8, bad, 0.82])
+    with pytest.raises(ValueError, match="spread needs finite values"):
+        welch_difference([0.1, 0.1, 0.11], [0.8, bad, 0.82])
+
+
 def test_welch_interval_with_equal_variances_and_sizes_uses_2n_minus_2_degrees_of_freedom():
     a, b = [0.90, 0.91, 0.92], [0.85, 0.86, 0.87]
     d = welch_difference(a, b)

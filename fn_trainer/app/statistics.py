@@ -44,9 +44,12 @@ class Difference(NamedTuple):
 
 
 def spread(values: Sequence[float]) -> Spread:
-    """The mean and sample standard deviation of ``values`` (at least one)."""
+    """The mean and sample standard deviation of ``values`` (at least one, all finite: a
+    diverged run's missing value is left out by the caller, never averaged in)."""
     if not values:
         raise ValueError("spread needs at least one value")
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"spread needs finite values, got {list(values)}")
     n = len(values)
     mean = math.fsum(values) / n
     std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
