@@ -240,6 +240,8 @@ def test_diverged_runs_are_reported_as_such(small_data_root, tmp_path, capsys):
     (["depth", "--threads", str(os.cpu_count() + 1)], "--threads must be between 1 and"),
     (["depth", "--seeds", "0"], "--seeds must be an int >= 1, got 0"),
     (["lr-sweep", "--seeds", "-1"], "--seeds must be an int >= 1, got -1"),
+    (["depth", "--seeds", "10001"], "--seeds must be at most 10,000, got 10,001"),
+    (["cnn", "--rank-timeout", "1e14"], "--rank-timeout must be at most 31,536,000 seconds (a year), got 1e+14"),
     (["all", "--seed", str(2**32 - 2), "--seeds", "3"],
      "--seeds 3 from --seed 4294967294 reaches seed 4294967296, above the largest seed 2**32 - 1"),
 ])
@@ -261,12 +263,24 @@ def test_a_path_that_is_not_utf8_is_refused_before_training(option, name, small_
     assert not os.path.exists(os.fsencode(bad)) and not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("out", ["", "  "])
-def test_an_empty_out_is_refused_and_nothing_is_written(out, small_data_root, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("option", ["--out", "--data"])
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_an_empty_out_or_data_is_refused_and_nothing_is_written(option, empty, small_data_root, tmp_path, capsys,
+                                                                 monkeypatch):
+    # an empty --data taken as "." would download the data set into the current folder
     monkeypatch.chdir(tmp_path)
-    rc, _, err = run_cli(["equivariance", "--data", small_data_root, "--out", out], capsys)
-    assert rc == 2 and err == "fn-trainer: error: --out must name a folder, got an empty string\n"
+    paths = {"--data": str(small_data_root), "--out": str(tmp_path / "out"), option: empty}
+    rc, _, err = run_cli(["equivariance", "--data", paths["--data"], "--out", paths["--out"]], capsys)
+    assert rc == 2 and err == f"fn-trainer: error: {option} must name a folder, got an empty string\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_no_command_is_one_error_line(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        cli.main([])
+    out, err = capsys.readouterr()
+    assert stopped.value.code == 2 and out == ""
+    assert err == "fn-trainer: error: a command is required: fn-trainer COMMAND ...; fn-trainer --help lists them\n"
 
 
 def test_unwritable_out_fails_with_one_line(small_data_root, tmp_path, capsys):

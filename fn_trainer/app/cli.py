@@ -26,6 +26,11 @@ CALIBRATE = "calibrate"  # the command that measures this CPU's choices (fn_trai
 DEFAULTS = Settings()  # an option that sets a field of Settings has the field's default
 PARALLEL_MODES = ("data", "population")  # fn_trainer.app.parallel
 MIN_LIMIT = 2  # training samples: normalisation estimates a standard deviation from them
+# a sanity bound, far above any report's need: a typo's --seeds 100000000 is refused at once
+# instead of filling the memory with run specs before any training
+MAX_SEEDS = 10_000
+# a longer wait overflows the process group's timeout (a year is as good as forever here)
+MAX_RANK_TIMEOUT_S = 365 * 24 * 3600
 
 
 def _help(experiment: Experiment) -> str:
@@ -82,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", type=Path, default=DEFAULTS.data, metavar="DIR",
+    # str, not Path, as --out: an empty --data must be refused, not taken as "."
+    p.add_argument("--data", default=str(DEFAULTS.data), metavar="DIR",
                    help="torchvision root of Fashion-MNIST (FashionMNIST/raw/*); downloaded there "
                         "when missing and online (default: %(default)s)")
     # str, not Path: Path("") is ".", and an empty --out must be refused, not taken as "."
@@ -157,6 +163,8 @@ def validate(args: argparse.Namespace) -> None:
     check_seed("--seed", args.seed)
     if hasattr(args, "seeds"):
         check_positive_int("--seeds", args.seeds)
+        if args.seeds > MAX_SEEDS:
+            raise ValueError(f"--seeds must be at most {MAX_SEEDS:,}, got {args.seeds:,}")
         if args.seed + args.seeds > SEED_LIMIT:
             raise ValueError(f"--seeds {args.seeds} from --seed {args.seed} reaches seed {args.seed + args.seeds - 1}, "
                              f"above the largest seed 2**32 - 1 = {SEED_LIMIT - 1}")
@@ -183,11 +191,23 @@ def validate(args: argparse.Namespace) -> None:
                          "report: give learning rates that differ in their first 6 significant digits")
     if hasattr(args, "rank_timeout"):
         check_positive_float("--rank-timeout", args.rank_timeout)
+        if args.rank_timeout > MAX_RANK_TIMEOUT_S:
+            raise ValueError(f"--rank-timeout must be at most {MAX_RANK_TIMEOUT_S:,} seconds (a year), "
+                             f"got {args.rank_timeout:g}")
     if hasattr(args, "device"):
         _check_device(args.device)
     _check_threads(getattr(args, "threads", None))
-    _check_utf8("--data", args.data)
+    args.data = _checked_data(args.data)
     args.out = _checked_out(args.out)
+
+
+def _checked_data(data: str) -> Path:
+    """``--data`` as a ``Path``: a UTF-8 folder name; an empty one is refused, not taken as "."
+    (a download would land in the current folder)."""
+    _check_utf8("--data", data)
+    if not str(data).strip():
+        raise ValueError("--data must name a folder, got an empty string")
+    return Path(data)
 
 
 def _checked_out(out: str) -> Path:
@@ -344,8 +364,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return 2
+        parser.error("a command is required: fn-trainer COMMAND ...; fn-trainer --help lists them")
     from ..core.data import DatasetError
     from ..speed.calibration import CalibrationError
     from ..training.distributed import RankLostError
