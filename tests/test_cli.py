@@ -572,7 +572,10 @@ def test_seeds_give_mean_and_std_tables_and_differences_with_intervals(small_dat
                                       [value(r) for r in runs(best_lr, False)])
         assert difference.diff != 0 and difference.low is not None
         line += f"{which} {format_difference(difference)}; "
-    assert line[:-2] in section.splitlines()
+    lines = section.splitlines()
+    assert line[:-2] in lines
+    # the learning rate was picked on these runs: the report says what that does to the interval
+    assert lines[lines.index(line[:-2]) + 1].startswith("The learning rate is the best pair's, picked on these same runs")
 
 
 @pytest.mark.parametrize("name, lines", [

@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from fn_trainer.app.experiments import EXPERIMENTS, experiment
 from fn_trainer.app.experiments.configurations import Configuration, by_configuration
 from fn_trainer.app.experiments.equivariance import equivariance_maps
-from fn_trainer.app.experiments.figures import curves
-from fn_trainer.app.experiments.formatting import differences, runs_table, summary
+from fn_trainer.app.experiments.figures import COLORS, curves
+from fn_trainer.app.experiments.formatting import differences, runs_table, spread_table, summary
+from fn_trainer.app.experiments.lr_sweep import best_pair
 from fn_trainer.app.experiments.records import RunRecord, RunSpec, finite_logs
 from fn_trainer.app.plots import Curve, plot_curves, plot_map
 from fn_trainer.app.report import assemble, markdown_table, write_section
@@ -110,7 +111,38 @@ def test_one_seed_is_the_run_itself_without_a_band():
     assert c.diverged == run.diverged and c.finals() == [] and c.final_spread() is None
     (curve,) = curves([c], "validation_accuracy", suffix=" — validation")
     assert curve == Curve("label r — validation", run.curve("validation_accuracy"), 0, "tab:blue", "-",
-                          run.diverged, None)
+                          "diverged", None)
+
+
+def test_spread_table_and_best_pair_give_no_final_accuracy_where_a_seed_diverged():
+    # the diverged seed's last finite value (0.9, epoch 1) is not a last-epoch accuracy
+    mixed = Configuration((seed_run(0, [0.5, 0.9], "diverged in epoch 2"), seed_run(1, [0.5, 0.55, 0.6]),
+                           seed_run(2, [0.5, 0.55, 0.6])))
+    fine = Configuration((seed_run(0, [0.5, 0.55, 0.6]), seed_run(1, [0.5, 0.6, 0.7])))
+    table = spread_table([mixed, fine]).splitlines()
+    assert "| n/a (1 of 3 seeds diverged) | 0.7000 ± 0.1732 | 1 |" in table[2]  # the best still counts
+    assert "| 0.6500 ± 0.0707 | 0.6500 ± 0.0707 | 0 |" in table[3]
+    assert ", final n/a (1 of 3 seeds diverged) (mean ± std);" in best_pair(mixed)
+    alone = Configuration((seed_run(0, [0.5, 0.9], "diverged in epoch 2: loss=nan"),))
+    assert "(epoch 1), final n/a (diverged); above 80%: yes." in best_pair(alone)
+    assert "(epoch 2), final 0.6000; above 80%: no." in best_pair(Configuration((seed_run(0, [0.5, 0.55, 0.6]),)))
+
+
+def test_a_figure_says_how_many_seeds_diverged_and_tells_every_configuration_apart(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    drawn = []
+    real = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda self, *a, **k: drawn.append(k) or real(self, *a, **k))
+    one_of_three = Configuration((seed_run(0, [0.5, 0.9], "diverged in epoch 2"), seed_run(1, [0.5, 0.55, 0.6]),
+                                  seed_run(2, [0.5, 0.55, 0.6])))
+    alone = Configuration((seed_run(0, [0.5, 0.9], "diverged in epoch 2: loss=nan"),))
+    plot_curves(curves([one_of_three, alone], "validation_accuracy"), tmp_path / "c.png", title="t", ylabel="a")
+    labels = [k["label"] for k in drawn if "label" in k]
+    assert labels == ["label r — 1 of 3 seeds diverged", "label r — diverged"]
+    many = [Configuration((seed_run(0, [0.5, 0.6], lr=lr),)) for lr in [10.0 ** -k for k in range(1, 14)]]
+    looks = [(c.color, c.marker) for c in curves(many, "validation_accuracy")]
+    assert len(set(looks)) == len(many) and looks[len(COLORS)][1] is not None
 
 
 def test_differences_give_no_final_accuracy_for_configurations_with_diverged_runs():

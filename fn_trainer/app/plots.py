@@ -22,10 +22,11 @@ BAND_ALPHA = 0.2  # a band is shaded lightly: the lines stay readable where band
 @dataclass(frozen=True)
 class Curve:
     """One line of a figure. ``values[i]`` is plotted at ``x = start + i``; ``None`` or
-    non-finite entries are missing. ``diverged`` (a reason) ends the line with a marker
-    and says so in the legend. ``band = (low, high)``, two sequences like ``values``:
-    a shaded band in the line's colour between them (e.g. the spread over seeds around
-    their mean), drawn where both are finite."""
+    non-finite entries are missing. ``diverged`` (a short note: "diverged", "1 of 3 seeds
+    diverged") ends the line with an ``X`` and follows the label in the legend. ``band =
+    (low, high)``, two sequences like ``values``: a shaded band in the line's colour
+    between them (e.g. the spread over seeds around their mean), drawn where both are
+    finite. ``marker``: one at every point (a lone point gets a dot anyway)."""
 
     label: str
     values: Sequence[Optional[float]]
@@ -34,6 +35,7 @@ class Curve:
     linestyle: str = "-"
     diverged: Optional[str] = None
     band: Optional[Tuple[Sequence[Optional[float]], Sequence[Optional[float]]]] = None
+    marker: Optional[str] = None
 
     def __post_init__(self):
         if self.band is not None and (len(self.band) != 2 or len(self.band[0]) != len(self.band[1])):
@@ -68,7 +70,7 @@ def plot_curves(curves: Sequence[Curve], path: Path, *, title: str, ylabel: str,
     """Save a line plot of ``curves`` to ``path`` (PNG) and return ``path``.
 
     A diverged curve is drawn up to its last finite value and ends with an ``X``
-    marker; its legend entry says "diverged". A curve with no finite value at all is
+    marker; its legend entry gives its ``diverged`` note. A curve with no finite value at all is
     listed in the legend only; with no positive value anywhere, ``logy`` is ignored. A
     curve's ``band`` is shaded in its colour; what a band shows is for the title or the
     labels to say.
@@ -80,9 +82,9 @@ def plot_curves(curves: Sequence[Curve], path: Path, *, title: str, ylabel: str,
     for c in curves:
         xs, ys = _finite(c.values, c.start)
         positive = positive or bool((ys > 0).any())
-        label = f"{c.label} — diverged" if c.diverged else c.label
+        label = f"{c.label} — {c.diverged}" if c.diverged else c.label
         (line,) = ax.plot(xs, ys, linestyle=c.linestyle, color=c.color, label=label,
-                          marker="o" if len(xs) == 1 else None)
+                          marker=c.marker or ("o" if len(xs) == 1 else None))
         if c.band is not None:
             _draw_band(ax, c.band, c.start, line.get_color())
         if c.diverged and len(xs):

@@ -46,12 +46,22 @@ class Configuration:
         return [r.spec.seed for r in self.runs]
 
     @property
+    def n_diverged(self) -> int:
+        """How many of the runs diverged."""
+        return sum(1 for r in self.runs if r.diverged)
+
+    @property
     def diverged(self) -> Optional[str]:
         """``None``, the one run's reason, or ``"<k> of <K> seeds diverged"``."""
         reasons = [r.diverged for r in self.runs if r.diverged]
         if not reasons:
             return None
         return reasons[0] if len(self.runs) == 1 else f"{len(reasons)} of {len(self.runs)} seeds diverged"
+
+    @property
+    def diverged_note(self) -> Optional[str]:
+        """``None``, ``"diverged"`` for one run, or ``"<k> of <K> seeds diverged"``: short, for legends and cells."""
+        return None if not self.n_diverged else "diverged" if len(self.runs) == 1 else self.diverged
 
     def mean_curve(self, key: str) -> Values:
         """``logs[key]`` averaged over the runs, epoch by epoch (``None`` where a run has no value)."""

@@ -9,16 +9,19 @@ from typing import List, Sequence
 from ..plots import Curve, plot_curves
 from .configurations import Configuration
 
-COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
+COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
+          "tab:olive", "tab:cyan")
+MARKERS = (None, "o", "s", "^", "v", "D")  # after every colour, the next marker: no two curves look alike
 ACCURACY_YLIM = (0.0, 1.02)  # a little room above 1: a curve at 100% stays in view
 
 
 def curves(configurations: Sequence[Configuration], key: str, *, suffix: str = "", linestyle: str = "-",
            start: int = 0) -> List[Curve]:
-    """One curve of ``logs[key]`` per configuration, labelled by its runs, coloured by
-    position: a run's own curve, or with several seeds their mean and min–max band."""
+    """One curve of ``logs[key]`` per configuration, labelled by its runs, coloured (and,
+    past the tenth, marked) by position: a run's own curve, or with several seeds their
+    mean and min–max band; a diverged seed ends the curve, and its legend says how many."""
     return [Curve(f"{c.spec.label}{suffix}", c.mean_curve(key), start, COLORS[i % len(COLORS)], linestyle,
-                  c.diverged, c.band(key))
+                  c.diverged_note, c.band(key), MARKERS[i // len(COLORS) % len(MARKERS)])
             for i, c in enumerate(configurations)]
 
 

@@ -65,12 +65,19 @@ def fmt_spread(s: Optional[Spread]) -> str:
     return "n/a" if s is None else format_spread(s)
 
 
+def fmt_final_spread(c: Configuration) -> str:
+    """``mean ± std`` of the final validation accuracy over seeds, or ``"n/a (<why>)"``
+    where a seed diverged: a diverged run's last finite value comes from before its
+    divergence, not from the last epoch."""
+    return f"n/a ({c.diverged_note})" if c.n_diverged else fmt_spread(c.final_spread())
+
+
 def spread_table(configurations: Sequence[Configuration]) -> str:
     """Markdown table: per configuration its seeds and the mean ± std (sample standard
-    deviation) over them of the final and the best validation accuracy."""
+    deviation) over them of the final (n/a where a seed diverged) and the best validation
+    accuracy."""
     rows = [[c.spec.label, f"{c.n_params:,}", fmt_lr(c.spec.lr), "on" if c.spec.normalization else "off",
-             len(c.runs), fmt_spread(c.final_spread()), fmt_spread(c.best_spread()),
-             sum(1 for r in c.runs if r.diverged)] for c in configurations]
+             len(c.runs), fmt_final_spread(c), fmt_spread(c.best_spread()), c.n_diverged] for c in configurations]
     return markdown_table(["configuration", "params", "lr", "normalisation", "seeds",
                            "final valid acc (mean ± std)", "best valid acc (mean ± std)", "diverged runs"], rows)
 
@@ -107,8 +114,8 @@ def differences(contrasts: Sequence[Contrast]) -> List[str]:
 def _final_difference(a: Configuration, b: Configuration) -> str:
     """The final accuracies' difference, or why there is none: a diverged run's last finite
     value comes from before its divergence, not from the last epoch."""
-    diverged = [f"{n} of {len(c.runs)} seeds of the {side}" for side, c in (("first", a), ("second", b))
-                for n in [sum(1 for r in c.runs if r.diverged)] if n]
+    diverged = [f"{c.n_diverged} of {len(c.runs)} seeds of the {side}" for side, c in (("first", a), ("second", b))
+                if c.n_diverged]
     if diverged:
         return f"n/a ({' and '.join(diverged)} diverged: a diverged run has no last-epoch accuracy)"
     return _difference(a.finals(), b.finals())

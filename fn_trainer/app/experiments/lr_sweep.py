@@ -14,8 +14,9 @@ from .figures import ACCURACY_YLIM, curves, seeds_note
 from .formatting import (
     Contrast,
     differences,
+    fmt_final_spread,
     fmt_lr,
-    fmt_spread,
+    fmt_metric,
     header,
     runs_table,
     several_seeds,
@@ -63,8 +64,15 @@ def run(ctx: Context) -> List[RunRecord]:
     parts.append(best_pair(best))
     if best is not None:
         parts += ["", *differences([normalisation_contrast(configurations, best.spec.lr)])]
+        if len(best.runs) > 1:
+            parts.append(SELECTED_ON_THESE_RUNS)
     write_section(ctx.out, NAME, "\n".join(parts), ctx.warn)
     return records
+
+
+# the comparison's learning rate is chosen by the same runs' accuracies it then compares
+SELECTED_ON_THESE_RUNS = ("The learning rate is the best pair's, picked on these same runs: the difference leans "
+                          "towards the side that was picked, and its interval is somewhat optimistic.")
 
 
 def train(ctx: Context, specs: Dict[bool, List[RunSpec]]) -> List[RunRecord]:
@@ -97,9 +105,10 @@ def best_pair(c: Optional[Configuration]) -> str:
         r = c.runs[0]
         _, epoch = r.best()
         return (f"Best pair: {pair}: best validation accuracy {best.mean:.4f} (epoch {epoch}), final "
-                f"{r.final():.4f}; above {TARGET:.0%}: {'yes' if best.mean > TARGET else 'no'}.")
+                f"{fmt_final_spread(c) if r.diverged else fmt_metric(r.final())}; above {TARGET:.0%}: "
+                f"{'yes' if best.mean > TARGET else 'no'}.")
     return (f"Best pair (the highest mean over its {len(c.runs)} seeds of the best validation accuracy): {pair}: "
-            f"best validation accuracy {format_spread(best)}, final {fmt_spread(c.final_spread())} (mean ± std); "
+            f"best validation accuracy {format_spread(best)}, final {fmt_final_spread(c)} (mean ± std); "
             f"mean above {TARGET:.0%}: {'yes' if best.mean > TARGET else 'no'}.")
 
 
