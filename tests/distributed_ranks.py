@@ -8,13 +8,18 @@ torchrun sets them. MODE:
 - ``agree``: train ``BATCH_SIZES`` minibatches data-parallel in float64; then start once more from parameters of each rank's own seed, which
   must stop with ``RanksDifferError`` before any step; save the results and that error's
   text to ``OUT/rank<R>.pt``;
-- ``die`` / ``hang``: rank 1 kills / stops itself at step ``FAIL_AT``; the others train on.
+- ``die`` / ``hang``: rank 1 kills / stops itself at step ``FAIL_AT``; the others train on;
+- ``wait``: rank 0 works (sleeps) for 3 timeouts before it gathers every rank's rank and
+  then broadcasts a message, as it does with a bigger share of a population and before
+  sending the next run; the others wait for it. Saves what each rank got and how long
+  it waited to ``OUT/rank<R>.pt``.
 
 A ``RankLostError`` is printed as one line on stderr, exit status 2.
 """
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -23,8 +28,10 @@ from fn_trainer import NetworkConfiguration, adam, build_network, one_hot
 from fn_trainer.training.distributed import (
     RankLostError,
     RanksDifferError,
+    broadcast_from_first,
     close_process_group,
     data_parallel_step,
+    gather_to_first,
     init_process_group,
     launch_from_env,
 )
@@ -62,14 +69,23 @@ def main(mode: str, out: Path, timeout_s: float) -> None:
     launch = launch_from_env()
     init_process_group(launch, timeout_s=timeout_s)
     try:  # left open at exit, a failed group's threads can abort the process (SIGABRT)
-        run(mode, out, launch)
+        run(mode, out, launch, timeout_s)
     finally:
         close_process_group()
 
 
-def run(mode: str, out: Path, launch) -> None:
+def run(mode: str, out: Path, launch, timeout_s: float) -> None:
     results = {}
-    if mode == "agree":
+    if mode == "wait":
+        started = time.monotonic()
+        if launch.rank == 0:
+            time.sleep(3 * timeout_s)
+        results["gathered"] = gather_to_first(launch.rank, "while gathering")
+        if launch.rank == 0:
+            time.sleep(3 * timeout_s)
+        results["message"] = broadcast_from_first("next" if launch.rank == 0 else None, "while waiting")
+        results["waited_s"] = time.monotonic() - started
+    elif mode == "agree":
         net, opt, params, batches = problem(torch.float64)
         params, state, metrics = train(data_parallel_step(net.apply, opt), params, opt.init(params), batches)
         results["agree"] = (params, state._asdict(), metrics)

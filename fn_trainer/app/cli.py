@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from ..core.checks import SEED_LIMIT, check_positive_float, check_positive_int, check_seed
+from ..training.distributed import WAIT_LIMIT_S
 from . import PROG
 from .experiments import EXPERIMENTS, Experiment
 from .experiments.context import Context, Settings
@@ -29,8 +30,6 @@ MIN_LIMIT = 2  # training samples: normalisation estimates a standard deviation 
 # a sanity bound, far above any report's need: a typo's --seeds 100000000 is refused at once
 # instead of filling the memory with run specs before any training
 MAX_SEEDS = 10_000
-# a longer wait overflows the process group's timeout (a year is as good as forever here)
-MAX_RANK_TIMEOUT_S = 365 * 24 * 3600
 
 
 def _help(experiment: Experiment) -> str:
@@ -145,8 +144,9 @@ def _add_training(p: argparse.ArgumentParser, name: str) -> None:
                         "the processes. Default under torchrun: populations split their members, single "
                         "runs their minibatches. Rank 0 alone prints and writes")
     p.add_argument("--rank-timeout", type=float, default=DEFAULTS.rank_timeout, metavar="SECONDS",
-                   help="with --parallel: how long a rank waits for the others (in a step, or for rank "
-                        "0's next run) before it stops with an error (default: %(default)s)")
+                   help="under torchrun: how long a rank waits for the others within a training step before "
+                        "it stops with an error; a rank done with its share waits for the others' work as "
+                        "long as it takes, and a rank that dies is noticed at once (default: %(default)s)")
 
 
 def _batch_sizes() -> str:
@@ -191,8 +191,8 @@ def validate(args: argparse.Namespace) -> None:
                          "report: give learning rates that differ in their first 6 significant digits")
     if hasattr(args, "rank_timeout"):
         check_positive_float("--rank-timeout", args.rank_timeout)
-        if args.rank_timeout > MAX_RANK_TIMEOUT_S:
-            raise ValueError(f"--rank-timeout must be at most {MAX_RANK_TIMEOUT_S:,} seconds (a year), "
+        if args.rank_timeout > WAIT_LIMIT_S:
+            raise ValueError(f"--rank-timeout must be at most {WAIT_LIMIT_S:,} seconds (a year), "
                              f"got {args.rank_timeout:g}")
     if hasattr(args, "device"):
         _check_device(args.device)

@@ -28,6 +28,7 @@ from ..core.optim import Optimizer
 from ..core.step import Step
 from ..training.distributed import (
     Launch,
+    broadcast_from_first,
     close_process_group,
     data_parallel_step,
     gather_to_first,
@@ -89,10 +90,8 @@ def share_calibration(ctx: "Context") -> None:
     """Every rank takes rank 0's calibration (``ctx.calibration``): ranks deciding for
     themselves (other CPUs, other thread counts) could compile a run that rank 0 trains
     eagerly, or take another Winograd threshold, and their replicas would drift apart."""
-    message = [ctx.calibration if ctx.settings.rank == 0 else None]
-    with lost_ranks_raise("while sharing rank 0's calibration"):
-        dist.broadcast_object_list(message, src=0)
-    ctx.calibration = message[0]
+    ctx.calibration = broadcast_from_first(ctx.calibration if ctx.settings.rank == 0 else None,
+                                           "while sharing rank 0's calibration")
 
 
 def serve(ctx: "Context") -> None:
@@ -154,12 +153,8 @@ def rank_prefix(environ: Mapping[str, str] = os.environ) -> str:
 
 
 def _send(spec: Optional["RunSpec"]) -> None:
-    with lost_ranks_raise("while sending them the next run"):
-        dist.broadcast_object_list([spec], src=0)
+    broadcast_from_first(spec, "while sending them the next run")
 
 
 def _receive() -> Optional["RunSpec"]:
-    message = [None]
-    with lost_ranks_raise("while waiting for rank 0's next run"):
-        dist.broadcast_object_list(message, src=0)
-    return message[0]
+    return broadcast_from_first(None, "while waiting for rank 0's next run")

@@ -25,8 +25,12 @@ two ranks on a shared 2-core machine), neither was faster beyond the machine's n
 against 3.3 s an epoch), so the form that needs no compiled path of its own was kept.
 
 Backends: gloo for CPU tensors, nccl for CUDA ones. A rank that dies breaks its peers'
-connections and a rank that hangs runs into the process group's timeout: either way
-the other ranks raise ``RankLostError`` instead of waiting forever.
+connections and a rank that hangs within a step runs into the process group's timeout:
+either way the other ranks raise ``RankLostError`` instead of waiting forever. Waiting
+for another rank's work (``gather_to_first``, ``broadcast_from_first``: a share of a
+population trained, the next run chosen) may take as long as that work, far beyond a
+step: those waits go through a second group, gloo over the CPU, with a timeout of
+``WAIT_LIMIT_S``, so that they end only when the work does or a rank's connection drops.
 """
 from __future__ import annotations
 
@@ -52,6 +56,10 @@ from ..core.types import Batch, Params
 from .compiled import compile_step
 
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")  # what torchrun sets for each process
+# The longest wait for another rank's work; also the longest --rank-timeout: a year, which
+# is as good as no limit, while ten thousand years overflow the collectives' clock.
+WAIT_LIMIT_S = 365 * 24 * 3600
+_waiting_group: Optional[dist.ProcessGroup] = None  # the group of the long waits, while joined
 
 
 class Launch(NamedTuple):
@@ -115,14 +123,18 @@ def init_process_group(launch: Launch, device: str | torch.device = "cpu", *,
     if device.type == "cuda":
         device = torch.device("cuda", launch.local_rank)
         torch.cuda.set_device(device)
+    global _waiting_group
     with lost_ranks_raise("while joining the other ranks"):
         dist.init_process_group(backend_for(device), rank=launch.rank, world_size=launch.world_size,
                                 timeout=datetime.timedelta(seconds=timeout_s))
+        _waiting_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=WAIT_LIMIT_S))
     return device
 
 
 def close_process_group() -> None:
     """Leave the process group, if this process is in one."""
+    global _waiting_group
+    _waiting_group = None
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -162,12 +174,22 @@ def _reason(e: BaseException) -> str:
 
 
 def gather_to_first(obj: Any, doing: str) -> Optional[List[Any]]:
-    """Every rank's ``obj`` (picklable), in rank order, on rank 0; ``None`` on the others."""
+    """Every rank's ``obj`` (picklable), in rank order, on rank 0; ``None`` on the others.
+    A rank waits for the others as long as their work takes (``WAIT_LIMIT_S``)."""
     rank, world = dist.get_rank(), dist.get_world_size()
     gathered: Optional[List[Any]] = [None] * world if rank == 0 else None
     with lost_ranks_raise(doing):
-        dist.gather_object(obj, gathered, dst=0)
+        dist.gather_object(obj, gathered, dst=0, group=_waiting_group)
     return gathered
+
+
+def broadcast_from_first(obj: Any, doing: str) -> Any:
+    """Rank 0's ``obj`` (picklable) on every rank; the others wait for it as long as rank 0's
+    work takes (``WAIT_LIMIT_S``)."""
+    message = [obj if dist.get_rank() == 0 else None]
+    with lost_ranks_raise(doing):
+        dist.broadcast_object_list(message, src=0, group=_waiting_group)
+    return message[0]
 
 
 def slice_bounds(n_rows: int, rank: int, world_size: int) -> Tuple[int, int]:
