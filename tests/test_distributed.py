@@ -23,8 +23,10 @@ from fn_trainer.app import cli
 from fn_trainer.app.cli import settings_of
 from fn_trainer.training.checkpoint import load_checkpoint, save_checkpoint
 from fn_trainer.training.distributed import (
+    Launch,
     RankLostError,
     data_parallel_step,
+    init_process_group,
     launch_from_env,
     lost_ranks_raise,
     make_data_parallel_step,
@@ -188,6 +190,78 @@ def test_the_compiled_data_parallel_step_is_one_graph_and_agrees_with_the_eager_
         torch.testing.assert_close(got[2][key], want[2][key], **METRICS32)
     for k in want[0]:
         torch.testing.assert_close(got[0][k], want[0][k], **PARAMS32)
+
+
+def test_the_compiled_data_parallel_step_is_made_for_the_full_minibatch_with_its_own_optimizer(one_rank_group):
+    # a data-parallel run resumed at an epoch's short last minibatch sees that one first
+    from fn_trainer import adam
+    from fn_trainer.core.optim import exp_log_power
+
+    net, opt, params, batches = problem(torch.float32)
+    full, short = batches[0], tuple(t[:5] for t in batches[0])
+    fast = adam(LR, power=exp_log_power)
+    torch._dynamo.reset()
+    step = data_parallel_step(net.apply, opt, compiled_apply=net.apply, compiled_optimizer=fast,
+                              batch_shape=tuple(full[0].shape))
+    with compiles(0):
+        step(params, opt.init(params), short)
+    with compiles(1):
+        got = step(params, opt.init(params), full)
+    want = make_step(net.apply, fast)(params, fast.init(params), full)
+    for k in want[0]:
+        torch.testing.assert_close(got[0][k], want[0][k], rtol=0.0, atol=1e-5 * LR)  # a step moves them by ~LR
+
+
+def test_a_data_parallel_run_compiles_for_its_full_minibatch_with_the_powers_written_for_inductor(
+        one_rank_group, monkeypatch):
+    from types import SimpleNamespace
+
+    from fn_trainer.app import parallel
+    from fn_trainer.app.experiments import training
+    from fn_trainer.core.optim import exp_log_power
+
+    made, powers = [], {}
+    real_adam = training.adam
+
+    def adam(lr, **kw):  # which optimizer was made with which powers
+        optimizer = real_adam(lr, **kw)
+        powers[id(optimizer)] = kw.get("power")
+        return optimizer
+
+    monkeypatch.setattr(training, "adam", adam)
+    monkeypatch.setattr(parallel, "data_parallel_step", lambda apply, optimizer, **kw: made.append(kw) or "step")
+    monkeypatch.setattr(training, "fit", lambda *a, **k: "result")
+    monkeypatch.setattr(training, "wait_for_all", lambda doing: None)
+    monkeypatch.setattr(training, "worth_compiling", lambda *a: True)
+    X = torch.zeros(300, 1, 28, 28)
+    ctx = SimpleNamespace(settings=SimpleNamespace(rank=1, parallel="data", device="cpu", progress=False,
+                                                   resume=False),
+                          data=lambda normalization: ((X, None), None), fast_apply=lambda net: "fast",
+                          fingerprint="f", out=Path("unused"))
+    spec = SimpleNamespace(network_type="mlp", config=parallel_config(), seed=0, lr=LR, batch_size=128, epochs=1,
+                           name="r", normalization=True, identity=lambda fingerprint: {})
+    monkeypatch.setattr(training, "checkpoint_path", lambda ctx, spec: None)
+    _, _, trainer = training.train_one(ctx, spec)
+    (kw,) = made
+    assert kw["compiled_apply"] == "fast" and kw["batch_shape"] == (128, 1, 28, 28)
+    assert powers[id(kw["compiled_optimizer"])] is exp_log_power and trainer.endswith("compiled)")
+
+
+def parallel_config():
+    from fn_trainer import NetworkConfiguration
+
+    return NetworkConfiguration(dense_hiddens=(8,))
+
+
+def test_a_cuda_rank_needs_its_own_gpu_and_an_explicit_other_index_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"^LOCAL_RANK=1 needs GPU cuda:1, but this machine has 1 GPU\(s\): start "
+                                         r"at most 1 process\(es\) per machine \(--nproc_per_node\)$"):
+        init_process_group(Launch(1, 2, 1), "cuda", timeout_s=5)
+    with pytest.raises(ValueError, match=r"^--device cuda:0: under torchrun each process computes on GPU "
+                                         r"LOCAL_RANK of its machine \(here cuda:1\); give --device cuda$"):
+        init_process_group(Launch(1, 2, 1), "cuda:0", timeout_s=5)
+    assert not dist.is_initialized()
 
 
 def test_only_collective_failures_become_lost_ranks():

@@ -133,12 +133,16 @@ def share_checkpoints(ctx: "Context", specs: List["RunSpec"]) -> List[Path]:
 
 
 def data_parallel_run(ctx: "Context", spec: "RunSpec", network: "Network", optimizer: Optimizer,
-                      compiled: bool) -> Tuple[Step, str]:
+                      compiled: Optional[Tuple[Optimizer, Tuple[int, ...]]]) -> Tuple[Step, str]:
     """The step for ``spec`` on every rank, and how the run was trained; rank 0 first
-    sends ``spec`` to the others. Compiled: the forward written for Inductor."""
+    sends ``spec`` to the others. ``compiled``: ``None``, or the optimizer of the compiled
+    graph and the full minibatch's shape it is made for; its forward is the one written
+    for Inductor."""
     if ctx.settings.rank == 0:
         _send(spec)
-    step = data_parallel_step(network.apply, optimizer, compiled_apply=ctx.fast_apply(network) if compiled else None)
+    step = data_parallel_step(network.apply, optimizer, compiled_apply=ctx.fast_apply(network) if compiled else None,
+                              compiled_optimizer=compiled[0] if compiled else None,
+                              batch_shape=compiled[1] if compiled else None)
     return step, f"fit (data parallel, {dist.get_world_size()} ranks{', compiled' if compiled else ''})"
 
 

@@ -121,6 +121,7 @@ def init_process_group(launch: Launch, device: str | torch.device = "cpu", *,
     timeout_s = check_positive_float("timeout_s", timeout_s)
     device = torch.device(device)
     if device.type == "cuda":
+        _check_gpu(launch, device)
         device = torch.device("cuda", launch.local_rank)
         torch.cuda.set_device(device)
     global _waiting_group
@@ -129,6 +130,24 @@ def init_process_group(launch: Launch, device: str | torch.device = "cpu", *,
                                 timeout=datetime.timedelta(seconds=timeout_s))
         _waiting_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=WAIT_LIMIT_S))
     return device
+
+
+def _check_gpu(launch: Launch, device: torch.device) -> None:
+    """Each rank computes on GPU ``LOCAL_RANK`` of its node: refuse a rank without one, and an
+    explicit other index, which would be ignored."""
+    if device.index is not None and device.index != launch.local_rank:
+        raise ValueError(f"--device {device}: under torchrun each process computes on GPU LOCAL_RANK of its "
+                         f"machine (here cuda:{launch.local_rank}); give --device cuda")
+    count = torch.cuda.device_count()
+    if launch.local_rank >= count:
+        raise ValueError(f"LOCAL_RANK={launch.local_rank} needs GPU cuda:{launch.local_rank}, but this machine "
+                         f"has {count} GPU(s): start at most {count} process(es) per machine (--nproc_per_node)")
+
+
+def wait_for_all(doing: str) -> None:
+    """Return once every rank has come here, however long the others' work takes."""
+    with lost_ranks_raise(doing):
+        dist.barrier(group=_waiting_group)
 
 
 def close_process_group() -> None:
@@ -307,13 +326,15 @@ def checked(step: Step, group: Optional[dist.ProcessGroup] = None) -> Step:
 
 
 def data_parallel_step(apply: Apply, optimizer: Optimizer, loss: Loss = cross_entropy, *,
-                       compiled_apply: Optional[Apply] = None,
+                       compiled_apply: Optional[Apply] = None, compiled_optimizer: Optional[Optimizer] = None,
+                       batch_shape: Optional[Tuple[int, ...]] = None,
                        group: Optional[dist.ProcessGroup] = None) -> Step:
     """The step a data-parallel run trains with: ``make_data_parallel_step``, compiled with
-    ``compile_step`` when ``compiled_apply`` is given (that forward in the compiled graph,
+    ``compile_step`` when ``compiled_apply`` is given (that forward and ``compiled_optimizer``,
+    default ``optimizer``, in the compiled graph, made for minibatches of ``batch_shape``;
     ``apply`` for a minibatch of another shape), and ``checked``."""
     step = make_data_parallel_step(apply, optimizer, loss, group=group)
     if compiled_apply is not None:
-        step = compile_step(make_data_parallel_step(compiled_apply, optimizer, loss, group=group), eager=step,
-                            guard_closures=False)
+        step = compile_step(make_data_parallel_step(compiled_apply, compiled_optimizer or optimizer, loss, group=group),
+                            eager=step, guard_closures=False, batch_shape=batch_shape)
     return checked(step, group)

@@ -18,6 +18,7 @@ from ...core.optim import adam, exp_log_power
 from ...core.paths import discard
 from ...core.step import make_step
 from ...training.compiled import compile_step
+from ...training.distributed import wait_for_all
 from ...training.fit import FitResult, fit
 from ...training.population import Member, fit_population, fit_sweep
 from ..parallel import data_parallel_run, population_parallel_run, share_checkpoints, splits_populations
@@ -136,18 +137,22 @@ def train_one(ctx: Context, spec: RunSpec) -> Trained:
     step = make_step(net.apply, optimizer)
     compiled = worth_compiling(ctx, spec.network_type, spec.epochs, train[0].shape[0], spec.batch_size)
     trainer = "fit (compiled)" if compiled else "fit"
+    # the forward and powers written for Inductor, the graph made for the full minibatch
+    # (a resumed run may start with the short last one, which runs the plain step)
+    fast = (adam(spec.lr, power=exp_log_power), (min(spec.batch_size, train[0].shape[0]), *train[0].shape[1:]))
     if ctx.settings.parallel is not None:  # every rank, each on its slice of every minibatch
-        step, trainer = data_parallel_run(ctx, spec, net, optimizer, compiled)
-    elif compiled:  # the forward and powers written for Inductor; the odd last minibatch runs the plain step
-        step = compile_step(make_step(ctx.fast_apply(net), adam(spec.lr, power=exp_log_power)), eager=step,
-                            guard_closures=False,
-                            batch_shape=(min(spec.batch_size, train[0].shape[0]), *train[0].shape[1:]))
+        step, trainer = data_parallel_run(ctx, spec, net, optimizer, fast if compiled else None)
+    elif compiled:
+        step = compile_step(make_step(ctx.fast_apply(net), fast[0]), eager=step, guard_closures=False,
+                            batch_shape=fast[1])
     start = time.perf_counter()
     result = fit(step, make_evaluate(net.apply), params, optimizer.init(params),
                  train, valid, epochs=spec.epochs, batch_size=spec.batch_size, n_classes=N_CLASSES,
                  seed=spec.seed, progress=ctx.settings.progress, desc=spec.name,
                  checkpoint=checkpoint_path(ctx, spec), resume=ctx.settings.resume,
                  config=spec.identity(ctx.fingerprint), write_checkpoint=ctx.settings.rank == 0)
+    if ctx.settings.parallel is not None:  # every rank has read the checkpoint before rank 0 deletes it
+        wait_for_all("after a run")
     return result, time.perf_counter() - start, trainer
 
 
