@@ -22,10 +22,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, List, Mapping, Optional, Tuple
 
+import torch
 import torch.distributed as dist
 
 from ..core.optim import Optimizer
 from ..core.step import Step
+from ..core.trees import tree_to
 from ..training.distributed import (
     Launch,
     broadcast_from_first,
@@ -119,6 +121,9 @@ def population_parallel_run(ctx: "Context", specs: List["RunSpec"], train_share:
     rank, world = dist.get_rank(), dist.get_world_size()
     start, stop = slice_bounds(len(specs), rank, world)
     mine = train_share(ctx, specs[start:stop]) if start < stop else []
+    # on the CPU: a tensor pickled on this rank's GPU would be unpickled onto the same GPU
+    # index in rank 0's process, another rank's GPU or one that its machine lacks
+    mine = tree_to(mine, torch.device("cpu"))
     shares = gather_to_first(mine, "while gathering the population's results")
     return [] if shares is None else [trained for share in shares for trained in share]
 
