@@ -344,7 +344,9 @@ def test_training_options_are_offered_where_they_apply(capsys):
 @pytest.mark.parametrize("name", [*EXPERIMENTS, "all"])
 def test_options_left_out_give_the_settings_defaults(name):
     settings = cli.settings_of(cli.build_parser().parse_args([name]), "the command")
-    assert dataclasses.replace(settings, out=Path(settings.out)) == Settings(command="the command")
+    # as given: validate makes both Paths
+    assert dataclasses.replace(settings, out=Path(settings.out), data=Path(settings.data)) == Settings(
+        command="the command")
 
 
 def test_every_option_sets_the_setting_of_its_name():
@@ -353,7 +355,7 @@ def test_every_option_sets_the_setting_of_its_name():
         "--batch-size", "7", "--lrs", "0.1", "0.2", "--sequential", "--lr", "0.5", "--force", "--resume",
         "--device", "cuda", "--no-progress", "--seeds", "5"])
     assert cli.settings_of(args, "c") == Settings(
-        data=Path("d"), out="o", epochs=3, seed=4, seeds=5, batch_size=7, limit=9, lr=0.5, lrs=(0.1, 0.2),
+        data="d", out="o", epochs=3, seed=4, seeds=5, batch_size=7, limit=9, lr=0.5, lrs=(0.1, 0.2),
         force=True, resume=True, sequential=True, progress=False, download=False, device="cuda", command="c")
 
 
