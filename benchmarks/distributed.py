@@ -336,6 +336,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not set(modes) <= set(MODES):
         p.error(f"--modes must be a comma-separated subset of {','.join(MODES)}, got {args.modes!r}")
     args.modes = [mode for mode in MODES if mode in modes]
+    if args.reference and "population" not in args.modes:
+        p.error("--reference times the population mode's members: give it with --modes population")
     if args.no_compile and args.no_eager:
         p.error("--no-compile and --no-eager leave nothing to time: give at most one of them")
     K = len(population(POPULATIONS[args.population])[0])

@@ -9,9 +9,10 @@ torchrun sets them. MODE:
   must stop with ``RanksDifferError`` before any step; save the results and that error's
   text to ``OUT/rank<R>.pt``;
 - ``die`` / ``hang``: rank 1 kills / stops itself at step ``FAIL_AT``; the others train on;
-- ``wait``: rank 0 works (sleeps) for 3 timeouts before it gathers every rank's rank and
-  then broadcasts a message, as it does with a bigger share of a population and before
-  sending the next run; the others wait for it. Saves what each rank got and how long
+- ``wait``: rank 0 works (sleeps) for 3 timeouts before it gathers every rank's rank, before
+  it broadcasts a message and before all meet, as it does with a bigger share of a
+  population, before sending the next run and before deleting a data-parallel run's
+  checkpoint; the others wait for it. Saves what each rank got and how long
   it waited to ``OUT/rank<R>.pt``.
 
 A ``RankLostError`` is printed as one line on stderr, exit status 2.
@@ -34,6 +35,7 @@ from fn_trainer.training.distributed import (
     gather_to_first,
     init_process_group,
     launch_from_env,
+    wait_for_all,
 )
 
 SHAPE = (1, 8, 8)
@@ -84,6 +86,9 @@ def run(mode: str, out: Path, launch, timeout_s: float) -> None:
         if launch.rank == 0:
             time.sleep(3 * timeout_s)
         results["message"] = broadcast_from_first("next" if launch.rank == 0 else None, "while waiting")
+        if launch.rank == 0:
+            time.sleep(3 * timeout_s)
+        wait_for_all("at the end")
         results["waited_s"] = time.monotonic() - started
     elif mode == "agree":
         net, opt, params, batches = problem(torch.float64)

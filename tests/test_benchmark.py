@@ -229,6 +229,8 @@ def test_distributed_cnn_population_split_over_ranks_trains_what_the_template_lo
 
 @pytest.mark.parametrize("argv, message", [
     (["--no-compile", "--no-eager"], "--no-compile and --no-eager leave nothing to time: give at most one of them"),
+    (["--modes", "data", "--reference"],
+     "--reference times the population mode's members: give it with --modes population"),
     (["--population", "cnn", "--ranks", "5"],
      "--ranks must be at most the population's 4 members with --modes population, got 5"),
     (["--modes", "data,pop"], "--modes must be a comma-separated subset of data,population, got 'data,pop'"),

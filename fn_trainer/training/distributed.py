@@ -125,10 +125,19 @@ def init_process_group(launch: Launch, device: str | torch.device = "cpu", *,
         device = torch.device("cuda", launch.local_rank)
         torch.cuda.set_device(device)
     global _waiting_group
+    step_timeout, wait_timeout = datetime.timedelta(seconds=timeout_s), datetime.timedelta(seconds=WAIT_LIMIT_S)
+    # the waiting group connects within the step timeout, then waits long (where torch can change it)
+    set_timeout = getattr(dist, "set_timeout", None)
     with lost_ranks_raise("while joining the other ranks"):
         dist.init_process_group(backend_for(device), rank=launch.rank, world_size=launch.world_size,
-                                timeout=datetime.timedelta(seconds=timeout_s))
-        _waiting_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=WAIT_LIMIT_S))
+                                timeout=step_timeout)
+        try:
+            _waiting_group = dist.new_group(backend="gloo", timeout=step_timeout if set_timeout else wait_timeout)
+            if set_timeout is not None:
+                set_timeout(wait_timeout, _waiting_group)
+        except BaseException:
+            close_process_group()
+            raise
     return device
 
 

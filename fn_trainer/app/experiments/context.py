@@ -46,7 +46,7 @@ class Settings:
     device: str = "cpu"
     command: str = PROG
     parallel: Optional[str] = None  # --parallel: "data" under torchrun, or None for one process
-    rank_timeout: float = 300.0  # seconds a rank waits for the others: rank 0's figures and report between runs
+    rank_timeout: float = 300.0  # seconds a rank waits for the others within a training step
     rank: int = 0  # this process's rank in a torchrun launch (0: the one that prints and writes)
 
     @property

@@ -11,7 +11,7 @@ from .configurations import Configuration
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
           "tab:olive", "tab:cyan")
-MARKERS = (None, "o", "s", "^", "v", "D")  # after every colour, the next marker: no two curves look alike
+MARKERS = (None, "o", "s", "^", "v", "D")  # after every colour, the next marker: 60 curves look different
 ACCURACY_YLIM = (0.0, 1.02)  # a little room above 1: a curve at 100% stays in view
 
 
