@@ -153,6 +153,17 @@ def test_sequential_forward_equals_module_on_random_configs(n_layers, data, size
     assert_rewrite_matches_module(net, net.init(seed, dtype=torch.float64), x)
 
 
+@pytest.mark.parametrize("config", [
+    NetworkConfiguration(n_channels=(16, 32, 45), kernel_sizes=(3, 3, 3)),  # Winograd in its second layer
+    NetworkConfiguration(n_channels=(41,), kernel_sizes=(28,), strides=(1,), paddings=(0,), dense_hiddens=(256,)),
+])
+@pytest.mark.parametrize("vmapped", [False, True])
+def test_an_empty_batch_gives_an_empty_output_as_the_module_does(config, vmapped):
+    net = build_network("cnn", config)
+    params, x = net.init(0), torch.zeros(0, 1, 28, 28)
+    assert net.apply(params, x).shape == inductor_apply(net, vmapped=vmapped)(params, x).shape == (0, 10)
+
+
 def test_extents_read_of_the_benchmark_cnn():
     # 28x28 -> conv 26 -> pool 13 -> conv 11 -> pool 5 -> conv 3 -> adaptive 4: the pooled 5x5
     # uses 10 of the 11 second-layer outputs, which read 12 of the 13 rows, which come from 24

@@ -56,7 +56,7 @@ def phase_patches(x: Tensor, window: int, stride: int) -> Tuple[Tensor, int, int
         x = F.pad(x, (0, 0, 0, max(wp - w, 0), 0, max(hp - h, 0)))
     phases = x[:, :hp, :wp].reshape(n, hp // t, t, wp // t, t, c).permute(0, 1, 3, 2, 4, 5)
     patches = torch.cat([phases[:, du:du + ho, dv:dv + wo] for du in range(d) for dv in range(d)], 3)
-    return patches.reshape(n * ho * wo, -1), ho, wo
+    return patches.reshape(n * ho * wo, d * d * t * t * c), ho, wo  # explicit: n may be 0
 
 
 def patch_kernel(weight: Tensor, stride: int) -> Tensor:
@@ -80,7 +80,7 @@ def patch_conv(x: Tensor, weight: Tensor, stride: int, padding: int) -> Tensor:
     """``conv2d(x, weight, stride=stride, padding=padding)`` without bias as one matrix
     product. x: ``(N, C, H, W)``; returns ``(N, O, Ho, Wo)``, channels-last in memory."""
     patches, ho, wo = phase_patches(channels_last(x, padding), weight.shape[-1], stride)
-    return (patches @ patch_kernel(weight, stride)).view(x.shape[0], ho, wo, -1).permute(0, 3, 1, 2)
+    return (patches @ patch_kernel(weight, stride)).view(x.shape[0], ho, wo, weight.shape[0]).permute(0, 3, 1, 2)
 
 
 def conv_max_pool(x: Tensor, weight: Tensor, stride: int, padding: int) -> Tensor:
@@ -98,4 +98,4 @@ def conv_max_pool(x: Tensor, weight: Tensor, stride: int, padding: int) -> Tenso
     z = patches @ patch_kernel(shifted_kernels(weight, s), 2 * s)
     z0, z1, z2, z3 = z.chunk(4, dim=-1)
     pooled = torch.maximum(torch.maximum(z0, z1), torch.maximum(z2, z3))  # (N L, O)
-    return pooled.view(x.shape[0], h, w, -1).permute(0, 3, 1, 2)
+    return pooled.view(x.shape[0], h, w, weight.shape[0]).permute(0, 3, 1, 2)

@@ -138,4 +138,4 @@ def winograd_conv_max_pool(x: Tensor, weight: Tensor, padding: int, *, for_vmap:
     else:
         m = torch.bmm(WinogradInput.apply(patches), winograd_kernel(weight))  # (16, N L, O)
         pooled, _ = WinogradPool.apply(m)
-    return pooled.view(x.shape[0], h, w, -1).permute(0, 3, 1, 2)
+    return pooled.view(x.shape[0], h, w, weight.shape[0]).permute(0, 3, 1, 2)
