@@ -1,5 +1,6 @@
 """The CPU-dependent choices: what a calibration decides from its measurements, how it is
 stored per CPU, and that the training commands follow the stored one."""
+import io
 import json
 import math
 import os
@@ -20,6 +21,7 @@ from fn_trainer.speed.calibration import (
     NEVER,
     Calibration,
     calibrate,
+    cpu_fields,
     cpu_key,
     load_calibration,
     steps_to_repay,
@@ -63,8 +65,39 @@ def test_a_compile_is_repaid_by_the_first_step_count_that_saves_its_cost(compile
     saving = (eager_ms - compiled_ms) / 1e3
     if saving <= 0:
         assert steps == NEVER
-    elif steps < NEVER:
-        assert steps * saving >= compile_s * (1 - 1e-12) and (steps - 1) * saving < compile_s
+    elif steps < NEVER:  # at least one step: a stored count below 1 is refused when loaded
+        assert steps >= 1 and steps * saving >= compile_s * (1 - 1e-12)
+        assert steps == 1 or (steps - 1) * saving < compile_s
+    assert steps_to_repay(0.0, 3.0, 1.0) == 1
+
+
+AMD_VM = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC
+stepping\t: 1
+
+processor\t: 1
+model name\t: another line of a later CPU
+"""
+ARM = "processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\n\nprocessor\t: 1\n"
+
+
+def test_the_cpu_key_tells_generations_sold_under_one_name_apart(monkeypatch):
+    assert cpu_fields(AMD_VM) == {"processor": "0", "vendor_id": "AuthenticAMD", "cpu family": "25", "model": "17",
+                                  "model name": "AMD EPYC", "stepping": "1"}
+    assert "model name" not in cpu_fields(ARM) and cpu_fields(ARM)["CPU implementer"] == "0x41"
+    key = cpu_key()
+    assert f"{torch.get_num_threads()} threads; torch {torch.__version__}" in key
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert capability in key and f"{len(os.sched_getaffinity(0))} CPUs" in key
+    # the same name with another family or model is another key
+    real_open = open
+    for text in (AMD_VM, AMD_VM.replace("model\t\t: 17", "model\t\t: 1")):
+        monkeypatch.setattr("builtins.open", lambda path, *a, **k: io.StringIO(text) if path == "/proc/cpuinfo"
+                            else real_open(path, *a, **k))
+        assert cpu_key().startswith("AMD EPYC (25/17/1, " if "17" in text else "AMD EPYC (25/1/1, ")
 
 
 def test_stored_per_cpu_and_loaded_back(tmp_path):
@@ -150,11 +183,13 @@ class FakeChild:
 
 
 def test_the_child_process_result_is_parsed_and_its_failure_is_one_line(monkeypatch):
-    child = FakeChild("mlp step: ...\ncnn step: ...\n" + json.dumps(calibration.to_json(measured())) + "\n")
+    # a line printed after the result (by a library, an exit handler) does not lose it
+    child = FakeChild("mlp step: ...\ncnn step: ...\n" + json.dumps(calibration.to_json(measured())) + "\n"
+                      "a line after the result\n")
     monkeypatch.setattr(calibration.subprocess, "Popen", child)
     logged = []
     assert calibrate(log=logged.append) == measured()
-    assert logged == ["mlp step: ...", "cnn step: ..."]
+    assert logged == ["mlp step: ...", "cnn step: ...", "a line after the result"]
     # a fresh interpreter with this process's threads, its compile cache empty and gone after
     assert child.argv == [sys.executable, "-c", "from fn_trainer.speed.calibration import child_main; "
                           f"child_main({torch.get_num_threads()})"]

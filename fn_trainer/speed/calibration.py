@@ -70,14 +70,34 @@ DEFAULTS = Calibration(cpu="defaults (2-core Intel Xeon)", winograd_min_channels
 
 
 def cpu_key() -> str:
-    """What a calibration holds for: CPU model, logical CPUs, torch's threads and version."""
-    model = platform.processor() or platform.machine()
+    """What a calibration holds for: the CPU (its name, family/model/stepping and the vector
+    instructions torch uses: a VM's "AMD EPYC" names several generations), the CPUs this
+    process may run on, torch's threads and version."""
     try:
         with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}; {os.cpu_count()} CPUs; {torch.get_num_threads()} threads; torch {torch.__version__}"
+            info = cpu_fields(f.read())
+    except OSError:
+        info = {}
+    name = info.get("model name") or platform.processor() or platform.machine()
+    ident = "/".join(info[k] for k in ("cpu family", "model", "stepping") if k in info)
+    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()
+    details = ", ".join(part for part in (ident, capability) if part)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (f"{name}{f' ({details})' if details else ''}; {cpus} CPUs; {torch.get_num_threads()} threads; "
+            f"torch {torch.__version__}")
+
+
+def cpu_fields(cpuinfo: str) -> Dict[str, str]:
+    """The first processor's ``field: value`` lines of ``/proc/cpuinfo``."""
+    fields: Dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            if fields:
+                break
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
 
 
 def winograd_threshold(layer_ms: Dict[int, Tuple[float, float]]) -> int:
@@ -96,7 +116,7 @@ def steps_to_repay(compile_s: float, eager_ms: float, compiled_ms: float) -> int
     """``ceil(compile_s / saving)`` steps, the saving per step being ``eager - compiled``
     (``NEVER`` when compiling saves nothing)."""
     saving_s = (eager_ms - compiled_ms) / 1e3
-    return NEVER if saving_s <= 0 else min(NEVER, math.ceil(compile_s / saving_s))
+    return NEVER if saving_s <= 0 else min(NEVER, max(1, math.ceil(compile_s / saving_s)))
 
 
 def median_ms(fn: Callable[[], object], calls: int, reps: int) -> float:
@@ -223,16 +243,17 @@ def calibrate(log: Callable[[str], None] = lambda line: None) -> Calibration:
         with subprocess.Popen([sys.executable, "-c", code], env=env,
                               stdout=subprocess.PIPE, stderr=errors, text=True) as child:
             assert child.stdout is not None
-            lines = []
-            for line in child.stdout:  # the log lines as they come, the result last
-                lines.append(line.rstrip("\n"))
-                if not line.startswith("{"):
-                    log(lines[-1])
-        if child.returncode != 0 or not lines or not lines[-1].startswith("{"):
+            results = []
+            for line in child.stdout:  # the log lines as they come, the result a line of JSON
+                if line.startswith("{"):
+                    results.append(line)
+                else:
+                    log(line.rstrip("\n"))
+        if child.returncode != 0 or not results:
             errors.seek(0)
             last = (errors.read().strip().splitlines() or ["no output"])[-1]
             raise CalibrationError(f"calibration failed (status {child.returncode}): {last}")
-    return from_json(json.loads(lines[-1]))
+    return from_json(json.loads(results[-1]))
 
 
 def to_json(calibration: Calibration) -> Dict:
