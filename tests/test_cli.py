@@ -275,6 +275,25 @@ def test_an_empty_out_or_data_is_refused_and_nothing_is_written(option, empty, s
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs a thread count other than the current one")
+def test_threads_are_the_callers_again_after_a_command(small_data_root, tmp_path, capsys, monkeypatch):
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    rc, _, err = run_cli(["depth", *QUICK, "--threads", other, "--data", small_data_root, "--out", tmp_path], capsys)
+    assert rc == 0, err
+    assert torch.get_num_threads() == before
+    seen = []
+
+    def measuring_fails(out):
+        seen.append(torch.get_num_threads())
+        raise ValueError("no calibration")
+
+    monkeypatch.setattr(cli, "calibrate_into", measuring_fails)
+    rc, _, err = run_cli(["calibrate", "--threads", other, "--out", tmp_path / "c"], capsys)
+    assert rc == 2 and err == "fn-trainer: error: no calibration\n"
+    assert seen == [other] and torch.get_num_threads() == before
+
+
 def test_no_command_is_one_error_line(capsys):
     with pytest.raises(SystemExit) as stopped:
         cli.main([])

@@ -289,17 +289,17 @@ def run_experiments(args: argparse.Namespace, command: str) -> int:
     from .report import REPORT_FILE
 
     validate(args)
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
     from .parallel import detect, serve, session, share_calibration
 
     launch, mode = detect(getattr(args, "parallel", None))
     names = list(EXPERIMENTS) if args.command == ALL else [args.command]
     if getattr(args, "steady_malloc", True):
         steady_malloc()
-    flushed_before = denormals_flushed()
-    flush_denormals(getattr(args, "flush_denormals", True))  # after --threads: it sets the threads in use
-    try:
+    threads_before, flushed_before = torch.get_num_threads(), denormals_flushed()
+    try:  # the threads and the subnormal mode are the caller's again after the command
+        if getattr(args, "threads", None):
+            torch.set_num_threads(args.threads)
+        flush_denormals(getattr(args, "flush_denormals", True))  # after --threads: it sets the threads in use
         with session(launch, getattr(args, "device", DEFAULTS.device), getattr(args, "rank_timeout",
                                                                              DEFAULTS.rank_timeout)) as device:
             ctx = Context(settings_of(args, command, launch.rank if launch else 0, device, mode),
@@ -319,7 +319,8 @@ def run_experiments(args: argparse.Namespace, command: str) -> int:
             for name in names:
                 experiment(name).run(ctx)
     finally:
-        flush_denormals(flushed_before)
+        torch.set_num_threads(threads_before)
+        flush_denormals(flushed_before)  # after the threads: it sets those in use
     print(f"report: {Path(args.out) / REPORT_FILE}")
     return 0
 
@@ -343,11 +344,15 @@ def run_calibration(args: argparse.Namespace) -> int:
     _check_threads(args.threads)
     args.out = _checked_out(args.out)
     calibrated_cpus(args.out / CALIBRATION_FILE)  # a file that cannot take the result fails before measuring
-    if args.threads:
-        import torch
+    import torch
 
-        torch.set_num_threads(args.threads)
-    calibrate_into(args.out)
+    threads_before = torch.get_num_threads()
+    try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        calibrate_into(args.out)
+    finally:
+        torch.set_num_threads(threads_before)
     return 0
 
 
