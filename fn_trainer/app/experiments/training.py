@@ -168,7 +168,7 @@ def train_together(ctx: Context, specs: List[RunSpec]) -> List[Trained]:
     results = fit_sweep(network, [sp.lr for sp in specs], train, valid, epochs=first.epochs,
                         batch_size=first.batch_size, seed=first.seed, n_classes=N_CLASSES,
                         progress=ctx.settings.progress, compile=compiled,
-                        compiled_apply=ctx.fast_apply(network) if compiled else None,
+                        compiled_apply=ctx.fast_apply(network, vmapped=True) if compiled else None,
                         desc=f"{first.name.split('-lr')[0]} x{len(specs)} lrs")
     wall = time.perf_counter() - start
     return [(r, wall, f"{SWEEP_TRAINER} ({len(specs)} learning rates together)") for r in results]
