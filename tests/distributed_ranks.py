@@ -9,7 +9,7 @@ torchrun sets them. MODE:
   must stop with ``RanksDifferError`` before any step; save the results and that error's
   text to ``OUT/rank<R>.pt``;
 - ``die`` / ``hang``: rank 1 kills / stops itself at step ``FAIL_AT``; the others train on;
-- ``wait``: rank 0 works (sleeps) for 3 timeouts before it gathers every rank's rank, before
+- ``wait``: rank 0 works (sleeps) for 2 timeouts before it gathers every rank's rank, before
   it broadcasts a message and before all meet, as it does with a bigger share of a
   population, before sending the next run and before deleting a data-parallel run's
   checkpoint; the others wait for it. Saves what each rank got and how long
@@ -81,13 +81,13 @@ def run(mode: str, out: Path, launch, timeout_s: float) -> None:
     if mode == "wait":
         started = time.monotonic()
         if launch.rank == 0:
-            time.sleep(3 * timeout_s)
+            time.sleep(2 * timeout_s)
         results["gathered"] = gather_to_first(launch.rank, "while gathering")
         if launch.rank == 0:
-            time.sleep(3 * timeout_s)
+            time.sleep(2 * timeout_s)
         results["message"] = broadcast_from_first("next" if launch.rank == 0 else None, "while waiting")
         if launch.rank == 0:
-            time.sleep(3 * timeout_s)
+            time.sleep(2 * timeout_s)
         wait_for_all("at the end")
         results["waited_s"] = time.monotonic() - started
     elif mode == "agree":
