@@ -56,8 +56,8 @@ from ..core.types import Batch, Params
 from .compiled import compile_step
 
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")  # what torchrun sets for each process
-# The longest wait for another rank's work; also the longest --rank-timeout: a year, which
-# is as good as no limit, while ten thousand years overflow the collectives' clock.
+# The longest wait for another rank's work; also the longest --rank-timeout: a year, as good
+# as no limit here, while 1e10 s (about 300 years) overflowed the collectives' clock.
 WAIT_LIMIT_S = 365 * 24 * 3600
 _waiting_group: Optional[dist.ProcessGroup] = None  # the group of the long waits, while joined
 
