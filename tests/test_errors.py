@@ -89,6 +89,16 @@ def test_apply_names_the_expected_input_shape(network_type, shape):
         net.apply(net.init(0), torch.zeros(shape))
 
 
+@pytest.mark.parametrize("n_targets", [3, 6])
+def test_evaluate_refuses_targets_of_another_length_than_x(n_targets):
+    # 4 rows in chunks of 2: extra targets would be dropped without a word, too few fail deep in the loss
+    net = build_network("mlp", NetworkConfiguration(dense_hiddens=(4,)))
+    evaluate = make_evaluate(net.apply, chunk_size=2)
+    with pytest.raises(ValueError, match=rf"^evaluate's targets must be one-hot \(N, C\) with N = 4 rows of X, got "
+                                         rf"shape \({n_targets}, 10\)$"):
+        evaluate(net.init(0), torch.randn(4, 1, 28, 28), one_hot(torch.arange(n_targets) % 10, 10))
+
+
 # --- optimizer ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("lr", [0.0, -1e-3, math.nan, math.inf, -math.inf])

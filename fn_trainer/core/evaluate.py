@@ -27,6 +27,9 @@ def make_evaluate(apply: Apply, loss: Loss = cross_entropy, chunk_size: int = EV
         n = X.shape[0]
         if n == 0:
             raise ValueError("evaluate needs at least one sample, got an empty X")
+        if targets.ndim != 2 or targets.shape[0] != n:  # chunks of both would silently drop extra rows
+            raise ValueError(f"evaluate's targets must be one-hot (N, C) with N = {n} rows of X, got shape "
+                             f"{tuple(targets.shape)}")
         total_loss = total_acc = 0.0
         with torch.no_grad():
             for i in range(0, n, chunk_size):
