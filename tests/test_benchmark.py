@@ -204,9 +204,11 @@ def test_distributed_smoke_run_times_one_process_and_two_ranks_doing_the_same_wo
 
 
 def test_distributed_cnn_population_split_over_ranks_trains_what_the_template_loop_trains(tmp_path):
-    """``--population cnn --reference``: 4 CNNs one after another in the template's loop, in
-    one vmapped step, and 2 + 2 on two ranks reach the same parameters, member by member, up
-    to float32 rounding; ``ratio_to_reference`` is each path's median over the loop's."""
+    """``--population cnn --reference``: 4 CNNs one after another in the template's loop (in
+    one process, and 2 + 2 on two ranks), in one vmapped step, and 2 + 2 on two ranks reach
+    the same parameters, member by member, up to float32 rounding; ``ratio_to_reference`` is
+    each path's median over the loop's, ``ratio_to_split_reference`` the ranks' over the
+    split loop's."""
     from benchmarks import distributed
 
     out = tmp_path / "bench.json"
@@ -215,14 +217,18 @@ def test_distributed_cnn_population_split_over_ranks_trains_what_the_template_lo
     report = json.loads(out.read_text())
     members = report["results"]["population"]
     paths = members["paths"]
-    assert set(paths) == {"single_eager", "reference", "population_parallel_eager"}
-    for v in paths.values():
+    assert set(paths) == {"single_eager", "reference", "population_parallel_eager", "reference_parallel"}
+    for name, v in paths.items():
         assert v["ratio_to_reference"] == round(v["median_s"] / paths["reference"]["median_s"], 3)
-    start, reference, single, parallel = (torch.tensor(x) for x in (
+        split = round(v["median_s"] / paths["reference_parallel"]["median_s"], 3)
+        assert v.get("ratio_to_split_reference") == (split if name.endswith("parallel_eager") or
+                                                     name == "reference_parallel" else None), name
+    start, reference, single, parallel, split = (torch.tensor(x) for x in (
         members["initial_loss"], paths["reference"]["final_loss"], paths["single_eager"]["final_loss"],
-        paths["population_parallel_eager"]["final_loss"]))
+        paths["population_parallel_eager"]["final_loss"], paths["reference_parallel"]["final_loss"]))
     assert start.shape == reference.shape == (4,) and len(set(start.tolist())) == 4  # four seeds
-    torch.testing.assert_close(single, reference, rtol=1e-5, atol=0.0)
+    for other in (split, single):  # the loop on 1 thread, the vmapped step on 2: rounding apart
+        torch.testing.assert_close(other, reference, rtol=1e-5, atol=0.0)
     torch.testing.assert_close(parallel, reference, rtol=1e-5, atol=0.0)
     assert bool(((start - reference).abs() > 100 * 1e-5 * reference.abs()).all()), (start, reference)
 
