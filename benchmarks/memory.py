@@ -4,7 +4,7 @@
 
 Each case runs in a fresh process on synthetic data of Fashion-MNIST's shape (60000
 training images, float32, held once), trains ``--steps`` minibatches of 128 with
-``fit_population`` (eager) or ``fit`` and an evaluation pass, and reports the
+``fit_population`` (eager; one model is a population of one) and an evaluation pass, and reports the
 process's peak resident memory (``ru_maxrss``) and the part above the data alone.
 """
 from __future__ import annotations
