@@ -99,6 +99,22 @@ def test_evaluate_refuses_targets_of_another_length_than_x(n_targets):
         evaluate(net.init(0), torch.randn(4, 1, 28, 28), one_hot(torch.arange(n_targets) % 10, 10))
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.complex64, torch.bool])
+def test_init_refuses_a_dtype_that_is_not_real_floating(dtype):
+    net = build_network("mlp", NetworkConfiguration(dense_hiddens=(4,)))
+    with pytest.raises(TypeError, match=rf"^dtype must be a real floating dtype such as torch.float32, got {dtype}$"):
+        net.init(0, dtype=dtype)
+
+
+def test_training_refuses_float16_parameters_which_give_nan_at_the_first_step():
+    net = build_network("mlp", NetworkConfiguration(dense_hiddens=(4,)))
+    params, opt = net.init(0, dtype=torch.float16), adam(1e-3)
+    X, y = torch.rand(8, 1, 28, 28), torch.arange(8) % 10
+    with pytest.raises(TypeError, match=r"^params must not be float16 for training: Adam's eps \(1e-8\)"):
+        fit(make_step(net.apply, opt), make_evaluate(net.apply), params, opt.init(params), (X, y), (X, y),
+            epochs=1, batch_size=4, progress=False)
+
+
 # --- optimizer ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("lr", [0.0, -1e-3, math.nan, math.inf, -math.inf])

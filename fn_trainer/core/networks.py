@@ -163,6 +163,8 @@ def init_params(module: nn.Module, generator: Union[torch.Generator, int] = 0,
     ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, ``fan_in = in_features * prod(kernel)``.
     An int in ``[0, 2**32)`` is taken as the seed of a new CPU generator.
     """
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a real floating dtype such as torch.float32, got {dtype}")
     if not isinstance(generator, torch.Generator):
         generator = torch.Generator().manual_seed(check_seed("seed", generator))
     params: Params = {}
