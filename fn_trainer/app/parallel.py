@@ -71,10 +71,10 @@ def session(launch: Optional[Launch], device: str, timeout_s: float) -> Iterator
     """Join the launch's process group for the command's duration (nothing without a
     launch) and yield the device this rank computes on; within a training step a rank
     waits ``timeout_s`` seconds for the others, for their other work as long as it takes
-    (``fn_trainer.training.distributed``). When rank 0 completes, it tells the other ranks to stop waiting for
-    runs, and every rank leaves the group only after all have finished their collectives
-    (a group torn down under a message still in flight can abort the process); when rank
-    0 fails, the others lose contact with it."""
+    (``fn_trainer.training.distributed``). When rank 0 completes, it tells the other
+    ranks to stop waiting for runs, and every rank leaves the group only after all have
+    finished their collectives (a group torn down under a message still in flight can
+    abort the process); when rank 0 fails, the others lose contact with it."""
     if launch is None:
         yield device
         return
