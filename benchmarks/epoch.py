@@ -347,7 +347,9 @@ def measure(paths: Dict[str, Callable[[], Params]], reps: int, scale: float, log
             loss: Callable[[Params], object], baseline: str = "reference",
             before: Callable[[], None] = lambda: None) -> Dict[str, Dict]:
     """Warm every path once (timed: compile warm-up), then ``reps`` alternating rounds;
-    ``ratio`` is each path's median over ``baseline``'s; ``final_loss`` is ``loss`` of the
+    ``ratio`` is each path's median over ``baseline``'s, ``ratio_paired`` the median (and
+    ``ratio_paired_range`` the range) of its per-round ratios to the baseline's epoch of the
+    same round; ``final_loss`` is ``loss`` of the
     parameters each path reached last (``None`` for a path that trains nothing and returns
     ``None``: ``products``). ``before()`` runs, untimed, before each timed run."""
     out: Dict[str, Dict] = {}
@@ -369,6 +371,10 @@ def measure(paths: Dict[str, Callable[[], Params]], reps: int, scale: float, log
         for name, v in out.items():
             v["median_s"] = statistics.median(v["epoch_s"])
             v["ratio"] = round(v["median_s"] / ref, 3)
+            # round by round against the baseline's epoch of the same round: robust to drift between rounds
+            paired = [e / b for e, b in zip(v["epoch_s"], out[baseline]["epoch_s"])]
+            v["ratio_paired"] = round(statistics.median(paired), 3)
+            v["ratio_paired_range"] = [round(min(paired), 3), round(max(paired), 3)]
             if peer is not None:
                 v["ratio_to_compiled_reference"] = round(v["median_s"] / peer, 3)
             v["final_loss"] = None if reached[name] is None else loss(reached[name])
@@ -502,13 +508,15 @@ def print_table(report: Dict) -> None:
           f"torch {report['machine']['torch']}; matmul peak {report['matmul_peak_gflops']} GFLOP/s; "
           f"load {report['load_average_before'][0]:.1f} -> {report['load_average_after'][0]:.1f}; "
           f"malloc {report['malloc']}; subnormals {'flushed' if report['flush_denormals'] else 'kept'}")
-    print(f"{'shape':6} {'path':18} {'median s/epoch':>14} {'ratio':>6} {'to peer':>7} {'% peak':>7} {'warm-up s':>9}")
+    print(f"{'shape':6} {'path':18} {'median s/epoch':>14} {'ratio':>6} {'to peer':>7} {'% peak':>7} {'warm-up s':>9} "
+          f"{'paired ratio (range)':>21}")
     verdict = {True: "met", False: "missed", None: "not evaluated (smoke)"}
     for shape, r in report["results"].items():
         for name, v in r["paths"].items():
             to_peer = f"{v['ratio_to_compiled_reference']:7.2f}" if "ratio_to_compiled_reference" in v else f"{'-':>7}"
+            low, high = v["ratio_paired_range"]
             print(f"{shape:6} {name:18} {v['median_s']:14.3f} {v['ratio']:6.2f} {to_peer} {v['pct_of_matmul_peak']:7.1f} "
-                  f"{v['warmup_s']:9.2f}")
+                  f"{v['warmup_s']:9.2f} {v['ratio_paired']:6.2f} ({low:.2f}-{high:.2f})")
         print(f"{shape:6} target <= {r['target_ratio']}: best {r['best']} {r['best_ratio']:.2f} -> "
               f"{verdict[r['target_met']]}; matmul floor {r['matmul_floor_ratio']:.2f}"
               + (" (scaled from a fraction of an epoch)" if r["scaled"] else ""))

@@ -59,6 +59,9 @@ def test_smoke_run_writes_json_and_every_path_does_the_same_work(tmp_path, capsy
         assert paths["reference"]["ratio"] == 1.0
         for v in paths.values():
             assert v["median_s"] > 0 and len(v["epoch_s"]) == report["reps"] and v["pct_of_matmul_peak"] > 0
+            # one round: the paired ratio is that round's epoch over the reference's
+            paired = round(v["epoch_s"][0] / paths["reference"]["epoch_s"][0], 3)
+            assert v["ratio_paired"] == paired and v["ratio_paired_range"] == [paired, paired]
         assert r["target_met"] is None and r.get("compat_target_met") is None
         start = torch.tensor(r["initial_loss"]).reshape(-1)  # one loss per model
         want = torch.tensor(paths["reference"]["final_loss"]).reshape(-1)
