@@ -185,7 +185,7 @@ class FakeChild:
 def test_the_child_process_result_is_parsed_and_its_failure_is_one_line(monkeypatch):
     # a line printed after the result (by a library, an exit handler) does not lose it
     child = FakeChild("mlp step: ...\ncnn step: ...\n" + json.dumps(calibration.to_json(measured())) + "\n"
-                      "a line after the result\n")
+                      "a line after the result\n{a brace that is not JSON\n")
     monkeypatch.setattr(calibration.subprocess, "Popen", child)
     logged = []
     assert calibrate(log=logged.append) == measured()

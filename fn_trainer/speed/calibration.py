@@ -249,11 +249,22 @@ def calibrate(log: Callable[[str], None] = lambda line: None) -> Calibration:
                     results.append(line)
                 else:
                     log(line.rstrip("\n"))
-        if child.returncode != 0 or not results:
+        entry = _last_json(results)
+        if child.returncode != 0 or entry is None:
             errors.seek(0)
             last = (errors.read().strip().splitlines() or ["no output"])[-1]
             raise CalibrationError(f"calibration failed (status {child.returncode}): {last}")
-    return from_json(json.loads(results[-1]))
+    return from_json(entry)
+
+
+def _last_json(lines: Sequence[str]) -> Optional[object]:
+    """The last of ``lines`` that parses as JSON, ``None`` if none does."""
+    for line in reversed(lines):
+        try:
+            return json.loads(line)
+        except ValueError:
+            continue
+    return None
 
 
 def to_json(calibration: Calibration) -> Dict:
