@@ -206,6 +206,20 @@ def test_distributed_smoke_run_times_one_process_and_two_ranks_doing_the_same_wo
     assert bool(((start - single).abs() > 100 * 1e-5 * single.abs()).all()), (start, single)
 
 
+def test_measure_pairs_each_round_with_the_baselines_round(monkeypatch):
+    from benchmarks import epoch
+
+    # warm-ups, then 3 rounds of (fast, base): the baseline is the second path
+    seconds = iter([9.0, 9.0, 1.0, 2.0, 3.0, 2.0, 2.0, 8.0])
+    monkeypatch.setattr(epoch, "timed", lambda run: (next(seconds), None))
+    out = epoch.measure({"fast": lambda: None, "base": lambda: None}, 3, 1.0, lambda msg: None, loss=None,
+                        baseline="base")
+    assert out["fast"]["epoch_s"] == [1.0, 3.0, 2.0] and out["base"]["epoch_s"] == [2.0, 2.0, 8.0]
+    assert out["fast"]["ratio"] == round(2.0 / 2.0, 3)  # median over median
+    assert out["fast"]["ratio_paired"] == 0.5 and out["fast"]["ratio_paired_range"] == [0.25, 1.5]
+    assert out["base"]["ratio_paired"] == 1.0
+
+
 def test_distributed_cnn_population_split_over_ranks_trains_what_the_template_loop_trains(tmp_path):
     """``--population cnn --reference``: 4 CNNs one after another in the template's loop (in
     one process, and 2 + 2 on two ranks), in one vmapped step, and 2 + 2 on two ranks reach
@@ -222,6 +236,7 @@ def test_distributed_cnn_population_split_over_ranks_trains_what_the_template_lo
     paths = members["paths"]
     assert set(paths) == {"single_eager", "reference", "population_parallel_eager", "reference_parallel"}
     for name, v in paths.items():
+        assert "ratio_paired" not in v  # the single process's and the ranks' rounds are not pairs
         assert v["ratio_to_reference"] == round(v["median_s"] / paths["reference"]["median_s"], 3)
         split = round(v["median_s"] / paths["reference_parallel"]["median_s"], 3)
         assert v.get("ratio_to_split_reference") == (split if name.endswith("parallel_eager") or
