@@ -139,10 +139,11 @@ def train_one(ctx: Context, spec: RunSpec) -> Trained:
     trainer = "fit (compiled)" if compiled else "fit"
     # the forward and powers written for Inductor, the graph made for the full minibatch
     # (a resumed run may start with the short last one, which runs the plain step)
-    fast = (adam(spec.lr, power=exp_log_power), (min(spec.batch_size, train[0].shape[0]), *train[0].shape[1:]))
+    fast = ((adam(spec.lr, power=exp_log_power), (min(spec.batch_size, train[0].shape[0]), *train[0].shape[1:]))
+            if compiled else None)
     if ctx.settings.parallel is not None:  # every rank, each on its slice of every minibatch
-        step, trainer = data_parallel_run(ctx, spec, net, optimizer, fast if compiled else None)
-    elif compiled:
+        step, trainer = data_parallel_run(ctx, spec, net, optimizer, fast)
+    elif fast is not None:
         step = compile_step(make_step(ctx.fast_apply(net), fast[0]), eager=step, guard_closures=False,
                             batch_shape=fast[1])
     start = time.perf_counter()

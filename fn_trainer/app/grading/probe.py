@@ -226,7 +226,6 @@ def own_init(cls, network_type: str, n_classes: int, lr: float, batch_size: int)
             raise
         trainer = None
     finally:
-        armed[0] = False
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
         torch.set_default_dtype(dtype)
