@@ -58,9 +58,11 @@ def launch_env(rank: int, world_size: int, port: int) -> dict:
             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
 
 
-def start_ranks(argv, world_size: int = 2):
+def start_ranks(argv, world_size: int = 2, argv_of=None):
+    """``world_size`` ranks of ``argv``, or of ``argv_of(rank)`` if given."""
     port = free_port()
-    return [subprocess.Popen([sys.executable, *map(str, argv)], env=launch_env(r, world_size, port),
+    return [subprocess.Popen([sys.executable, *map(str, argv if argv_of is None else argv_of(r))],
+                             env=launch_env(r, world_size, port),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for r in range(world_size)]
 
@@ -77,9 +79,9 @@ def finish(process: subprocess.Popen, timeout: float):
     return process.returncode, out, err
 
 
-def run_ranks(argv, wait: float = 240.0):
-    """Start two ranks of ``argv`` and wait for both: ``[(exit status, stdout, stderr)]``."""
-    return [finish(p, wait) for p in start_ranks(argv)]
+def run_ranks(argv, wait: float = 240.0, argv_of=None):
+    """Start two ranks of ``argv`` (``argv_of(rank)``) and wait for both: ``[(exit status, stdout, stderr)]``."""
+    return [finish(p, wait) for p in start_ranks(argv, argv_of=argv_of)]
 
 
 def run_helper(mode: str, out: Path, timeout_s: float = 30.0):
@@ -391,6 +393,25 @@ def test_only_rank_0_shows_progress_or_downloads_and_every_rank_trains_each_run_
         lr_sweep.train(type("Ctx", (), {"settings": settings})(), {False: [], True: []})
     # a vmapped sweep or population is one process's work: under --parallel each run trains alone
     assert groups[:2] == [None, None] and groups[2] is training.train_population
+
+
+@pytest.mark.parametrize("parallel", ["population", "data"])
+def test_ranks_with_different_data_stop_with_one_line_before_training(cli_data_root, tmp_path, parallel):
+    """Each machine reads its own copy of --data: a rank whose files differ from rank 0's
+    would train a population's members, or a run's minibatch slices, on other data."""
+    other = write_fashion_mnist(tmp_path / "other", n_train=64, n_test=200, seed=2)
+    out = tmp_path / "out"
+    run = [*CLI_RUN[:-1], "2", "--parallel", parallel, "--rank-timeout", "30", "--out", out]
+    (rc, _, err), (rc1, _, err1) = run_ranks(
+        None, argv_of=lambda rank: ["-m", "fn_trainer", *run, "--data", cli_data_root if rank == 0 else other])
+    assert rc == rc1 == 2, (err + err1)[-3000:]
+    (line,) = error_lines(err)
+    assert re.fullmatch(rf"fn-trainer: error: --data {re.escape(str(cli_data_root))}: rank 1's data set differs "
+                        r"from rank 0's \(fingerprint [0-9a-f]+ against [0-9a-f]+\); every machine needs the same "
+                        r"files", line), line
+    (line1,) = error_lines(err1)
+    assert line1.startswith(f"fn-trainer: error: rank 1 of 2: --data {other}: this rank's data set differs"), line1
+    assert not list((out / "runs").glob("*.json"))  # nothing trained, nothing recorded
 
 
 def test_a_population_split_over_two_ranks_survives_a_lost_rank_and_resumes_to_the_single_process_logs(

@@ -30,6 +30,7 @@ from ..core.step import Step
 from ..core.trees import tree_to
 from ..training.distributed import (
     Launch,
+    RanksDifferError,
     broadcast_from_first,
     close_process_group,
     data_parallel_step,
@@ -82,7 +83,7 @@ def session(launch: Optional[Launch], device: str, timeout_s: float) -> Iterator
     try:
         yield str(joined)
         if launch.rank == 0:
-            _send(None)
+            _send(None, None)
         with lost_ranks_raise("while finishing"):
             dist.barrier()
     finally:
@@ -103,9 +104,10 @@ def serve(ctx: "Context") -> None:
     from .experiments.training import train_one, train_population  # training imports this module
 
     while True:
-        work = _receive()
+        work, data = _receive()
         if work is None:
             return
+        _check_same_data(ctx, data)
         if isinstance(work, list):
             train_population(ctx, work)
         else:
@@ -118,7 +120,7 @@ def population_parallel_run(ctx: "Context", specs: List["RunSpec"], train_share:
     share_specs)``, each checkpointing its own share, and rank 0 gathers every member's
     result in order. Returns them on rank 0, ``[]`` on the others."""
     if ctx.settings.rank == 0:
-        _send(specs)
+        _send(specs, ctx)
     rank, world = dist.get_rank(), dist.get_world_size()
     start, stop = slice_bounds(len(specs), rank, world)
     mine = train_share(ctx, specs[start:stop]) if start < stop else []
@@ -145,7 +147,7 @@ def data_parallel_run(ctx: "Context", spec: "RunSpec", network: "Network", optim
     graph and the full minibatch's shape it is made for; its forward is the one written
     for Inductor."""
     if ctx.settings.rank == 0:
-        _send(spec)
+        _send(spec, ctx)
     step = data_parallel_step(network.apply, optimizer, compiled_apply=ctx.fast_apply(network) if compiled else None,
                               compiled_optimizer=compiled[0] if compiled else None,
                               batch_shape=compiled[1] if compiled else None)
@@ -162,9 +164,30 @@ def rank_prefix(environ: Mapping[str, str] = os.environ) -> str:
     return f"rank {launch.rank} of {launch.world_size}: " if launch is not None and launch.rank > 0 else ""
 
 
-def _send(spec: Optional["RunSpec"]) -> None:
-    broadcast_from_first(spec, "while sending them the next run")
+def _send(work, ctx: Optional["Context"]) -> None:
+    """Send the next run (a ``RunSpec``, a population's list of them, or ``None``: no more)
+    with rank 0's data fingerprint, and check that every rank trains on the same data."""
+    broadcast_from_first((work, None if ctx is None else ctx.fingerprint), "while sending them the next run")
+    if work is not None:
+        _check_same_data(ctx, ctx.fingerprint)
 
 
-def _receive() -> Optional["RunSpec"]:
+def _receive() -> Tuple[object, Optional[str]]:
+    """``(work, rank 0's data fingerprint)`` of :func:`_send`."""
     return broadcast_from_first(None, "while waiting for rank 0's next run")
+
+
+def _check_same_data(ctx: "Context", first: str) -> None:
+    """Raise ``RanksDifferError`` on every rank unless every rank's data (``--data``, each
+    machine's own copy) has rank 0's fingerprint ``first``: a rank training on other files
+    would give a population members from other data, or a run mixed gradients."""
+    mine = ctx.fingerprint
+    everyone = gather_to_first(mine, "while comparing the ranks' data")
+    differing = [rank for rank, theirs in enumerate(everyone or []) if theirs != first]
+    if ctx.settings.rank == 0 and differing:
+        raise RanksDifferError(f"--data {ctx.settings.data}: rank {differing[0]}'s data set differs from rank "
+                               f"0's (fingerprint {everyone[differing[0]]} against {first}); every machine "
+                               f"needs the same files")
+    if mine != first:
+        raise RanksDifferError(f"--data {ctx.settings.data}: this rank's data set differs from rank 0's "
+                               f"(fingerprint {mine} against {first}); every machine needs the same files")

@@ -77,7 +77,7 @@ class RankLostError(RuntimeError):
 
 
 class RanksDifferError(ValueError):
-    """The ranks of a data-parallel run do not start from the same state."""
+    """The ranks do not hold the same data, or a data-parallel run's ranks the same start."""
 
 
 def launch_from_env(environ: Mapping[str, str] = os.environ) -> Optional[Launch]:
