@@ -36,7 +36,7 @@ def problem(n=96, seed=0):
     return (X, torch.randint(0, 10, (n,), generator=g)), (X[:32], torch.randint(0, 10, (32,), generator=g))
 
 
-def run(epochs=3, hiddens=(16,), step_hook=None, **kw):
+def run(epochs=3, hiddens=(16,), step_hook=None, data_seed=0, **kw):
     net = build_network("mlp", NetworkConfiguration(dense_hiddens=hiddens), input_shape=SHAPE)
     opt = adam(1e-2)
     params = net.init(1)
@@ -47,7 +47,7 @@ def run(epochs=3, hiddens=(16,), step_hook=None, **kw):
             step_hook(s)
         return base(p, s, batch)
 
-    train, valid = problem()
+    train, valid = problem(seed=data_seed)
     kw = {"batch_size": 16, "shuffle": True, "seed": 7, "progress": False, **kw}
     return fit(step, make_evaluate(net.apply), params, opt.init(params), train, valid, epochs=epochs, **kw)
 
@@ -277,6 +277,30 @@ def test_resume_refuses_a_checkpoint_of_another_run(tmp_path, changed, match):
     kw = {"epochs": 2, "checkpoint": tmp_path / "c.pt", "resume": True, "config": {"lr": 0.01}, **changed}
     with pytest.raises(CheckpointError, match=match):
         run(**kw)
+
+
+def test_an_interrupt_during_the_end_of_epoch_evaluation_resumes_a_float64_run_bitwise(tmp_path):
+    """Ctrl-C while an epoch's metrics are measured leaves the checkpoint at the epoch's last
+    step: the resumed run logs the gradient norm it kept, in float64, not rounded to float32."""
+    net = build_network("mlp", NetworkConfiguration(dense_hiddens=(16,)), input_shape=SHAPE)
+    opt, params = adam(1e-2), net.init(0, torch.float64)
+    step, evaluate = make_step(net.apply, opt), make_evaluate(net.apply)
+    calls = []
+
+    def interrupted(p, X, T):
+        calls.append(1)
+        if len(calls) == 3:  # the first evaluation after epoch 1: 1 and 2 measured the start
+            raise KeyboardInterrupt
+        return evaluate(p, X, T)
+
+    kw = dict(epochs=2, batch_size=32, progress=False)
+    whole = fit(step, evaluate, params, opt.init(params), *problem(), **kw)
+    with pytest.raises(KeyboardInterrupt):
+        fit(step, interrupted, params, opt.init(params), *problem(), checkpoint=tmp_path / "c.pt", **kw)
+    assert load_checkpoint(tmp_path / "c.pt")["batch"] == 3  # 96 rows: the epoch's last step
+    resumed = fit(step, evaluate, params, opt.init(params), *problem(), checkpoint=tmp_path / "c.pt",
+                  resume=True, **kw)
+    assert_same_run(resumed, whole)
 
 
 def test_a_reader_resumes_from_the_checkpoint_but_never_writes_it(tmp_path):

@@ -126,6 +126,41 @@ def test_a_diverging_member_stops_where_fit_stops_it_and_the_others_go_on(data):
     assert len(results[0].logs["validation_accuracy"]) == 4 and len(results[1].logs["validation_accuracy"]) == 1
 
 
+def test_a_member_whose_evaluation_overflows_stops_there_and_the_checkpoint_resumes(data, tmp_path):
+    """lr 1e18, one step an epoch: the step stays finite, but the parameters it leaves make the
+    end-of-epoch evaluation NaN. The member stops there, logged up to the epoch before (as a
+    member stopped within an epoch), like its solo fit run; the checkpoint resumes."""
+    train, valid = data
+    net = build_network("mlp", MLP)
+    members = [Member(0, 1e-3), Member(1, 1e18), Member(2, 1e-2)]
+    whole = fit_population(net, members, train, valid, epochs=3, batch_size=200, progress=False)
+    assert "end-of-epoch evaluation is not" in whole[1].diverged and "diverged in epoch 1" in whole[1].diverged
+    assert len(whole[1].logs["validation_accuracy"]) == 1 and whole[1].logs["train_gradient_norm"] == []
+    for m, got in zip(members, whole):
+        assert_close_runs(got, solo(net, m, train, valid, epochs=3, batch_size=200), TOL)
+    path = tmp_path / "p.pt"
+    fit_population(net, members, train, valid, epochs=1, batch_size=200, progress=False, checkpoint=path)
+    resumed = fit_population(net, members, train, valid, epochs=3, batch_size=200, progress=False,
+                             checkpoint=path, resume=True)
+    for got, want in zip(resumed, whole):
+        assert got.logs == want.logs and got.diverged == want.diverged
+        assert all(torch.equal(got.params[k], want.params[k]) for k in want.params)
+
+
+def test_numpy_numbers_are_taken_as_plain_ones(data, tmp_path):
+    np = pytest.importorskip("numpy")
+    train, valid = data
+    net = build_network("mlp", MLP)
+    members = [Member(np.int64(s), np.float32(1e-3), np.float64(0.9)) for s in range(2)]
+    got = fit_population(net, members, train, valid, epochs=np.int64(1), batch_size=np.int64(64), shuffle=True,
+                         progress=False, checkpoint=tmp_path / "p.pt")
+    want = fit_population(net, [Member(s, float(np.float32(1e-3))) for s in range(2)], train, valid, epochs=1,
+                          batch_size=64, shuffle=True, progress=False)
+    assert [r.logs for r in got] == [r.logs for r in want]
+    solo_run = solo(net, Member(np.int64(1)), train, valid, epochs=1, batch_size=64, shuffle=True)
+    assert solo_run.logs == solo(net, Member(1), train, valid, epochs=1, batch_size=64, shuffle=True).logs
+
+
 def test_shared_data_is_never_copied_per_member(data):
     (X, y), _ = data
     shared = member_splits("train", (X, y), 8, 10, torch.float32)
@@ -163,6 +198,11 @@ def test_a_population_checkpoint_of_another_population_is_refused(data, tmp_path
     state["batch"], state["last_grad_norm"] = 1, None  # within an epoch, whose log needs the last norm
     save_checkpoint(path, {k: v for k, v in state.items() if k not in ("format", "version")})
     with pytest.raises(CheckpointError, match="member 0: last_grad_norm must be a number after step 1 "):
+        fit_population(net, [Member(0, 1e-3), Member(1, 1e-3)], *data, epochs=2, batch_size=100, progress=False,
+                       checkpoint=path, resume=True)
+    state["epoch"] = 1.0
+    save_checkpoint(path, {k: v for k, v in state.items() if k not in ("format", "version")})
+    with pytest.raises(CheckpointError, match="is inconsistent: member 0: epoch must be an integer >= 0, found 1.0$"):
         fit_population(net, [Member(0, 1e-3), Member(1, 1e-3)], *data, epochs=2, batch_size=100, progress=False,
                        checkpoint=path, resume=True)
 

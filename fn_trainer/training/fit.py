@@ -14,7 +14,17 @@ from ..core.splits import check_split, params_dtype
 from ..core.step import Step
 from ..core.types import Params
 from .checkpoint import to_plain
-from .loop import LOG_KEYS, N_TRAIN_EVAL, Logs, Progress, Stopped, appended, minibatches, train_epochs
+from .loop import (
+    LOG_KEYS,
+    N_TRAIN_EVAL,
+    Logs,
+    Progress,
+    Stopped,
+    appended,
+    evaluation_message,
+    minibatches,
+    train_epochs,
+)
 from .resume import checkpoint_path, load_progress, save_progress
 
 
@@ -68,10 +78,10 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
     ``write_checkpoint=False`` only reads ``checkpoint``, to resume, and never writes it:
     the ranks of a data-parallel run other than rank 0, which writes it for them all.
     """
-    check_positive_int("epochs", epochs, minimum=0)
-    check_positive_int("batch_size", batch_size)
-    check_positive_int("n_classes", n_classes)
-    check_seed("seed", seed)
+    epochs = check_positive_int("epochs", epochs, minimum=0)  # plain ints from here: numpy's are accepted
+    batch_size = check_positive_int("batch_size", batch_size)
+    n_classes = check_positive_int("n_classes", n_classes)
+    seed = check_seed("seed", seed)
     dtype = params_dtype(params)
     X_train, T_train = check_split("train", train, n_classes, dtype)
     X_valid, T_valid = check_split("valid", valid, n_classes, dtype)
@@ -107,11 +117,15 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
 
     bar = tqdm(total=epochs, initial=cur.epoch, desc=desc, disable=not progress, leave=False)
 
-    def end_epoch(cur: Progress, newly_stopped: Dict[int, Stopped]) -> Progress:
-        logs = appended(cur.logs, {"train_gradient_norm": float(cur.last_grad_norm), **metrics_of(cur.params)})
+    def end_epoch(cur: Progress, newly_stopped: Dict[int, Stopped]) -> Tuple[Progress, Dict[int, Stopped]]:
+        values = metrics_of(cur.params)
         bar.update(1)
+        message = evaluation_message(cur.epoch + 1, values)
+        if message is not None:
+            return cur._replace(epoch=cur.epoch + 1, batch=0), {0: Stopped(cur.params, cur.opt_state, message)}
+        logs = appended(cur.logs, {"train_gradient_norm": float(cur.last_grad_norm), **values})
         bar.set_postfix(val_acc=f"{logs['validation_accuracy'][-1]:.4f}")
-        return Progress(cur.params, cur.opt_state, logs, cur.epoch + 1, 0)
+        return Progress(cur.params, cur.opt_state, logs, cur.epoch + 1, 0), {}
 
     try:
         cur, stopped = train_epochs(step, cur, epochs=epochs, n_batches=n_batches, minibatch=minibatch,

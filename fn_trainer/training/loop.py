@@ -75,7 +75,9 @@ class Members(NamedTuple):
         return tree_index(tree, k) if self.stacked else tree
 
 
-EndEpoch = Callable[[Progress, Dict[int, Stopped]], Progress]
+# (the epoch's progress, members that diverged in it) -> (progress to continue from with the
+# epoch logged, members whose end-of-epoch evaluation was not finite: see evaluation_message)
+EndEpoch = Callable[[Progress, Dict[int, Stopped]], Tuple[Progress, Dict[int, Stopped]]]
 
 
 def epoch_order(n: int, epoch: int, shuffle: bool, seed: int) -> Optional[Tensor]:
@@ -120,8 +122,11 @@ def train_epochs(step: Step, cur: Progress, *, epochs: int, n_batches: int, mini
     to ``stopped`` (member index -> ``Stopped``); if every member has stopped, the loop
     ends there and returns the epoch's starting progress (its logs are the completed
     epochs'), else ``end_epoch(progress, newly_stopped)`` logs the epoch and returns the
-    progress to continue from. ``save``, if given, is called with that progress and, on
-    ``KeyboardInterrupt`` (re-raised), with the current step's when it is still finite.
+    progress to continue from, and the members it stopped because their end-of-epoch
+    evaluation was not finite (their logs end with the epoch before); if that leaves no
+    member, the loop ends with that progress. ``save``, if given, is called with the
+    progress to continue from and, on ``KeyboardInterrupt`` (re-raised), with the current
+    step's when it is still finite.
     """
     stopped = dict(stopped or {})
     losses: List[Tensor] = []
@@ -141,7 +146,10 @@ def train_epochs(step: Step, cur: Progress, *, epochs: int, n_batches: int, mini
             stopped.update(newly)
             if len(stopped) == members.count:
                 return start, stopped
-            cur = end_epoch(cur, newly)
+            cur, evaluated = end_epoch(cur, newly)
+            stopped.update(evaluated)
+            if len(stopped) == members.count:
+                return cur, stopped
             if save is not None:
                 save(cur)
     except KeyboardInterrupt:
@@ -197,6 +205,18 @@ def divergence_message(epoch: int, step: Optional[int], n_batches: int, loss: fl
         return (f"{where}: its update made the parameters or optimizer state non-finite ({values}); "
                 "returning the parameters from before that step")
     return f"{where}: {values}; returning the parameters from before that step"
+
+
+def evaluation_message(epoch: int, values: Dict[str, float]) -> Optional[str]:
+    """``FitResult.diverged``'s text for a model whose state is finite after 1-based
+    ``epoch`` but whose end-of-epoch ``values`` (losses, accuracies) are not, else ``None``:
+    its outputs overflowed. It stops there, keeping the logs of the epochs before."""
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if not bad:
+        return None
+    found = ", ".join(f"{k}={v}" for k, v in bad.items())
+    return (f"diverged in epoch {epoch}: its parameters are finite, but the end-of-epoch evaluation is not "
+            f"({found}); returning the parameters from the end of that epoch, logged up to the epoch before")
 
 
 def appended(logs: Logs, entries: Dict[str, float]) -> Logs:

@@ -39,6 +39,7 @@ from .loop import (
     Progress,
     Stopped,
     appended,
+    evaluation_message,
     minibatches,
     train_epochs,
 )
@@ -201,10 +202,9 @@ def check_members(members: Any) -> List[Member]:
     for k, m in enumerate(members):
         if not isinstance(m, Member):
             raise TypeError(f"members[{k}] must be a Member, got {type(m).__name__}")
-        check_seed(f"members[{k}].seed", m.seed)
-        check_positive_float(f"members[{k}].lr", m.lr)
-        adam(m.lr, m.b1, m.b2, m.eps)  # checks the betas and eps, naming them
-        checked.append(m)
+        seed, lr = check_seed(f"members[{k}].seed", m.seed), check_positive_float(f"members[{k}].lr", m.lr)
+        adam(lr, m.b1, m.b2, m.eps)  # checks the betas and eps, naming them
+        checked.append(Member(seed, lr, float(m.b1), float(m.b2), float(m.eps)))  # plain numbers: numpy's too
     return checked
 
 
@@ -234,9 +234,9 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
     its stopped members) is saved after every epoch and on ``KeyboardInterrupt``, and a
     resumed run is bitwise the same as an uninterrupted one.
     """
-    check_positive_int("epochs", epochs, minimum=0)
-    check_positive_int("batch_size", batch_size)
-    check_positive_int("n_classes", n_classes)
+    epochs = check_positive_int("epochs", epochs, minimum=0)  # plain ints from here: numpy's are accepted
+    batch_size = check_positive_int("batch_size", batch_size)
+    n_classes = check_positive_int("n_classes", n_classes)
     if not isinstance(network, Network):
         raise TypeError(f"network must be a Network (from build_network), got {type(network).__name__}")
     members = check_members(members)
@@ -287,14 +287,22 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
                                                 for k in range(K)], 0, 0), {}
     bar = tqdm(total=epochs, initial=cur.epoch, desc=desc, disable=not progress, leave=False)
 
-    def end_epoch(cur: Progress, newly_stopped: Dict[int, Stopped]) -> Progress:
+    def end_epoch(cur: Progress, newly_stopped: Dict[int, Stopped]) -> Tuple[Progress, Dict[int, Stopped]]:
         stopped.update(newly_stopped)
         values = metrics(cur.params, cur.last_grad_norm)
+        evaluated = {}
+        for k in range(K):
+            message = None if k in stopped else evaluation_message(cur.epoch + 1, {key: v[k] for key, v in values.items()})
+            if message is not None:
+                evaluated[k] = Stopped(tree_index(cur.params, k), tree_index(cur.opt_state, k), message)
+        stopped.update(evaluated)
         logs = [member if k in stopped else appended(member, {key: v[k] for key, v in values.items()})
                 for k, member in enumerate(cur.logs)]
         bar.update(1)
-        bar.set_postfix(best_val_acc=f"{max(l['validation_accuracy'][-1] for l in logs):.4f}")
-        return Progress(cur.params, cur.opt_state, logs, cur.epoch + 1, 0)
+        running = [l["validation_accuracy"][-1] for k, l in enumerate(logs) if k not in stopped]
+        if running:
+            bar.set_postfix(best_val_acc=f"{max(running):.4f}")
+        return Progress(cur.params, cur.opt_state, logs, cur.epoch + 1, 0), evaluated
 
     def save(cur: Progress) -> None:
         save_progress(checkpoint, cur, settings=settings, config=plain_config, members=everyone, stopped=stopped)

@@ -13,6 +13,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.utils._pytree import tree_leaves
 
 from ..core.checks import is_finite_number
 from ..core.paths import PathLike, ensure_writable_dir
@@ -97,16 +98,16 @@ def _checked_progress(path: Path, data: Dict[str, Any], params: Params, opt_stat
         raise CheckpointError(f"checkpoint {str(path)!r} is incomplete: it has no {e}") from None
     except CheckpointError as e:
         raise CheckpointError(f"checkpoint {str(path)!r} does not fit this run: {e}") from None
-    problem = _members_problem(epoch, batch, logs, last, n_batches, members, stopped)
+    problem = _members_problem(epoch, batch, logs, last, n_batches, members, stopped)  # names its member
     for k in range(members.count):
-        if problem is None:
-            problem = hyperparameter_problem(members.take(restored_state, k), members.take(opt_state, k))
+        if problem is not None:
+            break
+        problem = hyperparameter_problem(members.take(restored_state, k), members.take(opt_state, k))
         if problem is None and k not in stopped:
             problem = state_problem(members.take(restored_params, k), members.take(restored_state, k),
                                     members.take(opt_state, k), epoch * n_batches + batch)
         if problem is not None and members.stacked:
             problem = f"member {k}: {problem}"
-            break
     if problem is not None:
         raise CheckpointError(f"checkpoint {str(path)!r} is inconsistent: {problem}")
     if epoch > epochs or (epoch == epochs and batch > 0):
@@ -117,12 +118,14 @@ def _checked_progress(path: Path, data: Dict[str, Any], params: Params, opt_stat
         set_rng_states(rng)
     except (CheckpointError, AttributeError, KeyError, TypeError, ValueError, RuntimeError, OverflowError) as e:
         raise CheckpointError(f"checkpoint {str(path)!r} holds unusable random generator states: {e}") from None
+    # the gradient norm in the parameters' dtype: a float64 run's end-of-epoch log takes it as it was
+    dtype = next(t for t in tree_leaves(restored_params) if isinstance(t, Tensor)).dtype
     if members.stacked:
         logs = [{k: [float(v) for v in member[k]] for k in LOG_KEYS} for member in logs]
-        last = None if last is None else torch.tensor(last, dtype=torch.float32)
+        last = None if last is None else torch.tensor(last, dtype=dtype)
     else:
         logs = {k: [float(v) for v in logs[k]] for k in LOG_KEYS}
-        last = None if last is None else torch.tensor(float(last))
+        last = None if last is None else torch.tensor(float(last), dtype=dtype)
     return Progress(restored_params, restored_state, logs, epoch, batch, last), stopped
 
 
