@@ -270,6 +270,7 @@ def test_resume_refuses_a_run_already_past_the_requested_epochs(tmp_path):
     ({"batch_size": 8}, "different run: its settings"),
     ({"seed": 8}, "different run: its settings"),
     ({"config": {"lr": 0.5}}, "different run: its config"),
+    ({"data_seed": 1}, "different run: its settings differ in data '[0-9a-f]{16}' against this run's '[0-9a-f]{16}'$"),
     ({"hiddens": (12,)}, r"params\['1.weight'\]: expected shape \(12, 64\)"),
 ])
 def test_resume_refuses_a_checkpoint_of_another_run(tmp_path, changed, match):

@@ -188,6 +188,14 @@ def test_a_population_checkpoint_of_another_population_is_refused(data, tmp_path
     with pytest.raises(CheckpointError, match="different run"):
         fit_population(net, [Member(0, 1e-3), Member(2, 1e-3)], *data, epochs=2, batch_size=100, progress=False,
                        checkpoint=path, resume=True)
+    tanh = build_network("mlp", MLP, activation_name="tanh")  # the same parameter shapes
+    with pytest.raises(CheckpointError, match="its settings differ in network$"):
+        fit_population(tanh, [Member(0, 1e-3), Member(1, 1e-3)], *data, epochs=2, batch_size=100, progress=False,
+                       checkpoint=path, resume=True)
+    other = [(X.flip(0), y.flip(0)) for X, y in data]  # the same shapes
+    with pytest.raises(CheckpointError, match="its settings differ in data"):
+        fit_population(net, [Member(0, 1e-3), Member(1, 1e-3)], *other, epochs=2, batch_size=100, progress=False,
+                       checkpoint=path, resume=True)
     state = load_checkpoint(path)
     state["logs"][1]["validation_accuracy"].append(0.5)  # a hand-edited member log
     save_checkpoint(path, {k: v for k, v in state.items() if k not in ("format", "version")})

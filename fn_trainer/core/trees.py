@@ -2,6 +2,7 @@
 walked with torch's own pytree utilities, the ones ``torch.func`` uses."""
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Sequence
 
 import torch
@@ -40,3 +41,14 @@ def tree_index(tree: Any, k: int) -> Any:
 def tree_to(tree: Any, device: torch.device) -> Any:
     """``tree`` with every tensor on ``device`` (the same tensors where they already are)."""
     return tree_map(lambda leaf: leaf.to(device) if isinstance(leaf, Tensor) else leaf, tree)
+
+
+def tensors_digest(tensors: Sequence[Tensor], digits: int = 16) -> str:
+    """The first ``digits`` hex digits of a SHA-256 over the tensors' shapes, dtypes and
+    values, in order: a data set's identity (all of Fashion-MNIST's training data in a
+    fraction of a second)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(repr((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.detach().cpu().contiguous().numpy())  # hashed in place, through the buffer protocol
+    return h.hexdigest()[:digits]

@@ -12,6 +12,7 @@ from ..core.evaluate import Evaluate
 from ..core.paths import PathLike
 from ..core.splits import check_split, params_dtype
 from ..core.step import Step
+from ..core.trees import tensors_digest
 from ..core.types import Params
 from .checkpoint import to_plain
 from .loop import (
@@ -68,11 +69,11 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
     returned and the message says so.
 
     Checkpoints: with ``checkpoint`` (a file path), the full state (parameters,
-    optimizer state, logs, position, RNG states, the fit settings and ``config``, a
-    dict of plain values describing the run) is written atomically after every epoch,
+    optimizer state, logs, position, RNG states, the fit settings, a digest of the data
+    and ``config``, a dict of plain values describing the run) is written atomically after every epoch,
     and at the current step on ``KeyboardInterrupt``, which is then re-raised. With
     ``resume=True`` an existing checkpoint is continued, after checking that it was
-    written with the same settings, ``config`` and parameter shapes (else
+    written with the same settings, data, ``config`` and parameter shapes (else
     ``CheckpointError``, a ``ValueError``); the result is bitwise the same as an
     uninterrupted run. Without ``resume`` an existing checkpoint is overwritten.
     ``write_checkpoint=False`` only reads ``checkpoint``, to resume, and never writes it:
@@ -93,7 +94,8 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
     checkpoint = checkpoint_path(checkpoint, resume, writable=write_checkpoint)
     plain_config = to_plain(config, "config")
     settings = {"batch_size": batch_size, "shuffle": shuffle, "seed": seed, "n_classes": n_classes,
-                "train_shape": list(X_train.shape), "valid_shape": list(X_valid.shape)}
+                "train_shape": list(X_train.shape), "valid_shape": list(X_valid.shape),
+                "data": None if checkpoint is None else tensors_digest([X_train, T_train, X_valid, T_valid])}
     n = X_train.shape[0]
     n_batches = math.ceil(n / batch_size)
 

@@ -27,7 +27,7 @@ from ..core.optim import AdamState, adam, exp_log_power
 from ..core.paths import PathLike
 from ..core.splits import check_split, params_dtype
 from ..core.step import Apply, Step, make_step
-from ..core.trees import stack_trees, tree_index, tree_to
+from ..core.trees import stack_trees, tensors_digest, tree_index, tree_to
 from ..core.types import Params
 from .checkpoint import to_plain
 from .compiled import compile_step
@@ -267,7 +267,9 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
     everyone = Members(K, stacked=True)
     settings = {"members": [list(m) for m in members], "batch_size": batch_size, "shuffle": shuffle,
                 "n_classes": n_classes, "train_shape": list(train_data.X.shape),
-                "valid_shape": list(valid_data.X.shape)}
+                "valid_shape": list(valid_data.X.shape), "network": str(network.module),
+                "data": None if checkpoint is None else tensors_digest([train_data.X, train_data.T, train_data.which,
+                                                                        valid_data.X, valid_data.T, valid_data.which])}
     plain_config = to_plain(config, "config")
 
     def metrics(p: Params, grad_norms: Optional[Tensor] = None) -> Dict[str, List[float]]:

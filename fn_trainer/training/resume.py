@@ -83,10 +83,7 @@ def _checked_progress(path: Path, data: Dict[str, Any], params: Params, opt_stat
     for what, expected in (("settings", settings), ("config", config)):
         found = data.get(what)
         if found != expected:
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} belongs to a different run: its {what} are {found!r}, "
-                f"this run's are {expected!r}"
-            )
+            raise CheckpointError(f"checkpoint {str(path)!r} belongs to a different run: {_difference(what, found, expected)}")
     try:
         epoch, batch, logs = data["epoch"], data["batch"], data["logs"]
         last = data["last_grad_norm"]
@@ -127,6 +124,29 @@ def _checked_progress(path: Path, data: Dict[str, Any], params: Params, opt_stat
         logs = {k: [float(v) for v in logs[k]] for k in LOG_KEYS}
         last = None if last is None else torch.tensor(float(last), dtype=dtype)
     return Progress(restored_params, restored_state, logs, epoch, batch, last), stopped
+
+
+def _difference(what: str, found: Any, expected: Any, width: int = 200) -> str:
+    """How a checkpoint's ``found`` settings (or config) differ from this run's ``expected``,
+    on one line: the differing keys of two dicts, with both values where they are short."""
+    def short(value: Any) -> Optional[str]:
+        text = repr(value)
+        return text if len(text) <= width and "\n" not in text else None
+
+    if isinstance(found, dict) and isinstance(expected, dict):
+        keys = sorted(set(found) | set(expected), key=str)
+        parts = []
+        for key in (k for k in keys if found.get(k, _MISSING) != expected.get(k, _MISSING)):
+            theirs, mine = (short(d[key]) if key in d else "none" for d in (found, expected))
+            parts.append(f"{key} {theirs} against this run's {mine}" if theirs and mine else f"{key}")
+        return f"its {what} differ in " + "; ".join(parts)
+    theirs, mine = short(found), short(expected)
+    if theirs and mine:
+        return f"its {what} are {theirs}, this run's are {mine}"
+    return f"its {what} differ from this run's"
+
+
+_MISSING = object()
 
 
 def _stopped(data: Any, params: Params, opt_state: object, members: Members) -> Dict[int, Stopped]:

@@ -2,7 +2,6 @@
 loaded once and normalised on demand."""
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Set, Tuple
@@ -13,6 +12,7 @@ from ...core.config import HOMEWORK_SEED
 from ...core.data import Split, Splits, load_fashion_mnist, normalize
 from ...core.networks import Network, Params
 from ...core.paths import safe_path
+from ...core.trees import tensors_digest
 from ...speed import inductor_apply
 from ...speed.calibration import DEFAULTS, Calibration, calibrated_cpus, cpu_key, load_calibration
 from .. import PROG
@@ -125,12 +125,8 @@ class Context:
         their shapes): results from other data never count as done. Hashing all of
         Fashion-MNIST's training data takes a fraction of a second."""
         if self._fingerprint is None:
-            h = hashlib.sha256()
-            for split in (self.splits.train, self.splits.valid):
-                for t in (split.X, split.y):
-                    h.update(repr((tuple(t.shape), str(t.dtype))).encode())
-                    h.update(t.contiguous().numpy())  # hashed in place, through the buffer protocol
-            self._fingerprint = h.hexdigest()[:FINGERPRINT_DIGITS]
+            s = self.splits
+            self._fingerprint = tensors_digest([s.train.X, s.train.y, s.valid.X, s.valid.y], FINGERPRINT_DIGITS)
         return self._fingerprint
 
     def data(self, normalization: bool) -> Tuple[Split, Split]:
