@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import configuration as hypothesis_configuration
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from template_spec import SPEC, read_spec
@@ -75,10 +76,18 @@ def test_compat_solution_scores_full_marks_with_the_reference_allowed(tmp_path, 
     assert results["score"] == 35, capsys.readouterr().out
 
 
-def test_exported_solution_scores_full_marks_through_the_command(tmp_path, capsys):
+def test_exported_solution_scores_full_marks_through_the_command(tmp_path, capsys, monkeypatch):
     results_path = tmp_path / "out" / "results.json"
     exported = export_solution(tmp_path / "solution.py")
-    assert main(["grade", str(exported), "--results", str(results_path)]) == 0
+    # Hypothesis's own storage, .hypothesis/ in the folder the command runs in, unless moved:
+    # grading keeps it in a temporary folder, and nothing lands where it would have gone
+    default_home = tmp_path / "cwd" / ".hypothesis"
+    hypothesis_configuration.set_hypothesis_home_dir(default_home)
+    try:
+        assert main(["grade", str(exported), "--results", str(results_path)]) == 0
+    finally:
+        hypothesis_configuration.set_hypothesis_home_dir(None)
+    assert not default_home.exists()
     results = json.loads(results_path.read_text())
     assert_gradescope_format(results)
     assert results["score"] == 35, capsys.readouterr().out

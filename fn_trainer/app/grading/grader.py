@@ -7,11 +7,15 @@ process has ended, to a path it is never told.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
+
+from hypothesis import configuration as hypothesis_configuration
 
 from ...core.checks import check_positive_float
 from .limits import DEFAULT_BUDGET, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, START_ALLOWANCE
@@ -128,9 +132,10 @@ def grade(submission: os.PathLike, timeout: float = DEFAULT_TIMEOUT,
     process = Submission(path, memory_mb, allow_reference)
     session = Session(process, timeout, start + budget)
     try:
-        tests = [grade_interface(session)]
-        for q in QUESTIONS:
-            tests.append(not_graded(q, budget) if session.out_of_time() else grade_question(q, session))
+        with hypothesis_storage_elsewhere():
+            tests = [grade_interface(session)]
+            for q in QUESTIONS:
+                tests.append(not_graded(q, budget) if session.out_of_time() else grade_question(q, session))
     finally:
         process.stop()
     notes = []
@@ -140,6 +145,21 @@ def grade(submission: os.PathLike, timeout: float = DEFAULT_TIMEOUT,
         shown = process.output.decode("utf-8", "replace")
         notes.append(f"solution.py printed {process.printed} bytes; the first {len(shown)}:\n{shown}")
     return results_json(tests, time.monotonic() - start, "\n".join(notes))
+
+
+@contextlib.contextmanager
+def hypothesis_storage_elsewhere() -> Iterator[None]:
+    """Hypothesis's storage (its cache of the constants in the code under test) in a temporary
+    folder, removed after: it would be ``.hypothesis/`` in the folder the grader runs in. The
+    examples themselves are derandomised and kept nowhere (``database=None``)."""
+    home_key = "__hypothesis_home_directory"  # the module's own global, set by set_hypothesis_home_dir
+    previous = vars(hypothesis_configuration).get(home_key)
+    with tempfile.TemporaryDirectory(prefix="fn-trainer-grade-") as home:
+        hypothesis_configuration.set_hypothesis_home_dir(home)
+        try:
+            yield
+        finally:
+            hypothesis_configuration.set_hypothesis_home_dir(previous)
 
 
 def grade_to_file(submission: os.PathLike, results_path: os.PathLike, timeout: float = DEFAULT_TIMEOUT,
