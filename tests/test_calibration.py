@@ -260,17 +260,21 @@ def test_calibrate_command_stores_and_all_measures_first_only_without_one(tmp_pa
     assert cli.main(["calibrate", "--out", str(tmp_path / "out")]) == 0
     assert load_calibration(tmp_path / "out" / CALIBRATION_FILE) == measured() and runs == [1]
     assert "calibration: mlp step: ..." in capsys.readouterr().err
-    # `all` checks the data, then measures when the folder has none for this CPU, then
-    # trains (stopped here)
+    # `all` checks the data, then measures when the folder has none for this CPU and a run
+    # is long enough to compile under the defaults (1,000 steps: 1,000 epochs of one
+    # minibatch), then trains (stopped here)
     data = write_fashion_mnist(tmp_path / "data", n_train=8, n_test=8, seed=1)
     monkeypatch.setattr(experiments, "experiment", lambda name: (_ for _ in ()).throw(ValueError("stopped")))
-    for out, folder, expected, error in (("out", data, [1], "stopped"), ("new", tmp_path / "no-data", [1], "no-data"),
-                                         ("new", data, [1, 1], "stopped"), ("new", data, [1, 1], "stopped")):
-        args = ["all", "--out", str(tmp_path / out), "--data", str(folder), "--no-download"]
+    for out, folder, epochs, expected, error in (
+            ("out", data, 1000, [1], "stopped"), ("new", tmp_path / "no-data", 1000, [1], "no-data"),
+            ("short", data, 999, [1], "stopped"), ("new", data, 1000, [1, 1], "stopped"),
+            ("new", data, 1000, [1, 1], "stopped")):
+        args = ["all", "--out", str(tmp_path / out), "--data", str(folder), "--no-download", "--epochs", str(epochs)]
         assert cli.main(args) == 2
         err = capsys.readouterr().err
         assert "fn-trainer: error: " in err and error in err.split("error: ")[-1] and runs == expected
     assert load_calibration(tmp_path / "new" / CALIBRATION_FILE) == measured()
+    assert not (tmp_path / "short" / CALIBRATION_FILE).exists()
     assert cli.main(["calibrate", "--out", str(tmp_path), "--threads", "0"]) == 2
     assert capsys.readouterr().err.startswith("fn-trainer: error: --threads must be between 1 and")
 

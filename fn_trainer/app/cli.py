@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import shlex
 import sys
@@ -282,6 +283,7 @@ def settings_of(args: argparse.Namespace, command: str, rank: int = 0, device: O
 def run_experiments(args: argparse.Namespace, command: str) -> int:
     import torch
 
+    from ..speed.calibration import DEFAULTS as UNCALIBRATED
     from ..speed.calibration import load_calibration
     from ..speed.denormals import denormals_flushed, flush_denormals
     from ..speed.malloc import steady_malloc
@@ -307,8 +309,8 @@ def run_experiments(args: argparse.Namespace, command: str) -> int:
             if launch is not None:
                 share_calibration(ctx)  # rank 0's, for every rank to decide alike
             elif (args.command == ALL and torch.device(device).type == "cpu"
-                  and load_calibration(ctx.calibration_path) is None):
-                ctx.splits  # the data first: a missing data set fails before minutes of measuring
+                  and load_calibration(ctx.calibration_path) is None
+                  and longest_run_steps(ctx) >= min(UNCALIBRATED.compile_min_steps.values())):
                 print(f"{PROG}: no calibration for this CPU in {args.out}: measuring it first", file=sys.stderr,
                       flush=True)
                 calibrate_into(args.out)
@@ -323,6 +325,15 @@ def run_experiments(args: argparse.Namespace, command: str) -> int:
         flush_denormals(flushed_before)  # after the threads: it sets those in use
     print(f"report: {Path(args.out) / REPORT_FILE}")
     return 0
+
+
+def longest_run_steps(ctx: Context) -> int:
+    """Training steps of the command's longest run. Loads the data first, so that a missing
+    data set fails before minutes of measuring. Below the defaults' compile threshold every
+    run of a command trains eagerly without a calibration, and a calibration (minutes) could
+    at most make runs of seconds compile: ``all`` measures only above it."""
+    batch_size = ctx.settings.batch_size or min(e.batch_size for e in TRAINED.values())
+    return ctx.settings.epochs * math.ceil(len(ctx.splits.train.X) / batch_size)
 
 
 def calibrate_into(out: Path) -> None:
