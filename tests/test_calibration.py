@@ -275,6 +275,10 @@ def test_calibrate_command_stores_and_all_measures_first_only_without_one(tmp_pa
         assert "fn-trainer: error: " in err and error in err.split("error: ")[-1] and runs == expected
     assert load_calibration(tmp_path / "new" / CALIBRATION_FILE) == measured()
     assert not (tmp_path / "short" / CALIBRATION_FILE).exists()
+    monkeypatch.setattr(calibration, "calibrate", lambda log: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert cli.main(["all", "--out", str(tmp_path / "ctrl-c"), "--data", str(data), "--epochs", "1000"]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == ("fn-trainer: interrupted while measuring this CPU, before any "
+                                                        "training; nothing was stored")
     assert cli.main(["calibrate", "--out", str(tmp_path), "--threads", "0"]) == 2
     assert capsys.readouterr().err.startswith("fn-trainer: error: --threads must be between 1 and")
 

@@ -313,7 +313,10 @@ def run_experiments(args: argparse.Namespace, command: str) -> int:
                   and longest_run_steps(ctx) >= min(UNCALIBRATED.compile_min_steps.values())):
                 print(f"{PROG}: no calibration for this CPU in {args.out}: measuring it first", file=sys.stderr,
                       flush=True)
-                calibrate_into(args.out)
+                try:
+                    calibrate_into(args.out)
+                except KeyboardInterrupt:
+                    raise CalibrationInterrupted from None
             ctx.calibration  # a calibration file that is not one fails here, before any training
             if launch is not None and launch.rank != 0:
                 serve(ctx)  # train the runs rank 0 sends; it alone prints and writes
@@ -325,6 +328,10 @@ def run_experiments(args: argparse.Namespace, command: str) -> int:
         flush_denormals(flushed_before)  # after the threads: it sets those in use
     print(f"report: {Path(args.out) / REPORT_FILE}")
     return 0
+
+
+class CalibrationInterrupted(KeyboardInterrupt):
+    """Ctrl-C while ``all`` measured the CPU, before it trained anything."""
 
 
 def longest_run_steps(ctx: Context) -> int:
@@ -396,9 +403,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             return grading_command.run(args)
         return run_experiments(args, shlex.join([PROG, *argv]))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if args.command == CALIBRATE:
             print(f"{PROG}: interrupted; nothing was stored", file=sys.stderr)
+        elif isinstance(e, CalibrationInterrupted):
+            print(f"{PROG}: interrupted while measuring this CPU, before any training; nothing was stored",
+                  file=sys.stderr)
         elif not rank_prefix():  # said once, by rank 0, for all ranks
             print(f"{PROG}: interrupted; finished runs are saved, rerun with --resume to continue "
                   "the interrupted one from its checkpoint", file=sys.stderr)
