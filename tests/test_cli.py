@@ -195,14 +195,23 @@ def test_interrupted_run_resumes_to_the_same_result(small_data_root, tmp_path, c
     monkeypatch.setattr(training, "make_step", interrupting_make_step)
     rc, _, err = run_cli([*args, "--out", tmp_path / "cut"], capsys)
     assert rc == 130 and "--resume" in err
-    assert len(list((tmp_path / "cut" / "runs").glob("*.checkpoint.pt"))) == 1
+    (checkpoint,) = (tmp_path / "cut" / "runs").glob("*.checkpoint.pt")
     assert result_files(tmp_path / "cut") == []
     monkeypatch.setattr(training, "make_step", real_make_step)
-    assert run_cli([*args, "--out", tmp_path / "cut", "--resume"], capsys)[0] == 0
+    rc, out, _ = run_cli([*args, "--out", tmp_path / "cut", "--resume"], capsys)
+    assert rc == 0 and f"resuming from the checkpoint {checkpoint.name}\n" in out
     whole = {p.name: json.loads(p.read_text())["logs"] for p in result_files(tmp_path / "whole")}
     cut = {p.name: json.loads(p.read_text())["logs"] for p in result_files(tmp_path / "cut")}
     assert cut == whole
     assert list((tmp_path / "cut" / "runs").glob("*.checkpoint.pt")) == []
+    # without --resume the same interruption's checkpoint is trained over, and said so
+    monkeypatch.setattr(training, "make_step", interrupting_make_step)
+    calls["n"] = 0
+    assert run_cli([*args, "--out", tmp_path / "again"], capsys)[0] == 130
+    monkeypatch.setattr(training, "make_step", real_make_step)
+    rc, _, err = run_cli([*args, "--out", tmp_path / "again"], capsys)
+    assert rc == 0 and err == (f"fn-trainer: warning: {checkpoint.name} holds an interrupted run: it trains from the "
+                               "start and replaces it (--resume would continue it)\n")
 
 
 def test_diverged_runs_are_reported_as_such(small_data_root, tmp_path, capsys):

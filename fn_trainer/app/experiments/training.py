@@ -76,9 +76,12 @@ def execute(ctx: Context, specs: Sequence[RunSpec], train_group: Optional[GroupT
              if train_group is train_population and specs and not splits_populations(ctx.settings) else None)
     if whole is not None and 0 < len(pending) < len(specs) and ctx.settings.resume and whole.exists():
         pending = list(range(len(specs)))
-    if pending and ctx.settings.resume and not splits_populations(ctx.settings):
-        warn_other_checkpoints(ctx, [population_checkpoint_path(ctx, [specs[i] for i in pending])]
-                               if train_group is train_population else [checkpoint_path(ctx, specs[i]) for i in pending])
+    if pending and not splits_populations(ctx.settings):
+        paths = ([population_checkpoint_path(ctx, [specs[i] for i in pending])] if train_group is train_population
+                 else [checkpoint_path(ctx, specs[i]) for i in pending])
+        note_checkpoints(ctx, paths)
+        if ctx.settings.resume:
+            warn_other_checkpoints(ctx, paths)
     if pending and train_group is not None:
         group = [specs[i] for i in pending]
         results = train_group(ctx, group)
@@ -107,6 +110,19 @@ def _older_than_records(ctx: Context, checkpoint: Path, specs: Sequence[RunSpec]
         return all(result_path(ctx, spec).stat().st_mtime_ns > written for spec in specs)
     except FileNotFoundError:
         return False
+
+
+def note_checkpoints(ctx: Context, paths: Sequence[Path]) -> None:
+    """Say which runs continue from an interrupted run's checkpoint (``--resume``) and, without
+    ``--resume``, which train from the start over one."""
+    for path in paths:
+        if not path.is_file():
+            continue
+        if ctx.settings.resume:
+            ctx.echo(f"resuming from the checkpoint {path.name}")
+        else:
+            ctx.warn(f"{path.name} holds an interrupted run: it trains from the start and replaces it "
+                     "(--resume would continue it)")
 
 
 def warn_other_checkpoints(ctx: Context, paths: Sequence[Path]) -> None:
