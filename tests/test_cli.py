@@ -391,6 +391,12 @@ def test_export_solution_writes_the_file(tmp_path, capsys):
     rc, out, _ = run_cli(["export-solution", tmp_path / "solution.py"], capsys)
     assert rc == 0 and (tmp_path / "solution.py").stat().st_size > 0
     assert "solution.py" in out
+    # the errors name the argument as the help shows it
+    rc, _, err = run_cli(["export-solution", tmp_path / "api"], capsys)
+    assert rc == 2 and err == f"fn-trainer: error: OUT must name a .py file, got '{tmp_path / 'api'}'\n"
+    (tmp_path / "folder.py").mkdir()
+    rc, _, err = run_cli(["export-solution", tmp_path / "folder.py"], capsys)
+    assert rc == 2 and err == f"fn-trainer: error: OUT must name a file, but '{tmp_path / 'folder.py'}' is a folder\n"
 
 
 def test_python_dash_m_help(monkeypatch, capsys):

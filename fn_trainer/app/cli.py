@@ -377,7 +377,7 @@ def run_calibration(args: argparse.Namespace) -> int:
 def export(args: argparse.Namespace) -> int:
     from .export import export_solution  # imported on use: it reads the package's sources
 
-    print(export_solution(args.out_path))
+    print(export_solution(args.out_path, name="OUT"))
     return 0
 
 

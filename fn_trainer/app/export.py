@@ -73,14 +73,14 @@ if not any(getattr(f, "package", None) == _EMBEDDED_PACKAGE for f in _sys.meta_p
 '''
 
 
-def export_solution(out_path: Union[str, os.PathLike]) -> Path:
+def export_solution(out_path: Union[str, os.PathLike], *, name: str = "out_path") -> Path:
     """Write the standalone ``solution.py`` to ``out_path`` (a ``.py`` file; its folder
-    is created if needed) and return its path."""
+    is created if needed) and return its path; errors call the path ``name``."""
     out = Path(out_path)
     if out.suffix != ".py":
-        raise ValueError(f"out_path must name a .py file, got {str(out)!r}")
+        raise ValueError(f"{name} must name a .py file, got {str(out)!r}")
     if out.is_dir():
-        raise ValueError(f"out_path must name a file, but {str(out)!r} is a folder")
+        raise ValueError(f"{name} must name a file, but {str(out)!r} is a folder")
     text = solution_text()
     # Atomic: a failed write never leaves a truncated solution.py in place of the old one.
     return write_text(out, text)
