@@ -180,6 +180,16 @@ def test_bad_members_are_named(data, bad, match):
         fit_population(build_network("mlp", MLP), bad, *data, epochs=1, progress=False)
 
 
+@pytest.mark.parametrize("option, match", [
+    ({"dtype": torch.int32}, "^dtype must be a real floating dtype such as torch.float32, got torch.int32$"),
+    ({"dtype": "float32"}, "^dtype must be a real floating dtype"),
+    ({"n_classes": 5}, "^n_classes must be the network's 10, got 5$"),
+])
+def test_bad_options_are_named_before_any_member_is_made(data, option, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        fit_population(build_network("mlp", MLP), [Member(0)], *data, epochs=1, progress=False, **option)
+
+
 def test_a_population_checkpoint_of_another_population_is_refused(data, tmp_path):
     net = build_network("mlp", MLP)
     path = tmp_path / "p.pt"

@@ -155,6 +155,13 @@ def count_parameters(network_type: str, config: NetworkConfiguration = NetworkCo
     return total
 
 
+def check_dtype(dtype: Any) -> torch.dtype:
+    """``dtype`` if it is a real floating ``torch.dtype``, else ``TypeError`` naming it."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a real floating dtype such as torch.float32, got {dtype!r}")
+    return dtype
+
+
 def init_params(module: nn.Module, generator: Union[torch.Generator, int] = 0,
                 dtype: torch.dtype = torch.float32) -> Params:
     """Fresh parameters for ``module``'s Linear/Conv2d layers, drawn from ``generator``.
@@ -163,8 +170,7 @@ def init_params(module: nn.Module, generator: Union[torch.Generator, int] = 0,
     ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, ``fan_in = in_features * prod(kernel)``.
     An int in ``[0, 2**32)`` is taken as the seed of a new CPU generator.
     """
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a real floating dtype such as torch.float32, got {dtype}")
+    check_dtype(dtype)
     if not isinstance(generator, torch.Generator):
         generator = torch.Generator().manual_seed(check_seed("seed", generator))
     params: Params = {}

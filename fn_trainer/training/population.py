@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..core.checks import check_positive_float, check_positive_int, check_seed
 from ..core.evaluate import make_evaluate
-from ..core.networks import Network
+from ..core.networks import Network, check_dtype
 from ..core.optim import AdamState, adam, exp_log_power
 from ..core.paths import PathLike
 from ..core.splits import check_split, params_dtype
@@ -239,6 +239,9 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
     n_classes = check_positive_int("n_classes", n_classes)
     if not isinstance(network, Network):
         raise TypeError(f"network must be a Network (from build_network), got {type(network).__name__}")
+    if n_classes != network.n_classes:
+        raise ValueError(f"n_classes must be the network's {network.n_classes}, got {n_classes}")
+    check_dtype(dtype)
     members = check_members(members)
     K = len(members)
     check_population_fits(network, K, dtype)
