@@ -346,7 +346,8 @@ def vmapped_paths(net: Network, members: List[Member], data: MemberData, batch_s
 def measure(paths: Dict[str, Callable[[], Params]], reps: int, scale: float, log,
             loss: Callable[[Params], object], baseline: str = "reference",
             before: Callable[[], None] = lambda: None) -> Dict[str, Dict]:
-    """Warm every path once (timed: compile warm-up), then ``reps`` alternating rounds;
+    """Warm every path once (timed: compile warm-up), then ``reps`` alternating rounds, each
+    starting one path later than the round before (no path always runs after the same one);
     ``ratio`` is each path's median over ``baseline``'s, ``ratio_paired`` the median (and
     ``ratio_paired_range`` the range) of its per-round ratios to the baseline's epoch of the
     same round; ``final_loss`` is ``loss`` of the
@@ -359,8 +360,10 @@ def measure(paths: Dict[str, Callable[[], Params]], reps: int, scale: float, log
         warmup_s, reached[name] = timed(run)
         out[name] = {"warmup_s": round(warmup_s, 3), "epoch_s": []}
         log(f"  warm-up {name}: {out[name]['warmup_s']:.2f} s")
+    names = list(paths)
     for r in range(reps):
-        for name, run in paths.items():
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            run = paths[name]
             before()
             seconds, reached[name] = timed(run)
             out[name]["epoch_s"].append(round(seconds * scale, 4))

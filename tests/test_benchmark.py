@@ -209,11 +209,19 @@ def test_distributed_smoke_run_times_one_process_and_two_ranks_doing_the_same_wo
 def test_measure_pairs_each_round_with_the_baselines_round(monkeypatch):
     from benchmarks import epoch
 
-    # warm-ups, then 3 rounds of (fast, base): the baseline is the second path
-    seconds = iter([9.0, 9.0, 1.0, 2.0, 3.0, 2.0, 2.0, 8.0])
-    monkeypatch.setattr(epoch, "timed", lambda run: (next(seconds), None))
-    out = epoch.measure({"fast": lambda: None, "base": lambda: None}, 3, 1.0, lambda msg: None, loss=None,
+    # each path's warm-up, then its epoch in each of 3 rounds; the baseline is the second path
+    seconds = {"fast": iter([9.0, 1.0, 3.0, 2.0]), "base": iter([9.0, 2.0, 2.0, 8.0])}
+    order = []
+
+    def timed(run):
+        order.append(run())
+        return next(seconds[order[-1]]), None
+
+    monkeypatch.setattr(epoch, "timed", timed)
+    out = epoch.measure({"fast": lambda: "fast", "base": lambda: "base"}, 3, 1.0, lambda msg: None, loss=None,
                         baseline="base")
+    # warm-ups in order, then rounds starting one path later each time
+    assert order == ["fast", "base", "fast", "base", "base", "fast", "fast", "base"]
     assert out["fast"]["epoch_s"] == [1.0, 3.0, 2.0] and out["base"]["epoch_s"] == [2.0, 2.0, 8.0]
     assert out["fast"]["ratio"] == round(2.0 / 2.0, 3)  # median over median
     assert out["fast"]["ratio_paired"] == 0.5 and out["fast"]["ratio_paired_range"] == [0.25, 1.5]
