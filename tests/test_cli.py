@@ -323,6 +323,7 @@ def test_missing_data_fails_with_one_line(tmp_path, capsys):
                          capsys)
     assert rc == 2 and err.count("\n") == 1
     assert err.startswith("fn-trainer: error: Fashion-MNIST is not available")
+    assert err.count("train-images-idx3-ubyte") == 1  # each missing file named once
 
 
 @pytest.mark.parametrize("args, message", [

@@ -120,7 +120,8 @@ def load_fashion_mnist(root: str | os.PathLike = "./data", download: bool = True
         check_idx_file(path)
     missing = [name for name in IDX_FILES if folder / name not in present]
     if missing and not download:
-        raise DatasetError(_missing_message(folder, f"download=False; missing {', '.join(missing)}"))
+        raise DatasetError(f"Fashion-MNIST is not available in {folder} (download=False): missing "
+                           f"{', '.join(missing)}, uncompressed IDX files; put them there, or allow the download")
     try:
         from torchvision.datasets import FashionMNIST
         from torchvision.datasets.utils import check_integrity
@@ -158,8 +159,8 @@ def load_fashion_mnist(root: str | os.PathLike = "./data", download: bool = True
 
 def _missing_message(folder: Path, reason: str) -> str:
     return (
-        f"Fashion-MNIST is not available in {folder} ({reason}). Expected the files "
-        f"{', '.join(IDX_FILES)} there (uncompressed IDX), or network access to download them."
+        f"Fashion-MNIST is not available in {folder} and could not be downloaded ({reason}); put its "
+        f"uncompressed IDX files {', '.join(IDX_FILES)} there, or give network access"
     )
 
 
