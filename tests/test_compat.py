@@ -111,6 +111,13 @@ def test_module_level_imports_match_the_spec():
     assert (S.random, S.np, S.torch, S.torchvision, S.tqdm) == (random, np, torch, torchvision, tqdm)
     for name in ("Tuple", "Callable", "List", "NamedTuple"):
         assert hasattr(S, name)
+    # the template has no __all__: `from solution import *` gives its imports and its own names
+    star = {}
+    exec(f"from {S.__name__} import *", star)
+    template_names = {"random", "np", "torch", "torchvision", "tqdm", "Tuple", "Callable", "List", "NamedTuple",
+                      "NetworkConfiguration", "gradient_norm", "jacobian_norm", "Trainer"}
+    assert template_names <= set(star), template_names - set(star)
+    assert all(star[name] is getattr(S, name) for name in template_names)
 
 
 def test_network_configuration_fields_and_defaults():
@@ -581,6 +588,11 @@ def test_evaluate_accepts_labels_or_one_hot(make_trainer):
         probs = t.network(X)
     assert float(loss) == pytest.approx(float(reference_loss(probs, t.one_hot(y))), rel=1e-5)
     assert acc == pytest.approx(float((probs.argmax(1) == y).double().mean()))
+    assert loss.dtype == torch.float32
+    t.network.double()  # the loss comes in the network's dtype, as the template's computed one does
+    loss64, _ = t.evaluate(X.double(), y)
+    expected, _ = t.compute_loss_and_accuracy(X.double(), t.one_hot(y).double())
+    assert loss64.dtype == torch.float64 and float(loss64) == pytest.approx(float(expected.detach()), rel=1e-12)
 
 
 def test_train_loop_logs_and_walks_the_minibatches_in_order(make_trainer, capsys):
