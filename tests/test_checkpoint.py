@@ -280,12 +280,21 @@ def test_resume_refuses_a_checkpoint_of_another_run(tmp_path, changed, match):
         run(**kw)
 
 
-def test_an_interrupt_during_the_end_of_epoch_evaluation_resumes_a_float64_run_bitwise(tmp_path):
+@pytest.mark.parametrize("params_dtype, norm_dtype", [(torch.float64, torch.float64), (torch.float32, torch.float64),
+                                                      (torch.bfloat16, torch.bfloat16)])
+def test_an_interrupt_during_the_end_of_epoch_evaluation_resumes_bitwise(tmp_path, params_dtype, norm_dtype):
     """Ctrl-C while an epoch's metrics are measured leaves the checkpoint at the epoch's last
-    step: the resumed run logs the gradient norm it kept, in float64, not rounded to float32."""
+    step: the resumed run logs the gradient norm it kept, not rounded to float32 (a float64
+    run's, or a step's that reports it in float64); bfloat16 data is hashed too."""
     net = build_network("mlp", NetworkConfiguration(dense_hiddens=(16,)), input_shape=SHAPE)
-    opt, params = adam(1e-2), net.init(0, torch.float64)
-    step, evaluate = make_step(net.apply, opt), make_evaluate(net.apply)
+    opt, params = adam(1e-2), net.init(0, params_dtype)
+    pure, evaluate = make_step(net.apply, opt), make_evaluate(net.apply)
+
+    def step(p, s, batch):
+        p, s, metrics = pure(p, s, batch)
+        # / 3: a value the norm's dtype holds and float32 may not
+        return p, s, {**metrics, "grad_norm": metrics["grad_norm"].to(norm_dtype) / 3}
+
     calls = []
 
     def interrupted(p, X, T):
@@ -295,13 +304,23 @@ def test_an_interrupt_during_the_end_of_epoch_evaluation_resumes_a_float64_run_b
         return evaluate(p, X, T)
 
     kw = dict(epochs=2, batch_size=32, progress=False)
-    whole = fit(step, evaluate, params, opt.init(params), *problem(), **kw)
+    (X, y), (Xv, yv) = problem()
+    data = ((X.to(params_dtype), y), (Xv.to(params_dtype), yv))
+    whole = fit(step, evaluate, params, opt.init(params), *data, **kw)
     with pytest.raises(KeyboardInterrupt):
-        fit(step, interrupted, params, opt.init(params), *problem(), checkpoint=tmp_path / "c.pt", **kw)
+        fit(step, interrupted, params, opt.init(params), *data, checkpoint=tmp_path / "c.pt", **kw)
     assert load_checkpoint(tmp_path / "c.pt")["batch"] == 3  # 96 rows: the epoch's last step
-    resumed = fit(step, evaluate, params, opt.init(params), *problem(), checkpoint=tmp_path / "c.pt",
+    resumed = fit(step, evaluate, params, opt.init(params), *data, checkpoint=tmp_path / "c.pt",
                   resume=True, **kw)
     assert_same_run(resumed, whole)
+
+
+def test_a_checkpoint_written_before_the_data_digest_was_kept_resumes(tmp_path):
+    run(epochs=1, checkpoint=tmp_path / "c.pt")
+    state = load_checkpoint(tmp_path / "c.pt")
+    del state["settings"]["data"]  # as written before checkpoints held it
+    save_checkpoint(tmp_path / "c.pt", {k: v for k, v in state.items() if k not in ("format", "version")})
+    assert_same_run(run(epochs=3, checkpoint=tmp_path / "c.pt", resume=True), run(epochs=3))
 
 
 def test_a_reader_resumes_from_the_checkpoint_but_never_writes_it(tmp_path):

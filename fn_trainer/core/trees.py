@@ -50,5 +50,6 @@ def tensors_digest(tensors: Sequence[Tensor], digits: int = 16) -> str:
     h = hashlib.sha256()
     for t in tensors:
         h.update(repr((tuple(t.shape), str(t.dtype))).encode())
-        h.update(t.detach().cpu().contiguous().numpy())  # hashed in place, through the buffer protocol
+        # the raw bytes, through the buffer protocol: every dtype (numpy has no bfloat16)
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()[:digits]

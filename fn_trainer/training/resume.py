@@ -13,7 +13,6 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.utils._pytree import tree_leaves
 
 from ..core.checks import is_finite_number
 from ..core.paths import PathLike, ensure_writable_dir
@@ -28,6 +27,11 @@ from .checkpoint import (
     set_rng_states,
 )
 from .loop import LOG_KEYS, Members, Progress, Stopped
+
+# settings that checkpoints hold since 2026-12 (the data's digest, a population's network): a
+# checkpoint written before is checked on the others (the command line's file names carry
+# the data's fingerprint anyway)
+LATER_SETTINGS = ("data", "network")
 
 
 def checkpoint_path(checkpoint: Optional[PathLike], resume: bool, writable: bool = True) -> Optional[Path]:
@@ -82,6 +86,8 @@ def _checked_progress(path: Path, data: Dict[str, Any], params: Params, opt_stat
     """``load_progress`` of the loaded checkpoint ``data``."""
     for what, expected in (("settings", settings), ("config", config)):
         found = data.get(what)
+        if what == "settings" and isinstance(found, dict):  # one written before these were kept
+            expected = {k: v for k, v in expected.items() if k in found or k not in LATER_SETTINGS}
         if found != expected:
             raise CheckpointError(f"checkpoint {str(path)!r} belongs to a different run: {_difference(what, found, expected)}")
     try:
@@ -115,14 +121,13 @@ def _checked_progress(path: Path, data: Dict[str, Any], params: Params, opt_stat
         set_rng_states(rng)
     except (CheckpointError, AttributeError, KeyError, TypeError, ValueError, RuntimeError, OverflowError) as e:
         raise CheckpointError(f"checkpoint {str(path)!r} holds unusable random generator states: {e}") from None
-    # the gradient norm in the parameters' dtype: a float64 run's end-of-epoch log takes it as it was
-    dtype = next(t for t in tree_leaves(restored_params) if isinstance(t, Tensor)).dtype
+    # float64 holds the stored Python float exactly: the end-of-epoch log takes it as it was
     if members.stacked:
         logs = [{k: [float(v) for v in member[k]] for k in LOG_KEYS} for member in logs]
-        last = None if last is None else torch.tensor(last, dtype=dtype)
+        last = None if last is None else torch.tensor(last, dtype=torch.float64)
     else:
         logs = {k: [float(v) for v in logs[k]] for k in LOG_KEYS}
-        last = None if last is None else torch.tensor(float(last), dtype=dtype)
+        last = None if last is None else torch.tensor(float(last), dtype=torch.float64)
     return Progress(restored_params, restored_state, logs, epoch, batch, last), stopped
 
 
