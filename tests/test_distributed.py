@@ -79,9 +79,10 @@ def finish(process: subprocess.Popen, timeout: float):
     return process.returncode, out, err
 
 
-def run_ranks(argv, wait: float = 240.0, argv_of=None):
-    """Start two ranks of ``argv`` (``argv_of(rank)``) and wait for both: ``[(exit status, stdout, stderr)]``."""
-    return [finish(p, wait) for p in start_ranks(argv, argv_of=argv_of)]
+def run_ranks(argv, wait: float = 240.0, argv_of=None, world_size: int = 2):
+    """Start ``world_size`` ranks of ``argv`` (``argv_of(rank)``) and wait for them all:
+    ``[(exit status, stdout, stderr)]``."""
+    return [finish(p, wait) for p in start_ranks(argv, world_size, argv_of=argv_of)]
 
 
 def run_helper(mode: str, out: Path, timeout_s: float = 30.0):
@@ -395,22 +396,24 @@ def test_only_rank_0_shows_progress_or_downloads_and_every_rank_trains_each_run_
     assert groups[:2] == [None, None] and groups[2] is training.train_population
 
 
-@pytest.mark.parametrize("parallel", ["population", "data"])
-def test_ranks_with_different_data_stop_with_one_line_before_training(cli_data_root, tmp_path, parallel):
+@pytest.mark.parametrize("parallel, world_size", [("population", 2), ("data", 3)])
+def test_ranks_with_different_data_stop_with_one_line_before_training(cli_data_root, tmp_path, parallel, world_size):
     """Each machine reads its own copy of --data: a rank whose files differ from rank 0's
-    would train a population's members, or a run's minibatch slices, on other data."""
+    would train a population's members, or a run's minibatch slices, on other data. Every
+    rank stops, the ones whose data agree with rank 0's too."""
     other = write_fashion_mnist(tmp_path / "other", n_train=64, n_test=200, seed=2)
-    out = tmp_path / "out"
+    out, last = tmp_path / "out", world_size - 1
     run = [*CLI_RUN[:-1], "2", "--parallel", parallel, "--rank-timeout", "30", "--out", out]
-    (rc, _, err), (rc1, _, err1) = run_ranks(
-        None, argv_of=lambda rank: ["-m", "fn_trainer", *run, "--data", cli_data_root if rank == 0 else other])
-    assert rc == rc1 == 2, (err + err1)[-3000:]
-    (line,) = error_lines(err)
-    assert re.fullmatch(rf"fn-trainer: error: --data {re.escape(str(cli_data_root))}: rank 1's data set differs "
-                        r"from rank 0's \(fingerprint [0-9a-f]+ against [0-9a-f]+\); every machine needs the same "
-                        r"files", line), line
-    (line1,) = error_lines(err1)
-    assert line1.startswith(f"fn-trainer: error: rank 1 of 2: --data {other}: this rank's data set differs"), line1
+    done = run_ranks(None, world_size=world_size, argv_of=lambda rank: [
+        "-m", "fn_trainer", *run, "--data", other if rank == last else cli_data_root])
+    assert [rc for rc, _, _ in done] == [2] * world_size, "".join(err for _, _, err in done)[-3000:]
+    fingerprints = r"\(fingerprint [0-9a-f]+ against [0-9a-f]+\); every machine needs the same files"
+    for rank, (_, _, err) in enumerate(done):
+        (line,) = error_lines(err)
+        prefix = "fn-trainer: error: " + (f"rank {rank} of {world_size}: " if rank else "")
+        says = (f"--data {re.escape(str(other))}: this rank's data set differs from rank 0's " if rank == last
+                else f"--data {re.escape(str(cli_data_root))}: rank {last}'s data set differs from rank 0's ")
+        assert re.fullmatch(re.escape(prefix) + says + fingerprints, line), line
     assert not list((out / "runs").glob("*.json"))  # nothing trained, nothing recorded
 
 

@@ -180,14 +180,16 @@ def _receive() -> Tuple[object, Optional[str]]:
 def _check_same_data(ctx: "Context", first: str) -> None:
     """Raise ``RanksDifferError`` on every rank unless every rank's data (``--data``, each
     machine's own copy) has rank 0's fingerprint ``first``: a rank training on other files
-    would give a population members from other data, or a run mixed gradients."""
+    would give a population members from other data, or a run mixed gradients. Rank 0
+    compares them all and tells every rank, so that none trains on."""
     mine = ctx.fingerprint
     everyone = gather_to_first(mine, "while comparing the ranks' data")
-    differing = [rank for rank, theirs in enumerate(everyone or []) if theirs != first]
-    if ctx.settings.rank == 0 and differing:
-        raise RanksDifferError(f"--data {ctx.settings.data}: rank {differing[0]}'s data set differs from rank "
-                               f"0's (fingerprint {everyone[differing[0]]} against {first}); every machine "
-                               f"needs the same files")
+    differing = [(rank, theirs) for rank, theirs in enumerate(everyone or []) if theirs != first]
+    differing = broadcast_from_first(differing, "while comparing the ranks' data")
     if mine != first:
         raise RanksDifferError(f"--data {ctx.settings.data}: this rank's data set differs from rank 0's "
                                f"(fingerprint {mine} against {first}); every machine needs the same files")
+    if differing:
+        rank, theirs = differing[0]
+        raise RanksDifferError(f"--data {ctx.settings.data}: rank {rank}'s data set differs from rank 0's "
+                               f"(fingerprint {theirs} against {first}); every machine needs the same files")
