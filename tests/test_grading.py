@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import configuration as hypothesis_configuration
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from template_spec import SPEC, read_spec
@@ -76,22 +75,29 @@ def test_compat_solution_scores_full_marks_with_the_reference_allowed(tmp_path, 
     assert results["score"] == 35, capsys.readouterr().out
 
 
-def test_exported_solution_scores_full_marks_through_the_command(tmp_path, capsys, monkeypatch):
+def test_exported_solution_scores_full_marks_through_the_command(tmp_path, capsys):
     results_path = tmp_path / "out" / "results.json"
     exported = export_solution(tmp_path / "solution.py")
-    # Hypothesis's own storage, .hypothesis/ in the folder the command runs in, unless moved:
-    # grading keeps it in a temporary folder, and nothing lands where it would have gone
-    default_home = tmp_path / "cwd" / ".hypothesis"
-    hypothesis_configuration.set_hypothesis_home_dir(default_home)
-    try:
-        assert main(["grade", str(exported), "--results", str(results_path)]) == 0
-    finally:
-        hypothesis_configuration.set_hypothesis_home_dir(None)
-    assert not default_home.exists()
+    assert main(["grade", str(exported), "--results", str(results_path)]) == 0
     results = json.loads(results_path.read_text())
     assert_gradescope_format(results)
     assert results["score"] == 35, capsys.readouterr().out
     assert "score: 35/35" in capsys.readouterr().out
+
+
+def test_grading_writes_nothing_in_the_folder_it_runs_in(tmp_path):
+    """Hypothesis keeps a cache of the constants in the code it tests in .hypothesis/ of the
+    current folder, once per process: a fresh process shows whether grading moves it."""
+    exported = export_solution(tmp_path / "solution.py")
+    folder = tmp_path / "cwd"
+    folder.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "HYPOTHESIS_STORAGE_DIRECTORY"}
+    done = subprocess.run([sys.executable, "-m", "fn_trainer", "grade", str(exported), "--results",
+                           str(tmp_path / "results.json")], cwd=folder, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "score: 35/35" in done.stdout
+    assert list(folder.iterdir()) == []
 
 
 # generated examples a part gets when a mutant is graded, besides its explicit ones (measured:
