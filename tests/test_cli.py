@@ -324,6 +324,7 @@ def test_missing_data_fails_with_one_line(tmp_path, capsys):
     assert rc == 2 and err.count("\n") == 1
     assert err.startswith("fn-trainer: error: Fashion-MNIST is not available")
     assert err.count("train-images-idx3-ubyte") == 1  # each missing file named once
+    assert "downloading is off (--no-download" in err
 
 
 @pytest.mark.parametrize("args, message", [

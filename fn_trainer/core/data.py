@@ -120,8 +120,9 @@ def load_fashion_mnist(root: str | os.PathLike = "./data", download: bool = True
         check_idx_file(path)
     missing = [name for name in IDX_FILES if folder / name not in present]
     if missing and not download:
-        raise DatasetError(f"Fashion-MNIST is not available in {folder} (download=False): missing "
-                           f"{', '.join(missing)}, uncompressed IDX files; put them there, or allow the download")
+        raise DatasetError(f"Fashion-MNIST is not available in {folder} and downloading is off (--no-download, "
+                           f"download=False): missing {', '.join(missing)}, uncompressed IDX files; put them "
+                           "there, or allow the download")
     try:
         from torchvision.datasets import FashionMNIST
         from torchvision.datasets.utils import check_integrity
