@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import shlex
 import sys
@@ -71,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
             _add_training(p, name)
     text = ("Measure this CPU's speed choices (when a run compiles its step, from how many channels a "
             "layer uses Winograd products) into OUT/calibration.json; a few minutes on 2 cores. "
-            "Training commands use them, and `all` measures them first when OUT has none for this CPU.")
+            "Training commands use them, and `all` measures them first when OUT has none for this CPU "
+            "and a run has 1,000 steps or more.")
     p = sub.add_parser(CALIBRATE, help=text, description=text)
     p.add_argument("--out", default=str(DEFAULTS.out), metavar="DIR",
                    help="output folder that holds calibration.json (default: %(default)s)")
@@ -339,8 +339,10 @@ def longest_run_steps(ctx: Context) -> int:
     data set fails before minutes of measuring. Below the defaults' compile threshold every
     run of a command trains eagerly without a calibration, and a calibration (minutes) could
     at most make runs of seconds compile: ``all`` measures only above it."""
+    from .experiments.training import run_steps  # imports torch: on use
+
     batch_size = ctx.settings.batch_size or min(e.batch_size for e in TRAINED.values())
-    return ctx.settings.epochs * math.ceil(len(ctx.splits.train.X) / batch_size)
+    return run_steps(ctx.settings.epochs, len(ctx.splits.train.X), batch_size)
 
 
 def calibrate_into(out: Path) -> None:

@@ -42,10 +42,15 @@ Trained = Tuple[FitResult, float, str]  # the result, its wall time (s), how it 
 GroupTrainer = Callable[[Context, List[RunSpec]], List[Trained]]
 
 
+def run_steps(epochs: int, n_train: int, batch_size: int) -> int:
+    """Training steps of a run of ``epochs`` epochs over ``n_train`` samples."""
+    return epochs * math.ceil(n_train / batch_size)
+
+
 def worth_compiling(ctx: Context, network_type: str, epochs: int, n_train: int, batch_size: int) -> bool:
     """Whether a run of ``epochs`` epochs over ``n_train`` samples has enough steps to repay
     compiling its step: this CPU's ``compile_min_steps`` (``ctx.calibration``)."""
-    return epochs * math.ceil(n_train / batch_size) >= ctx.calibration.compile_min_steps[network_type]
+    return run_steps(epochs, n_train, batch_size) >= ctx.calibration.compile_min_steps[network_type]
 
 
 def execute(ctx: Context, specs: Sequence[RunSpec], train_group: Optional[GroupTrainer] = None) -> List[RunRecord]:
