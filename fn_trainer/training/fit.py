@@ -33,9 +33,10 @@ class FitResult(NamedTuple):
     """The outcome of ``fit``.
 
     ``params`` and ``opt_state``: the final ones or, if the run diverged, the last
-    finite ones (those the failing step received). ``logs``: as in the homework's
-    ``train_logs``, one entry per completed epoch. ``diverged``: ``None``, or a message
-    naming the epoch, the step and the non-finite value that stopped the run.
+    finite ones (those the failing step received, or the epoch's last ones when only its
+    end-of-epoch evaluation was not finite). ``logs``: as in the homework's ``train_logs``,
+    one entry per completed epoch. ``diverged``: ``None``, or a message naming the epoch,
+    the step and the non-finite value that stopped the run.
     """
 
     params: Params
@@ -64,6 +65,9 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
     whose loss or gradient norm is not finite or whose update is not; the run stops
     there and returns the state that step received (the last finite one), with
     ``FitResult.diverged`` naming the epoch and step (both 1-based) and the values.
+    A run whose state is finite after an epoch but whose end-of-epoch evaluation is not
+    (its outputs overflow) stops there too, with that state and the logs of the epochs
+    before.
     The logs keep every completed epoch; nothing is raised. If a non-deterministic
     ``step`` does not repeat the failure on replay, the epoch's starting state is
     returned and the message says so.
