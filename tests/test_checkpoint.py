@@ -315,12 +315,26 @@ def test_an_interrupt_during_the_end_of_epoch_evaluation_resumes_bitwise(tmp_pat
     assert_same_run(resumed, whole)
 
 
-def test_a_checkpoint_written_before_the_data_digest_was_kept_resumes(tmp_path):
+def test_a_version_1_checkpoint_without_the_data_digest_resumes_and_a_newer_one_is_refused(tmp_path, monkeypatch):
+    from fn_trainer.training import checkpoint as checkpoint_format
+
     run(epochs=1, checkpoint=tmp_path / "c.pt")
-    state = load_checkpoint(tmp_path / "c.pt")
-    del state["settings"]["data"]  # as written before checkpoints held it
-    save_checkpoint(tmp_path / "c.pt", {k: v for k, v in state.items() if k not in ("format", "version")})
+    state = {k: v for k, v in load_checkpoint(tmp_path / "c.pt").items() if k not in ("format", "version")}
+    del state["settings"]["data"]  # hand-edited out of a current checkpoint: refused
+    save_checkpoint(tmp_path / "c.pt", state)
+    with pytest.raises(CheckpointError, match="its settings differ in data none against this run's '[0-9a-f]{16}'$"):
+        run(epochs=3, checkpoint=tmp_path / "c.pt", resume=True)
+    with monkeypatch.context() as m:  # as written before checkpoints held the digest
+        m.setattr(checkpoint_format, "VERSION", 1)
+        save_checkpoint(tmp_path / "c.pt", state)
+    assert load_checkpoint(tmp_path / "c.pt")["version"] == 1
     assert_same_run(run(epochs=3, checkpoint=tmp_path / "c.pt", resume=True), run(epochs=3))
+    state["settings"]["batch_size"] = 8  # a version-1 checkpoint is still checked on the rest
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint_format, "VERSION", 1)
+        save_checkpoint(tmp_path / "c.pt", state)
+    with pytest.raises(CheckpointError, match="its settings differ in batch_size 8 against this run's 16$"):
+        run(epochs=3, checkpoint=tmp_path / "c.pt", resume=True)
 
 
 def test_a_reader_resumes_from_the_checkpoint_but_never_writes_it(tmp_path):

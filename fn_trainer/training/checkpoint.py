@@ -21,7 +21,8 @@ from torch import Tensor
 from ..core.paths import NotAFileError, PathLike, read_regular_file, write_atomically
 
 FORMAT = "fn-trainer-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: the settings hold the data's digest (and a population's network); 1 did not
+READABLE_VERSIONS = (1, 2)
 PLAIN_SCALARS = (str, int, float, bool, type(None))
 
 
@@ -139,10 +140,10 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
         ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {str(path)!r} is not an fn-trainer checkpoint")
-    if data.get("version") != VERSION:
+    if data.get("version") not in READABLE_VERSIONS:
         raise CheckpointError(
             f"checkpoint {str(path)!r} has format version {data.get('version')!r}; this "
-            f"fn-trainer reads version {VERSION}"
+            f"fn-trainer reads versions {', '.join(map(str, READABLE_VERSIONS))}"
         )
     return data
 

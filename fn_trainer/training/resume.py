@@ -28,9 +28,9 @@ from .checkpoint import (
 )
 from .loop import LOG_KEYS, Members, Progress, Stopped
 
-# settings that checkpoints hold since 2026-12 (the data's digest, a population's network): a
-# checkpoint written before is checked on the others (the command line's file names carry
-# the data's fingerprint anyway)
+# settings that checkpoints hold from format version 2 (the data's digest, a population's
+# network): a version-1 checkpoint is checked on the others (the command line's file names
+# carry the data's fingerprint anyway)
 LATER_SETTINGS = ("data", "network")
 
 
@@ -86,8 +86,8 @@ def _checked_progress(path: Path, data: Dict[str, Any], params: Params, opt_stat
     """``load_progress`` of the loaded checkpoint ``data``."""
     for what, expected in (("settings", settings), ("config", config)):
         found = data.get(what)
-        if what == "settings" and isinstance(found, dict):  # one written before these were kept
-            expected = {k: v for k, v in expected.items() if k in found or k not in LATER_SETTINGS}
+        if what == "settings" and isinstance(found, dict) and data.get("version") == 1:
+            expected = {k: v for k, v in expected.items() if k not in LATER_SETTINGS}
         if found != expected:
             raise CheckpointError(f"checkpoint {str(path)!r} belongs to a different run: {_difference(what, found, expected)}")
     try:
