@@ -44,7 +44,7 @@ EQUIVARIANCE_FIGURES = ("original", "features", "shift_difference", "rotation_di
 FIGURES_DIR: Union[str, os.PathLike] = "."
 
 # `from solution import *` gives what the template's gives (it has no __all__: its imports and
-# its own names), and not the fn_trainer helpers imported above
+# its own names) and FunctionalAdam, not the fn_trainer helpers imported above
 __all__ = ["random", "np", "torch", "torchvision", "tqdm", "partial", "Tuple", "Callable", "List", "NamedTuple",
            "NetworkConfiguration", "gradient_norm", "jacobian_norm", "FunctionalAdam", "Trainer"]
 
@@ -281,8 +281,10 @@ class Trainer:
         targets = self._targets(y, X, "evaluate data")
         params = {name: p.detach() for name, p in self.network.named_parameters()}
         loss, acc = make_evaluate(self._apply, self._loss)(params, X, targets)
-        first = next(iter(params.values()))  # the loss in the network's dtype, where it computes
-        return torch.tensor(loss, dtype=first.dtype, device=first.device), acc
+        # the loss in the dtype and on the device the template's computed one has
+        where = next(iter(params.values()), X)
+        dtype = torch.promote_types(where.dtype, targets.dtype)
+        return torch.tensor(loss, dtype=dtype, device=where.device), acc
 
     @staticmethod
     def normalize(train: Tuple[torch.Tensor, torch.Tensor],

@@ -589,10 +589,16 @@ def test_evaluate_accepts_labels_or_one_hot(make_trainer):
     assert float(loss) == pytest.approx(float(reference_loss(probs, t.one_hot(y))), rel=1e-5)
     assert acc == pytest.approx(float((probs.argmax(1) == y).double().mean()))
     assert loss.dtype == torch.float32
-    t.network.double()  # the loss comes in the network's dtype, as the template's computed one does
-    loss64, _ = t.evaluate(X.double(), y)
-    expected, _ = t.compute_loss_and_accuracy(X.double(), t.one_hot(y).double())
-    assert loss64.dtype == torch.float64 and float(loss64) == pytest.approx(float(expected.detach()), rel=1e-12)
+    # the loss comes in the dtype the template's computed one has: the network's and the targets'
+    for dtype, expected_dtype in ((torch.bfloat16, torch.float32), (torch.float64, torch.float64)):
+        t.network.to(dtype)
+        loss_in, _ = t.evaluate(X.to(dtype), y)
+        expected, _ = t.compute_loss_and_accuracy(X.to(dtype), t.one_hot(y).to(expected_dtype))
+        assert loss_in.dtype == expected.dtype == expected_dtype
+        assert float(loss_in) == pytest.approx(float(expected.detach()), rel=1e-12 if dtype == torch.float64 else 1e-6)
+    t.network = nn.Sequential(nn.Flatten(), nn.Softmax(dim=1))  # no parameters: a float32 loss all the same
+    loss_bare, _ = t.evaluate(X[:, :, 0, :10].reshape(len(X), 1, 1, 10), y)
+    assert loss_bare.dtype == torch.float32
 
 
 def test_train_loop_logs_and_walks_the_minibatches_in_order(make_trainer, capsys):

@@ -583,8 +583,8 @@ def test_results_cut_an_output_of_any_size(tmp_path):
 
 def test_messages_name_the_first_error_and_no_huge_answer(tmp_path, monkeypatch):
     results = grade_in_process([
-        ("        return torch.tensor(loss, dtype=first.dtype, device=first.device), acc\n",
-         "        return torch.tensor(loss, dtype=first.dtype, device=first.device), acuracy\n"),
+        ("        return torch.tensor(loss, dtype=dtype, device=where.device), acc\n",
+         "        return torch.tensor(loss, dtype=dtype, device=where.device), acuracy\n"),
         ("    def one_hot(self, y: torch.Tensor) -> torch.Tensor:\n",
          "    def one_hot(self, y: torch.Tensor) -> torch.Tensor:\n        return torch.zeros(100_000)\n")],
         tmp_path, monkeypatch)
