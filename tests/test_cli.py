@@ -707,10 +707,11 @@ def test_an_interrupted_population_resumes_where_it_stopped(small_data_root, tmp
     monkeypatch.setattr(population, "make_step", counting_make_step)
     rc, _, err = run_cli([*args, "--out", tmp_path / "cut"], capsys)
     assert rc == 130 and "--resume" in err
-    assert len(list((tmp_path / "cut" / "runs").glob("*-x4-*.checkpoint.pt"))) == 1
+    (checkpoint,) = (tmp_path / "cut" / "runs").glob("*-x4-*.checkpoint.pt")
     assert result_files(tmp_path / "cut") == []
     steps.update(n=0, stop_at=None)
-    assert run_cli([*args, "--out", tmp_path / "cut", "--resume"], capsys)[0] == 0
+    rc, out, _ = run_cli([*args, "--out", tmp_path / "cut", "--resume"], capsys)
+    assert rc == 0 and f"resuming from the checkpoint {checkpoint.name}\n" in out
     assert steps["n"] == 3  # the 5 steps done before the interruption are not trained again
     whole = {p.name: json.loads(p.read_text())["logs"] for p in result_files(tmp_path / "whole")}
     cut = {p.name: json.loads(p.read_text())["logs"] for p in result_files(tmp_path / "cut")}
