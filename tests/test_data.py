@@ -228,6 +228,25 @@ def test_the_data_fingerprint_changes_with_any_training_or_validation_sample(dat
     assert fingerprint(data_copy) != before
 
 
+def test_the_digest_is_the_one_stored_records_were_hashed_with():
+    """Run records are named after a hash of the data's digest: SHA-256 over each tensor's
+    shape and dtype and its values' bytes, in order, as it has been since records were kept.
+    Another way of hashing would make every stored run train again."""
+    import hashlib
+
+    from fn_trainer.core.trees import tensors_digest
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(6, 1, 4, 4, generator=g) * 255
+    tensors = [images, torch.randint(0, 10, (6,), generator=g), images.transpose(2, 3), images.double()[:, :, ::2],
+               torch.zeros(0, 3), torch.tensor(2.5), torch.tensor([True, False]), images.to(torch.uint8)]
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(repr((tuple(t.shape), str(t.dtype))).encode())
+        h.update(np.ascontiguousarray(t.numpy()).tobytes())
+    assert tensors_digest(tensors, 16) == h.hexdigest()[:16]
+
+
 def test_a_home_folder_path_is_checked_where_torchvision_reads_it(data_copy, monkeypatch):
     monkeypatch.setenv("HOME", str(data_copy.parent))
     path = raw_folder(data_copy) / "train-images-idx3-ubyte"
