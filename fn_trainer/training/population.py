@@ -295,14 +295,14 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
     def end_epoch(cur: Progress, newly_stopped: Dict[int, Stopped]) -> Tuple[Progress, Dict[int, Stopped]]:
         stopped.update(newly_stopped)
         values = metrics(cur.params, cur.last_grad_norm)
+        mine = [{key: v[k] for key, v in values.items()} for k in range(K)]  # each member's values
         evaluated = {}
         for k in range(K):
-            message = None if k in stopped else evaluation_message(cur.epoch + 1, {key: v[k] for key, v in values.items()})
+            message = None if k in stopped else evaluation_message(cur.epoch + 1, mine[k])
             if message is not None:
                 evaluated[k] = Stopped(tree_index(cur.params, k), tree_index(cur.opt_state, k), message)
         stopped.update(evaluated)
-        logs = [member if k in stopped else appended(member, {key: v[k] for key, v in values.items()})
-                for k, member in enumerate(cur.logs)]
+        logs = [member if k in stopped else appended(member, mine[k]) for k, member in enumerate(cur.logs)]
         bar.update(1)
         running = [l["validation_accuracy"][-1] for k, l in enumerate(logs) if k not in stopped]
         if running:

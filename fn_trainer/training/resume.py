@@ -121,14 +121,16 @@ def _checked_progress(path: Path, data: Dict[str, Any], params: Params, opt_stat
         set_rng_states(rng)
     except (CheckpointError, AttributeError, KeyError, TypeError, ValueError, RuntimeError, OverflowError) as e:
         raise CheckpointError(f"checkpoint {str(path)!r} holds unusable random generator states: {e}") from None
-    # float64 holds the stored Python float exactly: the end-of-epoch log takes it as it was
     if members.stacked:
         logs = [{k: [float(v) for v in member[k]] for k in LOG_KEYS} for member in logs]
-        last = None if last is None else torch.tensor(last, dtype=torch.float64)
     else:
-        logs = {k: [float(v) for v in logs[k]] for k in LOG_KEYS}
-        last = None if last is None else torch.tensor(float(last), dtype=torch.float64)
+        logs, last = {k: [float(v) for v in logs[k]] for k in LOG_KEYS}, None if last is None else float(last)
+    # float64 holds the stored Python float(s) exactly: the end-of-epoch log takes them as they were
+    last = None if last is None else torch.tensor(last, dtype=torch.float64)
     return Progress(restored_params, restored_state, logs, epoch, batch, last), stopped
+
+
+_MISSING = object()
 
 
 def _difference(what: str, found: Any, expected: Any, width: int = 200) -> str:
@@ -149,9 +151,6 @@ def _difference(what: str, found: Any, expected: Any, width: int = 200) -> str:
     if theirs and mine:
         return f"its {what} are {theirs}, this run's are {mine}"
     return f"its {what} differ from this run's"
-
-
-_MISSING = object()
 
 
 def _stopped(data: Any, params: Params, opt_state: object, members: Members) -> Dict[int, Stopped]:
