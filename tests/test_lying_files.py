@@ -308,7 +308,7 @@ def test_a_folder_where_a_run_record_goes_is_refused_before_training(depth_done,
     capsys.readouterr()
     assert cli.main(depth_done) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"the run record {record} is an existing folder" in err and not trained
+    assert err.count("\n") == 1 and f"the run record {record} is a folder" in err and not trained
 
 
 @pytest.mark.parametrize("where", ["folder", "link to a folder", "working folder"])
@@ -323,6 +323,6 @@ def test_a_checkpoint_path_that_is_a_folder_is_refused_before_training(where, tm
 
     steps = []
     monkeypatch.setattr(train, "train_epochs", lambda *a, **k: steps.append(1))  # no epoch may start
-    with pytest.raises(ValueError, match="checkpoint must be a file path") as e:
+    with pytest.raises(ValueError, match="checkpoint must be a file path, got .*, a folder$") as e:
         run(path)
     assert str(path) in str(e.value) and not steps and os.listdir(folder) == []

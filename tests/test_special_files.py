@@ -12,7 +12,7 @@ from fn_trainer import adam, build_network, make_evaluate, make_step
 from fn_trainer.app import report
 from fn_trainer.app.experiments.records import load_record
 from fn_trainer.core.data import DatasetError, load_fashion_mnist, raw_folder
-from fn_trainer.core.paths import NotAFileError, read_regular_file
+from fn_trainer.core.paths import NotAFileError, WriteError, read_regular_file, write_atomically
 from fn_trainer.training.checkpoint import CheckpointError, load_checkpoint
 from fn_trainer.training.fit import fit
 
@@ -121,11 +121,42 @@ def test_a_checkpoint_that_is_not_a_regular_file_is_refused_naming_it(kind, tmp_
 def test_resuming_from_a_fifo_is_refused_naming_it(tmp_path):
     path = tmp_path / "c.pt"
     os.mkfifo(path)
+    with pytest.raises(ValueError, match="a FIFO") as e:
+        _fit_into(path, resume=True)
+    assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_write_never_replaces_what_is_not_a_file_or_a_link(kind, tmp_path):
+    path = tmp_path / "x"
+    _plant(path, kind, None)
+    with pytest.raises(WriteError, match=f"it is {WORDS[kind]}, not a regular file, and is left as it is") as e:
+        write_atomically(path, b"data")
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+    assert (path.is_fifo() if kind == "fifo" else path.is_dir()) and os.listdir(tmp_path) == ["x"]
+
+
+def _fit_into(checkpoint, resume=False):
     net = build_network("mlp", input_shape=(1, 4, 4))
     opt = adam(1e-3)
     params = net.init(0)
     X, y = torch.zeros(8, 1, 4, 4), torch.zeros(8, dtype=torch.long)
-    with pytest.raises(CheckpointError, match="a FIFO") as e:
-        fit(make_step(net.apply, opt), make_evaluate(net.apply), params, opt.init(params), (X, y), (X, y),
-            epochs=1, progress=False, checkpoint=path, resume=True)
-    assert str(path) in str(e.value)
+    return fit(make_step(net.apply, opt), make_evaluate(net.apply), params, opt.init(params), (X, y), (X, y),
+               epochs=1, progress=False, checkpoint=checkpoint, resume=resume)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link to a fifo"])
+def test_a_checkpoint_path_that_is_a_fifo_is_refused_before_training(kind, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    path = fifo if kind == "fifo" else tmp_path / "c.pt"
+    if kind == "link to a fifo":
+        path.symlink_to(fifo)
+    with pytest.raises(ValueError, match=f"^checkpoint must be a file path, got '{path}', a FIFO$"):
+        _fit_into(path)
+    assert fifo.is_fifo()
+
+
+def test_a_checkpoint_path_of_another_type_is_named():
+    with pytest.raises(TypeError, match="^checkpoint must be a file path \\(str or os.PathLike\\), got int$"):
+        _fit_into(5)

@@ -88,14 +88,31 @@ def open_regular_file(path: PathLike, *, follow_links: bool = True, dir_fd: Opti
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            kind = {stat.S_IFIFO: "a FIFO", stat.S_IFDIR: "a folder", stat.S_IFCHR: "a character device",
-                    stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(mode), "not a file")
-            raise NotAFileError(f"{str(path)!r} is {kind}, not a regular file")
+            raise NotAFileError(f"{str(path)!r} is {file_kind(mode)}, not a regular file")
         os.set_blocking(fd, True)  # a regular file: plain reads from here on
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
+
+
+def file_kind(mode: int) -> str:
+    """What an ``st_mode`` describes, in words: "a regular file", "a FIFO", "a folder"..."""
+    return {stat.S_IFREG: "a regular file", stat.S_IFLNK: "a symbolic link", stat.S_IFIFO: "a FIFO",
+            stat.S_IFDIR: "a folder", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+            stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(mode), "not a file")
+
+
+def unreplaceable_kind(path: PathLike, *, follow_links: bool = False) -> Optional[str]:
+    """What is at ``path`` if ``write_atomically`` must not replace it ("a folder", "a FIFO",
+    "a character device"...: never a file of this tool's), ``None`` for a regular file, a
+    symbolic link (replaced, never written through) or nothing. ``follow_links=True``
+    judges what a link points to instead, for a path that is also to be read."""
+    try:
+        mode = (os.stat if follow_links else os.lstat)(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return None if stat.S_ISREG(mode) or stat.S_ISLNK(mode) else file_kind(mode)
 
 
 def read_regular_file(path: PathLike, *, follow_links: bool = True) -> bytes:
@@ -121,11 +138,17 @@ def write_atomically(path: PathLike, data: bytes) -> Path:
     one, never a partial file; an exception (``KeyboardInterrupt`` too) leaves no
     temporary file behind, a killed process may (``discard`` removes it). A symbolic link at
     ``path`` is replaced by the file, never written through, so nothing lands where the
-    link points. Any ``OSError`` (a full disk above all) becomes a one-line
-    ``WriteError`` naming ``path``. Returns ``path``.
+    link points; a folder, FIFO, device or socket there is left as it is (``WriteError``).
+    Any ``OSError`` (a full disk above all) becomes a one-line ``WriteError`` naming
+    ``path``. Returns ``path``.
     """
     path = Path(path)
     folder = path.parent
+    kind = unreplaceable_kind(path)
+    if kind is not None:
+        error = WriteError(f"cannot write {str(path)!r}: it is {kind}, not a regular file, and is left as it is")
+        error.path = path
+        raise error
     tmp = folder / f".{path.name}.{secrets.token_hex(TOKEN_BYTES)}.tmp"
     try:
         folder.mkdir(parents=True, exist_ok=True)

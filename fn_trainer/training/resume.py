@@ -8,6 +8,7 @@ against the run that resumes, so a hand-edited or foreign file is refused with a
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..core.checks import is_finite_number
-from ..core.paths import PathLike, ensure_writable_dir
+from ..core.paths import PathLike, ensure_writable_dir, unreplaceable_kind
 from ..core.trees import tree_finite
 from ..core.types import Params
 from .checkpoint import (
@@ -42,9 +43,12 @@ def checkpoint_path(checkpoint: Optional[PathLike], resume: bool, writable: bool
         raise ValueError("resume=True needs a checkpoint path to resume from, got checkpoint=None")
     if checkpoint is None:
         return None
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be a file path (str or os.PathLike), got {type(checkpoint).__name__}")
     checkpoint = Path(checkpoint)
-    if checkpoint.is_dir():
-        raise ValueError(f"checkpoint must be a file path, got {str(checkpoint)!r}, an existing folder")
+    kind = unreplaceable_kind(checkpoint, follow_links=True)
+    if kind is not None:
+        raise ValueError(f"checkpoint must be a file path, got {str(checkpoint)!r}, {kind}")
     if writable:
         ensure_writable_dir(checkpoint.parent)
     return checkpoint

@@ -15,7 +15,7 @@ from ...core.data import N_CLASSES
 from ...core.evaluate import make_evaluate
 from ...core.networks import build_network
 from ...core.optim import adam, exp_log_power
-from ...core.paths import discard
+from ...core.paths import discard, unreplaceable_kind
 from ...core.step import make_step
 from ...training.compiled import compile_step
 from ...training.distributed import wait_for_all
@@ -65,9 +65,10 @@ def execute(ctx: Context, specs: Sequence[RunSpec], train_group: Optional[GroupT
     pending: List[int] = []
     for i, spec in enumerate(specs):
         path = result_path(ctx, spec)
-        if path.is_dir():  # found now, not once the training it would waste is done
-            raise ValueError(f"the run record {path} is an existing folder, where the run's result is to be "
-                             "written: move it away")
+        kind = unreplaceable_kind(path, follow_links=True)
+        if kind is not None:  # found now, not once the training it would waste is done
+            raise ValueError(f"the run record {path} is {kind}, where the run's result is to be written: "
+                             "move it away")
         reusable = not ctx.settings.force or path in ctx.written
         stored = stored_record(ctx, spec) if reusable else None
         if stored is not None:
