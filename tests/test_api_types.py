@@ -96,6 +96,25 @@ def test_apply_names_x_of_another_dtype_than_the_parameters(x_dtype):
         net.apply(net.init(0), torch.zeros(2, *SHAPE, dtype=x_dtype))
 
 
+@pytest.mark.parametrize("edit, match", [
+    (lambda p: {**p, "1.bias": p["1.bias"].double()},
+     "params\\['1.bias'\\] is torch.float64 on cpu, params\\['1.weight'\\] torch.float32 on cpu: all must share one "
+     "dtype and device"),
+    (lambda p: {k: v.long() for k, v in p.items()}, "params\\['1.weight'\\] must be floating point, got torch.int64"),
+    (lambda p: None, "expected a dict of tensors, got NoneType"),
+])
+def test_apply_names_params_of_mixed_integer_or_missing_values(edit, match):
+    net = net8()
+    with pytest.raises(ValueError, match=f"^params do not fit this network: {match}$"):
+        net.apply(edit(net.init(0)), torch.zeros(2, *SHAPE))
+
+
+def test_apply_names_x_on_another_device_than_the_parameters():
+    net = net8()
+    with pytest.raises(ValueError, match="^x must be on the parameters' device \\(cpu\\), got meta$"):
+        net.apply(net.init(0), torch.zeros(2, *SHAPE, device="meta"))
+
+
 # --- normalize -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("where", ["train", "valid", "test"])

@@ -212,11 +212,14 @@ class Network:
         self.check_input(x, params)
         return functional_call(self.module, params, (x,))
 
-    def check_input(self, x: Tensor, params: object = None) -> None:
-        """Raise naming ``x`` unless it is a floating ``(N, *input_shape)`` tensor of the
-        parameters' dtype, and naming ``params`` unless they are this network's (names and
-        shapes). Caught here, a mistake reads as such rather than as a matmul or conv
-        shape error."""
+    def check_input(self, x: Tensor, params: object) -> None:
+        """Raise naming ``params`` unless they are this network's (names, shapes, one floating
+        dtype and one device), and naming ``x`` unless it is a floating ``(N, *input_shape)``
+        tensor of the parameters' dtype and device. Caught here, a mistake reads as such
+        rather than as a matmul or conv shape error."""
+        problem = self.params_problem(params)
+        if problem is not None:
+            raise ValueError(f"params do not fit this network: {problem}")
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
@@ -224,23 +227,19 @@ class Network:
                 f"x must have shape (N, {', '.join(map(str, self.input_shape))}) for this network "
                 f"(input_shape={self.input_shape}), got {tuple(x.shape)}"
             )
-        weight = next(iter(params.values()), None) if isinstance(params, dict) else None
-        if not x.dtype.is_floating_point or (weight is not None and x.dtype != weight.dtype):
-            raise TypeError(
-                f"x must have the parameters' floating dtype ({None if weight is None else weight.dtype}), "
-                f"got {x.dtype}"
-            )
-        if params is not None:
-            problem = self.params_problem(params)
-            if problem is not None:
-                raise ValueError(f"params do not fit this network: {problem}")
+        weight = next(iter(params.values()))
+        if x.dtype != weight.dtype:
+            raise TypeError(f"x must have the parameters' floating dtype ({weight.dtype}), got {x.dtype}")
+        if x.device != weight.device:
+            raise ValueError(f"x must be on the parameters' device ({weight.device}), got {x.device}")
 
     def params_problem(self, params: Any) -> Optional[str]:
         """What keeps ``params`` from being this network's parameters, or ``None``.
 
-        Names and shapes only (metadata: no host sync), so ``apply`` checks every call:
-        ``functional_call`` would otherwise take a missing name from the parameter-free
-        skeleton, and a wrong shape would surface as a bare matmul or conv error.
+        Names, shapes, dtypes and devices only (metadata: no host sync), so ``apply`` checks
+        every call: ``functional_call`` would otherwise take a missing name from the
+        parameter-free skeleton, and a wrong shape, a mixed dtype or device would surface as
+        a bare matmul or conv error.
         """
         shapes = self.param_shapes
         if not isinstance(params, dict):
@@ -248,11 +247,18 @@ class Network:
         if params.keys() != shapes.keys():
             missing, unexpected = sorted(shapes.keys() - params.keys()), sorted(params.keys() - shapes.keys())
             return f"missing {missing}, unexpected {unexpected}"
+        first = None
         for k, shape in shapes.items():
             v = params[k]
             if not isinstance(v, Tensor) or v.shape != shape:
                 found = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
                 return f"params[{k!r}] must have shape {tuple(shape)}, got {found}"
+            if not v.dtype.is_floating_point:
+                return f"params[{k!r}] must be floating point, got {v.dtype}"
+            first = first or (k, v)
+            if (v.dtype, v.device) != (first[1].dtype, first[1].device):
+                return (f"params[{k!r}] is {v.dtype} on {v.device}, params[{first[0]!r}] {first[1].dtype} on "
+                        f"{first[1].device}: all must share one dtype and device")
         return None
 
     def init(self, seed: Union[torch.Generator, int] = 0, dtype: torch.dtype = torch.float32) -> Params:
