@@ -477,3 +477,11 @@ def test_killed_or_interrupted_mid_epoch_then_resumed_is_bitwise_identical_to_an
         assert resumed["logs"] == fresh["logs"], sig.name
         for k, v in fresh["params"].items():
             assert torch.equal(resumed["params"][k], v), (sig.name, k)
+
+
+def test_a_config_holding_a_tensor_is_refused_before_training(tmp_path):
+    # a tensor in config compares ambiguously on resume: refused when the run starts, not when it resumes
+    steps = []
+    with pytest.raises(TypeError, match=r"^config\['w'\] must hold plain values .*, got a tensor$"):
+        run(checkpoint=tmp_path / "c.pt", config={"w": torch.ones(3)}, step_hook=steps.append)
+    assert not steps and not (tmp_path / "c.pt").exists()

@@ -30,29 +30,33 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be read, is unsafe, or does not belong to this run."""
 
 
-def to_plain(tree: Any, name: str = "value") -> Any:
+def to_plain(tree: Any, name: str = "value", *, tensors: bool = True) -> Any:
     """``tree`` as tensors and plain containers only, so ``weights_only`` loading accepts it.
 
     NamedTuples become dicts of their fields, tuples become lists, paths become strings;
-    tensors are detached. Anything else raises ``TypeError`` naming where it sits.
+    tensors are detached. Anything else, and with ``tensors=False`` a tensor too (a run's
+    ``config``, compared with ``==`` on resume), raises ``TypeError`` naming where it sits.
     """
     if isinstance(tree, Tensor):
+        if not tensors:
+            raise TypeError(f"{name} must hold plain values (str, int, float, bool, None, dicts, lists), "
+                            "got a tensor")
         return tree.detach()
     if isinstance(tree, PLAIN_SCALARS):
         return tree
     if isinstance(tree, os.PathLike):
         return os.fspath(tree)
     if isinstance(tree, tuple) and hasattr(tree, "_fields"):
-        return {f: to_plain(v, f"{name}.{f}") for f, v in zip(tree._fields, tree)}
+        return {f: to_plain(v, f"{name}.{f}", tensors=tensors) for f, v in zip(tree._fields, tree)}
     if isinstance(tree, Mapping):
         out = {}
         for k, v in tree.items():
             if not isinstance(k, str):
                 raise TypeError(f"{name} keys must be str, got {k!r}")
-            out[k] = to_plain(v, f"{name}[{k!r}]")
+            out[k] = to_plain(v, f"{name}[{k!r}]", tensors=tensors)
         return out
     if isinstance(tree, (list, tuple)):
-        return [to_plain(v, f"{name}[{i}]") for i, v in enumerate(tree)]
+        return [to_plain(v, f"{name}[{i}]", tensors=tensors) for i, v in enumerate(tree)]
     raise TypeError(
         f"{name} must hold only tensors, str, int, float, bool, None, dicts, lists and "
         f"NamedTuples, got {type(tree).__name__}"

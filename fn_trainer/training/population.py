@@ -273,7 +273,7 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
                 "valid_shape": list(valid_data.X.shape), "network": str(network.module),
                 "data": None if checkpoint is None else tensors_digest([train_data.X, train_data.T, train_data.which,
                                                                         valid_data.X, valid_data.T, valid_data.which])}
-    plain_config = to_plain(config, "config")
+    plain_config = to_plain(config, "config", tensors=False)
 
     def metrics(p: Params, grad_norms: Optional[Tensor] = None) -> Dict[str, List[float]]:
         values = {}
