@@ -255,3 +255,31 @@ def test_fit_names_params_that_do_not_fit_the_network(edit):
     with pytest.raises(ValueError, match="params do not fit this network: "):
         ft.fit(ft.make_step(net.apply, opt), ft.make_evaluate(net.apply), params, opt.init(params), (_X, _Y),
                (_X, _Y), epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda s, p: s._replace(mu={k: v.double() for k, v in s.mu.items()}),
+     r"opt_state.mu\['1.weight'\] must be like params\['1.weight'\], \(8, 36\) torch.float32 on cpu, got "
+     r"\(8, 36\) torch.float64 on cpu"),
+    (lambda s, p: s._replace(nu={k: v for k, v in s.nu.items() if k != "1.bias"}),
+     r"opt_state.nu must have the parameters' names \['1.bias', '1.weight', '3.bias', '3.weight'\], got "
+     r"\['1.weight', '3.bias', '3.weight'\]"),
+    (lambda s, p: ft.adam(1e-2).init(ft.build_network("mlp", ft.NetworkConfiguration(dense_hiddens=(4,)),
+                                                      input_shape=SHAPE).init(0)),
+     r"opt_state.mu\['1.weight'\] must be like params\['1.weight'\], \(8, 36\) .*, got \(4, 36\) .*"),
+])
+def test_fit_names_an_adam_state_made_for_other_parameters(edit, match):
+    net = ft.build_network("mlp", ft.NetworkConfiguration(dense_hiddens=(8,)), input_shape=SHAPE)
+    opt = ft.adam(1e-2)
+    params = net.init(0)
+    steps = []
+
+    def step(p, s, batch):
+        steps.append(1)
+        return ft.make_step(net.apply, opt)(p, s, batch)
+
+    tr, va = problem()
+    with pytest.raises(ValueError, match=f"^{match}: make the state with the optimizer's init\\(params\\)$"):
+        ft.fit(step, ft.make_evaluate(net.apply), params, edit(opt.init(params), params), tr, va, epochs=1,
+               progress=False)
+    assert not steps

@@ -96,6 +96,29 @@ def adam(lr: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
     return Optimizer(init, adam_update if power is tensor_power else partial(adam_update, power=power))
 
 
+MAKE_STATE = "make the state with the optimizer's init(params)"
+
+
+def check_state(state: object, params: Params) -> None:
+    """Raise naming ``opt_state`` if ``state`` is an ``AdamState`` that is not one for
+    ``params``: its moments must have the parameters' names, shapes, dtypes and devices
+    (``init(params)`` makes such a state). Another optimizer's state is left to its step."""
+    if not isinstance(state, AdamState):
+        return
+    for field in ("mu", "nu"):
+        moments = getattr(state, field)
+        if not isinstance(moments, dict) or moments.keys() != params.keys():
+            found = sorted(moments) if isinstance(moments, dict) else type(moments).__name__
+            raise ValueError(f"opt_state.{field} must have the parameters' names {sorted(params)}, got {found}: "
+                             f"{MAKE_STATE}")
+        for k, p in params.items():
+            m = moments[k]
+            if not isinstance(m, Tensor) or (m.shape, m.dtype, m.device) != (p.shape, p.dtype, p.device):
+                found = f"{tuple(m.shape)} {m.dtype} on {m.device}" if isinstance(m, Tensor) else type(m).__name__
+                raise ValueError(f"opt_state.{field}[{k!r}] must be like params[{k!r}], {tuple(p.shape)} {p.dtype} "
+                                 f"on {p.device}, got {found}: {MAKE_STATE}")
+
+
 def scheduled_lr(state: AdamState, lr: Union[float, Tensor]) -> AdamState:
     """``state`` with the learning rate a schedule sets: any finite ``lr >= 0``, a 0-dim
     tensor too. A schedule may end at 0, where a step moves only the moments, as

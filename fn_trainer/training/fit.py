@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 
 from ..core.checks import check_positive_int, check_seed
 from ..core.evaluate import Evaluate
+from ..core.optim import check_state
 from ..core.paths import PathLike
 from ..core.splits import check_split, params_dtype
 from ..core.step import Step
@@ -79,7 +80,9 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
     ``resume=True`` an existing checkpoint is continued, after checking that it was
     written with the same settings, data, ``config`` and parameter shapes (else
     ``CheckpointError``, a ``ValueError``); the result is bitwise the same as an
-    uninterrupted run. Without ``resume`` an existing checkpoint is overwritten.
+    uninterrupted run. Where there is no checkpoint yet, ``resume=True`` trains from the
+    start, so one call serves a run and its rerun after an interruption. Without
+    ``resume`` an existing checkpoint is overwritten.
     ``write_checkpoint=False`` only reads ``checkpoint``, to resume, and never writes it:
     the ranks of a data-parallel run other than rank 0, which writes it for them all.
     """
@@ -88,6 +91,7 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
     n_classes = check_positive_int("n_classes", n_classes)
     seed = check_seed("seed", seed)
     dtype = params_dtype(params)
+    check_state(opt_state, params)
     X_train, T_train = check_split("train", train, n_classes, dtype)
     X_valid, T_valid = check_split("valid", valid, n_classes, dtype)
     if X_train.shape[1:] != X_valid.shape[1:]:
