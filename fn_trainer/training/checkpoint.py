@@ -11,6 +11,7 @@ import io
 import os
 import pickle
 import random
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, Mapping
 
@@ -125,7 +126,13 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
     path = Path(path)
     try:
         # Read first, as a regular file: torch.load on a FIFO would wait forever.
-        data = torch.load(io.BytesIO(read_regular_file(path)), map_location="cpu", weights_only=True)
+        raw = read_regular_file(path)
+        if not zipfile.is_zipfile(io.BytesIO(raw)):  # every torch.save since torch 1.6: a zip archive
+            raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: it is not a whole file written by "
+                                  "torch.save (truncated, or another kind of file)")
+        data = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist") from None
     except NotAFileError as e:
