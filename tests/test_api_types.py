@@ -3,6 +3,7 @@ integer tensors, non-scalar functions, empty class sets and out-of-range seeds a
 with a ValueError/TypeError naming the argument."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -283,3 +284,38 @@ def test_fit_names_an_adam_state_made_for_other_parameters(edit, match):
         ft.fit(step, ft.make_evaluate(net.apply), params, edit(opt.init(params), params), tr, va, epochs=1,
                progress=False)
     assert not steps
+
+
+def _net():
+    return ft.build_network("mlp", ft.NetworkConfiguration(dense_hiddens=(8,)), input_shape=SHAPE)
+
+
+def _pair_loss(params, x, y):
+    return ft.cross_entropy(_net().apply(params, x), y)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: ft.build_network("mlp", input_shape=28), ValueError, r"input_shape must be \(C, H, W\), got 28"),
+    (lambda: ft.make_evaluate(_net().apply)(_net().init(0), torch.zeros(3, *SHAPE), [1, 2, 3]), ValueError,
+     r"evaluate's targets must be one-hot \(N, C\) with N = 3 rows of X, got list"),
+    (lambda: ft.make_evaluate(_net().apply)(_net().init(0), [0.0], torch.zeros(1, 10)), ValueError,
+     "evaluate needs X, a tensor of at least one sample, got list"),
+    (lambda: ft.per_example_grad_norms(_pair_loss, _net().init(0), torch.zeros(0, *SHAPE), torch.zeros(0, 10)),
+     ValueError, r"x must be a tensor of at least one example, got shape \(0, 1, 6, 6\) torch.float32"),
+    (lambda: ft.per_example_grad_norms(_pair_loss, _net().init(0), torch.zeros(2, *SHAPE), torch.zeros(3, 10)),
+     ValueError, r"y must be a tensor of one target per example of x \(2\), got shape \(3, 10\) torch.float32"),
+    (lambda: ft.compile_step(lambda p, s, b: (p, s, {}), mode="bogus"), ValueError, "mode: Unrecognized mode=bogus"),
+    (lambda: ft.fit_population(_net(), [ft.Member(0, 1e-3, b1=1.0)], *problem(), epochs=1, progress=False),
+     ValueError, r"members\[0\].b1 must lie in \[0, 1\), got 1.0"),
+])
+def test_misused_entry_points_name_their_argument(call, error, match):
+    with pytest.raises(error, match=f"^{match}"):
+        call()
+
+
+@pytest.mark.parametrize("lrs", [np.array([1e-2, 1e-3]), torch.tensor([1e-2, 1e-3], dtype=torch.float64)])
+def test_fit_sweep_takes_a_1d_array_of_learning_rates_as_their_list(lrs):
+    tr, va = problem()
+    given = ft.fit_sweep(_net(), lrs, tr, va, epochs=1, batch_size=16, progress=False)
+    listed = ft.fit_sweep(_net(), [1e-2, 1e-3], tr, va, epochs=1, batch_size=16, progress=False)
+    assert [r.logs for r in given] == [r.logs for r in listed]

@@ -95,7 +95,7 @@ def test_evaluate_refuses_targets_of_another_length_than_x(n_targets):
     net = build_network("mlp", NetworkConfiguration(dense_hiddens=(4,)))
     evaluate = make_evaluate(net.apply, chunk_size=2)
     with pytest.raises(ValueError, match=rf"^evaluate's targets must be one-hot \(N, C\) with N = 4 rows of X, got "
-                                         rf"shape \({n_targets}, 10\)$"):
+                                         rf"shape \({n_targets}, 10\) torch.float32$"):
         evaluate(net.init(0), torch.randn(4, 1, 28, 28), one_hot(torch.arange(n_targets) % 10, 10))
 
 

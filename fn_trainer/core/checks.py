@@ -52,3 +52,11 @@ def check_positive_float(name: str, value: Any) -> float:
     if not is_finite_number(value) or value <= 0:
         raise ValueError(f"{name} must be a positive finite number, got {value}")
     return float(value)
+
+
+def described(value: Any) -> str:
+    """A tensor's shape and dtype, or any other value's type name, for an error message."""
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if shape is not None and dtype is not None:
+        return f"shape {tuple(shape)} {dtype}"
+    return type(value).__name__

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, jacrev, vmap
 
+from .checks import described
 from .types import Params
 
 
@@ -72,6 +73,11 @@ def per_example_grad_norms(loss_of_params: Callable[[Params, Tensor, Tensor], Te
     ``loss_of_params(params, x, y)`` is evaluated on a batch of one: ``x[i:i+1]``,
     ``y[i:i+1]``.
     """
+
+    if not isinstance(x, Tensor) or x.dim() == 0 or x.shape[0] == 0:
+        raise ValueError(f"x must be a tensor of at least one example, got {described(x)}")
+    if not isinstance(y, Tensor) or y.dim() == 0 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"y must be a tensor of one target per example of x ({x.shape[0]}), got {described(y)}")
 
     def one(xi: Tensor, yi: Tensor) -> Tensor:
         return global_norm(grad(loss_of_params)(params, xi.unsqueeze(0), yi.unsqueeze(0)))

@@ -6,7 +6,7 @@ from typing import Callable, Tuple
 import torch
 from torch import Tensor
 
-from .checks import check_positive_int
+from .checks import check_positive_int, described
 from .losses import accuracy, cross_entropy
 from .step import Apply, Loss
 from .types import Params
@@ -24,12 +24,12 @@ def make_evaluate(apply: Apply, loss: Loss = cross_entropy, chunk_size: int = EV
     check_positive_int("chunk_size", chunk_size)
 
     def evaluate(params: Params, X: Tensor, targets: Tensor) -> Tuple[float, float]:
+        if not isinstance(X, Tensor) or X.dim() == 0 or X.shape[0] == 0:
+            raise ValueError(f"evaluate needs X, a tensor of at least one sample, got {described(X)}")
         n = X.shape[0]
-        if n == 0:
-            raise ValueError("evaluate needs at least one sample, got an empty X")
-        if targets.ndim != 2 or targets.shape[0] != n:  # chunks of both would silently drop extra rows
-            raise ValueError(f"evaluate's targets must be one-hot (N, C) with N = {n} rows of X, got shape "
-                             f"{tuple(targets.shape)}")
+        if not isinstance(targets, Tensor) or targets.ndim != 2 or targets.shape[0] != n:  # chunks of both would silently drop extra rows
+            raise ValueError(f"evaluate's targets must be one-hot (N, C) with N = {n} rows of X, got "
+                             f"{described(targets)}")
         total_loss = total_acc = 0.0
         with torch.no_grad():
             for i in range(0, n, chunk_size):

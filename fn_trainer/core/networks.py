@@ -275,7 +275,7 @@ def build_network(network_type: str = "mlp", config: NetworkConfiguration = Netw
     """Build the homework's MLP or CNN for inputs of shape ``input_shape = (C, H, W)``."""
     if network_type not in NETWORK_TYPES:
         raise ValueError(f"network_type must be one of {NETWORK_TYPES}, got {network_type!r}")
-    if len(input_shape) != 3:
+    if not isinstance(input_shape, Sequence) or isinstance(input_shape, str) or len(input_shape) != 3:
         raise ValueError(f"input_shape must be (C, H, W), got {input_shape!r}")
     c, h, w = (check_positive_int(f"input_shape[{i}]", v) for i, v in enumerate(input_shape))
     act = activation(activation_name)

@@ -56,7 +56,10 @@ def compile_step(step: Step, *, mode: str | None = None, other_shapes: str = "ea
         raise ValueError(f"other_shapes must be 'eager' or 'compile', got {other_shapes!r}")
     if eager is not None and not callable(eager):
         raise TypeError(f"eager must be callable, got {type(eager).__name__}")
-    options = dict(torch._inductor.list_mode_options(mode)) if mode is not None else {}
+    try:
+        options = dict(torch._inductor.list_mode_options(mode)) if mode is not None else {}
+    except RuntimeError as e:  # torch's own message lists the modes
+        raise ValueError(f"mode: {e}") from None
     if not guard_closures and hasattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe"):
         options["guard_filter_fn"] = argument_guards  # guard filters exist (torch >= 2.7)
     # torch.compile takes a mode or options, not both: the mode's options are merged in

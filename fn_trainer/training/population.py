@@ -15,6 +15,7 @@ import math
 import os
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.func import vmap
@@ -203,7 +204,10 @@ def check_members(members: Any) -> List[Member]:
         if not isinstance(m, Member):
             raise TypeError(f"members[{k}] must be a Member, got {type(m).__name__}")
         seed, lr = check_seed(f"members[{k}].seed", m.seed), check_positive_float(f"members[{k}].lr", m.lr)
-        adam(lr, m.b1, m.b2, m.eps)  # checks the betas and eps, naming them
+        try:
+            adam(lr, m.b1, m.b2, m.eps)  # checks the betas and eps, naming them
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"members[{k}].{e}") from None
         checked.append(Member(seed, lr, float(m.b1), float(m.b2), float(m.eps)))  # plain numbers: numpy's too
     return checked
 
@@ -331,8 +335,10 @@ def fit_sweep(network: Network, lrs: Sequence[float], train: Any, valid: Any, *,
     """``len(lrs)`` copies of ``network``, one per learning rate, all from ``network.init(seed)``:
     ``fit_population`` with ``Member(seed, lr)`` for each learning rate."""
     check_seed("seed", seed)
+    if isinstance(lrs, (np.ndarray, Tensor)) and lrs.ndim == 1:  # a 1-D array of numbers is a sequence too
+        lrs = lrs.tolist()
     if isinstance(lrs, (str, bytes)) or not isinstance(lrs, Sequence) or not lrs:
-        raise ValueError(f"lrs must be a non-empty sequence of learning rates, got {lrs!r}")
+        raise ValueError(f"lrs must be a non-empty list of learning rates, got {lrs!r}")
     lrs = [check_positive_float(f"lrs[{i}]", lr) for i, lr in enumerate(lrs)]
     return fit_population(network, [Member(seed, lr) for lr in lrs], train, valid, epochs=epochs,
                           batch_size=batch_size, n_classes=n_classes, shuffle=shuffle, compile=compile,
