@@ -328,6 +328,7 @@ def test_a_version_1_checkpoint_without_the_data_digest_resumes_and_a_newer_one_
     save_checkpoint(tmp_path / "c.pt", state)
     with pytest.raises(CheckpointError, match="its settings differ in data none against this run's '[0-9a-f]{16}'$"):
         run(epochs=3, checkpoint=tmp_path / "c.pt", resume=True)
+    del state["settings"]["dtype"]
     with monkeypatch.context() as m:  # as written before checkpoints held the digest
         m.setattr(checkpoint_format, "VERSION", 1)
         save_checkpoint(tmp_path / "c.pt", state)
@@ -339,6 +340,34 @@ def test_a_version_1_checkpoint_without_the_data_digest_resumes_and_a_newer_one_
         save_checkpoint(tmp_path / "c.pt", state)
     with pytest.raises(CheckpointError, match="its settings differ in batch_size 8 against this run's 16$"):
         run(epochs=3, checkpoint=tmp_path / "c.pt", resume=True)
+
+
+def test_a_version_2_checkpoint_without_the_dtype_resumes(tmp_path, monkeypatch):
+    from fn_trainer.training import checkpoint as checkpoint_format
+
+    run(epochs=1, checkpoint=tmp_path / "c.pt")
+    state = {k: v for k, v in load_checkpoint(tmp_path / "c.pt").items() if k not in ("format", "version")}
+    del state["settings"]["dtype"]
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint_format, "VERSION", 2)
+        save_checkpoint(tmp_path / "c.pt", state)
+    assert_same_run(run(epochs=3, checkpoint=tmp_path / "c.pt", resume=True), run(epochs=3))
+
+
+def test_resuming_in_another_dtype_names_the_dtype(tmp_path):
+    net = build_network("mlp", NetworkConfiguration(dense_hiddens=(16,)), input_shape=SHAPE)
+    opt = adam(1e-2)
+    train, valid = problem()
+
+    def run_in(dtype, **kw):
+        params = net.init(1, dtype)
+        return fit(make_step(net.apply, opt), make_evaluate(net.apply), params, opt.init(params), train, valid,
+                   epochs=2, batch_size=16, progress=False, checkpoint=tmp_path / "c.pt", **kw)
+
+    run_in(torch.float32)
+    with pytest.raises(CheckpointError, match="its settings differ in data .*; dtype 'torch.float32' against this "
+                                              "run's 'torch.float64'$"):
+        run_in(torch.float64, resume=True)
 
 
 def test_a_reader_resumes_from_the_checkpoint_but_never_writes_it(tmp_path):

@@ -22,8 +22,8 @@ from torch import Tensor
 from ..core.paths import NotAFileError, PathLike, read_regular_file, write_atomically
 
 FORMAT = "fn-trainer-checkpoint"
-VERSION = 2  # 2: the settings hold the data's digest (and a population's network); 1 did not
-READABLE_VERSIONS = (1, 2)
+VERSION = 3  # 2: the settings hold the data's digest (and a population's network); 3: also the dtype
+READABLE_VERSIONS = (1, 2, 3)
 PLAIN_SCALARS = (str, int, float, bool, type(None))
 
 

@@ -102,7 +102,7 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
     checkpoint = checkpoint_path(checkpoint, resume, writable=write_checkpoint)
     plain_config = to_plain(config, "config", tensors=False)
     settings = {"batch_size": batch_size, "shuffle": shuffle, "seed": seed, "n_classes": n_classes,
-                "train_shape": list(X_train.shape), "valid_shape": list(X_valid.shape),
+                "dtype": str(dtype), "train_shape": list(X_train.shape), "valid_shape": list(X_valid.shape),
                 "data": None if checkpoint is None else tensors_digest([X_train, T_train, X_valid, T_valid])}
     n = X_train.shape[0]
     n_batches = math.ceil(n / batch_size)

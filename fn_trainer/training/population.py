@@ -273,7 +273,7 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
     n_train_eval = min(N_TRAIN_EVAL, n)
     everyone = Members(K, stacked=True)
     settings = {"members": [list(m) for m in members], "batch_size": batch_size, "shuffle": shuffle,
-                "n_classes": n_classes, "train_shape": list(train_data.X.shape),
+                "n_classes": n_classes, "dtype": str(dtype), "train_shape": list(train_data.X.shape),
                 "valid_shape": list(valid_data.X.shape), "network": str(network.module),
                 "data": None if checkpoint is None else tensors_digest([train_data.X, train_data.T, train_data.which,
                                                                         valid_data.X, valid_data.T, valid_data.which])}

@@ -29,10 +29,9 @@ from .checkpoint import (
 )
 from .loop import LOG_KEYS, Members, Progress, Stopped
 
-# settings that checkpoints hold from format version 2 (the data's digest, a population's
-# network): a version-1 checkpoint is checked on the others (the command line's file names
-# carry the data's fingerprint anyway)
-LATER_SETTINGS = ("data", "network")
+# the settings that checkpoints hold from a later format version on: an older checkpoint is
+# checked on the others (the command line's file names carry the data's fingerprint anyway)
+SETTINGS_SINCE = {"data": 2, "network": 2, "dtype": 3}
 
 
 def checkpoint_path(checkpoint: Optional[PathLike], resume: bool, writable: bool = True) -> Optional[Path]:
@@ -90,8 +89,8 @@ def _checked_progress(path: Path, data: Dict[str, Any], params: Params, opt_stat
     """``load_progress`` of the loaded checkpoint ``data``."""
     for what, expected in (("settings", settings), ("config", config)):
         found = data.get(what)
-        if what == "settings" and isinstance(found, dict) and data.get("version") == 1:
-            expected = {k: v for k, v in expected.items() if k not in LATER_SETTINGS}
+        if what == "settings" and isinstance(found, dict):
+            expected = {k: v for k, v in expected.items() if SETTINGS_SINCE.get(k, 1) <= data["version"]}
         if found != expected:
             raise CheckpointError(f"checkpoint {str(path)!r} belongs to a different run: {_difference(what, found, expected)}")
     try:
