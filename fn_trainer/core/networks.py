@@ -214,8 +214,8 @@ class Network:
 
     def check_input(self, x: Tensor, params: object) -> None:
         """Raise naming ``params`` unless they are this network's (names, shapes, one floating
-        dtype and one device), and naming ``x`` unless it is a floating ``(N, *input_shape)``
-        tensor of the parameters' dtype and device. Caught here, a mistake reads as such
+        dtype), and naming ``x`` unless it is a floating ``(N, *input_shape)`` tensor of the
+        parameters' dtype and on their (first one's) device. Caught here, a mistake reads as such
         rather than as a matmul or conv shape error."""
         problem = self.params_problem(params)
         if problem is not None:
@@ -236,10 +236,10 @@ class Network:
     def params_problem(self, params: Any) -> Optional[str]:
         """What keeps ``params`` from being this network's parameters, or ``None``.
 
-        Names, shapes, dtypes and devices only (metadata: no host sync), so ``apply`` checks
-        every call: ``functional_call`` would otherwise take a missing name from the
-        parameter-free skeleton, and a wrong shape, a mixed dtype or device would surface as
-        a bare matmul or conv error.
+        Names, shapes and dtypes only (metadata: no host sync), so ``apply`` checks every
+        call: ``functional_call`` would otherwise take a missing name from the parameter-free
+        skeleton, and a wrong shape or a mixed dtype would surface as a bare matmul or conv
+        error.
         """
         shapes = self.param_shapes
         if not isinstance(params, dict):
@@ -247,18 +247,14 @@ class Network:
         if params.keys() != shapes.keys():
             missing, unexpected = sorted(shapes.keys() - params.keys()), sorted(params.keys() - shapes.keys())
             return f"missing {missing}, unexpected {unexpected}"
-        first = None
         for k, shape in shapes.items():
             v = params[k]
             if not isinstance(v, Tensor) or v.shape != shape:
                 found = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
                 return f"params[{k!r}] must have shape {tuple(shape)}, got {found}"
-            if not v.dtype.is_floating_point:
-                return f"params[{k!r}] must be floating point, got {v.dtype}"
-            first = first or (k, v)
-            if (v.dtype, v.device) != (first[1].dtype, first[1].device):
-                return (f"params[{k!r}] is {v.dtype} on {v.device}, params[{first[0]!r}] {first[1].dtype} on "
-                        f"{first[1].device}: all must share one dtype and device")
+        dtypes = {v.dtype for v in params.values()}
+        if len(dtypes) > 1 or not next(iter(dtypes)).is_floating_point:
+            return "params must share one floating dtype, got " + ", ".join(f"{k} {v.dtype}" for k, v in params.items())
         return None
 
     def init(self, seed: Union[torch.Generator, int] = 0, dtype: torch.dtype = torch.float32) -> Params:
