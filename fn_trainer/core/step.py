@@ -48,6 +48,8 @@ def make_step(apply: Apply, optimizer: Optimizer, loss: Loss = cross_entropy) ->
     ``batch = (x, targets)`` with ``x: (B, C, H, W)`` and ``targets: (B, n_classes)``
     one-hot. ``metrics`` holds 0-dim tensors (no host sync): ``loss`` and ``accuracy``
     of the batch before the update, and ``grad_norm``, the global gradient norm.
+    Adam's hyper-parameters come from ``opt_state`` (whichever ``adam(...).init`` made
+    it), never from ``optimizer``: one step serves states of any learning rate.
     """
     gradient = make_gradient(apply, loss)
 
