@@ -34,7 +34,7 @@ from fn_trainer.app.grading.interface import (
 )
 from fn_trainer.app.grading.layers import describe_layer
 from fn_trainer.app.grading.limits import START_ALLOWANCE
-from fn_trainer.app.grading.probe import HEADER, OPS, attempt, encode
+from fn_trainer.app.grading.probe import HEADER, answer, encode
 from fn_trainer.app.grading.questions import QUESTIONS
 from fn_trainer.app.grading.runner import decode_answer
 
@@ -83,6 +83,20 @@ def test_exported_solution_scores_full_marks_through_the_command(tmp_path, capsy
     assert_gradescope_format(results)
     assert results["score"] == 35, capsys.readouterr().out
     assert "score: 35/35" in capsys.readouterr().out
+
+
+def test_processes_a_submission_forks_neither_answer_nor_cost_points(tmp_path):
+    # a forked child returns into the probe as its parent does: only the parent may answer
+    exported = export_solution(tmp_path / "exported.py").read_text()
+    forking = mutate(exported, [("\nclass Trainer:\n", "\nimport os\nos.fork()\n\n\nclass Trainer:\n"),
+                                ("        return one_hot_labels(y, self.n_classes)",
+                                 "        os.fork()\n        return one_hot_labels(y, self.n_classes)")])
+    (tmp_path / "solution.py").write_text(forking)
+    results_path = tmp_path / "results.json"
+    assert main(["grade", str(tmp_path / "solution.py"), "--results", str(results_path)]) == 0
+    results = json.loads(results_path.read_text())
+    assert_gradescope_format(results)
+    assert results["score"] == 35, lost(results)
 
 
 def test_grading_writes_nothing_in_the_folder_it_runs_in(tmp_path):
@@ -196,8 +210,7 @@ class InProcessSubmission:
 
     def call(self, request: dict, deadline: float, what: str) -> dict:
         request = decode_answer(encode(request)[HEADER.size:])
-        answer = attempt(lambda: OPS[request["op"]](self.solution, request))
-        return decode_answer(encode(answer)[HEADER.size:])
+        return decode_answer(encode(answer(self.solution, request))[HEADER.size:])
 
     def stop(self) -> None:
         if self.solution is not None:
@@ -347,6 +360,38 @@ def test_an_init_that_fails_or_misbehaves_costs_no_point(init, tmp_path, monkeyp
     results = grade_in_process(FAILING_INITS[init], tmp_path, monkeypatch)
     assert results["score"] == 35, lost(results)
     assert torch.get_default_dtype() == torch.float32
+
+
+def test_a_fault_in_the_interface_check_costs_no_question(tmp_path, monkeypatch):
+    def faulty(ask):
+        raise KeyError(0)
+
+    monkeypatch.setattr(grader, "interface_report", faulty)
+    results = grade_in_process([], tmp_path, monkeypatch)
+    assert results["score"] == 35, lost(results)
+    (interface,) = [t for t in results["tests"] if t["number"] == "0"]
+    assert interface["output"] == "The interface could not be read: the check could not run (KeyError: 0)"
+
+
+USES_A_DEVICE = VARIANTS["a device that __init__ sets and the methods use"][1:]  # the methods' lines
+
+
+def test_an_init_that_raises_keeps_what_it_set_before(tmp_path, monkeypatch):
+    # the Trainer as far as its __init__ got: the device it set first is there for the methods
+    raises_late = [(INIT, INIT + "        self.device = torch.device('cpu')\n"),
+                   ("        self.train_logs = {", "        raise RuntimeError('not finished')\n        self.train_logs = {"),
+                   *USES_A_DEVICE]
+    results = grade_in_process(raises_late, tmp_path, monkeypatch)
+    assert results["score"] == 35, lost(results)
+
+
+def test_an_init_that_raises_is_named_where_the_methods_then_fail(tmp_path, monkeypatch):
+    raises_first = [(INIT, INIT + "        raise RuntimeError('not finished')\n        self.device = 'cpu'\n"),
+                    *USES_A_DEVICE]
+    failed = lost(grade_in_process(raises_first, tmp_path, monkeypatch))
+    assert failed and all(
+        "Trainer.__init__ raised RuntimeError: not finished (solution.py line" in output and
+        "so these methods ran on a Trainer whose __init__ stopped there" in output for output in failed.values())
 
 
 HOSTILE = {

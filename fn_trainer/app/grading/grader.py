@@ -37,10 +37,11 @@ class Session:
         self.fatal: Optional[str] = None  # the import failed: nothing can be checked
         self.broken: Optional[str] = None  # this question's process died or overran
         self.answers: Dict[bytes, dict] = {}  # parts of a question often draw the same inputs
+        self.note: Optional[str] = None  # why this question's Trainer was not a whole one (probe.init_notes)
 
     def begin(self) -> None:
         self.deadline = self._deadline()
-        self.broken = None
+        self.broken = self.note = None
         self.answers.clear()  # a question's answers may depend on state an earlier one left
         if self.fatal is None and not self.submission.running:
             try:
@@ -72,6 +73,7 @@ class Session:
                 self.broken = self.budget_spent if self.out_of_time() else str(e)
                 raise
         answer = self.answers[key]
+        self.note = answer.get("note") or self.note
         if "error" in answer:
             raise Mismatch(f"{what} raised {answer['error']}")
         return answer["value"]
@@ -98,6 +100,8 @@ def grade_question(question, session: Session) -> TestResult:
             lines.append(f"PASS {part.title} ({part.points}/{part.points})")
         else:  # cut: a submission's answer can be any size, and every part's line must show
             lines.append(f"FAIL {part.title} (0/{part.points}): {cut(failure, MAX_PART_OUTPUT)}")
+            if session.note is not None and session.note not in lines:
+                lines.append(session.note)
     return TestResult(question.number, f"Question {question.number}: {question.title}", score,
                       question.points, "\n".join(lines))
 
@@ -108,6 +112,9 @@ def grade_interface(session: Session) -> TestResult:
         output = interface_report(session.ask)
     except (SubmissionFailed, Mismatch) as e:
         output = f"The interface could not be read: {session.fatal or session.broken or e}"
+    except Exception as e:  # a grader fault must not cost the questions
+        reason = session.fatal or session.broken or f"the check could not run ({type(e).__name__}: {e})"
+        output = f"The interface could not be read: {reason}"
     return TestResult("0", "Interface (names, signatures, defaults, static methods)", 0, 0, output)
 
 

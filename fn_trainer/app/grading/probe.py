@@ -168,7 +168,8 @@ def tiny_splits(n_classes: int):
 
 
 INIT_LIMIT_S = 5.0  # for the submission's own __init__ on tiny data: it builds two small networks
-_init_works: Dict[type, bool] = {}  # per Trainer class, in this process: whether its __init__ ran
+_init_too_slow: Dict[type, str] = {}  # per Trainer class, in this process: why its __init__ is not run again
+init_notes: list = []  # why the last request's Trainer is not a whole one, for the grader to quote
 
 
 class InitTooSlow(Exception):
@@ -177,17 +178,24 @@ class InitTooSlow(Exception):
 
 def constructed(solution, network_type: str, n_classes: int, lr: float, batch_size: int):
     """A ``Trainer`` made by the submission's own ``__init__`` (``own_init``), so that
-    whatever else it sets up (a device, a helper) is there. When that ``__init__`` fails,
-    a ``Trainer`` made without it, here and for every later request of this process: the
-    questions then test the methods alone, and the attributes the template's
+    whatever else it sets up (a device, a helper) is there. When that ``__init__`` raises,
+    the ``Trainer`` as far as it got (every attribute set before the failing line); when
+    it runs too long, one made without it, here and for every later request of this
+    process. The questions then test the methods, and the attributes the template's
     ``__init__`` sets come from ``trainer_of``. So a wrong ``create_mlp``, which the
-    ``__init__`` calls, costs points in its own question only."""
+    ``__init__`` calls, costs points in its own question only; ``init_notes`` says why."""
     cls = solution.Trainer
-    if _init_works.get(cls, True):
-        trainer = own_init(cls, network_type, n_classes, lr, batch_size)
-        _init_works[cls] = trainer is not None
+    if cls not in _init_too_slow:
+        trainer, error = own_init(cls, network_type, n_classes, lr, batch_size)
+        if error is None:
+            return trainer
+        init_notes.append(f"Trainer.__init__ raised {error}, so these methods ran on a Trainer whose __init__ "
+                          "stopped there" if trainer is not None else f"Trainer.__init__ {error}")
         if trainer is not None:
             return trainer
+        _init_too_slow[cls] = error
+    else:
+        init_notes.append(f"Trainer.__init__ {_init_too_slow[cls]}")
     return cls.__new__(cls)
 
 
@@ -195,9 +203,9 @@ def own_init(cls, network_type: str, n_classes: int, lr: float, batch_size: int)
     """``cls``'s ``__init__`` with ``load_dataset`` answering ``tiny_splits`` instead of
     reading Fashion-MNIST (also when called as ``Trainer.load_dataset``) and no
     normalisation, within ``INIT_LIMIT_S`` seconds; torch's default dtype, device and
-    grad mode are as before it, whatever it set. The ``Trainer``, or ``None`` when it
-    raised, ran too long or could not be given the tiny data."""
-    trainer = cls.__new__(cls)
+    grad mode are as before it, whatever it set. ``(trainer, None)``; when it raised,
+    ``(the trainer as far as it got, the error)``; when it ran too long, ``(None, why)``."""
+    trainer, error = cls.__new__(cls), None
     splits = tiny_splits(n_classes)
     saved = cls.__dict__.get("load_dataset")
     dtype, device, grad = torch.get_default_dtype(), torch.get_default_device(), torch.is_grad_enabled()
@@ -224,7 +232,11 @@ def own_init(cls, network_type: str, n_classes: int, lr: float, batch_size: int)
     except BaseException as e:  # the submission's __init__ may fail any way, exit() included
         if isinstance(e, KeyboardInterrupt):
             raise
-        trainer = None
+        if isinstance(e, InitTooSlow):
+            trainer, error = None, f"took more than {INIT_LIMIT_S:g} s on a few images, so these methods ran on a " \
+                "Trainer made without it"
+        else:
+            error = describe_error(e)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -236,7 +248,7 @@ def own_init(cls, network_type: str, n_classes: int, lr: float, batch_size: int)
             type.__setattr__(cls, "load_dataset", saved)
         elif "load_dataset" in cls.__dict__:  # the __init__ may have deleted it already
             type.__delattr__(cls, "load_dataset")
-    return trainer
+    return trainer, error
 
 
 def trainer_of(solution, request: Dict[str, Any]):
@@ -415,13 +427,28 @@ def op_evaluate(solution, request):
 OPS = {name[3:]: f for name, f in globals().items() if name.startswith("op_")}
 
 
+def answer(solution, request: Dict[str, Any]) -> Dict[str, Any]:
+    """``attempt`` of the request's op, with ``"note"`` when the ``Trainer`` it ran on was
+    not a whole one (``constructed``), for the grader to quote where a part fails."""
+    init_notes.clear()
+    out = attempt(lambda: OPS[request["op"]](solution, request))
+    if init_notes:
+        out["note"] = init_notes[0]
+    return out
+
+
 def main(argv) -> None:
     folder, request_fd, answer_fd = argv[0], int(argv[1]), int(argv[2])
     requests = os.fdopen(request_fd, "rb")
     answers = os.fdopen(answer_fd, "wb")
     torch.set_num_threads(1)
+    grader_facing = os.getpid()
 
     def send(obj):
+        # a process the submission forked returns here too: it must neither answer nor read
+        # the next request (both would be mixed with this process's), so it ends, quietly
+        if os.getpid() != grader_facing:
+            os._exit(0)
         answers.write(encode(obj))
         answers.flush()
 
@@ -435,7 +462,7 @@ def main(argv) -> None:
     solution = imported["value"]
     send({"value": "imported"})
     while (request := read_frame(requests, 1 << 30)) is not None:
-        send(attempt(lambda: OPS[request["op"]](solution, request)))
+        send(answer(solution, request))
 
 
 if __name__ == "__main__":
