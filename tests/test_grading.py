@@ -586,6 +586,40 @@ def test_bundle_grades_a_fake_autograder_tree(tmp_path):
     assert results["score"] == 0 and "gradient_norm" in results["tests"][1]["output"]
 
 
+def test_bundle_installs_into_a_virtual_environment_that_grading_then_uses(tmp_path):
+    # a python3 that records what it is asked: the install itself would fetch torch
+    bundle = write_bundle(tmp_path / "autograder.zip")
+    root, bin_dir, log = tmp_path / "autograder", tmp_path / "bin", tmp_path / "calls.log"
+    source = root / "source"
+    with zipfile.ZipFile(bundle) as archive:
+        archive.extractall(source)
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(
+        "#!/bin/bash\n"
+        f"echo \"python3 $*\" >> {log}\n"
+        "if [ \"$1 $2\" = \"-m venv\" ]; then\n"
+        "    mkdir -p \"$4/bin\"\n"
+        f"    printf '#!/bin/bash\\necho \"venv python $*\" >> {log}\\n' > \"$4/bin/python\"\n"
+        "    chmod +x \"$4/bin/python\"\n"
+        "fi\n")
+    (bin_dir / "python3").chmod(0o755)
+    env = {**os.environ, "AUTOGRADER_ROOT": str(root), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    setup = subprocess.run(["bash", str(source / "setup.sh")], env=env, capture_output=True, text=True, timeout=60)
+    assert setup.returncode == 0, setup.stderr
+    assert log.read_text().splitlines() == [f"python3 -m venv --clear {root}/venv",
+                                            "venv python -m pip install --no-cache-dir ./fn-trainer[grade]"]
+    # run_autograder grades with that environment's python when AUTOGRADER_PYTHON is not set
+    (root / "venv" / "bin" / "python").write_text(f"#!/bin/bash\nexec {sys.executable} \"$@\"\n")
+    (root / "submission").mkdir()
+    (root / "submission" / "solution.py").write_text("import torch\n")
+    run = subprocess.run(["bash", str(source / "run_autograder")], env={**os.environ, "AUTOGRADER_ROOT": str(root)},
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    results = json.loads((root / "results" / "results.json").read_text())
+    assert_gradescope_format(results)
+    assert "gradient_norm is missing" in results["tests"][0]["output"]
+
+
 @pytest.mark.parametrize("forgery", ["file", "folder"])
 def test_bundle_scores_0_when_the_submission_forges_results_and_kills_the_grader(forgery, tmp_path):
     bundle = write_bundle(tmp_path / "autograder.zip")

@@ -3,9 +3,11 @@ project's source.
 
 Gradescope unpacks the zip into ``/autograder/source`` and runs ``setup.sh`` once when
 building the image; for each submission it runs ``run_autograder``, which grades
-``/autograder/submission/solution.py`` into ``/autograder/results/results.json``.
-``AUTOGRADER_ROOT`` and ``AUTOGRADER_PYTHON`` override ``/autograder`` and ``python3``
-(for trying the bundle outside Gradescope).
+``/autograder/submission/solution.py`` into ``/autograder/results/results.json``. The
+project is installed into a virtual environment, ``/autograder/venv``: the Python of
+newer images refuses system-wide installs (PEP 668). ``AUTOGRADER_ROOT`` and
+``AUTOGRADER_PYTHON`` override ``/autograder`` and that environment's ``python`` (for
+trying the bundle outside Gradescope).
 """
 from __future__ import annotations
 
@@ -23,20 +25,23 @@ SOURCES = ("pyproject.toml", "README.md")
 PACKAGES = ("fn_trainer",)  # not compat: the homework's answer has no place on the grading image
 
 SETUP = """#!/usr/bin/env bash
-# Runs once on Gradescope's image: install this project with the grader's extras.
+# Runs once on Gradescope's image: install this project with the grader's extras into a
+# virtual environment (newer images' Python refuses system-wide installs, PEP 668).
 set -euo pipefail
 cd "$(dirname "$0")"
-if ! command -v python3 >/dev/null || ! python3 -m pip --version >/dev/null 2>&1; then
-    apt-get update && apt-get install -y python3 python3-pip
+ROOT="${AUTOGRADER_ROOT:-/autograder}"
+if ! command -v python3 >/dev/null || ! python3 -m venv --clear "$ROOT/venv" >/dev/null 2>&1; then
+    apt-get update && apt-get install -y python3 python3-venv python3-pip
+    python3 -m venv --clear "$ROOT/venv"
 fi
-python3 -m pip install --no-cache-dir "./fn-trainer[grade]"
+"$ROOT/venv/bin/python" -m pip install --no-cache-dir "./fn-trainer[grade]"
 """
 
 RUN = """#!/usr/bin/env bash
 # Grades the submission into results.json; a missing solution.py scores 0 with the reason.
 set -uo pipefail
 ROOT="${AUTOGRADER_ROOT:-/autograder}"
-PYTHON="${AUTOGRADER_PYTHON:-python3}"
+PYTHON="${AUTOGRADER_PYTHON:-$ROOT/venv/bin/python}"
 mkdir -p "$ROOT/results"
 if [ ! -f "$ROOT/submission/solution.py" ]; then
     printf '%s\\n' '{"score": 0, "execution_time": 0, "output": "No solution.py was found in the submission: upload the file named solution.py.", "tests": []}' > "$ROOT/results/results.json"
