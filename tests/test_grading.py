@@ -642,6 +642,16 @@ def test_bundle_scores_0_when_the_submission_forges_results_and_kills_the_grader
     assert written["output"].startswith("The autograder stopped before it finished grading (exit status 137)")
 
 
+def test_results_that_cannot_be_written_are_refused_before_grading(tmp_path, monkeypatch, capsys):
+    graded = []
+    monkeypatch.setattr(grader, "grade", lambda *a, **k: graded.append(a))
+    (tmp_path / "results.json").mkdir()
+    assert main(["grade", str(SOLUTION), "--results", str(tmp_path / "results.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"results file '{tmp_path / 'results.json'}' is a folder, not a file that can be written" in err
+    assert err.count("\n") == 1 and not graded
+
+
 def test_results_replace_what_utf8_cannot_encode(tmp_path):
     # a submission's error message can hold a lone surrogate: raise ValueError("\ud800")
     results = grading_results.results_json(

@@ -21,7 +21,7 @@ from ...core.checks import check_positive_float
 from .limits import DEFAULT_BUDGET, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, START_ALLOWANCE
 from .probe import encode
 from .questions import QUESTIONS, Mismatch, interface_report, run_part
-from .results import MAX_PART_OUTPUT, TestResult, cut, results_json, write_results
+from .results import MAX_PART_OUTPUT, TestResult, check_results_path, cut, results_json, write_results
 from .runner import Submission, SubmissionFailed
 
 
@@ -173,7 +173,8 @@ def grade_to_file(submission: os.PathLike, results_path: os.PathLike, timeout: f
                   memory_mb: int = DEFAULT_MEMORY_MB, allow_reference: bool = False,
                   budget: float = DEFAULT_BUDGET) -> Dict[str, Any]:
     """``grade`` and write ``results.json`` to ``results_path`` once the submission's
-    process has ended."""
+    process has ended; a path where that cannot be is refused first."""
+    check_results_path(results_path)
     results = grade(submission, timeout, memory_mb, allow_reference, budget)
     write_results(results_path, results)
     return results

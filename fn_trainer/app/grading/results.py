@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any, Dict, List, NamedTuple
 
-from ...core.paths import write_text
+from ...core.paths import ensure_writable_dir, unreplaceable_kind, write_text
 
 MAX_OUTPUT = 8000  # characters of one output field: a submission's answer can be any size
 MAX_PART_OUTPUT = 1500  # characters of one part's reason within a question's output
@@ -43,6 +44,14 @@ class TestResult(NamedTuple):
 def results_json(tests: List[TestResult], execution_time: float, output: str) -> Dict[str, Any]:
     return {"score": sum(t.score for t in tests), "execution_time": round(execution_time, 1),
             "output": _encodable(output), "tests": [t.as_gradescope() for t in tests]}
+
+
+def check_results_path(path: os.PathLike) -> None:
+    """Raise naming ``path`` now, before any grading, if results could not be written there."""
+    kind = unreplaceable_kind(path)
+    if kind is not None:
+        raise ValueError(f"results file {str(path)!r} is {kind}, not a file that can be written")
+    ensure_writable_dir(Path(path).parent)
 
 
 def write_results(path: os.PathLike, results: Dict[str, Any]) -> None:
