@@ -284,6 +284,15 @@ def test_an_empty_out_or_data_is_refused_and_nothing_is_written(option, empty, s
     assert list(tmp_path.iterdir()) == []
 
 
+def test_out_expands_a_home_folder_as_data_does(small_data_root, tmp_path, capsys, monkeypatch):
+    # --out=~/x reaches no shell that would expand it: a folder named "~" is no one's intent
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = run_cli(["equivariance", "--data", small_data_root, "--out=~/results"], capsys)
+    assert rc == 0, err
+    assert (tmp_path / "home" / "results" / "report.md").is_file() and not (tmp_path / "~").exists()
+
+
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs a thread count other than the current one")
 def test_threads_are_the_callers_again_after_a_command(small_data_root, tmp_path, capsys, monkeypatch):
     before = torch.get_num_threads()

@@ -212,14 +212,16 @@ def _checked_data(data: str) -> Path:
 
 
 def _checked_out(out: str) -> Path:
-    """``--out`` as a ``Path``: a UTF-8 name of a folder that is created if missing and writable."""
+    """``--out`` as a ``Path``: a UTF-8 name of a folder that is created if missing and writable;
+    ``~`` is expanded, as in ``--data`` (``--out=~/x`` reaches no shell that would: a folder
+    named ``~`` is one that ``rm -rf ~`` would be typed to remove)."""
     from ..core.paths import ensure_writable_dir
 
     _check_utf8("--out", out)
     if not str(out).strip():
         raise ValueError("--out must name a folder, got an empty string")
     try:
-        return ensure_writable_dir(Path(out))
+        return ensure_writable_dir(Path(out).expanduser())
     except ValueError as e:
         raise ValueError(f"--out: {e}") from None
 
