@@ -17,6 +17,7 @@ from fn_trainer.app.experiments import EXPERIMENTS, experiment, training
 from fn_trainer.app.experiments.context import CALIBRATION_FILE, Context, Settings
 from fn_trainer.app.experiments.records import load_record
 from fn_trainer.speed.calibration import DEFAULTS, cpu_key, store_calibration
+from fn_trainer.training import population
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ONE_EPOCH = ["--epochs", "1", "--limit", "16", "--no-progress"]
@@ -445,6 +446,22 @@ def test_lr_sweep_trains_together_by_default_and_alone_with_sequential(small_dat
         assert r.logs["validation_loss"] == pytest.approx(alone[name].logs["validation_loss"], rel=1e-3)
 
 
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_sweeps_records_say_whether_it_compiled(compiled, small_data_root, tmp_path, capsys, monkeypatch):
+    asked = []
+
+    def fit_sweep(*args, compile, compiled_apply, **kw):  # the compile itself is tested elsewhere
+        asked.append(compile)
+        return population.fit_sweep(*args, compile=False, **kw)
+
+    monkeypatch.setattr(training, "worth_compiling", lambda *a: compiled)
+    monkeypatch.setattr(training, "fit_sweep", fit_sweep)
+    rc, _, err = run_cli(["lr-sweep", "--lrs", "0.01", *QUICK, "--data", small_data_root, "--out", tmp_path], capsys)
+    assert rc == 0, err
+    trainers = {load_record(p).trainer for p in result_files(tmp_path)}
+    assert asked == [compiled, compiled] and trainers == {f"fit_sweep (1 learning rate together{', compiled' * compiled})"}
+
+
 def test_long_runs_train_with_a_compiled_step(small_data_root, tmp_path, capsys, monkeypatch):
     # the threshold is the calibration's in the output folder, per network type
     store_calibration(tmp_path / "compiled" / CALIBRATION_FILE, calibrated(mlp=4, cnn=10 ** 6))
@@ -561,7 +578,7 @@ def test_one_seed_trains_as_before_seeds(small_data_root, tmp_path, capsys, popu
     assert run_cli(["lr-sweep", "--data", small_data_root, "--out", tmp_path, *QUICK, "--lrs", "0.01"], capsys)[0] == 0
     assert populations == []
     records = [load_record(p) for p in result_files(tmp_path)]
-    assert sorted(r.trainer for r in records) == ["fit", "fit", *["fit_sweep (1 learning rates together)"] * 2]
+    assert sorted(r.trainer for r in records) == ["fit", "fit", *["fit_sweep (1 learning rate together)"] * 2]
     ctx = Context(Settings(data=small_data_root, limit=16, download=False))
     for r in records:
         if r.trainer != "fit":

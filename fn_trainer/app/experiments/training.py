@@ -194,7 +194,8 @@ def train_together(ctx: Context, specs: List[RunSpec]) -> List[Trained]:
                         compiled_apply=ctx.fast_apply(network, vmapped=True) if compiled else None,
                         desc=f"{first.name.split('-lr')[0]} x{len(specs)} lrs")
     wall = time.perf_counter() - start
-    return [(r, wall, f"{SWEEP_TRAINER} ({len(specs)} learning rates together)") for r in results]
+    rates = f"{len(specs)} learning rate{'s' * (len(specs) != 1)}"
+    return [(r, wall, f"{SWEEP_TRAINER} ({rates} together{', compiled' * compiled})") for r in results]
 
 
 def train_population(ctx: Context, specs: List[RunSpec]) -> List[Trained]:
