@@ -195,7 +195,7 @@ def test_interrupted_run_resumes_to_the_same_result(small_data_root, tmp_path, c
 
     monkeypatch.setattr(training, "make_step", interrupting_make_step)
     rc, _, err = run_cli([*args, "--out", tmp_path / "cut"], capsys)
-    assert rc == 130 and "--resume" in err
+    assert rc == 130 and "rerun with --resume to continue the interrupted one from its checkpoint" in err
     (checkpoint,) = (tmp_path / "cut" / "runs").glob("*.checkpoint.pt")
     assert result_files(tmp_path / "cut") == []
     monkeypatch.setattr(training, "make_step", real_make_step)
@@ -213,6 +213,16 @@ def test_interrupted_run_resumes_to_the_same_result(small_data_root, tmp_path, c
     rc, _, err = run_cli([*args, "--out", tmp_path / "again"], capsys)
     assert rc == 0 and err == (f"fn-trainer: warning: {checkpoint.name} holds an interrupted run: it trains from the "
                                "start and replaces it (--resume would continue it)\n")
+
+
+def test_an_interrupt_before_any_checkpoint_does_not_offer_resume(small_data_root, tmp_path, capsys, monkeypatch):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "make_step", interrupted)
+    rc, _, err = run_cli(["depth", *QUICK, "--data", small_data_root, "--out", tmp_path], capsys)
+    assert rc == 130 and err == ("fn-trainer: interrupted before the first checkpoint of this command; finished runs "
+                                 "are saved, and a rerun trains the others from the start\n")
 
 
 def test_diverged_runs_are_reported_as_such(small_data_root, tmp_path, capsys):
@@ -732,7 +742,7 @@ def test_an_interrupted_population_resumes_where_it_stopped(small_data_root, tmp
 
     monkeypatch.setattr(population, "make_step", counting_make_step)
     rc, _, err = run_cli([*args, "--out", tmp_path / "cut"], capsys)
-    assert rc == 130 and "--resume" in err
+    assert rc == 130 and "rerun with --resume to continue the interrupted one from its checkpoint" in err
     (checkpoint,) = (tmp_path / "cut" / "runs").glob("*-x4-*.checkpoint.pt")
     assert result_files(tmp_path / "cut") == []
     steps.update(n=0, stop_at=None)
