@@ -698,9 +698,12 @@ def fake_logs(value, epochs):
             "validation_accuracy": accuracy, "train_gradient_norm": [1.0] * epochs}
 
 
-def test_resume_names_the_checkpoints_that_other_options_left(small_data_root, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("changed", [("--limit", "48"), ("--epochs", "3")])
+def test_resume_names_the_checkpoints_that_other_options_left(changed, small_data_root, tmp_path, capsys,
+                                                             monkeypatch):
     args = ["lr-sweep", "--sequential", "--lrs", "0.01", "--data", small_data_root, "--batch-size", "16",
-            "--epochs", "2", "--no-progress", "--seeds", "1", "--out", tmp_path]
+            "--no-progress", "--seeds", "1", "--out", tmp_path]
+    left_by = {"--limit": "64", "--epochs": "2"}
     real_make_step = training.make_step
 
     def interrupting_make_step(*a, **k):
@@ -708,14 +711,17 @@ def test_resume_names_the_checkpoints_that_other_options_left(small_data_root, t
             raise KeyboardInterrupt
         return interrupt
 
+    def options(**changes):
+        return [x for option, value in {**left_by, **changes}.items() for x in (option, value)]
+
     monkeypatch.setattr(training, "make_step", interrupting_make_step)
-    assert run_cli([*args, "--limit", "64"], capsys)[0] == 130
+    assert run_cli([*args, *options()], capsys)[0] == 130
     (left,) = (tmp_path / "runs").glob("*.checkpoint.pt")
     monkeypatch.setattr(training, "make_step", real_make_step)
-    rc, _, err = run_cli([*args, "--limit", "48", "--resume"], capsys)  # --limit changed: another run
+    rc, _, err = run_cli([*args, *options(**dict([changed])), "--resume"], capsys)  # another run
     assert rc == 0 and err.count("--resume: no checkpoint") == 1 and left.name in err
     assert "trains from the start" in err and left.exists()
-    rc, _, err = run_cli([*args, "--limit", "64", "--resume"], capsys)  # the options it was left by
+    rc, _, err = run_cli([*args, *options(), "--resume"], capsys)  # the options it was left by
     assert rc == 0 and "--resume" not in err and not left.exists()
 
 

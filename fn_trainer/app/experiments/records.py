@@ -139,11 +139,12 @@ def population_checkpoint_path(ctx: Context, specs: Sequence[RunSpec]) -> Path:
 
 def other_checkpoints(path: Path) -> List[Path]:
     """The checkpoints beside ``path`` (of ``checkpoint_path`` or ``population_checkpoint_path``)
-    of the same run or population under other settings or data (another hash, or another
-    member count)."""
+    of the same run or population under other settings or data (another hash, another
+    member count, or another epoch count: the ``-e<epochs>-`` of its name)."""
     name = path.name[:-len(CHECKPOINT_SUFFIX)].rsplit("-", 1)[0]
     population = re.fullmatch(r"(.*)-x[0-9]+", name)
-    stem = re.escape(population.group(1)) + "-x[0-9]+" if population else re.escape(name)
+    run = population.group(1) if population else name
+    stem = "-e[0-9]+-".join(map(re.escape, re.split(r"-e[0-9]+-", run))) + ("-x[0-9]+" if population else "")
     pattern = re.compile(f"{stem}-[0-9a-f]{{{HASH_DIGITS}}}{re.escape(CHECKPOINT_SUFFIX)}")
     try:
         return sorted(p for p in path.parent.iterdir() if p != path and pattern.fullmatch(p.name))

@@ -133,9 +133,9 @@ def note_checkpoints(ctx: Context, paths: Sequence[Path]) -> None:
 
 def warn_other_checkpoints(ctx: Context, paths: Sequence[Path]) -> None:
     """Under ``--resume``: for each checkpoint path missing while checkpoints of the same
-    run name are present under another hash (``--limit`` or the data changed since; a
-    changed batch size, epoch count or seed changes the name too, and is not found) or
-    another population size, say that the run trains from the start, naming them."""
+    run name are present under another hash (``--limit`` or the data changed since),
+    another epoch count or another population size (a changed batch size or seed changes
+    the name too, and is not found), say that the run trains from the start, naming them."""
     for path in paths:
         others = [] if path.exists() else other_checkpoints(path)
         if others:
