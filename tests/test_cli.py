@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import logging
 import os
 import runpy
 import sys
@@ -213,6 +214,22 @@ def test_interrupted_run_resumes_to_the_same_result(small_data_root, tmp_path, c
     rc, _, err = run_cli([*args, "--out", tmp_path / "again"], capsys)
     assert rc == 0 and err == (f"fn-trainer: warning: {checkpoint.name} holds an interrupted run: it trains from the "
                                "start and replaces it (--resume would continue it)\n")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the warning is for machines without a GPU")
+def test_torchs_cuda_home_warning_is_not_printed_by_a_command(small_data_root, tmp_path, capsys, monkeypatch):
+    # every compile finds CUDA_HOME again and warns where CUDA's tools are and no GPU is
+    from torch.utils import cpp_extension
+
+    find = getattr(cpp_extension, "_find_cuda_home", None)
+    if find is None:
+        pytest.skip("this torch finds CUDA_HOME otherwise")
+    assert run_cli(["depth", *QUICK, "--data", small_data_root, "--out", tmp_path / "out"], capsys)[0] == 0
+    monkeypatch.setattr(cpp_extension.os.path, "exists", lambda path: True)  # as if CUDA's tools were here
+    warned = []
+    monkeypatch.setattr(logging.Handler, "handle", lambda self, record: warned.append(record.getMessage()))
+    find()
+    assert not any("No CUDA runtime is found" in message for message in warned)
 
 
 def test_an_interrupt_before_any_checkpoint_does_not_offer_resume(small_data_root, tmp_path, capsys, monkeypatch):

@@ -294,6 +294,7 @@ def run_experiments(args: argparse.Namespace, command: str) -> int:
     from .report import REPORT_FILE
 
     validate(args)
+    quiet_cuda_home()
     from .parallel import detect, serve, session, share_calibration
 
     launch, mode = detect(getattr(args, "parallel", None))
@@ -384,6 +385,14 @@ def export(args: argparse.Namespace) -> int:
 
     print(export_solution(args.out_path, name="OUT"))
     return 0
+
+
+def quiet_cuda_home() -> None:
+    """Silence torch's "No CUDA runtime is found, using CUDA_HOME=..." warning, which every
+    compile prints on a machine with CUDA's tools and no GPU: this command's CPU runs need neither."""
+    import logging
+
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
 def checkpoint_written(out: object, since: float) -> bool:
