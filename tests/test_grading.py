@@ -689,7 +689,7 @@ def test_each_part_of_a_question_shows_however_long_another_parts_reason_is():
         raise questions.Mismatch("x" * 100_000)
 
     class Quiet:
-        fatal = broken = None
+        fatal = broken = note = None
         ask = None
 
         def begin(self):
