@@ -330,6 +330,31 @@ def test_correct_answers_written_otherwise_keep_every_point(variant, tmp_path, m
     assert results["score"] == 35, lost(results)
 
 
+LOSS_LINE = "        return self._loss(probs, targets), float(accuracy(probs, targets))"
+# One wrong value costs only the parts that check it: the other values of the answer still count.
+PARTLY_WRONG = {
+    "a loss without its graph (.item())": (
+        [(LOSS_LINE, "        return self._loss(probs, targets).item(), float(accuracy(probs, targets))")],
+        {"8": ["the loss keeps its graph"]}),
+    "an accuracy per row, not averaged": (
+        [(LOSS_LINE, "        return self._loss(probs, targets), (probs.argmax(1) == targets.argmax(1)).float()")],
+        {"8": ["the accuracy"]}),
+    "evaluate's values both wrong": (
+        [("        return torch.tensor(loss, dtype=dtype, device=where.device), acc",
+          "        return torch.tensor(2 * loss + 1, dtype=dtype, device=where.device), acc / 2 + 0.1")],
+        {"11": ["the average loss over the whole set", "the accuracy over the whole set"]}),
+}
+
+
+@pytest.mark.parametrize("mistake", list(PARTLY_WRONG))
+def test_a_wrong_value_costs_only_the_parts_that_check_it(mistake, tmp_path, monkeypatch):
+    substitutions, failed = PARTLY_WRONG[mistake]
+    results = grade_in_process(substitutions, tmp_path, monkeypatch)
+    lost_parts = {number: [re.match(r"FAIL (.*) \(0/", line).group(1) for line in output.splitlines()
+                           if line.startswith("FAIL")] for number, output in lost(results).items()}
+    assert lost_parts == failed
+
+
 def test_jacobian_norm_is_asked_only_of_outputs_with_entries():
     # differences of one entry is empty: the homework never asks for that Jacobian
     for part in QUESTIONS[1].parts:

@@ -371,18 +371,19 @@ def op_one_hot(solution, request):
 def op_loss_and_accuracy(solution, request):
     trainer = trainer_of(solution, request)
     loss, acc = trainer.compute_loss_and_accuracy(request["X"], request["Y"])
-    if not isinstance(loss, torch.Tensor):
-        raise TypeError(f"compute_loss_and_accuracy returned a {type(loss).__name__} loss, expected a torch.Tensor")
 
     def backward():
         trainer.network.zero_grad(set_to_none=True)
+        if not isinstance(loss, torch.Tensor):
+            raise TypeError(f"the loss is a {type(loss).__name__}, not a torch.Tensor")
         if not loss.requires_grad:
             raise ValueError("the loss has no graph (requires_grad is False)")
         loss.backward()
         return grads_of(trainer.network)
 
-    return {"loss": number(loss, "compute_loss_and_accuracy's loss"),
-            "accuracy": number(acc, "compute_loss_and_accuracy's accuracy"),
+    # each value on its own: a part checks only its own, so one wrong type costs one part
+    return {"loss": attempt(lambda: number(loss, "compute_loss_and_accuracy's loss")),
+            "accuracy": attempt(lambda: number(acc, "compute_loss_and_accuracy's accuracy")),
             "gradients": attempt(backward)}
 
 
@@ -412,6 +413,8 @@ def op_training_step(solution, request):
 
 def op_evaluate(solution, request):
     trainer = trainer_of(solution, request)
+    forwards = []  # whether the network ran: calling it, not its .forward(), shows here
+    trainer.network.register_forward_hook(lambda *args: forwards.append(1))
     first = attempt(lambda: trainer.evaluate(request["X"], request["Y"]))
     given = "one-hot rows"
     if "error" in first:  # the template leaves the form of y open: labels are fine too
@@ -420,8 +423,9 @@ def op_evaluate(solution, request):
         if "error" in first:  # the template passes one-hot rows: that error comes first
             raise Described(f"{one_hot_error}; with integer labels instead: {first['error']}")
     loss, acc = first["value"]
-    return {"loss": number(loss, "evaluate's loss"), "accuracy": number(acc, "evaluate's accuracy"),
-            "targets": given, "params": state_of(trainer.network)}
+    return {"loss": attempt(lambda: number(loss, "evaluate's loss")),
+            "accuracy": attempt(lambda: number(acc, "evaluate's accuracy")),
+            "targets": given, "params": state_of(trainer.network), "ran_network": bool(forwards)}
 
 
 OPS = {name[3:]: f for name, f in globals().items() if name.startswith("op_")}
