@@ -611,6 +611,29 @@ def test_bundle_grades_a_fake_autograder_tree(tmp_path):
     assert results["score"] == 0 and "gradient_norm" in results["tests"][1]["output"]
 
 
+@pytest.mark.parametrize("uploaded", ["hw3/solution.py", "solution (1).py"])
+def test_bundle_grades_the_one_solution_in_a_folder_and_lists_the_upload_without_one(uploaded, tmp_path):
+    bundle = write_bundle(tmp_path / "autograder.zip")
+    source = tmp_path / "autograder" / "source"
+    with zipfile.ZipFile(bundle) as archive:
+        archive.extractall(source)
+    submitted = tmp_path / "autograder" / "submission" / uploaded
+    submitted.parent.mkdir(parents=True)
+    submitted.write_text("import torch\n")
+    env = {**os.environ, "AUTOGRADER_ROOT": str(tmp_path / "autograder"), "AUTOGRADER_PYTHON": sys.executable}
+    run = subprocess.run(["bash", str(source / "run_autograder")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    results = json.loads((tmp_path / "autograder" / "results" / "results.json").read_text())
+    if uploaded.endswith("/solution.py"):  # graded: the interface test names what the file lacks
+        assert_gradescope_format(results)
+        assert "gradient_norm is missing" in results["tests"][0]["output"]
+    else:
+        assert results["score"] == 0 and results["output"] == (
+            "No solution.py was found in the submission (it holds: solution (1).py): upload the file named "
+            "solution.py.")
+
+
 def test_bundle_installs_into_a_virtual_environment_that_grading_then_uses(tmp_path):
     # a python3 that records what it is asked: the install itself would fetch torch
     bundle = write_bundle(tmp_path / "autograder.zip")

@@ -43,11 +43,26 @@ set -uo pipefail
 ROOT="${AUTOGRADER_ROOT:-/autograder}"
 PYTHON="${AUTOGRADER_PYTHON:-$ROOT/venv/bin/python}"
 mkdir -p "$ROOT/results"
-if [ ! -f "$ROOT/submission/solution.py" ]; then
+SOLUTION="$ROOT/submission/solution.py"
+if [ ! -f "$SOLUTION" ]; then
+    # uploaded inside a folder (a zip of it): the one solution.py below is graded
+    FOUND=$(find "$ROOT/submission" -name solution.py -type f 2>/dev/null)
+    if [ -n "$FOUND" ] && [ "$(printf '%s\\n' "$FOUND" | wc -l)" -eq 1 ]; then
+        SOLUTION="$FOUND"
+    fi
+fi
+if [ ! -f "$SOLUTION" ]; then
+    "$PYTHON" -c 'import json, os, sys
+root = sys.argv[1]
+found = sorted(os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files)
+listed = ", ".join(found[:20]) + (", ..." if len(found) > 20 else "") if found else "no files"
+print(json.dumps({"score": 0, "execution_time": 0, "tests": [], "output": "No solution.py was found in the "
+                  "submission (it holds: " + listed + "): upload the file named solution.py."}))' \\
+        "$ROOT/submission" > "$ROOT/results/results.json" ||
     printf '%s\\n' '{"score": 0, "execution_time": 0, "output": "No solution.py was found in the submission: upload the file named solution.py.", "tests": []}' > "$ROOT/results/results.json"
     exit 0
 fi
-"$PYTHON" -m fn_trainer grade "$ROOT/submission/solution.py" --results "$ROOT/results/results.json"
+"$PYTHON" -m fn_trainer grade "$SOLUTION" --results "$ROOT/results/results.json"
 status=$?
 if [ "$status" -ne 0 ]; then
     # The grader was killed or failed before writing its results: whatever results.json holds
