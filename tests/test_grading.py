@@ -99,19 +99,23 @@ def test_processes_a_submission_forks_neither_answer_nor_cost_points(tmp_path):
     assert results["score"] == 35, lost(results)
 
 
-def test_grading_writes_nothing_in_the_folder_it_runs_in(tmp_path):
+def test_grading_writes_nothing_in_the_folder_it_runs_in_nor_in_its_temporary_folder(tmp_path):
     """Hypothesis keeps a cache of the constants in the code it tests in .hypothesis/ of the
-    current folder, once per process: a fresh process shows whether grading moves it."""
-    exported = export_solution(tmp_path / "solution.py")
-    folder = tmp_path / "cwd"
+    current folder, once per process: a fresh process shows whether grading moves it. The
+    submission writes beside its own folder, which is inside the grader's temporary one."""
+    exported = export_solution(tmp_path / "exported.py").read_text()
+    (tmp_path / "solution.py").write_text(exported + "\nopen('../beside.txt', 'w').write('x')\n")
+    folder, temporary = tmp_path / "cwd", tmp_path / "tmp"
     folder.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "HYPOTHESIS_STORAGE_DIRECTORY"}
-    done = subprocess.run([sys.executable, "-m", "fn_trainer", "grade", str(exported), "--results",
+    temporary.mkdir()
+    env = {**{k: v for k, v in os.environ.items() if k != "HYPOTHESIS_STORAGE_DIRECTORY"}, "TMPDIR": str(temporary)}
+    done = subprocess.run([sys.executable, "-m", "fn_trainer", "grade", str(tmp_path / "solution.py"), "--results",
                            str(tmp_path / "results.json")], cwd=folder, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "score: 35/35" in done.stdout
-    assert list(folder.iterdir()) == []
+    # torch makes its cache folder there (torchinductor_<user>), a grading process nothing
+    assert list(folder.iterdir()) == [] and not [p for p in temporary.iterdir() if "torchinductor" not in p.name]
 
 
 # generated examples a part gets when a mutant is graded, besides its explicit ones (measured:

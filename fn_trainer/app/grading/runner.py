@@ -191,7 +191,9 @@ class Submission:
     def start(self, deadline: float) -> None:
         """Start a fresh process and wait until it has imported ``solution.py``."""
         self.stop()
-        self.folder = tempfile.mkdtemp(prefix="fn-trainer-grading-")
+        # one level down in a folder of its own: what it writes to "../" is deleted with it too
+        self.folder = os.path.join(tempfile.mkdtemp(prefix="fn-trainer-grading-"), "submission")
+        os.mkdir(self.folder)
         shutil.copyfile(self.source, Path(self.folder) / "solution.py")
         request_r, self.request_w = os.pipe()
         self.answer_r, answer_w = os.pipe()
@@ -312,5 +314,5 @@ class Submission:
                 os.close(fd)
             self.process = None
         if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
+            shutil.rmtree(os.path.dirname(self.folder), ignore_errors=True)
             self.folder = None
