@@ -356,9 +356,10 @@ def test_unwritable_out_fails_with_one_line(small_data_root, tmp_path, capsys):
 
 
 def test_missing_data_fails_with_one_line(tmp_path, capsys):
-    rc, _, err = run_cli(["cnn", "--data", tmp_path / "nowhere", "--out", tmp_path / "out", "--no-download"],
+    rc, _, err = run_cli(["cnn", "--data", tmp_path / "nowhere", "--out", tmp_path / "out" / "new", "--no-download"],
                          capsys)
     assert rc == 2 and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()  # a command that fails makes no output folder
     assert err.startswith("fn-trainer: error: Fashion-MNIST is not available")
     assert err.count("train-images-idx3-ubyte") == 1  # each missing file named once
     assert "downloading is off (--no-download" in err

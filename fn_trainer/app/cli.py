@@ -222,7 +222,7 @@ def _checked_out(out: str) -> Path:
     if not str(out).strip():
         raise ValueError("--out must name a folder, got an empty string")
     try:
-        return ensure_writable_dir(Path(out).expanduser())
+        return ensure_writable_dir(Path(out).expanduser(), create=False)  # made by its first write
     except ValueError as e:
         raise ValueError(f"--out: {e}") from None
 

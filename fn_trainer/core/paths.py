@@ -44,16 +44,23 @@ def safe_path(root: PathLike, name: str) -> Path:
     return Path(root) / name
 
 
-def ensure_writable_dir(path: PathLike) -> Path:
+def ensure_writable_dir(path: PathLike, *, create: bool = True) -> Path:
     """Create folder ``path`` (with parents) if needed and check that files can be written in it.
 
+    ``create=False`` checks a missing folder without making it: its nearest existing
+    ancestor must be a folder that can be written (where the first write will create it).
     Raises ``ValueError`` naming the folder when it cannot be created or written.
     """
     folder = Path(path)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        blocking = None if create else _file_in_the_way(folder)
+        if blocking is not None:
+            raise FileExistsError(errno.EEXIST, "File exists")
+        existing = folder if create else next(p for p in (folder, *folder.parents) if p.is_dir())
         # os.access is unreliable (root, network mounts, read-only mounts): really write.
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-test-"):
             pass
     except OSError as e:
         raise ValueError(f"output folder {str(folder)!r} cannot be written: {_reason(folder, e)}") from None

@@ -133,8 +133,8 @@ def population_checkpoint_path(ctx: Context, specs: Sequence[RunSpec]) -> Path:
     ``specs`` (trained together), continued with ``--resume``; the hash covers every
     member's configuration hash, in order."""
     digest = hashlib.sha256(" ".join(sp.config_hash(ctx.fingerprint) for sp in specs).encode())
-    return safe_path(ctx.folder(RUNS_DIR),
-                     f"{specs[0].name}-x{len(specs)}-{digest.hexdigest()[:HASH_DIGITS]}{CHECKPOINT_SUFFIX}")
+    name = f"{specs[0].name}-x{len(specs)}-{digest.hexdigest()[:HASH_DIGITS]}{CHECKPOINT_SUFFIX}"
+    return safe_path(ctx.folder(RUNS_DIR), name)
 
 
 def other_checkpoints(path: Path) -> List[Path]:
@@ -153,7 +153,8 @@ def other_checkpoints(path: Path) -> List[Path]:
 
 
 def _run_file(ctx: Context, spec: RunSpec, suffix: str) -> Path:
-    return safe_path(ctx.folder(RUNS_DIR), f"{spec.name}-{spec.config_hash(ctx.fingerprint)}{suffix}")
+    name = f"{spec.name}-{spec.config_hash(ctx.fingerprint)}{suffix}"  # the data first: a folder only for runs
+    return safe_path(ctx.folder(RUNS_DIR), name)
 
 
 def stored_record(ctx: Context, spec: RunSpec) -> Optional[RunRecord]:
