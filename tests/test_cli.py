@@ -238,8 +238,13 @@ def test_an_interrupt_before_any_checkpoint_does_not_offer_resume(small_data_roo
 
     monkeypatch.setattr(training, "make_step", interrupted)
     rc, _, err = run_cli(["depth", *QUICK, "--data", small_data_root, "--out", tmp_path], capsys)
-    assert rc == 130 and err == ("fn-trainer: interrupted before the first checkpoint of this command; finished runs "
-                                 "are saved, and a rerun trains the others from the start\n")
+    assert rc == 130 and err == ("fn-trainer: interrupted before any run's first checkpoint; finished runs are saved, "
+                                 "and a rerun trains the others from the start\n")
+    # a checkpoint an earlier command left is still there to resume, whenever this one stops
+    (tmp_path / "runs").mkdir(exist_ok=True)
+    (tmp_path / "runs" / "mlp-earlier.checkpoint.pt").write_bytes(b"")
+    rc, _, err = run_cli(["depth", *QUICK, "--data", small_data_root, "--out", tmp_path, "--resume"], capsys)
+    assert rc == 130 and "rerun with --resume to continue the interrupted one from its checkpoint" in err
 
 
 def test_diverged_runs_are_reported_as_such(small_data_root, tmp_path, capsys):

@@ -99,6 +99,14 @@ def test_processes_a_submission_forks_neither_answer_nor_cost_points(tmp_path):
     assert results["score"] == 35, lost(results)
 
 
+def test_a_fifo_the_submission_puts_at_the_results_is_replaced(tmp_path, capsys):
+    results_path = tmp_path / "results.json"
+    exported = export_solution(tmp_path / "exported.py").read_text()
+    (tmp_path / "solution.py").write_text(exported + f"\nimport os\nos.mkfifo({str(results_path)!r})\n")
+    assert main(["grade", str(tmp_path / "solution.py"), "--results", str(results_path)]) == 0
+    assert json.loads(results_path.read_text())["score"] == 35
+
+
 def test_grading_writes_nothing_in_the_folder_it_runs_in_nor_in_its_temporary_folder(tmp_path):
     """Hypothesis keeps a cache of the constants in the code it tests in .hypothesis/ of the
     current folder, once per process: a fresh process shows whether grading moves it. The
@@ -402,6 +410,26 @@ def test_a_fault_in_the_interface_check_costs_no_question(tmp_path, monkeypatch)
     assert interface["output"] == "The interface could not be read: the check could not run (KeyError: 0)"
 
 
+def test_an_init_that_raises_runs_once_a_process(tmp_path, monkeypatch):
+    count = tmp_path / "inits"
+    raises = [(INIT, INIT + f"        open({str(count)!r}, 'a').write('x')\n        raise RuntimeError('no data')\n")]
+    results = grade_in_process(raises, tmp_path, monkeypatch)
+    assert results["score"] == 35, lost(results)
+    assert count.read_text() == "x"
+
+
+def test_a_note_forged_by_the_submission_is_cut_or_ignored(tmp_path, monkeypatch):
+    # init_notes is a global of the submission's own process: it can put anything there
+    forged = [(LOSS_LINE, "        import sys\n"
+                          "        notes = (sys.modules.get('fn_trainer.app.grading.probe') or sys.modules['__main__']).init_notes\n"
+                          "        notes += [5] if len(X) % 2 else ['n' * 100_000]\n"
+                          "        return self._loss(probs, targets) + 1, float(accuracy(probs, targets))")]
+    results = grade_in_process(forged, tmp_path, monkeypatch)
+    failed = lost(results)
+    assert set(failed) == {"8"} and len(failed["8"]) < grading_results.MAX_OUTPUT
+    assert "FAIL the loss value" in failed["8"] and "FAIL probabilities clipped" in failed["8"]
+
+
 USES_A_DEVICE = VARIANTS["a device that __init__ sets and the methods use"][1:]  # the methods' lines
 
 
@@ -615,27 +643,31 @@ def test_bundle_grades_a_fake_autograder_tree(tmp_path):
     assert results["score"] == 0 and "gradient_norm" in results["tests"][1]["output"]
 
 
-@pytest.mark.parametrize("uploaded", ["hw3/solution.py", "solution (1).py"])
-def test_bundle_grades_the_one_solution_in_a_folder_and_lists_the_upload_without_one(uploaded, tmp_path):
+@pytest.mark.parametrize("uploaded, found", [
+    (["hw3/solution.py"], None), (["my\nhw/solution.py"], None),
+    (["solution (1).py"], "No solution.py was found in the submission (it holds: solution (1).py)"),
+    (["hw3/solution.py", "hw3/old/solution.py"], "Several files named solution.py were found in the submission (it "
+                                                 "holds: hw3/old/solution.py, hw3/solution.py)"),
+])
+def test_bundle_grades_the_one_solution_in_a_folder_and_lists_the_upload_otherwise(uploaded, found, tmp_path):
     bundle = write_bundle(tmp_path / "autograder.zip")
     source = tmp_path / "autograder" / "source"
     with zipfile.ZipFile(bundle) as archive:
         archive.extractall(source)
-    submitted = tmp_path / "autograder" / "submission" / uploaded
-    submitted.parent.mkdir(parents=True)
-    submitted.write_text("import torch\n")
+    for name in uploaded:
+        submitted = tmp_path / "autograder" / "submission" / name
+        submitted.parent.mkdir(parents=True, exist_ok=True)
+        submitted.write_text("import torch\n")
     env = {**os.environ, "AUTOGRADER_ROOT": str(tmp_path / "autograder"), "AUTOGRADER_PYTHON": sys.executable}
     run = subprocess.run(["bash", str(source / "run_autograder")], env=env, capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr
     results = json.loads((tmp_path / "autograder" / "results" / "results.json").read_text())
-    if uploaded.endswith("/solution.py"):  # graded: the interface test names what the file lacks
+    if found is None:  # graded: the interface test names what the file lacks
         assert_gradescope_format(results)
         assert "gradient_norm is missing" in results["tests"][0]["output"]
     else:
-        assert results["score"] == 0 and results["output"] == (
-            "No solution.py was found in the submission (it holds: solution (1).py): upload the file named "
-            "solution.py.")
+        assert results["score"] == 0 and results["output"] == f"{found}: upload one file named solution.py."
 
 
 def test_bundle_installs_into_a_virtual_environment_that_grading_then_uses(tmp_path):

@@ -121,7 +121,7 @@ def test_a_checkpoint_that_is_not_a_regular_file_is_refused_naming_it(kind, tmp_
 def test_resuming_from_a_fifo_is_refused_naming_it(tmp_path):
     path = tmp_path / "c.pt"
     os.mkfifo(path)
-    with pytest.raises(ValueError, match="a FIFO") as e:
+    with pytest.raises(CheckpointError, match="a FIFO") as e:
         _fit_into(path, resume=True)
     assert str(path) in str(e.value)
 

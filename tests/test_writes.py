@@ -287,3 +287,10 @@ def test_a_file_where_a_folder_goes_is_named(tmp_path):
         ensure_writable_dir(tmp_path / "afile" / "out")
     with pytest.raises(ValueError, match=r"output folder '.*afile' cannot be written: '.*afile' is a file, not a"):
         ensure_writable_dir(tmp_path / "afile")
+
+
+def test_a_name_too_long_is_a_write_error_naming_it(tmp_path):
+    path = tmp_path / ("a" * 300)
+    with pytest.raises(WriteError, match="cannot write .*aaaa'") as e:
+        write_atomically(path, b"x")
+    assert "\n" not in str(e.value)

@@ -12,7 +12,6 @@ import dataclasses
 import os
 import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -395,12 +394,12 @@ def quiet_cuda_home() -> None:
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
-def checkpoint_written(out: object, since: float) -> bool:
-    """Whether a run's checkpoint in ``out`` (``--out``, checked or not) was written at ``since`` or later."""
+def checkpoints_left(out: object) -> bool:
+    """Whether ``out`` (``--out``, checked or not) holds a run's checkpoint, for ``--resume``."""
     from .experiments.records import CHECKPOINT_SUFFIX, RUNS_DIR
 
     try:
-        return any(p.stat().st_mtime >= since for p in (Path(out) / RUNS_DIR).glob(f"*{CHECKPOINT_SUFFIX}"))
+        return any((Path(out) / RUNS_DIR).glob(f"*{CHECKPOINT_SUFFIX}"))
     except (OSError, TypeError):
         return False
 
@@ -417,7 +416,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..training.distributed import RankLostError
     from .parallel import rank_prefix
 
-    started = time.time() - 1  # file times may be whole seconds
     try:
         if args.command == "export-solution":
             return export(args)
@@ -435,12 +433,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{PROG}: interrupted while measuring this CPU, before any training; nothing was stored",
                   file=sys.stderr)
         elif not rank_prefix():  # said once, by rank 0, for all ranks
-            if checkpoint_written(args.out, since=started):
+            if checkpoints_left(args.out):
                 print(f"{PROG}: interrupted; finished runs are saved, rerun with --resume to continue "
                       "the interrupted one from its checkpoint", file=sys.stderr)
             else:
-                print(f"{PROG}: interrupted before the first checkpoint of this command; finished runs are "
-                      "saved, and a rerun trains the others from the start", file=sys.stderr)
+                print(f"{PROG}: interrupted before any run's first checkpoint; finished runs are saved, and a "
+                      "rerun trains the others from the start", file=sys.stderr)
         return 130
     except (DatasetError, ValueError, TypeError, OSError, RankLostError, CalibrationError) as e:
         message = " ".join(str(e).split()) or type(e).__name__

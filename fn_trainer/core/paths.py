@@ -117,7 +117,7 @@ def unreplaceable_kind(path: PathLike, *, follow_links: bool = False) -> Optiona
     judges what a link points to instead, for a path that is also to be read."""
     try:
         mode = (os.stat if follow_links else os.lstat)(path).st_mode
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:  # nothing there, or a name the write itself will fail on (and name)
         return None
     return None if stat.S_ISREG(mode) or stat.S_ISLNK(mode) else file_kind(mode)
 

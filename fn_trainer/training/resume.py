@@ -47,7 +47,7 @@ def checkpoint_path(checkpoint: Optional[PathLike], resume: bool, writable: bool
     checkpoint = Path(checkpoint)
     kind = unreplaceable_kind(checkpoint, follow_links=True)
     if kind is not None:
-        raise ValueError(f"checkpoint must be a file path, got {str(checkpoint)!r}, {kind}")
+        raise CheckpointError(f"checkpoint must be a file path, got {str(checkpoint)!r}, {kind}")
     if writable:
         ensure_writable_dir(checkpoint.parent)
     return checkpoint

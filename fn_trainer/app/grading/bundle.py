@@ -45,22 +45,26 @@ PYTHON="${AUTOGRADER_PYTHON:-$ROOT/venv/bin/python}"
 mkdir -p "$ROOT/results"
 SOLUTION="$ROOT/submission/solution.py"
 if [ ! -f "$SOLUTION" ]; then
-    # uploaded inside a folder (a zip of it): the one solution.py below is graded
-    FOUND=$(find "$ROOT/submission" -name solution.py -type f 2>/dev/null)
-    if [ -n "$FOUND" ] && [ "$(printf '%s\\n' "$FOUND" | wc -l)" -eq 1 ]; then
-        SOLUTION="$FOUND"
-    fi
-fi
-if [ ! -f "$SOLUTION" ]; then
-    "$PYTHON" -c 'import json, os, sys
-root = sys.argv[1]
+    # uploaded inside a folder (a zip of it): the one solution.py below is graded; with none,
+    # or several, the score is 0 and the output lists what was uploaded
+    SOLUTION=$("$PYTHON" -c 'import json, os, sys
+root, results = sys.argv[1], sys.argv[2]
 found = sorted(os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files)
-listed = ", ".join(found[:20]) + (", ..." if len(found) > 20 else "") if found else "no files"
-print(json.dumps({"score": 0, "execution_time": 0, "tests": [], "output": "No solution.py was found in the "
-                  "submission (it holds: " + listed + "): upload the file named solution.py."}))' \\
-        "$ROOT/submission" > "$ROOT/results/results.json" ||
-    printf '%s\\n' '{"score": 0, "execution_time": 0, "output": "No solution.py was found in the submission: upload the file named solution.py.", "tests": []}' > "$ROOT/results/results.json"
-    exit 0
+solutions = [p for p in found if os.path.basename(p) == "solution.py"]
+if len(solutions) == 1:
+    sys.stdout.write(os.path.join(root, solutions[0]))
+else:
+    listed = ", ".join(found[:20]) + (", ..." if len(found) > 20 else "") if found else "no files"
+    why = "Several files named solution.py were found" if solutions else "No solution.py was found"
+    with open(results, "w") as f:
+        json.dump({"score": 0, "execution_time": 0, "tests": [], "output": why + " in the submission (it "
+                   "holds: " + listed + "): upload one file named solution.py."}, f)' \\
+        "$ROOT/submission" "$ROOT/results/results.json") || SOLUTION=""
+    if [ -z "$SOLUTION" ]; then
+        [ -s "$ROOT/results/results.json" ] ||
+            printf '%s\\n' '{"score": 0, "execution_time": 0, "output": "No solution.py was found in the submission: upload the file named solution.py.", "tests": []}' > "$ROOT/results/results.json"
+        exit 0
+    fi
 fi
 "$PYTHON" -m fn_trainer grade "$SOLUTION" --results "$ROOT/results/results.json"
 status=$?

@@ -73,7 +73,9 @@ class Session:
                 self.broken = self.budget_spent if self.out_of_time() else str(e)
                 raise
         answer = self.answers[key]
-        self.note = answer.get("note") or self.note
+        note = answer.get("note")  # the submission's process sent it: any value, any size
+        if isinstance(note, str) and note:
+            self.note = cut(note, MAX_PART_OUTPUT)
         if "error" in answer:
             raise Mismatch(f"{what} raised {answer['error']}")
         return answer["value"]

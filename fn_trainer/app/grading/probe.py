@@ -18,6 +18,7 @@ them, so ``from compat.solution import *`` fails like any missing module.
 from __future__ import annotations
 
 import collections
+import copy
 import importlib
 import importlib.abc
 import importlib.util
@@ -29,7 +30,7 @@ import struct
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -136,7 +137,7 @@ def describe_error(e: BaseException) -> str:
     where = ""
     for frame in reversed(traceback.extract_tb(e.__traceback__)):
         if os.path.basename(frame.filename) == "solution.py":
-            where = f" (solution.py line {frame.lineno}: {(frame.line or '').strip()})"
+            where = f" (solution.py line {frame.lineno}: {(frame.line or '').strip()[:200]})"
             break
     message = " ".join(str(e).split())[:300]
     return f"{type(e).__name__}: {message}{where}" if message else f"{type(e).__name__}{where}"
@@ -168,7 +169,9 @@ def tiny_splits(n_classes: int):
 
 
 INIT_LIMIT_S = 5.0  # for the submission's own __init__ on tiny data: it builds two small networks
-_init_too_slow: Dict[type, str] = {}  # per Trainer class, in this process: why its __init__ is not run again
+# per Trainer class, in this process, once its __init__ failed: the Trainer it left (None when
+# it ran too long) and why, so that the __init__ is not run again for every request
+_init_failed: Dict[type, Tuple[Optional[object], str]] = {}
 init_notes: list = []  # why the last request's Trainer is not a whole one, for the grader to quote
 
 
@@ -179,24 +182,36 @@ class InitTooSlow(Exception):
 def constructed(solution, network_type: str, n_classes: int, lr: float, batch_size: int):
     """A ``Trainer`` made by the submission's own ``__init__`` (``own_init``), so that
     whatever else it sets up (a device, a helper) is there. When that ``__init__`` raises,
-    the ``Trainer`` as far as it got (every attribute set before the failing line); when
-    it runs too long, one made without it, here and for every later request of this
-    process. The questions then test the methods, and the attributes the template's
-    ``__init__`` sets come from ``trainer_of``. So a wrong ``create_mlp``, which the
-    ``__init__`` calls, costs points in its own question only; ``init_notes`` says why."""
+    the ``Trainer`` as far as it got (every attribute set before the failing line), a
+    shallow copy of it for every later request of this process; when it runs too long,
+    one made without it, from then on. The questions then test the methods, and the
+    attributes the template's ``__init__`` sets come from ``trainer_of``. So a wrong
+    ``create_mlp``, which the ``__init__`` calls, costs points in its own question only;
+    ``init_notes`` says why."""
     cls = solution.Trainer
-    if cls not in _init_too_slow:
+    if cls not in _init_failed:
         trainer, error = own_init(cls, network_type, n_classes, lr, batch_size)
         if error is None:
             return trainer
-        init_notes.append(f"Trainer.__init__ raised {error}, so these methods ran on a Trainer whose __init__ "
-                          "stopped there" if trainer is not None else f"Trainer.__init__ {error}")
-        if trainer is not None:
-            return trainer
-        _init_too_slow[cls] = error
-    else:
-        init_notes.append(f"Trainer.__init__ {_init_too_slow[cls]}")
-    return cls.__new__(cls)
+        note = (f"Trainer.__init__ raised {error}, so these methods ran on a Trainer whose __init__ stopped there"
+                if trainer is not None else f"Trainer.__init__ {error}")
+        _init_failed[cls] = (_copied(trainer), note)
+        init_notes.append(note)
+        return cls.__new__(cls) if trainer is None else trainer
+    left, note = _init_failed[cls]
+    init_notes.append(note)
+    copied = _copied(left)
+    return cls.__new__(cls) if copied is None else copied
+
+
+def _copied(trainer: Optional[object]) -> Optional[object]:
+    """A shallow copy of ``trainer`` (``None`` if there is none, or it cannot be copied)."""
+    try:
+        return None if trainer is None else copy.copy(trainer)
+    except BaseException as e:  # its own __copy__ may fail any way
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        return None
 
 
 def own_init(cls, network_type: str, n_classes: int, lr: float, batch_size: int):

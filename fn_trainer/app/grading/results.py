@@ -55,7 +55,12 @@ def check_results_path(path: os.PathLike) -> None:
 
 
 def write_results(path: os.PathLike, results: Dict[str, Any]) -> None:
-    """Write ``results`` atomically: a reader never sees half a file."""
+    """Write ``results`` atomically: a reader never sees half a file. A FIFO, device or
+    socket there was put there while the submission ran (``check_results_path`` refused
+    one before): it is removed, as a file or link there is replaced."""
+    kind = unreplaceable_kind(path)
+    if kind is not None and kind != "a folder":
+        os.unlink(path)
     write_text(path, json.dumps(results, indent=2, ensure_ascii=False) + "\n")
 
 
