@@ -410,12 +410,25 @@ def test_a_fault_in_the_interface_check_costs_no_question(tmp_path, monkeypatch)
     assert interface["output"] == "The interface could not be read: the check could not run (KeyError: 0)"
 
 
-def test_an_init_that_raises_runs_once_a_process(tmp_path, monkeypatch):
+def test_an_init_that_raises_slowly_runs_once_a_process(tmp_path, monkeypatch):
     count = tmp_path / "inits"
-    raises = [(INIT, INIT + f"        open({str(count)!r}, 'a').write('x')\n        raise RuntimeError('no data')\n")]
+    monkeypatch.setattr(probe, "INIT_RETRY_S", 0.05)
+    raises = [(INIT, INIT + f"        open({str(count)!r}, 'a').write('x')\n        import time\n"
+                             "        time.sleep(0.1)\n        raise RuntimeError('no data')\n")]
     results = grade_in_process(raises, tmp_path, monkeypatch)
     assert results["score"] == 35, lost(results)
     assert count.read_text() == "x"
+
+
+def test_an_init_that_raises_at_once_is_made_anew_for_each_request(tmp_path, monkeypatch):
+    # what it derives from its arguments (n_classes differs between requests) and what a
+    # request changes in it are each request's own
+    raises = [(INIT, INIT + "        self.eye = torch.eye(n_classes)\n        raise RuntimeError('late bug')\n"),
+              ("        return one_hot_labels(y, self.n_classes)",
+               "        self.eye.add_(0.0)\n        self.seen = getattr(self, 'seen', 0) + 1\n"
+               "        assert self.seen == 1, 'a Trainer reused'\n        return self.eye[y.long()]")]
+    results = grade_in_process(raises, tmp_path, monkeypatch)
+    assert results["score"] == 35, lost(results)
 
 
 def test_a_note_forged_by_the_submission_is_cut_or_ignored(tmp_path, monkeypatch):
@@ -644,7 +657,7 @@ def test_bundle_grades_a_fake_autograder_tree(tmp_path):
 
 
 @pytest.mark.parametrize("uploaded, found", [
-    (["hw3/solution.py"], None), (["my\nhw/solution.py"], None),
+    (["hw3/solution.py"], None), (["my\nhw/solution.py"], None), (["hw3/solution.py", "hw3/link/solution.py"], None),
     (["solution (1).py"], "No solution.py was found in the submission (it holds: solution (1).py)"),
     (["hw3/solution.py", "hw3/old/solution.py"], "Several files named solution.py were found in the submission (it "
                                                  "holds: hw3/old/solution.py, hw3/solution.py)"),
@@ -657,7 +670,10 @@ def test_bundle_grades_the_one_solution_in_a_folder_and_lists_the_upload_otherwi
     for name in uploaded:
         submitted = tmp_path / "autograder" / "submission" / name
         submitted.parent.mkdir(parents=True, exist_ok=True)
-        submitted.write_text("import torch\n")
+        if name.startswith("hw3/link/"):  # a dangling link is no file to grade
+            submitted.symlink_to(tmp_path / "nowhere" / "solution.py")
+        else:
+            submitted.write_text("import torch\n")
     env = {**os.environ, "AUTOGRADER_ROOT": str(tmp_path / "autograder"), "AUTOGRADER_PYTHON": sys.executable}
     run = subprocess.run(["bash", str(source / "run_autograder")], env=env, capture_output=True, text=True,
                          timeout=300)

@@ -50,9 +50,9 @@ if [ ! -f "$SOLUTION" ]; then
     SOLUTION=$("$PYTHON" -c 'import json, os, sys
 root, results = sys.argv[1], sys.argv[2]
 found = sorted(os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files)
-solutions = [p for p in found if os.path.basename(p) == "solution.py"]
+solutions = [p for p in found if os.path.basename(p) == "solution.py" and os.path.isfile(os.path.join(root, p))]
 if len(solutions) == 1:
-    sys.stdout.write(os.path.join(root, solutions[0]))
+    sys.stdout.buffer.write(os.fsencode(os.path.join(root, solutions[0])))
 else:
     listed = ", ".join(found[:20]) + (", ..." if len(found) > 20 else "") if found else "no files"
     why = "Several files named solution.py were found" if solutions else "No solution.py was found"

@@ -18,7 +18,6 @@ them, so ``from compat.solution import *`` fails like any missing module.
 from __future__ import annotations
 
 import collections
-import copy
 import importlib
 import importlib.abc
 import importlib.util
@@ -28,9 +27,10 @@ import os
 import signal
 import struct
 import sys
+import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch import nn
@@ -169,9 +169,10 @@ def tiny_splits(n_classes: int):
 
 
 INIT_LIMIT_S = 5.0  # for the submission's own __init__ on tiny data: it builds two small networks
-# per Trainer class, in this process, once its __init__ failed: the Trainer it left (None when
-# it ran too long) and why, so that the __init__ is not run again for every request
-_init_failed: Dict[type, Tuple[Optional[object], str]] = {}
+INIT_RETRY_S = 1.0  # an __init__ that raised within this is run again for each request (they take ms)
+# per Trainer class, in this process: why its __init__ is not run again (it ran too long, or
+# took longer than INIT_RETRY_S to raise), so that a slow one costs its time once
+_init_failed: Dict[type, str] = {}
 init_notes: list = []  # why the last request's Trainer is not a whole one, for the grader to quote
 
 
@@ -181,37 +182,30 @@ class InitTooSlow(Exception):
 
 def constructed(solution, network_type: str, n_classes: int, lr: float, batch_size: int):
     """A ``Trainer`` made by the submission's own ``__init__`` (``own_init``), so that
-    whatever else it sets up (a device, a helper) is there. When that ``__init__`` raises,
-    the ``Trainer`` as far as it got (every attribute set before the failing line), a
-    shallow copy of it for every later request of this process; when it runs too long,
-    one made without it, from then on. The questions then test the methods, and the
-    attributes the template's ``__init__`` sets come from ``trainer_of``. So a wrong
-    ``create_mlp``, which the ``__init__`` calls, costs points in its own question only;
-    ``init_notes`` says why."""
+    whatever else it sets up (a device, a helper) is there. When that ``__init__`` raises
+    within ``INIT_RETRY_S``, the ``Trainer`` as far as it got (every attribute set before
+    the failing line), made anew for each request; when it runs too long or raises later
+    than that, one made without it, from then on in this process. The questions then test
+    the methods, and the attributes the template's ``__init__`` sets come from
+    ``trainer_of``. So a wrong ``create_mlp``, which the ``__init__`` calls, costs points
+    in its own question only; ``init_notes`` says why."""
     cls = solution.Trainer
-    if cls not in _init_failed:
-        trainer, error = own_init(cls, network_type, n_classes, lr, batch_size)
-        if error is None:
-            return trainer
-        note = (f"Trainer.__init__ raised {error}, so these methods ran on a Trainer whose __init__ stopped there"
-                if trainer is not None else f"Trainer.__init__ {error}")
-        _init_failed[cls] = (_copied(trainer), note)
-        init_notes.append(note)
-        return cls.__new__(cls) if trainer is None else trainer
-    left, note = _init_failed[cls]
-    init_notes.append(note)
-    copied = _copied(left)
-    return cls.__new__(cls) if copied is None else copied
-
-
-def _copied(trainer: Optional[object]) -> Optional[object]:
-    """A shallow copy of ``trainer`` (``None`` if there is none, or it cannot be copied)."""
-    try:
-        return None if trainer is None else copy.copy(trainer)
-    except BaseException as e:  # its own __copy__ may fail any way
-        if isinstance(e, KeyboardInterrupt):
-            raise
-        return None
+    if cls in _init_failed:
+        init_notes.append(_init_failed[cls])
+        return cls.__new__(cls)
+    start = time.monotonic()
+    trainer, error = own_init(cls, network_type, n_classes, lr, batch_size)
+    if error is None:
+        return trainer
+    if trainer is not None and time.monotonic() - start <= INIT_RETRY_S:
+        init_notes.append(f"Trainer.__init__ raised {error}, so these methods ran on a Trainer whose __init__ "
+                          "stopped there")
+        return trainer
+    _init_failed[cls] = (f"Trainer.__init__ {error}" if trainer is None else
+                         f"Trainer.__init__ raised {error} after {time.monotonic() - start:.1f} s, so these methods "
+                         "ran on a Trainer made without it")
+    init_notes.append(_init_failed[cls])
+    return cls.__new__(cls)
 
 
 def own_init(cls, network_type: str, n_classes: int, lr: float, batch_size: int):
