@@ -752,6 +752,17 @@ def test_results_that_cannot_be_written_are_refused_before_grading(tmp_path, mon
     assert err.count("\n") == 1 and not graded
 
 
+def test_the_summary_gives_a_reason_repeated_from_the_part_before_in_a_few_words():
+    tests = [grading_results.TestResult("1", "a", 0.0, 2.0, "FAIL x (0/1): import failed\nFAIL y (0/1): import failed"),
+             grading_results.TestResult("2", "b", 1.0, 2.0, "FAIL z (0/1): import failed\nPASS w (1/1)"),
+             grading_results.TestResult("3", "c", 0.0, 1.0, "FAIL v (0/1): another reason")]
+    text = grading_results.summary(grading_results.results_json(tests, 1.0, ""))
+    assert text.splitlines()[1:7] == ["       FAIL x (0/1): import failed", "       FAIL y (0/1): the same reason as above",
+                                      "  2. b                            1/2",
+                                      "       FAIL z (0/1): the same reason as above",
+                                      "  3. c                            0/1", "       FAIL v (0/1): another reason"]
+
+
 def test_results_replace_what_utf8_cannot_encode(tmp_path):
     # a submission's error message can hold a lone surrogate: raise ValueError("\ud800")
     results = grading_results.results_json(

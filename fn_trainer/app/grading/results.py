@@ -65,11 +65,19 @@ def write_results(path: os.PathLike, results: Dict[str, Any]) -> None:
 
 
 def summary(results: Dict[str, Any]) -> str:
-    """One line per test with its score, the failed parts' reasons under it, and the total."""
-    lines = []
+    """One line per test with its score, the failed parts' reasons under it, and the total.
+    A part failed for the reason the part before it gave (an import error fails them all)
+    says so in a few words: each test of ``results`` keeps its reason in full."""
+    lines, previous = [], None
     for t in results["tests"]:
         lines.append(f"{t['number']:>3}. {t['name']:<28} {t['score']:g}/{t['max_score']:g}")
-        lines += [f"       {line}" for line in t["output"].splitlines() if not line.startswith("PASS")]
+        for line in t["output"].splitlines():
+            if line.startswith("PASS"):
+                continue
+            head, _, reason = line.partition("): ")
+            same = line.startswith("FAIL") and reason and reason == previous
+            lines.append(f"       {head}): the same reason as above" if same else f"       {line}")
+            previous = reason if line.startswith("FAIL") else None
     total = sum(t["max_score"] for t in results["tests"])
     lines.append(f"score: {results['score']:g}/{total:g} ({results['execution_time']:g} s)")
     if results["output"]:
