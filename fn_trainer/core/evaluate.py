@@ -27,7 +27,8 @@ def make_evaluate(apply: Apply, loss: Loss = cross_entropy, chunk_size: int = EV
         if not isinstance(X, Tensor) or X.dim() == 0 or X.shape[0] == 0:
             raise ValueError(f"evaluate needs X, a tensor of at least one sample, got {described(X)}")
         n = X.shape[0]
-        if not isinstance(targets, Tensor) or targets.ndim != 2 or targets.shape[0] != n:  # chunks of both would silently drop extra rows
+        # chunks of both would silently drop extra rows
+        if not isinstance(targets, Tensor) or targets.ndim != 2 or targets.shape[0] != n:
             raise ValueError(f"evaluate's targets must be one-hot (N, C) with N = {n} rows of X, got "
                              f"{described(targets)}")
         total_loss = total_acc = 0.0

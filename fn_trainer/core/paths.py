@@ -55,10 +55,9 @@ def ensure_writable_dir(path: PathLike, *, create: bool = True) -> Path:
     try:
         if create:
             folder.mkdir(parents=True, exist_ok=True)
-        blocking = None if create else _file_in_the_way(folder)
-        if blocking is not None:
+        existing = folder if create else next(p for p in (folder, *folder.parents) if p.exists())
+        if not existing.is_dir():  # a file where a folder goes: _reason names it
             raise FileExistsError(errno.EEXIST, "File exists")
-        existing = folder if create else next(p for p in (folder, *folder.parents) if p.is_dir())
         # os.access is unreliable (root, network mounts, read-only mounts): really write.
         with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-test-"):
             pass
