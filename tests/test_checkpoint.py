@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -399,6 +400,23 @@ def test_keyboard_interrupt_saves_and_resume_is_exact(tmp_path, count):
     resumed = run(checkpoint=path, resume=True, step_hook=calls.append)
     assert len(calls) == 18 - count
     assert_same_run(resumed, run())
+
+
+def test_a_resumed_run_counts_the_seconds_of_the_process_it_was_interrupted_in(tmp_path):
+    """A run's wall time is its whole training's: the checkpoint carries the seconds of the
+    part before an interrupt, and the resumed run adds its own to them."""
+    path = tmp_path / "c.pt"
+
+    def slow_then_interrupt(opt_state):
+        time.sleep(0.05)  # 8 steps before the interrupt at the 8th: at least 0.4 s
+        interrupt_at(7)(opt_state)
+    with pytest.raises(KeyboardInterrupt):
+        run(checkpoint=path, step_hook=slow_then_interrupt)
+    stored = load_checkpoint(path)["seconds"]
+    assert stored >= 0.4
+    resumed = run(checkpoint=path, resume=True)
+    assert stored <= resumed.wall_time_s < stored + 60
+    assert run(checkpoint=tmp_path / "fresh.pt").wall_time_s < stored  # a run without sleeps: what one part takes
 
 
 def test_keyboard_interrupt_after_divergence_keeps_the_last_good_checkpoint(tmp_path):

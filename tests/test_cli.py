@@ -4,6 +4,7 @@ import logging
 import os
 import runpy
 import sys
+import time
 from pathlib import Path
 
 import matplotlib.image
@@ -190,6 +191,7 @@ def test_interrupted_run_resumes_to_the_same_result(small_data_root, tmp_path, c
             calls["n"] += 1
             if calls["n"] == 6:  # second epoch of the first run
                 raise KeyboardInterrupt
+            time.sleep(0.1)  # the part before the interrupt takes at least 0.5 s
             return step(*sa)
 
         return step_then_interrupt
@@ -206,6 +208,9 @@ def test_interrupted_run_resumes_to_the_same_result(small_data_root, tmp_path, c
     cut = {p.name: json.loads(p.read_text())["logs"] for p in result_files(tmp_path / "cut")}
     assert cut == whole
     assert list((tmp_path / "cut" / "runs").glob("*.checkpoint.pt")) == []
+    # the resumed run's wall time counts the interrupted part's too
+    resumed_record = json.loads((tmp_path / "cut" / "runs" / checkpoint.name.replace(".checkpoint.pt", ".json")).read_text())
+    assert resumed_record["wall_time_s"] >= 0.5
     # without --resume the same interruption's checkpoint is trained over, and said so
     monkeypatch.setattr(training, "make_step", interrupting_make_step)
     calls["n"] = 0
@@ -703,7 +708,7 @@ def fake_fit(*args, **kwargs):
     """``fit``'s result without training: the logs of ``fake_logs`` for the run's seed."""
     from fn_trainer.training.fit import FitResult
 
-    return FitResult(args[2], None, fake_logs(0.3 + 0.01 * (kwargs["seed"] % 5), kwargs["epochs"]))
+    return FitResult(args[2], None, fake_logs(0.3 + 0.01 * (kwargs["seed"] % 5), kwargs["epochs"]), wall_time_s=0.0)
 
 
 def fake_population(network, members, *args, **kwargs):
@@ -711,7 +716,8 @@ def fake_population(network, members, *args, **kwargs):
     from fn_trainer.training.fit import FitResult
 
     params = network.init(0)
-    return [FitResult(params, None, fake_logs(0.3 + 0.05 * k, kwargs["epochs"])) for k in range(len(members))]
+    return [FitResult(params, None, fake_logs(0.3 + 0.05 * k, kwargs["epochs"]), wall_time_s=0.0)
+            for k in range(len(members))]
 
 
 def fake_logs(value, epochs):

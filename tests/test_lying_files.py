@@ -79,6 +79,9 @@ EDITS = {
                                 "unusable random generator states: an integer is required"),
     "tensor in the settings": (lambda d: _set(d, "settings.batch_size", torch.tensor([16, 16])),
                                "inconsistent: RuntimeError: Boolean value of Tensor"),
+    "negative seconds": (lambda d: _set(d, "seconds", -2.0), "seconds must be a finite number >= 0, got -2.0"),
+    "seconds as text": (lambda d: _set(d, "seconds", "10"), "seconds must be a finite number >= 0, got '10'"),
+    "infinite seconds": (lambda d: _set(d, "seconds", float("inf")), "seconds must be .*, got inf"),
 }
 
 

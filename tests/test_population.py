@@ -225,6 +225,19 @@ def test_a_population_checkpoint_of_another_population_is_refused(data, tmp_path
                        checkpoint=path, resume=True)
 
 
+def test_a_resumed_population_counts_the_seconds_its_checkpoint_holds(data, tmp_path):
+    net, members = build_network("mlp", MLP), [Member(0, 1e-3), Member(1, 1e-2)]
+    path = tmp_path / "p.pt"
+    first = fit_population(net, members, *data, epochs=1, batch_size=100, progress=False, checkpoint=path)
+    state = load_checkpoint(path)
+    assert 0 < state["seconds"] <= first[0].wall_time_s == first[1].wall_time_s
+    state["seconds"] = 1000.0  # as if the first epoch had taken that long
+    save_checkpoint(path, {k: v for k, v in state.items() if k not in ("format", "version")})
+    resumed = fit_population(net, members, *data, epochs=2, batch_size=100, progress=False, checkpoint=path,
+                             resume=True)
+    assert all(1000 <= r.wall_time_s < 1060 for r in resumed)
+
+
 CHILD = textwrap.dedent("""
     import sys, time
     import torch

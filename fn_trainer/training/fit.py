@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 from torch import Tensor
@@ -37,13 +38,16 @@ class FitResult(NamedTuple):
     finite ones (those the failing step received, or the epoch's last ones when only its
     end-of-epoch evaluation was not finite). ``logs``: as in the homework's ``train_logs``,
     one entry per completed epoch. ``diverged``: ``None``, or a message naming the epoch,
-    the step and the non-finite value that stopped the run.
+    the step and the non-finite value that stopped the run. ``wall_time_s``: the
+    wall-clock seconds the run took, those of the processes it was interrupted in
+    included when it was resumed from a checkpoint (``None`` if not measured).
     """
 
     params: Params
     opt_state: object
     logs: Logs
     diverged: Optional[str] = None
+    wall_time_s: Optional[float] = None
 
 
 def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
@@ -116,12 +120,15 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
             out[f"{split}_loss"], out[f"{split}_accuracy"] = evaluate(p, X, T)
         return out
 
+    start, earlier = time.perf_counter(), 0.0  # earlier: the seconds of the processes a resumed run ran in
+
     def save(cur: Progress) -> None:
-        save_progress(checkpoint, cur, settings=settings, config=plain_config)
+        save_progress(checkpoint, cur, settings=settings, config=plain_config,
+                      seconds=earlier + time.perf_counter() - start)
 
     if resume and checkpoint.exists():
-        cur, _ = load_progress(checkpoint, params, opt_state, settings=settings, config=plain_config,
-                               epochs=epochs, n_batches=n_batches)
+        cur, _, earlier = load_progress(checkpoint, params, opt_state, settings=settings, config=plain_config,
+                                        epochs=epochs, n_batches=n_batches)
     else:
         cur = Progress(params, opt_state, appended({k: [] for k in LOG_KEYS}, metrics_of(params)), 0, 0)
 
@@ -143,6 +150,7 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
                                     save=None if checkpoint is None or not write_checkpoint else save)
     finally:
         bar.close()
+    wall_time_s = earlier + time.perf_counter() - start
     if stopped:
-        return FitResult(stopped[0].params, stopped[0].opt_state, cur.logs, stopped[0].message)
-    return FitResult(cur.params, cur.opt_state, cur.logs)
+        return FitResult(stopped[0].params, stopped[0].opt_state, cur.logs, stopped[0].message, wall_time_s)
+    return FitResult(cur.params, cur.opt_state, cur.logs, wall_time_s=wall_time_s)

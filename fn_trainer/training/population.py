@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -228,7 +229,7 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
     update goes non-finite keeps its completed epochs' logs and the parameters its
     failing step received, and ``diverged`` names the epoch, step and values; the others
     go on. Each member's trajectory is its solo ``fit`` run's up to float32 reassociation
-    (batched matmuls).
+    (batched matmuls). Every member's ``wall_time_s`` is the population's.
 
     ``compile=True`` runs the vmapped step under ``torch.compile`` (one graph for full
     minibatches; a smaller last minibatch runs eagerly), worth it for long runs; the
@@ -287,9 +288,10 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
             values["train_gradient_norm"] = grad_norms.tolist()
         return values
 
+    start, earlier = time.perf_counter(), 0.0  # earlier: the seconds of the processes a resumed run ran in
     if resume and checkpoint.exists():
-        cur, stopped = load_progress(checkpoint, params, state, settings=settings, config=plain_config,
-                                     epochs=epochs, n_batches=n_batches, members=everyone)
+        cur, stopped, earlier = load_progress(checkpoint, params, state, settings=settings, config=plain_config,
+                                              epochs=epochs, n_batches=n_batches, members=everyone)
     else:
         values = metrics(params)
         cur, stopped = Progress(params, state, [appended({k: [] for k in LOG_KEYS}, {key: v[k] for key, v in values.items()})
@@ -314,7 +316,8 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
         return Progress(cur.params, cur.opt_state, logs, cur.epoch + 1, 0), evaluated
 
     def save(cur: Progress) -> None:
-        save_progress(checkpoint, cur, settings=settings, config=plain_config, members=everyone, stopped=stopped)
+        save_progress(checkpoint, cur, settings=settings, config=plain_config, members=everyone, stopped=stopped,
+                      seconds=earlier + time.perf_counter() - start)
 
     try:
         cur, stopped = train_epochs(step, cur, epochs=epochs, n_batches=n_batches, minibatch=minibatch,
@@ -322,9 +325,9 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
                                     save=None if checkpoint is None else save)
     finally:
         bar.close()
-    logs = cur.logs
-    return [FitResult(s.params, s.opt_state, logs[k], s.message) if (s := stopped.get(k)) is not None
-            else FitResult(tree_index(cur.params, k), tree_index(cur.opt_state, k), logs[k])
+    logs, wall_time_s = cur.logs, earlier + time.perf_counter() - start  # the population's, every member's
+    return [FitResult(s.params, s.opt_state, logs[k], s.message, wall_time_s) if (s := stopped.get(k)) is not None
+            else FitResult(tree_index(cur.params, k), tree_index(cur.opt_state, k), logs[k], wall_time_s=wall_time_s)
             for k in range(K)]
 
 

@@ -2,9 +2,10 @@
 
 A run's checkpoint holds its parameters and optimizer state (one model's, or K stacked
 members'), its logs, its position (completed epochs and steps), the random generators'
-states, the settings it was started with and its ``config``. Resuming checks all of it
-against the run that resumes, so a hand-edited or foreign file is refused with a
-``CheckpointError`` naming what is wrong, never trained on.
+states, the settings it was started with, its ``config`` and the wall-clock seconds it
+has trained so far. Resuming checks all of it against the run that resumes, so a
+hand-edited or foreign file is refused with a ``CheckpointError`` naming what is wrong,
+never trained on.
 """
 from __future__ import annotations
 
@@ -54,13 +55,15 @@ def checkpoint_path(checkpoint: Optional[PathLike], resume: bool, writable: bool
 
 
 def save_progress(path: PathLike, cur: Progress, *, settings: Dict[str, Any], config: Any,
-                  members: Members = Members(), stopped: Optional[Dict[int, Stopped]] = None) -> None:
-    """Write ``cur`` (and a population's ``stopped`` members) to checkpoint ``path``, atomically."""
+                  members: Members = Members(), stopped: Optional[Dict[int, Stopped]] = None,
+                  seconds: float = 0.0) -> None:
+    """Write ``cur`` (and a population's ``stopped`` members) to checkpoint ``path``, atomically;
+    ``seconds``: the wall-clock seconds the run has trained so far, in every process."""
     last = cur.last_grad_norm
     state = {"params": cur.params, "opt_state": cur.opt_state, "logs": cur.logs,
              "epoch": cur.epoch, "batch": cur.batch,
              "last_grad_norm": None if last is None else (last.tolist() if members.stacked else float(last)),
-             "rng": rng_states(), "settings": settings, "config": config}
+             "rng": rng_states(), "settings": settings, "config": config, "seconds": float(seconds)}
     if members.stacked:
         state["stopped"] = {str(k): {"params": s.params, "opt_state": s.opt_state, "message": s.message}
                             for k, s in (stopped or {}).items()}
@@ -69,9 +72,10 @@ def save_progress(path: PathLike, cur: Progress, *, settings: Dict[str, Any], co
 
 def load_progress(path: Path, params: Params, opt_state: object, *, settings: Dict[str, Any], config: Any,
                   epochs: int, n_batches: int,
-                  members: Members = Members()) -> Tuple[Progress, Dict[int, Stopped]]:
-    """The ``Progress`` (and a population's stopped members) stored in checkpoint ``path``,
-    checked against this run: its ``params`` and ``opt_state`` at the start (shapes,
+                  members: Members = Members()) -> Tuple[Progress, Dict[int, Stopped], float]:
+    """The ``Progress``, a population's stopped members and the seconds trained so far
+    (0 in a checkpoint written before they were stored) in checkpoint ``path``, checked
+    against this run: its ``params`` and ``opt_state`` at the start (shapes,
     hyper-parameters, step counts), ``settings``, ``config`` and ``epochs``."""
     data = load_checkpoint(path)
     try:
@@ -85,7 +89,7 @@ def load_progress(path: Path, params: Params, opt_state: object, *, settings: Di
 
 def _checked_progress(path: Path, data: Dict[str, Any], params: Params, opt_state: object, *,
                       settings: Dict[str, Any], config: Any, epochs: int, n_batches: int,
-                      members: Members) -> Tuple[Progress, Dict[int, Stopped]]:
+                      members: Members) -> Tuple[Progress, Dict[int, Stopped], float]:
     """``load_progress`` of the loaded checkpoint ``data``."""
     for what, expected in (("settings", settings), ("config", config)):
         found = data.get(what)
@@ -114,6 +118,9 @@ def _checked_progress(path: Path, data: Dict[str, Any], params: Params, opt_stat
                                     members.take(opt_state, k), epoch * n_batches + batch)
         if problem is not None and members.stacked:
             problem = f"member {k}: {problem}"
+    seconds = data.get("seconds", 0.0)
+    if problem is None and not (is_finite_number(seconds) and seconds >= 0):
+        problem = f"seconds must be a finite number >= 0, got {seconds!r}"
     if problem is not None:
         raise CheckpointError(f"checkpoint {str(path)!r} is inconsistent: {problem}")
     if epoch > epochs or (epoch == epochs and batch > 0):
@@ -130,7 +137,7 @@ def _checked_progress(path: Path, data: Dict[str, Any], params: Params, opt_stat
         logs, last = {k: [float(v) for v in logs[k]] for k in LOG_KEYS}, None if last is None else float(last)
     # float64 holds the stored Python float(s) exactly: the end-of-epoch log takes them as they were
     last = None if last is None else torch.tensor(last, dtype=torch.float64)
-    return Progress(restored_params, restored_state, logs, epoch, batch, last), stopped
+    return Progress(restored_params, restored_state, logs, epoch, batch, last), stopped, float(seconds)
 
 
 _MISSING = object()

@@ -5,7 +5,6 @@ this command), and a fresh one is stored as soon as it exists."""
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -168,7 +167,6 @@ def train_one(ctx: Context, spec: RunSpec) -> Trained:
     elif fast is not None:
         step = compile_step(make_step(ctx.fast_apply(net), fast[0]), eager=step, guard_closures=False,
                             batch_shape=fast[1])
-    start = time.perf_counter()
     result = fit(step, make_evaluate(net.apply), params, optimizer.init(params),
                  train, valid, epochs=spec.epochs, batch_size=spec.batch_size, n_classes=N_CLASSES,
                  seed=spec.seed, progress=ctx.settings.progress, desc=spec.name,
@@ -176,7 +174,7 @@ def train_one(ctx: Context, spec: RunSpec) -> Trained:
                  config=spec.identity(ctx.fingerprint), write_checkpoint=ctx.settings.rank == 0)
     if ctx.settings.parallel is not None:  # every rank has read the checkpoint before rank 0 deletes it
         wait_for_all("after a run")
-    return result, time.perf_counter() - start, trainer
+    return result, result.wall_time_s, trainer
 
 
 def train_together(ctx: Context, specs: List[RunSpec]) -> List[Trained]:
@@ -187,15 +185,13 @@ def train_together(ctx: Context, specs: List[RunSpec]) -> List[Trained]:
     network = build_network(first.network_type, first.config)
     train, valid = ctx.data(first.normalization)
     compiled = worth_compiling(ctx, first.network_type, first.epochs, train[0].shape[0], first.batch_size)
-    start = time.perf_counter()
     results = fit_sweep(network, [sp.lr for sp in specs], train, valid, epochs=first.epochs,
                         batch_size=first.batch_size, seed=first.seed, n_classes=N_CLASSES,
                         progress=ctx.settings.progress, compile=compiled,
                         compiled_apply=ctx.fast_apply(network, vmapped=True) if compiled else None,
                         desc=f"{first.name.split('-lr')[0]} x{len(specs)} lrs")
-    wall = time.perf_counter() - start
     rates = f"{len(specs)} learning rate{'s' * (len(specs) != 1)}"
-    return [(r, wall, f"{SWEEP_TRAINER} ({rates} together{', compiled' * compiled})") for r in results]
+    return [(r, r.wall_time_s, f"{SWEEP_TRAINER} ({rates} together{', compiled' * compiled})") for r in results]
 
 
 def train_population(ctx: Context, specs: List[RunSpec]) -> List[Trained]:
@@ -224,7 +220,6 @@ def _train_members(ctx: Context, specs: List[RunSpec]) -> List[Trained]:
     data = [ctx.data(sp.normalization) for sp in specs]
     compiled = worth_compiling(ctx, first.network_type, first.epochs, data[0][0].X.shape[0],
                                first.batch_size)
-    start = time.perf_counter()
     results = fit_population(network, [Member(sp.seed, sp.lr) for sp in specs], [train for train, _ in data],
                              [valid for _, valid in data], epochs=first.epochs, batch_size=first.batch_size,
                              n_classes=N_CLASSES, compile=compiled,
@@ -232,9 +227,8 @@ def _train_members(ctx: Context, specs: List[RunSpec]) -> List[Trained]:
                              progress=ctx.settings.progress, desc=f"{first.name.split('-lr')[0]} x{len(specs)}",
                              checkpoint=population_checkpoint_path(ctx, specs), resume=ctx.settings.resume,
                              config={"members": [sp.identity(ctx.fingerprint) for sp in specs]})
-    wall = time.perf_counter() - start
     how = f"{POPULATION_TRAINER} ({len(specs)} runs together{', compiled' if compiled else ''})"
-    return [(r, wall, how) for r in results]
+    return [(r, r.wall_time_s, how) for r in results]
 
 
 def seeds_trainer(settings: Settings) -> Optional[GroupTrainer]:
