@@ -206,14 +206,14 @@ def test_markdown_table_shape():
 
 
 def test_report_sections_follow_question_order_and_replace(tmp_path):
-    write_section(tmp_path, "cnn", "## 4. cnn v1")
-    write_section(tmp_path, "equivariance", "## 1. eq")
-    write_section(tmp_path, "cnn", "## 4. cnn v2")
+    write_section(tmp_path, "cnn", lambda: "## 4. cnn v1")
+    write_section(tmp_path, "equivariance", lambda: "## 1. eq")
+    write_section(tmp_path, "cnn", lambda: "## 4. cnn v2")
     report = (tmp_path / "report.md").read_text()
     assert report.index("## 1. eq") < report.index("## 4. cnn v2") and "v1" not in report
     assert assemble(tmp_path) == tmp_path / "report.md"
     with pytest.raises(ValueError):
-        write_section(tmp_path, "../escape", "x")
+        write_section(tmp_path, "../escape", lambda: "x")
 
 
 def read_png(path):

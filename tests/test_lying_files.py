@@ -253,6 +253,10 @@ LYING_RECORDS = {
     "huge lr": (_put("spec.lr", 10**400), "lr is 1000"),
     "huge wall time": (_put("wall_time_s", 10**400), "wall_time_s is 1000"),
     "huge log value": (_put("logs.train_loss.1", 10**400), "'train_loss'] holds 1000"),
+    # texts the report and the console print as they are: a line break would add a heading
+    "diverged over lines": (_put("diverged", "boom\n\n## FAKE SECTION"), "its diverged is 'boom\\n\\n## FAKE"),
+    "trainer with a carriage return": (_put("trainer", "fit\rX"), "its trainer is 'fit\\rX', expected one line"),
+    "label with an escape": (_put("spec.label", "MLP\x1b[2J"), "its spec's label is"),
 }
 
 

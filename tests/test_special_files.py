@@ -87,13 +87,13 @@ def test_a_section_that_is_not_a_regular_file_is_left_out_of_the_report(kind, tm
     outside = tmp_path / "victim" / report.SECTION_FILE
     outside.parent.mkdir()
     outside.write_text("## outside text\n")
-    report.write_section(out, "depth", "## depth section")
+    report.write_section(out, "depth", lambda: "## depth section")
     if kind == "linked folder":
         (out / "cnn").symlink_to(outside.parent)
     else:
         _plant(out / "cnn" / report.SECTION_FILE, kind, outside)
     warnings = []
-    path = report.write_section(out, "lr-sweep", "## lr section", warnings.append)
+    path = report.write_section(out, "lr-sweep", lambda: "## lr section", warnings.append)
     text = path.read_text()
     assert "## depth section" in text and "## lr section" in text and "outside text" not in text
     assert len(warnings) == 1 and str(out / "cnn" / report.SECTION_FILE) in warnings[0], warnings

@@ -5,6 +5,7 @@ import errno
 import multiprocessing
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -83,7 +84,7 @@ def test_report_files_replace_planted_links(tmp_path):
     (out / "depth").mkdir(parents=True)
     for name in ("report.md", "depth/section.md"):
         (out / name).symlink_to(outside)
-    report.write_section(out, "depth", "## 3. Depth\n\ntext")
+    report.write_section(out, "depth", lambda: "## 3. Depth\n\ntext")
     assert outside.read_bytes() == OUTSIDE
     assert "## 3. Depth" in (out / "report.md").read_text()
     assert (out / "depth" / "section.md").read_text() == "## 3. Depth\n\ntext\n"
@@ -94,7 +95,7 @@ def test_a_link_at_the_report_lock_is_refused_with_one_line(tmp_path):
     out.mkdir()
     (out / report.LOCK_FILE).symlink_to(tmp_path / "lock-outside")
     with pytest.raises(OSError, match=r"report lock .*\.report\.lock"):
-        report.write_section(out, "depth", "text")
+        report.write_section(out, "depth", lambda: "text")
     assert not (tmp_path / "lock-outside").exists()
 
 
@@ -259,7 +260,7 @@ def _write_sections(out, experiment, start, rounds):
     while time.time() < start:
         time.sleep(0.001)
     for i in range(rounds):
-        report.write_section(Path(out), experiment, f"## {experiment} round {i}")
+        report.write_section(Path(out), experiment, lambda: f"## {experiment} round {i}")
 
 
 @pytest.mark.parametrize("rounds", [1, 3])
@@ -294,3 +295,91 @@ def test_a_name_too_long_is_a_write_error_naming_it(tmp_path):
     with pytest.raises(WriteError, match="cannot write .*aaaa'") as e:
         write_atomically(path, b"x")
     assert "\n" not in str(e.value)
+
+
+# --- what the command line writes into, checked before it trains ----------------------------
+
+BLOCKED_OUTPUTS = {  # (what is planted where, the error's words)
+    "a link at an experiment's folder": ("depth", lambda p: p.symlink_to(p.parent.parent / "elsewhere"),
+                                         r"'.*out/depth' is a symbolic link: fn-trainer writes only inside --out"),
+    "a link to nothing at an experiment's folder": ("depth", lambda p: p.symlink_to(p.parent / "nothing"),
+                                                    r"'.*out/depth' is a symbolic link"),
+    "a file at the runs folder": ("runs", lambda p: p.write_text(""),
+                                  r"output folder '.*out/runs' cannot be written: '.*out/runs' is a file, not a fold"),
+    "a folder at the section": ("depth/section.md", lambda p: p.mkdir(parents=True),
+                                r"cannot write '.*out/depth/section.md': it is a folder"),
+}
+
+
+@pytest.mark.parametrize("case", list(BLOCKED_OUTPUTS))
+def test_what_the_command_cannot_write_into_is_named_before_any_training(case, tmp_path, fake_data_root, capsys,
+                                                                        monkeypatch):
+    from fn_trainer.app.experiments import training
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before the output folder was checked")
+    monkeypatch.setattr(training, "fit", no_training)
+    monkeypatch.setattr(training, "fit_population", no_training)
+    where, plant, words = BLOCKED_OUTPUTS[case]
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    plant(out / where)
+    rc = cli.main(["depth", "--data", str(fake_data_root), "--out", str(out), "--epochs", "1", "--limit", "16",
+                   "--seeds", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and re.search(words, err), err
+    assert list(elsewhere.iterdir()) == []  # nothing written where a link points
+
+
+def test_out_as_a_link_to_nothing_is_named(tmp_path, fake_data_root, capsys):
+    (tmp_path / "out").symlink_to(tmp_path / "nothing")
+    rc = cli.main(["equivariance", "--data", str(fake_data_root), "--out", str(tmp_path / "out"), "--limit", "16"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert re.search(r"--out: output folder '.*out' cannot be written: '.*out' is a symbolic link to nothing", err)
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_a_sections_figures_are_drawn_under_the_report_lock(tmp_path, fake_data_root, capsys, monkeypatch):
+    """Two commands writing one experiment into one folder at once: each section is drawn
+    with its own figures, never beside the other command's."""
+    import fcntl
+
+    from fn_trainer.app import plots
+    from fn_trainer.app.experiments import comparison
+
+    out, drawn = tmp_path / "out", []
+
+    def locked(draw):
+        def checked(*args, **kwargs):
+            fd = os.open(out / report.LOCK_FILE, os.O_RDWR)
+            try:
+                with pytest.raises(BlockingIOError):  # another process would wait here
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            finally:
+                os.close(fd)
+            drawn.append(draw.__name__)
+            return draw(*args, **kwargs)
+        return checked
+    monkeypatch.setattr(comparison, "accuracy_figure", locked(comparison.accuracy_figure))
+    monkeypatch.setattr(plots, "plot_map", locked(plots.plot_map))
+    for args in (["depth", "--epochs", "1", "--seeds", "1", "--no-progress"], ["equivariance"]):
+        rc = cli.main([*args, "--data", str(fake_data_root), "--out", str(out), "--limit", "16"])
+        assert rc == 0, capsys.readouterr().err
+    assert drawn == ["accuracy_figure"] + ["plot_map"] * 4
+
+
+def test_a_command_deletes_the_stale_temporaries_of_killed_writers_among_the_runs(tmp_path, fake_data_root):
+    runs = tmp_path / "out" / "runs"
+    runs.mkdir(parents=True)
+    stale, young = runs / ".a.checkpoint.pt.0123456789ab.tmp", runs / ".b.json.ba9876543210.tmp"
+    other = runs / ".notes.tmp"  # not a name write_atomically gives
+    for file in (stale, young, other):
+        file.write_bytes(b"x" * 100)
+    age = time.time() - STALE_TEMPORARY_S - 1
+    for file in (stale, other):
+        os.utime(file, (age, age))
+    assert cli.main(["equivariance", "--data", str(fake_data_root), "--out", str(tmp_path / "out"),
+                     "--limit", "16"]) == 0
+    assert sorted(runs.iterdir()) == sorted([young, other])

@@ -324,6 +324,7 @@ def run_experiments(args: argparse.Namespace, command: str) -> int:
             if launch is not None and launch.rank != 0:
                 serve(ctx)  # train the runs rank 0 sends; it alone prints and writes
                 return 0
+            prepare_out(ctx, names)
             for name in names:
                 experiment(name).run(ctx)
     finally:
@@ -331,6 +332,21 @@ def run_experiments(args: argparse.Namespace, command: str) -> int:
         flush_denormals(flushed_before)  # after the threads: it sets those in use
     print(f"report: {Path(args.out) / REPORT_FILE}")
     return 0
+
+
+def prepare_out(ctx: Context, names: Sequence[str]) -> None:
+    """Before any training, nothing created yet: every folder the command writes into can
+    be a folder inside ``--out`` (a link or a file there is named now, not once the runs
+    are trained), every section's path can be replaced, and the temporaries that writers
+    killed earlier left among the run files are deleted once stale."""
+    from ..core.paths import discard_stale_temporaries
+    from .experiments.records import RUNS_DIR
+    from .report import check_section
+
+    discard_stale_temporaries(ctx.folder(RUNS_DIR, create=False))
+    for name in names:
+        ctx.folder(name, create=False)
+        check_section(ctx.out, name)
 
 
 class CalibrationInterrupted(KeyboardInterrupt):

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from ..core.paths import open_regular_file, safe_path, write_text
+from ..core.paths import check_replaceable, open_regular_file, safe_path, write_text
 from .experiments import EXPERIMENTS
 
 ORDER = tuple(EXPERIMENTS)  # report sections in the homework's question order
@@ -43,13 +43,26 @@ def image(experiment: str, filename: str, alt: str) -> str:
     return f"![{alt}]({experiment}/{filename})"
 
 
-def write_section(out: Path, experiment: str, markdown: str, warn: Callable[[str], None] = print_warning) -> Path:
-    """Store ``markdown`` as ``experiment``'s section, rebuild ``report.md``, return its path;
-    ``warn`` is told of sections left out (see ``_read_section``)."""
-    folder = safe_path(out, experiment)
+def write_section(out: Path, experiment: str, compose: Callable[[], str],
+                  warn: Callable[[str], None] = print_warning) -> Path:
+    """Store the markdown ``compose()`` returns as ``experiment``'s section, rebuild
+    ``report.md``, return its path; ``warn`` is told of sections left out (see
+    ``_read_section``).
+
+    ``compose`` draws the section's figures: it runs under the report's lock, once the
+    section's path is known to be writable, so that a section and its figures are always
+    one command's, even when two commands write the same experiment into ``out`` at once.
+    """
     with report_lock(out):
-        write_text(folder / SECTION_FILE, markdown.rstrip() + "\n")
+        section = check_section(out, experiment)
+        write_text(section, compose().rstrip() + "\n")
         return _assemble(out, warn)
+
+
+def check_section(out: Path, experiment: str) -> Path:
+    """The path of ``experiment``'s section in ``out``; ``WriteError`` naming it if a folder,
+    FIFO or the like is there (checked before the training whose section it would hold)."""
+    return check_replaceable(safe_path(out, experiment) / SECTION_FILE)
 
 
 def assemble(out: Path, warn: Callable[[str], None] = print_warning) -> Path:

@@ -55,7 +55,8 @@ def ensure_writable_dir(path: PathLike, *, create: bool = True) -> Path:
     try:
         if create:
             folder.mkdir(parents=True, exist_ok=True)
-        existing = folder if create else next(p for p in (folder, *folder.parents) if p.exists())
+        # a link to nothing counts as there: mkdir fails on it, and _reason names it
+        existing = folder if create else next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink())
         if not existing.is_dir():  # a file where a folder goes: _reason names it
             raise FileExistsError(errno.EEXIST, "File exists")
         # os.access is unreliable (root, network mounts, read-only mounts): really write.
@@ -135,6 +136,19 @@ class WriteError(OSError):
 DISK_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 
 
+def check_replaceable(path: PathLike) -> Path:
+    """``path`` as a ``Path`` if ``write_atomically`` may replace what is there (a regular
+    file, a link or nothing), else the ``WriteError`` it would raise: checked before the
+    work whose result is to be written there."""
+    path = Path(path)
+    kind = unreplaceable_kind(path)
+    if kind is not None:
+        error = WriteError(f"cannot write {str(path)!r}: it is {kind}, not a regular file, and is left as it is")
+        error.path = path
+        raise error
+    return path
+
+
 def write_atomically(path: PathLike, data: bytes) -> Path:
     """Replace file ``path`` with ``data``; the one way every output file is written.
 
@@ -148,13 +162,8 @@ def write_atomically(path: PathLike, data: bytes) -> Path:
     Any ``OSError`` (a full disk above all) becomes a one-line ``WriteError`` naming
     ``path``. Returns ``path``.
     """
-    path = Path(path)
+    path = check_replaceable(path)
     folder = path.parent
-    kind = unreplaceable_kind(path)
-    if kind is not None:
-        error = WriteError(f"cannot write {str(path)!r}: it is {kind}, not a regular file, and is left as it is")
-        error.path = path
-        raise error
     tmp = folder / f".{path.name}.{secrets.token_hex(TOKEN_BYTES)}.tmp"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -185,9 +194,14 @@ def temporaries(path: PathLike) -> List[Path]:
     """The temporary files of ``write_atomically`` beside ``path``: a write in progress, or
     one whose process was killed (SIGKILL, a power cut) before it could rename or remove it."""
     path = Path(path)
-    name = re.compile(re.escape(f".{path.name}.") + f"[0-9a-f]{{{2 * TOKEN_BYTES}}}" + re.escape(".tmp"))
+    return _temporaries_in(path.parent, re.escape(path.name))
+
+
+def _temporaries_in(folder: Path, name_pattern: str) -> List[Path]:
+    """The ``write_atomically`` temporaries in ``folder`` of the files whose names match ``name_pattern``."""
+    name = re.compile(r"\." + name_pattern + r"\." + f"[0-9a-f]{{{2 * TOKEN_BYTES}}}" + re.escape(".tmp"))
     try:
-        return sorted(entry for entry in path.parent.iterdir() if name.fullmatch(entry.name))
+        return sorted(entry for entry in folder.iterdir() if name.fullmatch(entry.name))
     except (FileNotFoundError, NotADirectoryError):
         return []
 
@@ -198,10 +212,21 @@ def discard(path: PathLike) -> None:
     ``STALE_TEMPORARY_S``. A younger one may be another process's write in progress (two
     commands training the same run into one folder), whose rename would fail without it."""
     Path(path).unlink(missing_ok=True)
+    _discard_stale(temporaries(path))
+
+
+def discard_stale_temporaries(folder: PathLike) -> None:
+    """Delete every ``write_atomically`` temporary in ``folder`` untouched for
+    ``STALE_TEMPORARY_S``: those of writers killed while their file's own ``discard`` was
+    not yet due (a run killed, resumed and recorded within minutes leaves its checkpoint's)."""
+    _discard_stale(_temporaries_in(Path(folder), ".+"))
+
+
+def _discard_stale(files: List[Path]) -> None:
     now = time.time()
-    for file in temporaries(path):
+    for file in files:
         try:
-            if now - file.stat().st_mtime > STALE_TEMPORARY_S:
+            if now - file.lstat().st_mtime > STALE_TEMPORARY_S:
                 file.unlink()
         except FileNotFoundError:  # renamed or removed by its writer meanwhile
             pass
@@ -216,11 +241,12 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def _file_in_the_way(folder: Path) -> Optional[Path]:
     """The first of ``folder``'s ancestors, or ``folder`` itself, that exists and is not a
-    folder: why creating ``folder`` fails with "File exists" or "Not a directory"."""
+    folder, or is a link to nothing: why creating ``folder`` fails with "File exists" or
+    "Not a directory"."""
     try:
         for part in (*reversed(folder.parents), folder):
             if not part.exists():
-                return None
+                return part if part.is_symlink() else None  # a link to nothing is in the way too
             if not part.is_dir():
                 return part
     except OSError:  # an ancestor that cannot be looked into: the OS's own reason then
@@ -234,7 +260,8 @@ def _reason(folder: Path, e: OSError) -> str:
         return "the disk is full (no space left on device)"
     blocking = _file_in_the_way(folder) if e.errno in (errno.EEXIST, errno.ENOTDIR) else None
     if blocking is not None:
-        return f"{str(blocking)!r} is a file, not a folder"
+        what = "a symbolic link to nothing" if not blocking.exists() else "a file, not a folder"
+        return f"{str(blocking)!r} is {what}"
     return e.strerror or str(e) or type(e).__name__
 
 

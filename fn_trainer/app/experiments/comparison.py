@@ -60,9 +60,11 @@ class Comparison:
             parts += [spread_table(configurations), ""]
         parts += differences([(f"{archs[i].title} against {archs[j].title}", configurations[i], configurations[j])
                               for i, j in self.contrasts])
-        parts += ["", "\n\n".join(self.figures(ctx, configurations,
-                                                f"lr={fmt_lr(s.lr)}, normalised, batch {batch_size}"))]
-        write_section(ctx.out, self.name, "\n".join(parts), ctx.warn)
+
+        def compose() -> str:
+            figures = self.figures(ctx, configurations, f"lr={fmt_lr(s.lr)}, normalised, batch {batch_size}")
+            return "\n".join([*parts, "", "\n\n".join(figures)])
+        write_section(ctx.out, self.name, compose, ctx.warn)
         return records
 
     def figures(self, ctx: Context, configurations: Sequence[Configuration], setting: str) -> List[str]:

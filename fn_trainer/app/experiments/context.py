@@ -11,7 +11,7 @@ import torch
 from ...core.config import HOMEWORK_SEED
 from ...core.data import Split, Splits, load_fashion_mnist, normalize
 from ...core.networks import Network, Params
-from ...core.paths import safe_path
+from ...core.paths import ensure_writable_dir, safe_path
 from ...core.trees import tensors_digest
 from ...speed import inductor_apply
 from ...speed.calibration import DEFAULTS, Calibration, calibrated_cpus, cpu_key, load_calibration
@@ -102,11 +102,15 @@ class Context:
         return inductor_apply(network, vmapped=vmapped,
                               winograd_min_channels=self.calibration.winograd_min_channels)
 
-    def folder(self, name: str) -> Path:
-        """``<out>/<name>``, created."""
+    def folder(self, name: str, *, create: bool = True) -> Path:
+        """``<out>/<name>``, created unless ``create=False``, which only checks that it can be.
+        A symbolic link there is refused: its files would land outside ``--out``, and
+        ``report.md`` leaves out a section read through a link."""
         path = safe_path(self.out, name)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        if path.is_symlink():
+            raise ValueError(f"{str(path)!r} is a symbolic link: fn-trainer writes only inside --out, so it "
+                             "must be a folder or absent; remove the link")
+        return ensure_writable_dir(path, create=create)
 
     @property
     def splits(self) -> Splits:

@@ -104,15 +104,18 @@ def run(ctx, shift: int = SHIFT) -> Dict[str, Any]:
     result = equivariance_maps(ctx.splits.train.X[0] / 255.0, ctx.settings.seed, shift)
     stats = result["stats"]
     diff_max = max(result["shift_difference"].max(), result["rotation_difference"].max())
-    for key, (filename, title, cbar, cmap) in FIGURES.items():
-        is_diff = key.endswith("difference")
-        plot_map(result[key], folder / filename, title=title.format(s=shift), colorbar_label=cbar, cmap=cmap,
-                 box=stats["border"] if is_diff else None,
-                 vmin=0.0 if is_diff else None, vmax=diff_max if is_diff else None)
-    write_json(folder / "equivariance.json", {"seed": ctx.settings.seed, "shift": shift, "stats": stats})
+
+    def compose() -> str:
+        for key, (filename, title, cbar, cmap) in FIGURES.items():
+            is_diff = key.endswith("difference")
+            plot_map(result[key], folder / filename, title=title.format(s=shift), colorbar_label=cbar, cmap=cmap,
+                     box=stats["border"] if is_diff else None,
+                     vmin=0.0 if is_diff else None, vmax=diff_max if is_diff else None)
+        write_json(folder / "equivariance.json", {"seed": ctx.settings.seed, "shift": shift, "stats": stats})
+        return section(ctx, stats, result["features"].shape, shift)
     ctx.echo(f"equivariance: shift interior max |diff| {stats['shift_interior_max']:.3g}, "
              f"rotation interior max |diff| {stats['rotation_interior_max']:.3g}")
-    write_section(ctx.out, NAME, section(ctx, stats, result["features"].shape, shift), ctx.warn)
+    write_section(ctx.out, NAME, compose, ctx.warn)
     return result
 
 

@@ -48,15 +48,7 @@ def run(ctx: Context) -> List[RunRecord]:
     parts.append(f"Network: {arch.label}, batch size {batch_size}, epochs: {s.epochs}, every run "
                  f"initialised from {seeds}.")
     parts.append("")
-    for normalization in NORMALIZATIONS:
-        group = [c for c in configurations if c.spec.normalization == normalization]
-        word = "normalised" if normalization else "raw"
-        path = plot_curves(
-            curves(group, "validation_accuracy"), folder / f"validation_accuracy_{word}.png",
-            title=f"Validation accuracy, {arch.label}\n{'with' if normalization else 'without'} "
-                  f"normalisation, batch {batch_size}" + seeds_note(group),
-            ylabel="validation accuracy", ylim=ACCURACY_YLIM)
-        parts += [image(NAME, path.name, f"validation accuracy, {word} inputs"), ""]
+    figures_at = len(parts)
     parts += [runs_table(records), "", *shared_note(records)]
     if several_seeds(configurations):
         parts += [spread_table(configurations), ""]
@@ -66,7 +58,20 @@ def run(ctx: Context) -> List[RunRecord]:
         parts += ["", *differences([normalisation_contrast(configurations, best.spec.lr)])]
         if len(best.runs) > 1:
             parts.append(SELECTED_ON_THESE_RUNS)
-    write_section(ctx.out, NAME, "\n".join(parts), ctx.warn)
+
+    def compose() -> str:
+        figures = []
+        for normalization in NORMALIZATIONS:
+            group = [c for c in configurations if c.spec.normalization == normalization]
+            word = "normalised" if normalization else "raw"
+            path = plot_curves(
+                curves(group, "validation_accuracy"), folder / f"validation_accuracy_{word}.png",
+                title=f"Validation accuracy, {arch.label}\n{'with' if normalization else 'without'} "
+                      f"normalisation, batch {batch_size}" + seeds_note(group),
+                ylabel="validation accuracy", ylim=ACCURACY_YLIM)
+            figures += [image(NAME, path.name, f"validation accuracy, {word} inputs"), ""]
+        return "\n".join([*parts[:figures_at], *figures, *parts[figures_at:]])
+    write_section(ctx.out, NAME, compose, ctx.warn)
     return records
 
 

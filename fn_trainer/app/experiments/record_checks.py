@@ -25,7 +25,7 @@ def record_problem(data: Any) -> Optional[str]:
     """What makes ``data`` an invalid stored run record, or ``None``.
 
     Checked: exactly the known fields (``trainer`` optional) and spec fields, and their
-    types; a configuration of lists of integers; values in range (``lr`` finite > 0,
+    types; a configuration of lists of integers; texts of one printable line; values in range (``lr`` finite > 0,
     ``batch_size >= 1``, ``epochs >= 0``, ``n_params >= 0``, ``wall_time_s`` finite
     >= 0); logs with exactly ``LOG_KEYS``, finite numbers or ``None`` (non-finite),
     accuracies in [0, 1], losses and gradient norms >= 0, ``epochs + 1`` metric entries
@@ -48,7 +48,18 @@ def record_problem(data: Any) -> Optional[str]:
     if set(spec["config"]) != set(NetworkConfiguration._fields) or not all(
             isinstance(v, list) and all(_typed(i, int) for i in v) for v in spec["config"].values()):
         return f"its spec's config is not a network configuration: {spec['config']!r}"
-    return _range_problem(spec, data) or _logs_problem(logs, spec["epochs"], data["diverged"])
+    return _text_problem(spec, data) or _range_problem(spec, data) or _logs_problem(logs, spec["epochs"],
+                                                                                  data["diverged"])
+
+
+def _text_problem(spec: Dict[str, Any], data: Dict[str, Any]) -> Optional[str]:
+    """Which text of a record (its types already checked) is not one printable line, or
+    ``None``: the report and the console print them as they are."""
+    for what, value in (("spec's name", spec["name"]), ("spec's label", spec["label"]),
+                        ("trainer", data.get("trainer")), ("diverged", data["diverged"])):
+        if isinstance(value, str) and not value.isprintable():
+            return f"its {what} is {value!r}, expected one line of printable text"
+    return None
 
 
 def _range_problem(spec: Dict[str, Any], data: Dict[str, Any]) -> Optional[str]:
