@@ -221,6 +221,34 @@ def test_interrupted_run_resumes_to_the_same_result(small_data_root, tmp_path, c
                                "start and replaces it (--resume would continue it)\n")
 
 
+@pytest.mark.parametrize("target", ["a copy outside", "nothing"])
+def test_a_link_at_a_checkpoint_is_refused_not_read_through(target, small_data_root, tmp_path, capsys, monkeypatch):
+    args = ["depth", "--data", small_data_root, "--limit", "64", "--batch-size", "16", "--epochs", "2",
+            "--no-progress", "--seeds", "1", "--out", tmp_path / "out"]
+    real_make_step = training.make_step
+
+    def interrupting_make_step(*a, **k):
+        step, calls = real_make_step(*a, **k), []
+
+        def step_then_interrupt(*sa):
+            calls.append(1)
+            if len(calls) == 6:  # in the second epoch
+                raise KeyboardInterrupt
+            return step(*sa)
+        return step_then_interrupt
+
+    monkeypatch.setattr(training, "make_step", interrupting_make_step)
+    assert run_cli(args, capsys)[0] == 130
+    monkeypatch.setattr(training, "make_step", real_make_step)
+    (checkpoint,) = (tmp_path / "out" / "runs").glob("*.checkpoint.pt")
+    outside = tmp_path / "outside.pt"
+    checkpoint.rename(outside)
+    checkpoint.symlink_to(outside if target == "a copy outside" else tmp_path / "nothing")
+    rc, _, err = run_cli([*args, "--resume"], capsys)
+    assert rc == 2 and err == (f"fn-trainer: error: the checkpoint {checkpoint} is a symbolic link: fn-trainer "
+                               "reads only files inside --out; remove the link\n")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the warning is for machines without a GPU")
 def test_torchs_cuda_home_warning_is_not_printed_by_a_command(small_data_root, tmp_path, capsys, monkeypatch):
     # every compile finds CUDA_HOME again and warns where CUDA's tools are and no GPU is

@@ -125,7 +125,7 @@ def result_path(ctx: Context, spec: RunSpec) -> Path:
 
 def checkpoint_path(ctx: Context, spec: RunSpec) -> Path:
     """``<out>/runs/<name>-<hash>.checkpoint.pt``: the unfinished run, continued with ``--resume``."""
-    return _run_file(ctx, spec, CHECKPOINT_SUFFIX)
+    return _no_link(_run_file(ctx, spec, CHECKPOINT_SUFFIX))
 
 
 def population_checkpoint_path(ctx: Context, specs: Sequence[RunSpec]) -> Path:
@@ -134,7 +134,16 @@ def population_checkpoint_path(ctx: Context, specs: Sequence[RunSpec]) -> Path:
     member's configuration hash, in order."""
     digest = hashlib.sha256(" ".join(sp.config_hash(ctx.fingerprint) for sp in specs).encode())
     name = f"{specs[0].name}-x{len(specs)}-{digest.hexdigest()[:HASH_DIGITS]}{CHECKPOINT_SUFFIX}"
-    return safe_path(ctx.folder(RUNS_DIR), name)
+    return _no_link(safe_path(ctx.folder(RUNS_DIR), name))
+
+
+def _no_link(checkpoint: Path) -> Path:
+    """``checkpoint``, unless a symbolic link is there: the command reads no file from
+    outside ``--out`` (a link to nothing would also make ``--resume`` start afresh unsaid)."""
+    if checkpoint.is_symlink():
+        raise ValueError(f"the checkpoint {checkpoint} is a symbolic link: fn-trainer reads only files inside "
+                         "--out; remove the link")
+    return checkpoint
 
 
 def other_checkpoints(path: Path) -> List[Path]:
