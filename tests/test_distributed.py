@@ -417,6 +417,28 @@ def test_ranks_with_different_data_stop_with_one_line_before_training(cli_data_r
     assert not list((out / "runs").glob("*.json"))  # nothing trained, nothing recorded
 
 
+@pytest.mark.parametrize("rank_1, says", [
+    (["--parallel", "data"], "rank 1 runs with --parallel data, rank 0 with --parallel population"),
+    (["--parallel", "population", "--resume"], "rank 1 runs with --resume, rank 0 with no --resume"),
+    (["--parallel", "population", "--limit", "48"], "rank 1 runs with --limit 48, rank 0 with --limit 64"),
+])
+def test_ranks_with_different_options_stop_with_one_line_before_training(cli_data_root, tmp_path, rank_1, says):
+    """Each machine types its own command line: a rank that splits populations while
+    rank 0 does not would leave rank 0 waiting for ever, one that resumes alone would
+    train another share. Every rank stops, naming the option."""
+    out = tmp_path / "out"
+    run = [*CLI_RUN[:-1], "2", "--rank-timeout", "30", "--out", out, "--data", cli_data_root]
+    done = run_ranks(None, world_size=2, argv_of=lambda rank: [
+        "-m", "fn_trainer", *run, *(rank_1 if rank else ["--parallel", "population"])], wait=120)
+    assert [rc for rc, _, _ in done] == [2, 2], "".join(err for _, _, err in done)[-3000:]
+    for rank, (_, _, err) in enumerate(done):
+        (line,) = error_lines(err)
+        who = "this rank" if rank else "rank 1"
+        assert line == ("fn-trainer: error: " + (f"rank {rank} of 2: " if rank else "") + "the ranks' options differ: "
+                        + says.replace("rank 1", who, 1) + "; every rank of a launch needs the same options"), line
+    assert not list((out / "runs").glob("*.json"))
+
+
 def test_a_population_split_over_two_ranks_survives_a_lost_rank_and_resumes_to_the_single_process_logs(
         cli_data_root, tmp_path):
     """--parallel population: 3 seeds of each network of the depth question, members 2 + 1

@@ -104,10 +104,10 @@ def serve(ctx: "Context") -> None:
     from .experiments.training import train_one, train_population  # training imports this module
 
     while True:
-        work, data = _receive()
+        work, agreement = _receive()
         if work is None:
             return
-        _check_same_data(ctx, data)
+        _check_agreement(ctx, agreement)
         if isinstance(work, list):
             train_population(ctx, work)
         else:
@@ -166,30 +166,51 @@ def rank_prefix(environ: Mapping[str, str] = os.environ) -> str:
 
 def _send(work, ctx: Optional["Context"]) -> None:
     """Send the next run (a ``RunSpec``, a population's list of them, or ``None``: no more)
-    with rank 0's data fingerprint, and check that every rank trains on the same data."""
-    broadcast_from_first((work, None if ctx is None else ctx.fingerprint), "while sending them the next run")
+    with rank 0's ``_agreement``, and check that every rank's agrees."""
+    broadcast_from_first((work, None if ctx is None else _agreement(ctx)), "while sending them the next run")
     if work is not None:
-        _check_same_data(ctx, ctx.fingerprint)
+        _check_agreement(ctx, _agreement(ctx))
 
 
-def _receive() -> Tuple[object, Optional[str]]:
-    """``(work, rank 0's data fingerprint)`` of :func:`_send`."""
+def _receive() -> Tuple[object, Optional[Agreement]]:
+    """``(work, rank 0's agreement)`` of :func:`_send`."""
     return broadcast_from_first(None, "while waiting for rank 0's next run")
 
 
-def _check_same_data(ctx: "Context", first: str) -> None:
-    """Raise ``RanksDifferError`` on every rank unless every rank's data (``--data``, each
-    machine's own copy) has rank 0's fingerprint ``first``: a rank training on other files
-    would give a population members from other data, or a run mixed gradients. Rank 0
-    compares them all and tells every rank, so that none trains on."""
-    mine = ctx.fingerprint
-    everyone = gather_to_first(mine, "while comparing the ranks' data")
+Agreement = Tuple[Tuple[str, object], ...]
+
+
+def _agreement(ctx: "Context") -> Agreement:
+    """What every rank of a launch must share, named as the user gives it: a rank that
+    splits populations while rank 0 does not waits for rank 0 for ever, one resuming
+    while the others start afresh trains another share, and one with other data (another
+    ``--limit``, or other files in ``--data``) gives a population members from other data
+    and a run mixed gradients. ``--limit`` comes before the data it changes."""
+    s = ctx.settings
+    return (("--parallel", s.parallel), ("--resume", s.resume), ("--limit", s.limit), ("data", ctx.fingerprint))
+
+
+def _check_agreement(ctx: "Context", first: Agreement) -> None:
+    """Raise ``RanksDifferError`` on every rank unless every rank's ``_agreement`` is rank
+    0's ``first``; rank 0 compares them all and tells every rank, so that none trains on."""
+    mine = _agreement(ctx)
+    everyone = gather_to_first(mine, "while comparing the ranks' options and data")
     differing = [(rank, theirs) for rank, theirs in enumerate(everyone or []) if theirs != first]
-    differing = broadcast_from_first(differing, "while comparing the ranks' data")
+    differing = broadcast_from_first(differing, "while comparing the ranks' options and data")
     if mine != first:
-        raise RanksDifferError(f"--data {ctx.settings.data}: this rank's data set differs from rank 0's "
-                               f"(fingerprint {mine} against {first}); every machine needs the same files")
+        raise RanksDifferError(_difference(ctx, "this rank", mine, first))
     if differing:
         rank, theirs = differing[0]
-        raise RanksDifferError(f"--data {ctx.settings.data}: rank {rank}'s data set differs from rank 0's "
-                               f"(fingerprint {theirs} against {first}); every machine needs the same files")
+        raise RanksDifferError(_difference(ctx, f"rank {rank}", theirs, first))
+
+
+def _difference(ctx: "Context", who: str, theirs: Agreement, first: Agreement) -> str:
+    """The first entry in which ``who``'s agreement ``theirs`` differs from rank 0's, in words."""
+    name, value, expected = next((n, v, e) for (n, v), (_, e) in zip(theirs, first) if v != e)
+    if name == "data":
+        return (f"--data {ctx.settings.data}: {who}'s data set differs from rank 0's (fingerprint {value} "
+                f"against {expected}); every machine needs the same files")
+    def as_typed(v: object) -> str:
+        return f"no {name}" if v is None or v is False else name if v is True else f"{name} {v}"
+    return (f"the ranks' options differ: {who} runs with {as_typed(value)}, rank 0 with {as_typed(expected)}; "
+            "every rank of a launch needs the same options")
