@@ -3,6 +3,8 @@ import json
 import logging
 import os
 import runpy
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,6 +22,7 @@ from fn_trainer.app.experiments.context import CALIBRATION_FILE, Context, Settin
 from fn_trainer.app.experiments.records import load_record
 from fn_trainer.speed.calibration import DEFAULTS, cpu_key, store_calibration
 from fn_trainer.training import population
+from fn_trainer.training.checkpoint import load_checkpoint
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ONE_EPOCH = ["--epochs", "1", "--limit", "16", "--no-progress"]
@@ -247,6 +250,54 @@ def test_a_link_at_a_checkpoint_is_refused_not_read_through(target, small_data_r
     rc, _, err = run_cli([*args, "--resume"], capsys)
     assert rc == 2 and err == (f"fn-trainer: error: the checkpoint {checkpoint} is a symbolic link: fn-trainer "
                                "reads only files inside --out; remove the link\n")
+
+
+SIGTERM_CHILD = """
+import sys, time
+from fn_trainer.app import cli
+from fn_trainer.app.experiments import training
+
+real_make_step = training.make_step
+
+def slow_make_step(*a, **k):
+    step, calls = real_make_step(*a, **k), []
+
+    def slow(*sa):
+        calls.append(1)
+        if len(calls) == 6:  # in the second epoch, its second step
+            print("READY", flush=True)
+        if len(calls) >= 6:
+            time.sleep(0.2)
+        return step(*sa)
+    return slow
+
+training.make_step = slow_make_step
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_saves_the_position_and_says_how_to_resume(small_data_root, tmp_path):
+    """A job scheduler's stop, or torchrun's when another process failed, is handled as
+    Ctrl-C is: the run saves where it stands, and one line says so."""
+    script, out = tmp_path / "child.py", tmp_path / "out"
+    script.write_text(SIGTERM_CHILD)
+    child = subprocess.Popen([sys.executable, str(script), "depth", "--data", str(small_data_root), "--out", str(out),
+                              "--limit", "64", "--batch-size", "16", "--epochs", "3", "--no-progress",
+                              "--seeds", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "READY"
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines()[-1] == ("fn-trainer: stopped by SIGTERM; finished runs and the current position "
+                                            "are saved, rerun with --resume to continue")
+    (checkpoint,) = (out / "runs").glob("*.checkpoint.pt")
+    data = load_checkpoint(checkpoint)
+    assert (data["epoch"], data["batch"]) in ((1, 1), (1, 2))  # where the steps stood, not the epoch's start
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the warning is for machines without a GPU")

@@ -8,12 +8,14 @@ continued with ``--resume``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 from ..core.checks import SEED_LIMIT, check_positive_float, check_positive_int, check_seed
 from ..training.distributed import WAIT_LIMIT_S
@@ -349,6 +351,30 @@ def prepare_out(ctx: Context, names: Sequence[str]) -> None:
         check_section(ctx.out, name)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: a job scheduler's stop, or torchrun's when another process of the launch
+    failed. Raised where the process is, like Ctrl-C's ``KeyboardInterrupt``, so that a run in
+    progress saves its position on the way out."""
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Turn SIGTERM into ``Terminated`` while the block runs (in the main thread only: a
+    handler can be set nowhere else)."""
+    def stop(signum, frame):
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class CalibrationInterrupted(KeyboardInterrupt):
     """Ctrl-C while ``all`` measured the CPU, before it trained anything."""
 
@@ -441,7 +467,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from .grading import command as grading_command
 
             return grading_command.run(args)
-        return run_experiments(args, shlex.join([PROG, *argv]))
+        with sigterm_interrupts():
+            return run_experiments(args, shlex.join([PROG, *argv]))
+    except Terminated:
+        # every rank says it: when rank 0 is the process that failed, the others are all there are
+        saved = "finished runs and the current position are saved" if checkpoints_left(args.out) else \
+            "finished runs are saved"
+        why = " (torchrun sends it to every process when one fails)" if "TORCHELASTIC_RUN_ID" in os.environ \
+            else ""
+        print(f"{PROG}: {rank_prefix()}stopped by SIGTERM{why}; {saved}, rerun with --resume to continue",
+              file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt as e:
         if args.command == CALIBRATE:
             print(f"{PROG}: interrupted; nothing was stored", file=sys.stderr)
