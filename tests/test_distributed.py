@@ -472,6 +472,9 @@ def test_a_population_split_over_two_ranks_survives_a_lost_rank_and_resumes_to_t
     (rc, out, err), (rc1, out1, err1) = run_ranks(["-m", "fn_trainer", *args, "--resume"])
     assert rc == rc1 == 0, (err + err1)[-3000:]
     assert len([line for line in out.splitlines() if "params;" in line]) == 6 and not out1  # rank 0 alone prints
+    resumed = sorted(line.rsplit(" ", 1)[1] for line in out.splitlines() if line.startswith("resuming from"))
+    assert [re.fullmatch(r"(.+)-x[0-9]+-[0-9a-f]+\.checkpoint\.pt", name).group(1) + "-" for name in resumed] == \
+        sorted(marked)  # every share's checkpoint is named, as a single process names its population's
     assert cli.main([*map(str, run), "--out", str(tmp_path / "single")]) == 0
     parallel, single = (sorted(p.glob("*.json")) for p in (runs, tmp_path / "single" / "runs"))
     assert [p.name for p in parallel] == [p.name for p in single] and len(single) == 6

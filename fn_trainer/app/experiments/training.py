@@ -81,9 +81,13 @@ def execute(ctx: Context, specs: Sequence[RunSpec], train_group: Optional[GroupT
              if train_group is train_population and specs and not splits_populations(ctx.settings) else None)
     if whole is not None and 0 < len(pending) < len(specs) and ctx.settings.resume and whole.exists():
         pending = list(range(len(specs)))
-    if pending and not splits_populations(ctx.settings):
-        paths = ([population_checkpoint_path(ctx, [specs[i] for i in pending])] if train_group is train_population
-                 else [checkpoint_path(ctx, specs[i]) for i in pending])
+    if pending:
+        group = [specs[i] for i in pending]
+        if train_group is not train_population:
+            paths = [checkpoint_path(ctx, spec) for spec in group]
+        else:  # the whole population's, or each rank's share's
+            paths = share_checkpoints(ctx, group) if splits_populations(ctx.settings) else [
+                population_checkpoint_path(ctx, group)]
         note_checkpoints(ctx, paths)
         if ctx.settings.resume:
             warn_other_checkpoints(ctx, paths)
