@@ -329,6 +329,21 @@ def kill_rank_1_once(argv, folder: Path, pattern: str):
     return line, waited, found
 
 
+def test_a_rank_that_loses_rank_0_before_any_checkpoint_does_not_advise_resume(cli_data_root, tmp_path):
+    """Rank 0 refuses a broken calibration file; rank 1, waiting for rank 0's calibration,
+    loses contact and says so without pointing to a checkpoint there is none of."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "calibration.json").write_text("{not json")
+    done = run_ranks(["-m", "fn_trainer", *CLI_RUN, "--data", cli_data_root, "--parallel", "population",
+                      "--rank-timeout", "30", "--out", out], wait=120)
+    assert [rc for rc, _, _ in done] == [2, 2], "".join(err for _, _, err in done)[-3000:]
+    (first,), (second,) = (error_lines(err) for _, _, err in done)
+    assert "calibration.json" in first and "--resume" not in first
+    assert second.startswith("fn-trainer: error: rank 1 of 2: lost contact with the other ranks")
+    assert second.endswith("; there is no checkpoint to resume from yet (a rank that failed says why)"), second
+
+
 def test_a_lost_rank_stops_the_command_and_torchrun_resumes_it(cli_data_root, tmp_path):
     run = [*CLI_RUN, "--data", cli_data_root]
     args = [*run, "--parallel", "data", "--rank-timeout", "30", "--out", tmp_path / "parallel"]

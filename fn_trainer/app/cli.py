@@ -495,6 +495,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (DatasetError, ValueError, TypeError, OSError, RankLostError, CalibrationError) as e:
         message = " ".join(str(e).split()) or type(e).__name__
         if isinstance(e, RankLostError):
-            message += "; rerun with --resume to continue from the last checkpoint"
+            message += ("; rerun with --resume to continue from the last checkpoint" if checkpoints_left(args.out)
+                        else "; there is no checkpoint to resume from yet (a rank that failed says why)")
         print(f"{PROG}: error: {rank_prefix()}{message}", file=sys.stderr)
         return 2
