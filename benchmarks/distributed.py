@@ -57,6 +57,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
@@ -104,6 +105,7 @@ from .epoch import (
     synthetic_data,
     vmapped_paths,
 )
+from .report_file import checked_json_path, write_report
 
 BATCH_SIZE = 128
 LR = 1e-3
@@ -298,10 +300,26 @@ def run_ranks(args: argparse.Namespace, argv) -> Dict[str, Dict[str, Dict]]:
             env={**os.environ, "RANK": str(r), "WORLD_SIZE": str(args.ranks), "LOCAL_RANK": str(r),
                  "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"})
             for r in range(args.ranks)]
-        codes = [p.wait() for p in processes]
+        codes = wait_all(processes)
         if any(codes):
             raise SystemExit(f"{PROG}: error: a rank failed (exit statuses {codes})")
         return json.loads(out.read_text())
+
+
+def wait_all(processes: List[subprocess.Popen], poll_s: float = 0.05) -> List[int]:
+    """Every process's exit status. Once one fails, the others are killed at once (they
+    would wait for it in their collectives until their timeout, ten minutes); on an
+    interrupt of this process too, so that no rank runs on without it."""
+    try:
+        while any(p.poll() is None for p in processes):
+            if any(p.poll() not in (None, 0) for p in processes):
+                break
+            time.sleep(poll_s)
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+    return [p.wait() for p in processes]
 
 
 def print_to_stderr(msg: str) -> None:
@@ -345,11 +363,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.modes = [mode for mode in MODES if mode in modes]
     if args.reference and "population" not in args.modes:
         p.error("--reference times the population mode's members: give it with --modes population")
+    if args.population != "mlp" and "population" not in args.modes:
+        p.error("--population chooses the population mode's members: give it with --modes population")
     if args.no_compile and args.no_eager:
         p.error("--no-compile and --no-eager leave nothing to time: give at most one of them")
     K = len(population(POPULATIONS[args.population])[0])
     if "population" in args.modes and args.ranks > K:  # a rank without members would time nothing
         p.error(f"--ranks must be at most the population's {K} members with --modes population, got {args.ranks}")
+    if not args.worker:
+        args.json = checked_json_path(p, args.json)
     return args
 
 
@@ -411,9 +433,9 @@ def main(argv: Optional[list] = None) -> int:
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "results": results,
     }
+    if args.json is not None:  # first: a table piped into a closed reader must not lose it
+        write_report(args.json, report)
     print_table(report)
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
 
 

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import math
 import os
 import platform
@@ -73,6 +72,7 @@ from fn_trainer.training.population import Member, MemberData, init_population, 
 
 from .products import dense_products, products_loop
 from .reference import CompiledReferenceTrainer, ReferenceTrainer
+from .report_file import checked_json_path, write_report
 
 T_ = TypeVar("T_")
 N_TRAIN = 60000
@@ -397,8 +397,8 @@ def machine() -> Dict[str, object]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.epoch", description=__doc__.split("\n\n")[0])
-    p.add_argument("--reps", type=int, default=5, help="timed repetitions per path (median reported)")
-    p.add_argument("--cnn-steps", type=int, default=94, help="CNN steps timed per repetition, scaled to 469")
+    p.add_argument("--reps", type=int, help="timed repetitions per path (median reported; default 5)")
+    p.add_argument("--cnn-steps", type=int, help="CNN steps timed per repetition, scaled to 469 (default 94)")
     p.add_argument("--shapes", default=",".join(TARGETS), help=f"comma-separated subset of {','.join(TARGETS)}")
     p.add_argument("--no-compile", action="store_true", help="skip the compiled paths")
     p.add_argument("--smoke", action="store_true",
@@ -420,11 +420,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("reps", "cnn_steps", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.threads is not None and args.threads > (os.cpu_count() or 1):
+        p.error(f"--threads must be at most this machine's CPU count ({os.cpu_count()}), got {args.threads}")
+    if args.smoke:  # its sizes are fixed, and its tiny networks say nothing about a target
+        given = [f"--{name.replace('_', '-')}" for name in ("reps", "cnn_steps", "check_targets")
+                 if getattr(args, name)]
+        if given:
+            p.error(f"--smoke runs 1 repetition of 2 steps of tiny networks and checks no target: "
+                    f"{', '.join(given)} would have no effect")
+    args.reps, args.cnn_steps = args.reps or 5, args.cnn_steps or 94
     if args.jax and (importlib.util.find_spec("jax") is None or importlib.util.find_spec("optax") is None):
         p.error("--jax needs jax and optax: pip install -e '.[peers]'")
     args.shapes = args.shapes.split(",")
     if not set(args.shapes) <= set(TARGETS):
         p.error(f"--shapes must be a subset of {sorted(TARGETS)}, got {args.shapes}")
+    if len(set(args.shapes)) < len(args.shapes):
+        p.error(f"--shapes names a shape twice: {','.join(args.shapes)}")
+    args.json = checked_json_path(p, args.json)
     return args
 
 
@@ -498,10 +510,9 @@ def main(argv=None) -> int:
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "matmul_peak_gflops": round(peak, 1), "results": results,
     }
+    if args.json is not None:  # first: a table piped into a closed reader must not lose it
+        write_report(args.json, report)
     print_table(report)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
     missed = [s for s, r in results.items() if False in (r["target_met"], r.get("compat_target_met"))]
     return 1 if args.check_targets and missed else 0
 

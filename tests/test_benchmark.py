@@ -2,9 +2,12 @@
 self-describing JSON."""
 import importlib.util
 import json
+import os
 import platform
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -139,8 +142,19 @@ def test_reference_trainer_learns_and_has_the_homework_shape():
     (["--shapes", "mlp,rnn"], "--shapes must be a subset of ['cnn', 'mlp', 'population_cnn', 'population_mlp', 'sweep'], got ['mlp', 'rnn']"),
     (["--cnn-steps", "-1"], "--cnn-steps must be >= 1"),
     (["--threads", "0"], "--threads must be >= 1"),
+    (["--threads", "99"], "--threads must be at most this machine's CPU count (2), got 99"),
+    (["--shapes", "mlp,mlp"], "--shapes names a shape twice: mlp,mlp"),
+    (["--smoke", "--check-targets", "--reps", "9"], "--smoke runs 1 repetition of 2 steps of tiny networks and "
+                                                    "checks no target: --reps, --check-targets would have no effect"),
+    (["--json", ""], "--json must name a file, got an empty string"),
+    (["--json", "."], "--json .: it is a folder, not a file"),
+    (["--json", "afile/bench.json"],
+     "--json afile/bench.json: output folder 'afile' cannot be written: 'afile' is a file, not a folder"),
 ])
-def test_bad_options_exit_with_a_message(argv, message, capsys):
+def test_bad_options_exit_with_a_message(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
     with pytest.raises(SystemExit) as stopped:
         main(argv)
     assert stopped.value.code == 2
@@ -157,6 +171,15 @@ def test_flush_denormals_option_is_recorded(tmp_path):
         flush_denormals(False)
     report = json.loads(out.read_text())
     assert report["flush_denormals"] is True and "--flush-denormals" in report["command"]
+
+
+def test_the_json_replaces_a_link_and_never_writes_through_it(tmp_path):
+    earlier, out = tmp_path / "earlier.json", tmp_path / "bench.json"
+    earlier.write_text('{"kept": 1}')
+    out.symlink_to(earlier)
+    assert main(["--smoke", "--no-compile", "--quiet", "--default-malloc", "--shapes", "mlp", "--json", str(out)]) == 0
+    assert earlier.read_text() == '{"kept": 1}' and not out.is_symlink()
+    assert json.loads(out.read_text())["smoke"] is True
 
 
 @pytest.mark.parametrize("network_type, config", [("mlp", SMOKE_MLP), ("cnn", SMOKE_CNN)])
@@ -267,6 +290,9 @@ def test_distributed_cnn_population_split_over_ranks_trains_what_the_template_lo
      "--ranks must be at most the population's 4 members with --modes population, got 5"),
     (["--modes", "data,pop"], "--modes must be a comma-separated subset of data,population, got 'data,pop'"),
     (["--ranks", "9"], "--ranks must be at most the population's 8 members with --modes population, got 9"),
+    (["--modes", "data", "--population", "cnn"],
+     "--population chooses the population mode's members: give it with --modes population"),
+    (["--json", "."], "--json .: it is a folder, not a file"),
 ])
 def test_distributed_bad_options_exit_with_a_message(argv, message, capsys, monkeypatch):
     from benchmarks import distributed
@@ -276,6 +302,16 @@ def test_distributed_bad_options_exit_with_a_message(argv, message, capsys, monk
         distributed.parse_args(argv)
     assert stopped.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"python -m benchmarks.distributed: error: {message}"
+
+
+def test_when_one_rank_fails_the_others_are_stopped_at_once():
+    from benchmarks.distributed import wait_all
+
+    waiting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    failing = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    start = time.monotonic()
+    assert wait_all([waiting, failing]) == [-signal.SIGKILL, 3]
+    assert time.monotonic() - start < 30
 
 
 def test_distributed_split_population_is_timed_by_its_slowest_rank():

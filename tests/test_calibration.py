@@ -4,6 +4,8 @@ import io
 import json
 import math
 import os
+import signal
+import subprocess
 import sys
 
 import pytest
@@ -200,6 +202,26 @@ def test_the_child_process_result_is_parsed_and_its_failure_is_one_line(monkeypa
         with pytest.raises(calibration.CalibrationError,
                            match=r"^calibration failed \(status [01]\): RuntimeError: out of memory$"):
             calibrate()
+
+
+def test_an_interrupted_calibration_stops_its_child(monkeypatch):
+    """Ctrl-C or SIGTERM to the command alone (not its process group): the measuring child
+    is stopped too, not left measuring on and writing into a cache folder already removed."""
+    started = []
+
+    class Recorded(subprocess.Popen):
+        def __init__(self, argv, **kwargs):  # a child that logs a line, then measures for a minute
+            super().__init__([sys.executable, "-c", "import time; print('mlp step: ...', flush=True); "
+                              "time.sleep(60)"], **kwargs)
+            started.append(self)
+
+    def interrupt(line):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(calibration.subprocess, "Popen", Recorded)
+    with pytest.raises(KeyboardInterrupt):
+        calibrate(log=interrupt)
+    (child,) = started
+    assert child.poll() == -signal.SIGKILL
 
 
 def test_measure_decides_from_what_it_timed(monkeypatch):

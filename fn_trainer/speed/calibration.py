@@ -244,11 +244,16 @@ def calibrate(log: Callable[[str], None] = lambda line: None) -> Calibration:
                               stdout=subprocess.PIPE, stderr=errors, text=True) as child:
             assert child.stdout is not None
             results = []
-            for line in child.stdout:  # the log lines as they come, the result a line of JSON
-                if line.startswith("{"):
-                    results.append(line)
-                else:
-                    log(line.rstrip("\n"))
+            try:
+                for line in child.stdout:  # the log lines as they come, the result a line of JSON
+                    if line.startswith("{"):
+                        results.append(line)
+                    else:
+                        log(line.rstrip("\n"))
+            except BaseException:  # Ctrl-C, SIGTERM: the child would measure on, and write into the cache folder
+                child.kill()
+                child.wait()
+                raise
         entry = _last_json(results)
         if child.returncode != 0 or entry is None:
             errors.seek(0)
