@@ -105,7 +105,7 @@ from .epoch import (
     synthetic_data,
     vmapped_paths,
 )
-from .report_file import checked_json_path, write_report
+from .report_file import checked_json_path, exit_status, write_report
 
 BATCH_SIZE = 128
 LR = 1e-3
@@ -459,4 +459,4 @@ def print_table(report: Dict) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main, PROG))

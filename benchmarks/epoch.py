@@ -72,7 +72,7 @@ from fn_trainer.training.population import Member, MemberData, init_population, 
 
 from .products import dense_products, products_loop
 from .reference import CompiledReferenceTrainer, ReferenceTrainer
-from .report_file import checked_json_path, write_report
+from .report_file import checked_json_path, exit_status, write_report
 
 T_ = TypeVar("T_")
 N_TRAIN = 60000
@@ -545,4 +545,4 @@ def print_table(report: Dict) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main, 'python -m benchmarks.epoch'))

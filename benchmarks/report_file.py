@@ -1,10 +1,12 @@
-"""The benchmarks' ``--json`` file: checked before a run, written whole after it."""
+"""The benchmarks' ``--json`` file: checked before a run, written whole after it, or not at all
+when the run is interrupted."""
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from fn_trainer.core.paths import ensure_writable_dir, unreplaceable_kind, write_atomically
 
@@ -32,3 +34,13 @@ def write_report(path: Path, report: Any) -> None:
     """``report`` as indented JSON at ``path``, atomically (``write_atomically``: an interrupt
     leaves the previous file whole, and a link at ``path`` is replaced, not written through)."""
     write_atomically(path, (json.dumps(report, indent=2) + "\n").encode())
+
+
+def exit_status(main: Callable[[], int], prog: str) -> int:
+    """``main()``'s exit status; Ctrl-C is one line (no ``--json`` is written before a run's
+    end, so an earlier file at its path is untouched) and status 130."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; nothing was written", file=sys.stderr)
+        return 130

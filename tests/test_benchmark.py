@@ -387,3 +387,13 @@ def test_jax_option_without_jax_says_what_to_install(monkeypatch, capsys):
     assert stopped.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
         "python -m benchmarks.epoch: error: --jax needs jax and optax: pip install -e '.[peers]'")
+
+
+def test_ctrl_c_is_one_line_and_status_130(capsys):
+    from benchmarks.report_file import exit_status
+
+    def interrupted():
+        raise KeyboardInterrupt
+    assert exit_status(interrupted, "python -m benchmarks.epoch") == 130
+    assert capsys.readouterr().err == "python -m benchmarks.epoch: interrupted; nothing was written\n"
+    assert exit_status(lambda: 1, "python -m benchmarks.epoch") == 1
