@@ -833,6 +833,26 @@ def test_resume_names_the_checkpoints_that_other_options_left(changed, small_dat
     assert rc == 0 and "--resume" not in err and not left.exists()
 
 
+def test_resume_names_a_population_checkpoint_that_another_seed_count_left(small_data_root, tmp_path, capsys,
+                                                                          monkeypatch):
+    from fn_trainer.training import population
+
+    args = ["depth", "--data", small_data_root, "--limit", "64", "--batch-size", "16", "--epochs", "2",
+            "--no-progress", "--out", tmp_path]
+
+    def interrupting_make_step(*a, **k):
+        def interrupt(*sa):
+            raise KeyboardInterrupt
+        return interrupt
+
+    monkeypatch.setattr(population, "make_step", interrupting_make_step)
+    assert run_cli([*args, "--seeds", "2"], capsys)[0] == 130
+    (left,) = (tmp_path / "runs").glob("*-x2-*.checkpoint.pt")
+    monkeypatch.undo()
+    rc, _, err = run_cli([*args, "--seeds", "1", "--resume"], capsys)  # its first member, alone
+    assert rc == 0 and err.count("--resume: no checkpoint") == 1 and left.name in err, err
+
+
 def test_an_interrupted_population_resumes_where_it_stopped(small_data_root, tmp_path, capsys, monkeypatch):
     from fn_trainer.training import population
 

@@ -149,11 +149,13 @@ def _no_link(checkpoint: Path) -> Path:
 def other_checkpoints(path: Path) -> List[Path]:
     """The checkpoints beside ``path`` (of ``checkpoint_path`` or ``population_checkpoint_path``)
     of the same run or population under other settings or data (another hash, another
-    member count, or another epoch count: the ``-e<epochs>-`` of its name)."""
+    epoch count: the ``-e<epochs>-`` of its name), or of a population it is the first
+    member of, or that is its first member (another ``--seeds``, or a population split
+    over ranks, another member count)."""
     name = path.name[:-len(CHECKPOINT_SUFFIX)].rsplit("-", 1)[0]
     population = re.fullmatch(r"(.*)-x[0-9]+", name)
     run = population.group(1) if population else name
-    stem = "-e[0-9]+-".join(map(re.escape, re.split(r"-e[0-9]+-", run))) + ("-x[0-9]+" if population else "")
+    stem = "-e[0-9]+-".join(map(re.escape, re.split(r"-e[0-9]+-", run))) + "(-x[0-9]+)?"
     pattern = re.compile(f"{stem}-[0-9a-f]{{{HASH_DIGITS}}}{re.escape(CHECKPOINT_SUFFIX)}")
     try:
         return sorted(p for p in path.parent.iterdir() if p != path and pattern.fullmatch(p.name))
