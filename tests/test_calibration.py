@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -301,8 +302,48 @@ def test_calibrate_command_stores_and_all_measures_first_only_without_one(tmp_pa
     assert cli.main(["all", "--out", str(tmp_path / "ctrl-c"), "--data", str(data), "--epochs", "1000"]) == 130
     assert capsys.readouterr().err.splitlines()[-1] == ("fn-trainer: interrupted while measuring this CPU, before any "
                                                         "training; nothing was stored")
+    monkeypatch.setattr(calibration, "calibrate", lambda log: (_ for _ in ()).throw(cli.Terminated))
+    assert cli.main(["all", "--out", str(tmp_path / "term"), "--data", str(data), "--epochs", "1000"]) == 143
+    assert capsys.readouterr().err.splitlines()[-1] == ("fn-trainer: stopped by SIGTERM; finished runs are saved, and "
+                                                        "a rerun trains the others from the start")
     assert cli.main(["calibrate", "--out", str(tmp_path), "--threads", "0"]) == 2
     assert capsys.readouterr().err.startswith("fn-trainer: error: --threads must be between 1 and")
+
+
+def _calibration_children(tmpdir: str):
+    """The pids of the calibration children whose TMPDIR is ``tmpdir``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            cmdline = open(f"/proc/{entry}/cmdline", "rb").read()
+            environ = open(f"/proc/{entry}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if b"child_main(" in cmdline and f"TMPDIR={tmpdir}".encode() in environ:
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the child in /proc")
+def test_sigterm_to_calibrate_stops_its_child_and_says_so(tmp_path):
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    command = subprocess.Popen([sys.executable, "-m", "fn_trainer", "calibrate", "--out", str(tmp_path / "out")],
+                               env={**os.environ, "TMPDIR": str(tmpdir)}, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, children = time.monotonic() + 60, []
+        while not children and time.monotonic() < deadline and command.poll() is None:
+            children = _calibration_children(str(tmpdir))
+            time.sleep(0.05)
+        (child,) = children
+        command.send_signal(signal.SIGTERM)
+        _, err = command.communicate(timeout=30)
+    finally:
+        command.kill()
+        command.wait()
+    assert command.returncode == 143
+    assert err.strip().splitlines()[-1] == "fn-trainer: stopped by SIGTERM; nothing was stored"
+    assert not os.path.exists(f"/proc/{child}") and not list(tmpdir.glob("fn-trainer-calibration-*"))
 
 
 def test_a_failed_calibration_is_one_line(tmp_path, capsys, monkeypatch):

@@ -416,7 +416,6 @@ def test_a_resumed_run_counts_the_seconds_of_the_process_it_was_interrupted_in(t
     assert stored >= 0.4
     resumed = run(checkpoint=path, resume=True)
     assert stored <= resumed.wall_time_s < stored + 60
-    assert run(checkpoint=tmp_path / "fresh.pt").wall_time_s < stored  # a run without sleeps: what one part takes
 
 
 def test_keyboard_interrupt_after_divergence_keeps_the_last_good_checkpoint(tmp_path):

@@ -248,8 +248,8 @@ def test_a_link_at_a_checkpoint_is_refused_not_read_through(target, small_data_r
     checkpoint.rename(outside)
     checkpoint.symlink_to(outside if target == "a copy outside" else tmp_path / "nothing")
     rc, _, err = run_cli([*args, "--resume"], capsys)
-    assert rc == 2 and err == (f"fn-trainer: error: the checkpoint {checkpoint} is a symbolic link: fn-trainer "
-                               "reads only files inside --out; remove the link\n")
+    assert rc == 2 and err == (f"fn-trainer: error: the checkpoint '{checkpoint}' is a symbolic link: fn-trainer "
+                               "reads no checkpoint through a link; remove it\n")
 
 
 SIGTERM_CHILD = """

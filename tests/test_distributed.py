@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -251,7 +252,7 @@ def test_a_data_parallel_run_compiles_for_its_full_minibatch_with_the_powers_wri
     spec = SimpleNamespace(network_type="mlp", config=parallel_config(), seed=0, lr=LR, batch_size=128, epochs=1,
                            name="r", normalization=True, identity=lambda fingerprint: {})
     monkeypatch.setattr(training, "checkpoint_path", lambda ctx, spec: None)
-    _, _, trainer = training.train_one(ctx, spec)
+    _, trainer = training.train_one(ctx, spec)
     (kw,) = made
     assert kw["compiled_apply"] == "fast" and kw["batch_shape"] == (128, 1, 28, 28)
     assert powers[id(kw["compiled_optimizer"])] is exp_log_power and trainer.endswith("compiled)")
@@ -341,7 +342,39 @@ def test_a_rank_that_loses_rank_0_before_any_checkpoint_does_not_advise_resume(c
     (first,), (second,) = (error_lines(err) for _, _, err in done)
     assert "calibration.json" in first and "--resume" not in first
     assert second.startswith("fn-trainer: error: rank 1 of 2: lost contact with the other ranks")
-    assert second.endswith("; there is no checkpoint to resume from yet (a rank that failed says why)"), second
+    assert second.endswith("; there is no checkpoint to resume from: finished runs are saved, and a rank that "
+                           "failed says why"), second
+
+
+SIGTERM_WAIT = """
+import signal, sys, time
+from fn_trainer.app.parallel import sigterm_ends
+
+def handler(signum, frame):
+    raise KeyboardInterrupt
+signal.signal(signal.SIGTERM, handler)
+with sigterm_ends():
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    print("READY", flush=True)
+    time.sleep(60)  # a collective without a time limit: a handler would run only after it
+"""
+
+
+def test_a_rank_waiting_without_a_time_limit_ends_at_once_on_sigterm(tmp_path):
+    from fn_trainer.app.parallel import sigterm_ends
+
+    child = subprocess.Popen([sys.executable, "-c", SIGTERM_WAIT], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "READY"
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        child.kill()
+        child.wait()
+    before = signal.getsignal(signal.SIGTERM)
+    with sigterm_ends():
+        pass
+    assert signal.getsignal(signal.SIGTERM) is before  # the command's handler is back after the wait
 
 
 def test_a_lost_rank_stops_the_command_and_torchrun_resumes_it(cli_data_root, tmp_path):
@@ -433,7 +466,8 @@ def test_ranks_with_different_data_stop_with_one_line_before_training(cli_data_r
 
 
 @pytest.mark.parametrize("rank_1, says", [
-    (["--parallel", "data"], "rank 1 runs with --parallel data, rank 0 with --parallel population"),
+    (["--parallel", "data"], "rank 1 runs with --parallel data, rank 0 with --parallel population or none"),
+    ([], None),  # no --parallel: populations split as with --parallel population
     (["--parallel", "population", "--resume"], "rank 1 runs with --resume, rank 0 with no --resume"),
     (["--parallel", "population", "--limit", "48"], "rank 1 runs with --limit 48, rank 0 with --limit 64"),
 ])
@@ -445,6 +479,9 @@ def test_ranks_with_different_options_stop_with_one_line_before_training(cli_dat
     run = [*CLI_RUN[:-1], "2", "--rank-timeout", "30", "--out", out, "--data", cli_data_root]
     done = run_ranks(None, world_size=2, argv_of=lambda rank: [
         "-m", "fn_trainer", *run, *(rank_1 if rank else ["--parallel", "population"])], wait=120)
+    if says is None:
+        assert [rc for rc, _, _ in done] == [0, 0], "".join(err for _, _, err in done)[-3000:]
+        return
     assert [rc for rc, _, _ in done] == [2, 2], "".join(err for _, _, err in done)[-3000:]
     for rank, (_, _, err) in enumerate(done):
         (line,) = error_lines(err)

@@ -301,9 +301,13 @@ def test_a_name_too_long_is_a_write_error_naming_it(tmp_path):
 
 BLOCKED_OUTPUTS = {  # (what is planted where, the error's words)
     "a link at an experiment's folder": ("depth", lambda p: p.symlink_to(p.parent.parent / "elsewhere"),
-                                         r"'.*out/depth' is a symbolic link: fn-trainer writes only inside --out"),
+                                         r"'.*out/depth' is a symbolic link, where fn-trainer writes an "
+                                         r"experiment's figures and report section: report.md would leave them out"),
     "a link to nothing at an experiment's folder": ("depth", lambda p: p.symlink_to(p.parent / "nothing"),
                                                     r"'.*out/depth' is a symbolic link"),
+    "a link to nothing at the runs folder": ("runs", lambda p: p.symlink_to(p.parent / "nothing"),
+                                             r"output folder '.*out/runs' cannot be written: '.*out/runs' is a "
+                                             r"symbolic link to nothing"),
     "a file at the runs folder": ("runs", lambda p: p.write_text(""),
                                   r"output folder '.*out/runs' cannot be written: '.*out/runs' is a file, not a fold"),
     "a folder at the section": ("depth/section.md", lambda p: p.mkdir(parents=True),
@@ -330,6 +334,19 @@ def test_what_the_command_cannot_write_into_is_named_before_any_training(case, t
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and re.search(words, err), err
     assert list(elsewhere.iterdir()) == []  # nothing written where a link points
+
+
+def test_runs_may_be_a_link_to_a_folder_elsewhere(tmp_path, fake_data_root, capsys):
+    """``runs/`` on another disk: its records are read and written through the link."""
+    out, disk = tmp_path / "out", tmp_path / "disk"
+    out.mkdir()
+    (disk / "runs").mkdir(parents=True)
+    (out / "runs").symlink_to(disk / "runs")
+    args = ["depth", "--data", str(fake_data_root), "--out", str(out), "--epochs", "1", "--limit", "16", "--seeds",
+            "1", "--no-progress"]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    assert len(list((disk / "runs").glob("*.json"))) == 2
+    assert cli.main(args) == 0 and capsys.readouterr().out.count("already done, skipped") == 2
 
 
 def test_out_as_a_link_to_nothing_is_named(tmp_path, fake_data_root, capsys):

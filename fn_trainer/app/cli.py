@@ -320,6 +320,8 @@ def run_experiments(args: argparse.Namespace, command: str) -> int:
                       flush=True)
                 try:
                     calibrate_into(args.out)
+                except Terminated:
+                    raise
                 except KeyboardInterrupt:
                     raise CalibrationInterrupted from None
             ctx.calibration  # a calibration file that is not one fails here, before any training
@@ -345,7 +347,7 @@ def prepare_out(ctx: Context, names: Sequence[str]) -> None:
     from .experiments.records import RUNS_DIR
     from .report import check_section
 
-    discard_stale_temporaries(ctx.folder(RUNS_DIR, create=False))
+    discard_stale_temporaries(ctx.folder(RUNS_DIR, create=False, link=True))
     for name in names:
         ctx.folder(name, create=False)
         check_section(ctx.out, name)
@@ -462,7 +464,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "export-solution":
             return export(args)
         if args.command == CALIBRATE:
-            return run_calibration(args)
+            with sigterm_interrupts():
+                return run_calibration(args)
         if args.command == "grade":
             from .grading import command as grading_command
 
@@ -471,12 +474,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return run_experiments(args, shlex.join([PROG, *argv]))
     except Terminated:
         # every rank says it: when rank 0 is the process that failed, the others are all there are
-        saved = "finished runs and the current position are saved" if checkpoints_left(args.out) else \
-            "finished runs are saved"
         why = " (torchrun sends it to every process when one fails)" if "TORCHELASTIC_RUN_ID" in os.environ \
             else ""
-        print(f"{PROG}: {rank_prefix()}stopped by SIGTERM{why}; {saved}, rerun with --resume to continue",
-              file=sys.stderr)
+        if args.command == CALIBRATE:
+            kept = "nothing was stored"
+        elif checkpoints_left(args.out):
+            kept = "finished runs and the current position are saved, rerun with --resume to continue"
+        else:
+            kept = "finished runs are saved, and a rerun trains the others from the start"
+        print(f"{PROG}: {rank_prefix()}stopped by SIGTERM{why}; {kept}", file=sys.stderr)
         return 128 + signal.SIGTERM
     except KeyboardInterrupt as e:
         if args.command == CALIBRATE:
@@ -496,6 +502,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         message = " ".join(str(e).split()) or type(e).__name__
         if isinstance(e, RankLostError):
             message += ("; rerun with --resume to continue from the last checkpoint" if checkpoints_left(args.out)
-                        else "; there is no checkpoint to resume from yet (a rank that failed says why)")
+                        else "; there is no checkpoint to resume from: finished runs are saved, and a rank "
+                             "that failed says why")
         print(f"{PROG}: error: {rank_prefix()}{message}", file=sys.stderr)
         return 2

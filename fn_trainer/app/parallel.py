@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, List, Mapping, Optional, Tuple
 
@@ -90,6 +91,23 @@ def session(launch: Optional[Launch], device: str, timeout_s: float) -> Iterator
         close_process_group()
 
 
+@contextlib.contextmanager
+def sigterm_ends() -> Iterator[None]:
+    """SIGTERM's default action, the process ending at once, while this rank waits without
+    a time limit for the others (for rank 0's next run, for the others' shares): a Python
+    handler (the command's, which saves a run's position) would run only once the wait
+    is over, and there is no position to save in it."""
+    try:
+        previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except ValueError:  # not the main thread: nothing was set
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def share_calibration(ctx: "Context") -> None:
     """Every rank takes rank 0's calibration (``ctx.calibration``): ranks deciding for
     themselves (other CPUs, other thread counts) could compile a run that rank 0 trains
@@ -104,7 +122,8 @@ def serve(ctx: "Context") -> None:
     from .experiments.training import train_one, train_population  # training imports this module
 
     while True:
-        work, agreement = _receive()
+        with sigterm_ends():
+            work, agreement = _receive()
         if work is None:
             return
         _check_agreement(ctx, agreement)
@@ -127,7 +146,8 @@ def population_parallel_run(ctx: "Context", specs: List["RunSpec"], train_share:
     # on the CPU: a tensor pickled on this rank's GPU would be unpickled onto the same GPU
     # index in rank 0's process, another rank's GPU or one that its machine lacks
     mine = tree_to(mine, torch.device("cpu"))
-    shares = gather_to_first(mine, "while gathering the population's results")
+    with sigterm_ends():  # its share is checkpointed: nothing to save while it waits for the others'
+        shares = gather_to_first(mine, "while gathering the population's results")
     return [] if shares is None else [trained for share in shares for trained in share]
 
 
@@ -187,7 +207,8 @@ def _agreement(ctx: "Context") -> Agreement:
     ``--limit``, or other files in ``--data``) gives a population members from other data
     and a run mixed gradients. ``--limit`` comes before the data it changes."""
     s = ctx.settings
-    return (("--parallel", s.parallel), ("--resume", s.resume), ("--limit", s.limit), ("data", ctx.fingerprint))
+    mode = "data" if s.parallel == "data" else "population or none"  # no --parallel splits as "population" does
+    return (("--parallel", mode), ("--resume", s.resume), ("--limit", s.limit), ("data", ctx.fingerprint))
 
 
 def _check_agreement(ctx: "Context", first: Agreement) -> None:

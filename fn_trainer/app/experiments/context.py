@@ -102,15 +102,22 @@ class Context:
         return inductor_apply(network, vmapped=vmapped,
                               winograd_min_channels=self.calibration.winograd_min_channels)
 
-    def folder(self, name: str, *, create: bool = True) -> Path:
-        """``<out>/<name>``, created unless ``create=False``, which only checks that it can be.
-        A symbolic link there is refused: its files would land outside ``--out``, and
-        ``report.md`` leaves out a section read through a link."""
+    def folder(self, name: str, *, create: bool = True, link: bool = False) -> Path:
+        """``<out>/<name>``, created; ``create=False`` checks that it can be created and
+        written, creating nothing. A symbolic link there is refused unless ``link``: the
+        report leaves out a section read through a link (``runs/``, whose files are read
+        whatever folder holds them, may be a link to another disk)."""
         path = safe_path(self.out, name)
-        if path.is_symlink():
-            raise ValueError(f"{str(path)!r} is a symbolic link: fn-trainer writes only inside --out, so it "
-                             "must be a folder or absent; remove the link")
-        return ensure_writable_dir(path, create=create)
+        if not link and path.is_symlink():
+            raise ValueError(f"{str(path)!r} is a symbolic link, where fn-trainer writes an experiment's figures "
+                             "and report section: report.md would leave them out; remove the link")
+        if not create:
+            return ensure_writable_dir(path, create=False)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            ensure_writable_dir(path)  # raises, naming why (a file in the way, a link to nothing...)
+        return path
 
     @property
     def splits(self) -> Splits:

@@ -134,15 +134,16 @@ def population_checkpoint_path(ctx: Context, specs: Sequence[RunSpec]) -> Path:
     member's configuration hash, in order."""
     digest = hashlib.sha256(" ".join(sp.config_hash(ctx.fingerprint) for sp in specs).encode())
     name = f"{specs[0].name}-x{len(specs)}-{digest.hexdigest()[:HASH_DIGITS]}{CHECKPOINT_SUFFIX}"
-    return _no_link(safe_path(ctx.folder(RUNS_DIR), name))
+    return _no_link(safe_path(ctx.folder(RUNS_DIR, link=True), name))
 
 
 def _no_link(checkpoint: Path) -> Path:
-    """``checkpoint``, unless a symbolic link is there: the command reads no file from
-    outside ``--out`` (a link to nothing would also make ``--resume`` start afresh unsaid)."""
+    """``checkpoint``, unless a symbolic link is there: the command reads no checkpoint
+    through one, as it reads no run record through one (a link to nothing would also make
+    ``--resume`` start afresh unsaid)."""
     if checkpoint.is_symlink():
-        raise ValueError(f"the checkpoint {checkpoint} is a symbolic link: fn-trainer reads only files inside "
-                         "--out; remove the link")
+        raise ValueError(f"the checkpoint {str(checkpoint)!r} is a symbolic link: fn-trainer reads no checkpoint "
+                         "through a link; remove it")
     return checkpoint
 
 
@@ -165,7 +166,7 @@ def other_checkpoints(path: Path) -> List[Path]:
 
 def _run_file(ctx: Context, spec: RunSpec, suffix: str) -> Path:
     name = f"{spec.name}-{spec.config_hash(ctx.fingerprint)}{suffix}"  # the data first: a folder only for runs
-    return safe_path(ctx.folder(RUNS_DIR), name)
+    return safe_path(ctx.folder(RUNS_DIR, link=True), name)
 
 
 def stored_record(ctx: Context, spec: RunSpec) -> Optional[RunRecord]:

@@ -37,7 +37,7 @@ from .records import (
     write_json,
 )
 
-Trained = Tuple[FitResult, float, str]  # the result, its wall time (s), how it was trained
+Trained = Tuple[FitResult, str]  # the result (its wall time included) and how it was trained
 GroupTrainer = Callable[[Context, List[RunSpec]], List[Trained]]
 
 
@@ -56,7 +56,7 @@ def execute(ctx: Context, specs: Sequence[RunSpec], train_group: Optional[GroupT
     """Records for ``specs``, in order: stored ones (with ``force``, only those this command
     wrote), the others trained.
 
-    ``train_group(ctx, pending) -> [(FitResult, wall_time_s, trainer_name)]`` trains the
+    ``train_group(ctx, pending) -> [(FitResult, trainer_name)]`` trains the
     pending runs together (e.g. ``train_together``); by default each is trained alone
     with ``train_one``. Each record is written as soon as it exists.
     """
@@ -94,9 +94,9 @@ def execute(ctx: Context, specs: Sequence[RunSpec], train_group: Optional[GroupT
     if pending and train_group is not None:
         group = [specs[i] for i in pending]
         results = train_group(ctx, group)
-        for i, (result, wall, trainer) in zip(pending, results):
+        for i, (result, trainer) in zip(pending, results):
             if i not in records:
-                records[i] = store(ctx, specs[i], result, wall, trainer)
+                records[i] = store(ctx, specs[i], result, trainer)
         # Only once every record is written: until then --resume needs the checkpoint(s).
         discard(population_checkpoint_path(ctx, group))
         if splits_populations(ctx.settings):
@@ -104,8 +104,8 @@ def execute(ctx: Context, specs: Sequence[RunSpec], train_group: Optional[GroupT
                 discard(path)
     else:
         for i in pending:
-            result, wall, trainer = train_one(ctx, specs[i])
-            records[i] = store(ctx, specs[i], result, wall, trainer)
+            result, trainer = train_one(ctx, specs[i])
+            records[i] = store(ctx, specs[i], result, trainer)
     if whole is not None and _older_than_records(ctx, whole, specs):
         discard(whole)  # left by a command stopped after its last record: of no use now
     return [records[i] for i in range(len(specs))]
@@ -150,8 +150,8 @@ def warn_other_checkpoints(ctx: Context, paths: Sequence[Path]) -> None:
 def train_one(ctx: Context, spec: RunSpec) -> Trained:
     """Train ``spec`` with ``fit`` from parameters initialised by ``spec.seed``, writing a
     checkpoint every epoch (continued with ``--resume`` after an interruption); the step
-    is compiled when the run is long enough to repay it. Returns the result, the wall
-    time and how it was trained (``"fit"`` or ``"fit (compiled)"``). With ``--parallel
+    is compiled when the run is long enough to repay it. Returns the result and how it
+    was trained (``"fit"`` or ``"fit (compiled)"``). With ``--parallel
     data`` every rank trains it, each on its slice of every minibatch, and rank 0 alone
     writes the checkpoint (``fn_trainer.app.parallel``)."""
     net = build_network(spec.network_type, spec.config, n_classes=N_CLASSES)
@@ -178,7 +178,7 @@ def train_one(ctx: Context, spec: RunSpec) -> Trained:
                  config=spec.identity(ctx.fingerprint), write_checkpoint=ctx.settings.rank == 0)
     if ctx.settings.parallel is not None:  # every rank has read the checkpoint before rank 0 deletes it
         wait_for_all("after a run")
-    return result, result.wall_time_s, trainer
+    return result, trainer
 
 
 def train_together(ctx: Context, specs: List[RunSpec]) -> List[Trained]:
@@ -195,7 +195,7 @@ def train_together(ctx: Context, specs: List[RunSpec]) -> List[Trained]:
                         compiled_apply=ctx.fast_apply(network, vmapped=True) if compiled else None,
                         desc=f"{first.name.split('-lr')[0]} x{len(specs)} lrs")
     rates = f"{len(specs)} learning rate{'s' * (len(specs) != 1)}"
-    return [(r, r.wall_time_s, f"{SWEEP_TRAINER} ({rates} together{', compiled' * compiled})") for r in results]
+    return [(r, f"{SWEEP_TRAINER} ({rates} together{', compiled' * compiled})") for r in results]
 
 
 def train_population(ctx: Context, specs: List[RunSpec]) -> List[Trained]:
@@ -232,7 +232,7 @@ def _train_members(ctx: Context, specs: List[RunSpec]) -> List[Trained]:
                              checkpoint=population_checkpoint_path(ctx, specs), resume=ctx.settings.resume,
                              config={"members": [sp.identity(ctx.fingerprint) for sp in specs]})
     how = f"{POPULATION_TRAINER} ({len(specs)} runs together{', compiled' if compiled else ''})"
-    return [(r, r.wall_time_s, how) for r in results]
+    return [(r, how) for r in results]
 
 
 def seeds_trainer(settings: Settings) -> Optional[GroupTrainer]:
@@ -242,11 +242,11 @@ def seeds_trainer(settings: Settings) -> Optional[GroupTrainer]:
     return train_population if settings.seeds > 1 and settings.parallel != "data" else None
 
 
-def store(ctx: Context, spec: RunSpec, result: FitResult, wall_time_s: float, trainer: str) -> RunRecord:
+def store(ctx: Context, spec: RunSpec, result: FitResult, trainer: str) -> RunRecord:
     """Write the run's record to its result file and print its summary line."""
     n_params = sum(int(v.numel()) for v in result.params.values())
     record = RunRecord(spec, spec.config_hash(ctx.fingerprint), n_params, finite_logs(result.logs),
-                       result.diverged, wall_time_s, trainer, result_path(ctx, spec))
+                       result.diverged, result.wall_time_s, trainer, result_path(ctx, spec))
     write_json(record.path, record.to_json())
     ctx.written.add(record.path)
     discard(checkpoint_path(ctx, spec))
