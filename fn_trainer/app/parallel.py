@@ -231,6 +231,7 @@ def _difference(ctx: "Context", who: str, theirs: Agreement, first: Agreement) -
     if name == "data":
         return (f"--data {ctx.settings.data}: {who}'s data set differs from rank 0's (fingerprint {value} "
                 f"against {expected}); every machine needs the same files")
+
     def as_typed(v: object) -> str:
         return f"no {name}" if v is None or v is False else name if v is True else f"{name} {v}"
     return (f"the ranks' options differ: {who} runs with {as_typed(value)}, rank 0 with {as_typed(expected)}; "

@@ -25,9 +25,9 @@ def record_problem(data: Any) -> Optional[str]:
     """What makes ``data`` an invalid stored run record, or ``None``.
 
     Checked: exactly the known fields (``trainer`` optional) and spec fields, and their
-    types; a configuration of lists of integers; texts of one printable line; values in range (``lr`` finite > 0,
-    ``batch_size >= 1``, ``epochs >= 0``, ``n_params >= 0``, ``wall_time_s`` finite
-    >= 0); logs with exactly ``LOG_KEYS``, finite numbers or ``None`` (non-finite),
+    types; a configuration of lists of integers; texts of one printable line; values in
+    range (``lr`` finite > 0, ``batch_size >= 1``, ``epochs >= 0``, ``n_params >= 0``,
+    ``wall_time_s`` finite >= 0); logs with exactly ``LOG_KEYS``, finite numbers or ``None`` (non-finite),
     accuracies in [0, 1], losses and gradient norms >= 0, ``epochs + 1`` metric entries
     (fewer after a divergence) and one gradient norm fewer.
     """
