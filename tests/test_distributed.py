@@ -468,6 +468,8 @@ def test_ranks_with_different_data_stop_with_one_line_before_training(cli_data_r
 @pytest.mark.parametrize("rank_1, says", [
     (["--parallel", "data"], "rank 1 runs with --parallel data, rank 0 with --parallel population or none"),
     ([], None),  # no --parallel: populations split as with --parallel population
+    (["--parallel", "population", "--keep-denormals"],
+     "rank 1 runs with --keep-denormals, rank 0 with no --keep-denormals"),
     (["--parallel", "population", "--resume"], "rank 1 runs with --resume, rank 0 with no --resume"),
     (["--parallel", "population", "--limit", "48"], "rank 1 runs with --limit 48, rank 0 with --limit 64"),
 ])

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from ..core.optim import Optimizer
 from ..core.step import Step
 from ..core.trees import tree_to
+from ..speed.denormals import denormals_flushed
 from ..training.distributed import (
     Launch,
     RanksDifferError,
@@ -205,10 +206,13 @@ def _agreement(ctx: "Context") -> Agreement:
     splits populations while rank 0 does not waits for rank 0 for ever, one resuming
     while the others start afresh trains another share, and one with other data (another
     ``--limit``, or other files in ``--data``) gives a population members from other data
-    and a run mixed gradients. ``--limit`` comes before the data it changes."""
+    and a run mixed gradients. ``--limit`` comes before the data it changes. A rank that
+    keeps subnormal floats where the others flush them computes other Adam updates, and a
+    data-parallel run's copies of the parameters drift apart."""
     s = ctx.settings
     mode = "data" if s.parallel == "data" else "population or none"  # no --parallel splits as "population" does
-    return (("--parallel", mode), ("--resume", s.resume), ("--limit", s.limit), ("data", ctx.fingerprint))
+    return (("--parallel", mode), ("--resume", s.resume), ("--limit", s.limit),
+            ("--keep-denormals", not denormals_flushed()), ("data", ctx.fingerprint))
 
 
 def _check_agreement(ctx: "Context", first: Agreement) -> None:
