@@ -200,6 +200,11 @@ def test_runs_table_and_summary_state_divergence():
     assert "DIVERGED" in summary(bad) and "ok" in summary(ok)
 
 
+def test_a_bar_in_a_cell_stays_in_its_cell():
+    row = markdown_table(["run", "diverged"], [["mlp", "loss | nan"]]).splitlines()[2]
+    assert row == "| mlp | loss \\| nan |"
+
+
 def test_markdown_table_shape():
     table = markdown_table(["a", "b"], [[1, 2], [3, 4]]).splitlines()
     assert table == ["| a | b |", "|---|---|", "| 1 | 2 |", "| 3 | 4 |"]
