@@ -84,6 +84,7 @@ POPULATION_SIZES = {"population_mlp": 8, "population_cnn": 4}  # members, seeds 
 JAX_PATHS = ("jax_jit", "jax_scan")  # with --jax (benchmarks.jax_peer)
 PRODUCTS = "products"  # the MLP step's matrix products alone (benchmarks.products): a floor, no training
 NOT_OURS = ("reference", "compat", "compiled_reference", PRODUCTS, *JAX_PATHS)  # not candidates for "best"
+REPS, CNN_STEPS = 5, 94  # the defaults of --reps and --cnn-steps (None when not given: --smoke refuses them)
 COMPAT_TARGET = 1.0  # the compat Trainer's training_step / reference, at most (MLP and CNN)
 MLP_CONFIG = NetworkConfiguration()
 CNN_CONFIG = NetworkConfiguration(n_channels=(16, 32, 45), kernel_sizes=(3, 3, 3))
@@ -397,8 +398,9 @@ def machine() -> Dict[str, object]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.epoch", description=__doc__.split("\n\n")[0])
-    p.add_argument("--reps", type=int, help="timed repetitions per path (median reported; default 5)")
-    p.add_argument("--cnn-steps", type=int, help="CNN steps timed per repetition, scaled to 469 (default 94)")
+    p.add_argument("--reps", type=int, help=f"timed repetitions per path (median reported; default {REPS})")
+    p.add_argument("--cnn-steps", type=int,
+                   help=f"CNN steps timed per repetition, scaled to 469 (default {CNN_STEPS})")
     p.add_argument("--shapes", default=",".join(TARGETS), help=f"comma-separated subset of {','.join(TARGETS)}")
     p.add_argument("--no-compile", action="store_true", help="skip the compiled paths")
     p.add_argument("--smoke", action="store_true",
@@ -428,7 +430,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         if given:
             p.error(f"--smoke runs 1 repetition of 2 steps of tiny networks and checks no target: "
                     f"{', '.join(given)} would have no effect")
-    args.reps, args.cnn_steps = args.reps or 5, args.cnn_steps or 94
+    args.reps, args.cnn_steps = args.reps or REPS, args.cnn_steps or CNN_STEPS
     if args.jax and (importlib.util.find_spec("jax") is None or importlib.util.find_spec("optax") is None):
         p.error("--jax needs jax and optax: pip install -e '.[peers]'")
     args.shapes = args.shapes.split(",")

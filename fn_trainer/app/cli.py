@@ -8,14 +8,13 @@ continued with ``--resume``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import os
 import shlex
 import signal
 import sys
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import ContextManager, Dict, List, Optional, Sequence
 
 from ..core.checks import SEED_LIMIT, check_positive_float, check_positive_int, check_seed
 from ..training.distributed import WAIT_LIMIT_S
@@ -23,6 +22,7 @@ from . import PROG
 from .experiments import EXPERIMENTS, Experiment
 from .experiments.context import Context, Settings
 from .experiments.formatting import fmt_lr
+from .signals import on_sigterm
 
 ALL = "all"  # the command that runs every experiment
 CALIBRATE = "calibrate"  # the command that measures this CPU's choices (fn_trainer.speed.calibration)
@@ -359,22 +359,12 @@ class Terminated(KeyboardInterrupt):
     progress saves its position on the way out."""
 
 
-@contextlib.contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """Turn SIGTERM into ``Terminated`` while the block runs (in the main thread only: a
-    handler can be set nowhere else)."""
+def sigterm_interrupts() -> ContextManager[None]:
+    """SIGTERM raises ``Terminated`` while the block runs."""
     def stop(signum, frame):
         raise Terminated
 
-    try:
-        previous = signal.signal(signal.SIGTERM, stop)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return on_sigterm(stop)
 
 
 class CalibrationInterrupted(KeyboardInterrupt):

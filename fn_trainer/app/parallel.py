@@ -21,7 +21,7 @@ import contextlib
 import os
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, ContextManager, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -42,6 +42,7 @@ from ..training.distributed import (
     lost_ranks_raise,
     slice_bounds,
 )
+from .signals import on_sigterm
 
 if TYPE_CHECKING:
     from ..core.networks import Network
@@ -92,21 +93,12 @@ def session(launch: Optional[Launch], device: str, timeout_s: float) -> Iterator
         close_process_group()
 
 
-@contextlib.contextmanager
-def sigterm_ends() -> Iterator[None]:
+def sigterm_ends() -> ContextManager[None]:
     """SIGTERM's default action, the process ending at once, while this rank waits without
     a time limit for the others (for rank 0's next run, for the others' shares): a Python
     handler (the command's, which saves a run's position) would run only once the wait
     is over, and there is no position to save in it."""
-    try:
-        previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    except ValueError:  # not the main thread: nothing was set
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return on_sigterm(signal.SIG_DFL)
 
 
 def share_calibration(ctx: "Context") -> None:

@@ -81,8 +81,8 @@ def execute(ctx: Context, specs: Sequence[RunSpec], train_group: Optional[GroupT
              if train_group is train_population and specs and not splits_populations(ctx.settings) else None)
     if whole is not None and 0 < len(pending) < len(specs) and ctx.settings.resume and whole.exists():
         pending = list(range(len(specs)))
+    group = [specs[i] for i in pending]
     if pending:
-        group = [specs[i] for i in pending]
         if train_group is not train_population:
             paths = [checkpoint_path(ctx, spec) for spec in group]
         else:  # the whole population's, or each rank's share's
@@ -92,7 +92,6 @@ def execute(ctx: Context, specs: Sequence[RunSpec], train_group: Optional[GroupT
         if ctx.settings.resume:
             warn_other_checkpoints(ctx, paths)
     if pending and train_group is not None:
-        group = [specs[i] for i in pending]
         results = train_group(ctx, group)
         for i, (result, trainer) in zip(pending, results):
             if i not in records:
