@@ -76,3 +76,26 @@ def test_zero_epochs_logs_the_initial_state_only():
     result = fit(step, evaluate, params, opt.init(params), (X, y), (X, y), epochs=0, progress=False)
     assert [len(result.logs[k]) for k in LOG_KEYS] == [1, 1, 1, 1, 0]
     assert result.params is params
+
+
+def test_train_metrics_are_those_of_the_first_n_train_eval_samples():
+    """Before training and after each epoch, the train loss and accuracy are the evaluation of
+    the first ``N_TRAIN_EVAL`` training samples, for one run and for a population's members."""
+    from fn_trainer import Member, fit_population
+    from fn_trainer.training.loop import N_TRAIN_EVAL
+
+    torch.manual_seed(2)
+    X, y = torch.randn(N_TRAIN_EVAL + 100, 1, 28, 28), torch.randint(0, 10, (N_TRAIN_EVAL + 100,))
+    X[N_TRAIN_EVAL:] *= 50  # rows past the cap that would change both metrics if they were counted
+    T = one_hot(y, 10)
+    net, opt, params, step, evaluate = _tiny()
+    first, everything = evaluate(params, X[:N_TRAIN_EVAL], T[:N_TRAIN_EVAL]), evaluate(params, X, T)
+    assert first != everything
+    result = fit(step, evaluate, params, opt.init(params), (X, y), (X[:10], y[:10]), epochs=1,
+                 batch_size=700, progress=False)
+    assert (result.logs["train_loss"][0], result.logs["train_accuracy"][0]) == first
+    assert (result.logs["train_loss"][1], result.logs["train_accuracy"][1]) == evaluate(
+        result.params, X[:N_TRAIN_EVAL], T[:N_TRAIN_EVAL])
+    (member,) = fit_population(net, [Member(seed=0, lr=1e-3)], (X, y), (X[:10], y[:10]), epochs=1,
+                               batch_size=700, progress=False)
+    assert (member.logs["train_loss"][0], member.logs["train_accuracy"][0]) == first
