@@ -559,8 +559,9 @@ def test_lr_sweep_trains_together_by_default_and_alone_with_sequential(small_dat
     assert together.keys() == alone.keys() and len(alone) == 4
     for name, r in together.items():
         assert r.trainer.startswith("fit_sweep") and alone[name].trainer == "fit"
-        # the same runs: equal up to float32 reassociation in the batched matmuls
-        assert r.logs["validation_loss"] == pytest.approx(alone[name].logs["validation_loss"], rel=1e-3)
+        # the same runs: equal up to float32 reassociation in the batched matmuls (measured: equal here;
+        # an evaluation one row short moved two of them by 4e-4)
+        assert r.logs["validation_loss"] == pytest.approx(alone[name].logs["validation_loss"], rel=1e-5)
 
 
 @pytest.mark.parametrize("compiled", [True, False])
