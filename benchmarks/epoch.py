@@ -337,7 +337,7 @@ def vmapped_paths(net: Network, members: List[Member], data: MemberData, batch_s
         if flag and not compile:
             continue
         params, state = init_population(net, members)
-        step = make_population_step(net, None if data.shared else 0, compile=flag,
+        step = make_population_step(net, data.in_dims(one_order=True), compile=flag,
                                     compiled_apply=inductor_apply(net, vmapped=True) if flag else None)
         paths[name] = functional_loop(step,
                                       {"params": params, "opt_state": state}, batch_of, n_steps)

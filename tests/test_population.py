@@ -24,6 +24,7 @@ from fn_trainer import (
     make_evaluate,
     make_step,
     normalize,
+    one_hot,
 )
 from fn_trainer.core.trees import stack_trees, tree_index
 from fn_trainer.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -170,6 +171,24 @@ def test_shared_data_is_never_copied_per_member(data):
     assert repeated.shared and repeated.X.data_ptr() == X.data_ptr()
     Xb, Tb = repeated.rows(torch.stack([torch.arange(4), torch.arange(4, 8)]))
     assert Xb.shape == (2, 4, 1, 28, 28)  # per-member orders gather minibatches only
+
+
+def test_inputs_shared_by_members_with_their_own_labels_are_stored_once(data):
+    """Members that read one image set with labels of their own (a label-noise study) share
+    the images, a view of the same memory too; only the targets are stacked per member."""
+    (X, y), valid = data
+    labels = [y, torch.roll(y, 1), torch.roll(y, 2)]
+    split = member_splits("train", [(X, labels[0]), (X.view(X.shape), labels[1]), (X, labels[2])], 3, 10,
+                          torch.float32)
+    assert split.x_shared and split.X.data_ptr() == X.data_ptr() and split.T.shape == (3, len(y), 10)
+    assert all(torch.equal(split.member(k)[1], one_hot(labels[k], 10)) for k in range(3))
+    net, members = build_network("mlp", MLP), [Member(0, 1e-3), Member(1, 1e-2), Member(2, 3e-3)]
+    for shuffle in (False, True):  # one order for all (images unbatched), one order per seed
+        results = fit_population(net, members, [(X, labels[k]) for k in range(3)], valid, epochs=2, batch_size=64,
+                                 shuffle=shuffle, progress=False)
+        for k, got in enumerate(results):
+            assert_close_runs(got, solo(net, members[k], (X, labels[k]), valid, epochs=2, batch_size=64,
+                                        shuffle=shuffle), TOL)
 
 
 @pytest.mark.parametrize("bad, match", [

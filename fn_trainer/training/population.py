@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -98,47 +98,70 @@ def init_population(network: Network, members: Sequence[Member],
 class MemberData:
     """Minibatches and evaluation sets for K members from their distinct data sets.
 
-    One distinct set, read in the same order by every member: its tensors are shared
-    (vmap ``in_dims=None``, no copies). Otherwise each minibatch is gathered per member
-    to ``(K, B, ...)``; several distinct sets are stacked once, ``(U, N, ...)``.
+    ``splits`` holds the distinct ``(X, T)`` pairs and ``which[k]`` member k's. The inputs
+    are kept apart from the targets: inputs that every member reads (the same tensor, in
+    pairs that differ in their targets too) are one shared tensor (vmap ``in_dims=None``,
+    never copied), else the distinct ones are stacked once, ``(U, N, ...)``, with
+    ``which_x[k]`` member k's; the targets are shared when there is one pair, else stacked
+    per pair, ``(P, N, C)``. A minibatch that every member reads in one order leaves the
+    shared part unbatched; one order per member gathers ``(K, B, ...)`` rows of both.
     """
 
     def __init__(self, splits: List[Split], which: List[int]):
-        self.shared = len(splits) == 1
-        if self.shared:
-            self.X, self.T = splits[0]
-        else:
-            self.X = torch.stack([X for X, _ in splits])
-            self.T = torch.stack([T for _, T in splits])
+        inputs: List[Tensor] = []
+        for X, _ in splits:  # distinct by identity: member_splits hands over one tensor per input
+            if not any(X is seen for seen in inputs):
+                inputs.append(X)
+        self.x_shared, self.shared = len(inputs) == 1, len(splits) == 1
+        self.X = inputs[0] if self.x_shared else torch.stack(inputs)
+        self.T = splits[0][1] if self.shared else torch.stack([T for _, T in splits])
+        of_pair = [next(u for u, X in enumerate(inputs) if X is pair[0]) for pair in splits]
         self.which = torch.tensor(which, device=self.X.device)
+        self.which_x = torch.tensor([of_pair[w] for w in which], device=self.X.device)
         self.n = splits[0][0].shape[0]
 
     @property
     def sample_shape(self) -> torch.Size:
-        return self.X.shape[1:] if self.shared else self.X.shape[2:]
+        return self.X.shape[1:] if self.x_shared else self.X.shape[2:]
+
+    def in_dims(self, one_order: bool) -> Tuple[Optional[int], Optional[int]]:
+        """vmap's ``in_dims`` of a minibatch ``(x, targets)`` from :meth:`rows`: ``None`` for
+        a part that every member shares and reads in ``one_order``, ``0`` for ``(K, B, ...)``."""
+        return tuple(None if one_order and shared else 0 for shared in (self.x_shared, self.shared))
+
+    def tensors(self) -> List[Tensor]:
+        """What identifies the data: the stored tensors and the members' indices into them
+        (``which_x`` only where it differs from ``which``, as it never did before the inputs
+        were kept apart: a checkpoint's digest of such data stays valid)."""
+        same = self.which_x.shape == self.which.shape and bool((self.which_x == self.which).all())
+        return [self.X, self.T, self.which] + ([] if same else [self.which_x])
 
     def member(self, k: int) -> Split:
         """The whole ``(X, T)`` that member ``k`` reads."""
-        if self.shared:
-            return self.X, self.T
-        u = int(self.which[k])
-        return self.X[u], self.T[u]
+        return (self.X if self.x_shared else self.X[int(self.which_x[k])],
+                self.T if self.shared else self.T[int(self.which[k])])
 
     def rows(self, idx: Any) -> Split:
         """Rows ``idx`` (a slice or ``(B,)`` indices: the same for every member; ``(K, B)``:
         a row of indices per member)."""
-        if self.shared:
-            return self.X[idx], self.T[idx]
-        if isinstance(idx, Tensor) and idx.dim() == 2:
-            return self.X[self.which[:, None], idx], self.T[self.which[:, None], idx]
-        return self.X[:, idx][self.which], self.T[:, idx][self.which]
+        return (_rows(self.X, self.x_shared, self.which_x, idx), _rows(self.T, self.shared, self.which, idx))
+
+
+def _rows(part: Tensor, shared: bool, which: Tensor, idx: Any) -> Tensor:
+    """Rows ``idx`` of a shared ``(N, ...)`` or stacked ``(U, N, ...)`` part of the data:
+    ``(B, ...)`` for a shared part read in one order, ``(K, B, ...)`` otherwise."""
+    if shared:
+        return part[idx]
+    if isinstance(idx, Tensor) and idx.dim() == 2:
+        return part[which[:, None], idx]
+    return part[:, idx][which]
 
 
 def member_splits(name: str, data: Any, n_members: int, n_classes: int,
                   dtype: torch.dtype) -> MemberData:
     """Checked data for ``n_members``: ``data`` is one ``(X, y)`` shared by all members or a
-    sequence of ``n_members`` pairs (same shapes); a pair given several times (the same
-    tensors) is stored once."""
+    sequence of ``n_members`` pairs (same shapes). An input or label tensor given several
+    times (the same tensor, or views of the same memory alike) is stored once."""
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor):
         return MemberData([check_split(name, data, n_classes, dtype)], [0] * n_members)
     if not isinstance(data, (tuple, list)) or len(data) != n_members:
@@ -146,20 +169,30 @@ def member_splits(name: str, data: Any, n_members: int, n_classes: int,
             f"{name} must be one (X, y) pair or a list of {n_members} pairs (one per member), "
             f"got {type(data).__name__}" + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else "")
         )
-    distinct: Dict[Tuple[int, int], int] = {}
+    inputs: Dict[Tuple[Any, ...], Tensor] = {}  # a given tensor's key -> its checked form, kept once
+    targets: Dict[Tuple[Any, ...], Tensor] = {}
+    pairs: Dict[Tuple[Any, ...], int] = {}
     splits: List[Split] = []
     which: List[int] = []
     for k, pair in enumerate(data):
-        checked = check_split(f"{name}[{k}]", pair, n_classes, dtype)
-        key = (id(pair[0]), id(pair[1]))
-        if key not in distinct:
-            distinct[key] = len(splits)
-            splits.append(checked)
-        which.append(distinct[key])
+        X, T = check_split(f"{name}[{k}]", pair, n_classes, dtype)
+        keys = tuple(_memory_key(t) for t in pair)
+        X, T = inputs.setdefault(keys[0], X), targets.setdefault(keys[1], T)
+        if keys not in pairs:
+            pairs[keys] = len(splits)
+            splits.append((X, T))
+        which.append(pairs[keys])
     shapes = {tuple(X.shape) for X, _ in splits}
     if len(shapes) > 1:
         raise ValueError(f"the {name} sets of all members must have the same shape, got {sorted(shapes)}")
     return MemberData(splits, which)
+
+
+def _memory_key(t: Any) -> Tuple[Any, ...]:
+    """Equal for two tensors that view the same memory the same way (hence hold the same values)."""
+    if not isinstance(t, Tensor):
+        return ("object", id(t))
+    return ("tensor", t.device, t.dtype, t.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
 
 
 def make_population_evaluate(network: Network):
@@ -178,17 +211,21 @@ def make_population_evaluate(network: Network):
     return evaluate
 
 
-def make_population_step(network: Network, batch_in_dims: Optional[int], *, compile: bool = False,
+BatchInDims = Union[Optional[int], Tuple[Optional[int], Optional[int]]]
+
+
+def make_population_step(network: Network, batch_in_dims: BatchInDims, *, compile: bool = False,
                          compiled_apply: Optional[Apply] = None,
                          batch_shape: Optional[Tuple[int, ...]] = None) -> Step:
     """``vmap`` of the pure Adam step over stacked members: ``(params, state, (x, targets))``
-    with ``x: (K, B, ...)`` per member (``batch_in_dims=0``) or ``(B, ...)`` shared (``None``).
+    with ``x: (K, B, ...)`` per member (``batch_in_dims=0``) or ``(B, ...)`` shared (``None``),
+    and the targets alike; a pair ``(x's, targets')`` (``MemberData.in_dims``) sets them apart.
 
     ``compile=True``: under ``torch.compile``, with ``compiled_apply`` as the forward if
     given (``fn_trainer.speed.inductor_apply(network)``), ``network.apply`` otherwise, and
     Adam's powers as ``exp_log_power``, for minibatches of ``batch_shape`` (``x``'s; see
     ``compile_step``); a minibatch of another shape runs the eager step."""
-    in_dims = (0, 0, (batch_in_dims,) * 2)
+    in_dims = (0, 0, tuple(batch_in_dims) if isinstance(batch_in_dims, tuple) else (batch_in_dims,) * 2)
     step = vmap(make_step(network.apply, adam()), in_dims=in_dims)
     if not compile:
         return step
@@ -224,7 +261,8 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
     Member k starts from ``network.init(members[k].seed, dtype)`` with its own hyper-parameters;
     with ``shuffle`` it reads the data in ``fit``'s order for its seed. ``train``/``valid``:
     one ``(X, y)`` shared by all members (never copied per member), or a list with one
-    ``(X, y)`` per member (same shapes). Returns one ``FitResult`` per member, in order,
+    ``(X, y)`` per member (same shapes; an ``X`` that several members read is stored once,
+    whatever their labels). Returns one ``FitResult`` per member, in order,
     with ``fit``'s logs and divergence handling: a member whose loss, gradient norm or
     update goes non-finite keeps its completed epochs' logs and the parameters its
     failing step received, and ``diverged`` names the epoch, step and values; the others
@@ -266,18 +304,17 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
     one_order = not shuffle or len(seeds) == 1
     # members of different seeds read the data in their own orders: (K, B) rows gathered per member
     minibatch = minibatches(train_data.rows, n, batch_size, shuffle, seeds[0] if one_order else [m.seed for m in members])
-    shared = train_data.shared and one_order
+    in_dims = train_data.in_dims(one_order)
     full = (min(batch_size, n), *train_data.sample_shape)  # what a resumed run may not see first
-    step = make_population_step(network, None if shared else 0, compile=compile, compiled_apply=compiled_apply,
-                                batch_shape=full if shared else (len(members), *full))
+    step = make_population_step(network, in_dims, compile=compile, compiled_apply=compiled_apply,
+                                batch_shape=full if in_dims[0] is None else (len(members), *full))
     evaluate = make_population_evaluate(network)
     n_train_eval = min(N_TRAIN_EVAL, n)
     everyone = Members(K, stacked=True)
     settings = {"members": [list(m) for m in members], "batch_size": batch_size, "shuffle": shuffle,
                 "n_classes": n_classes, "dtype": str(dtype), "train_shape": list(train_data.X.shape),
                 "valid_shape": list(valid_data.X.shape), "network": str(network.module),
-                "data": None if checkpoint is None else tensors_digest([train_data.X, train_data.T, train_data.which,
-                                                                        valid_data.X, valid_data.T, valid_data.which])}
+                "data": None if checkpoint is None else tensors_digest(train_data.tensors() + valid_data.tensors())}
     plain_config = to_plain(config, "config", tensors=False)
 
     def metrics(p: Params, grad_norms: Optional[Tensor] = None) -> Dict[str, List[float]]:
