@@ -1,5 +1,6 @@
 """Populations: K members with their own seeds, hyper-parameters and inputs, in one vmapped
 step, each following its solo ``fit`` run; per-member divergence; exact resume."""
+import copy
 import math
 import signal
 import subprocess
@@ -147,6 +148,34 @@ def test_a_member_whose_evaluation_overflows_stops_there_and_the_checkpoint_resu
     for got, want in zip(resumed, whole):
         assert got.logs == want.logs and got.diverged == want.diverged
         assert all(torch.equal(got.params[k], want.params[k]) for k in want.params)
+
+
+def test_a_hand_edited_stopped_member_is_refused(data, tmp_path):
+    """A stopped member's stored state is checked as a running member's is: its
+    hyper-parameters, a step counter within the epoch it stopped in, and an epoch that the
+    population has begun (a healthy member made 'stopped' by an edit is refused)."""
+    train, valid = data
+    net, members = build_network("mlp", MLP), [Member(0, 1e-3), Member(1, 1e30)]
+    path = tmp_path / "p.pt"
+    fit_population(net, members, train, valid, epochs=1, batch_size=100, progress=False, checkpoint=path)
+    state = {k: v for k, v in load_checkpoint(path).items() if k not in ("format", "version")}
+    assert list(state["stopped"]) == ["1"]
+
+    def refused(edit, match):
+        edited = copy.deepcopy(state)
+        edit(edited)
+        save_checkpoint(path, edited)
+        with pytest.raises(CheckpointError, match=match):
+            fit_population(net, members, train, valid, epochs=2, batch_size=100, progress=False, checkpoint=path,
+                           resume=True)
+
+    refused(lambda d: d["stopped"]["1"]["opt_state"]["lr"].fill_(0.5),
+            r"inconsistent: member 1: stopped: its optimizer state has lr=0\.5, this run's optimizer has lr=1e\+30$")
+    refused(lambda d: d["stopped"]["1"]["opt_state"]["count"].fill_(123),
+            r"member 1: stopped: its optimizer state has taken 123 steps \(count\), but its logs end after 0 "
+            r"epochs of 2 steps, so it stopped within steps 0 to 2$")
+    refused(lambda d: d["stopped"].update({"0": d["stopped"]["1"]}),
+            r"member 0: it stopped in epoch 2, which the population, at epoch 1 step 0, has not begun$")
 
 
 def test_numpy_numbers_are_taken_as_plain_ones(data, tmp_path):

@@ -116,6 +116,9 @@ def _checked_progress(path: Path, data: Dict[str, Any], params: Params, opt_stat
         if problem is None and k not in stopped:
             problem = state_problem(members.take(restored_params, k), members.take(restored_state, k),
                                     members.take(opt_state, k), epoch * n_batches + batch)
+        elif problem is None:
+            problem = _stopped_problem(stopped[k], members.take(opt_state, k), len(logs[k]["train_gradient_norm"]),
+                                       n_batches)
         if problem is not None and members.stacked:
             problem = f"member {k}: {problem}"
     seconds = data.get("seconds", 0.0)
@@ -181,6 +184,21 @@ def _stopped(data: Any, params: Params, opt_state: object, members: Members) -> 
     return out
 
 
+def _stopped_problem(entry: Stopped, given: object, ran: int, n_batches: int) -> Optional[str]:
+    """What is wrong with a stopped member's stored state, or ``None``: its hyper-parameters
+    must be this run's, and its step counter that of a step in the epoch after the ``ran``
+    its logs hold (the step it failed at) or of that epoch's end (its evaluation failed)."""
+    problem = hyperparameter_problem(entry.opt_state, given)
+    count, start = getattr(entry.opt_state, "count", None), getattr(given, "count", None)
+    if problem is None and isinstance(count, Tensor) and isinstance(start, Tensor):
+        taken = int(count) - int(start)
+        if not ran * n_batches <= taken <= (ran + 1) * n_batches:
+            problem = (f"its optimizer state has taken {taken} steps (count), but its logs end after {ran} "
+                       f"epochs of {n_batches} steps, so it stopped within steps {ran * n_batches} to "
+                       f"{(ran + 1) * n_batches}")
+    return None if problem is None else f"stopped: {problem}"
+
+
 def _members_problem(epoch: Any, batch: Any, logs: Any, last: Any, n_batches: int, members: Members,
                      stopped: Dict[int, Stopped]) -> Optional[str]:
     """``position_problem`` for one model, or for each member of a population (a stopped
@@ -195,8 +213,10 @@ def _members_problem(epoch: Any, batch: Any, logs: Any, last: Any, n_batches: in
         if k in stopped:
             ran = len(member_logs.get("validation_accuracy", [])) - 1 if isinstance(member_logs, dict) else -1
             problem = position_problem(ran, 0, member_logs, None, n_batches)
-            if problem is None and (not isinstance(epoch, int) or ran > epoch):
-                problem = f"it stopped after {ran} epochs, beyond the population's {epoch!r}"
+            # it stopped in epoch ran + 1: one the population has begun (at a boundary: completed)
+            if problem is None and (not isinstance(epoch, int) or ran > epoch or (ran == epoch and batch == 0)):
+                problem = (f"it stopped in epoch {ran + 1}, which the population, at epoch {epoch!r} step "
+                           f"{batch!r}, has not begun")
         else:
             problem = position_problem(epoch, batch, member_logs, None if last is None else last[k], n_batches)
         if problem is not None:
