@@ -286,6 +286,24 @@ def test_fit_names_an_adam_state_made_for_other_parameters(edit, match):
     assert not steps
 
 
+@pytest.mark.parametrize("lr, eps, match", [
+    (1e39, 1e-8, r"opt_state.lr must be a normal number in torch.float32, the parameters' dtype \(1.18e-38 to "
+                 r"3.4e\+38 or 0\), got 1e\+39$"),
+    (1e-3, 1e-46, r"opt_state.eps must be a normal number in torch.float32, .*, got 1e-46$"),
+    (1e-3, 1e-40, r"opt_state.eps must be .*, got 1e-40$"),  # subnormal: 0 where subnormals are flushed
+])
+def test_fit_refuses_hyperparameters_that_are_not_numbers_in_the_parameters_dtype(lr, eps, match):
+    net = ft.build_network("mlp", ft.NetworkConfiguration(dense_hiddens=(8,)), input_shape=SHAPE)
+    params, tr_va = net.init(0), problem()
+    with pytest.raises(ValueError, match=match):
+        ft.fit(ft.make_step(net.apply, ft.adam()), ft.make_evaluate(net.apply), params,
+               ft.adam(lr, eps=eps).init(params), *tr_va, epochs=1, progress=False)
+    params = {k: v.double() for k, v in params.items()}  # float64 holds them all
+    result = ft.fit(ft.make_step(net.apply, ft.adam()), ft.make_evaluate(net.apply), params,
+                    ft.adam(1e-3, eps=eps).init(params), *tr_va, epochs=1, progress=False)
+    assert result.diverged is None
+
+
 def _net():
     return ft.build_network("mlp", ft.NetworkConfiguration(dense_hiddens=(8,)), input_shape=SHAPE)
 

@@ -223,6 +223,8 @@ def test_inputs_shared_by_members_with_their_own_labels_are_stored_once(data):
 @pytest.mark.parametrize("bad, match", [
     ([], "members must be a non-empty"), ([(0, 1e-3)], r"members\[0\] must be a Member"),
     ([Member(-1)], r"members\[0\].seed"), ([Member(0, 0.0)], r"members\[0\].lr"), ([Member(0, 1e-3, b1=1.0)], "b1"),
+    ([Member(0), Member(1, 1e39)], r"^members\[1\].lr must be a normal number in torch.float32"),
+    ([Member(0, eps=1e-46)], r"^members\[0\].eps must be a normal number in torch.float32"),
 ])
 def test_bad_members_are_named(data, bad, match):
     with pytest.raises((TypeError, ValueError), match=match):

@@ -102,9 +102,12 @@ MAKE_STATE = "make the state with the optimizer's init(params)"
 def check_state(state: object, params: Params) -> None:
     """Raise naming ``opt_state`` if ``state`` is an ``AdamState`` that is not one for
     ``params``: its moments must have the parameters' names, shapes, dtypes and devices
-    (``init(params)`` makes such a state). Another optimizer's state is left to its step."""
+    (``init(params)`` makes such a state), its ``lr`` and ``eps`` be numbers in their dtype
+    (:func:`check_hyperparameters_fit`). Another optimizer's state is left to its step."""
     if not isinstance(state, AdamState):
         return
+    for dtype in {p.dtype for p in params.values() if p.is_floating_point()}:
+        check_hyperparameters_fit(float(state.lr), float(state.eps), dtype, "opt_state.")
     for field in ("mu", "nu"):
         moments = getattr(state, field)
         if not isinstance(moments, dict) or moments.keys() != params.keys():
@@ -117,6 +120,19 @@ def check_state(state: object, params: Params) -> None:
                 found = f"{tuple(m.shape)} {m.dtype} on {m.device}" if isinstance(m, Tensor) else type(m).__name__
                 raise ValueError(f"opt_state.{field}[{k!r}] must be like params[{k!r}], {tuple(p.shape)} {p.dtype} "
                                  f"on {p.device}, got {found}: {MAKE_STATE}")
+
+
+def check_hyperparameters_fit(lr: float, eps: float, dtype: torch.dtype, prefix: str = "") -> None:
+    """Raise ``ValueError`` naming ``{prefix}lr`` or ``{prefix}eps`` unless it is a normal finite
+    number in ``dtype``, the parameters' (``lr`` may be 0, where a schedule ends). The update
+    computes with them in that dtype, where a learning rate of 1e39 is infinite in float32
+    and an eps of 1e-46 is 0 (a subnormal one too, with subnormals flushed); the update that
+    follows would read as the run's divergence."""
+    info = torch.finfo(dtype)
+    for name, value, zero_ok in (("lr", lr, True), ("eps", eps, False)):
+        if not ((zero_ok and value == 0) or info.tiny <= value <= info.max):
+            raise ValueError(f"{prefix}{name} must be a normal number in {dtype}, the parameters' dtype "
+                             f"({info.tiny:.3g} to {info.max:.3g}{' or 0' if zero_ok else ''}), got {value!r}")
 
 
 def scheduled_lr(state: AdamState, lr: Union[float, Tensor]) -> AdamState:

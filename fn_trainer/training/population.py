@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ..core.checks import check_positive_float, check_positive_int, check_seed
 from ..core.evaluate import make_evaluate
 from ..core.networks import Network, check_dtype
-from ..core.optim import AdamState, adam, exp_log_power
+from ..core.optim import AdamState, adam, check_hyperparameters_fit, exp_log_power
 from ..core.paths import PathLike
 from ..core.splits import check_split, params_dtype
 from ..core.step import Apply, Step, make_step
@@ -286,6 +286,8 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
         raise ValueError(f"n_classes must be the network's {network.n_classes}, got {n_classes}")
     check_dtype(dtype)
     members = check_members(members)
+    for k, m in enumerate(members):
+        check_hyperparameters_fit(m.lr, m.eps, dtype, f"members[{k}].")
     K = len(members)
     check_population_fits(network, K, dtype)
     params, state = init_population(network, members, dtype)
