@@ -241,6 +241,13 @@ def test_bad_options_are_named_before_any_member_is_made(data, option, match):
         fit_population(build_network("mlp", MLP), [Member(0)], *data, epochs=1, progress=False, **option)
 
 
+@pytest.mark.parametrize("compile", [False, True])
+def test_a_compiled_apply_that_is_not_callable_is_refused_compiled_or_not(data, compile):
+    with pytest.raises(TypeError, match="^compiled_apply must be callable \\(an apply\\(params, x\\)\\) or None, got str$"):
+        fit_population(build_network("mlp", MLP), [Member(0)], *data, epochs=1, progress=False, compile=compile,
+                       compiled_apply="not a function")
+
+
 def test_a_population_checkpoint_of_another_population_is_refused(data, tmp_path):
     net = build_network("mlp", MLP)
     path = tmp_path / "p.pt"

@@ -225,6 +225,9 @@ def make_population_step(network: Network, batch_in_dims: BatchInDims, *, compil
     given (``fn_trainer.speed.inductor_apply(network)``), ``network.apply`` otherwise, and
     Adam's powers as ``exp_log_power``, for minibatches of ``batch_shape`` (``x``'s; see
     ``compile_step``); a minibatch of another shape runs the eager step."""
+    if compiled_apply is not None and not callable(compiled_apply):  # checked even where unused: a mistake
+        raise TypeError(f"compiled_apply must be callable (an apply(params, x)) or None, got "
+                        f"{type(compiled_apply).__name__}")
     in_dims = (0, 0, tuple(batch_in_dims) if isinstance(batch_in_dims, tuple) else (batch_in_dims,) * 2)
     step = vmap(make_step(network.apply, adam()), in_dims=in_dims)
     if not compile:
