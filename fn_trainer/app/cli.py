@@ -1,9 +1,9 @@
 """The ``fn-trainer`` command line: one subcommand per experiment of the homework's
-section 2, ``all`` for every one, and ``export-solution``.
+section 2, ``all`` for every one, ``calibrate``, ``export-solution`` and ``grade``.
 
 Exit status: 0 on success; 2 with one line ``fn-trainer: error: <message>`` on stderr
-for bad arguments or data; 130 on Ctrl-C (the interrupted run keeps its checkpoint,
-continued with ``--resume``).
+for bad arguments or data; 130 on Ctrl-C and 143 on SIGTERM (the interrupted run keeps
+its checkpoint, continued with ``--resume``).
 """
 from __future__ import annotations
 
