@@ -854,12 +854,16 @@ def test_resume_names_a_population_checkpoint_that_another_seed_count_left(small
     assert rc == 0 and err.count("--resume: no checkpoint") == 1 and left.name in err, err
 
 
-def test_an_interrupted_population_resumes_where_it_stopped(small_data_root, tmp_path, capsys, monkeypatch):
+# with seeds, one population of 2 normalisations x 2 learning rates x 2 seeds; with one, each
+# normalisation's 2 learning rates together (fit_sweep), one group after the other
+@pytest.mark.parametrize("seeds, group, steps_left", [(SEEDS, "x8", 3), (1, "x2", 3 + 8)])
+def test_an_interrupted_population_resumes_where_it_stopped(seeds, group, steps_left, small_data_root, tmp_path,
+                                                            capsys, monkeypatch):
     from fn_trainer.training import population
 
-    # one population of 2 normalisations x 2 seeds; 4 steps an epoch, 8 in all
-    args = ["lr-sweep", "--lrs", "0.01", "--data", small_data_root, "--limit", "64", "--batch-size", "16",
-            "--epochs", "2", "--no-progress", "--seeds", SEEDS]
+    # 4 steps an epoch, 8 in all
+    args = ["lr-sweep", "--lrs", "0.01", "0.001", "--data", small_data_root, "--limit", "64", "--batch-size", "16",
+            "--epochs", "2", "--no-progress", "--seeds", seeds]
     assert run_cli([*args, "--out", tmp_path / "whole"], capsys)[0] == 0
     real_make_step = population.make_step
     steps = {"n": 0, "stop_at": 6}  # the second step of the second epoch
@@ -878,15 +882,15 @@ def test_an_interrupted_population_resumes_where_it_stopped(small_data_root, tmp
     monkeypatch.setattr(population, "make_step", counting_make_step)
     rc, _, err = run_cli([*args, "--out", tmp_path / "cut"], capsys)
     assert rc == 130 and "rerun with --resume to continue the interrupted one from its checkpoint" in err
-    (checkpoint,) = (tmp_path / "cut" / "runs").glob("*-x4-*.checkpoint.pt")
+    (checkpoint,) = (tmp_path / "cut" / "runs").glob(f"*-{group}-*.checkpoint.pt")
     assert result_files(tmp_path / "cut") == []
     steps.update(n=0, stop_at=None)
     rc, out, _ = run_cli([*args, "--out", tmp_path / "cut", "--resume"], capsys)
     assert rc == 0 and f"resuming from the checkpoint {checkpoint.name}\n" in out
-    assert steps["n"] == 3  # the 5 steps done before the interruption are not trained again
+    assert steps["n"] == steps_left  # the 5 steps done before the interruption are not trained again
     whole = {p.name: json.loads(p.read_text())["logs"] for p in result_files(tmp_path / "whole")}
     cut = {p.name: json.loads(p.read_text())["logs"] for p in result_files(tmp_path / "cut")}
-    assert len(whole) == 4 and cut == whole
+    assert len(whole) == 4 * int(seeds) and cut == whole
     assert list((tmp_path / "cut" / "runs").glob("*.checkpoint.pt")) == []
 
 

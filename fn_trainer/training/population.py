@@ -379,10 +379,11 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
 
 def fit_sweep(network: Network, lrs: Sequence[float], train: Any, valid: Any, *, epochs: int,
               batch_size: int = 128, seed: int = 0, n_classes: int = 10, progress: bool = True,
-              shuffle: bool = False, compile: bool = False, compiled_apply: Optional[Apply] = None,
-              desc: str = "sweep") -> List[FitResult]:
+              shuffle: bool = False, dtype: torch.dtype = torch.float32, compile: bool = False,
+              compiled_apply: Optional[Apply] = None, desc: str = "sweep", checkpoint: Optional[PathLike] = None,
+              resume: bool = False, config: Optional[Dict[str, Any]] = None) -> List[FitResult]:
     """``len(lrs)`` copies of ``network``, one per learning rate, all from ``network.init(seed)``:
-    ``fit_population`` with ``Member(seed, lr)`` for each learning rate."""
+    ``fit_population`` with ``Member(seed, lr)`` for each learning rate (checkpoints too)."""
     check_seed("seed", seed)
     if isinstance(lrs, (np.ndarray, Tensor)) and lrs.ndim == 1:  # a 1-D array of numbers is a sequence too
         lrs = lrs.tolist()
@@ -390,5 +391,6 @@ def fit_sweep(network: Network, lrs: Sequence[float], train: Any, valid: Any, *,
         raise ValueError(f"lrs must be a non-empty list of learning rates, got {lrs!r}")
     lrs = [check_positive_float(f"lrs[{i}]", lr) for i, lr in enumerate(lrs)]
     return fit_population(network, [Member(seed, lr) for lr in lrs], train, valid, epochs=epochs,
-                          batch_size=batch_size, n_classes=n_classes, shuffle=shuffle, compile=compile,
-                          compiled_apply=compiled_apply, progress=progress, desc=desc)
+                          batch_size=batch_size, n_classes=n_classes, shuffle=shuffle, dtype=dtype, compile=compile,
+                          compiled_apply=compiled_apply, progress=progress, desc=desc, checkpoint=checkpoint,
+                          resume=resume, config=config)

@@ -78,14 +78,14 @@ def execute(ctx: Context, specs: Sequence[RunSpec], train_group: Optional[GroupT
     # The whole population's checkpoint, when a command stopped between writing its records:
     # resumed, it ends at once and gives the records still missing.
     whole = (population_checkpoint_path(ctx, specs)
-             if train_group is train_population and specs and not splits_populations(ctx.settings) else None)
+             if train_group in WHOLE_GROUP_CHECKPOINTS and specs and not splits_populations(ctx.settings) else None)
     if whole is not None and 0 < len(pending) < len(specs) and ctx.settings.resume and whole.exists():
         pending = list(range(len(specs)))
     group = [specs[i] for i in pending]
     if pending:
-        if train_group is not train_population:
+        if train_group not in WHOLE_GROUP_CHECKPOINTS:
             paths = [checkpoint_path(ctx, spec) for spec in group]
-        else:  # the whole population's, or each rank's share's
+        else:  # the whole group's, or each rank's share's
             paths = share_checkpoints(ctx, group) if splits_populations(ctx.settings) else [
                 population_checkpoint_path(ctx, group)]
         note_checkpoints(ctx, paths)
@@ -182,7 +182,8 @@ def train_one(ctx: Context, spec: RunSpec) -> Trained:
 
 def train_together(ctx: Context, specs: List[RunSpec]) -> List[Trained]:
     """A ``train_group`` for ``execute``: runs that differ only in their learning rate,
-    trained in one vmapped step with ``fit_sweep`` (compiled when long enough); the
+    trained in one vmapped step with ``fit_sweep`` (compiled when long enough),
+    checkpointed every epoch as a population is (continued with ``--resume``); the
     wall time is the group's."""
     first = specs[0]
     network = build_network(first.network_type, first.config)
@@ -192,7 +193,9 @@ def train_together(ctx: Context, specs: List[RunSpec]) -> List[Trained]:
                         batch_size=first.batch_size, seed=first.seed, n_classes=N_CLASSES,
                         progress=ctx.settings.progress, compile=compiled,
                         compiled_apply=ctx.fast_apply(network, vmapped=True) if compiled else None,
-                        desc=f"{first.name.split('-lr')[0]} x{len(specs)} lrs")
+                        desc=f"{first.name.split('-lr')[0]} x{len(specs)} lrs",
+                        checkpoint=population_checkpoint_path(ctx, specs), resume=ctx.settings.resume,
+                        config={"members": [sp.identity(ctx.fingerprint) for sp in specs]})
     rates = f"{len(specs)} learning rate{'s' * (len(specs) != 1)}"
     return [(r, f"{SWEEP_TRAINER} ({rates} together{', compiled' * compiled})") for r in results]
 
@@ -232,6 +235,10 @@ def _train_members(ctx: Context, specs: List[RunSpec]) -> List[Trained]:
                              config={"members": [sp.identity(ctx.fingerprint) for sp in specs]})
     how = f"{POPULATION_TRAINER} ({len(specs)} runs together{', compiled' if compiled else ''})"
     return [(r, how) for r in results]
+
+
+# the group trainers that checkpoint their whole group in one file (population_checkpoint_path)
+WHOLE_GROUP_CHECKPOINTS = (train_population, train_together)
 
 
 def seeds_trainer(settings: Settings) -> Optional[GroupTrainer]:
