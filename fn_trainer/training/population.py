@@ -175,7 +175,7 @@ def member_splits(name: str, data: Any, n_members: int, n_classes: int,
     splits: List[Split] = []
     which: List[int] = []
     for k, pair in enumerate(data):
-        X, T = check_split(f"{name}[{k}]", pair, n_classes, dtype)
+        X, T = check_split(f"{name}[{k}]", pair, n_classes, dtype)  # pair: two tensors from here on
         keys = tuple(_memory_key(t) for t in pair)
         X, T = inputs.setdefault(keys[0], X), targets.setdefault(keys[1], T)
         if keys not in pairs:
@@ -188,11 +188,9 @@ def member_splits(name: str, data: Any, n_members: int, n_classes: int,
     return MemberData(splits, which)
 
 
-def _memory_key(t: Any) -> Tuple[Any, ...]:
+def _memory_key(t: Tensor) -> Tuple[Any, ...]:
     """Equal for two tensors that view the same memory the same way (hence hold the same values)."""
-    if not isinstance(t, Tensor):
-        return ("object", id(t))
-    return ("tensor", t.device, t.dtype, t.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+    return (t.device, t.dtype, t.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
 
 
 def make_population_evaluate(network: Network):
