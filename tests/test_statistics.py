@@ -54,12 +54,34 @@ def test_a_side_of_equal_values_gives_its_interval_without_a_warning():
 def test_one_seed_gives_no_interval_and_says_so():
     d = welch_difference([0.9], [0.8, 0.85])
     assert d.low is None and d.exceeds_noise is None and "no interval" in format_difference(d)
-    assert welch_difference([0.5, 0.5], [0.25, 0.25]) == Difference(0.25, 0.25, 0.25)
+
+
+
+@pytest.mark.parametrize("a, b", [([0.5, 0.5], [0.25, 0.25]), ([0.1] * 3, [0.1025] * 3)])  # 0.1 * 3 / 3 != 0.1
+def test_no_spread_on_either_side_gives_no_interval_and_says_so(a, b):
+    d = welch_difference(a, b)
+    assert d.low is None and d.exceeds_noise is None
+    assert format_difference(d) == (f"{d.diff:+.4f} (no interval: every seed gave the same value on both sides, "
+                                    "so seed noise is not measured)")
+
+
+@pytest.mark.parametrize("d, printed", [
+    # the computed interval excludes 0 by 3.7e-5: printed as 0.0000, it does not, nor does its verdict
+    (Difference(0.002, 3.7e-5, 0.004), "+0.0020 [+0.0000, +0.0040], within seed noise"),
+    (Difference(0.0027, -1e-6, 0.0054), "+0.0027 [-0.0001, +0.0054], within seed noise"),
+    (Difference(0.0123, 0.00501, 0.01959), "+0.0123 [+0.0050, +0.0196], exceeds seed noise"),
+    (Difference(-0.0123, -0.01959, -0.00501), "-0.0123 [-0.0196, -0.0050], exceeds seed noise"),
+])
+def test_the_printed_interval_holds_the_computed_one_and_its_verdict_agrees(d, printed):
+    assert format_difference(d) == printed
 
 
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.floats(0, 1), min_size=2, max_size=6), st.lists(st.floats(0, 1), min_size=2, max_size=6))
 def test_the_interval_contains_the_difference_and_flips_with_the_sides(a, b):
     d, e = welch_difference(a, b), welch_difference(b, a)
+    if d.low is None:  # neither side varies
+        assert len(set(a)) == len(set(b)) == 1 and e.low is None
+        return
     assert d.low - 1e-12 <= d.diff <= d.high + 1e-12
     assert e.diff == pytest.approx(-d.diff, abs=1e-12) and e.low == pytest.approx(-d.high, abs=1e-9)

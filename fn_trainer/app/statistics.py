@@ -8,7 +8,8 @@ Welch's t interval (unequal variances, Welch–Satterthwaite degrees of freedom)
     se = sqrt(s_a**2 / n_a + s_b**2 / n_b)
     diff ± t_{0.975, df} * se
 
-The difference exceeds seed noise when that interval excludes 0.
+The difference exceeds seed noise when that interval, as printed (its ends rounded
+outwards), excludes 0; where neither side varies over its seeds there is no interval.
 """
 from __future__ import annotations
 
@@ -27,13 +28,18 @@ class Spread(NamedTuple):
     n: int
 
 
+ONE_SEED = "one seed: no interval"
+NO_SPREAD = "no interval: every seed gave the same value on both sides, so seed noise is not measured"
+
+
 class Difference(NamedTuple):
-    """``mean(a) - mean(b)`` and its ``LEVEL`` interval ``[low, high]`` (``None`` when fewer
-    than two runs on a side leave no spread to estimate)."""
+    """``mean(a) - mean(b)`` and its ``LEVEL`` interval ``[low, high]``; without one (``None``),
+    ``why`` says why: fewer than two runs on a side, or no spread on either."""
 
     diff: float
     low: Optional[float]
     high: Optional[float]
+    why: Optional[str] = None
 
     @property
     def exceeds_noise(self) -> Optional[bool]:
@@ -41,6 +47,16 @@ class Difference(NamedTuple):
         if self.low is None:
             return None
         return self.low > 0 or self.high < 0
+
+    def rounded(self, digits: int) -> "Difference":
+        """The interval with its ends rounded outwards to ``digits`` decimals: it holds the
+        computed one, so that a verdict on it never contradicts the printed numbers."""
+        if self.low is None:
+            return self
+        scale = 10 ** digits
+        # rounded to 1e-6 of the last digit first: 0.004 * 1e4 is 40.000000000000007, not above 40
+        return self._replace(low=math.floor(round(self.low * scale, 6)) / scale,
+                             high=math.ceil(round(self.high * scale, 6)) / scale)
 
 
 def spread(values: Sequence[float]) -> Spread:
@@ -58,13 +74,13 @@ def spread(values: Sequence[float]) -> Spread:
 
 def welch_difference(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> Difference:
     """``mean(a) - mean(b)`` with Welch's t interval at ``level`` (``scipy.stats.ttest_ind``,
-    ``equal_var=False``). Two sides without any spread (every run equal) give the
-    degenerate interval ``[diff, diff]``."""
+    ``equal_var=False``). Two sides without any spread (every run of each equal, as where
+    all collapse to one class) give none: a few equal values do not show there is no noise."""
     diff = spread(a).mean - spread(b).mean
     if len(a) < 2 or len(b) < 2:
-        return Difference(diff, None, None)
-    if spread(a).std == 0 and spread(b).std == 0:
-        return Difference(diff, diff, diff)
+        return Difference(diff, None, None, ONE_SEED)
+    if len(set(a)) == 1 and len(set(b)) == 1:
+        return Difference(diff, None, None, NO_SPREAD)
     from scipy import stats  # here: scipy.stats takes 0.5 s to import, and most runs have one seed
 
     with warnings.catch_warnings():
@@ -82,8 +98,10 @@ def format_spread(s: Spread, digits: int = 4) -> str:
 
 
 def format_difference(d: Difference, digits: int = 4) -> str:
-    """``+0.0123 [+0.0050, +0.0196], exceeds seed noise`` (or ``within seed noise``)."""
+    """``+0.0123 [+0.0050, +0.0196], exceeds seed noise`` (or ``within seed noise``), the
+    interval rounded outwards and the verdict taken on it (``Difference.rounded``)."""
     if d.low is None:
-        return f"{d.diff:+.{digits}f} (one seed: no interval)"
+        return f"{d.diff:+.{digits}f} ({d.why})"
+    d = d.rounded(digits)
     verdict = "exceeds seed noise" if d.exceeds_noise else "within seed noise"
     return f"{d.diff:+.{digits}f} [{d.low:+.{digits}f}, {d.high:+.{digits}f}], {verdict}"
