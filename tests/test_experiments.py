@@ -122,7 +122,7 @@ def test_spread_table_and_best_pair_give_no_final_accuracy_where_a_seed_diverged
     table = spread_table([mixed, fine]).splitlines()
     assert "| n/a (1 of 3 seeds diverged) | 0.7000 ± 0.1732 | 1 |" in table[2]  # the best still counts
     assert "| 0.6500 ± 0.0707 | 0.6500 ± 0.0707 | 0 |" in table[3]
-    assert "(mean ± std), final n/a (1 of 3 seeds diverged); mean above 80%: no." in best_pair(mixed)
+    assert "(mean ± sample std), final n/a (1 of 3 seeds diverged); mean above 80%: no." in best_pair(mixed)
     alone = Configuration((seed_run(0, [0.5, 0.9], "diverged in epoch 2: loss=nan"),))
     assert "(epoch 1), final n/a (diverged); above 80%: yes." in best_pair(alone)
     assert "(epoch 2), final 0.6000; above 80%: no." in best_pair(Configuration((seed_run(0, [0.5, 0.55, 0.6]),)))

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple
 
+from ...training.loop import N_TRAIN_EVAL
 from ..report import markdown_table
 from ..statistics import LEVEL, Spread, format_difference, format_spread, welch_difference
 from .configurations import Configuration
 from .context import Context, Settings
 from .records import RunRecord
+
+MEAN_STD = "mean ± sample std"  # over seeds: the standard deviation with n - 1 (statistics.spread)
 
 
 def fmt_lr(lr: float) -> str:
@@ -79,7 +82,7 @@ def spread_table(configurations: Sequence[Configuration]) -> str:
     rows = [[c.spec.label, f"{c.n_params:,}", fmt_lr(c.spec.lr), "on" if c.spec.normalization else "off",
              len(c.runs), fmt_final_spread(c), fmt_spread(c.best_spread()), c.n_diverged] for c in configurations]
     return markdown_table(["configuration", "params", "lr", "normalisation", "seeds",
-                           "final valid acc (mean ± std)", "best valid acc (mean ± std)", "diverged runs"], rows)
+                           f"final valid acc ({MEAN_STD})", f"best valid acc ({MEAN_STD})", "diverged runs"], rows)
 
 
 def several_seeds(configurations: Sequence[Configuration]) -> bool:
@@ -128,11 +131,15 @@ def _difference(a: Sequence[float], b: Sequence[float]) -> str:
 
 
 def header(title: str, ctx: Context) -> List[str]:
-    """The first lines of a training experiment's section: its title, the command, the data."""
+    """The first lines of a training experiment's section: its title, the command, the data,
+    and what the seeds vary (only the initialisation: the seed noise of the comparisons
+    leaves out the validation set's sampling error)."""
     s = ctx.settings
     limit = "all" if s.limit is None else f"the first {s.limit}"
     seeds = (f"seed {s.seed}" if s.seeds == 1 else
-             f"seeds {s.run_seeds[0]} to {s.run_seeds[-1]} ({s.seeds} runs per configuration)")
+             f"seeds {s.run_seeds[0]} to {s.run_seeds[-1]} ({s.seeds} runs per configuration; a seed sets the "
+             "initialisation only, every run reading the same minibatches in the same order)")
     return [f"## {title}", "", f"Command: `{s.command}`", "",
-            f"Training samples: {limit} ({len(ctx.splits.train.y):,}); validation samples: "
+            f"Training samples: {limit} ({len(ctx.splits.train.y):,}; train accuracy and loss are measured on "
+            f"the first {min(N_TRAIN_EVAL, len(ctx.splits.train.y)):,}); validation samples: "
             f"{len(ctx.splits.valid.y):,}; {seeds}; Adam, ReLU.", ""]

@@ -12,6 +12,7 @@ from .configurations import Configuration, by_configuration
 from .context import Context
 from .figures import ACCURACY_YLIM, curves, seeds_note
 from .formatting import (
+    MEAN_STD,
     Contrast,
     differences,
     fmt_final_spread,
@@ -113,7 +114,7 @@ def best_pair(c: Optional[Configuration]) -> str:
                 f"{fmt_final_spread(c) if r.diverged else fmt_metric(r.final())}; above {TARGET:.0%}: "
                 f"{'yes' if best.mean > TARGET else 'no'}.")
     return (f"Best pair (the highest mean over its {len(c.runs)} seeds of the best validation accuracy): {pair}: "
-            f"best validation accuracy {format_spread(best)} (mean ± std), final {fmt_final_spread(c)}; "
+            f"best validation accuracy {format_spread(best)} ({MEAN_STD}), final {fmt_final_spread(c)}; "
             f"mean above {TARGET:.0%}: {'yes' if best.mean > TARGET else 'no'}.")
 
 
