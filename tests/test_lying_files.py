@@ -172,6 +172,9 @@ def test_a_population_stopped_between_its_records_resumes_from_its_checkpoint(re
 RECORD_EDITS = {
     "logs null": lambda d: d.update(logs=None),
     "accuracy as text": lambda d: d["logs"]["validation_accuracy"].__setitem__(1, "high"),
+    # a missing value after training began only where the run is marked diverged (else it would
+    # drop out of the seeds' mean silently)
+    "null without divergence": lambda d: d["logs"]["validation_accuracy"].__setitem__(-1, None),
     "logs too long": lambda d: d["logs"]["train_accuracy"].append(0.5),
     "log key missing": lambda d: d["logs"].pop("validation_loss"),
     "n_params as text": lambda d: d.update(n_params="many"),

@@ -86,6 +86,10 @@ def _logs_problem(logs: Dict[str, Any], epochs: int, diverged: Optional[str]) ->
         bad = [v for v in values if v is not None and not (is_finite_number(v) and low <= v <= high)]
         if bad:
             return f"its logs[{key!r}] holds {bad[0]!r}, expected finite numbers in [{low}, {high}] or null"
+    if diverged is None:  # after training starts, a non-finite value (null) marks the run diverged
+        for key, values in logs.items():
+            if None in values[0 if key == "train_gradient_norm" else 1:]:
+                return f"its logs[{key!r}] holds null after training began, but the run is not marked diverged"
     n = len(logs["validation_accuracy"])
     complete = n == epochs + 1 or (diverged is not None and 1 <= n <= epochs + 1)
     if not complete or any(len(v) != (n - 1 if k == "train_gradient_norm" else n) for k, v in logs.items()):
