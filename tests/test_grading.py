@@ -595,6 +595,13 @@ def test_answers_are_read_only_as_stored_records_within_the_limit():
         decode_answer(bomb)
     with pytest.raises(ValueError, match="over 4000 bytes"):
         decode_answer(frame[8:], limit=4000)
+    nested: list = []
+    for _ in range(40):  # a few hundred bytes that would print as 2**40 lists in the grader
+        nested = [nested, nested]
+    unfolding = encode({"error": nested})
+    assert len(unfolding) < 10_000
+    with pytest.raises(ValueError, match="^an answer of over 100000 nested values$"):
+        decode_answer(unfolding[8:])
 
 
 FORGER = ("import json, os, torch\n"

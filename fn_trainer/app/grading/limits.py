@@ -7,3 +7,4 @@ DEFAULT_MEMORY_MB = 8192  # RLIMIT_AS: address space, not resident memory; torch
 FILE_SIZE_MB = 64  # RLIMIT_FSIZE: the largest file the submission may write
 OUTPUT_KEPT = 4000  # bytes of the submission's printed output kept for the report
 ANSWER_LIMIT = 256 << 20  # bytes; no answer to the grader's requests comes near this
+ANSWER_NODES = 100_000  # lists, dicts and values an answer may unfold to (the exported solution's largest: 161)

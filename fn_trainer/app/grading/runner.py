@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from . import probe
-from .limits import ANSWER_LIMIT, DEFAULT_MEMORY_MB, FILE_SIZE_MB, OUTPUT_KEPT
+from .limits import ANSWER_LIMIT, ANSWER_NODES, DEFAULT_MEMORY_MB, FILE_SIZE_MB, OUTPUT_KEPT
 from .probe import HEADER, encode
 
 PROBE = probe.__file__  # run as a file, so that the submission's process never imports fn_trainer
@@ -167,7 +167,26 @@ def decode_answer(data: bytes, limit: int = ANSWER_LIMIT) -> Any:
         raise ValueError("a compressed record")
     if sum(r.file_size for r in records) > limit:
         raise ValueError(f"records over {limit} bytes in all")
-    return torch.load(io.BytesIO(data), weights_only=True)
+    answer = torch.load(io.BytesIO(data), weights_only=True)
+    _check_tree_size(answer)
+    return answer
+
+
+def _check_tree_size(answer: Any, limit: int = ANSWER_NODES) -> None:
+    """Raise ``ValueError`` when ``answer`` unfolds into more than ``limit`` lists, tuples,
+    dicts and values, counting an object each time it is reached: a few bytes of a list
+    holding itself twice, nested 30 deep, would print as 2**30 of them in the grader."""
+    pending, seen = [answer], 0
+    while pending:
+        item = pending.pop()
+        seen += 1
+        if seen > limit:
+            raise ValueError(f"an answer of over {limit} nested values")
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            pending.extend(item)
 
 
 def _signal_name(status: int) -> str:
