@@ -6,13 +6,17 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
+import tempfile
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
@@ -204,7 +208,7 @@ class InProcessSubmission:
     submission; the process, its limits and the hidden answer key have tests of their own
     (the hostile submissions, the full marks of the exported and compat solutions)."""
 
-    def __init__(self, source, memory_mb=None, allow_reference=False) -> None:
+    def __init__(self, source, memory_mb=None, allow_reference=False, as_user=None) -> None:
         self.source, self.solution = Path(source), None
         self.printed, self.output = 0, b""  # its prints reach this process's captured output
 
@@ -747,6 +751,89 @@ def test_bundle_scores_0_when_the_submission_forges_results_and_kills_the_grader
     written = json.loads(results.read_text())
     assert written["score"] == 0 and written["tests"] == []
     assert written["output"].startswith("The autograder stopped before it finished grading (exit status 137)")
+
+
+def interpreter_for(account: str, folder: Path) -> Optional[str]:
+    """A Python of this version that ``account`` can run, finding this environment's packages
+    (``folder`` must be open to it): this one, or a virtual environment made in ``folder``
+    from the system's interpreter of this version with a ``.pth`` to them; ``None`` if none."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    site = sysconfig.get_paths()["purelib"]
+    for base in (sys.executable, f"/usr/bin/python{version}"):
+        venv = folder / f"venv{len(list(folder.iterdir()))}"
+        made = subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], capture_output=True)
+        python = venv / "bin" / "python"
+        if made.returncode != 0 or not python.exists():
+            continue
+        (venv / "lib" / f"python{version}" / "site-packages" / "environment.pth").write_text(site + "\n")
+        try:
+            works = subprocess.run([str(python), "-I", "-c", "import torch"], user=account, capture_output=True,
+                                   cwd=folder).returncode == 0
+        except PermissionError:  # its interpreter lies where the account cannot reach
+            works = False
+        if works:
+            return str(python)
+    return None
+
+
+PRYING = """import os, signal
+tried = []
+for what, attempt in (("kill", lambda: os.kill(os.getppid(), signal.SIGKILL)),
+                      ("write", lambda: open(GRADERS_FILE, "a").write("planted")),
+                      ("environ", lambda: open(f"/proc/{os.getppid()}/environ").read())):
+    try:
+        attempt()
+        tried.append(f"{what}: done")
+    except OSError as e:
+        tried.append(f"{what}: {e.strerror}")
+print("; ".join(tried))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="switching accounts needs root")
+def test_a_submission_run_as_another_account_changes_nothing_of_the_graders(tmp_path):
+    import pwd
+
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no account named nobody")
+    folder = Path(tempfile.mkdtemp(prefix="fn-trainer-test-"))  # open to nobody, unlike tmp_path
+    try:
+        folder.chmod(0o755)
+        python = interpreter_for("nobody", folder)
+        if python is None:
+            pytest.skip("no Python of this version that the account nobody can run")
+        graders_file = folder / "grader.py"  # the grader's code, say, or its results
+        graders_file.write_text("unchanged")
+        (folder / "solution.py").write_text(PRYING.replace("GRADERS_FILE", repr(str(graders_file))))
+        export_solution(folder / "good.py")
+        env = {**os.environ, "PYTHONPATH": str(Path(grader.__file__).parents[3])}
+        for name, score in (("good.py", TOTAL_POINTS), ("solution.py", 0)):
+            run = subprocess.run([python, "-m", "fn_trainer", "grade", name, "--results", f"{name}.json",
+                                  "--as-user", "nobody"], cwd=folder, env=env, capture_output=True, text=True,
+                                 timeout=600)
+            assert run.returncode == 0, run.stderr
+            results = json.loads((folder / f"{name}.json").read_text())
+            assert_gradescope_format(results)
+            assert results["score"] == score, results["output"]
+        assert "kill: Operation not permitted; write: Permission denied; environ: Permission denied" in results["output"]
+        assert graders_file.read_text() == "unchanged"
+    finally:
+        shutil.rmtree(folder)
+
+
+@pytest.mark.parametrize("account, match", [
+    ("no-such-account-here", "^--as-user: there is no account named 'no-such-account-here'$"),
+    ("root", "^--as-user: 'root' is root's account, under which the submission could change anything$"),
+])
+def test_an_account_the_submission_cannot_run_as_is_refused_before_grading(account, match, tmp_path,
+                                                                           monkeypatch, capsys):
+    graded = []
+    monkeypatch.setattr(grader, "grade", lambda *a, **k: graded.append(a))
+    assert main(["grade", str(SOLUTION), "--results", str(tmp_path / "r.json"), "--as-user", account]) == 2
+    err = capsys.readouterr().err
+    assert re.search(match.replace("^", "^fn-trainer: error: "), err.strip()) and not graded
 
 
 def test_results_that_cannot_be_written_are_refused_before_grading(tmp_path, monkeypatch, capsys):

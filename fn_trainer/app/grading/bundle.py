@@ -23,6 +23,7 @@ from ...core.paths import write_atomically
 PROJECT = Path(__file__).resolve().parents[3]
 SOURCES = ("pyproject.toml", "README.md")
 PACKAGES = ("fn_trainer",)  # not compat: the homework's answer has no place on the grading image
+ACCOUNT = "fn-grading"  # the account setup.sh makes on Gradescope's image, that submissions run as
 
 SETUP = """#!/usr/bin/env bash
 # Runs once on Gradescope's image: install this project with the grader's extras into a
@@ -35,6 +36,17 @@ if ! command -v python3 >/dev/null || ! python3 -m venv --clear "$ROOT/venv" >/d
     python3 -m venv --clear "$ROOT/venv"
 fi
 "$ROOT/venv/bin/python" -m pip install --no-cache-dir "./fn-trainer[grade]"
+if [ -z "${AUTOGRADER_ROOT:-}" ]; then
+    # On Gradescope's image (not where AUTOGRADER_ROOT points elsewhere, to try the bundle): an
+    # account for the submission, which can run the environment's Python but can read none of
+    # this project and write nothing of the grader's (run_autograder grades as root with it)
+    id -u @ACCOUNT@ >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin @ACCOUNT@
+    chmod o+x "$ROOT"
+    chmod -R go-rwx "$PWD" "$("$ROOT/venv/bin/python" -c 'import fn_trainer, os; print(os.path.dirname(fn_trainer.__file__))')"
+    # here, once, rather than in every grading: the account must be able to run it
+    runuser -u @ACCOUNT@ -- "$ROOT/venv/bin/python" -I -c "import torch" ||
+        { echo "setup.sh: the account @ACCOUNT@ cannot run $ROOT/venv/bin/python" >&2; exit 1; }
+fi
 """
 
 RUN = """#!/usr/bin/env bash
@@ -66,7 +78,11 @@ else:
         exit 0
     fi
 fi
-"$PYTHON" -m fn_trainer grade "$SOLUTION" --results "$ROOT/results/results.json"
+AS_USER=()
+if [ "$(id -u)" = 0 ] && id -u @ACCOUNT@ >/dev/null 2>&1; then
+    AS_USER=(--as-user @ACCOUNT@)  # setup.sh's account: the submission changes nothing of the grader's
+fi
+"$PYTHON" -m fn_trainer grade "$SOLUTION" --results "$ROOT/results/results.json" ${AS_USER[@]+"${AS_USER[@]}"}
 status=$?
 if [ "$status" -ne 0 ]; then
     # The grader was killed or failed before writing its results: whatever results.json holds
@@ -107,8 +123,8 @@ def write_bundle(zip_path: Union[str, os.PathLike]) -> Path:
 
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        _add(archive, "setup.sh", SETUP.encode(), executable=True)
-        _add(archive, "run_autograder", RUN.encode(), executable=True)
+        _add(archive, "setup.sh", SETUP.replace("@ACCOUNT@", ACCOUNT).encode(), executable=True)
+        _add(archive, "run_autograder", RUN.replace("@ACCOUNT@", ACCOUNT).encode(), executable=True)
         for rel in project_files():
             _add(archive, f"fn-trainer/{rel.as_posix()}", (PROJECT / rel).read_bytes())
     return write_atomically(out, buffer.getvalue())

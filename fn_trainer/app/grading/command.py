@@ -27,6 +27,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--allow-reference", action="store_true",
                    help="let the submission import fn_trainer and compat (refused to students): "
                         "for grading this project's own compat/solution.py")
+    p.add_argument("--as-user", default=None, metavar="ACCOUNT",
+                   help="run the submission as this account, so that it can change nothing of the grader's "
+                        "(the grader must run as root; the bundle's run_autograder does so)")
     p.add_argument("--bundle", type=Path, default=None, metavar="ZIP",
                    help="write Gradescope's autograder bundle (setup.sh, run_autograder) to ZIP")
     return p
@@ -45,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
     check_positive_float("--budget", args.budget)
     if not args.submission.is_file():
         raise ValueError(f"SUBMISSION.py: {str(args.submission)!r} is not a file")
+    if args.as_user is not None:
+        from .runner import account
+
+        account(args.as_user, "--as-user")  # refused now, naming the option
     try:
         from .grader import grade_to_file
     except ImportError as e:  # hypothesis is an extra: pip install 'fn-trainer[grade]'
@@ -54,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from .results import summary
 
     print(summary(_stopping_on_sigterm(grade_to_file, args.submission, args.results, args.timeout,
-                                       DEFAULT_MEMORY_MB, args.allow_reference, args.budget)))
+                                       DEFAULT_MEMORY_MB, args.allow_reference, args.budget, args.as_user)))
     print(f"results: {args.results}")
     return 0
 

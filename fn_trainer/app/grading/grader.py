@@ -22,7 +22,7 @@ from .limits import DEFAULT_BUDGET, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, START_AL
 from .probe import encode
 from .questions import QUESTIONS, Mismatch, interface_report, run_part
 from .results import MAX_PART_OUTPUT, TestResult, check_results_path, cut, results_json, write_results
-from .runner import Submission, SubmissionFailed
+from .runner import Submission, SubmissionFailed, account
 
 
 class Session:
@@ -122,7 +122,7 @@ def grade_interface(session: Session) -> TestResult:
 
 def grade(submission: os.PathLike, timeout: float = DEFAULT_TIMEOUT,
           memory_mb: int = DEFAULT_MEMORY_MB, allow_reference: bool = False,
-          budget: float = DEFAULT_BUDGET) -> Dict[str, Any]:
+          budget: float = DEFAULT_BUDGET, as_user: Optional[str] = None) -> Dict[str, Any]:
     """Grade ``submission`` (a ``solution.py``); return Gradescope's results as a dict.
 
     ``timeout`` seconds for each question, and ``budget`` for the whole grading: a
@@ -131,14 +131,17 @@ def grade(submission: os.PathLike, timeout: float = DEFAULT_TIMEOUT,
     each run into their time limit would take about 11 × ``timeout``, more with restarts).
     ``allow_reference=True`` lets the submission import ``fn_trainer`` and ``compat``
     (refused to students): for grading the project's own ``compat/solution.py``.
+    ``as_user``: the account the submission's processes run as (``runner.account``; the
+    grader must run as root), so that it can change nothing of the grader's.
     """
     path = Path(submission)
     if not path.is_file():
         raise ValueError(f"submission {str(path)!r} is not a file")
     timeout = check_positive_float("timeout", timeout)
     budget = check_positive_float("budget", budget)
+    owner = None if as_user is None else account(as_user)
     start = time.monotonic()
-    process = Submission(path, memory_mb, allow_reference)
+    process = Submission(path, memory_mb, allow_reference, owner)
     session = Session(process, timeout, start + budget)
     try:
         with hypothesis_storage_elsewhere():
@@ -173,10 +176,10 @@ def hypothesis_storage_elsewhere() -> Iterator[None]:
 
 def grade_to_file(submission: os.PathLike, results_path: os.PathLike, timeout: float = DEFAULT_TIMEOUT,
                   memory_mb: int = DEFAULT_MEMORY_MB, allow_reference: bool = False,
-                  budget: float = DEFAULT_BUDGET) -> Dict[str, Any]:
+                  budget: float = DEFAULT_BUDGET, as_user: Optional[str] = None) -> Dict[str, Any]:
     """``grade`` and write ``results.json`` to ``results_path`` once the submission's
     process has ended; a path where that cannot be is refused first."""
     check_results_path(results_path)
-    results = grade(submission, timeout, memory_mb, allow_reference, budget)
+    results = grade(submission, timeout, memory_mb, allow_reference, budget, as_user)
     write_results(results_path, results)
     return results

@@ -32,15 +32,21 @@ import time
 import zipfile
 from glob import glob
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, NamedTuple, Optional
 
 import torch
 
 from . import probe
-from .limits import ANSWER_LIMIT, ANSWER_NODES, DEFAULT_MEMORY_MB, FILE_SIZE_MB, OUTPUT_KEPT
+from .limits import (
+    ANSWER_LIMIT,
+    ANSWER_NODES,
+    DEFAULT_MEMORY_MB,
+    FILE_SIZE_MB,
+    OUTPUT_KEPT,
+)
 from .probe import HEADER, encode
 
-PROBE = probe.__file__  # run as a file, so that the submission's process never imports fn_trainer
+PROBE = Path(probe.__file__)  # run as a file, so that the submission's process never imports fn_trainer
 
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 FILE_SIZE_LIMIT = FILE_SIZE_MB << 20
@@ -157,6 +163,49 @@ def _stop_all() -> None:
         submission.stop()
 
 
+class Account(NamedTuple):
+    """An account to run the submission's processes as (``account``)."""
+
+    name: str
+    uid: int
+    gid: int
+
+
+def account(name: str, argument: str = "as_user") -> Account:
+    """The account ``name``, checked: it exists, is not root's, and this process (root) may
+    switch to it. Run as it, the submission can write nothing of the grader's (its
+    installed code, its results, the script that started it) nor read its environment
+    or signal it; the bundle's ``setup.sh`` makes one, and leaves the installed project
+    unreadable to it."""
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise ValueError(f"{argument}: there is no account named {name!r}") from None
+    if entry.pw_uid == 0:
+        raise ValueError(f"{argument}: {name!r} is root's account, under which the submission could change anything")
+    if os.geteuid() != 0:
+        raise ValueError(f"{argument} {name}: only a grader running as root can run the submission as another account")
+    return Account(name, entry.pw_uid, entry.pw_gid)
+
+
+def copy_probe(folder: str) -> str:
+    """``probe.py`` and its sibling modules copied into ``folder``; the copy's path. The
+    submission's process runs the copy, so that it needs to read nothing of the installed
+    project (which the bundle leaves unreadable to the account it runs as)."""
+    for name in ("probe", *probe.SIBLINGS):
+        shutil.copyfile(PROBE.with_name(f"{name}.py"), os.path.join(folder, f"{name}.py"))
+    return os.path.join(folder, "probe.py")
+
+
+def _hand_over(folder: str, owner: Account) -> None:
+    """Make ``folder`` and everything in it ``owner``'s."""
+    for path, _, files in os.walk(folder):
+        for name in (path, *(os.path.join(path, f) for f in files)):
+            os.chown(name, owner.uid, owner.gid)
+
+
 def decode_answer(data: bytes, limit: int = ANSWER_LIMIT) -> Any:
     """``torch.load`` of an answer's bytes, refused unless each zip record is stored
     uncompressed and the records add up to at most ``limit`` bytes: a deflated record
@@ -199,8 +248,10 @@ def _signal_name(status: int) -> str:
 class Submission:
     """One submission's process; ``call(request, deadline)`` returns its answer."""
 
-    def __init__(self, source: Path, memory_mb: int = DEFAULT_MEMORY_MB, allow_reference: bool = False) -> None:
+    def __init__(self, source: Path, memory_mb: int = DEFAULT_MEMORY_MB, allow_reference: bool = False,
+                 as_user: Optional[Account] = None) -> None:
         self.source, self.memory_mb, self.allow_reference = Path(source), memory_mb, allow_reference
+        self.as_user = as_user
         self.process: Optional[subprocess.Popen] = None
         self.folder: Optional[str] = None
         self.printed = 0
@@ -211,9 +262,15 @@ class Submission:
         """Start a fresh process and wait until it has imported ``solution.py``."""
         self.stop()
         # one level down in a folder of its own: what it writes to "../" is deleted with it too
-        self.folder = os.path.join(tempfile.mkdtemp(prefix="fn-trainer-grading-"), "submission")
+        top = tempfile.mkdtemp(prefix="fn-trainer-grading-")
+        self.folder = os.path.join(top, "submission")
         os.mkdir(self.folder)
         shutil.copyfile(self.source, Path(self.folder) / "solution.py")
+        probe_file = copy_probe(top)
+        if self.as_user is not None:
+            _hand_over(top, self.as_user)
+        switch = ({} if self.as_user is None else
+                  {"user": self.as_user.uid, "group": self.as_user.gid, "extra_groups": []})
         request_r, self.request_w = os.pipe()
         self.answer_r, answer_w = os.pipe()
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.folder,
@@ -224,11 +281,11 @@ class Submission:
         try:
             with _LIVE_LOCK:
                 self.process = subprocess.Popen(
-                    [sys.executable, "-I", "-B", "-u", PROBE, self.folder,
+                    [sys.executable, "-I", "-B", "-u", probe_file, self.folder,
                      str(request_r), str(answer_w), *(["--allow-reference"] if self.allow_reference else [])],
                     cwd=self.folder, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT, pass_fds=(request_r, answer_w), start_new_session=True,
-                    preexec_fn=_limits(self.memory_mb),
+                    preexec_fn=_limits(self.memory_mb), **switch,
                 )
                 _LIVE[self.process.pid] = self
         finally:
