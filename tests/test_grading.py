@@ -753,6 +753,39 @@ def test_bundle_scores_0_when_the_submission_forges_results_and_kills_the_grader
     assert written["output"].startswith("The autograder stopped before it finished grading (exit status 137)")
 
 
+# appends to run_autograder, at the point bash has read it to, a line writing full marks: bash
+# reads a script as it goes, so it would run once the grader is done
+SCRIPT_EDITOR = """import os
+grader = os.getppid()
+shell = int(open(f"/proc/{grader}/stat").read().rsplit(")", 1)[1].split()[1])
+script = os.readlink(f"/proc/{shell}/fd/255")
+at = int(open(f"/proc/{shell}/fdinfo/255").read().split()[1])
+results = os.path.join(os.path.dirname(os.path.dirname(script)), "results", "results.json")
+with open(script, "r+b") as f:
+    f.seek(at)
+    f.write(f"\\necho '{{\\"score\\": 35, \\"tests\\": []}}' > {results}\\nexit 0\\n".encode())
+    f.truncate()
+"""
+
+
+def test_bundle_runs_nothing_a_submission_writes_into_run_autograder(tmp_path):
+    bundle = write_bundle(tmp_path / "autograder.zip")
+    source = tmp_path / "autograder" / "source"
+    with zipfile.ZipFile(bundle) as archive:
+        archive.extractall(source)
+    submission = tmp_path / "autograder" / "submission" / "solution.py"
+    submission.parent.mkdir()
+    submission.write_text(SCRIPT_EDITOR)
+    env = {**os.environ, "AUTOGRADER_ROOT": str(tmp_path / "autograder"), "AUTOGRADER_PYTHON": sys.executable}
+    run = subprocess.run(["bash", str(source / "run_autograder")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "score\": 35" in (source / "run_autograder").read_text()  # the edit happened, and did nothing:
+    results = json.loads((tmp_path / "autograder" / "results" / "results.json").read_text())
+    assert_gradescope_format(results)
+    assert results["score"] == 0 and "gradient_norm is missing" in results["tests"][0]["output"]
+
+
 def interpreter_for(account: str, folder: Path) -> Optional[str]:
     """A Python of this version that ``account`` can run, finding this environment's packages
     (``folder`` must be open to it): this one, or a virtual environment made in ``folder``

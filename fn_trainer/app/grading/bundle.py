@@ -51,6 +51,9 @@ fi
 
 RUN = """#!/usr/bin/env bash
 # Grades the submission into results.json; a missing solution.py scores 0 with the reason.
+# One block, read whole before it runs: bash reads a script as it goes, and what a submission
+# wrote into this file past that point would run after the grader.
+{
 set -uo pipefail
 ROOT="${AUTOGRADER_ROOT:-/autograder}"
 PYTHON="${AUTOGRADER_PYTHON:-$ROOT/venv/bin/python}"
@@ -93,6 +96,7 @@ if [ "$status" -ne 0 ]; then
     mv -f "$ROOT/results/.results.json.$$" "$ROOT/results/results.json"
 fi
 exit 0
+}
 """
 
 
