@@ -211,6 +211,9 @@ def test_inputs_shared_by_members_with_their_own_labels_are_stored_once(data):
                           torch.float32)
     assert split.x_shared and split.X.data_ptr() == X.data_ptr() and split.T.shape == (3, len(y), 10)
     assert all(torch.equal(split.member(k)[1], one_hot(labels[k], 10)) for k in range(3))
+    z = torch.complex(torch.zeros_like(X), X)  # z.conj().imag views X's memory as -X, lazily
+    apart = member_splits("train", [(z.imag, y), (z.conj().imag, y)], 2, 10, torch.float32)
+    assert not apart.x_shared and torch.equal(apart.member(1)[0], -X)
     net, members = build_network("mlp", MLP), [Member(0, 1e-3), Member(1, 1e-2), Member(2, 3e-3)]
     for shuffle in (False, True):  # one order for all (images unbatched), one order per seed
         results = fit_population(net, members, [(X, labels[k]) for k in range(3)], valid, epochs=2, batch_size=64,

@@ -189,8 +189,10 @@ def member_splits(name: str, data: Any, n_members: int, n_classes: int,
 
 
 def _memory_key(t: Tensor) -> Tuple[Any, ...]:
-    """Equal for two tensors that view the same memory the same way (hence hold the same values)."""
-    return (t.device, t.dtype, t.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+    """Equal for two tensors that view the same memory the same way (hence hold the same
+    values): a lazily negated or conjugated view (``z.conj().imag``) reads it otherwise."""
+    return (t.device, t.dtype, t.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.is_neg(),
+            t.is_conj())
 
 
 def make_population_evaluate(network: Network):
