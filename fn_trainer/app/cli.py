@@ -128,8 +128,8 @@ def _add_training(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--force", action="store_true",
                    help="retrain runs whose results an earlier command stored (a run this command has trained is reused)")
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run, or the seeds trained together, from its checkpoint "
-                        "instead of restarting it (with --seeds 1 a vmapped lr sweep restarts its group)")
+                   help="continue an interrupted run, or the runs trained together, from its checkpoint "
+                        "instead of restarting it")
     p.add_argument("--device", default=DEFAULTS.device, help="torch device to train on (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads for torch, at most the machine's CPU count (default: torch's "
