@@ -245,6 +245,10 @@ def test_the_digest_is_the_one_stored_records_were_hashed_with():
         h.update(repr((tuple(t.shape), str(t.dtype))).encode())
         h.update(np.ascontiguousarray(t.numpy()).tobytes())
     assert tensors_digest(tensors, 16) == h.hexdigest()[:16]
+    # a list of tensors counts as their stack, which is never made
+    a, b = torch.randn(3, 4), torch.randn(3, 4)
+    assert tensors_digest([[a, b], a]) == tensors_digest([torch.stack([a, b]), a])
+    assert tensors_digest([[a, b]]) != tensors_digest([[b, a]]) != tensors_digest([[a, a]])
 
 
 def test_a_home_folder_path_is_checked_where_torchvision_reads_it(data_copy, monkeypatch):

@@ -150,6 +150,23 @@ def test_a_member_whose_evaluation_overflows_stops_there_and_the_checkpoint_resu
         assert all(torch.equal(got.params[k], want.params[k]) for k in want.params)
 
 
+def test_a_population_resumes_on_the_same_data_however_its_tensors_are_shared(data, tmp_path):
+    """The checkpoint identifies the members' data sets by their values, not by which tensor
+    objects hold them: an input read by two members through one tensor, then through a copy."""
+    (X, y), valid = data
+    net, members = build_network("mlp", MLP), [Member(0, 1e-3), Member(1, 1e-2)]
+    labels = [y, torch.roll(y, 1)]
+    path = tmp_path / "p.pt"
+    fit_population(net, members, [(X, labels[0]), (X, labels[1])], valid, epochs=1, batch_size=100,
+                   progress=False, checkpoint=path)
+    resumed = fit_population(net, members, [(X.clone(), labels[0]), (X, labels[1])], valid, epochs=2,
+                             batch_size=100, progress=False, checkpoint=path, resume=True)
+    whole = fit_population(net, members, [(X, labels[0]), (X, labels[1])], valid, epochs=2, batch_size=100,
+                           progress=False)
+    for got, want in zip(resumed, whole):
+        assert got.logs == want.logs and all(torch.equal(got.params[k], want.params[k]) for k in want.params)
+
+
 def test_a_hand_edited_stopped_member_is_refused(data, tmp_path):
     """A stopped member's stored state is checked as a running member's is: its
     hyper-parameters, a step counter within the epoch it stopped in, and an epoch that the

@@ -116,6 +116,7 @@ class MemberData:
         self.X = inputs[0] if self.x_shared else torch.stack(inputs)
         self.T = splits[0][1] if self.shared else torch.stack([T for _, T in splits])
         of_pair = [next(u for u, X in enumerate(inputs) if X is pair[0]) for pair in splits]
+        self.pair_inputs = [X for X, _ in splits]  # references, for the data's identity (tensors)
         self.which = torch.tensor(which, device=self.X.device)
         self.which_x = torch.tensor([of_pair[w] for w in which], device=self.X.device)
         self.n = splits[0][0].shape[0]
@@ -129,12 +130,16 @@ class MemberData:
         a part that every member shares and reads in ``one_order``, ``0`` for ``(K, B, ...)``."""
         return tuple(None if one_order and shared else 0 for shared in (self.x_shared, self.shared))
 
-    def tensors(self) -> List[Tensor]:
-        """What identifies the data: the stored tensors and the members' indices into them
-        (``which_x`` only where it differs from ``which``, as it never did before the inputs
-        were kept apart: a checkpoint's digest of such data stays valid)."""
-        same = self.which_x.shape == self.which.shape and bool((self.which_x == self.which).all())
-        return [self.X, self.T, self.which] + ([] if same else [self.which_x])
+    def tensors(self) -> List[Union[Tensor, List[Tensor]]]:
+        """What identifies the data, for ``tensors_digest``, however it is stored: the pairs'
+        inputs (one tensor, or the list of them that counts as their stack), the targets
+        and the members' pairs; the inputs' shape in that form is ``pairs_shape``."""
+        return [self.X if self.shared else self.pair_inputs, self.T, self.which]
+
+    @property
+    def pairs_shape(self) -> List[int]:
+        """The shape of the pairs' inputs, ``(N, ...)`` for one pair, else ``(P, N, ...)``."""
+        return list(self.X.shape) if self.shared else [len(self.pair_inputs), *self.pair_inputs[0].shape]
 
     def member(self, k: int) -> Split:
         """The whole ``(X, T)`` that member ``k`` reads."""
@@ -321,8 +326,8 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
     n_train_eval = min(N_TRAIN_EVAL, n)
     everyone = Members(K, stacked=True)
     settings = {"members": [list(m) for m in members], "batch_size": batch_size, "shuffle": shuffle,
-                "n_classes": n_classes, "dtype": str(dtype), "train_shape": list(train_data.X.shape),
-                "valid_shape": list(valid_data.X.shape), "network": str(network.module),
+                "n_classes": n_classes, "dtype": str(dtype), "train_shape": train_data.pairs_shape,
+                "valid_shape": valid_data.pairs_shape, "network": str(network.module),
                 "data": None if checkpoint is None else tensors_digest(train_data.tensors() + valid_data.tensors())}
     plain_config = to_plain(config, "config", tensors=False)
 
