@@ -50,7 +50,8 @@ class Difference(NamedTuple):
 
     def rounded(self, digits: int) -> "Difference":
         """The interval with its ends rounded outwards to ``digits`` decimals: it holds the
-        computed one, so that a verdict on it never contradicts the printed numbers."""
+        computed one (to within 1e-6 of a last digit), so that a verdict on it never
+        contradicts the printed numbers."""
         if self.low is None:
             return self
         scale = 10 ** digits
