@@ -166,3 +166,15 @@ def test_bad_cnn_config_is_named(config, match):
 def test_unknown_network_type():
     with pytest.raises(ValueError, match="network_type"):
         build_network("rnn")
+
+
+@pytest.mark.parametrize("option, match", [
+    ({"n_classes": 1}, "^n_classes must be an int >= 2, got 1$"),  # a softmax over one class learns nothing
+    ({"n_classes": -5}, "^n_classes must be an int >= 2, got -5$"),
+    ({"input_shape": (-1, 28, 28)}, r"^input_shape\[0\] must be an int >= 1, got -1$"),
+    ({"input_shape": (28, 28)}, r"^input_shape must be \(C, H, W\), got \(28, 28\)$"),
+])
+def test_count_parameters_refuses_what_build_network_refuses(option, match):
+    for count in (count_parameters, build_network):
+        with pytest.raises(ValueError, match=match):
+            count("mlp", **option)

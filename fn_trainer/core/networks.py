@@ -134,10 +134,11 @@ def count_parameters(network_type: str, config: NetworkConfiguration = NetworkCo
                      input_shape: Tuple[int, int, int] = (1, 28, 28), n_classes: int = 10) -> int:
     """Number of learnable scalars, computed from the configuration alone.
 
-    Equals ``sum(p.numel() for p in build_network(...).module.parameters())``.
+    Equals ``sum(p.numel() for p in build_network(...).module.parameters())``, and refuses
+    what ``build_network`` refuses.
     """
     config = validate_config(config)
-    c, h, w = input_shape
+    c, h, w = _checked_shapes(network_type, input_shape, n_classes)
     total = 0
     if network_type == "cnn":
         feature_map_sizes(config, (h, w))
@@ -265,15 +266,23 @@ class Network:
         return sum(p.numel() for p in self.module.parameters())
 
 
-def build_network(network_type: str = "mlp", config: NetworkConfiguration = NetworkConfiguration(),
-                  *, input_shape: Tuple[int, int, int] = (1, 28, 28), n_classes: int = 10,
-                  activation_name: str = "relu") -> Network:
-    """Build the homework's MLP or CNN for inputs of shape ``input_shape = (C, H, W)``."""
+def _checked_shapes(network_type: Any, input_shape: Any, n_classes: Any) -> Tuple[int, int, int]:
+    """``(C, H, W)`` of ``input_shape``, or an error naming what ``build_network`` refuses."""
     if network_type not in NETWORK_TYPES:
         raise ValueError(f"network_type must be one of {NETWORK_TYPES}, got {network_type!r}")
     if not isinstance(input_shape, Sequence) or isinstance(input_shape, str) or len(input_shape) != 3:
         raise ValueError(f"input_shape must be (C, H, W), got {input_shape!r}")
-    c, h, w = (check_positive_int(f"input_shape[{i}]", v) for i, v in enumerate(input_shape))
+    # one class: the softmax is always 1, its loss 0, and nothing is learnt
+    check_positive_int("n_classes", n_classes, minimum=2)
+    return tuple(check_positive_int(f"input_shape[{i}]", v) for i, v in enumerate(input_shape))
+
+
+def build_network(network_type: str = "mlp", config: NetworkConfiguration = NetworkConfiguration(),
+                  *, input_shape: Tuple[int, int, int] = (1, 28, 28), n_classes: int = 10,
+                  activation_name: str = "relu") -> Network:
+    """Build the homework's MLP or CNN for inputs of shape ``input_shape = (C, H, W)``,
+    with ``n_classes >= 2`` outputs."""
+    c, h, w = _checked_shapes(network_type, input_shape, n_classes)
     act = activation(activation_name)
     with torch.device("meta"):
         if network_type == "mlp":
