@@ -99,3 +99,21 @@ def test_train_metrics_are_those_of_the_first_n_train_eval_samples():
     (member,) = fit_population(net, [Member(seed=0, lr=1e-3)], (X, y), (X[:10], y[:10]), epochs=1,
                                batch_size=700, progress=False)
     assert (member.logs["train_loss"][0], member.logs["train_accuracy"][0]) == first
+
+
+def test_params_that_require_grad_train_as_plain_tensors():
+    """A module's parameters (``dict(model.named_parameters())``) would chain every step's
+    autograd graph onto the last: the run detaches them, and trains as it would on plain ones."""
+    import warnings
+
+    torch.manual_seed(3)
+    X, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    net, opt, params, step, evaluate = _tiny()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns of a scalar taken from a tensor with a graph
+        tracked = fit(step, evaluate, {k: v.clone().requires_grad_() for k, v in params.items()},
+                      opt.init(params), (X, y), (X[:10], y[:10]), epochs=2, batch_size=16, progress=False)
+    plain = fit(step, evaluate, params, opt.init(params), (X, y), (X[:10], y[:10]), epochs=2, batch_size=16,
+                progress=False)
+    assert all(v.grad_fn is None and not v.requires_grad for v in tracked.params.values())
+    assert all(torch.equal(tracked.params[k], plain.params[k]) for k in params) and tracked.logs == plain.logs

@@ -95,6 +95,9 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
     n_classes = check_positive_int("n_classes", n_classes)
     seed = check_seed("seed", seed)
     dtype = params_dtype(params)
+    # a module's parameters (requires_grad) would chain each step's graph onto the last, and
+    # memory would grow with every step: the run's are plain tensors
+    params = {k: v.detach() for k, v in params.items()}
     check_state(opt_state, params)
     X_train, T_train = check_split("train", train, n_classes, dtype)
     X_valid, T_valid = check_split("valid", valid, n_classes, dtype)
