@@ -97,7 +97,8 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
     dtype = params_dtype(params)
     # a module's parameters (requires_grad) would chain each step's graph onto the last, and
     # memory would grow with every step: the run's are plain tensors
-    params = {k: v.detach() for k, v in params.items()}
+    if any(v.requires_grad for v in params.values()):
+        params = {k: v.detach() for k, v in params.items()}
     check_state(opt_state, params)
     X_train, T_train = check_split("train", train, n_classes, dtype)
     X_valid, T_valid = check_split("valid", valid, n_classes, dtype)
