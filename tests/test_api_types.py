@@ -286,6 +286,25 @@ def test_fit_names_an_adam_state_made_for_other_parameters(edit, match):
     assert not steps
 
 
+@pytest.mark.parametrize("edit, match", [
+    (lambda s: s._replace(b1=torch.tensor(1.0, dtype=torch.float64)), r"^opt_state.b1 must lie in \[0, 1\), got 1.0$"),
+    (lambda s: s._replace(b2=torch.tensor(1.5, dtype=torch.float64)), r"^opt_state.b2 must lie in \[0, 1\), got 1.5$"),
+    (lambda s: s._replace(count=torch.tensor(0.5)), r"^opt_state.count must be an integer >= 0, got 0.5 \(torch.float32\)$"),
+    (lambda s: s._replace(count=torch.tensor(-1)), r"^opt_state.count must be an integer >= 0, got -1 \(torch.int64\)$"),
+    (lambda s: s._replace(lr=torch.tensor([0.1, 0.2])), r"^opt_state.lr must be a 0-dim tensor, got shape \(2,\) "),
+    (lambda s: s._replace(nu={k: -torch.ones_like(v) for k, v in s.nu.items()}),
+     r"^opt_state.nu\['1.weight'\] holds negative values: second moments are averages of squared gradients$"),
+])
+def test_fit_names_an_adam_state_whose_hyperparameters_or_moments_no_adam_makes(edit, match):
+    """Before training: such a state's first update would go non-finite and be reported as the
+    run's divergence."""
+    net = ft.build_network("mlp", ft.NetworkConfiguration(dense_hiddens=(8,)), input_shape=SHAPE)
+    params = net.init(0)
+    with pytest.raises(ValueError, match=match):
+        ft.fit(ft.make_step(net.apply, ft.adam()), ft.make_evaluate(net.apply), params,
+               edit(ft.adam().init(params)), *problem(), epochs=1, progress=False)
+
+
 @pytest.mark.parametrize("lr, eps, match", [
     (1e39, 1e-8, r"opt_state.lr must be a normal number in torch.float32, the parameters' dtype \(1.18e-38 to "
                  r"3.4e\+38 or 0\), got 1e\+39$"),

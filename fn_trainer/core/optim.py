@@ -14,7 +14,7 @@ from typing import Callable, Dict, NamedTuple, Tuple, Union
 import torch
 from torch import Tensor
 
-from .checks import check_positive_float, is_finite_number
+from .checks import check_positive_float, described, is_finite_number
 from .types import Params
 
 
@@ -78,10 +78,7 @@ def adam(lr: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
     """
     lr = check_positive_float("lr", lr)
     for name, beta in (("b1", b1), ("b2", b2)):
-        if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
-            raise TypeError(f"{name} must be a number in [0, 1), got {beta!r}")
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"{name} must lie in [0, 1), got {beta}")
+        check_beta(name, beta)
     eps = check_positive_float("eps", eps)
 
     def init(params: Params) -> AdamState:
@@ -96,6 +93,14 @@ def adam(lr: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
     return Optimizer(init, adam_update if power is tensor_power else partial(adam_update, power=power))
 
 
+def check_beta(name: str, beta: object) -> None:
+    """Raise naming ``name`` unless ``beta`` is a number in ``[0, 1)``: a moment's decay."""
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
+        raise TypeError(f"{name} must be a number in [0, 1), got {beta!r}")
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"{name} must lie in [0, 1), got {beta}")
+
+
 MAKE_STATE = "make the state with the optimizer's init(params)"
 
 
@@ -106,6 +111,14 @@ def check_state(state: object, params: Params) -> None:
     (:func:`check_hyperparameters_fit`). Another optimizer's state is left to its step."""
     if not isinstance(state, AdamState):
         return
+    for name in ("count", "lr", "b1", "b2", "eps"):  # 0-dim tensors (their values are checked next)
+        value = getattr(state, name)
+        if not isinstance(value, Tensor) or value.dim() != 0:
+            raise ValueError(f"opt_state.{name} must be a 0-dim tensor, got {described(value)}: {MAKE_STATE}")
+    if state.count.is_floating_point() or state.count.dtype == torch.bool or int(state.count) < 0:
+        raise ValueError(f"opt_state.count must be an integer >= 0, got {state.count.item()!r} ({state.count.dtype})")
+    for name in ("b1", "b2"):
+        check_beta(f"opt_state.{name}", float(getattr(state, name)))
     for dtype in {p.dtype for p in params.values() if p.is_floating_point()}:
         check_hyperparameters_fit(float(state.lr), float(state.eps), dtype, "opt_state.")
     for field in ("mu", "nu"):
@@ -120,6 +133,10 @@ def check_state(state: object, params: Params) -> None:
                 found = f"{tuple(m.shape)} {m.dtype} on {m.device}" if isinstance(m, Tensor) else type(m).__name__
                 raise ValueError(f"opt_state.{field}[{k!r}] must be like params[{k!r}], {tuple(p.shape)} {p.dtype} "
                                  f"on {p.device}, got {found}: {MAKE_STATE}")
+    negative = [k for k, v in state.nu.items() if bool((v < 0).any())]  # averages of squares
+    if negative:
+        raise ValueError(f"opt_state.nu[{negative[0]!r}] holds negative values: second moments are averages of "
+                         "squared gradients")
 
 
 def check_hyperparameters_fit(lr: float, eps: float, dtype: torch.dtype, prefix: str = "") -> None:
