@@ -182,6 +182,15 @@ def test_multi_step_equals_consecutive_steps(mlp):
         assert torch.equal(got[2][k], want[2][k])
     with pytest.raises(ValueError, match="n_steps"):
         multi_step(step, 0)
+    for n in (2, 4):  # a third minibatch left over, or a fourth missing
+        with pytest.raises(ValueError, match=rf"^multi_step needs {n} stacked minibatches, got inputs \(3, 16, "):
+            multi_step(step, n)(params, adam(1e-2).init(params), xs)
+
+
+@pytest.mark.parametrize("batch_shape", [(8,), (-1, 1, 28, 28), (), 8, "128", (8, 0), (8.0, 784), (True, 784)])
+def test_a_batch_shape_no_minibatch_can_have_is_refused(batch_shape):
+    with pytest.raises(ValueError, match=r"^batch_shape must be a full minibatch's input shape \(B, \.\.\.\), "):
+        compile_step(lambda *a: a, batch_shape=batch_shape)
 
 
 @pytest.mark.parametrize("network_type", ["mlp", "cnn"])

@@ -12,7 +12,7 @@ the compiled step returns the same values up to floating-point reassociation.
 from __future__ import annotations
 
 import types
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -33,7 +33,8 @@ def compile_step(step: Step, *, mode: str | None = None, other_shapes: str = "ea
     short last minibatch would make the short one). A minibatch of another shape (the
     smaller last one of an epoch) runs eagerly when ``other_shapes="eager"`` (one eager
     step per epoch instead of a second compilation as long as the first), or compiles
-    another graph when ``other_shapes="compile"``.
+    another graph when ``other_shapes="compile"`` (up to Dynamo's recompile limit, 8 by
+    default: a call with a ninth shape fails).
     The eager step is ``eager`` if given, else ``step``: a step built on a forward
     written for Inductor (``fn_trainer.speed.inductor_apply``) can leave that minibatch
     to the plain one. ``mode`` names one of ``torch.compile``'s modes, whose options are
@@ -67,7 +68,7 @@ def compile_step(step: Step, *, mode: str | None = None, other_shapes: str = "ea
     fallback = step if eager is None else eager
     if other_shapes == "compile":
         return compiled
-    first_shape = None if batch_shape is None else tuple(batch_shape)
+    first_shape = None if batch_shape is None else _checked_batch_shape(batch_shape)
 
     def compiled_step(params: Params, opt_state, batch: Batch):
         nonlocal first_shape
@@ -77,6 +78,16 @@ def compile_step(step: Step, *, mode: str | None = None, other_shapes: str = "ea
         return (compiled if shape == first_shape else fallback)(params, opt_state, batch)
 
     return compiled_step
+
+
+def _checked_batch_shape(batch_shape: object) -> Tuple[int, ...]:
+    """``batch_shape`` as a tuple of ``(B, ...)`` sizes >= 1, at least two of them (a minibatch
+    of samples), else an error naming it: no minibatch would ever match it, and every step
+    would run eagerly, unsaid."""
+    if (isinstance(batch_shape, (str, bytes)) or not isinstance(batch_shape, Sequence) or len(batch_shape) < 2
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in batch_shape)):
+        raise ValueError(f"batch_shape must be a full minibatch's input shape (B, ...), sizes >= 1, got {batch_shape!r}")
+    return tuple(batch_shape)
 
 
 def argument_guards(entries) -> list:
@@ -123,6 +134,9 @@ def multi_step(step: Step, n_steps: int) -> MultiStep:
 
     def multi(params: Params, opt_state, batches: Batch):
         xs, targets = batches
+        if xs.shape[:1] != (n_steps,) or targets.shape[:1] != (n_steps,):  # shapes only: no host sync
+            raise ValueError(f"multi_step needs {n_steps} stacked minibatches, got inputs {tuple(xs.shape)} and "
+                             f"targets {tuple(targets.shape)}")
         history = []
         for i in range(n_steps):
             params, opt_state, metrics = step(params, opt_state, (xs[i], targets[i]))
