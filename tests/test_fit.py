@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from fn_trainer import (
@@ -117,3 +118,24 @@ def test_params_that_require_grad_train_as_plain_tensors():
                 progress=False)
     assert all(v.grad_fn is None and not v.requires_grad for v in tracked.params.values())
     assert all(torch.equal(tracked.params[k], plain.params[k]) for k in params) and tracked.logs == plain.logs
+
+
+def test_an_evaluate_that_returns_percentages_is_refused_before_training():
+    """Its logs would be checkpointed, and the checkpoint then refused on resume as inconsistent."""
+    torch.manual_seed(4)
+    X, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    net, opt, params, step, evaluate = _tiny()
+    steps = []
+
+    def percent(p, X, T):
+        loss, accuracy = evaluate(p, X, T)
+        return loss, 100 * accuracy
+
+    def counted(*a):
+        steps.append(1)
+        return step(*a)
+
+    with pytest.raises(ValueError, match=r"^evaluate must return \(loss, accuracy\) with the accuracy a fraction in "
+                                         r"\[0, 1\], got [0-9.]+ on the train samples$"):
+        fit(counted, percent, params, opt.init(params), (X, y), (X[:10], y[:10]), epochs=1, progress=False)
+    assert not steps

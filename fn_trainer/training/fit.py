@@ -122,6 +122,10 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
         for split, X, T in (("train", X_train[:N_TRAIN_EVAL], T_train[:N_TRAIN_EVAL]),
                             ("validation", X_valid, T_valid)):
             out[f"{split}_loss"], out[f"{split}_accuracy"] = evaluate(p, X, T)
+            accuracy = out[f"{split}_accuracy"]
+            if math.isfinite(accuracy) and not 0 <= accuracy <= 1:  # a checkpoint holding it would be refused
+                raise ValueError(f"evaluate must return (loss, accuracy) with the accuracy a fraction in [0, 1], got "
+                                 f"{accuracy!r} on the {split} samples")
         return out
 
     start, earlier = time.perf_counter(), 0.0  # earlier: the seconds of the processes a resumed run ran in
