@@ -78,3 +78,15 @@ def test_accuracy_counts_argmax_matches(pairs):
     expected = sum(p == t for p, t in pairs) / len(pairs)
     assert accuracy(probs, y).item() == pytest.approx(expected, abs=1e-15)
     assert accuracy(probs, one_hot(y, 5)).item() == pytest.approx(expected, abs=1e-15)
+
+
+def test_a_step_on_an_empty_minibatch_is_refused():
+    """The mean over no sample is NaN: a step would log it and still advance Adam's count."""
+    from fn_trainer import NetworkConfiguration, adam, build_network, make_step
+
+    with pytest.raises(ValueError, match=r"^cross_entropy needs probs \(N, C\) of N >= 1 samples, got shape \(0, 10\)$"):
+        cross_entropy(torch.zeros(0, 10), torch.zeros(0, 10))
+    net = build_network("mlp", NetworkConfiguration(dense_hiddens=(8,)))
+    params = net.init(0)
+    with pytest.raises(ValueError, match="N >= 1 samples"):
+        make_step(net.apply, adam())(params, adam().init(params), (torch.zeros(0, 1, 28, 28), torch.zeros(0, 10)))

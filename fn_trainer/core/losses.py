@@ -20,6 +20,8 @@ def cross_entropy(probs: Tensor, targets: Tensor, eps: float = EPSILON) -> Tenso
     if probs.shape != targets.shape:  # shapes only: no host sync on the training path
         raise ValueError(f"probs and targets must have the same shape (N, C), got {tuple(probs.shape)} "
                          f"and {tuple(targets.shape)}")
+    if probs.dim() == 0 or probs.shape[0] == 0:  # the mean of nothing is NaN, a step on it no step
+        raise ValueError(f"cross_entropy needs probs (N, C) of N >= 1 samples, got shape {tuple(probs.shape)}")
     return -(targets * probs.clamp(eps, 1.0 - eps).log()).sum(-1).mean()
 
 
