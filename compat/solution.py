@@ -203,7 +203,7 @@ class Trainer:
     @staticmethod
     def create_activation_function(activation_str: str) -> torch.nn.Module:
         """``nn.ReLU`` / ``nn.Tanh`` / ``nn.Sigmoid`` for "relu" / "tanh" / "sigmoid"."""
-        return activation_module(activation_str)
+        return activation_module(activation_str, "activation_str")
 
     def one_hot(self, y: torch.Tensor) -> torch.Tensor:
         """``(N,)`` labels in ``[0, n_classes)`` -> ``(N, n_classes)`` float32 one-hot."""

@@ -267,6 +267,18 @@ def test_bad_hyper_parameters_are_refused_before_loading_data(tmp_path, argument
     assert not (tmp_path / "nowhere").exists()
 
 
+def test_an_mlp_ignores_the_conv_fields_of_its_configuration(make_trainer):
+    """The homework: for an MLP only dense_hiddens is read."""
+    config = S.NetworkConfiguration(n_channels=(1, 2), kernel_sizes=(0, 0, 0), dense_hiddens=(32,))
+    t = make_trainer(network_type="mlp", net_config=config)
+    assert [m.out_features for m in t.network if isinstance(m, torch.nn.Linear)] == [32, 10]
+
+
+def test_a_bad_activation_names_its_argument(make_trainer):
+    with pytest.raises(ValueError, match=r"^activation_str must be one of \['relu', 'sigmoid', 'tanh'\], got 'elu'$"):
+        S.Trainer.create_activation_function("elu")
+
+
 def test_mismatched_configuration_lengths(make_trainer):
     config = S.NetworkConfiguration(n_channels=(8, 8), kernel_sizes=(3,), strides=(1, 1), paddings=(0, 0))
     with pytest.raises(ValueError, match="same length"):

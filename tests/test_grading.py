@@ -142,8 +142,8 @@ MUTANTS = {
         "functional_jacobian_norm(function, input_tensor)",
         "functional_gradient_norm(lambda x: function(x).sum(), input_tensor)")]),
     "sigmoid gives tanh": ("3", [(
-        "return activation_module(activation_str)",
-        'return activation_module("tanh" if activation_str == "sigmoid" else activation_str)')]),
+        'return activation_module(activation_str, "activation_str")',
+        'return activation_module("tanh" if activation_str == "sigmoid" else activation_str, "activation_str")')]),
     "no softmax": ("4", [(
         "return mlp(input_dim, net_config, n_classes, activation)",
         "return torch.nn.Sequential(*list(mlp(input_dim, net_config, n_classes, activation))[:-1])")]),

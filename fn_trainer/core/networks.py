@@ -24,18 +24,24 @@ ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 POOLED_SIZE = (4, 4)  # AdaptiveMaxPool2d output before the dense head
 
 
-def activation(name: str) -> nn.Module:
-    """The activation module for ``name`` ("relu", "tanh" or "sigmoid")."""
+def activation(name: str, argument: str = "activation_name") -> nn.Module:
+    """The activation module for ``name`` ("relu", "tanh" or "sigmoid"); an error names
+    ``argument``."""
     try:
         return ACTIVATIONS[name]()
     except (KeyError, TypeError):
         raise ValueError(
-            f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}"
+            f"{argument} must be one of {sorted(ACTIVATIONS)}, got {name!r}"
         ) from None
 
 
-def validate_config(config: NetworkConfiguration) -> NetworkConfiguration:
-    """Check that the conv tuples have equal lengths and every size is a positive int."""
+CONV_FIELDS = ("n_channels", "kernel_sizes", "strides", "paddings")  # what only a CNN reads
+
+
+def validate_config(config: NetworkConfiguration, conv: bool = True) -> NetworkConfiguration:
+    """Check that every field is a tuple and each size a positive int, the conv tuples of
+    equal lengths; ``conv=False`` (an MLP, which reads ``dense_hiddens`` alone, as the
+    homework says) leaves the conv tuples' contents unchecked."""
     if not isinstance(config, tuple) or len(config) != len(NetworkConfiguration._fields):
         raise TypeError(f"net_config must be a NetworkConfiguration, got {config!r}")
     config = NetworkConfiguration(*config)
@@ -44,14 +50,13 @@ def validate_config(config: NetworkConfiguration) -> NetworkConfiguration:
             raise TypeError(
                 f"net_config.{field} must be a tuple of ints, got {getattr(config, field)!r}"
             )
-    conv_fields = ("n_channels", "kernel_sizes", "strides", "paddings")
-    lengths = {f: len(getattr(config, f)) for f in conv_fields}
-    if len(set(lengths.values())) > 1:
+    lengths = {f: len(getattr(config, f)) for f in CONV_FIELDS}
+    if conv and len(set(lengths.values())) > 1:
         raise ValueError(
             "net_config: n_channels, kernel_sizes, strides and paddings must have the "
             f"same length, got lengths {lengths}"
         )
-    for field in NetworkConfiguration._fields:
+    for field in NetworkConfiguration._fields if conv else ("dense_hiddens",):
         minimum = 0 if field == "paddings" else 1
         for i, v in enumerate(getattr(config, field)):
             check_positive_int(f"net_config.{field}[{i}]", v, minimum=minimum)
@@ -63,7 +68,7 @@ def mlp(input_dim: int, config: NetworkConfiguration, n_classes: int,
     """Flatten -> [Linear -> act] per ``dense_hiddens`` -> Linear -> Softmax(dim=1)."""
     check_positive_int("input_dim", input_dim)
     check_positive_int("n_classes", n_classes)
-    config = validate_config(config)
+    config = validate_config(config, conv=False)
     return nn.Sequential(nn.Flatten(), *_dense_head(input_dim, config.dense_hiddens, n_classes, act))
 
 
@@ -137,7 +142,7 @@ def count_parameters(network_type: str, config: NetworkConfiguration = NetworkCo
     Equals ``sum(p.numel() for p in build_network(...).module.parameters())``, and refuses
     what ``build_network`` refuses.
     """
-    config = validate_config(config)
+    config = validate_config(config, conv=network_type == "cnn")
     c, h, w = _checked_shapes(network_type, input_shape, n_classes)
     total = 0
     if network_type == "cnn":
