@@ -6,6 +6,7 @@ normalisation, gradient and Jacobian norms, Adam) is the ``fn_trainer`` package'
 this file only adapts it to the template's object-oriented interface.
 """
 import math
+import numbers
 import os
 import random
 from functools import partial
@@ -17,7 +18,7 @@ import torchvision
 import tqdm
 from torch.func import functional_call
 
-from fn_trainer.core.checks import check_positive_float, check_positive_int
+from fn_trainer.core.checks import check_positive_int, is_finite_number
 from fn_trainer.core.config import HOMEWORK_SEED, NetworkConfiguration
 from fn_trainer.core.data import load_fashion_mnist
 from fn_trainer.core.data import normalize as normalize_splits
@@ -153,7 +154,11 @@ class Trainer:
                  normalization: bool = True):
         if network_type not in NETWORK_TYPES:  # checked before any download
             raise ValueError("Network type not supported")
-        lr = check_positive_float("lr", lr)
+        if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
+            raise TypeError(f"lr must be a finite number >= 0, got {lr!r} ({type(lr).__name__})")
+        if not is_finite_number(lr) or lr < 0:  # torch.optim.Adam takes 0 too: nothing moves
+            raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
+        lr = float(lr)
         batch_size = check_positive_int("batch_size", batch_size)
         n_classes = check_positive_int("n_classes", n_classes)
         self.train, self.valid, self.test = self.load_dataset(datapath)

@@ -258,13 +258,22 @@ def test_unknown_network_type_is_refused_before_loading_data(tmp_path):
 
 @pytest.mark.parametrize("argument, value, error", [
     ("batch_size", 0, ValueError), ("batch_size", -1, ValueError), ("batch_size", 2.5, TypeError),
-    ("lr", 0.0, ValueError), ("lr", -1e-3, ValueError), ("lr", float("nan"), ValueError), ("lr", "fast", TypeError),
+    ("lr", -1e-3, ValueError), ("lr", float("nan"), ValueError), ("lr", "fast", TypeError),
     ("n_classes", 0, ValueError), ("n_classes", "10", TypeError),
 ])
 def test_bad_hyper_parameters_are_refused_before_loading_data(tmp_path, argument, value, error):
     with pytest.raises(error, match=f"^{argument} must be"):
         S.Trainer(datapath=str(tmp_path / "nowhere"), **{argument: value})
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_learning_rate_of_0_is_taken_as_torch_optim_adam_takes_it(make_trainer):
+    t = make_trainer(lr=0, batch_size=64)
+    before = {k: v.detach().clone() for k, v in t.network.named_parameters()}
+    logs = t.train_loop(1)
+    assert t.lr == 0.0 and t.optimizer.param_groups[0]["lr"] == 0.0
+    assert all(torch.equal(v, before[k]) for k, v in t.network.named_parameters())  # the moments move, not the weights
+    assert logs["train_loss"][0] == logs["train_loss"][1]
 
 
 def test_an_mlp_ignores_the_conv_fields_of_its_configuration(make_trainer):
