@@ -262,7 +262,9 @@ class Submission:
         """Start a fresh process and wait until it has imported ``solution.py``."""
         self.stop()
         # one level down in a folder of its own: what it writes to "../" is deleted with it too
-        top = tempfile.mkdtemp(prefix="fn-trainer-grading-")
+        # another account must reach it: in /tmp, not in a TMPDIR of the grader's own (mode 0700)
+        shared = self.as_user is not None and os.path.isdir("/tmp")
+        top = tempfile.mkdtemp(prefix="fn-trainer-grading-", dir="/tmp" if shared else None)
         self.folder = os.path.join(top, "submission")
         os.mkdir(self.folder)
         shutil.copyfile(self.source, Path(self.folder) / "solution.py")
