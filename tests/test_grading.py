@@ -744,7 +744,9 @@ def test_bundle_scores_0_when_the_submission_forges_results_and_kills_the_grader
     forge = (f"open({str(results)!r}, 'w').write(json.dumps({{'score': 35, 'tests': []}}))" if forgery == "file"
              else f"os.makedirs({str(results / 'x')!r})")  # a folder the fallback's write must not land in
     submission.write_text(f"import json, os, signal\n{forge}\nos.kill(os.getppid(), signal.SIGKILL)\n")
-    env = {**os.environ, "AUTOGRADER_ROOT": str(tmp_path / "autograder"), "AUTOGRADER_PYTHON": sys.executable}
+    # TMPDIR: the killed grader leaves its working folder behind, here rather than in /tmp
+    env = {**os.environ, "AUTOGRADER_ROOT": str(tmp_path / "autograder"), "AUTOGRADER_PYTHON": sys.executable,
+           "TMPDIR": str(tmp_path)}
     run = subprocess.run(["bash", str(source / "run_autograder")], env=env, capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr
