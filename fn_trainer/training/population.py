@@ -108,14 +108,16 @@ class MemberData:
     """
 
     def __init__(self, splits: List[Split], which: List[int]):
-        inputs: List[Tensor] = []
-        for X, _ in splits:  # distinct by identity: member_splits hands over one tensor per input
-            if not any(X is seen for seen in inputs):
+        inputs: List[Tensor] = []  # distinct by identity: member_splits hands over one tensor per input
+        of_pair: List[int] = []  # each pair's index into them
+        for X, _ in splits:
+            u = next((u for u, seen in enumerate(inputs) if seen is X), len(inputs))
+            if u == len(inputs):
                 inputs.append(X)
+            of_pair.append(u)
         self.x_shared, self.shared = len(inputs) == 1, len(splits) == 1
         self.X = inputs[0] if self.x_shared else torch.stack(inputs)
         self.T = splits[0][1] if self.shared else torch.stack([T for _, T in splits])
-        of_pair = [next(u for u, X in enumerate(inputs) if X is pair[0]) for pair in splits]
         self.pair_inputs = [X for X, _ in splits]  # references, for the data's identity (tensors)
         self.which = torch.tensor(which, device=self.X.device)
         self.which_x = torch.tensor([of_pair[w] for w in which], device=self.X.device)
