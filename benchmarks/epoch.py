@@ -1,6 +1,6 @@
 """Epoch times: the template's object-oriented loop against the functional paths.
 
-    python -m benchmarks.epoch [--smoke] [--reps 5] [--json results.json]
+    python -m benchmarks.epoch [--smoke] [--reps 5] [--device cuda] [--json results.json]
 
 In ONE process, on synthetic data of Fashion-MNIST shape (60000 images 1x28x28, raw
 0-255 values, 469 minibatches of 128), the paths of each shape are timed in turn,
@@ -43,6 +43,12 @@ glibc's malloc thresholds are fixed for the run (:func:`steady_malloc`; off with
 CNN's epoch time jump between two modes. ``--flush-denormals`` flushes subnormal floats
 to zero on every path, as the ``fn-trainer`` command does (``fn_trainer.speed.denormals``): the
 ratios stay like for like, and the absolute times are those of training with the command.
+
+``--device cuda`` runs every path on the GPU (data, parameters and the reference's
+module), each timed run ending when the GPU is done (``torch.cuda.synchronize``), with
+one more compiled path, ``compiled_cudagraphs``: the step under ``torch.compile``'s
+``reduce-overhead`` mode, which replays CUDA graphs. The matmul peak is the GPU's; the
+products floor and the targets, which are stated for CPUs, are left out.
 """
 from __future__ import annotations
 
@@ -63,7 +69,7 @@ from fn_trainer import NetworkConfiguration, adam, build_network, cross_entropy,
 from fn_trainer.core.networks import POOLED_SIZE, Network, conv_output_size, feature_map_sizes
 from fn_trainer.core.optim import exp_log_power
 from fn_trainer.core.step import Params
-from fn_trainer.core.trees import stack_trees
+from fn_trainer.core.trees import stack_trees, tree_to
 from fn_trainer.speed import inductor_apply
 from fn_trainer.speed.denormals import flush_denormals
 from fn_trainer.speed.malloc import steady_malloc
@@ -75,6 +81,7 @@ from .reference import CompiledReferenceTrainer, ReferenceTrainer
 from .report_file import checked_json_path, exit_status, write_report
 
 T_ = TypeVar("T_")
+CPU = torch.device("cpu")
 N_TRAIN = 60000
 SWEEP_LRS = (1e-2, 1e-4, 1e-8)  # the homework's learning rates, each raw and normalised
 SWEEP_INPUTS = (0, 0, 0, 1, 1, 1)  # per sweep model: raw (0) or normalised (1) inputs
@@ -126,16 +133,24 @@ def train_flops(network_type: str, config: NetworkConfiguration, n_samples: int)
     return 2.0 * n_samples * (3 * sum(macs) - macs[0])
 
 
-def matmul_peak(seconds: float = 1.0, size: int = 1024) -> float:
-    """Best fp32 GFLOP/s of a ``size``-square matmul over ``seconds`` of tries."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_peak(seconds: float = 1.0, size: int = 1024, device: torch.device = CPU) -> float:
+    """Best fp32 GFLOP/s of a ``size``-square matmul on ``device`` over ``seconds`` of tries."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    products = 4 if device.type == "cpu" else 64  # a GPU's product takes microseconds
     best, end = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < end:
         t = time.perf_counter()
-        for _ in range(4):
+        for _ in range(products):
             a @ b
-        best = max(best, 4 * 2 * size ** 3 / (time.perf_counter() - t) / 1e9)
+        synchronize(device)
+        best = max(best, products * 2 * size ** 3 / (time.perf_counter() - t) / 1e9)
     return best
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (a GPU runs it after the call returns)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def timed(fn: Callable[[], T_]) -> Tuple[float, T_]:
@@ -143,6 +158,18 @@ def timed(fn: Callable[[], T_]) -> Tuple[float, T_]:
     t = time.perf_counter()
     value = fn()
     return time.perf_counter() - t, value
+
+
+def finished_on(device: torch.device, run: Callable[[], T_]) -> Callable[[], T_]:
+    """``run`` returning only once ``device`` has done the work it queued, so that a timed
+    run counts it."""
+
+    def finished() -> T_:
+        value = run()
+        synchronize(device)
+        return value
+
+    return finished
 
 
 def functional_loop(step, state: Dict, batch_of: Callable[[int], tuple], n_steps: int) -> Callable[[], Params]:
@@ -166,11 +193,16 @@ def module_params(module: torch.nn.Module) -> Params:
     return {name: p.detach() for name, p in module.named_parameters()}
 
 
+def device_of(params: Params) -> torch.device:
+    return next(iter(params.values())).device
+
+
 def reference_trainer(network_type: str, config: NetworkConfiguration, lr: float, params: Params,
                       trainer: type = ReferenceTrainer) -> ReferenceTrainer:
     """The template's trainer (or ``CompiledReferenceTrainer``), its module started from
-    ``params`` (the functional paths' start)."""
+    ``params`` (the functional paths' start) on their device."""
     ref = trainer(network_type, config, lr=lr)
+    ref.network.to(device_of(params))  # in place: the optimizer keeps the module's parameters
     ref.network.load_state_dict(params)
     return ref
 
@@ -199,11 +231,12 @@ def population(shape: str) -> Tuple[List[Member], List[int]]:
     return [Member(seed, 1e-3) for seed in range(K)], [0] * K
 
 
-def start_params(shape: str, config: NetworkConfiguration) -> Params:
-    """Where every path of ``shape`` starts: ``network.init(0)``, or the members' initial
-    parameters stacked for a population shape."""
+def start_params(shape: str, config: NetworkConfiguration, device: torch.device = CPU) -> Params:
+    """Where every path of ``shape`` starts, on ``device``: ``network.init(0)``, or the
+    members' initial parameters stacked for a population shape."""
     net = build_network(network_type(shape), config)
-    return net.init(0) if shape in ("mlp", "cnn") else init_population(net, population(shape)[0])[0]
+    return tree_to(net.init(0) if shape in ("mlp", "cnn") else init_population(net, population(shape)[0])[0],
+                   device)
 
 
 def first_batch_loss(shape: str, config: NetworkConfiguration, X, y, T,
@@ -232,7 +265,7 @@ def compat_trainer(network_type: str, config: NetworkConfiguration, lr: float, p
     trainer = solution.Trainer.__new__(solution.Trainer)
     act = solution.Trainer.create_activation_function("relu")
     trainer.network = (solution.Trainer.create_mlp(28 * 28, config, 10, act) if network_type == "mlp"
-                       else solution.Trainer.create_cnn(1, config, 10, act))
+                       else solution.Trainer.create_cnn(1, config, 10, act)).to(device_of(params))
     trainer.network.load_state_dict(params)
     trainer.optimizer = solution.FunctionalAdam(trainer.network.parameters(), lr=lr)
     trainer.n_classes, trainer.lr, trainer.epsilon = 10, lr, solution.EPSILON
@@ -256,7 +289,9 @@ def compat_loop(trainer, X, T, batch_size: int, n_steps: int) -> Callable[[], Pa
 
 def network_paths(network_type: str, config: NetworkConfiguration, X, T, batch_size: int, n_steps: int,
                   compile: bool, peer: bool, jax: bool = False) -> Dict[str, Callable[[], Params]]:
+    """Every path of one network, on ``X``'s device."""
     net = build_network(network_type, config)
+    start = tree_to(net.init(0), X.device)
 
     def batch_of(b):
         return X[b * batch_size:(b + 1) * batch_size], T[b * batch_size:(b + 1) * batch_size]
@@ -268,11 +303,11 @@ def network_paths(network_type: str, config: NetworkConfiguration, X, T, batch_s
         return run
 
     step = make_step(net.apply, adam(1e-3))
-    paths = {"reference": train_loop(reference_trainer(network_type, config, 1e-3, net.init(0))),
-             "compat": compat_loop(compat_trainer(network_type, config, 1e-3, net.init(0)), X, T, batch_size, n_steps)}
+    paths = {"reference": train_loop(reference_trainer(network_type, config, 1e-3, start)),
+             "compat": compat_loop(compat_trainer(network_type, config, 1e-3, start), X, T, batch_size, n_steps)}
     if peer:  # the template's loop as PyTorch users first compile it
         paths["compiled_reference"] = train_loop(
-            reference_trainer(network_type, config, 1e-3, net.init(0), CompiledReferenceTrainer))
+            reference_trainer(network_type, config, 1e-3, start, CompiledReferenceTrainer))
     if jax:  # the same training in JAX + optax (imported only when asked for: an optional dependency)
         from .jax_peer import jax_paths
         # the CNN under lax.scan took 3 times as long as under jax.jit (71 against 24 s an epoch,
@@ -288,8 +323,12 @@ def network_paths(network_type: str, config: NetworkConfiguration, X, T, batch_s
         module_apply = lambda p, x: functional_call(net.module, p, (x,))  # noqa: E731
         candidates.append(("compiled_module", compile_step(make_step(module_apply, compiled_adam),
                                                              guard_closures=False)))
+    if compile and X.device.type == "cuda":  # the step's kernels replayed as CUDA graphs
+        candidates.append(("compiled_cudagraphs", compile_step(make_step(inductor_apply(net), compiled_adam),
+                                                                 mode="reduce-overhead", eager=step,
+                                                                 guard_closures=False)))
     for name, s in candidates:
-        params = net.init(0)
+        params = tree_to(net.init(0), X.device)
         paths[name] = functional_loop(s, {"params": params, "opt_state": adam(1e-3).init(params)},
                                       batch_of, n_steps)
     return paths
@@ -313,7 +352,8 @@ def sequential_reference(kind: str, config: NetworkConfiguration, members: List[
     """The members one after another in the template's loop, member k from
     ``net.init(seed_k)`` on ``inputs[k]``; the members' parameters stacked."""
     net = build_network(kind, config)
-    refs = [(reference_trainer(kind, config, m.lr, net.init(m.seed)), Xk) for m, Xk in zip(members, inputs)]
+    refs = [(reference_trainer(kind, config, m.lr, tree_to(net.init(m.seed), Xk.device)), Xk)
+            for m, Xk in zip(members, inputs)]
 
     def run() -> Params:
         for trainer, Xk in refs:
@@ -327,7 +367,7 @@ def vmapped_paths(net: Network, members: List[Member], data: MemberData, batch_s
                   compile: bool) -> Dict[str, Callable[[], Params]]:
     """``members`` trained on ``data`` in one vmapped step, eager (``vmapped_eager``) and, if
     ``compile``, compiled with ``inductor_apply(net, vmapped=True)`` as its forward
-    (``vmapped_compiled``); each from ``init_population(net, members)``."""
+    (``vmapped_compiled``); each from ``init_population(net, members)`` on the data's device."""
 
     def batch_of(b):
         return data.rows(slice(b * batch_size, (b + 1) * batch_size))
@@ -336,7 +376,7 @@ def vmapped_paths(net: Network, members: List[Member], data: MemberData, batch_s
     for name, flag in (("vmapped_eager", False), ("vmapped_compiled", True)):
         if flag and not compile:
             continue
-        params, state = init_population(net, members)
+        params, state = tree_to(init_population(net, members), data.X.device)
         step = make_population_step(net, data.in_dims(one_order=True), compile=flag,
                                     compiled_apply=inductor_apply(net, vmapped=True) if flag else None)
         paths[name] = functional_loop(step,
@@ -385,14 +425,15 @@ def measure(paths: Dict[str, Callable[[], Params]], reps: int, scale: float, log
     return out
 
 
-def machine() -> Dict[str, object]:
+def machine(device: torch.device = CPU) -> Dict[str, object]:
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    gpu = {"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}
+    return {"cpu": cpu, **gpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
 
 
@@ -407,6 +448,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="tiny run for CI: small networks, 512 samples, 2 steps, 1 repetition, "
                         "the MLP's functional compiled step the only path compiled (no peer)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu", help="'cpu' (default) or 'cuda': where every path trains")
     p.add_argument("--default-malloc", action="store_true",
                    help="leave glibc's adaptive malloc thresholds alone (noisier reference CNN times)")
     p.add_argument("--flush-denormals", action="store_true",
@@ -431,6 +473,13 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--smoke runs 1 repetition of 2 steps of tiny networks and checks no target: "
                     f"{', '.join(given)} would have no effect")
     args.reps, args.cnn_steps = args.reps or REPS, args.cnn_steps or CNN_STEPS
+    if args.device not in ("cpu", "cuda"):
+        p.error(f"--device must be 'cpu' or 'cuda', got {args.device!r}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: CUDA is not available on this machine")
+    args.device = torch.device(args.device)
+    if args.jax and args.device.type == "cuda":
+        p.error("--jax times the peer on the CPU only; leave out --jax or --device cuda")
     if args.jax and (importlib.util.find_spec("jax") is None or importlib.util.find_spec("optax") is None):
         p.error("--jax needs jax and optax: pip install -e '.[peers]'")
     args.shapes = args.shapes.split(",")
@@ -458,10 +507,11 @@ def main(argv=None) -> int:
     reps = 1 if args.smoke else args.reps
     configs = {"mlp": SMOKE_MLP if args.smoke else MLP_CONFIG, "cnn": SMOKE_CNN if args.smoke else CNN_CONFIG}
     configs = {shape: configs[network_type(shape)] for shape in TARGETS}
-    X, y = synthetic_data(n)
+    X, y = (t.to(args.device) for t in synthetic_data(n))
     T = one_hot(y, 10)
+    on_cpu = args.device.type == "cpu"
     peak_time = 0.2 if args.smoke else 2.0
-    peak = matmul_peak(peak_time)
+    peak = matmul_peak(peak_time, device=args.device)
     load_before = os.getloadavg()
     results: Dict[str, Dict] = {}
     for shape in args.shapes:
@@ -476,13 +526,14 @@ def main(argv=None) -> int:
             paths = network_paths(shape, configs[shape], X, T, batch_size, steps[shape], compiled_paths,
                                   peer=compiled_paths and not args.smoke, jax=args.jax)
         members = 1 if shape in ("mlp", "cnn") else len(population(shape)[0])
-        if network_type(shape) == "mlp":
+        if network_type(shape) == "mlp" and on_cpu:
             paths[PRODUCTS] = products_loop(dense_products(configs[shape], batch_size), members, steps[shape])
         scale = full_steps / steps[shape]
         loss = first_batch_loss(shape, configs[shape], X, y, T, batch_size)
         with torch.no_grad():
-            initial_loss = loss(start_params(shape, configs[shape]))
-        timings = measure(paths, reps, scale, log, loss)
+            initial_loss = loss(start_params(shape, configs[shape], args.device))
+        timings = measure({name: finished_on(args.device, run) for name, run in paths.items()}, reps, scale, log,
+                          loss)
         # one epoch of training FLOPs (all members for a population)
         flops = train_flops(network_type(shape), configs[shape], n) * members
         best = min((k for k in timings if k not in NOT_OURS), key=lambda k: timings[k]["median_s"])
@@ -490,14 +541,15 @@ def main(argv=None) -> int:
             "steps_timed": steps[shape], "steps_per_epoch": full_steps, "scaled": steps[shape] < full_steps,
             "gflop_per_epoch": round(flops / 1e9, 4), "initial_loss": initial_loss, "paths": timings, "best": best,
             "best_ratio": timings[best]["ratio"], "target_ratio": TARGETS[shape],
-            # a smoke run's tiny networks say nothing about the targets
-            "target_met": None if args.smoke else timings[best]["ratio"] <= TARGETS[shape],
+            # a smoke run's tiny networks say nothing about the targets, stated for CPUs
+            "target_met": None if args.smoke or not on_cpu else timings[best]["ratio"] <= TARGETS[shape],
         }
         if "compat" in timings:
             results[shape]["compat_target_ratio"] = COMPAT_TARGET
-            results[shape]["compat_target_met"] = None if args.smoke else timings["compat"]["ratio"] <= COMPAT_TARGET
+            results[shape]["compat_target_met"] = (None if args.smoke or not on_cpu
+                                                   else timings["compat"]["ratio"] <= COMPAT_TARGET)
     # measured again at the end: under load the first figure can be far below the machine's
-    peak = max(peak, matmul_peak(peak_time))
+    peak = max(peak, matmul_peak(peak_time, device=args.device))
     for r in results.values():
         for v in r["paths"].values():
             v["pct_of_matmul_peak"] = round(100 * r["gflop_per_epoch"] / v["median_s"] / peak, 1)
@@ -507,8 +559,8 @@ def main(argv=None) -> int:
         "command": "python -m benchmarks.epoch " + " ".join(sys.argv[1:] if argv is None else argv),
         "what": "median seconds per epoch of training steps (469 minibatches of 128, evaluation excluded), "
                 "paths alternated within one process; ratio = path / reference",
-        "smoke": args.smoke, "reps": reps, "batch_size": batch_size, "n_train": n,
-        "machine": machine(), "malloc": malloc or "default", "flush_denormals": args.flush_denormals,
+        "smoke": args.smoke, "device": str(args.device), "reps": reps, "batch_size": batch_size, "n_train": n,
+        "machine": machine(args.device), "malloc": malloc or "default", "flush_denormals": args.flush_denormals,
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "matmul_peak_gflops": round(peak, 1), "results": results,
     }
@@ -520,13 +572,15 @@ def main(argv=None) -> int:
 
 
 def print_table(report: Dict) -> None:
-    print(f"{report['command']}\n{report['machine']['cpu']}, {report['machine']['torch_threads']} threads, "
+    gpu = f"{report['machine']['gpu']}; " if "gpu" in report["machine"] else ""
+    print(f"{report['command']}\n{gpu}{report['machine']['cpu']}, {report['machine']['torch_threads']} threads, "
           f"torch {report['machine']['torch']}; matmul peak {report['matmul_peak_gflops']} GFLOP/s; "
           f"load {report['load_average_before'][0]:.1f} -> {report['load_average_after'][0]:.1f}; "
           f"malloc {report['malloc']}; subnormals {'flushed' if report['flush_denormals'] else 'kept'}")
     print(f"{'shape':6} {'path':18} {'median s/epoch':>14} {'ratio':>6} {'to peer':>7} {'% peak':>7} {'warm-up s':>9} "
           f"{'paired ratio (range)':>21}")
-    verdict = {True: "met", False: "missed", None: "not evaluated (smoke)"}
+    verdict = {True: "met", False: "missed",
+               None: "not evaluated (" + ("smoke" if report["smoke"] else "a GPU; the targets are for CPUs") + ")"}
     for shape, r in report["results"].items():
         for name, v in r["paths"].items():
             to_peer = f"{v['ratio_to_compiled_reference']:7.2f}" if "ratio_to_compiled_reference" in v else f"{'-':>7}"

@@ -144,6 +144,7 @@ def test_reference_trainer_learns_and_has_the_homework_shape():
     (["--threads", "0"], "--threads must be >= 1"),
     (["--threads", "99"], "--threads must be at most this machine's CPU count (2), got 99"),
     (["--shapes", "mlp,mlp"], "--shapes names a shape twice: mlp,mlp"),
+    (["--device", "mps"], "--device must be 'cpu' or 'cuda', got 'mps'"),
     (["--smoke", "--check-targets", "--reps", "9"], "--smoke runs 1 repetition of 2 steps of tiny networks and "
                                                     "checks no target: --reps, --check-targets would have no effect"),
     (["--json", ""], "--json must name a file, got an empty string"),
@@ -397,3 +398,15 @@ def test_ctrl_c_is_one_line_and_status_130(capsys):
     assert exit_status(interrupted, "python -m benchmarks.epoch") == 130
     assert capsys.readouterr().err == "python -m benchmarks.epoch: interrupted; nothing was written\n"
     assert exit_status(lambda: 1, "python -m benchmarks.epoch") == 1
+
+
+@pytest.mark.parametrize("available, argv, message", [
+    (False, ["--device", "cuda"], "--device cuda: CUDA is not available on this machine"),
+    (True, ["--device", "cuda", "--jax"], "--jax times the peer on the CPU only; leave out --jax or --device cuda"),
+])
+def test_a_gpu_run_needs_a_gpu_and_no_jax_peer(available, argv, message, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+    with pytest.raises(SystemExit) as stopped:
+        main([*argv, "--smoke"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"python -m benchmarks.epoch: error: {message}"
