@@ -200,7 +200,9 @@ def adam_update(grads: Params, state: AdamState, params: Params, *, inplace: boo
         mu[k] = m = state.mu[k].lerp(g, one_minus_b1)
         nu[k] = v = torch.addcmul(state.nu[k] * b2, one_minus_b2 * g, g)
         new_params[k] = p + (neg_step_size * m) / (v.sqrt() / bc2_sqrt + eps)
-    return new_params, state._replace(count=count, mu=mu, nu=nu)
+    # field by field, not state._replace: torch 2.11's Dynamo made _replace a state short of
+    # fields, which failed the compiled step's second call; older ones cannot trace it
+    return new_params, AdamState(count, mu, nu, state.lr, state.b1, state.b2, state.eps)
 
 
 def _adam_update_inplace(grads: Params, state: AdamState, params: Params) -> Tuple[Params, AdamState]:
