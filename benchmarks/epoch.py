@@ -47,8 +47,10 @@ ratios stay like for like, and the absolute times are those of training with the
 ``--device cuda`` runs every path on the GPU (data, parameters and the reference's
 module), each timed run ending when the GPU is done (``torch.cuda.synchronize``), with
 one more compiled path, ``compiled_cudagraphs``: the step under ``torch.compile``'s
-``reduce-overhead`` mode, which replays CUDA graphs. The matmul peak is the GPU's; the
-products floor and the targets, which are stated for CPUs, are left out.
+``reduce-overhead`` mode, which replays CUDA graphs (its Adam counters on the GPU too,
+since a graph cannot read the CPU). TF32 is off for cuDNN's convolutions as for matrix
+products, so that every path computes in float32 as on the CPU. The matmul peak is the
+GPU's; the products floor and the targets, which are stated for CPUs, are left out.
 """
 from __future__ import annotations
 
@@ -134,9 +136,13 @@ def train_flops(network_type: str, config: NetworkConfiguration, n_samples: int)
 
 
 def matmul_peak(seconds: float = 1.0, size: int = 1024, device: torch.device = CPU) -> float:
-    """Best fp32 GFLOP/s of a ``size``-square matmul on ``device`` over ``seconds`` of tries."""
+    """Best fp32 GFLOP/s of a ``size``-square matmul (``4 * size`` on a GPU) on ``device``
+    over ``seconds`` of tries."""
+    if device.type == "cuda":  # a GPU needs larger products, and more of them, to reach its peak
+        size, products = 4 * size, 32
+    else:
+        products = 4
     a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
-    products = 4 if device.type == "cpu" else 64  # a GPU's product takes microseconds
     best, end = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < end:
         t = time.perf_counter()
@@ -329,8 +335,10 @@ def network_paths(network_type: str, config: NetworkConfiguration, X, T, batch_s
                                                                  guard_closures=False)))
     for name, s in candidates:
         params = tree_to(net.init(0), X.device)
-        paths[name] = functional_loop(s, {"params": params, "opt_state": adam(1e-3).init(params)},
-                                      batch_of, n_steps)
+        state = adam(1e-3).init(params)  # its counters on the CPU, as fit keeps them
+        if name == "compiled_cudagraphs":
+            state = tree_to(state, X.device)
+        paths[name] = functional_loop(s, {"params": params, "opt_state": state}, batch_of, n_steps)
     return paths
 
 
@@ -446,14 +454,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-compile", action="store_true", help="skip the compiled paths")
     p.add_argument("--smoke", action="store_true",
                    help="tiny run for CI: small networks, 512 samples, 2 steps, 1 repetition, "
-                        "the MLP's functional compiled step the only path compiled (no peer)")
+                        "the MLP's functional compiled steps the only paths compiled (no peer)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="'cpu' (default) or 'cuda': where every path trains")
     p.add_argument("--default-malloc", action="store_true",
                    help="leave glibc's adaptive malloc thresholds alone (noisier reference CNN times)")
     p.add_argument("--flush-denormals", action="store_true",
                    help="flush subnormal floats to zero on every path, as the fn-trainer command does "
-                        "(fn_trainer.speed.denormals); the reference loop too")
+                        "(fn_trainer.speed.denormals); the reference loop too (the CPU's arithmetic only)")
     p.add_argument("--jax", action="store_true",
                    help="also time the MLP and the CNN in JAX + optax, the step under jax.jit and lax.scan "
                         "over many steps per call (needs pip install -e '.[peers]')")
@@ -480,6 +488,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.device = torch.device(args.device)
     if args.jax and args.device.type == "cuda":
         p.error("--jax times the peer on the CPU only; leave out --jax or --device cuda")
+    if args.check_targets and args.device.type == "cuda":
+        p.error("--check-targets: the targets are stated for CPUs; a --device cuda run checks none")
     if args.jax and (importlib.util.find_spec("jax") is None or importlib.util.find_spec("optax") is None):
         p.error("--jax needs jax and optax: pip install -e '.[peers]'")
     args.shapes = args.shapes.split(",")
@@ -507,6 +517,8 @@ def main(argv=None) -> int:
     reps = 1 if args.smoke else args.reps
     configs = {"mlp": SMOKE_MLP if args.smoke else MLP_CONFIG, "cnn": SMOKE_CNN if args.smoke else CNN_CONFIG}
     configs = {shape: configs[network_type(shape)] for shape in TARGETS}
+    if args.device.type == "cuda":  # float32 as on the CPU: no TF32 in convolutions (matmuls have none by default)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     X, y = (t.to(args.device) for t in synthetic_data(n))
     T = one_hot(y, 10)
     on_cpu = args.device.type == "cpu"

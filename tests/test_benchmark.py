@@ -403,10 +403,13 @@ def test_ctrl_c_is_one_line_and_status_130(capsys):
 @pytest.mark.parametrize("available, argv, message", [
     (False, ["--device", "cuda"], "--device cuda: CUDA is not available on this machine"),
     (True, ["--device", "cuda", "--jax"], "--jax times the peer on the CPU only; leave out --jax or --device cuda"),
+    (True, ["--device", "cuda", "--check-targets"],
+     "--check-targets: the targets are stated for CPUs; a --device cuda run checks none"),
 ])
-def test_a_gpu_run_needs_a_gpu_and_no_jax_peer(available, argv, message, monkeypatch, capsys):
+def test_a_gpu_run_needs_a_gpu_and_refuses_what_only_a_cpu_run_does(available, argv, message, monkeypatch,
+                                                                     capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
     with pytest.raises(SystemExit) as stopped:
-        main([*argv, "--smoke"])
+        main(argv)
     assert stopped.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"python -m benchmarks.epoch: error: {message}"

@@ -43,13 +43,17 @@ NETWORKS = {
     # every rewrite of fn_trainer.speed in one graph (as tests/test_compiled.py's WINOGRAD_CNN)
     "cnn": NetworkConfiguration(n_channels=(10, 6, 4), kernel_sizes=(3, 3, 3), dense_hiddens=()),
 }
-# float64: another device sums in another order (~1e-16 of a value), far below Adam's eps, so
-# no step turns over: parameters agree to a billionth of Adam's largest move, lr * steps
-TOL64 = 1e-10
+# float64: another device, or Inductor, sums in another order (~1e-16 of a value), far below
+# Adam's eps, so no step turns over. Metrics to a relative 1e-12 (measured on an H200:
+# 3e-16 against the CPU, 6e-15 compiled), parameters to 1e-10 of Adam's largest move
+TOL64 = 1e-12
+PARAMS64 = 1e-10
 # float32 through the command: cuBLAS and the CPU's kernels round differently; over the
-# runs' 12 steps at lr 1e-4 a relative 1e-4 of every logged value (2e-7 measured between
-# two CPU processes: tests/test_distributed.py)
-TOL32 = 1e-4
+# runs' 12 steps at lr 1e-4, a relative 1e-5 of every logged value (measured on an H200:
+# 2e-7 against the CPU, 1e-7 data-parallel against a population)
+TOL32 = 1e-5
+# fit_population's compiled step is made for the full minibatch; the short last one runs eagerly
+GRAPHS_OF_A_COMPILED_POPULATION = 1
 CLI_RUN = ["depth", "--limit", "64", "--batch-size", "16", "--epochs", "3", "--no-download", "--no-progress"]
 
 
@@ -89,7 +93,7 @@ def test_a_step_on_the_gpu_is_the_cpu_step_in_float64(kind):
     assert largest_relative_difference(on_gpu[1], on_cpu[1], f"{kind} metrics") < TOL64
     for name, p in on_cpu[0].items():
         moved = float((on_gpu[0][name].cpu() - p).abs().max())
-        assert moved < TOL64 * LR * STEPS, name
+        assert moved < PARAMS64 * LR * STEPS, name
     # the bound is far below what training moved: the step really trains
     assert max(float((on_cpu[0][k] - start[k]).abs().max()) for k in start) > 0.5 * LR * STEPS
 
@@ -112,7 +116,7 @@ def test_the_compiled_step_on_the_gpu_equals_its_eager_step(kind):
     want = train(eager, start, data)
     assert largest_relative_difference(got[1], want[1], f"compiled {kind} metrics") < TOL64
     for name, p in want[0].items():
-        assert float((got[0][name] - p).abs().max()) < TOL64 * LR * STEPS, name
+        assert float((got[0][name] - p).abs().max()) < PARAMS64 * LR * STEPS, name
 
 
 @pytest.mark.parametrize("compile", [False, True])
@@ -120,9 +124,11 @@ def test_a_population_on_the_gpu_follows_its_members_solo_runs(compile):
     net = build_network("mlp", NETWORKS["mlp"])
     train_data, valid_data = ((X.to(GPU), y.to(GPU)) for X, y in (banded_tensors(200, 0), banded_tensors(64, 1)))
     members = [Member(0, 1e-2), Member(1, 1e-3, b1=0.8, b2=0.99), Member(2, 3e-3, eps=1e-6)]
-    results = fit_population(net, members, train_data, valid_data, epochs=2, batch_size=64, shuffle=True,
-                             dtype=torch.float64, compile=compile, progress=False,
-                             compiled_apply=inductor_apply(net, vmapped=True) if compile else None)
+    torch._dynamo.reset()
+    with compiles(GRAPHS_OF_A_COMPILED_POPULATION if compile else 0):
+        results = fit_population(net, members, train_data, valid_data, epochs=2, batch_size=64, shuffle=True,
+                                 dtype=torch.float64, compile=compile, progress=False,
+                                 compiled_apply=inductor_apply(net, vmapped=True) if compile else None)
     for m, got in zip(members, results):
         opt = adam(m.lr, m.b1, m.b2, m.eps)
         start = tree_to(net.init(m.seed, torch.float64), GPU)
@@ -133,7 +139,7 @@ def test_a_population_on_the_gpu_follows_its_members_solo_runs(compile):
             assert largest_relative_difference(got.logs[key], want.logs[key], f"member {m.seed} {key}") < TOL64
         for name, p in want.params.items():
             assert got.params[name].device.type == "cuda"
-            assert float((got.params[name] - p).abs().max()) < TOL64 * m.lr * 8, name
+            assert float((got.params[name] - p).abs().max()) < PARAMS64 * m.lr * 8, name
 
 
 @pytest.fixture(scope="module")
@@ -145,20 +151,24 @@ def records(out: Path) -> dict:
     return {p.name: json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))}
 
 
-def assert_same_logs(got: dict, want: dict, what: str) -> None:
+def assert_same_logs(got: dict, want: dict, what: str, tol: float = TOL32) -> None:
+    """Every record of ``want`` in ``got``, its logs within a relative ``tol`` (0: equal)."""
     assert list(got) == list(want) and len(want) == 4, what  # 2 networks x 2 seeds
     for name, record in want.items():
         assert got[name]["diverged"] is None
         for key, values in record["logs"].items():
-            assert largest_relative_difference(got[name]["logs"][key], values, f"{what} {name} {key}") < TOL32
+            found = largest_relative_difference(got[name]["logs"][key], values, f"{what} {name} {key}")
+            assert found <= tol if tol == 0 else found < tol, (name, key)
 
 
 def test_the_command_trains_on_the_gpu_as_on_the_cpu(data_root, tmp_path):
     run = [*CLI_RUN, "--seeds", "2", "--data", str(data_root)]
     assert cli.main([*run, "--device", "cpu", "--out", str(tmp_path / "cpu")]) == 0
+    before = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
     assert cli.main([*run, "--device", "cuda", "--out", str(tmp_path / "gpu")]) == 0
-    assert torch.cuda.max_memory_allocated() > 0  # the command computed on the GPU
+    # the command trained on the GPU: it held at least a population's parameters there
+    assert torch.cuda.max_memory_allocated() - before >= 2 * 4 * 269_322
     assert_same_logs(records(tmp_path / "gpu"), records(tmp_path / "cpu"), "cuda against cpu")
 
 
@@ -166,7 +176,9 @@ def test_the_command_trains_on_the_gpu_as_on_the_cpu(data_root, tmp_path):
 def test_torchrun_over_nccl_trains_as_one_process(parallel, data_root, tmp_path):
     """As many ranks as GPUs, two at most (nccl takes one GPU per rank): ``--parallel data``
     splits every minibatch's rows, ``--parallel population`` the members of each seed
-    population; rank 0 writes the records of a single process on the GPU."""
+    population; rank 0 writes the records of a single process on the GPU. On one GPU the
+    one rank splits nothing, but every collective still runs over nccl; its population
+    share is the whole population, trained in the same vmapped step: equal logs."""
     world_size = min(2, torch.cuda.device_count())
     run = [*CLI_RUN, "--seeds", "2", "--data", str(data_root), "--device", "cuda"]
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -176,4 +188,6 @@ def test_torchrun_over_nccl_trains_as_one_process(parallel, data_root, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     print(f"--parallel {parallel} over nccl: {world_size} rank(s)")
     assert cli.main([*run, "--out", str(tmp_path / "one")]) == 0
-    assert_same_logs(records(tmp_path / "ranks"), records(tmp_path / "one"), f"{parallel} over nccl")
+    exact = parallel == "population" and world_size == 1
+    assert_same_logs(records(tmp_path / "ranks"), records(tmp_path / "one"), f"{parallel} over nccl",
+                     tol=0.0 if exact else TOL32)
