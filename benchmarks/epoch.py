@@ -45,12 +45,10 @@ to zero on every path, as the ``fn-trainer`` command does (``fn_trainer.speed.de
 ratios stay like for like, and the absolute times are those of training with the command.
 
 ``--device cuda`` runs every path on the GPU (data, parameters and the reference's
-module), each timed run ending when the GPU is done (``torch.cuda.synchronize``), with
-one more compiled path, ``compiled_cudagraphs``: the step under ``torch.compile``'s
-``reduce-overhead`` mode, which replays CUDA graphs (its Adam counters on the GPU too,
-since a graph cannot read the CPU). TF32 is off for cuDNN's convolutions as for matrix
-products, so that every path computes in float32 as on the CPU. The matmul peak is the
-GPU's; the products floor and the targets, which are stated for CPUs, are left out.
+module), each timed run ending when the GPU is done (``torch.cuda.synchronize``). TF32
+is off for cuDNN's convolutions as for matrix products, so that every path computes in
+float32 as on the CPU. The matmul peak is the GPU's; the products floor and the targets,
+which are stated for CPUs, are left out.
 """
 from __future__ import annotations
 
@@ -329,16 +327,10 @@ def network_paths(network_type: str, config: NetworkConfiguration, X, T, batch_s
         module_apply = lambda p, x: functional_call(net.module, p, (x,))  # noqa: E731
         candidates.append(("compiled_module", compile_step(make_step(module_apply, compiled_adam),
                                                              guard_closures=False)))
-    if compile and X.device.type == "cuda":  # the step's kernels replayed as CUDA graphs
-        candidates.append(("compiled_cudagraphs", compile_step(make_step(inductor_apply(net), compiled_adam),
-                                                                 mode="reduce-overhead", eager=step,
-                                                                 guard_closures=False)))
     for name, s in candidates:
         params = tree_to(net.init(0), X.device)
-        state = adam(1e-3).init(params)  # its counters on the CPU, as fit keeps them
-        if name == "compiled_cudagraphs":
-            state = tree_to(state, X.device)
-        paths[name] = functional_loop(s, {"params": params, "opt_state": state}, batch_of, n_steps)
+        paths[name] = functional_loop(s, {"params": params, "opt_state": adam(1e-3).init(params)},
+                                      batch_of, n_steps)
     return paths
 
 
@@ -454,7 +446,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-compile", action="store_true", help="skip the compiled paths")
     p.add_argument("--smoke", action="store_true",
                    help="tiny run for CI: small networks, 512 samples, 2 steps, 1 repetition, "
-                        "the MLP's functional compiled steps the only paths compiled (no peer)")
+                        "the MLP's functional compiled step the only path compiled (no peer)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="'cpu' (default) or 'cuda': where every path trains")
     p.add_argument("--default-malloc", action="store_true",
