@@ -617,6 +617,16 @@ def test_training_flushes_subnormals_unless_kept_and_restores_the_mode(extra, mo
     assert not denormals.denormals_flushed()
 
 
+def test_training_turns_tf32_convolutions_off_and_restores_the_setting(small_data_root, tmp_path, capsys,
+                                                                      monkeypatch):
+    seen = []
+    real = cli.prepare_out
+    monkeypatch.setattr(cli, "prepare_out", lambda *a: seen.append(torch.backends.cudnn.allow_tf32) or real(*a))
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # torch's default
+    assert run_cli(["depth", "--data", small_data_root, "--out", tmp_path, *QUICK], capsys)[0] == 0
+    assert seen == [False] and torch.backends.cudnn.allow_tf32
+
+
 @pytest.mark.parametrize("extra, calls", [([], 1), (["--default-malloc"], 0)])
 def test_training_fixes_the_malloc_thresholds_unless_told_not_to(extra, calls, small_data_root, tmp_path, capsys,
                                                                 monkeypatch):

@@ -303,10 +303,14 @@ def run_experiments(args: argparse.Namespace, command: str) -> int:
     if getattr(args, "steady_malloc", True):
         steady_malloc()
     threads_before, flushed_before = torch.get_num_threads(), denormals_flushed()
-    try:  # the threads and the subnormal mode are the caller's again after the command
+    tf32_before = torch.backends.cudnn.allow_tf32
+    try:  # the threads, the subnormal mode and TF32 are the caller's again after the command
         if getattr(args, "threads", None):
             torch.set_num_threads(args.threads)
         flush_denormals(getattr(args, "flush_denormals", True))  # after --threads: it sets the threads in use
+        # float32 convolutions on a GPU, as its matrix products are by default: cuDNN's TF32
+        # would round a CNN's eager step unlike its compiled one (products) and the CPU's
+        torch.backends.cudnn.allow_tf32 = False
         with session(launch, getattr(args, "device", DEFAULTS.device), getattr(args, "rank_timeout",
                                                                              DEFAULTS.rank_timeout)) as device:
             ctx = Context(settings_of(args, command, launch.rank if launch else 0, device, mode),
@@ -334,6 +338,7 @@ def run_experiments(args: argparse.Namespace, command: str) -> int:
     finally:
         torch.set_num_threads(threads_before)
         flush_denormals(flushed_before)  # after the threads: it sets those in use
+        torch.backends.cudnn.allow_tf32 = tf32_before
     print(f"report: {Path(args.out) / REPORT_FILE}")
     return 0
 
