@@ -47,8 +47,8 @@ ratios stay like for like, and the absolute times are those of training with the
 ``--device cuda`` runs every path on the GPU (data, parameters and the reference's
 module), each timed run ending when the GPU is done (``torch.cuda.synchronize``). TF32
 is off for cuDNN's convolutions as for matrix products, so that every path computes in
-float32 as on the CPU. The matmul peak is the GPU's; the products floor and the targets,
-which are stated for CPUs, are left out.
+float32 as on the CPU. The matmul peak is the GPU's; the products floor is left out, and
+the targets, stated for CPUs, are printed as not evaluated.
 """
 from __future__ import annotations
 

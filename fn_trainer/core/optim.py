@@ -201,7 +201,8 @@ def adam_update(grads: Params, state: AdamState, params: Params, *, inplace: boo
         nu[k] = v = torch.addcmul(state.nu[k] * b2, one_minus_b2 * g, g)
         new_params[k] = p + (neg_step_size * m) / (v.sqrt() / bc2_sqrt + eps)
     # field by field, not state._replace: torch 2.11's Dynamo made _replace a state short of
-    # fields, which failed the compiled step's second call; older ones cannot trace it
+    # fields, which failed the compiled step's second call (2.14's traces it right; earlier
+    # versions refused to trace it: pytorch/pytorch#158772)
     return new_params, AdamState(count, mu, nu, state.lr, state.b1, state.b2, state.eps)
 
 
