@@ -132,6 +132,35 @@ class Weights(dict):
     pass
 
 
+@pytest.mark.parametrize("other_shapes", ["eager", "compile"])
+def test_a_bad_batch_is_refused_by_a_compiled_step_as_by_the_eager_step(mlp, other_shapes):
+    step = make_step(mlp.apply, adam(1e-3))
+    compiled = compile_step(step, other_shapes=other_shapes, guard_closures=False)
+    params = mlp.init(0)
+    state = adam(1e-3).init(params)
+    (x, targets), = batches(1, 8)
+    compiled(params, state, (x, targets))
+    for bad in ((x.double(), targets), (x, targets[:, :5])):  # the first batch's shape, traced again
+        with pytest.raises((TypeError, ValueError)) as eager_error:
+            step(params, state, bad)
+        with pytest.raises(eager_error.type) as compiled_error:
+            compiled(params, state, bad)
+        assert str(compiled_error.value) == str(eager_error.value)
+        assert compiled_error.value.__context__ is None  # no Dynamo error around it
+
+
+def test_a_step_dynamo_cannot_trace_still_fails_with_dynamos_error(mlp):
+    step = make_step(mlp.apply, adam(1e-3))
+
+    def breaking(params, state, batch):
+        torch._dynamo.graph_break()
+        return step(params, state, batch)
+
+    params = mlp.init(0)
+    with pytest.raises(torch._dynamo.exc.Unsupported):
+        compile_step(breaking)(params, adam(1e-3).init(params), batches(1, 8)[0])
+
+
 def test_compiled_step_checks_tensors_inside_dict_subclasses():
     # Dynamo names the items of a dict subclass "dict.__getitem__(args[0], ...)": their
     # guards come from the arguments too, and a float64 weight must not get the float32 graph

@@ -64,8 +64,9 @@ def compile_step(step: Step, *, mode: str | None = None, other_shapes: str = "ea
     if not guard_closures and hasattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe"):
         options["guard_filter_fn"] = argument_guards  # guard filters exist (torch >= 2.7)
     # torch.compile takes a mode or options, not both: the mode's options are merged in
-    compiled = torch.compile(own_code(step), fullgraph=True, dynamic=False, options=options or None)
     fallback = step if eager is None else eager
+    compiled = _errors_as_eager(torch.compile(own_code(step), fullgraph=True, dynamic=False,
+                                              options=options or None), fallback)
     if other_shapes == "compile":
         return compiled
     first_shape = None if batch_shape is None else _checked_batch_shape(batch_shape)
@@ -78,6 +79,23 @@ def compile_step(step: Step, *, mode: str | None = None, other_shapes: str = "ea
         return (compiled if shape == first_shape else fallback)(params, opt_state, batch)
 
     return compiled_step
+
+
+def _errors_as_eager(compiled: Step, eager: Step) -> Step:
+    """``compiled``, whose tracing, stopped by an error the step raises on its arguments (a
+    batch of another dtype, targets of another width), is reported as ``eager`` reports
+    it: the step's own one-line error, not Dynamo's thirty lines around it. The eager step
+    runs only after Dynamo failed; if it raises nothing, Dynamo's error stands."""
+
+    def step(params: Params, opt_state, batch: Batch):
+        try:
+            return compiled(params, opt_state, batch)
+        except torch._dynamo.exc.TorchDynamoException as e:
+            dynamo_error = e
+        eager(params, opt_state, batch)  # outside the handler: its error comes without Dynamo's
+        raise dynamo_error
+
+    return step
 
 
 def _checked_batch_shape(batch_shape: object) -> Tuple[int, ...]:
