@@ -590,6 +590,32 @@ def test_questions_left_when_the_time_budget_is_spent_are_not_graded(tmp_path):
     assert elapsed < 12 + 1 + START_ALLOWANCE
 
 
+def test_the_graders_own_time_between_calls_is_not_the_submissions(tmp_path, monkeypatch):
+    """A grading machine slow enough to spend more than the time limit between its calls
+    to the submission (the reference's answers, Hypothesis's examples) costs the student
+    nothing: the limit counts the submission's own time."""
+    first = QUESTIONS[0]
+    waited = []
+    real = grader.run_part
+
+    def slow_grader(part, ask):
+        if part not in first.parts:
+            return real(part, ask)
+
+        def ask_slowly(*args, **kwargs):
+            time.sleep(0.3)
+            waited.append(0.3)
+            return ask(*args, **kwargs)
+
+        return real(part, ask_slowly)
+
+    monkeypatch.setattr(grader, "run_part", slow_grader)
+    results = grade(export_solution(tmp_path / "solution.py"), timeout=2)
+    question = next(t for t in results["tests"] if t["number"] == first.number)
+    assert question["score"] == first.points, question["output"]
+    assert sum(waited) > 2  # the grader alone outlasted the question's limit
+
+
 def test_answers_are_read_only_as_stored_records_within_the_limit():
     frame = encode({"value": torch.zeros(1000)})
     assert torch.equal(decode_answer(frame[8:])["value"], torch.zeros(1000))

@@ -33,29 +33,31 @@ class Session:
 
     def __init__(self, submission: Submission, timeout: float, budget_end: float = float("inf")) -> None:
         self.submission, self.timeout, self.budget_end = submission, timeout, budget_end
-        self.deadline = 0.0
+        self.used = 0.0  # the submission's own seconds in this question (the grader's are not its)
         self.fatal: Optional[str] = None  # the import failed: nothing can be checked
         self.broken: Optional[str] = None  # this question's process died or overran
         self.answers: Dict[bytes, dict] = {}  # parts of a question often draw the same inputs
         self.note: Optional[str] = None  # why this question's Trainer was not a whole one (probe.init_notes)
 
     def begin(self) -> None:
-        self.deadline = self._deadline()
+        self.used = 0.0
         self.broken = self.note = None
         self.answers.clear()  # a question's answers may depend on state an earlier one left
         if self.fatal is None and not self.submission.running:
-            try:
-                self.submission.start(self.deadline + START_ALLOWANCE)
+            try:  # the import has its own time, not the question's
+                self.submission.start(self._deadline() + START_ALLOWANCE)
             except SubmissionFailed as e:
                 if self.out_of_time():  # cut short by the budget: not the import's fault
                     self.broken = self.budget_spent
                 else:
                     self.fatal = str(e)
-            self.deadline = self._deadline()
 
     def _deadline(self) -> float:
-        """``timeout`` from now, but not past the end of the whole grading's budget."""
-        return min(time.monotonic() + self.timeout, self.budget_end)
+        """The rest of the question's ``timeout`` of the submission's own time, from now: the
+        grader's work between calls (the reference's answers, Hypothesis drawing examples)
+        is not counted, so a slow grading machine takes no time from the student. Never past
+        the end of the whole grading's budget."""
+        return min(time.monotonic() + self.timeout - self.used, self.budget_end)
 
     def out_of_time(self) -> bool:
         return time.monotonic() >= self.budget_end
@@ -67,11 +69,14 @@ class Session:
         request = {"op": op, **inputs}
         key = hashlib.sha256(encode(request)).digest()
         if key not in self.answers:
+            called = time.monotonic()
             try:
-                self.answers[key] = self.submission.call(request, self.deadline, what)
+                self.answers[key] = self.submission.call(request, self._deadline(), what)
             except SubmissionFailed as e:
                 self.broken = self.budget_spent if self.out_of_time() else str(e)
                 raise
+            finally:
+                self.used += time.monotonic() - called
         answer = self.answers[key]
         note = answer.get("note")  # the submission's process sent it: any value, any size
         if isinstance(note, str) and note:
@@ -125,7 +130,8 @@ def grade(submission: os.PathLike, timeout: float = DEFAULT_TIMEOUT,
           budget: float = DEFAULT_BUDGET, as_user: Optional[str] = None) -> Dict[str, Any]:
     """Grade ``submission`` (a ``solution.py``); return Gradescope's results as a dict.
 
-    ``timeout`` seconds for each question, and ``budget`` for the whole grading: a
+    ``timeout`` seconds of the submission's own time for each question (the grader's work
+    between its calls not counted), and ``budget`` for the whole grading: a
     question that would start after it is spent scores 0 as not graded, so that results
     are written before the platform's own limit stops the grader (eleven questions that
     each run into their time limit would take about 11 × ``timeout``, more with restarts).
