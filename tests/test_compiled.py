@@ -161,6 +161,18 @@ def test_a_step_dynamo_cannot_trace_still_fails_with_dynamos_error(mlp):
         compile_step(breaking)(params, adam(1e-3).init(params), batches(1, 8)[0])
 
 
+def test_a_refused_recompile_is_raised_without_running_the_eager_step(mlp):
+    calls = []
+    step = make_step(mlp.apply, adam(1e-3))
+    compiled = compile_step(step, other_shapes="compile", eager=lambda *a: calls.append(a) or step(*a))
+    params = mlp.init(0)
+    state = adam(1e-3).init(params)
+    compiled(params, state, batches(1, 8)[0])
+    with torch._dynamo.config.patch(error_on_recompile=True), pytest.raises(torch._dynamo.exc.RecompileError):
+        compiled(params, state, batches(1, 4)[0])
+    assert calls == []
+
+
 def test_compiled_step_checks_tensors_inside_dict_subclasses():
     # Dynamo names the items of a dict subclass "dict.__getitem__(args[0], ...)": their
     # guards come from the arguments too, and a float64 weight must not get the float32 graph

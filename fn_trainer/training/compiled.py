@@ -85,15 +85,23 @@ def _errors_as_eager(compiled: Step, eager: Step) -> Step:
     """``compiled``, whose tracing, stopped by an error the step raises on its arguments (a
     batch of another dtype, targets of another width), is reported as ``eager`` reports
     it: the step's own one-line error, not Dynamo's thirty lines around it. The eager step
-    runs only after Dynamo failed; if it raises nothing, Dynamo's error stands."""
+    (pure, as every step is) runs only once tracing has failed, so before any compiled code
+    ran; if it raises nothing, Dynamo's error stands. Other failures (a recompile refused,
+    the backend's) are raised as they are, with no eager run."""
 
     def step(params: Params, opt_state, batch: Batch):
         try:
             return compiled(params, opt_state, batch)
-        except torch._dynamo.exc.TorchDynamoException as e:
+        except Exception as e:
+            # what tracing raises when the step raises on its arguments (Dynamo is loaded by now)
+            if not isinstance(e, (torch._dynamo.exc.Unsupported, torch._dynamo.exc.TorchRuntimeError)):
+                raise
             dynamo_error = e
-        eager(params, opt_state, batch)  # outside the handler: its error comes without Dynamo's
-        raise dynamo_error
+        try:  # outside the handler: the eager step's error comes without Dynamo's around it
+            eager(params, opt_state, batch)
+            raise dynamo_error
+        finally:
+            del dynamo_error  # its traceback holds this frame, and with it the batch
 
     return step
 
