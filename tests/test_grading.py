@@ -616,6 +616,18 @@ def test_the_graders_own_time_between_calls_is_not_the_submissions(tmp_path, mon
     assert sum(waited) > 2  # the grader alone outlasted the question's limit
 
 
+def test_a_questions_time_limit_adds_up_the_submissions_calls(tmp_path):
+    """Each call well inside the limit, together over it: the question stops at its limit."""
+    exported = export_solution(tmp_path / "exported.py").read_text()
+    submission = tmp_path / "solution.py"
+    submission.write_text(exported + "\nimport time\n_norm = gradient_norm\n"
+                          "def gradient_norm(*args):\n    time.sleep(0.7)\n    return _norm(*args)\n")
+    results = grade(submission, timeout=1)
+    question = next(t for t in results["tests"] if t["number"] == QUESTIONS[0].number)
+    assert question["score"] == 0 and "time limit reached" in question["output"], question["output"]
+    assert results["score"] >= TOTAL_POINTS - QUESTIONS[0].points - 1  # the other questions are not slowed
+
+
 def test_answers_are_read_only_as_stored_records_within_the_limit():
     frame = encode({"value": torch.zeros(1000)})
     assert torch.equal(decode_answer(frame[8:])["value"], torch.zeros(1000))

@@ -19,8 +19,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--results", type=Path, default=Path("results.json"), metavar="FILE",
                    help="where to write Gradescope's results (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
-                   help="seconds of the submission's own time for each question, and for importing "
-                        "the file (plus 20 s to start Python and torch; default: %(default)s)")
+                   help="seconds spent waiting for the submission's answers in each question (the "
+                        "grader's own work between them not counted), and for importing the file "
+                        "(plus 20 s to start Python and torch; default: %(default)s)")
     p.add_argument("--budget", type=float, default=DEFAULT_BUDGET, metavar="S",
                    help="time limit in seconds for the whole grading: questions left when it is spent score 0 "
                         "as not graded, and results.json is still written (default: %(default)s)")

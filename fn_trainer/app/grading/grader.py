@@ -33,7 +33,7 @@ class Session:
 
     def __init__(self, submission: Submission, timeout: float, budget_end: float = float("inf")) -> None:
         self.submission, self.timeout, self.budget_end = submission, timeout, budget_end
-        self.used = 0.0  # the submission's own seconds in this question (the grader's are not its)
+        self.used = 0.0  # seconds spent waiting for the submission's answers in this question
         self.fatal: Optional[str] = None  # the import failed: nothing can be checked
         self.broken: Optional[str] = None  # this question's process died or overran
         self.answers: Dict[bytes, dict] = {}  # parts of a question often draw the same inputs
@@ -53,10 +53,10 @@ class Session:
                     self.fatal = str(e)
 
     def _deadline(self) -> float:
-        """The rest of the question's ``timeout`` of the submission's own time, from now: the
-        grader's work between calls (the reference's answers, Hypothesis drawing examples)
-        is not counted, so a slow grading machine takes no time from the student. Never past
-        the end of the whole grading's budget."""
+        """The rest of the question's ``timeout``, from now: only the time spent waiting for
+        the submission's answers counts, not the grader's work between its calls (the
+        reference's answers, Hypothesis drawing examples), which a slower grading machine
+        makes longer. Never past the end of the whole grading's budget."""
         return min(time.monotonic() + self.timeout - self.used, self.budget_end)
 
     def out_of_time(self) -> bool:
@@ -130,11 +130,12 @@ def grade(submission: os.PathLike, timeout: float = DEFAULT_TIMEOUT,
           budget: float = DEFAULT_BUDGET, as_user: Optional[str] = None) -> Dict[str, Any]:
     """Grade ``submission`` (a ``solution.py``); return Gradescope's results as a dict.
 
-    ``timeout`` seconds of the submission's own time for each question (the grader's work
-    between its calls not counted), and ``budget`` for the whole grading: a
+    ``timeout`` seconds spent waiting for the submission's answers in each question (the
+    grader's own work between its calls not counted), and ``budget`` for the whole grading: a
     question that would start after it is spent scores 0 as not graded, so that results
     are written before the platform's own limit stops the grader (eleven questions that
-    each run into their time limit would take about 11 × ``timeout``, more with restarts).
+    each run into their time limit would take about 11 × ``timeout``, plus the grader's own
+    work and the restarts).
     ``allow_reference=True`` lets the submission import ``fn_trainer`` and ``compat``
     (refused to students): for grading the project's own ``compat/solution.py``.
     ``as_user``: the account the submission's processes run as (``runner.account``; the
