@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -229,6 +230,88 @@ def test_garbled_checkpoint_is_named(tmp_path, content):
     with pytest.raises(CheckpointError, match="c.pt.* cannot be read: it is not a whole file written by torch.save "
                                               r"\(truncated, or another kind of file\)$"):
         load_checkpoint(tmp_path / "c.pt")
+
+
+def _rewritten(path, compression=zipfile.ZIP_STORED):
+    """``path``'s archive written again record by record (``compression``: how)."""
+    with zipfile.ZipFile(path) as archive:
+        records = [(info, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w", compression) as archive:
+        for info, data in records:
+            archive.writestr(info.filename, data)
+
+
+def test_a_compressed_record_is_refused_before_it_is_inflated(tmp_path):
+    path = tmp_path / "c.pt"
+    run(epochs=1, checkpoint=path)
+    _rewritten(path)
+    load_checkpoint(path)  # the same records stored as they were: read as ever
+    _rewritten(path, zipfile.ZIP_DEFLATED)  # torch.load inflates these whatever they grow to
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+    with pytest.raises(CheckpointError, match="c.pt.* cannot be read: it holds a compressed record, which "
+                                              "torch.save never writes$"):
+        load_checkpoint(path)
+
+
+def test_a_record_whose_bytes_do_not_match_their_checksum_is_refused(tmp_path):
+    path = tmp_path / "c.pt"
+    first = run(epochs=1, checkpoint=path)
+    raw = bytearray(path.read_bytes())
+    weights = first.params["1.weight"].numpy().tobytes()
+    at = bytes(raw).find(weights[:64])
+    assert at > 0
+    raw[at + 3] ^= 1  # one bit of a stored weight: torch.load reads it without a word
+    path.write_bytes(bytes(raw))
+    assert not torch.equal(torch.load(path, weights_only=True)["params"]["1.weight"], first.params["1.weight"])
+    with pytest.raises(CheckpointError, match=r"c.pt.* cannot be read: its record '\S+/data/\d+' is damaged \(its "
+                                              r"bytes do not match their CRC-32\)$"):
+        run(epochs=2, checkpoint=path, resume=True)
+
+
+def _shared_lists(depth):
+    """A list holding one list twice, ``depth`` deep: a few hundred bytes, 2**depth lists to walk."""
+    nested: list = []
+    for _ in range(depth):
+        nested = [nested, nested]
+    return nested
+
+
+@pytest.mark.parametrize("where", ["last_grad_norm", "epoch", "version", "settings", "config"])
+def test_lists_shared_into_an_exponential_tree_are_refused_at_once(tmp_path, where):
+    path = tmp_path / "c.pt"
+    run(epochs=1, checkpoint=path)
+    data = load_checkpoint(path)
+    if where in ("settings", "config"):
+        data[where] = {**(data[where] or {}), "seed": _shared_lists(22)}
+    else:
+        data[where] = _shared_lists(22)
+    torch.save(data, path)  # as it is: save_checkpoint's to_plain would walk the 2**22 lists
+    assert path.stat().st_size < 100_000  # and 2**23 lists to walk
+    with pytest.raises(CheckpointError) as e:
+        run(epochs=2, checkpoint=path, resume=True)
+    assert str(e.value) == (f"checkpoint {str(path)!r} cannot be read: its lists unfold into more values than "
+                            f"its {path.stat().st_size} bytes can hold, which no file torch.save wrote does")
+
+
+def test_a_stored_tensor_that_requires_gradients_is_restored_detached(tmp_path):
+    path = tmp_path / "c.pt"
+    run(epochs=1, checkpoint=path)
+    untouched = run(epochs=2, checkpoint=tmp_path / "copy.pt", resume=False)
+    data = load_checkpoint(path)
+    data["params"] = {k: v.requires_grad_(True) for k, v in data["params"].items()}
+    torch.save(data, path)
+    resumed = run(epochs=2, checkpoint=path, resume=True)
+    assert_same_run(resumed, untouched)
+    assert not any(p.requires_grad or p.grad_fn is not None for p in resumed.params.values())
+
+
+def test_a_run_whose_config_holds_nan_resumes_from_its_own_checkpoint(tmp_path):
+    config = {"weight_decay": float("nan"), "hidden": [16]}
+    run(epochs=1, checkpoint=tmp_path / "c.pt", config=config)
+    assert_same_run(run(epochs=2, checkpoint=tmp_path / "c.pt", resume=True, config=config), run(epochs=2))
+    with pytest.raises(CheckpointError, match="different run: its config differ in weight_decay nan against this "
+                                              "run's 0.5$"):
+        run(epochs=2, checkpoint=tmp_path / "c.pt", resume=True, config={**config, "weight_decay": 0.5})
 
 
 @pytest.mark.parametrize("content,match", [

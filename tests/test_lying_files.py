@@ -78,7 +78,15 @@ EDITS = {
     "python rng holding text": (lambda d: _set(d, "rng.python.1", ["x"] * 625),
                                 "unusable random generator states: an integer is required"),
     "tensor in the settings": (lambda d: _set(d, "settings.batch_size", torch.tensor([16, 16])),
-                               "inconsistent: RuntimeError: Boolean value of Tensor"),
+                               r"different run: its settings differ in batch_size tensor\(\[16, 16\]\) against "
+                               "this run's 16$"),
+    # equal to the setting, but no number: a checkpoint's settings are plain values
+    "0-dim tensor in the settings": (lambda d: _set(d, "settings.batch_size", torch.tensor(16)),
+                                     r"its settings differ in batch_size tensor\(16\) against this run's 16$"),
+    "long text as the epoch": (lambda d: _set(d, "epoch", "x" * 100_000),
+                               "epoch must be an integer >= 0, found 'x+\\.\\.\\.x+'$"),
+    "long list as the last gradient norm": (lambda d: _set(d, "last_grad_norm", list(range(100_000))),
+                                            r"found \[0, 1, 2, 3, \.\.\.\]$"),
     "negative seconds": (lambda d: _set(d, "seconds", -2.0), "seconds must be a finite number >= 0, got -2.0"),
     "seconds as text": (lambda d: _set(d, "seconds", "10"), "seconds must be a finite number >= 0, got '10'"),
     "infinite seconds": (lambda d: _set(d, "seconds", float("inf")), "seconds must be .*, got inf"),
@@ -98,6 +106,7 @@ def test_a_hand_edited_checkpoint_is_refused_naming_the_file(edit, tmp_path):
     with pytest.raises(CheckpointError, match=match) as e:
         run(path, resume=True)
     assert str(path) in str(e.value) and "\n" not in str(e.value)
+    assert len(str(e.value)) < len(str(path)) + 300  # the value read is cut short, whatever its size
     assert torch.equal(torch.get_rng_state(), state)  # refused before any generator was changed
 
 

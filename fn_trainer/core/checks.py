@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import reprlib
 import sys
 from typing import Any
 
@@ -60,3 +61,18 @@ def described(value: Any) -> str:
     if shape is not None and dtype is not None:
         return f"shape {tuple(shape)} {dtype}"
     return type(value).__name__
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict = 2, 4, 4, 4
+_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 60
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut short, for an error message about a value read from a file, which
+    may be of any size: at most 4 items of a list or dict, 2 levels deep, 60 characters
+    of a string or number."""
+    try:
+        return _SHORT.repr(value)
+    except Exception:  # an int of more digits than Python prints, a repr that fails
+        return f"a value of type {type(value).__name__}"

@@ -3,15 +3,17 @@
 A checkpoint is a ``dict`` of tensors and plain Python values (``dict``, ``list``,
 ``tuple``, ``str``, ``int``, ``float``, ``bool``, ``None``) written with ``torch.save``
 and read back with ``torch.load(..., weights_only=True)``, whose unpickler refuses any
-other object: a file cannot make the loader import or call anything.
+other object: a file cannot make the loader import or call anything. What that loader
+trusts (compressed or damaged records, lists shared into exponential trees) is checked
+around it (:mod:`fn_trainer.core.archives`).
 """
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 import random
-import zipfile
 from pathlib import Path
 from typing import Any, Dict, Mapping
 
@@ -19,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..core.archives import archive_problem, check_tree_size
+from ..core.checks import shown
 from ..core.paths import NotAFileError, PathLike, read_regular_file, write_atomically
 
 FORMAT = "fn-trainer-checkpoint"
@@ -68,8 +72,9 @@ def restore_like(template: Any, data: Any, name: str = "value") -> Any:
     """Rebuild ``template``'s structure (NamedTuples, dicts, tuples) from ``to_plain`` output.
 
     Every tensor in ``data`` must match the template's tensor in shape and dtype; it is
-    moved to the template tensor's device. Raises ``CheckpointError`` naming the first
-    mismatch.
+    moved to the template tensor's device, detached (a hand-edited tensor that requires
+    gradients would chain every later step's graph to it). Raises ``CheckpointError``
+    naming the first mismatch.
     """
     if isinstance(template, Tensor):
         if not isinstance(data, Tensor):
@@ -79,7 +84,7 @@ def restore_like(template: Any, data: Any, name: str = "value") -> Any:
                 f"{name}: expected shape {tuple(template.shape)} {template.dtype}, found "
                 f"{tuple(data.shape)} {data.dtype}"
             )
-        return data.to(template.device)
+        return data.detach().to(template.device)
     if isinstance(template, tuple) and hasattr(template, "_fields"):
         fields = _same_keys(template._fields, data, name)
         return type(template)(**{f: restore_like(getattr(template, f), data[f], f"{name}.{f}")
@@ -93,6 +98,24 @@ def restore_like(template: Any, data: Any, name: str = "value") -> Any:
         items = [restore_like(t, d, f"{name}[{i}]") for i, (t, d) in enumerate(zip(template, data))]
         return type(template)(items)
     return data
+
+
+def plain_equal(found: Any, expected: Any) -> bool:
+    """Whether ``found``, read from a checkpoint, is the plain tree ``expected`` (``to_plain``
+    output): ``==`` on dicts, lists and scalars, except that NaN equals NaN (a run's
+    ``config`` may hold one, and its own checkpoint must match it) and that a tensor, or any
+    other object, equals nothing. The walk follows ``expected``, this run's own value."""
+    if isinstance(expected, Mapping):
+        return (isinstance(found, Mapping) and found.keys() == expected.keys()
+                and all(plain_equal(found[k], expected[k]) for k in expected))
+    if isinstance(expected, (list, tuple)):
+        return (isinstance(found, (list, tuple)) and len(found) == len(expected)
+                and all(plain_equal(f, e) for f, e in zip(found, expected)))
+    if not isinstance(found, PLAIN_SCALARS):
+        return False
+    if isinstance(found, float) and isinstance(expected, float) and math.isnan(found) and math.isnan(expected):
+        return True
+    return found == expected
 
 
 def _same_keys(expected, data: Any, name: str):
@@ -120,16 +143,18 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
 
     Uses ``torch.load(path, weights_only=True)``: a file holding any other Python
     object (a pickle that would run code) is refused with ``CheckpointError`` before
-    anything in it is executed. Missing, truncated or foreign files also raise
-    ``CheckpointError`` naming ``path``.
+    anything in it is executed. Missing, truncated, damaged or foreign files also raise
+    ``CheckpointError`` naming ``path``, as do archives that ``torch.save`` does not
+    write (a compressed record, lists that unfold into more values than the file has
+    bytes): :mod:`fn_trainer.core.archives`.
     """
     path = Path(path)
     try:
         # Read first, as a regular file: torch.load on a FIFO would wait forever.
         raw = read_regular_file(path)
-        if not zipfile.is_zipfile(io.BytesIO(raw)):  # every torch.save since torch 1.6: a zip archive
-            raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: it is not a whole file written by "
-                                  "torch.save (truncated, or another kind of file)")
+        problem = archive_problem(raw)  # every torch.save since torch 1.6 writes a zip archive
+        if problem is not None:
+            raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {problem}")
         data = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except CheckpointError:
         raise
@@ -149,11 +174,17 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
             f"checkpoint {str(path)!r} cannot be read (truncated or not a checkpoint): "
             f"{_first_line(e)}"
         ) from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    try:
+        check_tree_size(data, len(raw), "a checkpoint")
+    except ValueError:
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: its lists unfold into more values than "
+                              f"its {len(raw)} bytes can hold, which no file torch.save wrote does") from None
+    if not isinstance(data, dict) or not isinstance(data.get("format"), str) or data["format"] != FORMAT:
         raise CheckpointError(f"checkpoint {str(path)!r} is not an fn-trainer checkpoint")
-    if data.get("version") not in READABLE_VERSIONS:
+    version = data.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version not in READABLE_VERSIONS:
         raise CheckpointError(
-            f"checkpoint {str(path)!r} has format version {data.get('version')!r}; this "
+            f"checkpoint {str(path)!r} has format version {shown(version)}; this "
             f"fn-trainer reads versions {', '.join(map(str, READABLE_VERSIONS))}"
         )
     return data

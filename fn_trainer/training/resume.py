@@ -16,13 +16,14 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..core.checks import is_finite_number
+from ..core.checks import is_finite_number, shown
 from ..core.paths import PathLike, ensure_writable_dir, unreplaceable_kind
 from ..core.trees import tree_finite
 from ..core.types import Params
 from .checkpoint import (
     CheckpointError,
     load_checkpoint,
+    plain_equal,
     restore_like,
     rng_states,
     save_checkpoint,
@@ -95,7 +96,7 @@ def _checked_progress(path: Path, data: Dict[str, Any], params: Params, opt_stat
         found = data.get(what)
         if what == "settings" and isinstance(found, dict):
             expected = {k: v for k, v in expected.items() if SETTINGS_SINCE.get(k, 1) <= data["version"]}
-        if found != expected:
+        if not plain_equal(found, expected):
             raise CheckpointError(f"checkpoint {str(path)!r} belongs to a different run: {_difference(what, found, expected)}")
     try:
         epoch, batch, logs = data["epoch"], data["batch"], data["logs"]
@@ -123,7 +124,7 @@ def _checked_progress(path: Path, data: Dict[str, Any], params: Params, opt_stat
             problem = f"member {k}: {problem}"
     seconds = data.get("seconds", 0.0)
     if problem is None and not (is_finite_number(seconds) and seconds >= 0):
-        problem = f"seconds must be a finite number >= 0, got {seconds!r}"
+        problem = f"seconds must be a finite number >= 0, got {shown(seconds)}"
     if problem is not None:
         raise CheckpointError(f"checkpoint {str(path)!r} is inconsistent: {problem}")
     if epoch > epochs or (epoch == epochs and batch > 0):
@@ -150,13 +151,13 @@ def _difference(what: str, found: Any, expected: Any, width: int = 200) -> str:
     """How a checkpoint's ``found`` settings (or config) differ from this run's ``expected``,
     on one line: the differing keys of two dicts, with both values where they are short."""
     def short(value: Any) -> Optional[str]:
-        text = repr(value)
+        text = shown(value)
         return text if len(text) <= width and "\n" not in text else None
 
     if isinstance(found, dict) and isinstance(expected, dict):
         keys = sorted(set(found) | set(expected), key=str)
         parts = []
-        for key in (k for k in keys if found.get(k, _MISSING) != expected.get(k, _MISSING)):
+        for key in (k for k in keys if not plain_equal(found.get(k, _MISSING), expected.get(k, _MISSING))):
             theirs, mine = (short(d[key]) if key in d else "none" for d in (found, expected))
             parts.append(f"{key} {theirs} against this run's {mine}" if theirs and mine else f"{key}")
         return f"its {what} differ in " + "; ".join(parts)
@@ -215,8 +216,8 @@ def _members_problem(epoch: Any, batch: Any, logs: Any, last: Any, n_batches: in
             problem = position_problem(ran, 0, member_logs, None, n_batches)
             # it stopped in epoch ran + 1: one the population has begun (at a boundary: completed)
             if problem is None and (not isinstance(epoch, int) or ran > epoch or (ran == epoch and batch == 0)):
-                problem = (f"it stopped in epoch {ran + 1}, which the population, at epoch {epoch!r} step "
-                           f"{batch!r}, has not begun")
+                problem = (f"it stopped in epoch {ran + 1}, which the population, at epoch {shown(epoch)} step "
+                           f"{shown(batch)}, has not begun")
         else:
             problem = position_problem(epoch, batch, member_logs, None if last is None else last[k], n_batches)
         if problem is not None:
@@ -238,9 +239,9 @@ def position_problem(epoch: Any, batch: Any, logs: Any, last: Any, n_batches: in
         return isinstance(v, (int, float)) and is_finite_number(v)
 
     if not is_int(epoch) or epoch < 0:
-        return f"epoch must be an integer >= 0, found {epoch!r}"
+        return f"epoch must be an integer >= 0, found {shown(epoch)}"
     if not is_int(batch) or not 0 <= batch <= n_batches:
-        return f"step within the epoch must be an integer in [0, {n_batches}], found {batch!r}"
+        return f"step within the epoch must be an integer in [0, {n_batches}], found {shown(batch)}"
     if not isinstance(logs, dict) or set(logs) != set(LOG_KEYS):
         found = sorted(logs) if isinstance(logs, dict) else type(logs).__name__
         return f"logs must have the keys {sorted(LOG_KEYS)}, found {found}"
@@ -257,7 +258,7 @@ def position_problem(epoch: Any, batch: Any, logs: Any, last: Any, n_batches: in
     if batch > 0 and last is None:  # the epoch's log takes the last completed minibatch's norm
         return f"last_grad_norm must be a number after step {batch} of the epoch, found None"
     if last is not None and not (is_number(last) and last >= 0):
-        return f"last_grad_norm must be a finite number >= 0 or None, found {last!r}"
+        return f"last_grad_norm must be a finite number >= 0 or None, found {shown(last)}"
     return None
 
 

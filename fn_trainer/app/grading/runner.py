@@ -29,13 +29,13 @@ import sys
 import tempfile
 import threading
 import time
-import zipfile
 from glob import glob
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional
 
 import torch
 
+from ...core.archives import archive_problem, check_tree_size
 from . import probe
 from .limits import (
     ANSWER_LIMIT,
@@ -208,34 +208,17 @@ def _hand_over(folder: str, owner: Account) -> None:
 
 def decode_answer(data: bytes, limit: int = ANSWER_LIMIT) -> Any:
     """``torch.load`` of an answer's bytes, refused unless each zip record is stored
-    uncompressed and the records add up to at most ``limit`` bytes: a deflated record
-    expands ~1000x, past the frame-size check, into the grader's memory."""
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        records = archive.infolist()
-    if any(r.compress_type != zipfile.ZIP_STORED for r in records):
-        raise ValueError("a compressed record")
-    if sum(r.file_size for r in records) > limit:
-        raise ValueError(f"records over {limit} bytes in all")
+    uncompressed and undamaged and the records add up to at most ``limit`` bytes (a
+    deflated record expands ~1000x, past the frame-size check, into the grader's
+    memory), and unless the answer unfolds into at most ``ANSWER_NODES`` values (a few
+    bytes of a list holding itself twice, nested 30 deep, would print as 2**30 of them
+    in the grader): :mod:`fn_trainer.core.archives`."""
+    problem = archive_problem(data, limit)
+    if problem is not None:
+        raise ValueError(problem)
     answer = torch.load(io.BytesIO(data), weights_only=True)
-    _check_tree_size(answer)
+    check_tree_size(answer, ANSWER_NODES, "an answer")
     return answer
-
-
-def _check_tree_size(answer: Any, limit: int = ANSWER_NODES) -> None:
-    """Raise ``ValueError`` when ``answer`` unfolds into more than ``limit`` lists, tuples,
-    dicts and values, counting an object each time it is reached: a few bytes of a list
-    holding itself twice, nested 30 deep, would print as 2**30 of them in the grader."""
-    pending, seen = [answer], 0
-    while pending:
-        item = pending.pop()
-        seen += 1
-        if seen > limit:
-            raise ValueError(f"an answer of over {limit} nested values")
-        if isinstance(item, dict):
-            pending.extend(item.keys())
-            pending.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            pending.extend(item)
 
 
 def _signal_name(status: int) -> str:
