@@ -289,8 +289,28 @@ def test_lists_shared_into_an_exponential_tree_are_refused_at_once(tmp_path, whe
     assert path.stat().st_size < 100_000  # and 2**23 lists to walk
     with pytest.raises(CheckpointError) as e:
         run(epochs=2, checkpoint=path, resume=True)
-    assert str(e.value) == (f"checkpoint {str(path)!r} cannot be read: its lists unfold into more values than "
-                            f"its {path.stat().st_size} bytes can hold, which no file torch.save wrote does")
+    assert str(e.value) == (f"checkpoint {str(path)!r} cannot be read: it holds a tree of over "
+                            f"{path.stat().st_size} nested values, which torch.save never writes (lists shared or "
+                            "nested by hand)")
+
+
+def test_lists_nested_past_what_a_recursive_walk_takes_are_refused(tmp_path):
+    path = tmp_path / "c.pt"
+    run(epochs=1, checkpoint=path)
+    data = load_checkpoint(path)
+    deep: list = []
+    for _ in range(5000):  # few values, but repr or == of it overflows the stack
+        deep = [deep]
+    data["epoch"] = deep
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)  # pickling it recurses
+    try:
+        torch.save(data, path)
+    finally:
+        sys.setrecursionlimit(limit)
+    with pytest.raises(CheckpointError, match=r"c.pt' cannot be read: it holds a tree of lists or dicts nested "
+                                              "over 64 deep, which torch.save never writes"):
+        run(epochs=2, checkpoint=path, resume=True)
 
 
 def test_a_stored_tensor_that_requires_gradients_is_restored_detached(tmp_path):

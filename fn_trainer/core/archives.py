@@ -44,19 +44,25 @@ def archive_problem(raw: bytes, limit: Optional[int] = None) -> Optional[str]:
     return None
 
 
+MAX_DEPTH = 64  # lists within lists: a file of ours nests a few deep; a recursive walk of ~1000 overflows
+
+
 def check_tree_size(tree: Any, limit: int, what: str) -> None:
     """Raise ``ValueError`` when ``tree`` unfolds into more than ``limit`` lists, tuples,
-    dicts and values, counting an object each time it is reached (``what``: the message's
-    subject). A tree that ``torch.save`` wrote without shared lists holds no more values
-    than the bytes of its pickle, each value taking one byte or more."""
-    pending, seen = [tree], 0
+    dicts and values, counting an object each time it is reached, or nests them more than
+    ``MAX_DEPTH`` deep, past which ``repr`` or ``==`` of it overflows the stack (``what``:
+    the message's subject). A tree that ``torch.save`` wrote without shared lists holds
+    no more values than the bytes of its pickle, each value taking one byte or more."""
+    pending, seen = [(tree, 0)], 0
     while pending:
-        item = pending.pop()
+        item, depth = pending.pop()
         seen += 1
         if seen > limit:
             raise ValueError(f"{what} of over {limit} nested values")
+        if isinstance(item, (dict, list, tuple)) and depth >= MAX_DEPTH:
+            raise ValueError(f"{what} of lists or dicts nested over {MAX_DEPTH} deep")
         if isinstance(item, dict):
-            pending.extend(item.keys())
-            pending.extend(item.values())
+            pending.extend((k, depth + 1) for k in item.keys())
+            pending.extend((v, depth + 1) for v in item.values())
         elif isinstance(item, (list, tuple)):
-            pending.extend(item)
+            pending.extend((v, depth + 1) for v in item)

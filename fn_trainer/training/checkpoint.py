@@ -146,7 +146,7 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
     anything in it is executed. Missing, truncated, damaged or foreign files also raise
     ``CheckpointError`` naming ``path``, as do archives that ``torch.save`` does not
     write (a compressed record, lists that unfold into more values than the file has
-    bytes): :mod:`fn_trainer.core.archives`.
+    bytes or nest deeper than ``MAX_DEPTH``): :mod:`fn_trainer.core.archives`.
     """
     path = Path(path)
     try:
@@ -175,10 +175,10 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
             f"{_first_line(e)}"
         ) from None
     try:
-        check_tree_size(data, len(raw), "a checkpoint")
-    except ValueError:
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: its lists unfold into more values than "
-                              f"its {len(raw)} bytes can hold, which no file torch.save wrote does") from None
+        check_tree_size(data, len(raw), "a tree")  # a value takes a byte or more of a pickle
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: it holds {e}, which torch.save never "
+                              "writes (lists shared or nested by hand)") from None
     if not isinstance(data, dict) or not isinstance(data.get("format"), str) or data["format"] != FORMAT:
         raise CheckpointError(f"checkpoint {str(path)!r} is not an fn-trainer checkpoint")
     version = data.get("version")

@@ -337,7 +337,9 @@ class Submission:
             answer = decode_answer(data)
         except Exception:
             answer = None
-        if not isinstance(answer, dict) or not ({"value", "error"} & set(answer)):
+        # an error is the probe's one line: anything else in its place is forged
+        if (not isinstance(answer, dict) or not ({"value", "error"} & set(answer))
+                or not isinstance(answer.get("error", ""), str)):
             self.stop()
             raise SubmissionFailed(f"the submission's process sent something unreadable while {what}")
         return answer
