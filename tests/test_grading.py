@@ -336,6 +336,10 @@ VARIANTS = {
     "jacobian_norm with torch.autograd.functional.jacobian": [(
         "    return float(functional_jacobian_norm(function, input_tensor).detach())",
         "    return float(torch.linalg.vector_norm(torch.autograd.functional.jacobian(function, input_tensor)))")],
+    # NumPy 2's float() refuses a shape-(1,) array; a one-element tensor of that shape is taken too
+    "jacobian_norm returning a one-element NumPy array": [(
+        "    return float(functional_jacobian_norm(function, input_tensor).detach())",
+        "    return functional_jacobian_norm(function, input_tensor).detach().reshape(1).numpy()")],
 }
 
 
@@ -344,6 +348,18 @@ VARIANTS = {
 def test_correct_answers_written_otherwise_keep_every_point(variant, tmp_path, monkeypatch):
     results = grade_in_process(VARIANTS[variant], tmp_path, monkeypatch)
     assert results["score"] == 35, lost(results)
+
+
+def test_an_exception_whose_message_cannot_be_printed_is_named_in_its_question_only(tmp_path, monkeypatch):
+    results = grade_in_process([(
+        "        return one_hot_labels(y, self.n_classes)",
+        "        class Unprintable(Exception):\n"
+        "            def __str__(self):\n"
+        "                raise RuntimeError('no message')\n"
+        "        raise Unprintable()")], tmp_path, monkeypatch)
+    lost_points = lost(results)
+    assert set(lost_points) == {"7"}
+    assert "raised Unprintable: (its message could not be printed) (solution.py line" in lost_points["7"]
 
 
 LOSS_LINE = "        return self._loss(probs, targets), float(accuracy(probs, targets))"
@@ -651,6 +667,28 @@ FORGER = ("import json, os, torch\n"
           "for folder in ('.', '..', os.environ.get('HOME', '.')):\n"
           "    try:\n        open(os.path.join(folder, 'results.json'), 'w').write(json.dumps(forged))\n"
           "    except OSError:\n        pass\n")
+
+
+# Written straight to the answer pipe when imported, ahead of the probe's own answer.
+FORGED_ANSWER = ("import io, os, struct, sys, torch\n"
+                 "sys.setrecursionlimit(20000)\n"
+                 "ERROR\n"
+                 "buffer = io.BytesIO()\n"
+                 "torch.save({'error': error}, buffer)\n"
+                 "os.write(int(sys.argv[3]), struct.pack('>Q', buffer.tell()) + buffer.getvalue())\n")
+
+
+@pytest.mark.parametrize("error", [
+    "error = []\nfor _ in range(3000):\n    error = [error]",  # str() of it overflows the stack
+    "error = 5",
+])
+def test_a_forged_import_answer_scores_zero_with_the_reason(error, tmp_path):
+    submission = tmp_path / "solution.py"
+    submission.write_text(FORGED_ANSWER.replace("ERROR", error))
+    results = grade(submission, timeout=10)
+    assert_gradescope_format(results)
+    assert results["score"] == 0
+    assert "the submission's process sent something unreadable while importing solution.py" in results["output"]
 
 
 def test_results_go_only_where_the_grader_writes_them(tmp_path, monkeypatch):

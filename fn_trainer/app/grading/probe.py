@@ -100,14 +100,19 @@ def read_frame(stream, limit: int) -> Optional[Any]:
 
 
 def number(value: Any, what: str) -> float:
-    """``value`` as a float: a Python number or a one-element tensor/array."""
+    """``value`` as a float: a Python number or a one-element tensor/array (of any shape,
+    as ``float`` of a tensor takes it; NumPy 2 refuses ``float`` of a shape-``(1,)`` array)."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise TypeError(f"{what} returned a tensor of shape {tuple(value.shape)}, expected one number")
         return float(value.detach())
+    size, shape = getattr(value, "size", None), getattr(value, "shape", None)
+    if isinstance(size, int) and isinstance(shape, tuple):  # a NumPy array or scalar
+        if size != 1:
+            raise TypeError(f"{what} returned an array of shape {shape}, expected one number")
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        return float(value.reshape(()) if size == 1 and shape else value)
+    except (AttributeError, TypeError, ValueError):
         raise TypeError(f"{what} returned {type(value).__name__}, expected a number") from None
 
 
@@ -140,7 +145,10 @@ def describe_error(e: BaseException) -> str:
         if os.path.basename(frame.filename) == "solution.py":
             where = f" (solution.py line {frame.lineno}: {(frame.line or '').strip()[:200]})"
             break
-    message = " ".join(str(e).split())[:300]
+    try:
+        message = " ".join(str(e).split())[:300]
+    except Exception:  # the submission's own exception class, whose __str__ fails too
+        message = "(its message could not be printed)"
     return f"{type(e).__name__}: {message}{where}" if message else f"{type(e).__name__}{where}"
 
 
