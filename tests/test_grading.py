@@ -606,6 +606,19 @@ def test_questions_left_when_the_time_budget_is_spent_are_not_graded(tmp_path):
     assert elapsed < 12 + 1 + START_ALLOWANCE
 
 
+def test_an_import_that_never_ends_is_named_and_stopped_within_the_budget(tmp_path):
+    submission = tmp_path / "solution.py"
+    submission.write_text("import time\ntime.sleep(1000)\n")
+    start = time.monotonic()
+    results = grade(submission, timeout=3, budget=6)  # the import's allowance would reach past the budget
+    elapsed = time.monotonic() - start
+    assert_gradescope_format(results)
+    assert results["score"] == 0
+    for test in results["tests"]:
+        assert "time limit reached while importing solution.py" in test["output"], test["output"]
+    assert elapsed < 6 + 5  # stopping the process and writing the results: a few seconds at most
+
+
 def test_the_graders_own_time_between_calls_is_not_the_submissions(tmp_path, monkeypatch):
     """A grading machine slow enough to spend more than the time limit between its calls
     to the submission (the reference's answers, Hypothesis's examples) costs the student

@@ -38,16 +38,20 @@ class Session:
         self.broken: Optional[str] = None  # this question's process died or overran
         self.answers: Dict[bytes, dict] = {}  # parts of a question often draw the same inputs
         self.note: Optional[str] = None  # why this question's Trainer was not a whole one (probe.init_notes)
+        self.started = False  # whether the submission's process was ever started
 
     def begin(self) -> None:
         self.used = 0.0
         self.broken = self.note = None
         self.answers.clear()  # a question's answers may depend on state an earlier one left
         if self.fatal is None and not self.submission.running:
-            try:  # the import has its own time, not the question's
-                self.submission.start(self._deadline() + START_ALLOWANCE)
+            first, self.started = not self.started, True
+            try:  # the import has its own time, not the question's, within the budget
+                self.submission.start(min(self._deadline() + START_ALLOWANCE, self.budget_end))
             except SubmissionFailed as e:
-                if self.out_of_time():  # cut short by the budget: not the import's fault
+                # a restart cut short by the budget is not the import's fault; the first
+                # import's is: no question has spent the budget before it
+                if self.out_of_time() and not first:
                     self.broken = self.budget_spent
                 else:
                     self.fatal = str(e)
@@ -153,8 +157,9 @@ def grade(submission: os.PathLike, timeout: float = DEFAULT_TIMEOUT,
     try:
         with hypothesis_storage_elsewhere():
             tests = [grade_interface(session)]
-            for q in QUESTIONS:
-                tests.append(not_graded(q, budget) if session.out_of_time() else grade_question(q, session))
+            for q in QUESTIONS:  # a failed import is every question's reason, the budget's end or not
+                spent = session.out_of_time() and not session.fatal
+                tests.append(not_graded(q, budget) if spent else grade_question(q, session))
     finally:
         process.stop()
     notes = []
