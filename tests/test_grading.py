@@ -170,7 +170,7 @@ MUTANTS = {
     "no clipping": ("8", [(
         "return self._loss(probs, targets), float(accuracy(probs, targets))",
         "return cross_entropy(probs, targets, eps=0.0), float(accuracy(probs, targets))")]),
-    # training_step calls compute_gradient_norm: the grader lends it question 9's answer there
+    # training_step returns compute_gradient_norm's answer, which question 10 takes as the submission's own
     "the norm of the parameters instead of their gradients": ("9", [(
         "grads = [p.grad for p in network.parameters() if p.grad is not None]",
         "grads = [p.detach() for p in network.parameters() if p.grad is not None]")]),
@@ -702,6 +702,20 @@ def test_a_forged_import_answer_scores_zero_with_the_reason(error, tmp_path):
     assert_gradescope_format(results)
     assert results["score"] == 0
     assert "the submission's process sent something unreadable while importing solution.py" in results["output"]
+
+
+def test_no_answer_of_the_graders_is_in_the_submissions_process(tmp_path):
+    """A submission can reach anything in its own process: a compute_gradient_norm that
+    takes the one the probe (``__main__``) once lent training_step finds none there."""
+    source = export_solution(tmp_path / "exported.py").read_text()
+    submission = tmp_path / "solution.py"
+    submission.write_text(mutate(source, [(
+        "        return float(global_norm(grads))\n",
+        "        import __main__\n"
+        "        return __main__.reference_gradient_norm(network)\n")]))
+    results = grade(submission)
+    assert lost(results).keys() == {"9", "10"}  # training_step's norm comes from it too
+    assert "AttributeError: module '__main__' has no attribute 'reference_gradient_norm'" in lost(results)["9"]
 
 
 def test_results_go_only_where_the_grader_writes_them(tmp_path, monkeypatch):

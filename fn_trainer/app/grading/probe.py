@@ -412,21 +412,38 @@ def op_network_gradient_norm(solution, request):
     return number(solution.Trainer.compute_gradient_norm(net), "compute_gradient_norm")
 
 
-def reference_gradient_norm(network: nn.Module) -> float:
-    """``||grad||_2`` of ``network``'s ``.grad`` buffers together: question 9's answer,
-    lent to the questions that build on it, so that a wrong ``compute_gradient_norm``
-    costs points in question 9 only."""
-    return float(torch.sqrt(sum(p.grad.detach().square().sum() for p in network.parameters() if p.grad is not None)))
-
-
 def op_training_step(solution, request):
+    """Each call's returned norm, parameters and ``.grad`` buffers, and ``own_norm``: the
+    submission's ``compute_gradient_norm`` of those buffers, so that a ``training_step``
+    built on a wrong one can be told from a wrong ``training_step`` (question 9 then
+    costs the points, not question 10) with no reference code in this process."""
     trainer = trainer_of(solution, request)
-    trainer.compute_gradient_norm = reference_gradient_norm  # shadows the submission's, for this trainer only
     steps = []
     for X, Y in request["batches"]:
+        before = state_of(trainer.network)
         norm = number(trainer.training_step(X, Y), "training_step")
-        steps.append({"norm": norm, "params": state_of(trainer.network), "grads": grads_of(trainer.network)})
+        after = state_of(trainer.network)
+        own = attempt(lambda: own_gradient_norm(trainer, before))
+        steps.append({"norm": norm, "own_norm": own.get("value"), "params": after,
+                      "grads": grads_of(trainer.network)})
     return steps
+
+
+def own_gradient_norm(trainer, before: Dict[str, torch.Tensor]) -> float:
+    """The submission's ``compute_gradient_norm`` of its network as a ``training_step`` sees
+    it before the update: the parameters ``before`` the step (a wrong norm may read them),
+    the ``.grad`` buffers the step left. The parameters are put back as they were after."""
+    params = dict(trainer.network.named_parameters())
+    after = {k: p.detach().clone() for k, p in params.items()}
+    with torch.no_grad():
+        for k, p in params.items():
+            p.copy_(before[k])
+    try:
+        return number(trainer.compute_gradient_norm(trainer.network), "compute_gradient_norm")
+    finally:
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(after[k])
 
 
 def op_evaluate(solution, request):
