@@ -351,6 +351,10 @@ def test_diverged_runs_are_reported_as_such(small_data_root, tmp_path, capsys):
     (["cnn", "--lr", "0"], "--lr"),
     (["cnn", "--lr", "nan"], "--lr"),
     (["lr-sweep", "--lrs", "0.1", "inf"], "--lrs"),
+    # float32's range: a run of them would fail only when it starts, after the runs before it
+    (["all", "--lr", "1e-50"],
+     "--lr must be a normal number in torch.float32, the parameters' dtype (1.18e-38 to 3.4e+38), got 1e-50"),
+    (["lr-sweep", "--sequential", "--lrs", "0.001", "1e39"], "--lrs must be a normal number in torch.float32"),
     (["lr-sweep", "--lrs", "0.01", "0.1", "1e-2"], "--lrs must name each learning rate once, got 0.01 more than once"),
     (["lr-sweep", "--lrs", "0.001", "0.0010000001"],
      "--lrs 0.001 and 0.0010000001 are both written 0.001 in run names and the report"),

@@ -16,7 +16,10 @@ import sys
 from pathlib import Path
 from typing import ContextManager, Dict, List, Optional, Sequence
 
+import torch
+
 from ..core.checks import SEED_LIMIT, check_positive_float, check_positive_int, check_seed
+from ..core.optim import check_fits_dtype
 from ..training.distributed import WAIT_LIMIT_S
 from . import PROG
 from .experiments import EXPERIMENTS, Experiment
@@ -175,11 +178,13 @@ def validate(args: argparse.Namespace) -> None:
                                    ("--batch-size", getattr(args, "batch_size", None), 1)):
         if value is not None:  # None: not given (all samples, the experiment's batch size) or not offered here
             check_positive_int(option, value, minimum=minimum)
+    # the command's networks are float32 (Network.init's default): a learning rate outside
+    # its normal range would fail only when its run starts, after the runs before it
     if hasattr(args, "lr"):
-        check_positive_float("--lr", args.lr)
+        check_fits_dtype("--lr", check_positive_float("--lr", args.lr), torch.float32)
     lrs = getattr(args, "lrs", ())
     for lr in lrs:
-        check_positive_float("--lrs", lr)
+        check_fits_dtype("--lrs", check_positive_float("--lrs", lr), torch.float32)
     repeated = sorted({lr for lr in lrs if lrs.count(lr) > 1})
     if repeated:  # one configuration twice would count its runs as twice the seeds
         raise ValueError(f"--lrs must name each learning rate once, got {_listing([fmt_lr(lr) for lr in repeated])} "

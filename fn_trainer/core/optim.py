@@ -145,11 +145,17 @@ def check_hyperparameters_fit(lr: float, eps: float, dtype: torch.dtype, prefix:
     computes with them in that dtype, where a learning rate of 1e39 is infinite in float32
     and an eps of 1e-46 is 0 (a subnormal one too, with subnormals flushed); the update that
     follows would read as the run's divergence."""
+    check_fits_dtype(f"{prefix}lr", lr, dtype, zero_ok=True)
+    check_fits_dtype(f"{prefix}eps", eps, dtype)
+
+
+def check_fits_dtype(name: str, value: float, dtype: torch.dtype, *, zero_ok: bool = False) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is a normal finite number in
+    ``dtype`` (or 0 if ``zero_ok``): see :func:`check_hyperparameters_fit`."""
     info = torch.finfo(dtype)
-    for name, value, zero_ok in (("lr", lr, True), ("eps", eps, False)):
-        if not ((zero_ok and value == 0) or info.tiny <= value <= info.max):
-            raise ValueError(f"{prefix}{name} must be a normal number in {dtype}, the parameters' dtype "
-                             f"({info.tiny:.3g} to {info.max:.3g}{' or 0' if zero_ok else ''}), got {value!r}")
+    if not ((zero_ok and value == 0) or info.tiny <= value <= info.max):
+        raise ValueError(f"{name} must be a normal number in {dtype}, the parameters' dtype "
+                         f"({info.tiny:.3g} to {info.max:.3g}{' or 0' if zero_ok else ''}), got {value!r}")
 
 
 def scheduled_lr(state: AdamState, lr: Union[float, Tensor]) -> AdamState:
