@@ -392,11 +392,13 @@ def test_a_command_deletes_the_stale_temporaries_of_killed_writers_among_the_run
     runs.mkdir(parents=True)
     stale, young = runs / ".a.checkpoint.pt.0123456789ab.tmp", runs / ".b.json.ba9876543210.tmp"
     other = runs / ".notes.tmp"  # not a name write_atomically gives
+    folder = runs / ".c.json.00112233aabb.tmp"  # such a name, but no file write_atomically left
     for file in (stale, young, other):
         file.write_bytes(b"x" * 100)
+    folder.mkdir()
     age = time.time() - STALE_TEMPORARY_S - 1
-    for file in (stale, other):
+    for file in (stale, other, folder):
         os.utime(file, (age, age))
     assert cli.main(["equivariance", "--data", str(fake_data_root), "--out", str(tmp_path / "out"),
                      "--limit", "16"]) == 0
-    assert sorted(runs.iterdir()) == sorted([young, other])
+    assert sorted(runs.iterdir()) == sorted([young, other, folder])

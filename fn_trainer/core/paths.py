@@ -226,7 +226,9 @@ def _discard_stale(files: List[Path]) -> None:
     now = time.time()
     for file in files:
         try:
-            if now - file.lstat().st_mtime > STALE_TEMPORARY_S:
+            status = file.lstat()
+            # write_atomically leaves files; a folder or FIFO of such a name is someone else's
+            if stat.S_ISREG(status.st_mode) and now - status.st_mtime > STALE_TEMPORARY_S:
                 file.unlink()
         except FileNotFoundError:  # renamed or removed by its writer meanwhile
             pass
