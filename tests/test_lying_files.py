@@ -259,6 +259,7 @@ LYING_RECORDS = {
     "negative wall time": (_put("wall_time_s", -5), "wall_time_s is -5"),
     "NaN wall time": (_put("wall_time_s", float("nan")), "wall_time_s is nan"),
     "negative n_params": (_put("n_params", -1), "n_params is -1"),
+    "n_params beyond the float range": (_put("n_params", 10**400), "expected an integer >= 0 within the float range"),
     "zero batch size": (_put("spec.batch_size", 0), "batch_size is 0"),
     "negative lr": (_put("spec.lr", -0.1), "lr is -0.1"),
     # ints beyond the float range, which math.isfinite cannot take

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Optional
 
-from ...core.checks import is_finite_number
+from ...core.checks import is_finite_number, shown
 from ...core.config import NetworkConfiguration
 from ...training.loop import LOG_KEYS
 
@@ -67,11 +67,12 @@ def _range_problem(spec: Dict[str, Any], data: Dict[str, Any]) -> Optional[str]:
     checks = (("spec's lr", spec["lr"], lambda v: is_finite_number(v) and v > 0, "a finite number > 0"),
               ("spec's batch_size", spec["batch_size"], lambda v: v >= 1, "an integer >= 1"),
               ("spec's epochs", spec["epochs"], lambda v: v >= 0, "an integer >= 0"),
-              ("n_params", data["n_params"], lambda v: v >= 0, "an integer >= 0"),
+              ("n_params", data["n_params"], lambda v: is_finite_number(v) and v >= 0,
+               "an integer >= 0 within the float range"),
               ("wall_time_s", data["wall_time_s"], lambda v: is_finite_number(v) and v >= 0, "a finite number >= 0"))
     for what, value, ok, expected in checks:
         if not ok(value):
-            return f"its {what} is {value!r}, expected {expected}"
+            return f"its {what} is {shown(value)}, expected {expected}"
     return None
 
 
