@@ -331,6 +331,30 @@ def test_a_folder_where_a_run_record_goes_is_refused_before_training(depth_done,
     assert err.count("\n") == 1 and f"the run record {record} is a folder" in err and not trained
 
 
+@pytest.mark.parametrize("kind", ["a symbolic link", "a folder"])
+def test_anything_but_a_file_at_the_report_lock_is_refused_before_training(kind, depth_done, tmp_path, capsys,
+                                                                          monkeypatch):
+    from fn_trainer.app import report
+    from fn_trainer.app.experiments import training
+
+    for record in (tmp_path / "runs").glob("*.json"):
+        record.unlink()  # so that the command would train
+    lock = tmp_path / report.LOCK_FILE
+    lock.unlink()
+    if kind == "a folder":
+        lock.mkdir()
+    else:
+        lock.symlink_to(tmp_path / "outside-lock")
+    trained = []
+    monkeypatch.setattr(training, "train_one", lambda *a: trained.append(a))
+    monkeypatch.setattr(training, "train_population", lambda *a: trained.append(a))
+    capsys.readouterr()
+    assert cli.main(depth_done) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"the report lock {str(lock)!r}: it is {kind}, not a file" in err
+    assert not trained and not (tmp_path / "outside-lock").exists()
+
+
 @pytest.mark.parametrize("where", ["folder", "link to a folder", "working folder"])
 def test_a_checkpoint_path_that_is_a_folder_is_refused_before_training(where, tmp_path, monkeypatch):
     folder = tmp_path / "ck"

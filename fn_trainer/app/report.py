@@ -12,11 +12,12 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from ..core.paths import check_replaceable, open_regular_file, safe_path, write_text
+from ..core.paths import check_replaceable, file_kind, open_regular_file, safe_path, write_text
 from .experiments import EXPERIMENTS
 
 ORDER = tuple(EXPERIMENTS)  # report sections in the homework's question order
@@ -73,6 +74,22 @@ def assemble(out: Path, warn: Callable[[str], None] = print_warning) -> Path:
     """Write ``<out>/report.md`` from the sections present, in question order."""
     with report_lock(out):
         return _assemble(out, warn)
+
+
+def check_report_lock(out: Path) -> None:
+    """``OSError`` naming the report's lock file if anything but a file is at its name: a
+    link, which ``report_lock`` refuses, a folder, a FIFO. Checked before any training,
+    where the lock is first taken only once a section is written."""
+    path = Path(out) / LOCK_FILE
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise OSError(f"cannot open the report lock {str(path)!r}: {e.strerror}") from None
+    if not stat.S_ISREG(mode):
+        kind = "a symbolic link" if stat.S_ISLNK(mode) else file_kind(mode)
+        raise OSError(f"cannot open the report lock {str(path)!r}: it is {kind}, not a file")
 
 
 @contextlib.contextmanager
