@@ -925,3 +925,16 @@ def test_long_populations_train_with_a_compiled_step(min_steps, compiled, small_
     assert [(k["compile"], k["compiled_apply"] is not None) for k in calls] == [(compiled, compiled)] * 2
     trainer = f"fit_population ({SEEDS} runs together{', compiled' if compiled else ''})"
     assert {load_record(p).trainer for p in result_files(tmp_path)} == {trainer}
+
+
+def test_a_line_break_or_backtick_in_an_argument_leaves_the_command_one_line_of_the_report(small_data_root, tmp_path,
+                                                                                          capsys):
+    out = tmp_path / "o`ut\n\n# INJECTED HEADING\n"
+    rc, _, err = run_cli(["depth", *QUICK, "--data", small_data_root, "--out", out], capsys)
+    assert rc == 0, err
+    report = (out / "report.md").read_text()
+    assert "# INJECTED HEADING" not in report.splitlines()
+    command = next(line for line in report.splitlines() if line.startswith("Command: "))
+    # a code span fenced past the backtick, and the path in bash's $'...' form: the shell gets it back
+    assert command == f"Command: ``fn-trainer depth {' '.join(QUICK)} --data {small_data_root} --out " \
+                      f"$'{tmp_path}/o`ut\\n\\n# INJECTED HEADING\\n'``"

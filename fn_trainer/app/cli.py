@@ -269,6 +269,19 @@ def _check_device(name: str) -> None:
             raise ValueError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA devices")
 
 
+def command_line(argv: Sequence[str]) -> str:
+    """``argv`` as one line a shell takes back: ``shlex.join``, except that an argument
+    holding a line break or another unprintable character is written in bash's ``$'...'``
+    form with it escaped (the report prints the command on one line)."""
+    def quoted(arg: str) -> str:
+        if arg.isprintable():
+            return shlex.quote(arg)
+        escaped = arg.encode("unicode_escape").decode("ascii").replace("'", "\\'")
+        return f"$'{escaped}'"
+
+    return " ".join(quoted(arg) for arg in argv)
+
+
 def settings_of(args: argparse.Namespace, command: str, rank: int = 0, device: Optional[str] = None,
                 parallel: Optional[str] = None) -> Settings:
     """The experiments' ``Settings`` from parsed arguments: each option sets the field of
@@ -473,7 +486,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             return grading_command.run(args)
         with sigterm_interrupts():
-            return run_experiments(args, shlex.join([PROG, *argv]))
+            return run_experiments(args, command_line([PROG, *argv]))
     except Terminated:
         # every rank says it: when rank 0 is the process that failed, the others are all there are
         why = " (torchrun sends it to every process when one fails)" if "TORCHELASTIC_RUN_ID" in os.environ \

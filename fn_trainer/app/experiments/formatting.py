@@ -3,11 +3,18 @@ the runs table, the configurations' spreads over seeds and their differences, an
 section's header in ``report.md``."""
 from __future__ import annotations
 
+import re
 from typing import List, Optional, Sequence, Tuple
 
 from ...training.loop import N_TRAIN_EVAL
 from ..report import markdown_table
-from ..statistics import LEVEL, Spread, format_difference, format_spread, welch_difference
+from ..statistics import (
+    LEVEL,
+    Spread,
+    format_difference,
+    format_spread,
+    welch_difference,
+)
 from .configurations import Configuration
 from .context import Context, Settings
 from .records import RunRecord
@@ -139,7 +146,16 @@ def header(title: str, ctx: Context) -> List[str]:
     seeds = (f"seed {s.seed}" if s.seeds == 1 else
              f"seeds {s.run_seeds[0]} to {s.run_seeds[-1]} ({s.seeds} runs per configuration; a seed sets the "
              "initialisation only, every run reading the same minibatches in the same order)")
-    return [f"## {title}", "", f"Command: `{s.command}`", "",
+    return [f"## {title}", "", f"Command: {code_span(s.command)}", "",
             f"Training samples: {limit} ({len(ctx.splits.train.y):,}; train accuracy and loss are measured on "
             f"the first {min(N_TRAIN_EVAL, len(ctx.splits.train.y)):,}); validation samples: "
             f"{len(ctx.splits.valid.y):,}; {seeds}; Adam, ReLU.", ""]
+
+
+def code_span(text: str) -> str:
+    """``text`` as a Markdown code span, fenced by one backtick more than its longest run of
+    them (a path may hold backticks), with spaces where it starts or ends with one."""
+    longest = max((len(run) for run in re.findall("`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
