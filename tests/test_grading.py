@@ -962,6 +962,31 @@ def test_a_submission_run_as_another_account_changes_nothing_of_the_graders(tmp_
         shutil.rmtree(folder)
 
 
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="switching accounts needs root")
+def test_an_account_that_cannot_run_this_python_is_refused_before_grading(tmp_path, capsys, monkeypatch):
+    import pwd
+
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no account named nobody")
+    try:
+        runs = subprocess.run([sys.executable, "-I", "-c", "import torch"], user="nobody", cwd="/",
+                              capture_output=True).returncode == 0
+    except PermissionError:
+        runs = False
+    if runs:
+        pytest.skip("the account nobody can run this Python")
+    graded = []
+    monkeypatch.setattr(grader, "grade", lambda *a, **k: graded.append(a))
+    results = tmp_path / "r.json"
+    assert main(["grade", str(SOLUTION), "--results", str(results), "--as-user", "nobody"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fn-trainer: error: --as-user: the account 'nobody' cannot run this Python "
+                          f"({sys.executable}) with torch: ") and err.count("\n") == 1
+    assert not graded and not results.exists()
+
+
 @pytest.mark.parametrize("account, match", [
     ("no-such-account-here", "^--as-user: there is no account named 'no-such-account-here'$"),
     ("root", "^--as-user: 'root' is root's account, under which the submission could change anything$"),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import functools
 import io
 import os
 import select
@@ -187,7 +188,28 @@ def account(name: str, argument: str = "as_user") -> Account:
         raise ValueError(f"{argument}: {name!r} is root's account, under which the submission could change anything")
     if os.geteuid() != 0:
         raise ValueError(f"{argument} {name}: only a grader running as root can run the submission as another account")
+    problem = _python_problem(entry.pw_uid, entry.pw_gid)
+    if problem is not None:
+        raise ValueError(f"{argument}: the account {name!r} cannot run this Python ({sys.executable}) with torch: "
+                         f"{problem}")
     return Account(name, entry.pw_uid, entry.pw_gid)
+
+
+@functools.lru_cache(maxsize=None)
+def _python_problem(uid: int, gid: int) -> Optional[str]:
+    """Why the account ``uid`` cannot run the submission's interpreter as ``Submission.start``
+    does (this Python, importing torch and the limits' ``resource``), or ``None``: every
+    submission would fail to start otherwise, each scored 0 for the grader's setting."""
+    try:
+        run = subprocess.run([sys.executable, "-I", "-c", "import resource, torch"], user=uid, group=gid,
+                             extra_groups=[], cwd="/", env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+                             stdin=subprocess.DEVNULL, capture_output=True, timeout=300)
+    except (OSError, subprocess.SubprocessError) as e:
+        return str(e)
+    if run.returncode != 0:
+        lines = run.stderr.decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else f"it exited with status {run.returncode}"
+    return None
 
 
 def copy_probe(folder: str) -> str:
