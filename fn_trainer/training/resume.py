@@ -151,7 +151,12 @@ def _difference(what: str, found: Any, expected: Any, width: int = 200) -> str:
     """How a checkpoint's ``found`` settings (or config) differ from this run's ``expected``,
     on one line: the differing keys of two dicts, with both values where they are short."""
     def short(value: Any) -> Optional[str]:
-        text = shown(value)
+        # the whole repr, or nothing: a value cut short could read as equal to this run's
+        # (load_checkpoint bounds what a file can unfold to)
+        try:
+            text = repr(value)
+        except ValueError:  # an int of more digits than Python prints
+            return None
         return text if len(text) <= width and "\n" not in text else None
 
     if isinstance(found, dict) and isinstance(expected, dict):
