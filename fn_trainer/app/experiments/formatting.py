@@ -8,13 +8,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from ...training.loop import N_TRAIN_EVAL
 from ..report import markdown_table
-from ..statistics import (
-    LEVEL,
-    Spread,
-    format_difference,
-    format_spread,
-    welch_difference,
-)
+from ..statistics import LEVEL, Spread, format_difference, format_spread, welch_difference
 from .configurations import Configuration
 from .context import Context, Settings
 from .records import RunRecord
