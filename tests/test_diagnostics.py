@@ -79,3 +79,30 @@ def test_per_example_grad_norms_match_a_loop(seed, n):
                             for i in range(n)])
     assert got.shape == (n,)
     assert torch.allclose(got, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_global_norm_of_low_precision_tensors_sums_their_squares_in_float32(dtype):
+    # 300**2 is past float16's largest number (65504), a norm of 600 is not
+    x = torch.full((4,), 300.0, dtype=dtype)
+    norm = global_norm([x])
+    assert norm.dtype == dtype and float(norm) == 600.0
+    assert float(gradient_norm(lambda t: (t * t).sum() / 2, x)) == 600.0
+
+
+def test_the_global_norm_of_float32_tensors_is_the_plain_formula_to_the_bit():
+    tensors = [torch.randn(100, generator=torch.Generator().manual_seed(0)), torch.randn(30, 3)]
+    assert torch.equal(global_norm(tensors), torch.sqrt(sum(t.square().sum() for t in tensors)))
+
+
+@pytest.mark.parametrize("tensor, dtype", [(torch.tensor([3 + 4j]), "torch.complex64"),
+                                           (torch.tensor([50000, 0], dtype=torch.int32), "torch.int32")])
+def test_the_global_norm_refuses_tensors_that_are_not_real_floating(tensor, dtype):
+    # t.square() of 3+4j is complex, and of 50000 overflows int32
+    with pytest.raises(ValueError, match=f"^tensors must all be real floating tensors, got one of {dtype}$"):
+        global_norm([torch.ones(2), tensor])
+
+
+def test_a_function_of_integer_output_has_no_gradient_norm():
+    with pytest.raises(ValueError, match="^f must return a floating tensor to have a gradient, got torch.int64$"):
+        gradient_norm(lambda t: t.argmax(), torch.randn(3))

@@ -1,6 +1,7 @@
 """Autodiff diagnostics built on ``torch.func``: gradient and Jacobian norms."""
 from __future__ import annotations
 
+import functools
 from typing import Callable, Iterable, Union
 
 import torch
@@ -10,14 +11,24 @@ from torch.func import grad, jacrev, vmap
 from .checks import described
 from .types import Params
 
+LOW_PRECISION = (torch.float16, torch.bfloat16)  # their squares are summed in float32
+
 
 def global_norm(tensors: Union[Params, Iterable[Tensor]]) -> Tensor:
-    """Euclidean norm of all entries of ``tensors`` (a dict's values or an iterable) together."""
+    """Euclidean norm of all entries of ``tensors`` (a dict's values or an iterable) together:
+    ``sqrt(sum_t sum_i t_i**2)``, a 0-dim tensor of the tensors' promoted floating dtype.
+    The squares of float16 and bfloat16 tensors are summed in float32: 300**2 is already
+    past float16's largest number, though a norm of 600 is not."""
     values = list(tensors.values() if isinstance(tensors, dict) else tensors)
     if not values or not all(isinstance(t, Tensor) for t in values):
         raise ValueError(f"tensors must hold at least one tensor and only tensors, got "
                          f"{[type(t).__name__ for t in values]}")
-    return torch.sqrt(sum(t.square().sum() for t in values))
+    other = next((t.dtype for t in values if not t.dtype.is_floating_point), None)
+    if other is not None:
+        raise ValueError(f"tensors must all be real floating tensors, got one of {other}")
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in values))
+    squares = (t.float().square().sum() if t.dtype in LOW_PRECISION else t.square().sum() for t in values)
+    return torch.sqrt(sum(squares)).to(dtype)
 
 
 def gradient_norm(f: Callable[..., Tensor], *tensors: Tensor) -> Tensor:
@@ -37,6 +48,8 @@ def gradient_norm(f: Callable[..., Tensor], *tensors: Tensor) -> Tensor:
         if not isinstance(out, Tensor) or out.numel() != 1:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"f must return a tensor of one element (a scalar) to have a gradient, got {shape}")
+        if not out.dtype.is_floating_point:  # autograd would give an integer output no gradient, silently 0
+            raise ValueError(f"f must return a floating tensor to have a gradient, got {out.dtype}")
         return out.reshape(())
 
     grads = grad(scalar_f, argnums=tuple(range(len(tensors))))(*tensors)
