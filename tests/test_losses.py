@@ -90,3 +90,15 @@ def test_a_step_on_an_empty_minibatch_is_refused():
     params = net.init(0)
     with pytest.raises(ValueError, match="N >= 1 samples"):
         make_step(net.apply, adam())(params, adam().init(params), (torch.zeros(0, 1, 28, 28), torch.zeros(0, 10)))
+
+
+def test_the_accuracy_of_no_samples_is_refused_like_their_loss():
+    with pytest.raises(ValueError, match=r"^accuracy needs probs \(N, C\) of N >= 1 samples, got shape \(0, 10\)$"):
+        accuracy(torch.empty(0, 10), torch.empty(0, 10))
+
+
+@pytest.mark.parametrize("eps", [0.5, 0.7, -1.0, float("nan"), "1e-9", True])
+def test_a_clipping_eps_outside_0_to_one_half_is_refused(eps):
+    # eps 0.7 clips every probability to one value; -1 lets log(0) through
+    with pytest.raises(ValueError, match=r"^eps must be a number in \[0, 0\.5\)"):
+        cross_entropy(torch.tensor([[0.9, 0.1]]), torch.tensor([[1.0, 0.0]]), eps=eps)

@@ -22,6 +22,8 @@ def cross_entropy(probs: Tensor, targets: Tensor, eps: float = EPSILON) -> Tenso
                          f"and {tuple(targets.shape)}")
     if probs.dim() == 0 or probs.shape[0] == 0:  # the mean of nothing is NaN, a step on it no step
         raise ValueError(f"cross_entropy needs probs (N, C) of N >= 1 samples, got shape {tuple(probs.shape)}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < 0.5:
+        raise ValueError(f"eps must be a number in [0, 0.5): probabilities are clipped to [eps, 1 - eps], got {eps!r}")
     return -(targets * probs.clamp(eps, 1.0 - eps).log()).sum(-1).mean()
 
 
@@ -34,6 +36,8 @@ def accuracy(probs: Tensor, targets: Tensor) -> Tensor:
     if targets.shape != probs.shape and targets.shape != probs.shape[:-1]:
         raise ValueError(f"targets must be shaped like probs {tuple(probs.shape)} (one-hot) or "
                          f"{tuple(probs.shape[:-1])} (labels), got {tuple(targets.shape)}")
+    if probs.dim() == 0 or probs.shape[0] == 0:  # the fraction of nothing is NaN
+        raise ValueError(f"accuracy needs probs (N, C) of N >= 1 samples, got shape {tuple(probs.shape)}")
     labels = targets.argmax(-1) if targets.dim() == probs.dim() else targets
     return (probs.argmax(-1) == labels).to(torch.float64).mean()
 
