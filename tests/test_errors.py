@@ -2,6 +2,7 @@
 import errno
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from fn_trainer import (
     NetworkConfiguration,
     adam,
     build_network,
+    cross_entropy,
     load_fashion_mnist,
     make_evaluate,
     make_step,
@@ -113,6 +115,45 @@ def test_training_refuses_float16_parameters_which_give_nan_at_the_first_step():
     with pytest.raises(TypeError, match=r"^params must not be float16 for training: Adam's eps \(1e-8\)"):
         fit(make_step(net.apply, opt), make_evaluate(net.apply), params, opt.init(params), (X, y), (X, y),
             epochs=1, batch_size=4, progress=False)
+
+
+def test_a_float16_population_is_refused_as_float16_not_for_its_members_eps():
+    from fn_trainer import Member, fit_population
+
+    net = build_network("mlp", NetworkConfiguration(dense_hiddens=(4,)))
+    X, y = torch.rand(8, 1, 28, 28), torch.arange(8) % 10
+    with pytest.raises(TypeError, match=r"^dtype must not be float16 for training: Adam's eps \(1e-8\)"):
+        fit_population(net, [Member()], (X, y), (X, y), epochs=1, dtype=torch.float16, progress=False)
+
+
+def test_make_step_refuses_what_it_cannot_call_when_made():
+    net = build_network("mlp", NetworkConfiguration(dense_hiddens=(4,)))
+    with pytest.raises(TypeError, match="^apply and loss must be callable, got NoneType and function$"):
+        make_step(None, adam())
+    with pytest.raises(TypeError, match=r"^optimizer must have an update\(grads, state, params\), as adam\(\) gives"):
+        make_step(net.apply, None)
+
+
+@pytest.mark.parametrize("loss, found", [(lambda probs, t: 3.0, "float"),
+                                         (lambda probs, t: -(t * probs.log()).sum(-1), "shape (4,) torch.float32"),
+                                         (lambda probs, t: (probs.argmax(-1) == t.argmax(-1)).sum(), "shape () torch.int64")])
+def test_a_loss_that_is_no_one_element_floating_tensor_is_named(loss, found):
+    net = build_network("mlp", NetworkConfiguration(dense_hiddens=(4,)))
+    params, opt = net.init(0), adam()
+    step = make_step(net.apply, opt, loss=loss)
+    batch = (torch.rand(4, 1, 28, 28), one_hot(torch.arange(4), 10))
+    with pytest.raises(ValueError, match=rf"^loss must return a floating tensor of one element \(the batch's loss\), "
+                                         rf"got {re.escape(found)}$"):
+        step(params, opt.init(params), batch)
+
+
+def test_a_loss_of_shape_1_trains_as_its_one_element():
+    net = build_network("mlp", NetworkConfiguration(dense_hiddens=(4,)))
+    params, opt = net.init(0), adam()
+    batch = (torch.rand(4, 1, 28, 28), one_hot(torch.arange(4), 10))
+    plain = make_step(net.apply, opt)(params, opt.init(params), batch)
+    shaped = make_step(net.apply, opt, loss=lambda p, t: cross_entropy(p, t).reshape(1))(params, opt.init(params), batch)
+    assert all(torch.equal(plain[0][k], shaped[0][k]) for k in params)
 
 
 # --- optimizer ------------------------------------------------------------------------------

@@ -20,8 +20,13 @@ def params_dtype(params: Any) -> torch.dtype:
     (dtype,) = dtypes
     if not dtype.is_floating_point:
         raise TypeError(f"params must have a floating dtype, got {dtype}")
+    return check_training_dtype(dtype, "params")
+
+
+def check_training_dtype(dtype: torch.dtype, name: str) -> torch.dtype:
+    """``dtype`` unless it is float16, which cannot train: ``TypeError`` naming ``name``."""
     if dtype == torch.float16:  # bfloat16 has float32's range and keeps them
-        raise TypeError("params must not be float16 for training: Adam's eps (1e-8) and the loss's clipping "
+        raise TypeError(f"{name} must not be float16 for training: Adam's eps (1e-8) and the loss's clipping "
                         "(1e-9) round to 0 in it, and a first step gives NaN; use float32, float64 or bfloat16")
     return dtype
 

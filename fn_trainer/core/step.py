@@ -35,11 +35,24 @@ def make_gradient(apply: Apply, loss: Loss = cross_entropy) -> Gradient:
     computed from. A data-parallel step runs it on each rank's slice of the minibatch.
     """
 
+    if not callable(apply) or not callable(loss):
+        raise TypeError(f"apply and loss must be callable, got {type(apply).__name__} and {type(loss).__name__}")
+
     def objective(params: Params, x: Tensor, targets: Tensor):
         probs = apply(params, x)
-        return loss(probs, targets), probs
+        return scalar_loss(loss(probs, targets)), probs
 
     return grad_and_value(objective, has_aux=True)
+
+
+def scalar_loss(value: object) -> Tensor:
+    """A loss's value as the 0-dim tensor ``grad`` takes: one element (0-dim, or ``(1,)`` as
+    ``torch.autograd.grad`` takes it too) of a floating dtype, else a ``ValueError`` naming
+    ``loss``."""
+    if not isinstance(value, Tensor) or value.numel() != 1 or not value.dtype.is_floating_point:
+        found = f"shape {tuple(value.shape)} {value.dtype}" if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(f"loss must return a floating tensor of one element (the batch's loss), got {found}")
+    return value.reshape(())
 
 
 def make_step(apply: Apply, optimizer: Optimizer, loss: Loss = cross_entropy) -> Step:
@@ -52,6 +65,9 @@ def make_step(apply: Apply, optimizer: Optimizer, loss: Loss = cross_entropy) ->
     it), never from ``optimizer``: one step serves states of any learning rate.
     """
     gradient = make_gradient(apply, loss)
+    if not callable(getattr(optimizer, "update", None)):
+        raise TypeError(f"optimizer must have an update(grads, state, params), as adam() gives, got "
+                        f"{type(optimizer).__name__}")
 
     def step(params: Params, opt_state, batch: Batch):
         x, targets = batch

@@ -27,7 +27,7 @@ from ..core.evaluate import make_evaluate
 from ..core.networks import Network, check_dtype
 from ..core.optim import AdamState, adam, check_hyperparameters_fit, exp_log_power
 from ..core.paths import PathLike
-from ..core.splits import check_split, params_dtype
+from ..core.splits import check_split, check_training_dtype, params_dtype
 from ..core.step import Apply, Step, make_step
 from ..core.trees import stack_trees, tensors_digest, tree_index, tree_to
 from ..core.types import Params
@@ -298,7 +298,7 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
         raise TypeError(f"network must be a Network (from build_network), got {type(network).__name__}")
     if n_classes != network.n_classes:
         raise ValueError(f"n_classes must be the network's {network.n_classes}, got {n_classes}")
-    check_dtype(dtype)
+    check_training_dtype(check_dtype(dtype), "dtype")  # before the members' eps, which float16 cannot hold
     members = check_members(members)
     for k, m in enumerate(members):
         check_hyperparameters_fit(m.lr, m.eps, dtype, f"members[{k}].")
