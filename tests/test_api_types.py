@@ -103,6 +103,9 @@ def test_apply_names_x_of_another_dtype_than_the_parameters(x_dtype):
      "3.bias torch.float32"),
     (lambda p: {k: v.long() for k, v in p.items()}, "params must share one floating dtype, got 1.weight torch.int64, .*"),
     (lambda p: None, "expected a dict of tensors, got NoneType"),
+    # one on another device: torch's own error, 26 frames deep, named the device alone
+    (lambda p: {**p, "1.bias": p["1.bias"].to("meta")},
+     "params must share one device, got 1.weight cpu, 1.bias meta, 3.weight cpu, 3.bias cpu"),
 ])
 def test_apply_names_params_of_mixed_integer_or_missing_values(edit, match):
     net = net8()

@@ -242,7 +242,7 @@ class Network:
     def params_problem(self, params: Any) -> Optional[str]:
         """What keeps ``params`` from being this network's parameters, or ``None``.
 
-        Names, shapes and dtypes only (metadata: no host sync), so ``apply`` checks every
+        Names, shapes, dtypes and devices only (metadata: no host sync), so ``apply`` checks every
         call: ``functional_call`` would otherwise take a missing name from the parameter-free
         skeleton, and a wrong shape or a mixed dtype would surface as a bare matmul or conv
         error.
@@ -261,6 +261,8 @@ class Network:
         dtypes = {v.dtype for v in params.values()}
         if len(dtypes) > 1 or not next(iter(dtypes)).is_floating_point:
             return "params must share one floating dtype, got " + ", ".join(f"{k} {v.dtype}" for k, v in params.items())
+        if len({v.device for v in params.values()}) > 1:
+            return "params must share one device, got " + ", ".join(f"{k} {v.device}" for k, v in params.items())
         return None
 
     def init(self, seed: Union[torch.Generator, int] = 0, dtype: torch.dtype = torch.float32) -> Params:
