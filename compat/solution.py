@@ -16,7 +16,6 @@ import numpy as np
 import torch
 import torchvision
 import tqdm
-from torch.func import functional_call
 
 from fn_trainer.core.checks import check_positive_int, is_finite_number
 from fn_trainer.core.config import HOMEWORK_SEED, NetworkConfiguration
@@ -25,7 +24,7 @@ from fn_trainer.core.data import normalize as normalize_splits
 from fn_trainer.core.diagnostics import global_norm
 from fn_trainer.core.diagnostics import gradient_norm as functional_gradient_norm
 from fn_trainer.core.diagnostics import jacobian_norm as functional_jacobian_norm
-from fn_trainer.core.evaluate import make_evaluate
+from fn_trainer.core.evaluate import chunked_mean
 from fn_trainer.core.losses import EPSILON, accuracy, cross_entropy
 from fn_trainer.core.losses import one_hot as one_hot_labels
 from fn_trainer.core.networks import NETWORK_TYPES, cnn, feature_map_sizes, mlp
@@ -233,15 +232,19 @@ class Trainer:
         """One Adam update on a batch (``y_batch`` one-hot, or labels); returns the
         gradient norm for that batch.
 
-        The template's way: the loss's backward pass leaves the gradient in each
-        parameter's ``.grad`` and ``self.optimizer.step()`` applies the functional Adam
-        update in place.
+        The template's way: the loss of ``compute_loss_and_accuracy`` (an overriding one's
+        too), whose backward pass leaves the gradient in each parameter's ``.grad``, and
+        ``self.optimizer.step()``, which applies the functional Adam update in place.
         """
         # NaN and infinity are looked for only when the gradient is not finite: a scan of
         # every batch would cost more than the step's Adam update
         targets = self._targets(y_batch, X_batch, "training_step batch", finite=False)
         self.optimizer.zero_grad()
-        self._loss(self.network(X_batch), targets).backward()
+        if getattr(self.compute_loss_and_accuracy, "__func__", None) is Trainer.compute_loss_and_accuracy:
+            loss = self._loss(self.network(X_batch), targets)  # its loss, without its scan of the batch
+        else:  # a subclass's or an instance's own: the loss it defines is the one trained
+            loss, _ = self.compute_loss_and_accuracy(X_batch, targets)
+        loss.backward()
         norm = self.compute_gradient_norm(self.network)
         if not math.isfinite(norm):
             self._targets(y_batch, X_batch, "training_step batch")  # names a NaN or inf in the batch
@@ -282,12 +285,13 @@ class Trainer:
 
     def evaluate(self, X: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, float]:
         """Average loss (a 0-dim tensor without graph) and accuracy (a float) over
-        ``X``; ``y`` holds class indices ``(N,)`` or one-hot rows ``(N, n_classes)``."""
+        ``X`` of ``compute_loss_and_accuracy``; ``y`` holds class indices ``(N,)`` or one-hot
+        rows ``(N, n_classes)``."""
         targets = self._targets(y, X, "evaluate data")
-        params = {name: p.detach() for name, p in self.network.named_parameters()}
-        loss, acc = make_evaluate(self._apply, self._loss)(params, X, targets)
+        # compute_loss_and_accuracy (an overriding one's too) over chunks, weighted by their rows
+        loss, acc = chunked_mean(self.compute_loss_and_accuracy, X, targets)
         # the loss in the dtype and on the device the template's computed one has
-        where = next(iter(params.values()), X)
+        where = next(self.network.parameters(), X)
         dtype = torch.promote_types(where.dtype, targets.dtype)
         return torch.tensor(loss, dtype=dtype, device=where.device), acc
 
@@ -329,11 +333,6 @@ class Trainer:
         arrays = {name: image.cpu().numpy() for name, image in images.items()}
         save_figures(arrays, ensure_writable_dir(FIGURES_DIR))
         return arrays
-
-    @property
-    def _apply(self) -> Callable[[Dict[str, torch.Tensor], torch.Tensor], torch.Tensor]:
-        """``apply(params, x)``: the network evaluated with the given parameters."""
-        return partial(functional_call, self.network)
 
     @property
     def _loss(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

@@ -695,3 +695,36 @@ def test_default_mlp_reaches_80_percent_in_one_epoch(real_data_root):
     t = S.Trainer(datapath=str(real_data_root))
     logs = t.train_loop(1)
     assert logs["validation_accuracy"][-1] >= 0.80
+
+
+def _penalty(trainer) -> torch.Tensor:
+    return 100.0 * sum((p ** 2).sum() for p in trainer.network.parameters())
+
+
+@pytest.mark.parametrize("how", ["subclass", "instance"])
+def test_training_step_and_evaluate_use_an_overriding_compute_loss_and_accuracy(make_trainer, how):
+    """The homework's methods build on each other: a penalty added there is trained and evaluated."""
+    torch.manual_seed(0)
+    plain = make_trainer(lr=1e-3)
+    torch.manual_seed(0)
+    if how == "subclass":
+        class Penalised(S.Trainer):
+            def compute_loss_and_accuracy(self, X, y):
+                loss, acc = super().compute_loss_and_accuracy(X, y)
+                return loss + _penalty(self), acc
+        penalised = Penalised(datapath=plain.datapath, lr=1e-3)
+    else:
+        penalised = make_trainer(lr=1e-3)
+        template = penalised.compute_loss_and_accuracy
+        penalised.compute_loss_and_accuracy = lambda X, y: (template(X, y)[0] + _penalty(penalised), template(X, y)[1])
+    X, Y = plain.train[0][:32], plain.one_hot(plain.train[1][:32])
+    assert max_difference(plain.network, penalised.network) == 0.0
+    with torch.no_grad():
+        penalty = float(_penalty(penalised))
+    loss, _ = penalised.evaluate(X, Y)
+    assert float(loss) == pytest.approx(float(plain.evaluate(X, Y)[0]) + penalty, rel=1e-6)
+    plain.training_step(X, Y)
+    penalised.training_step(X, Y)
+    # the penalty's gradient 200 p moves every weight; Adam's first step is lr in size either way,
+    # its sign the gradient's: the penalty flips the signs where it dominates
+    assert max_difference(plain.network, penalised.network) > 1e-4
