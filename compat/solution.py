@@ -170,7 +170,8 @@ class Trainer:
             self.network = self.create_mlp(input_dim[0] * input_dim[1] * input_dim[2], net_config,
                                            n_classes, activation_function)
         else:  # "cnn"
-            feature_map_sizes(net_config, tuple(input_dim[1:]))  # a kernel must fit its feature map
+            if type(self).create_cnn is Trainer.create_cnn:  # its own layers: a kernel must fit its feature map
+                feature_map_sizes(net_config, tuple(input_dim[1:]))  # (a subclass's builder decides for itself)
             self.network = self.create_cnn(input_dim[0], net_config, n_classes, activation_function)
         self.optimizer = FunctionalAdam(self.network.parameters(), lr=lr)
 

@@ -728,3 +728,22 @@ def test_training_step_and_evaluate_use_an_overriding_compute_loss_and_accuracy(
     # the penalty's gradient 200 p moves every weight; Adam's first step is lr in size either way,
     # its sign the gradient's: the penalty flips the signs where it dominates
     assert max_difference(plain.network, penalised.network) > 1e-4
+
+
+def test_a_subclass_create_cnn_decides_for_itself_whether_its_kernels_fit(make_trainer):
+    """The template's __init__ only calls create_cnn: its own size check is for its own layers."""
+    config = S.NetworkConfiguration((4, 4, 4), (9, 9, 9), (1, 1, 1), (0, 0, 0), ())
+    with pytest.raises(ValueError, match="conv layer 2 has kernel_size 9"):
+        make_trainer(network_type="cnn", net_config=config)
+
+    class SameSize(S.Trainer):
+        @staticmethod
+        def create_cnn(in_channels, net_config, n_classes, activation):
+            layers, channels = [], in_channels
+            for out, k in zip(net_config.n_channels, net_config.kernel_sizes):  # padded to keep the map's size
+                layers += [nn.Conv2d(channels, out, k, padding=k // 2), activation, nn.MaxPool2d(2)]
+                channels = out
+            return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * 3 * 3, n_classes), nn.Softmax(dim=1))
+
+    trainer = SameSize(network_type="cnn", net_config=config, datapath=make_trainer().datapath)
+    assert trainer.network(trainer.train[0][:2]).shape == (2, 10)
