@@ -55,13 +55,18 @@ def _plain(splits) -> Tuple[Tuple[torch.Tensor, torch.Tensor], ...]:
 
 
 def gradient_norm(function: Callable, *tensor_list: List[torch.Tensor]) -> float:
-    """``||grad function(*tensor_list)||_2`` over all the tensors together, as a float."""
+    """``||grad function(*tensor_list)||_2`` over all the tensors together, as a float.
+
+    Computed with ``torch.func``, whose transforms take what ``torch.autograd`` takes
+    except a ``torch.autograd.Function`` without ``setup_context`` and values that leave
+    torch (NumPy): those raise torch's ``RuntimeError``."""
     # detached: inputs made with requires_grad=True give a norm with a graph, which float() warns about
     return float(functional_gradient_norm(function, *tensor_list).detach())
 
 
 def jacobian_norm(function: Callable, input_tensor: torch.Tensor) -> float:
-    """Frobenius norm of the Jacobian of ``function`` at ``input_tensor``, as a float."""
+    """Frobenius norm of the Jacobian of ``function`` at ``input_tensor``, as a float
+    (``torch.func``: the functions it takes are ``gradient_norm``'s)."""
     return float(functional_jacobian_norm(function, input_tensor).detach())
 
 

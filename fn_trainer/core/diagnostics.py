@@ -1,4 +1,9 @@
-"""Autodiff diagnostics built on ``torch.func``: gradient and Jacobian norms."""
+"""Autodiff diagnostics built on ``torch.func``: gradient and Jacobian norms.
+
+The functions differentiated must be composable with ``torch.func``'s transforms: a
+``torch.autograd.Function`` needs ``setup_context`` (the older single ``forward(ctx, ...)``
+form is refused by torch), and a value that leaves torch (NumPy) has no derivative there.
+"""
 from __future__ import annotations
 
 import functools
