@@ -71,8 +71,7 @@ def test_export_is_deterministic_and_keeps_the_docstring_first(exported, tmp_pat
 
 def test_exported_module_uses_its_private_copy(exported):
     solution = load(exported, "exported_solution")
-    module = solution.NetworkConfiguration.__module__
-    assert module.startswith("_fn_trainer_") and module.endswith(".config")
+    assert solution.NetworkConfiguration.__module__ == "exported_solution"  # the template's class is the file's
     from fn_trainer.core.config import NetworkConfiguration
     assert solution.NetworkConfiguration is not NetworkConfiguration
     assert solution.Trainer.create_mlp.__module__ == "exported_solution"
@@ -81,6 +80,19 @@ def test_exported_module_uses_its_private_copy(exported):
     except ValueError:
         text = traceback.format_exc()
     assert "fn_trainer/core/networks.py" in text and "raise ValueError(" in text
+
+
+def test_a_configuration_pickled_with_the_exported_file_loads_in_a_fresh_process(exported, tmp_path):
+    """Pickle imports a class's module by itself: the file's, not the embedded package, which a
+    fresh process has only once the file has run."""
+    env = {**os.environ, "PYTHONPATH": str(exported.parent)}
+    saved = tmp_path / "config.pkl"
+    subprocess.run([sys.executable, "-c", "import pickle, solution; pickle.dump(solution.NetworkConfiguration("
+                    f"dense_hiddens=(64,) * 5), open({str(saved)!r}, 'wb'))"], env=env, check=True, timeout=300)
+    loaded = subprocess.run([sys.executable, "-c", f"import pickle; print(pickle.load(open({str(saved)!r}, 'rb')))"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert "dense_hiddens=(64, 64, 64, 64, 64)" in loaded.stdout
 
 
 def test_exported_file_passes_the_compat_suite_without_fn_trainer(exported):

@@ -73,6 +73,13 @@ if not any(getattr(f, "package", None) == _EMBEDDED_PACKAGE for f in _sys.meta_p
 '''
 
 
+# The template's NetworkConfiguration is the file's own: a configuration pickled in one process
+# names this module, which pickle imports by itself in another, not the embedded package,
+# which exists only once this file has run.
+FOOTER = ("\n\nNetworkConfiguration.__module__ = __name__  "
+          "# pickles name this file, as the template's own class does\n")
+
+
 def export_solution(out_path: Union[str, os.PathLike], *, name: str = "out_path") -> Path:
     """Write the standalone ``solution.py`` to ``out_path`` (a ``.py`` file; its folder
     is created if needed) and return its path; errors call the path ``name``."""
@@ -101,7 +108,7 @@ def solution_text() -> str:
         sources="".join(f"    {name!r}: {string_literal(source)},\n" for name, source in sources.items()),
     )
     head, body = split_preamble(rewrite_imports(solution, package))
-    text = f"{head}{loader}\n{body}"
+    text = f"{head}{loader}\n{body}{FOOTER}"
     compile(text, "solution.py", "exec")  # a broken export fails here, not in the grader
     return text
 
