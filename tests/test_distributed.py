@@ -465,6 +465,24 @@ def test_ranks_with_different_data_stop_with_one_line_before_training(cli_data_r
     assert not list((out / "runs").glob("*.json"))  # nothing trained, nothing recorded
 
 
+def test_ranks_writing_to_different_output_folders_stop_with_one_line_before_training(cli_data_root, tmp_path):
+    """Rank 1 with its own --out would resume from other checkpoints than rank 0 and keep its
+    shares' checkpoints where rank 0 never deletes them: what counts is the folder the ranks
+    see, which rank 0 marks with a file that rank 1 looks for."""
+    outs = [tmp_path / "out0", tmp_path / "out1"]
+    run = [*CLI_RUN[:-1], "2", "--rank-timeout", "30", "--data", cli_data_root]
+    done = run_ranks(None, world_size=2, argv_of=lambda rank: ["-m", "fn_trainer", *run, "--out", outs[rank]],
+                     wait=120)
+    assert [rc for rc, _, _ in done] == [2, 2], "".join(err for _, _, err in done)[-3000:]
+    for rank, (_, _, err) in enumerate(done):
+        (line,) = error_lines(err)
+        who = "this rank" if rank else "rank 1"
+        assert line == ("fn-trainer: error: " + (f"rank {rank} of 2: " if rank else "") + f"--out {outs[rank]}: "
+                        f"{who} does not see rank 0's output folder there; every rank needs --out on storage all "
+                        "of them see (--resume reads the checkpoints there)"), line
+    assert [sorted(p.name for p in out.iterdir()) if out.exists() else [] for out in outs] == [[], []]
+
+
 @pytest.mark.parametrize("rank_1, says", [
     (["--parallel", "data"], "rank 1 runs with --parallel data, rank 0 with --parallel population or none"),
     ([], None),  # no --parallel: populations split as with --parallel population

@@ -314,7 +314,7 @@ def run_experiments(args: argparse.Namespace, command: str) -> int:
 
     validate(args)
     quiet_cuda_home()
-    from .parallel import detect, serve, session, share_calibration
+    from .parallel import check_shared_out, detect, serve, session, share_calibration
 
     launch, mode = detect(getattr(args, "parallel", None))
     names = list(EXPERIMENTS) if args.command == ALL else [args.command]
@@ -334,6 +334,7 @@ def run_experiments(args: argparse.Namespace, command: str) -> int:
             ctx = Context(settings_of(args, command, launch.rank if launch else 0, device, mode),
                           warn=lambda line: print(f"{PROG}: warning: {line}", file=sys.stderr, flush=True))
             if launch is not None:
+                check_shared_out(ctx)  # one folder for every rank's checkpoints and records
                 share_calibration(ctx)  # rank 0's, for every rank to decide alike
             elif (args.command == ALL and torch.device(device).type == "cpu"
                   and load_calibration(ctx.calibration_path) is None

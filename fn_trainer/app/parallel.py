@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, ContextManager, Iterator, List, Mapping, Optional, Tuple
@@ -107,6 +108,35 @@ def share_calibration(ctx: "Context") -> None:
     eagerly, or take another Winograd threshold, and their replicas would drift apart."""
     ctx.calibration = broadcast_from_first(ctx.calibration if ctx.settings.rank == 0 else None,
                                            "while sharing rank 0's calibration")
+
+
+def check_shared_out(ctx: "Context") -> None:
+    """``RanksDifferError`` on every rank unless every rank's ``--out`` is rank 0's folder:
+    rank 0 leaves a file of a random name there, and each rank looks for it in its own.
+    A rank writing elsewhere resumes from other checkpoints than rank 0 (a data-parallel
+    run's ranks then start from different steps and wait for each other until the
+    timeout), and keeps its population shares' checkpoints where rank 0 never deletes
+    them. The same storage may be mounted at another path on another machine: what is
+    compared is what the ranks see, not the path they type."""
+    from ..core.paths import ensure_writable_dir, write_text
+
+    rank = ctx.settings.rank
+    doing = "while comparing the ranks' output folders"
+    marker = None
+    if rank == 0:
+        marker = ensure_writable_dir(ctx.out) / f".rank-0-{secrets.token_hex(8)}"
+        write_text(marker, "rank 0 of a launch looks for this file in every rank's --out; it deletes it after\n")
+    try:
+        name = broadcast_from_first(None if marker is None else marker.name, doing)
+        sees = gather_to_first((ctx.out / name).is_file(), doing)
+    finally:
+        if marker is not None:
+            marker.unlink(missing_ok=True)
+    blind = broadcast_from_first([r for r, seen in enumerate(sees or []) if not seen], doing)
+    if blind:
+        who = "this rank" if rank == blind[0] else f"rank {blind[0]}"
+        raise RanksDifferError(f"--out {ctx.settings.out}: {who} does not see rank 0's output folder there; every "
+                               "rank needs --out on storage all of them see (--resume reads the checkpoints there)")
 
 
 def serve(ctx: "Context") -> None:
