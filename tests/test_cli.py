@@ -372,6 +372,8 @@ def test_diverged_runs_are_reported_as_such(small_data_root, tmp_path, capsys):
     (["lr-sweep", "--seeds", "-1"], "--seeds must be an int >= 1, got -1"),
     (["depth", "--seeds", "10001"], "--seeds must be at most 10,000, got 10,001"),
     (["cnn", "--rank-timeout", "1e14"], "--rank-timeout must be at most 31,536,000 seconds (a year), got 1e+14"),
+    # torch's clock counts whole milliseconds: 1e-9 s was 0 ms, in which no rank joins the others
+    (["cnn", "--rank-timeout", "1e-9"], "--rank-timeout must be at least 1 second, got 1e-09"),
     (["all", "--seed", str(2**32 - 2), "--seeds", "3"],
      "--seeds 3 from --seed 4294967294 reaches seed 4294967296, above the largest seed 2**32 - 1"),
 ])

@@ -28,6 +28,7 @@ from .experiments.formatting import fmt_lr
 from .signals import on_sigterm
 
 ALL = "all"  # the command that runs every experiment
+MIN_RANK_TIMEOUT_S = 1.0  # --rank-timeout also bounds joining the other ranks, which takes a moment
 CALIBRATE = "calibrate"  # the command that measures this CPU's choices (fn_trainer.speed.calibration)
 DEFAULTS = Settings()  # an option that sets a field of Settings has the field's default
 PARALLEL_MODES = ("data", "population")  # fn_trainer.app.parallel
@@ -150,8 +151,8 @@ def _add_training(p: argparse.ArgumentParser, name: str) -> None:
                         "the processes. Default under torchrun: populations split their members, single "
                         "runs their minibatches. Rank 0 alone prints and writes")
     p.add_argument("--rank-timeout", type=float, default=DEFAULTS.rank_timeout, metavar="SECONDS",
-                   help="under torchrun: how long a rank waits for the others within a training step before "
-                        "it stops with an error; a rank done with its share waits for the others' work as "
+                   help="under torchrun: how long a rank waits for the others when joining them and within a "
+                        "training step before it stops with an error (at least 1); a rank done with its share waits for the others' work as "
                         "long as it takes, and a rank that dies is noticed at once (default: %(default)s)")
 
 
@@ -199,6 +200,8 @@ def validate(args: argparse.Namespace) -> None:
                          "report: give learning rates that differ in their first 6 significant digits")
     if hasattr(args, "rank_timeout"):
         check_positive_float("--rank-timeout", args.rank_timeout)
+        if args.rank_timeout < MIN_RANK_TIMEOUT_S:  # below a millisecond torch's clock reads 0: no rank joins
+            raise ValueError(f"--rank-timeout must be at least {MIN_RANK_TIMEOUT_S:g} second, got {args.rank_timeout:g}")
         if args.rank_timeout > WAIT_LIMIT_S:
             raise ValueError(f"--rank-timeout must be at most {WAIT_LIMIT_S:,} seconds (a year), "
                              f"got {args.rank_timeout:g}")
