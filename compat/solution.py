@@ -246,10 +246,7 @@ class Trainer:
         # every batch would cost more than the step's Adam update
         targets = self._targets(y_batch, X_batch, "training_step batch", finite=False)
         self.optimizer.zero_grad()
-        if getattr(self.compute_loss_and_accuracy, "__func__", None) is Trainer.compute_loss_and_accuracy:
-            loss = self._loss(self.network(X_batch), targets)  # its loss, without its scan of the batch
-        else:  # a subclass's or an instance's own: the loss it defines is the one trained
-            loss, _ = self.compute_loss_and_accuracy(X_batch, targets)
+        loss, _ = self._loss_and_accuracy(accuracy_too=False)(X_batch, targets)
         loss.backward()
         norm = self.compute_gradient_norm(self.network)
         if not math.isfinite(norm):
@@ -294,8 +291,9 @@ class Trainer:
         ``X`` of ``compute_loss_and_accuracy``; ``y`` holds class indices ``(N,)`` or one-hot
         rows ``(N, n_classes)``."""
         targets = self._targets(y, X, "evaluate data")
-        # compute_loss_and_accuracy (an overriding one's too) over chunks, weighted by their rows
-        loss, acc = chunked_mean(self.compute_loss_and_accuracy, X, targets)
+        # over chunks, weighted by their rows: an overriding compute_loss_and_accuracy's values,
+        # or the class's own, computed without its scan of each chunk
+        loss, acc = chunked_mean(self._loss_and_accuracy(), X, targets)
         # the loss in the dtype and on the device the template's computed one has
         where = next(self.network.parameters(), X)
         dtype = torch.promote_types(where.dtype, targets.dtype)
@@ -339,6 +337,20 @@ class Trainer:
         arrays = {name: image.cpu().numpy() for name, image in images.items()}
         save_figures(arrays, ensure_writable_dir(FIGURES_DIR))
         return arrays
+
+    def _loss_and_accuracy(self, accuracy_too: bool = True) -> Callable:
+        """``(X, one-hot targets) -> (loss, accuracy)``: ``compute_loss_and_accuracy`` where a
+        subclass or the instance overrides it (the loss it defines is the one trained and
+        evaluated), else its values without its checks of the data, which its callers made
+        (and, unless ``accuracy_too``, without the accuracy: ``None``)."""
+        if getattr(self.compute_loss_and_accuracy, "__func__", None) is not Trainer.compute_loss_and_accuracy:
+            return self.compute_loss_and_accuracy
+
+        def own(X: torch.Tensor, targets: torch.Tensor):
+            probs = self.network(X)
+            return self._loss(probs, targets), accuracy(probs, targets) if accuracy_too else None
+
+        return own
 
     @property
     def _loss(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

@@ -179,10 +179,10 @@ MUTANTS = {
         '        self.optimizer.param_groups[0]["lr"] = 1e-3\n'
         "        self.optimizer.step()\n        return norm")]),
     "evaluate returning the last batch's accuracy": ("11", [(
-        "loss, acc = make_evaluate(self._apply, self._loss)(params, X, targets)",
+        "loss, acc = chunked_mean(self._loss_and_accuracy(), X, targets)",
         "for i in range(0, len(X), self.batch_size):\n"
-        "            loss, acc = make_evaluate(self._apply, self._loss)(\n"
-        "                params, X[i:i + self.batch_size], targets[i:i + self.batch_size])")]),
+        "            loss, acc = chunked_mean(self._loss_and_accuracy(), X[i:i + self.batch_size],\n"
+        "                                     targets[i:i + self.batch_size])")]),
 }
 
 
