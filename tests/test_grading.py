@@ -673,6 +673,11 @@ def test_answers_are_read_only_as_stored_records_within_the_limit():
     assert len(unfolding) < 10_000
     with pytest.raises(ValueError, match="^an answer of over 100000 nested values$"):
         decode_answer(unfolding[8:])
+    shared: tuple = ()
+    for _ in range(24):  # a set holds it as one value: unwalked, its repr is 2**24 tuples
+        shared = (shared, shared)
+    with pytest.raises(ValueError, match="^an answer of over 100000 nested values$"):
+        decode_answer(encode({"value": {shared}})[8:])
 
 
 FORGER = ("import json, os, torch\n"
