@@ -940,3 +940,11 @@ def test_a_line_break_or_backtick_in_an_argument_leaves_the_command_one_line_of_
     # a code span fenced past the backtick, and the path in bash's $'...' form: the shell gets it back
     assert command == f"Command: ``fn-trainer depth {' '.join(QUICK)} --data {small_data_root} --out " \
                       f"$'{tmp_path}/o`ut\\n\\n# INJECTED HEADING\\n'``"
+
+
+@pytest.mark.parametrize("argument", ["o`ut\n\n# INJECTED HEADING\n", "caf\u00e9\nx", "my\u00a0folder", "it's\\\t\x01",
+                                      "plain path"])
+def test_the_command_line_as_the_report_writes_it_gives_bash_back_each_argument(argument):
+    line = cli.command_line(["printf", "%s", argument])
+    assert "\n" not in line
+    assert subprocess.run(["bash", "-c", line], capture_output=True, check=True).stdout == argument.encode()

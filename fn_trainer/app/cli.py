@@ -272,15 +272,19 @@ def _check_device(name: str) -> None:
             raise ValueError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA devices")
 
 
+BASH_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\", "'": "\\'"}
+
+
 def command_line(argv: Sequence[str]) -> str:
     """``argv`` as one line a shell takes back: ``shlex.join``, except that an argument
-    holding a line break or another unprintable character is written in bash's ``$'...'``
-    form with it escaped (the report prints the command on one line)."""
+    holding an ASCII control character (a line break) is written in bash's ``$'...'`` form
+    with those escaped (``\\n``, ``\\xHH``), every other character as it is: the report
+    prints the command on one line."""
     def quoted(arg: str) -> str:
-        if arg.isprintable():
+        if not any(ord(c) < 0x20 or ord(c) == 0x7F for c in arg):
             return shlex.quote(arg)
-        escaped = arg.encode("unicode_escape").decode("ascii").replace("'", "\\'")
-        return f"$'{escaped}'"
+        return "$'" + "".join(BASH_ESCAPES.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x20 or ord(c) == 0x7F else c)
+                              for c in arg) + "'"
 
     return " ".join(quoted(arg) for arg in argv)
 
