@@ -740,12 +740,16 @@ def test_results_go_only_where_the_grader_writes_them(tmp_path, monkeypatch):
     (["{solution}", "--timeout", "0"], "--timeout must be a positive finite number, got 0.0"),
     (["{solution}", "--timeout", "inf"], "--timeout must be a positive finite number, got inf"),
     (["--bundle", "a.tar"], "--bundle must name a .zip file"),
+    (["{solution_copy}", "--results", "{solution_copy}"], "is the submission itself: give the results another path"),
 ])
 def test_bad_grade_arguments_fail_with_one_line(args, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["grade", *[a.format(solution=SOLUTION) for a in args]]) == 2
+    copy = tmp_path / "solution.py"
+    copy.write_text("def gradient_norm(*args):\n    return 0.0\n")
+    assert main(["grade", *[a.format(solution=SOLUTION, solution_copy=copy) for a in args]]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fn-trainer: error: ") and message in err and err.count("\n") == 1
+    assert copy.read_text() == "def gradient_norm(*args):\n    return 0.0\n"  # the submission is as it was
 
 
 @pytest.mark.parametrize("timeout", [0, -1.0, float("inf"), float("nan")])

@@ -49,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
     check_positive_float("--budget", args.budget)
     if not args.submission.is_file():
         raise ValueError(f"SUBMISSION.py: {str(args.submission)!r} is not a file")
+    if args.results.exists() and args.results.resolve() == args.submission.resolve():
+        # the results replace whatever is at --results: here, the student's work
+        raise ValueError(f"--results {str(args.results)!r} is the submission itself: give the results another path")
     if args.as_user is not None:
         from .runner import account
 
