@@ -317,25 +317,30 @@ def test_a_record_with_an_unknown_spec_field_is_retrained_by_the_command(depth_d
 
 
 def test_a_folder_where_a_run_record_goes_is_refused_before_training(depth_done, tmp_path, capsys, monkeypatch):
-    from fn_trainer.app.experiments import training
-
     record = sorted((tmp_path / "runs").glob("*.json"))[0]
     record.unlink()
     record.mkdir()
+    assert f"the run record {record} is a folder" in refused_untrained(depth_done, capsys, monkeypatch)
+
+
+def refused_untrained(argv, capsys, monkeypatch) -> str:
+    """The one error line of the command ``argv``, which must exit with 2 before training anything."""
+    from fn_trainer.app.experiments import training
+
     trained = []
     monkeypatch.setattr(training, "train_one", lambda *a: trained.append(a))
     monkeypatch.setattr(training, "train_population", lambda *a: trained.append(a))
     capsys.readouterr()
-    assert cli.main(depth_done) == 2
+    assert cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"the run record {record} is a folder" in err and not trained
+    assert err.count("\n") == 1 and not trained, err
+    return err
 
 
 @pytest.mark.parametrize("kind", ["a symbolic link", "a folder"])
 def test_anything_but_a_file_at_the_report_lock_is_refused_before_training(kind, depth_done, tmp_path, capsys,
                                                                           monkeypatch):
     from fn_trainer.app import report
-    from fn_trainer.app.experiments import training
 
     for record in (tmp_path / "runs").glob("*.json"):
         record.unlink()  # so that the command would train
@@ -345,14 +350,9 @@ def test_anything_but_a_file_at_the_report_lock_is_refused_before_training(kind,
         lock.mkdir()
     else:
         lock.symlink_to(tmp_path / "outside-lock")
-    trained = []
-    monkeypatch.setattr(training, "train_one", lambda *a: trained.append(a))
-    monkeypatch.setattr(training, "train_population", lambda *a: trained.append(a))
-    capsys.readouterr()
-    assert cli.main(depth_done) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"the report lock {str(lock)!r}: it is {kind}, not a file" in err
-    assert not trained and not (tmp_path / "outside-lock").exists()
+    err = refused_untrained(depth_done, capsys, monkeypatch)
+    assert f"the report lock {str(lock)!r}: it is {kind}, not a file" in err
+    assert not (tmp_path / "outside-lock").exists()
 
 
 @pytest.mark.parametrize("where", ["folder", "link to a folder", "working folder"])
