@@ -197,6 +197,10 @@ def inductor_apply(network: Network, *, vmapped: bool = False,
     population) before it is compiled: the Winograd rewrite leaves its backward passes to
     autograd, as Dynamo cannot trace ``vmap`` over the written-out ones
     (``torch.autograd.Function``); the threshold is the single model's.
+
+    Forward-mode derivatives (``torch.func.jvp``, ``jacfwd``, ``hessian``) need
+    ``vmapped=True`` where a layer runs as Winograd: the written-out backward passes have no
+    ``jvp``, and Dynamo refuses to trace an ``autograd.Function`` that defines one.
     """
     if network.network_type != "cnn":
         return network.apply
