@@ -20,7 +20,7 @@ import torch
 
 from ..core.checks import SEED_LIMIT, check_positive_float, check_positive_int, check_seed
 from ..core.optim import check_fits_dtype
-from ..training.distributed import WAIT_LIMIT_S
+from ..training.distributed import MIN_RANK_TIMEOUT_S, WAIT_LIMIT_S
 from . import PROG
 from .experiments import EXPERIMENTS, Experiment
 from .experiments.context import Context, Settings
@@ -28,7 +28,6 @@ from .experiments.formatting import fmt_lr
 from .signals import on_sigterm
 
 ALL = "all"  # the command that runs every experiment
-MIN_RANK_TIMEOUT_S = 1.0  # --rank-timeout also bounds joining the other ranks, which takes a moment
 CALIBRATE = "calibrate"  # the command that measures this CPU's choices (fn_trainer.speed.calibration)
 DEFAULTS = Settings()  # an option that sets a field of Settings has the field's default
 PARALLEL_MODES = ("data", "population")  # fn_trainer.app.parallel

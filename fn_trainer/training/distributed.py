@@ -59,6 +59,7 @@ LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")  # what torchrun sets fo
 # The longest wait for another rank's work; also the longest --rank-timeout: a year, as good
 # as no limit here, while 1e10 s (about 300 years) overflowed the collectives' clock.
 WAIT_LIMIT_S = 365 * 24 * 3600
+MIN_RANK_TIMEOUT_S = 1.0  # the shortest --rank-timeout: it also bounds joining the other ranks
 _waiting_group: Optional[dist.ProcessGroup] = None  # the group of the long waits, while joined
 
 

@@ -423,18 +423,17 @@ def op_training_step(solution, request):
         before = state_of(trainer.network)
         norm = number(trainer.training_step(X, Y), "training_step")
         after = state_of(trainer.network)
-        own = attempt(lambda: own_gradient_norm(trainer, before))
+        own = attempt(lambda: own_gradient_norm(trainer, before, after))
         steps.append({"norm": norm, "own_norm": own.get("value"), "params": after,
                       "grads": grads_of(trainer.network)})
     return steps
 
 
-def own_gradient_norm(trainer, before: Dict[str, torch.Tensor]) -> float:
+def own_gradient_norm(trainer, before: Dict[str, torch.Tensor], after: Dict[str, torch.Tensor]) -> float:
     """The submission's ``compute_gradient_norm`` of its network as a ``training_step`` sees
     it before the update: the parameters ``before`` the step (a wrong norm may read them),
-    the ``.grad`` buffers the step left. The parameters are put back as they were after."""
+    the ``.grad`` buffers the step left. The parameters are put back ``after`` it."""
     params = dict(trainer.network.named_parameters())
-    after = {k: p.detach().clone() for k, p in params.items()}
     with torch.no_grad():
         for k, p in params.items():
             p.copy_(before[k])
