@@ -87,6 +87,15 @@ def test_fit_writes_a_checkpoint_holding_the_final_state(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["ckpt.pt"]  # no temporary files left
 
 
+def test_a_checkpoint_under_the_home_folder_is_written_there(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "home").mkdir()
+    first = run(epochs=1, checkpoint="~/ckpt.pt")
+    assert (tmp_path / "home" / "ckpt.pt").is_file() and not (tmp_path / "~").exists()
+    assert_same_run(run(epochs=1, checkpoint="~/ckpt.pt", resume=True), first)
+
+
 tensor_dicts = st.dictionaries(
     st.text("abcxyz.", min_size=1, max_size=5),
     st.tuples(st.lists(st.integers(0, 3), max_size=3), st.sampled_from([torch.float32, torch.float64, torch.int64])),

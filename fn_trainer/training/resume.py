@@ -39,14 +39,14 @@ SETTINGS_SINCE = {"data": 2, "network": 2, "dtype": 3}
 def checkpoint_path(checkpoint: Optional[PathLike], resume: bool, writable: bool = True) -> Optional[Path]:
     """``checkpoint`` as a ``Path`` whose folder is ``writable`` if asked (``None`` stays
     ``None``), checked before any training so that a bad path fails now, not when the
-    first epoch is saved."""
+    first epoch is saved. A leading ``~`` is the user's home, as for the data's root."""
     if resume and checkpoint is None:
         raise ValueError("resume=True needs a checkpoint path to resume from, got checkpoint=None")
     if checkpoint is None:
         return None
     if not isinstance(checkpoint, (str, os.PathLike)):
         raise TypeError(f"checkpoint must be a file path (str or os.PathLike), got {type(checkpoint).__name__}")
-    checkpoint = Path(checkpoint)
+    checkpoint = Path(checkpoint).expanduser()
     kind = unreplaceable_kind(checkpoint, follow_links=True)
     if kind is not None:
         raise CheckpointError(f"checkpoint must be a file path, got {str(checkpoint)!r}, {kind}")
