@@ -86,6 +86,28 @@ def test_bad_hyperparameters(kwargs, match):
         adam(**kwargs)
 
 
+def _like(params, **changed):
+    return {**{k: torch.zeros_like(v) for k, v in params.items()}, **changed}
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("grads_of,match", [
+    (lambda p: {}, r"grads must have the parameters' names \['c', 'w'\], got \[\]"),
+    (lambda p: [0.0], "grads must have the parameters' names .* got list"),
+    (lambda p: _like(p, x=torch.zeros(1)), r"names .* got \['c', 'w', 'x'\]"),
+    (lambda p: _like(p, w=torch.zeros(4, 1, dtype=torch.float64)),
+     r"grads\['w'\] must be like params\['w'\], \(5,\) torch.float64, got \(4, 1\) torch.float64"),
+    (lambda p: _like(p, w=torch.zeros(5)), r"grads\['w'\] .* got \(5,\) torch.float32"),
+    (lambda p: _like(p, c=None), r"grads\['c'\] must be like params\['c'\], \(\) torch.float64, got NoneType"),
+])
+def test_gradients_unlike_the_parameters_are_named(grads_of, match, inplace):
+    params, _ = _problem(0)
+    before = {k: v.clone() for k, v in params.items()}
+    with pytest.raises(ValueError, match=match):
+        adam_update(grads_of(params), adam().init(params), params, inplace=inplace)
+    assert all(torch.equal(params[k], before[k]) for k in params)  # refused before any write
+
+
 @settings(deadline=None, max_examples=5)
 @given(st.integers(0, 10_000), st.sampled_from([1e-4, 1e-3, 1e-2]))
 def test_adam_is_bitwise_torch_optim_adam_in_float32(seed, lr):

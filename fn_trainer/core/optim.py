@@ -139,6 +139,20 @@ def check_state(state: object, params: Params) -> None:
                          "squared gradients")
 
 
+def check_grads(grads: object, params: Params) -> None:
+    """Raise naming ``grads`` unless it holds a tensor of each parameter's name, shape and
+    dtype, and nothing else: the gradients that ``torch.func.grad`` gives for ``params``.
+    Metadata only, so a compiled step traces it away."""
+    if not isinstance(grads, dict) or grads.keys() != params.keys():
+        found = sorted(grads) if isinstance(grads, dict) else type(grads).__name__
+        raise ValueError(f"grads must have the parameters' names {sorted(params)}, got {found}")
+    for k, p in params.items():
+        g = grads[k]
+        if not isinstance(g, Tensor) or (g.shape, g.dtype) != (p.shape, p.dtype):
+            found = f"{tuple(g.shape)} {g.dtype}" if isinstance(g, Tensor) else type(g).__name__
+            raise ValueError(f"grads[{k!r}] must be like params[{k!r}], {tuple(p.shape)} {p.dtype}, got {found}")
+
+
 def check_hyperparameters_fit(lr: float, eps: float, dtype: torch.dtype, prefix: str = "") -> None:
     """Raise ``ValueError`` naming ``{prefix}lr`` or ``{prefix}eps`` unless it is a normal finite
     number in ``dtype``, the parameters' (``lr`` may be 0, where a schedule ends). The update
@@ -187,6 +201,7 @@ def adam_update(grads: Params, state: AdamState, params: Params, *, inplace: boo
     (a tensor operation each would cost more than the update of a small layer) and
     one pass per operation. Eager only; no autograd. ``power``: see ``adam``.
     """
+    check_grads(grads, params)
     if inplace:
         return _adam_update_inplace(grads, state, params)
     count = state.count + 1
