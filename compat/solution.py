@@ -58,8 +58,10 @@ def gradient_norm(function: Callable, *tensor_list: List[torch.Tensor]) -> float
     """``||grad function(*tensor_list)||_2`` over all the tensors together, as a float.
 
     Computed with ``torch.func``, whose transforms take what ``torch.autograd`` takes
-    except a ``torch.autograd.Function`` without ``setup_context`` and values that leave
-    torch (NumPy): those raise torch's ``RuntimeError``."""
+    except a ``torch.autograd.Function`` without ``setup_context``, values that leave
+    torch (NumPy) and in-place changes to a tensor the function holds (a ``BatchNorm``
+    layer in training mode updates its running statistics; in ``eval()`` mode it does
+    not): those raise torch's ``RuntimeError``."""
     # detached: inputs made with requires_grad=True give a norm with a graph, which float() warns about
     return float(functional_gradient_norm(function, *tensor_list).detach())
 
@@ -175,8 +177,8 @@ class Trainer:
             self.network = self.create_mlp(input_dim[0] * input_dim[1] * input_dim[2], net_config,
                                            n_classes, activation_function)
         else:  # "cnn"
-            if type(self).create_cnn is Trainer.create_cnn:  # its own layers: a kernel must fit its feature map
-                feature_map_sizes(net_config, tuple(input_dim[1:]))  # (a subclass's builder decides for itself)
+            if type(self).create_cnn is _TEMPLATE_METHODS["create_cnn"]:  # its own layers: a kernel must fit
+                feature_map_sizes(net_config, tuple(input_dim[1:]))  # (another builder decides for itself)
             self.network = self.create_cnn(input_dim[0], net_config, n_classes, activation_function)
         self.optimizer = FunctionalAdam(self.network.parameters(), lr=lr)
 
@@ -340,10 +342,11 @@ class Trainer:
 
     def _loss_and_accuracy(self, accuracy_too: bool = True) -> Callable:
         """``(X, one-hot targets) -> (loss, accuracy)``: ``compute_loss_and_accuracy`` where a
-        subclass or the instance overrides it (the loss it defines is the one trained and
-        evaluated), else its values without its checks of the data, which its callers made
+        subclass, the instance or a patch of the class replaces it (the loss it defines is
+        the one trained and evaluated), else its values without its checks of the data, which its callers made
         (and, unless ``accuracy_too``, without the accuracy: ``None``)."""
-        if getattr(self.compute_loss_and_accuracy, "__func__", None) is not Trainer.compute_loss_and_accuracy:
+        template_own = _TEMPLATE_METHODS["compute_loss_and_accuracy"]
+        if getattr(self.compute_loss_and_accuracy, "__func__", None) is not template_own:
             return self.compute_loss_and_accuracy
 
         def own(X: torch.Tensor, targets: torch.Tensor):
@@ -358,11 +361,20 @@ class Trainer:
         return partial(cross_entropy, eps=self.epsilon)
 
     def _targets(self, y: torch.Tensor, X: torch.Tensor, name: str, finite: bool = True) -> torch.Tensor:
-        """One-hot ``(N, n_classes)`` targets from labels or one-hot ``y``, checked against ``X``."""
-        if isinstance(y, torch.Tensor) and y.dim() == 2 and not y.dtype.is_floating_point:
-            y = y.float()  # integer one-hot rows, as torch.nn.functional.one_hot makes them
+        """One-hot ``(N, n_classes)`` targets from labels or one-hot ``y``, checked against ``X``.
+        One-hot rows are taken at their width, as the template takes them; labels need ``n_classes``."""
+        if isinstance(y, torch.Tensor) and y.dim() == 2:
+            if not y.dtype.is_floating_point:
+                y = y.float()  # integer one-hot rows, as torch.nn.functional.one_hot makes them
+            return check_split(name, (X, y), y.shape[1], finite=finite)[1]
         return check_split(name, (X, y), self.n_classes, finite=finite)[1]
 
+
+
+# The class's own methods, as defined here: a subclass, an instance or a patch of the class
+# (unittest.mock.patch.object) that replaces one is told apart from them
+_TEMPLATE_METHODS = {name: Trainer.__dict__[name].__func__ if isinstance(Trainer.__dict__[name], staticmethod)
+                     else Trainer.__dict__[name] for name in ("create_cnn", "compute_loss_and_accuracy")}
 
 def save_figures(arrays: Dict[str, np.ndarray], out_dir: Union[str, os.PathLike]) -> List[str]:
     """Write each 2-D array as ``out_dir/equivariance_<name>.png``; return the paths.

@@ -313,8 +313,8 @@ def test_labels_outside_the_classes_are_refused(make_trainer):
         t.evaluate(X, torch.tensor([3, -1]))
     with pytest.raises(ValueError, match="one entry per sample"):
         t.training_step(X, t.one_hot(torch.tensor([1, 2, 3])))
-    with pytest.raises(ValueError, match=r"\(N, 10\)"):
-        t.compute_loss_and_accuracy(X, torch.ones(2, 7))
+    with pytest.raises(ValueError, match=r"same shape \(N, C\), got \(2, 10\) and \(2, 7\)"):
+        t.compute_loss_and_accuracy(X, torch.ones(2, 7))  # one-hot rows of another width than the network's
 
 
 # ---------------------------------------------------------------- maths through the adapter
@@ -701,11 +701,15 @@ def _penalty(trainer) -> torch.Tensor:
     return 100.0 * sum((p ** 2).sum() for p in trainer.network.parameters())
 
 
-@pytest.mark.parametrize("how", ["subclass", "instance"])
-def test_training_step_and_evaluate_use_an_overriding_compute_loss_and_accuracy(make_trainer, how):
+@pytest.mark.parametrize("how", ["subclass", "instance", "class patch"])
+def test_training_step_and_evaluate_use_an_overriding_compute_loss_and_accuracy(make_trainer, how, monkeypatch):
     """The homework's methods build on each other: a penalty added there is trained and evaluated."""
     torch.manual_seed(0)
     plain = make_trainer(lr=1e-3)
+    start = copy.deepcopy(plain.network)
+    X, Y = plain.train[0][:32], plain.one_hot(plain.train[1][:32])
+    plain_loss = float(plain.evaluate(X, Y)[0])
+    plain.training_step(X, Y)  # before a patch of the class, which every trainer would see
     torch.manual_seed(0)
     if how == "subclass":
         class Penalised(S.Trainer):
@@ -713,17 +717,23 @@ def test_training_step_and_evaluate_use_an_overriding_compute_loss_and_accuracy(
                 loss, acc = super().compute_loss_and_accuracy(X, y)
                 return loss + _penalty(self), acc
         penalised = Penalised(datapath=plain.datapath, lr=1e-3)
-    else:
+    elif how == "instance":
         penalised = make_trainer(lr=1e-3)
         template = penalised.compute_loss_and_accuracy
         penalised.compute_loss_and_accuracy = lambda X, y: (template(X, y)[0] + _penalty(penalised), template(X, y)[1])
-    X, Y = plain.train[0][:32], plain.one_hot(plain.train[1][:32])
-    assert max_difference(plain.network, penalised.network) == 0.0
+    else:  # unittest.mock.patch.object's way, or a notebook's
+        penalised = make_trainer(lr=1e-3)
+        template = S.Trainer.compute_loss_and_accuracy
+
+        def patched(self, X, y):
+            loss, acc = template(self, X, y)
+            return loss + _penalty(self), acc
+        monkeypatch.setattr(S.Trainer, "compute_loss_and_accuracy", patched)
+    assert max_difference(start, penalised.network) == 0.0
     with torch.no_grad():
         penalty = float(_penalty(penalised))
     loss, _ = penalised.evaluate(X, Y)
-    assert float(loss) == pytest.approx(float(plain.evaluate(X, Y)[0]) + penalty, rel=1e-6)
-    plain.training_step(X, Y)
+    assert float(loss) == pytest.approx(plain_loss + penalty, rel=1e-6)
     penalised.training_step(X, Y)
     # the penalty's gradient 200 p moves every weight; Adam's first step is lr in size either way,
     # its sign the gradient's: the penalty flips the signs where it dominates
@@ -747,3 +757,25 @@ def test_a_subclass_create_cnn_decides_for_itself_whether_its_kernels_fit(make_t
 
     trainer = SameSize(network_type="cnn", net_config=config, datapath=make_trainer().datapath)
     assert trainer.network(trainer.train[0][:2]).shape == (2, 10)
+    with pytest.MonkeyPatch.context() as m:  # the class patched rather than subclassed
+        m.setattr(S.Trainer, "create_cnn", staticmethod(SameSize.create_cnn))
+        assert make_trainer(network_type="cnn", net_config=config).network(trainer.train[0][:2]).shape == (2, 10)
+
+
+@pytest.mark.parametrize("method", ["compute_loss_and_accuracy", "training_step", "evaluate"])
+def test_one_hot_targets_are_taken_at_their_width_as_the_template_takes_them(make_trainer, method):
+    """A grader's own tiny network of 3 classes on a bare Trainer: no n_classes is read."""
+    torch.manual_seed(0)
+    trainer = S.Trainer.__new__(S.Trainer)
+    trainer.network = nn.Sequential(nn.Flatten(), nn.Linear(12, 3), nn.Softmax(dim=1))
+    trainer.optimizer, trainer.epsilon = S.FunctionalAdam(trainer.network.parameters(), lr=1e-3), S.EPSILON
+    X, y = torch.randn(8, 1, 3, 4), nn.functional.one_hot(torch.arange(8) % 3, 3).float()
+    result = getattr(trainer, method)(X, y)
+    probs = trainer.network(X) if method != "training_step" else None
+    if method == "compute_loss_and_accuracy":
+        expected = -(y * probs.clamp(S.EPSILON, 1 - S.EPSILON).log()).sum(1).mean()
+        assert float(result[0].detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
+    elif method == "training_step":
+        assert math.isfinite(result) and result > 0
+    else:
+        assert float(result[0]) == pytest.approx(float(trainer.compute_loss_and_accuracy(X, y)[0].detach()), rel=1e-6)

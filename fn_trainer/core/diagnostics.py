@@ -2,7 +2,9 @@
 
 The functions differentiated must be composable with ``torch.func``'s transforms: a
 ``torch.autograd.Function`` needs ``setup_context`` (the older single ``forward(ctx, ...)``
-form is refused by torch), and a value that leaves torch (NumPy) has no derivative there.
+form is refused by torch), a value that leaves torch (NumPy) has no derivative there, and
+a function may not change a tensor it holds in place (a ``BatchNorm`` layer in training
+mode, which updates its running statistics: put it in ``eval()`` mode first).
 """
 from __future__ import annotations
 
