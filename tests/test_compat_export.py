@@ -95,6 +95,16 @@ def test_a_configuration_pickled_with_the_exported_file_loads_in_a_fresh_process
     assert "dense_hiddens=(64, 64, 64, 64, 64)" in loaded.stdout
 
 
+def test_a_second_load_of_the_file_leaves_the_first_ones_configurations_picklable(exported, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(exported.parent)}
+    code = ("import pickle, runpy, solution\n"
+            "runpy.run_path(solution.__file__, run_name='grader_copy')\n"
+            "print(type(pickle.loads(pickle.dumps(solution.NetworkConfiguration()))).__module__)")
+    second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert second.stdout.split() == ["solution"]
+
+
 def test_exported_file_passes_the_compat_suite_without_fn_trainer(exported):
     """The compat suite, in a fresh interpreter where fn_trainer and compat cannot be imported."""
     env = {**os.environ, "FN_TRAINER_SOLUTION": str(exported)}

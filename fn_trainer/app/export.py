@@ -76,8 +76,10 @@ if not any(getattr(f, "package", None) == _EMBEDDED_PACKAGE for f in _sys.meta_p
 # The template's NetworkConfiguration is the file's own: a configuration pickled in one process
 # names this module, which pickle imports by itself in another, not the embedded package,
 # which exists only once this file has run.
-FOOTER = ("\n\nNetworkConfiguration.__module__ = __name__  "
-          "# pickles name this file, as the template's own class does\n")
+# The file loaded a second time in one process (under another name) shares the embedded
+# modules, and so the class, with the first load, whose name it keeps.
+FOOTER = ("\n\nif NetworkConfiguration.__module__.startswith(_EMBEDDED_PACKAGE):  # unclaimed by an earlier load\n"
+          "    NetworkConfiguration.__module__ = __name__  # pickles name this file, as the template's own class does\n")
 
 
 def export_solution(out_path: Union[str, os.PathLike], *, name: str = "out_path") -> Path:
