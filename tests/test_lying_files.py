@@ -187,6 +187,7 @@ RECORD_EDITS = {
     "logs too long": lambda d: d["logs"]["train_accuracy"].append(0.5),
     "log key missing": lambda d: d["logs"].pop("validation_loss"),
     "n_params as text": lambda d: d.update(n_params="many"),
+    "n_params of another network": lambda d: d.update(n_params=12),
     "spec missing": lambda d: d.pop("spec"),
     "config not a dict": lambda d: d["spec"].update(config=[1, 2]),
     "not an object": lambda d: d.clear() or d.update(x=1),

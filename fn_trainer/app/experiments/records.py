@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ...core.config import NetworkConfiguration
+from ...core.data import N_CLASSES
+from ...core.networks import build_network
 from ...core.paths import read_regular_file, safe_path, write_text
 from .context import Context
 from .record_checks import record_problem
@@ -183,6 +185,11 @@ def stored_record(ctx: Context, spec: RunSpec) -> Optional[RunRecord]:
     if stored.config_hash != expected or found != expected:
         ctx.warn(f"ignoring the run record {path}: it holds another run's configuration "
                  f"(hash {stored.config_hash}, its spec {found}, expected {expected}); it is trained again")
+        return None
+    n_params = build_network(spec.network_type, spec.config, n_classes=N_CLASSES).n_params
+    if stored.n_params != n_params:  # the report's tables print it
+        ctx.warn(f"ignoring the run record {path}: it gives the network {stored.n_params} parameters, its "
+                 f"configuration has {n_params}; it is trained again")
         return None
     stored.spec = spec  # the label may have been reworded since
     return stored
