@@ -265,6 +265,24 @@ def test_plot_curves_draws_curves_that_all_diverged_at_once_on_a_log_scale(tmp_p
     assert read_png(path).shape[0] > 300
 
 
+@pytest.mark.parametrize("values,scale,label", [
+    ([[0.5, 0.25], [0.4, 0.3]], ("log", {}), "norm (log scale)"),
+    ([[0.5, 0.0], [0.4, 0.3]], ("symlog", {"linthresh": 0.3}), "norm (log scale; linear below 0.3, where 0 is drawn)"),
+    ([[0.0, 0.0], [None, 0.0]], None, "norm"),  # nothing above 0: linear, and not called log
+])
+def test_plot_curves_says_its_scale_and_draws_zeros_on_a_log_scale(values, scale, label, tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    calls = {}
+    for method in ("set_yscale", "set_ylabel"):
+        real = getattr(matplotlib.axes.Axes, method)
+        monkeypatch.setattr(matplotlib.axes.Axes, method, lambda self, *a, _real=real, _name=method, **k:
+                            calls.setdefault(_name, (a[0], k)) and _real(self, *a, **k))
+    plot_curves([Curve(str(i), v) for i, v in enumerate(values)], tmp_path / "g.png", title="t", ylabel="norm",
+                logy=True)
+    assert calls.get("set_yscale") == scale and calls["set_ylabel"][0] == label
+
+
 def test_plot_curves_needs_curves(tmp_path):
     with pytest.raises(ValueError, match="at least one curve"):
         plot_curves([], tmp_path / "c.png", title="t", ylabel="y")

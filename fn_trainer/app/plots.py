@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import matplotlib
 
@@ -71,17 +71,19 @@ def plot_curves(curves: Sequence[Curve], path: Path, *, title: str, ylabel: str,
 
     A diverged curve is drawn up to its last finite value and ends with an ``X``
     marker; its legend entry gives its ``diverged`` note. A curve with no finite value at all is
-    listed in the legend only; with no positive value anywhere, ``logy`` is ignored. A
+    listed in the legend only. ``logy``: a log scale, said in the y label; where a value
+    is 0 (a gradient norm can be), a symmetric log scale, linear below the smallest
+    positive value, so that 0 is drawn; with no positive value anywhere, a linear scale. A
     curve's ``band`` is shaded in its colour; what a band shows is for the title or the
     labels to say.
     """
     if not curves:
         raise ValueError("plot_curves needs at least one curve")
     fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI)
-    positive = False  # a log scale needs a value above 0 (every run may have diverged at once)
+    finite: List[np.ndarray] = []  # a log scale needs a value above 0 (every run may have diverged at once)
     for c in curves:
         xs, ys = _finite(c.values, c.start)
-        positive = positive or bool((ys > 0).any())
+        finite += [ys, *(_finite(side, c.start)[1] for side in (c.band or ()))]
         label = f"{c.label} — {c.diverged}" if c.diverged else c.label
         (line,) = ax.plot(xs, ys, linestyle=c.linestyle, color=c.color, label=label,
                           marker=c.marker or ("o" if len(xs) == 1 else None))
@@ -90,8 +92,15 @@ def plot_curves(curves: Sequence[Curve], path: Path, *, title: str, ylabel: str,
         if c.diverged and len(xs):
             ax.plot(xs[-1:], ys[-1:], marker="X", markersize=11, color=line.get_color(),
                     markeredgecolor="black", linestyle="none")
-    if logy and positive:
-        ax.set_yscale("log")
+    values = np.concatenate(finite)
+    if logy and (values > 0).any():
+        lowest = float(values[values > 0].min())
+        if (values <= 0).any():
+            ax.set_yscale("symlog", linthresh=lowest)
+            ylabel = f"{ylabel} (log scale; linear below {lowest:.2g}, where 0 is drawn)"
+        else:
+            ax.set_yscale("log")
+            ylabel = f"{ylabel} (log scale)"
     if ylim is not None:
         ax.set_ylim(*ylim)
     ax.set_title(title)

@@ -44,4 +44,4 @@ def accuracy_figure(configurations: Sequence[Configuration], path: Path, title: 
 def gradient_figure(configurations: Sequence[Configuration], path: Path, title: str) -> Path:
     """The gradient norm of each epoch's last minibatch (log scale) of every configuration."""
     return plot_curves(curves(configurations, "train_gradient_norm", start=1), path,
-                       title=title + seeds_note(configurations), ylabel="gradient norm (log scale)", logy=True)
+                       title=title + seeds_note(configurations), ylabel="gradient norm", logy=True)
