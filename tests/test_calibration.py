@@ -379,3 +379,13 @@ def test_an_output_folder_calibrated_only_for_other_cpus_says_the_defaults_apply
         assert len(warnings) == n_warnings
         if warnings:
             assert str(out / CALIBRATION_FILE) in warnings[0] and "'another CPU'" in warnings[0]
+
+
+def test_a_folder_calibrated_for_many_other_cpus_names_a_few_in_one_short_line(tmp_path):
+    others = {f"CPU {i}" + "x" * 1000 * (i == 0): measured(cpu=f"CPU {i}" + "x" * 1000 * (i == 0))._asdict()
+              for i in range(5000)}
+    (tmp_path / CALIBRATION_FILE).write_text(json.dumps(others))
+    warnings = []
+    assert Context(Settings(out=tmp_path), warn=warnings.append).calibration == DEFAULTS
+    (line,) = warnings
+    assert "'CPU 0xxx" in line and "'CPU 1'" in line and "and 4997 more:" in line and len(line) < 600, line

@@ -8,6 +8,7 @@ from typing import Callable, Dict, Optional, Set, Tuple
 
 import torch
 
+from ...core.checks import shown
 from ...core.config import HOMEWORK_SEED
 from ...core.data import Split, Splits, load_fashion_mnist, normalize
 from ...core.networks import Network, Params
@@ -20,6 +21,7 @@ from ..report import print_warning
 
 FINGERPRINT_DIGITS = 16  # hex digits of the fingerprint kept
 CALIBRATION_FILE = "calibration.json"  # in the output folder: this CPU's measured choices
+SHOWN_CPUS = 3  # the other CPUs a warning names
 
 
 @dataclass
@@ -88,9 +90,11 @@ class Context:
             self._calibration = load_calibration(self.calibration_path) or DEFAULTS
             others = calibrated_cpus(self.calibration_path) if self._calibration is DEFAULTS else []
             if others:  # e.g. measured with another thread count: said, not silently ignored
+                listed = ", ".join(map(shown, others[:SHOWN_CPUS]))
+                if len(others) > SHOWN_CPUS:  # a line, however many a hand-made file holds
+                    listed += f" and {len(others) - SHOWN_CPUS} more"
                 self.warn(f"{self.calibration_path} holds no calibration for {cpu_key()!r}, only for "
-                          f"{', '.join(map(repr, others))}: the defaults apply; fn-trainer calibrate "
-                          f"--out {self.out} measures this one")
+                          f"{listed}: the defaults apply; fn-trainer calibrate --out {self.out} measures this one")
         return self._calibration
 
     @calibration.setter
