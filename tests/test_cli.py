@@ -339,7 +339,7 @@ def test_diverged_runs_are_reported_as_such(small_data_root, tmp_path, capsys):
     assert all(r.diverged for r in records)
     assert all(len(r.curve("validation_accuracy")) < 4 for r in records)  # stopped, not padded
     section = (tmp_path / "lr-sweep" / "section.md").read_text()
-    assert section.count("| diverged in epoch") == 2
+    assert section.count("| `diverged in epoch") == 2
     assert_png(tmp_path / "lr-sweep" / "validation_accuracy_raw.png")
 
 

@@ -196,8 +196,10 @@ def test_runs_table_and_summary_state_divergence():
                     "diverged in epoch 1 at step 3 of 9: loss=nan", 1.0)
     table = runs_table([ok, bad])
     assert "| label a |" in table and "0.5000 (epoch 1)" in table
-    assert "| diverged in epoch 1 at step 3 of 9 |" in table
+    assert "| `diverged in epoch 1 at step 3 of 9` |" in table
     assert "DIVERGED" in summary(bad) and "ok" in summary(ok)
+    forged = dataclasses.replace(bad, diverged="![x](//example.invalid/b.png) `[y](//example.invalid)`: more")
+    assert "| `` ![x](//example.invalid/b.png) `[y](//example.invalid)` `` |" in runs_table([forged])
 
 
 def test_a_bar_in_a_cell_stays_in_its_cell():

@@ -49,11 +49,18 @@ def runs_table(records: Sequence[RunRecord]) -> str:
         s = r.spec
         rows.append([s.label, f"{r.n_params:,}", fmt_lr(s.lr), "on" if s.normalization else "off",
                      s.batch_size, s.epochs, s.seed, fmt_metric(r.final("train_accuracy")), fmt_metric(r.final()),
-                     f"{fmt_metric(best)} (epoch {epoch})", r.diverged.split(":")[0] if r.diverged else "ok",
+                     f"{fmt_metric(best)} (epoch {epoch})", status_cell(r),
                      f"{r.wall_time_s:.1f}" + (" (shared)" if r.trained_together else "")])
     return markdown_table(["run", "params", "lr", "normalisation", "batch", "epochs", "seed",
                            "final train acc", "final valid acc", "best valid acc", "status",
                            "wall time (s)"], rows)
+
+
+def status_cell(record: RunRecord) -> str:
+    """``ok``, or the reason a run diverged up to its first colon, as a code span: the
+    reason is read back from the run's record, whose text must not become the report's
+    Markdown (a link, an image)."""
+    return code_span(record.diverged.split(":")[0]) if record.diverged else "ok"
 
 
 def shared_note(records: Sequence[RunRecord]) -> List[str]:
