@@ -108,6 +108,14 @@ def test_equivariance_json_states_the_measured_differences(small_data_root, tmp_
     assert "zero (to float precision) for: shift." in (tmp_path / "report.md").read_text()
 
 
+def test_the_equivariance_question_trains_nothing_and_reads_no_calibration(small_data_root, tmp_path, capsys):
+    (tmp_path / "calibration.json").write_text("{not json")
+    rc, _, err = run_cli(["equivariance", "--data", small_data_root, "--out", tmp_path], capsys)
+    assert rc == 0 and err == "" and (tmp_path / "equivariance" / "equivariance.json").is_file()
+    rc, _, err = run_cli(["depth", *QUICK, "--data", small_data_root, "--out", tmp_path], capsys)
+    assert rc == 2 and "calibration.json: not a calibration file" in err  # a command that trains does
+
+
 def test_lr_sweep_table_and_best_pair(small_data_root, tmp_path, capsys):
     rc, _, _ = run_cli(["lr-sweep", "--data", small_data_root, "--out", tmp_path, "--lrs", "0.01", "0.001",
                         "--epochs", "2", "--limit", "64", "--no-progress", "--seeds", "1"], capsys)

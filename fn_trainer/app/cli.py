@@ -353,7 +353,8 @@ def run_experiments(args: argparse.Namespace, command: str) -> int:
                     raise
                 except KeyboardInterrupt:
                     raise CalibrationInterrupted from None
-            ctx.calibration  # a calibration file that is not one fails here, before any training
+            if any(name in TRAINED for name in names):  # the equivariance question has no use for one
+                ctx.calibration  # a calibration file that is not one fails here, before any training
             if launch is not None and launch.rank != 0:
                 serve(ctx)  # train the runs rank 0 sends; it alone prints and writes
                 return 0
