@@ -273,6 +273,28 @@ def test_training_commands_follow_the_calibration_in_the_output_folder(tmp_path,
     assert Context(Settings(out=tmp_path / "none")).calibration == DEFAULTS
 
 
+def test_the_calibration_is_stored_under_the_output_folders_lock(tmp_path, monkeypatch):
+    import fcntl
+
+    from fn_trainer.app.report import LOCK_FILE
+
+    def held() -> bool:  # another open file description cannot take it while the store runs
+        with open(tmp_path / LOCK_FILE, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return False
+
+    seen = []
+    store = calibration.store_calibration
+    monkeypatch.setattr(calibration, "calibrate", lambda log: measured())
+    monkeypatch.setattr(calibration, "store_calibration", lambda *a: seen.append(held()) or store(*a))
+    assert cli.main(["calibrate", "--out", str(tmp_path)]) == 0
+    assert seen == [True] and not held() and load_calibration(tmp_path / CALIBRATION_FILE) == measured()
+
+
 def test_calibrate_command_stores_and_all_measures_first_only_without_one(tmp_path, capsys, monkeypatch):
     from fakedata import write_fashion_mnist
 

@@ -419,9 +419,11 @@ def calibrate_into(out: Path) -> None:
     """Measure this CPU's calibration and store it in ``out``, each measurement said on stderr."""
     from ..speed.calibration import calibrate, store_calibration
     from .experiments.context import CALIBRATION_FILE
+    from .report import report_lock
 
     calibration = calibrate(log=lambda line: print(f"{PROG}: calibration: {line}", file=sys.stderr, flush=True))
-    path = store_calibration(out / CALIBRATION_FILE, calibration)
+    with report_lock(out):  # the folder's lock: two commands calibrating into it keep both CPUs' entries
+        path = store_calibration(out / CALIBRATION_FILE, calibration)
     steps = ", ".join(f"{k} from {v} steps" for k, v in calibration.compile_min_steps.items())
     print(f"{PROG}: calibration for {calibration.cpu}: Winograd from {calibration.winograd_min_channels} "
           f"input channels; compiled steps: {steps}; in {path}", file=sys.stderr, flush=True)

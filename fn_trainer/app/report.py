@@ -4,7 +4,8 @@ so that rerunning one experiment rewrites its section and keeps the others.
 Processes that write into the same output folder at once take turns: a section and the
 ``report.md`` rebuilt from it are written under an exclusive lock (``fcntl.flock`` on
 ``<out>/.report.lock``), so no process rebuilds the report from a listing that misses
-a section another process has just written.
+a section another process has just written. ``fn-trainer calibrate`` stores its
+``calibration.json``, which holds an entry per CPU, under the same lock.
 """
 from __future__ import annotations
 
