@@ -401,6 +401,7 @@ def test_an_output_folder_calibrated_only_for_other_cpus_says_the_defaults_apply
         assert len(warnings) == n_warnings
         if warnings:
             assert str(out / CALIBRATION_FILE) in warnings[0] and "'another CPU'" in warnings[0]
+            assert f"calibrate --out {out} --threads {torch.get_num_threads()} measures this one" in warnings[0]
 
 
 def test_a_folder_calibrated_for_many_other_cpus_names_a_few_in_one_short_line(tmp_path):

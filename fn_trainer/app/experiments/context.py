@@ -94,7 +94,8 @@ class Context:
                 if len(others) > SHOWN_CPUS:  # a line, however many a hand-made file holds
                     listed += f" and {len(others) - SHOWN_CPUS} more"
                 self.warn(f"{self.calibration_path} holds no calibration for {cpu_key()!r}, only for "
-                          f"{listed}: the defaults apply; fn-trainer calibrate --out {self.out} measures this one")
+                          f"{listed}: the defaults apply; {PROG} calibrate --out {self.out} --threads "
+                          f"{torch.get_num_threads()} measures this one")  # the key holds the thread count
         return self._calibration
 
     @calibration.setter

@@ -233,7 +233,8 @@ def _train_members(ctx: Context, specs: List[RunSpec]) -> List[Trained]:
                              progress=ctx.settings.progress, desc=f"{first.name.split('-lr')[0]} x{len(specs)}",
                              checkpoint=population_checkpoint_path(ctx, specs), resume=ctx.settings.resume,
                              config={"members": [sp.identity(ctx.fingerprint) for sp in specs]})
-    how = f"{POPULATION_TRAINER} ({len(specs)} runs together{', compiled' if compiled else ''})"
+    together = f"{len(specs)} runs together" if len(specs) > 1 else "alone"
+    how = f"{POPULATION_TRAINER} ({together}{', compiled' if compiled else ''})"
     return [(r, how) for r in results]
 
 
