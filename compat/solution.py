@@ -343,8 +343,8 @@ class Trainer:
     def _loss_and_accuracy(self, accuracy_too: bool = True) -> Callable:
         """``(X, one-hot targets) -> (loss, accuracy)``: ``compute_loss_and_accuracy`` where a
         subclass, the instance or a patch of the class replaces it (the loss it defines is
-        the one trained and evaluated), else its values without its checks of the data, which its callers made
-        (and, unless ``accuracy_too``, without the accuracy: ``None``)."""
+        the one trained and evaluated), else its values without its checks of the data,
+        which its callers made (and, unless ``accuracy_too``, without the accuracy: ``None``)."""
         template_own = _TEMPLATE_METHODS["compute_loss_and_accuracy"]
         if getattr(self.compute_loss_and_accuracy, "__func__", None) is not template_own:
             return self.compute_loss_and_accuracy
@@ -370,11 +370,11 @@ class Trainer:
         return check_split(name, (X, y), self.n_classes, finite=finite)[1]
 
 
-
 # The class's own methods, as defined here: a subclass, an instance or a patch of the class
 # (unittest.mock.patch.object) that replaces one is told apart from them
 _TEMPLATE_METHODS = {name: Trainer.__dict__[name].__func__ if isinstance(Trainer.__dict__[name], staticmethod)
                      else Trainer.__dict__[name] for name in ("create_cnn", "compute_loss_and_accuracy")}
+
 
 def save_figures(arrays: Dict[str, np.ndarray], out_dir: Union[str, os.PathLike]) -> List[str]:
     """Write each 2-D array as ``out_dir/equivariance_<name>.png``; return the paths.
