@@ -140,7 +140,7 @@ def depth_done(finished_depth, fake_data_root, tmp_path) -> list:
 
 @pytest.mark.parametrize("resume", [True, False])
 def test_a_population_stopped_between_its_records_resumes_from_its_checkpoint(resume, finished_depth, fake_data_root,
-                                                                              tmp_path, monkeypatch):
+                                                                              tmp_path, monkeypatch, capsys):
     from fn_trainer.app.experiments import training
     from fn_trainer.core.paths import _write_error
 
@@ -161,7 +161,10 @@ def test_a_population_stopped_between_its_records_resumes_from_its_checkpoint(re
     populations, fit_population = [], training.fit_population
     monkeypatch.setattr(training, "fit_population", lambda net, members, *a, **k: populations.append(len(members))
                         or fit_population(net, members, *a, **k))
+    capsys.readouterr()
     assert cli.main([*args, "--resume"] if resume else args) == 0
+    told = f"{next(iter(left)).name} holds the population of these runs, stopped after 1 of its 3 records"
+    assert (told in capsys.readouterr().err) is not resume  # without --resume, what it would have continued
     # resumed: the first population whole, from its checkpoint, not its two missing runs, and
     # either way no checkpoint is left once every record is written
     assert populations == ([3, 3] if resume else [2, 3])

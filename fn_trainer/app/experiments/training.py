@@ -79,8 +79,13 @@ def execute(ctx: Context, specs: Sequence[RunSpec], train_group: Optional[GroupT
     # resumed, it ends at once and gives the records still missing.
     whole = (population_checkpoint_path(ctx, specs)
              if train_group in WHOLE_GROUP_CHECKPOINTS and specs and not splits_populations(ctx.settings) else None)
-    if whole is not None and 0 < len(pending) < len(specs) and ctx.settings.resume and whole.exists():
-        pending = list(range(len(specs)))
+    if whole is not None and 0 < len(pending) < len(specs) and whole.exists():
+        if ctx.settings.resume:
+            pending = list(range(len(specs)))
+        else:  # a population's result differs from its members trained apart, in the last bits
+            ctx.warn(f"{whole.name} holds the population of these runs, stopped after {len(specs) - len(pending)} "
+                     f"of its {len(specs)} records: --resume would take the missing ones from it; now they "
+                     "train again without it and may differ from it in the last bits")
     group = [specs[i] for i in pending]
     if pending:
         if train_group not in WHOLE_GROUP_CHECKPOINTS:
