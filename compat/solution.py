@@ -372,8 +372,8 @@ class Trainer:
 
 # The class's own methods, as defined here: a subclass, an instance or a patch of the class
 # (unittest.mock.patch.object) that replaces one is told apart from them
-_TEMPLATE_METHODS = {name: Trainer.__dict__[name].__func__ if isinstance(Trainer.__dict__[name], staticmethod)
-                     else Trainer.__dict__[name] for name in ("create_cnn", "compute_loss_and_accuracy")}
+_TEMPLATE_METHODS = {"create_cnn": Trainer.create_cnn,  # a staticmethod read off the class: its function
+                     "compute_loss_and_accuracy": Trainer.compute_loss_and_accuracy}
 
 
 def save_figures(arrays: Dict[str, np.ndarray], out_dir: Union[str, os.PathLike]) -> List[str]:
