@@ -514,6 +514,31 @@ def test_keyboard_interrupt_saves_and_resume_is_exact(tmp_path, count):
     assert_same_run(resumed, run())
 
 
+class InterruptsOnDeletion:
+    """Ctrl-C arriving while a finaliser runs, as torch's tensor finalisers often do."""
+
+    def __del__(self):
+        signal.raise_signal(signal.SIGINT)
+
+
+@pytest.mark.parametrize("count", [4, 6])  # mid-epoch, and at an epoch's last step (during its end)
+def test_an_interrupt_that_cpython_drops_in_a_finaliser_still_stops_the_run_and_saves(tmp_path, count):
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    path = tmp_path / "c.pt"
+
+    def dropped_interrupt(opt_state):
+        if int(opt_state.count) == count:
+            InterruptsOnDeletion()  # its KeyboardInterrupt is "ignored" by CPython, the run goes on
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run(checkpoint=path, step_hook=dropped_interrupt)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    data = load_checkpoint(path)
+    assert data["epoch"] * 6 + data["batch"] == count + 1  # stopped after the step it arrived in
+    assert_same_run(run(checkpoint=path, resume=True), run())
+
+
 def test_a_resumed_run_counts_the_seconds_of_the_process_it_was_interrupted_in(tmp_path):
     """A run's wall time is its whole training's: the checkpoint carries the seconds of the
     part before an interrupt, and the resumed run adds its own to them."""

@@ -9,7 +9,10 @@ with the state its failing step received, while the others go on.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+import sys
+import threading
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -112,6 +115,41 @@ def minibatches(rows: Callable[[Any], Batch], n: int, batch_size: int, shuffle: 
     return minibatch
 
 
+@contextmanager
+def lost_interrupts() -> Iterator[Callable[[], None]]:
+    """A check that raises the ``KeyboardInterrupt`` CPython dropped while the block ran.
+
+    A signal handler's ``KeyboardInterrupt`` (Ctrl-C's, or a subclass such as the command's
+    SIGTERM) that lands while a weakref callback or ``__del__`` runs, as torch's tensor
+    finalisers often do, cannot propagate: CPython passes it to ``sys.unraisablehook``,
+    prints "Exception ignored" and goes on. While the block runs in the main thread (the
+    only one signal handlers run in), that hook keeps such an interrupt for the check to
+    raise; other unraisable exceptions go on to the previous hook.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    dropped: List[BaseException] = []
+    previous = sys.unraisablehook
+
+    def keep_interrupts(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            dropped.append(unraisable.exc_value)
+        else:
+            previous(unraisable)
+
+    def check() -> None:
+        if dropped:
+            raise dropped.pop()
+
+    sys.unraisablehook = keep_interrupts
+    try:
+        yield check
+    finally:
+        if sys.unraisablehook is keep_interrupts:  # unless someone replaced it meanwhile
+            sys.unraisablehook = previous
+
+
 def train_epochs(step: Step, cur: Progress, *, epochs: int, n_batches: int, minibatch: Minibatch,
                  end_epoch: EndEpoch, members: Members = Members(),
                  stopped: Optional[Dict[int, Stopped]] = None,
@@ -126,38 +164,42 @@ def train_epochs(step: Step, cur: Progress, *, epochs: int, n_batches: int, mini
     evaluation was not finite (their logs end with the epoch before); if that leaves no
     member, the loop ends with that progress. ``save``, if given, is called with the
     progress to continue from and, on ``KeyboardInterrupt`` (re-raised), with the current
-    step's when it is still finite.
+    step's when it is still finite. An interrupt CPython dropped (``lost_interrupts``) is
+    raised after the step or the end of epoch it arrived in.
     """
     stopped = dict(stopped or {})
     losses: List[Tensor] = []
     grad_norms: List[Tensor] = []
-    try:
-        while cur.epoch < epochs:
-            start, losses, grad_norms = cur, [], []
-            for b in range(cur.batch, n_batches):
-                params, opt_state, metrics = step(cur.params, cur.opt_state, minibatch(cur.epoch, b))
-                losses.append(metrics["loss"])
-                grad_norms.append(metrics["grad_norm"])
-                cur = cur._replace(params=params, opt_state=opt_state, batch=b + 1,
-                                   last_grad_norm=metrics["grad_norm"])
+    with lost_interrupts() as check_interrupt:
+        try:
+            while cur.epoch < epochs:
+                start, losses, grad_norms = cur, [], []
+                for b in range(cur.batch, n_batches):
+                    params, opt_state, metrics = step(cur.params, cur.opt_state, minibatch(cur.epoch, b))
+                    losses.append(metrics["loss"])
+                    grad_norms.append(metrics["grad_norm"])
+                    cur = cur._replace(params=params, opt_state=opt_state, batch=b + 1,
+                                       last_grad_norm=metrics["grad_norm"])
+                    check_interrupt()
+                ok = members.finite_metrics(losses, grad_norms) & members.finite(cur.params, cur.opt_state)
+                failed = [k for k in range(members.count) if k not in stopped and not bool(ok[k])]
+                newly = locate_divergence(step, start, minibatch, n_batches, members, failed) if failed else {}
+                stopped.update(newly)
+                if len(stopped) == members.count:
+                    return start, stopped
+                cur, evaluated = end_epoch(cur, newly)
+                stopped.update(evaluated)
+                if len(stopped) == members.count:
+                    return cur, stopped
+                if save is not None:
+                    save(cur)
+                check_interrupt()
+        except KeyboardInterrupt:
+            # Keep the last good checkpoint if a running member already went non-finite in this epoch.
             ok = members.finite_metrics(losses, grad_norms) & members.finite(cur.params, cur.opt_state)
-            failed = [k for k in range(members.count) if k not in stopped and not bool(ok[k])]
-            newly = locate_divergence(step, start, minibatch, n_batches, members, failed) if failed else {}
-            stopped.update(newly)
-            if len(stopped) == members.count:
-                return start, stopped
-            cur, evaluated = end_epoch(cur, newly)
-            stopped.update(evaluated)
-            if len(stopped) == members.count:
-                return cur, stopped
-            if save is not None:
+            if save is not None and all(bool(ok[k]) for k in range(members.count) if k not in stopped):
                 save(cur)
-    except KeyboardInterrupt:
-        # Keep the last good checkpoint if a running member already went non-finite in this epoch.
-        ok = members.finite_metrics(losses, grad_norms) & members.finite(cur.params, cur.opt_state)
-        if save is not None and all(bool(ok[k]) for k in range(members.count) if k not in stopped):
-            save(cur)
-        raise
+            raise
     return cur, stopped
 
 
