@@ -387,6 +387,25 @@ def test_a_sections_figures_are_drawn_under_the_report_lock(tmp_path, fake_data_
     assert drawn == ["accuracy_figure"] + ["plot_map"] * 4
 
 
+def test_a_command_deletes_the_stale_temporaries_of_killed_writers_of_its_figures_and_the_report(
+        tmp_path, fake_data_root):
+    out = tmp_path / "out"
+    (out / "equivariance").mkdir(parents=True)
+    (out / "depth").mkdir()
+    figure = out / "equivariance" / ".shift.png.0123456789ab.tmp"
+    report = out / ".report.md.ba9876543210.tmp"
+    other_section = out / "depth" / ".section.md.00112233aabb.tmp"  # another command's section: kept
+    young = out / "equivariance" / ".section.md.aabbccddeeff.tmp"  # a write that may be in progress
+    for file in (figure, report, other_section, young):
+        file.write_bytes(b"x" * 100)
+    age = time.time() - STALE_TEMPORARY_S - 1
+    for file in (figure, report, other_section):
+        os.utime(file, (age, age))
+    assert cli.main(["equivariance", "--data", str(fake_data_root), "--out", str(out), "--limit", "16"]) == 0
+    assert not figure.exists() and not report.exists()
+    assert other_section.exists() and young.exists()
+
+
 def test_a_command_deletes_the_stale_temporaries_of_killed_writers_among_the_runs(tmp_path, fake_data_root):
     runs = tmp_path / "out" / "runs"
     runs.mkdir(parents=True)

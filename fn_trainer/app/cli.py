@@ -373,16 +373,18 @@ def prepare_out(ctx: Context, names: Sequence[str]) -> None:
     """Before any training, nothing created yet: every folder the command writes into can
     be a folder inside ``--out`` (a link or a file there is named now, not once the runs
     are trained), every section's path can be replaced, the report's lock can be taken
-    (nothing but a file at its name), and the temporaries that writers
-    killed earlier left among the run files are deleted once stale."""
+    (nothing but a file at its name), and the temporaries that writers killed earlier left
+    among the run files, in ``--out`` (the report's) and in the command's sections (figures')
+    are deleted once stale."""
     from ..core.paths import discard_stale_temporaries
     from .experiments.records import RUNS_DIR
     from .report import check_report_lock, check_section
 
     discard_stale_temporaries(ctx.folder(RUNS_DIR, create=False, link=True))
     check_report_lock(ctx.out)
+    discard_stale_temporaries(ctx.out)
     for name in names:
-        ctx.folder(name, create=False)
+        discard_stale_temporaries(ctx.folder(name, create=False))
         check_section(ctx.out, name)
 
 
