@@ -387,6 +387,43 @@ def test_a_sections_figures_are_drawn_under_the_report_lock(tmp_path, fake_data_
     assert drawn == ["accuracy_figure"] + ["plot_map"] * 4
 
 
+def test_a_section_that_cannot_be_written_leaves_its_figures_as_they_were(tmp_path, fake_data_root, monkeypatch):
+    out = tmp_path / "out"
+    args = ["equivariance", "--data", str(fake_data_root), "--out", str(out), "--limit", "16"]
+    assert cli.main(args) == 0
+    before = {p.name: p.read_bytes() for p in (out / "equivariance").iterdir()}
+    assert any(name.endswith(".png") for name in before)
+    write_all = paths._write_all
+
+    def full_disk_at_the_section(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").split("/")[-1].startswith(".section.md."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write_all(fd, b"changed " + data)  # every figure's bytes differ from the first run's
+
+    monkeypatch.setattr(paths, "_write_all", full_disk_at_the_section)
+    assert cli.main(args) == 2
+    assert {p.name: p.read_bytes() for p in (out / "equivariance").iterdir()} == before  # no temporaries either
+
+
+def test_files_written_together_replace_their_paths_together_or_not_at_all(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "sub" / "b.txt"
+    paths.write_text(a, "old a")
+    with pytest.raises(KeyboardInterrupt):
+        with paths.written_together():
+            paths.write_text(a, "new a")
+            paths.write_text(b, "new b")
+            assert a.read_text() == "old a" and not b.exists()  # written, not yet in place
+            raise KeyboardInterrupt
+    assert a.read_text() == "old a" and not b.exists() and not paths.temporaries(a) and not paths.temporaries(b)
+    with paths.written_together():
+        paths.write_text(a, "new a")
+        with paths.written_together():  # an inner block's files wait for the outer one
+            paths.write_text(b, "new b")
+        assert not b.exists()
+    assert (a.read_text(), b.read_text()) == ("new a", "new b")
+    assert not paths.temporaries(a) and not paths.temporaries(b)
+
+
 def test_a_command_deletes_the_stale_temporaries_of_killed_writers_of_its_figures_and_the_report(
         tmp_path, fake_data_root):
     out = tmp_path / "out"

@@ -18,7 +18,14 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from ..core.paths import check_replaceable, file_kind, open_regular_file, safe_path, write_text
+from ..core.paths import (
+    check_replaceable,
+    file_kind,
+    open_regular_file,
+    safe_path,
+    write_text,
+    written_together,
+)
 from .experiments import EXPERIMENTS
 
 ORDER = tuple(EXPERIMENTS)  # report sections in the homework's question order
@@ -56,12 +63,15 @@ def write_section(out: Path, experiment: str, compose: Callable[[], str],
     ``_read_section``).
 
     ``compose`` draws the section's figures: it runs under the report's lock, once the
-    section's path is known to be writable, so that a section and its figures are always
-    one command's, even when two commands write the same experiment into ``out`` at once.
+    section's path is known to be writable, and the figures and the section replace their
+    files together (``written_together``), so that a section and its figures are always
+    one command's, even when two commands write the same experiment into ``out`` at once
+    or the section cannot be written.
     """
     with report_lock(out):
         section = check_section(out, experiment)
-        write_text(section, compose().rstrip() + "\n")
+        with written_together():
+            write_text(section, compose().rstrip() + "\n")
         return _assemble(out, warn)
 
 

@@ -2,6 +2,8 @@
 files replaced atomically, and discarded with what killed writes left beside them."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import errno
 import io
 import os
@@ -11,11 +13,14 @@ import stat
 import tempfile
 import time
 from pathlib import Path
-from typing import BinaryIO, List, Optional, Union
+from typing import BinaryIO, Iterator, List, Optional, Tuple, Union
 
 PathLike = Union[str, os.PathLike]
 STALE_TEMPORARY_S = 600  # no write in progress is this old: its bytes are in memory and go out in one pass
 TOKEN_BYTES = 6  # of the random part of a temporary file's name: ``.<name>.<12 hex digits>.tmp``
+# (temporary, path) of the writes of a ``written_together`` block, renamed when it ends
+_PENDING: contextvars.ContextVar[Optional[List[Tuple[Path, Path]]]] = contextvars.ContextVar(
+    "pending_renames", default=None)
 
 
 def safe_path(root: PathLike, name: str) -> Path:
@@ -177,6 +182,10 @@ def write_atomically(path: PathLike, data: bytes) -> Path:
             os.fsync(fd)
         finally:
             os.close(fd)
+        pending = _PENDING.get()
+        if pending is not None:
+            pending.append((tmp, path))
+            return path
         os.replace(tmp, path)
     except BaseException as e:  # also KeyboardInterrupt: never leave a stray temp file
         try:
@@ -188,6 +197,50 @@ def write_atomically(path: PathLike, data: bytes) -> Path:
         raise
     _fsync_dir(folder)
     return path
+
+
+@contextlib.contextmanager
+def written_together() -> Iterator[None]:
+    """Files ``write_atomically`` writes in the block replace their paths together at its
+    end, or none of them does.
+
+    Each file's bytes go to its temporary file as they are written; only when the block
+    ends without an exception are the temporaries renamed onto their paths, one rename
+    after another (no data left to write, so a full disk cannot stop them half way). An
+    exception in the block (a full disk at the last file, ``KeyboardInterrupt``) deletes
+    every temporary and leaves every path as it was: a report section and its figures stay
+    one command's.
+    """
+    if _PENDING.get() is not None:  # nested: the outer block renames
+        yield
+        return
+    pending: List[Tuple[Path, Path]] = []
+    token = _PENDING.set(pending)
+    try:
+        yield
+    except BaseException:
+        _discard_temporaries(pending)
+        raise
+    finally:
+        _PENDING.reset(token)
+    for k, (tmp, path) in enumerate(pending):
+        try:
+            os.replace(tmp, path)
+        except BaseException as e:
+            _discard_temporaries(pending[k:])
+            if isinstance(e, OSError):
+                raise _write_error(path, e) from None
+            raise
+    for folder in dict.fromkeys(path.parent for _, path in pending):
+        _fsync_dir(folder)
+
+
+def _discard_temporaries(pending: List[Tuple[Path, Path]]) -> None:
+    for tmp, _ in pending:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
 
 
 def temporaries(path: PathLike) -> List[Path]:
