@@ -178,3 +178,10 @@ def test_count_parameters_refuses_what_build_network_refuses(option, match):
     for count in (count_parameters, build_network):
         with pytest.raises(ValueError, match=match):
             count("mlp", **option)
+
+
+def test_count_parameters_refuses_a_cnn_without_conv_layers_as_build_network_does():
+    config = NetworkConfiguration(n_channels=(), kernel_sizes=(), strides=(), paddings=())
+    for count in (count_parameters, build_network):
+        with pytest.raises(ValueError, match="^net_config.n_channels must name at least one conv layer for a CNN$"):
+            count("cnn", config)

@@ -40,7 +40,7 @@ CONV_FIELDS = ("n_channels", "kernel_sizes", "strides", "paddings")  # what only
 
 def validate_config(config: NetworkConfiguration, conv: bool = True) -> NetworkConfiguration:
     """Check that every field is a tuple and each size a positive int, the conv tuples of
-    equal lengths; ``conv=False`` (an MLP, which reads ``dense_hiddens`` alone, as the
+    equal lengths and at least one conv layer; ``conv=False`` (an MLP, which reads ``dense_hiddens`` alone, as the
     homework says) leaves the conv tuples' contents unchecked."""
     if not isinstance(config, tuple) or len(config) != len(NetworkConfiguration._fields):
         raise TypeError(f"net_config must be a NetworkConfiguration, got {config!r}")
@@ -50,6 +50,8 @@ def validate_config(config: NetworkConfiguration, conv: bool = True) -> NetworkC
             raise TypeError(
                 f"net_config.{field} must be a tuple of ints, got {getattr(config, field)!r}"
             )
+    if conv and not config.n_channels:
+        raise ValueError("net_config.n_channels must name at least one conv layer for a CNN")
     lengths = {f: len(getattr(config, f)) for f in CONV_FIELDS}
     if conv and len(set(lengths.values())) > 1:
         raise ValueError(
@@ -79,8 +81,6 @@ def cnn(in_channels: int, config: NetworkConfiguration, n_classes: int,
     check_positive_int("in_channels", in_channels)
     check_positive_int("n_classes", n_classes)
     config = validate_config(config)
-    if not config.n_channels:
-        raise ValueError("net_config.n_channels must name at least one conv layer for a CNN")
     layers: List[nn.Module] = []
     channels = in_channels
     n_conv = len(config.n_channels)
