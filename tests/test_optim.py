@@ -108,6 +108,34 @@ def test_gradients_unlike_the_parameters_are_named(grads_of, match, inplace):
     assert all(torch.equal(params[k], before[k]) for k in params)  # refused before any write
 
 
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("state_of,error,match", [
+    (lambda s, p: None, TypeError, "^opt_state must be an AdamState, got NoneType: make the state with"),
+    (lambda s, p: tuple(s), TypeError, "^opt_state must be an AdamState, got tuple"),
+    (lambda s, p: adam().init({k: v.float() for k, v in p.items()}), ValueError,
+     r"^opt_state.mu\['w'\] must be like params\['w'\], \(5,\) torch.float64 on cpu, got \(5,\) torch.float32 on cpu"),
+    (lambda s, p: s._replace(nu={"w": s.nu["w"]}), ValueError,
+     r"^opt_state.nu must have the parameters' names \['c', 'w'\], got \['w'\]"),
+    (lambda s, p: s._replace(lr=1e-3), ValueError, "^opt_state.lr must be a 0-dim tensor, got float"),
+])
+def test_a_state_not_made_for_the_parameters_is_named(state_of, error, match, inplace):
+    params, loss = _problem(0)
+    before = {k: v.clone() for k, v in params.items()}
+    state = state_of(adam().init(params), params)
+    with pytest.raises(error, match=match):
+        adam_update(torch.func.grad(loss)(params), state, params, inplace=inplace)
+    assert all(torch.equal(params[k], before[k]) for k in params)  # refused before any write
+
+
+def test_adam_refuses_a_power_that_is_not_a_function_and_parameters_that_are_not_a_dict():
+    with pytest.raises(TypeError, match="^power must be a function .* got None"):
+        adam(power=None)
+    with pytest.raises(TypeError, match="^params must be a dict of parameter name -> tensor, got list"):
+        adam().init([torch.zeros(2)])
+    with pytest.raises(TypeError, match=r"^params\['w'\] must be a tensor, got int"):
+        adam().init({"w": 3})
+
+
 @settings(deadline=None, max_examples=5)
 @given(st.integers(0, 10_000), st.sampled_from([1e-4, 1e-3, 1e-2]))
 def test_adam_is_bitwise_torch_optim_adam_in_float32(seed, lr):

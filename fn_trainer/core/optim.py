@@ -80,8 +80,12 @@ def adam(lr: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
     for name, beta in (("b1", b1), ("b2", b2)):
         check_beta(name, beta)
     eps = check_positive_float("eps", eps)
+    if not callable(power):
+        raise TypeError(f"power must be a function (base, exponent) -> base ** exponent such as tensor_power or "
+                        f"exp_log_power, got {described(power)}")
 
     def init(params: Params) -> AdamState:
+        check_params(params)
         zeros = {k: torch.zeros_like(v) for k, v in params.items()}
         return AdamState(
             count=torch.zeros((), dtype=torch.int64),
@@ -104,23 +108,26 @@ def check_beta(name: str, beta: object) -> None:
 MAKE_STATE = "make the state with the optimizer's init(params)"
 
 
-def check_state(state: object, params: Params) -> None:
-    """Raise naming ``opt_state`` if ``state`` is an ``AdamState`` that is not one for
-    ``params``: its moments must have the parameters' names, shapes, dtypes and devices
-    (``init(params)`` makes such a state), its ``lr`` and ``eps`` be numbers in their dtype
-    (:func:`check_hyperparameters_fit`). Another optimizer's state is left to its step."""
+def check_params(params: object) -> None:
+    """Raise naming ``params`` unless it is a dict of tensors (their dtypes are the step's to check)."""
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict of parameter name -> tensor, got {described(params)}")
+    for k, p in params.items():
+        if not isinstance(p, Tensor):
+            raise TypeError(f"params[{k!r}] must be a tensor, got {described(p)}")
+
+
+def check_state_like(state: object, params: Params) -> None:
+    """Raise naming ``opt_state`` unless ``state`` is an ``AdamState`` made for ``params``:
+    0-dim tensors for the count and the hyper-parameters, and moments of the parameters'
+    names, shapes, dtypes and devices (``init(params)`` makes such a state). Metadata
+    only, so a compiled step traces it away."""
     if not isinstance(state, AdamState):
-        return
-    for name in ("count", "lr", "b1", "b2", "eps"):  # 0-dim tensors (their values are checked next)
+        raise TypeError(f"opt_state must be an AdamState, got {described(state)}: {MAKE_STATE}")
+    for name in ("count", "lr", "b1", "b2", "eps"):
         value = getattr(state, name)
         if not isinstance(value, Tensor) or value.dim() != 0:
             raise ValueError(f"opt_state.{name} must be a 0-dim tensor, got {described(value)}: {MAKE_STATE}")
-    if state.count.is_floating_point() or state.count.dtype == torch.bool or int(state.count) < 0:
-        raise ValueError(f"opt_state.count must be an integer >= 0, got {state.count.item()!r} ({state.count.dtype})")
-    for name in ("b1", "b2"):
-        check_beta(f"opt_state.{name}", float(getattr(state, name)))
-    for dtype in {p.dtype for p in params.values() if p.is_floating_point()}:
-        check_hyperparameters_fit(float(state.lr), float(state.eps), dtype, "opt_state.")
     for field in ("mu", "nu"):
         moments = getattr(state, field)
         if not isinstance(moments, dict) or moments.keys() != params.keys():
@@ -133,6 +140,23 @@ def check_state(state: object, params: Params) -> None:
                 found = f"{tuple(m.shape)} {m.dtype} on {m.device}" if isinstance(m, Tensor) else type(m).__name__
                 raise ValueError(f"opt_state.{field}[{k!r}] must be like params[{k!r}], {tuple(p.shape)} {p.dtype} "
                                  f"on {p.device}, got {found}: {MAKE_STATE}")
+
+
+def check_state(state: object, params: Params) -> None:
+    """Raise naming ``opt_state`` if ``state`` is an ``AdamState`` that is not one for
+    ``params`` (:func:`check_state_like`), or whose values no Adam run reaches: a count
+    below 0, betas outside ``[0, 1)``, ``lr`` and ``eps`` that are not numbers in their
+    dtype (:func:`check_hyperparameters_fit`), negative second moments. Another
+    optimizer's state is left to its step."""
+    if not isinstance(state, AdamState):
+        return
+    check_state_like(state, params)
+    if state.count.is_floating_point() or state.count.dtype == torch.bool or int(state.count) < 0:
+        raise ValueError(f"opt_state.count must be an integer >= 0, got {state.count.item()!r} ({state.count.dtype})")
+    for name in ("b1", "b2"):
+        check_beta(f"opt_state.{name}", float(getattr(state, name)))
+    for dtype in {p.dtype for p in params.values() if p.is_floating_point()}:
+        check_hyperparameters_fit(float(state.lr), float(state.eps), dtype, "opt_state.")
     negative = [k for k, v in state.nu.items() if bool((v < 0).any())]  # averages of squares
     if negative:
         raise ValueError(f"opt_state.nu[{negative[0]!r}] holds negative values: second moments are averages of "
@@ -201,6 +225,7 @@ def adam_update(grads: Params, state: AdamState, params: Params, *, inplace: boo
     (a tensor operation each would cost more than the update of a small layer) and
     one pass per operation. Eager only; no autograd. ``power``: see ``adam``.
     """
+    check_state_like(state, params)
     check_grads(grads, params)
     if inplace:
         return _adam_update_inplace(grads, state, params)
