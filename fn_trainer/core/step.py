@@ -63,6 +63,11 @@ def make_step(apply: Apply, optimizer: Optimizer, loss: Loss = cross_entropy) ->
     of the batch before the update, and ``grad_norm``, the global gradient norm.
     Adam's hyper-parameters come from ``opt_state`` (whichever ``adam(...).init`` made
     it), never from ``optimizer``: one step serves states of any learning rate.
+
+    The step is differentiable: parameters that require gradients (a module's, say) give
+    new parameters and moments that are part of their autograd graph, step after step,
+    for differentiating through training. For plain training pass detached tensors, as
+    ``fit`` does, or the graph and its memory grow with every step.
     """
     gradient = make_gradient(apply, loss)
     if not callable(getattr(optimizer, "update", None)):
