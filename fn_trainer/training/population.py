@@ -277,8 +277,8 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
     update goes non-finite keeps its completed epochs' logs and the parameters its
     failing step received, and ``diverged`` names the epoch, step and values; the others
     go on. Each member's trajectory is its solo ``fit`` run's up to the reassociation of
-    sums in the batched matmuls: bitwise where they round alike (the tests' small networks),
-    otherwise apart by that rounding, which Adam's normalised step can grow to about ``lr``
+    sums in the batched matmuls: in general not bitwise (a population of one neither), but
+    apart by that rounding, which Adam's normalised step can grow to about ``lr``
     per parameter and step where a gradient is near zero (the README's 256-256 MLP on 512
     random images, 8 shuffled steps: parameters up to 2e-5 apart at lr 1e-3, 0.02 at lr
     1e-2). Every member's ``wall_time_s`` is the population's.
