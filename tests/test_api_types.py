@@ -359,3 +359,34 @@ def test_fit_sweep_takes_a_1d_array_of_learning_rates_as_their_list(lrs):
     given = ft.fit_sweep(_net(), lrs, tr, va, epochs=1, batch_size=16, progress=False)
     listed = ft.fit_sweep(_net(), [1e-2, 1e-3], tr, va, epochs=1, batch_size=16, progress=False)
     assert [r.logs for r in given] == [r.logs for r in listed]
+
+
+# --- flags and functions -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: train(None, shuffle="no"), r"^shuffle must be a bool \(True or False\), got 'no' \(str\)$"),
+    (lambda: train(None, write_checkpoint=1), r"^write_checkpoint must be a bool \(True or False\), got 1 \(int\)$"),
+    (lambda: train(None, resume=None), r"^resume must be a bool"),
+    (lambda: ft.fit_sweep(net8(), [1e-2], *problem(), epochs=1, compile="False"), r"^compile must be a bool"),
+    (lambda: ft.fit_population(net8(), [ft.Member(0, 1e-2)], *problem(), epochs=1, shuffle=np.int64(1)),
+     r"^shuffle must be a bool"),
+    (lambda: ft.load_fashion_mnist("/nonexistent", download="no"), r"^download must be a bool"),
+    (lambda: ft.flush_denormals("yes"), r"^enabled must be a bool"),
+])
+def test_a_flag_that_is_not_a_bool_is_named(call, match):
+    with pytest.raises(TypeError, match=match):
+        call()
+
+
+def test_fit_names_a_step_or_evaluate_that_is_not_a_function():
+    net, opt = net8(), ft.adam(1e-2)
+    params = net.init(0)
+    step, evaluate = ft.make_step(net.apply, opt), ft.make_evaluate(net.apply)
+    for name, functions in (("step", (None, evaluate)), ("evaluate", (step, "evaluate"))):
+        with pytest.raises(TypeError, match=f"^{name} must be a function, got"):
+            ft.fit(*functions, params, opt.init(params), *problem(), epochs=1, progress=False)
+
+
+def test_fit_sweep_names_a_learning_rate_beyond_the_dtype_as_lrs():
+    with pytest.raises(ValueError, match=r"^lrs\[1\] must be a normal number in torch.float32"):
+        ft.fit_sweep(net8(), [1e-2, 1e39], *problem(), epochs=1, progress=False)

@@ -8,6 +8,14 @@ import sys
 from typing import Any
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """Return ``value`` if it is ``True`` or ``False``, else raise ``TypeError`` naming ``name``:
+    a flag read by truthiness would take ``"no"`` or ``"False"`` for yes."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool (True or False), got {value!r} ({type(value).__name__})")
+    return value
+
+
 def check_int(name: str, value: Any) -> int:
     """Return ``int(value)`` if it is an integer (``bool`` excluded), else raise ``TypeError``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

@@ -9,6 +9,7 @@ from typing import List, NamedTuple, Tuple
 import torch
 from torch import Tensor
 
+from .checks import check_bool
 from .paths import NotAFileError, open_regular_file
 
 N_VALID = 2000  # the validation set is the first 2000 test images; test is the rest
@@ -108,6 +109,7 @@ def load_fashion_mnist(root: str | os.PathLike = "./data", download: bool = True
     (torchvision would read them instead), or a file missing beside a symbolic link that
     the download would write through. ``~`` in ``root`` is expanded, as torchvision does.
     """
+    check_bool("download", download)
     root = os.path.expanduser(os.fspath(root))  # as torchvision expands it: the checks must read its files
     folder = raw_folder(root)
     legacy = [folder.parent / "processed" / name for name in LEGACY_FILES]

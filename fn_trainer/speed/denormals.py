@@ -24,6 +24,8 @@ from typing import Callable, Optional
 
 import torch
 
+from ..core.checks import check_bool
+
 _REGION_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 
 
@@ -56,8 +58,7 @@ def flush_denormals(enabled: bool = True) -> bool:
     OpenMP (not Linux), only the calling thread and threads it starts later change.
     Threads started later inherit the mode of the thread that starts them.
     """
-    if not isinstance(enabled, bool):
-        raise TypeError(f"enabled must be a bool, got {enabled!r} ({type(enabled).__name__})")
+    check_bool("enabled", enabled)
     if not torch.set_flush_denormal(enabled):
         return False
     gomp_parallel = _gomp_parallel()

@@ -22,10 +22,10 @@ from torch import Tensor
 from torch.func import vmap
 from tqdm.auto import tqdm
 
-from ..core.checks import check_positive_float, check_positive_int, check_seed
+from ..core.checks import check_bool, check_positive_float, check_positive_int, check_seed
 from ..core.evaluate import make_evaluate
 from ..core.networks import Network, check_dtype
-from ..core.optim import AdamState, adam, check_hyperparameters_fit, exp_log_power
+from ..core.optim import AdamState, adam, check_fits_dtype, check_hyperparameters_fit, exp_log_power
 from ..core.paths import PathLike
 from ..core.splits import check_split, check_training_dtype, params_dtype
 from ..core.step import Apply, Step, make_step
@@ -294,6 +294,8 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
     epochs = check_positive_int("epochs", epochs, minimum=0)  # plain ints from here: numpy's are accepted
     batch_size = check_positive_int("batch_size", batch_size)
     n_classes = check_positive_int("n_classes", n_classes)
+    for name, flag in (("shuffle", shuffle), ("compile", compile), ("progress", progress), ("resume", resume)):
+        check_bool(name, flag)
     if not isinstance(network, Network):
         raise TypeError(f"network must be a Network (from build_network), got {type(network).__name__}")
     if n_classes != network.n_classes:
@@ -397,6 +399,9 @@ def fit_sweep(network: Network, lrs: Sequence[float], train: Any, valid: Any, *,
     if isinstance(lrs, (str, bytes)) or not isinstance(lrs, Sequence) or not lrs:
         raise ValueError(f"lrs must be a non-empty list of learning rates, got {lrs!r}")
     lrs = [check_positive_float(f"lrs[{i}]", lr) for i, lr in enumerate(lrs)]
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:  # another dtype is fit_population's to name
+        for i, lr in enumerate(lrs):
+            check_fits_dtype(f"lrs[{i}]", lr, dtype)
     return fit_population(network, [Member(seed, lr) for lr in lrs], train, valid, epochs=epochs,
                           batch_size=batch_size, n_classes=n_classes, shuffle=shuffle, dtype=dtype, compile=compile,
                           compiled_apply=compiled_apply, progress=progress, desc=desc, checkpoint=checkpoint,
