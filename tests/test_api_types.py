@@ -217,6 +217,20 @@ def test_normalize_names_a_split_whose_samples_differ_from_the_training_samples(
         normalize(*splits)
 
 
+@pytest.mark.parametrize("splits, error, match", [
+    (((_X, _Y), (_X, _Y)), TypeError, None),  # two splits where three go: Python's own message
+    ((_X, (_X, _Y), (_X, _Y)), TypeError, r"^train must be a pair \(X, y\), got shape \(10, 1, 4, 4\)"),
+    (((_X, _Y[:3]), (_X, _Y), (_X, _Y)), ValueError,
+     r"^train y must be a tensor of one label \(or one-hot row\) per sample of X, 10, or None, got shape \(3,\)"),
+    (((_X, _Y), (_X, [0] * 10), (_X, _Y)), ValueError, r"^valid y must be a tensor .* or None, got list"),
+    (((_X, _Y), (_X, _Y), (_X, _Y, _Y)), TypeError, r"^test must be a pair \(X, y\), got tuple"),
+    (((_X[:1], _Y[:1]), (_X, _Y), (_X, _Y)), ValueError, "^train X needs at least 2 samples to estimate a std, got 1$"),
+])
+def test_normalize_names_a_split_that_is_not_a_pair_of_samples_and_labels(splits, error, match):
+    with pytest.raises(error, match=match):
+        normalize(*splits)
+
+
 @pytest.mark.parametrize("probs, targets", [((4, 10), (4, 9)), ((4, 10), (5, 10)), ((4, 10), (4,)), ((4, 10), (40,))])
 def test_cross_entropy_names_mismatched_shapes(probs, targets):
     with pytest.raises(ValueError, match="probs and targets must have the same shape"):

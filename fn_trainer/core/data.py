@@ -9,7 +9,7 @@ from typing import List, NamedTuple, Tuple
 import torch
 from torch import Tensor
 
-from .checks import check_bool
+from .checks import check_bool, described
 from .paths import NotAFileError, open_regular_file
 
 N_VALID = 2000  # the validation set is the first 2000 test images; test is the rest
@@ -191,12 +191,21 @@ def normalize(train: Tuple[Tensor, Tensor], valid: Tuple[Tensor, Tensor],
               test: Tuple[Tensor, Tensor]) -> Tuple[Split, Split, Split]:
     """``X <- (X - mean) / scale`` with the training set's statistics (see ``standardizer``).
 
+    Each split is a pair ``(X, y)``; ``y`` (one label or one-hot row per sample, or ``None``)
+    is passed through unchanged.
+
     Every ``X`` must be finite: one NaN pixel in the training set would make its feature's
     mean, and so that feature of all three splits, NaN.
     """
-    for name, (X, _) in (("train", train), ("valid", valid), ("test", test)):
-        if not isinstance(X, Tensor):
-            raise TypeError(f"{name} X must be a torch.Tensor, got {type(X).__name__}")
+    for name, split in (("train", train), ("valid", valid), ("test", test)):
+        if not isinstance(split, (tuple, list)) or len(split) != 2:
+            raise TypeError(f"{name} must be a pair (X, y), got {described(split)}")
+        X, y = split
+        if not isinstance(X, Tensor) or X.dim() == 0:
+            raise TypeError(f"{name} X must be a torch.Tensor of samples (N, ...), got {described(X)}")
+        if y is not None and (not isinstance(y, Tensor) or y.dim() == 0 or len(y) != len(X)):
+            raise ValueError(f"{name} y must be a tensor of one label (or one-hot row) per sample of X, "
+                             f"{len(X)}, or None, got {described(y)}")
         if not X.dtype.is_floating_point:  # integer pixels would normalise in integer arithmetic
             raise TypeError(f"{name} X must have a floating dtype, got {X.dtype}; convert with X.float()")
         if X.shape[1:] != train[0].shape[1:]:
@@ -204,5 +213,7 @@ def normalize(train: Tuple[Tensor, Tensor], valid: Tuple[Tensor, Tensor],
                              f"got {tuple(X.shape[1:])}")
         if not bool(torch.isfinite(X).all()):
             raise ValueError(f"{name} X contains NaN or infinite values; normalize needs finite pixels")
+    if len(train[0]) < 2:
+        raise ValueError(f"train X needs at least 2 samples to estimate a std, got {len(train[0])}")
     mean, scale = standardizer(train[0])
     return tuple(Split((X - mean) / scale, y) for X, y in (train, valid, test))
