@@ -231,6 +231,24 @@ def test_normalize_names_a_split_that_is_not_a_pair_of_samples_and_labels(splits
         normalize(*splits)
 
 
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: ft.cross_entropy(torch.ones(2, 3, dtype=torch.long), torch.ones(2, 3)), TypeError,
+     "^cross_entropy needs probs of a floating dtype, got torch.int64$"),
+    (lambda: ft.cross_entropy([[0.5, 0.5]], torch.tensor([[1.0, 0.0]])), TypeError,
+     r"^cross_entropy needs probs, a torch.Tensor \(N, C\), got list$"),
+    (lambda: ft.cross_entropy(torch.tensor([[0.5, 0.5]]), [[1, 0]]), TypeError, "^targets must be a torch.Tensor"),
+    (lambda: ft.accuracy(torch.rand(4, 3), torch.tensor([0.0, 1.0, 2.0, 0.0])), TypeError,
+     "^targets of shape \\(N,\\) must be integer labels, got torch.float32$"),
+    (lambda: ft.accuracy(torch.zeros(4, 0), torch.zeros(4, dtype=torch.long)), ValueError,
+     r"^accuracy needs probs \(N, C\) of C >= 1 classes, got shape \(4, 0\)$"),
+    (lambda: ft.accuracy(torch.rand(4, 3).long(), torch.zeros(4, dtype=torch.long)), TypeError,
+     "^accuracy needs probs of a floating dtype"),
+])
+def test_losses_name_probs_and_targets_of_the_wrong_kind(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
 @pytest.mark.parametrize("probs, targets", [((4, 10), (4, 9)), ((4, 10), (5, 10)), ((4, 10), (4,)), ((4, 10), (40,))])
 def test_cross_entropy_names_mismatched_shapes(probs, targets):
     with pytest.raises(ValueError, match="probs and targets must have the same shape"):

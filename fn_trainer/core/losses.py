@@ -17,6 +17,9 @@ def cross_entropy(probs: Tensor, targets: Tensor, eps: float = EPSILON) -> Tenso
     probs: ``(N, C)`` probabilities; targets: ``(N, C)`` one-hot (or soft) targets.
     Returns a 0-dim tensor that keeps its autograd graph.
     """
+    _check_probs(probs, "cross_entropy")
+    if not isinstance(targets, Tensor):
+        raise TypeError(f"targets must be a torch.Tensor (N, C), got {type(targets).__name__}")
     if probs.shape != targets.shape:  # shapes only: no host sync on the training path
         raise ValueError(f"probs and targets must have the same shape (N, C), got {tuple(probs.shape)} "
                          f"and {tuple(targets.shape)}")
@@ -31,15 +34,31 @@ def accuracy(probs: Tensor, targets: Tensor) -> Tensor:
     """Fraction of rows whose arg-max matches the target.
 
     probs: ``(N, C)``; targets: ``(N, C)`` one-hot or ``(N,)`` integer labels.
-    Returns a 0-dim float64 tensor in ``[0, 1]`` (exact for counts below 2**53).
+    Returns a 0-dim float64 tensor in ``[0, 1]`` (exact for counts below 2**53). Labels
+    are not checked against ``C`` here, which would take a host sync (``check_labels`` does).
     """
+    _check_probs(probs, "accuracy")
+    if not isinstance(targets, Tensor):
+        raise TypeError(f"targets must be a torch.Tensor, one-hot (N, C) or labels (N,), got {type(targets).__name__}")
     if targets.shape != probs.shape and targets.shape != probs.shape[:-1]:
         raise ValueError(f"targets must be shaped like probs {tuple(probs.shape)} (one-hot) or "
                          f"{tuple(probs.shape[:-1])} (labels), got {tuple(targets.shape)}")
     if probs.dim() == 0 or probs.shape[0] == 0:  # the fraction of nothing is NaN
         raise ValueError(f"accuracy needs probs (N, C) of N >= 1 samples, got shape {tuple(probs.shape)}")
+    if probs.shape[-1] == 0:
+        raise ValueError(f"accuracy needs probs (N, C) of C >= 1 classes, got shape {tuple(probs.shape)}")
+    if targets.dim() != probs.dim() and (targets.dtype.is_floating_point or targets.dtype.is_complex):
+        raise TypeError(f"targets of shape (N,) must be integer labels, got {targets.dtype}")
     labels = targets.argmax(-1) if targets.dim() == probs.dim() else targets
     return (probs.argmax(-1) == labels).to(torch.float64).mean()
+
+
+def _check_probs(probs: object, function: str) -> None:
+    """Raise naming ``probs`` unless it is a floating tensor: metadata only, no host sync."""
+    if not isinstance(probs, Tensor):
+        raise TypeError(f"{function} needs probs, a torch.Tensor (N, C), got {type(probs).__name__}")
+    if not probs.is_floating_point():
+        raise TypeError(f"{function} needs probs of a floating dtype, got {probs.dtype}")
 
 
 def check_labels(labels: Tensor, n_classes: int, name: str = "labels") -> Tensor:
