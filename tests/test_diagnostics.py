@@ -106,3 +106,9 @@ def test_the_global_norm_refuses_tensors_that_are_not_real_floating(tensor, dtyp
 def test_a_function_of_integer_output_has_no_gradient_norm():
     with pytest.raises(ValueError, match="^f must return a floating tensor to have a gradient, got torch.int64$"):
         gradient_norm(lambda t: t.argmax(), torch.randn(3))
+
+
+@pytest.mark.parametrize("f", [lambda t: torch.tensor(t.sum().item()), lambda t: t.detach().sum()])
+def test_a_function_that_cuts_the_graph_has_no_gradient_norm_rather_than_zero(f):
+    with pytest.raises(ValueError, match="^f's output does not depend on the tensors: a .detach"):
+        gradient_norm(f, torch.randn(3))

@@ -42,8 +42,8 @@ def gradient_norm(f: Callable[..., Tensor], *tensors: Tensor) -> Tensor:
     """``||grad f(t_1, ..., t_n)||_2`` over all ``t_i`` together.
 
     ``f(*tensors)`` must return a tensor of one element (0-dim, or ``(1,)`` as
-    ``torch.autograd.grad`` takes it too); every ``t_i`` must be a floating tensor.
-    Returns a 0-dim tensor.
+    ``torch.autograd.grad`` takes it too) computed from the tensors with torch operations;
+    every ``t_i`` must be a floating tensor. Returns a 0-dim tensor.
     """
     if not tensors:
         raise ValueError("gradient_norm needs at least one tensor to differentiate with respect to")
@@ -57,6 +57,9 @@ def gradient_norm(f: Callable[..., Tensor], *tensors: Tensor) -> Tensor:
             raise ValueError(f"f must return a tensor of one element (a scalar) to have a gradient, got {shape}")
         if not out.dtype.is_floating_point:  # autograd would give an integer output no gradient, silently 0
             raise ValueError(f"f must return a floating tensor to have a gradient, got {out.dtype}")
+        if not out.requires_grad:  # torch.func.grad would give zeros, as if f were flat there
+            raise ValueError("f's output does not depend on the tensors: a .detach(), .item(), NumPy or another "
+                             "library inside f cuts the graph (torch.autograd.grad refuses such an output too)")
         return out.reshape(())
 
     grads = grad(scalar_f, argnums=tuple(range(len(tensors))))(*tensors)
