@@ -194,6 +194,26 @@ def test_an_evaluate_stub_gets_no_point_for_leaving_the_network_unchanged(tmp_pa
     assert scores(results)["11"] == 0
 
 
+def test_a_training_step_without_its_update_keeps_the_points_of_its_right_gradient_norm(tmp_path, monkeypatch):
+    """The second call's norm is taken where the submission's first call left the network:
+    a missing update loses the update's parts, not the norm's too."""
+    results = grade_in_process([("        self.optimizer.step()\n        return norm", "        return norm")],
+                               tmp_path, monkeypatch)
+    output = lost(results)["10"]
+    assert "FAIL returns the gradient norm" not in output and "FAIL one Adam step" in output
+    assert scores(results)["10"] == 3
+
+
+def test_a_training_step_stub_that_fills_the_gradient_buffers_gets_no_point(tmp_path, monkeypatch):
+    results = grade_in_process([(
+        "    def training_step(self, X_batch: torch.Tensor, y_batch: torch.Tensor) -> float:\n",
+        "    def training_step(self, X_batch: torch.Tensor, y_batch: torch.Tensor) -> float:\n"
+        "        for p in self.network.parameters():\n"
+        "            p.grad = torch.ones_like(p)\n"
+        "        return float(sum(p.numel() for p in self.network.parameters())) ** 0.5\n")], tmp_path, monkeypatch)
+    assert scores(results)["10"] == 0
+
+
 def mutate(source: str, substitutions) -> str:
     for old, new in substitutions:
         assert source.count(old) == 1, old

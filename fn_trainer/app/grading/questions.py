@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from hypothesis import HealthCheck, Phase, Verbosity, example, given, settings
@@ -416,19 +416,24 @@ step_cases = st.fixed_dictionaries({"seed": seeds, "sizes": st.tuples(st.integer
                                     "lr": st.sampled_from([1e-2, 3e-3, 1e-4])})
 
 
+def batch_gradient(net: NetworkCase) -> Callable:
+    """``(params, X, Y) -> (grads, loss)``: the gradient of the template's loss on a batch."""
+    return grad_and_value(make_objective(net.apply, partial(cross_entropy, eps=EPSILON)))
+
+
 def reference_steps(case):
     """The grader's network, two batches, and what two Adam steps give: per step the
-    gradient norm and the parameters after it."""
+    gradient (and its norm) and the parameters after it."""
     net = network_case(case["seed"], sum(case["sizes"]))
     batches = [(net.X[:case["sizes"][0]], net.Y[:case["sizes"][0]]),
                (net.X[case["sizes"][0]:], net.Y[case["sizes"][0]:])]
-    grad_fn = grad_and_value(make_objective(net.apply, partial(cross_entropy, eps=EPSILON)))
+    gradient = batch_gradient(net)
     opt = adam(case["lr"])
     params, state, steps = net.params, opt.init(net.params), []
     for X, Y in batches:
-        grads, _ = grad_fn(params, X, Y)
+        grads, _ = gradient(params, X, Y)
         params, state = opt.update(grads, state, params)
-        steps.append({"norm": float(global_norm(grads)), "params": params})
+        steps.append({"norm": float(global_norm(grads)), "grads": grads, "params": params})
     return net, batches, steps
 
 
@@ -440,6 +445,25 @@ def ask_steps(ask: Ask, case):
     return call, got, want
 
 
+def norms_to_return(case, got) -> List[Tuple[float, str]]:
+    """Per ``training_step`` call, the gradient norm it should return and where it is
+    taken: the second call's at the parameters the submission's first call left, so that
+    a wrong update (question 10's other parts) does not also make a right norm wrong."""
+    net, batches, want = reference_steps(case)
+    norms = [(want[0]["norm"], "the norm of the loss's gradient on that batch")]
+    left = got[0]["params"]
+    usable = (isinstance(left, dict) and left.keys() == net.params.keys()
+              and all(isinstance(left[k], Tensor) and left[k].shape == p.shape and bool(torch.isfinite(left[k]).all())
+                      for k, p in net.params.items()))
+    if usable:
+        grads, _ = batch_gradient(net)({k: left[k].to(p.dtype) for k, p in net.params.items()}, *batches[1])
+        norms.append((float(global_norm(grads)), "the norm of the loss's gradient on that batch at the parameters "
+                                                 "the first call left"))
+    else:
+        norms.append((want[1]["norm"], "the norm of the loss's gradient on that batch"))
+    return norms
+
+
 def own_norm(step: Dict[str, Any]) -> Optional[float]:
     """The submission's ``compute_gradient_norm`` of the ``.grad`` buffers a ``training_step``
     call left (``None`` where it failed): a returned norm equal to it is that function's
@@ -449,17 +473,25 @@ def own_norm(step: Dict[str, Any]) -> Optional[float]:
 
 
 def check_step_norm(ask: Ask, case) -> None:
-    call, got, want = ask_steps(ask, case)
-    for i in range(2):
+    call, got, _ = ask_steps(ask, case)
+    for i, (norm, what) in enumerate(norms_to_return(case, got)):
         grads = got[i]["grads"]
         buffers_right = (all(g is not None for g in grads.values())
-                         and close(float(global_norm(grads)), want[i]["norm"], GRAD_RTOL))
+                         and close(float(global_norm(grads)), norm, GRAD_RTOL))
         own = own_norm(got[i])
         if buffers_right and own is not None and close(got[i]["norm"], own):
             continue  # the right gradient, measured by the submission's own compute_gradient_norm
-        if not close(got[i]["norm"], want[i]["norm"], GRAD_RTOL):
-            raise Mismatch(f"{call}: call {i + 1} returned {got[i]['norm']:.6g}, expected {want[i]['norm']:.6g}, the "
-                           f"norm of the loss's gradient on that batch (tolerance {ATOL:g} + {GRAD_RTOL:g} relative)")
+        if not close(got[i]["norm"], norm, GRAD_RTOL):
+            raise Mismatch(f"{call}: call {i + 1} returned {got[i]['norm']:.6g}, expected {norm:.6g}, {what} "
+                           f"(tolerance {ATOL:g} + {GRAD_RTOL:g} relative)")
+
+
+def parallel(got: Dict[str, Tensor], want: Dict[str, Tensor]) -> bool:
+    """Whether the gradients ``got`` point where ``want`` do, at any positive scale: a loss
+    summed instead of averaged still leaves a gradient of the batch's loss."""
+    a = torch.cat([got[k].double().flatten() for k in want])
+    b = torch.cat([want[k].double().flatten() for k in want])
+    return bool(torch.dot(a, b) >= (1 - GRAD_RTOL) * a.norm() * b.norm() > 0)
 
 
 def check_step_grad_buffers(ask: Ask, case) -> None:
@@ -475,6 +507,11 @@ def check_step_grad_buffers(ask: Ask, case) -> None:
     if any(g is None for g in grads.values()):
         raise Mismatch(f"{call}: after the first call some parameters have no .grad; the returned norm should be "
                        "the norm of the gradients left in the .grad buffers")
+    reference = want[0]["grads"]
+    if grads.keys() != reference.keys() or any(grads[k].shape != w.shape for k, w in reference.items()) \
+            or not parallel(grads, reference):
+        raise Mismatch(f"{call}: after the first call the .grad buffers do not hold the gradient of the batch's "
+                       "loss (at any scale), so the norm it returns is not the norm of that gradient")
     norm, own = float(global_norm(grads)), own_norm(got[0])
     if not close(got[0]["norm"], norm) and not (own is not None and close(got[0]["norm"], own)):
         raise Mismatch(f"{call}: the first call returned {got[0]['norm']:.6g} but the .grad buffers it leaves have "
