@@ -214,6 +214,15 @@ def test_a_training_step_stub_that_fills_the_gradient_buffers_gets_no_point(tmp_
     assert scores(results)["10"] == 0
 
 
+def test_a_loss_clipped_at_a_written_out_epsilon_is_told_to_read_self_epsilon(tmp_path, monkeypatch):
+    results = grade_in_process([("return self._loss(probs, targets), float(accuracy(probs, targets))",
+                                 "return cross_entropy(probs, targets, eps=1e-9), float(accuracy(probs, targets))")],
+                               tmp_path, monkeypatch)
+    assert set(lost(results)) == {"8"}
+    assert "is the loss clipped at 1e-09: read the clip's bound from self.epsilon, which the grader sets" \
+        in lost(results)["8"]
+
+
 def mutate(source: str, substitutions) -> str:
     for old, new in substitutions:
         assert source.count(old) == 1, old

@@ -372,11 +372,15 @@ def value_of(answer: Dict[str, Any], key: str, call: str) -> float:
 
 def check_loss_value(ask: Ask, case) -> None:
     net, call, answer, loss = ask_loss(ask, case)
-    want = float(loss(net.apply(net.params, net.X), net.Y))
+    probs = net.apply(net.params, net.X)
+    want = float(loss(probs, net.Y))
     got = value_of(answer, "loss", call)
     if not close(got, want):
+        fixed = case["epsilon"] != EPSILON and close(got, float(cross_entropy(probs, net.Y, eps=EPSILON)))
         raise Mismatch(f"{call}: the loss is {got:.6g}, expected {want:.6g}, the mean over the batch of "
-                       f"-sum_c y_c log(clip(p_c, epsilon, 1 - epsilon)) (tolerance {ATOL:g} + {RTOL:g} relative)")
+                       f"-sum_c y_c log(clip(p_c, epsilon, 1 - epsilon)) (tolerance {ATOL:g} + {RTOL:g} relative)"
+                       + (f"; {got:.6g} is the loss clipped at {EPSILON:g}: read the clip's bound from self.epsilon, "
+                          "which the grader sets" if fixed else ""))
 
 
 def check_accuracy(ask: Ask, case) -> None:
