@@ -299,8 +299,20 @@ def test_lists_shared_into_an_exponential_tree_are_refused_at_once(tmp_path, whe
     with pytest.raises(CheckpointError) as e:
         run(epochs=2, checkpoint=path, resume=True)
     assert str(e.value) == (f"checkpoint {str(path)!r} cannot be read: it holds a tree of over "
-                            f"{path.stat().st_size} nested values, which torch.save never writes (lists shared or "
-                            "nested by hand)")
+                            f"{path.stat().st_size} nested values, which torch.save never writes (made by hand)")
+
+
+def test_a_parameter_that_repeats_its_bytes_is_refused_at_once(tmp_path):
+    path = tmp_path / "c.pt"
+    run(epochs=1, checkpoint=path)
+    data = load_checkpoint(path)
+    data["opt_state"]["mu"]["1.bias"] = torch.zeros(1).expand(2**40)  # 2**40 elements in 4 bytes
+    torch.save(data, path)
+    with pytest.raises(CheckpointError) as e:
+        run(epochs=2, checkpoint=path, resume=True)
+    assert str(e.value) == (f"checkpoint {str(path)!r} cannot be read: it holds a tree with a tensor of "
+                            "1099511627776 elements over 4 bytes of storage (a view repeating its bytes), which "
+                            "torch.save never writes (made by hand)")
 
 
 def test_lists_nested_past_what_a_recursive_walk_takes_are_refused(tmp_path):

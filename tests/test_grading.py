@@ -707,6 +707,13 @@ def test_answers_are_read_only_as_stored_records_within_the_limit():
         shared = (shared, shared)
     with pytest.raises(ValueError, match="^an answer of over 100000 nested values$"):
         decode_answer(encode({"value": {shared}})[8:])
+    repeated = encode({"grads": {"1.weight": torch.zeros(1).expand(2**40)}})  # 2**40 elements in 4 bytes
+    assert len(repeated) < 10_000
+    with pytest.raises(ValueError, match=r"^an answer with a tensor of 1099511627776 elements over 4 bytes of "
+                                         r"storage \(a view repeating its bytes\)$"):
+        decode_answer(repeated[8:])
+    view = torch.arange(12.0).reshape(3, 4)[:, 1]  # a view of part of its storage is an answer like any
+    assert torch.equal(decode_answer(encode({"value": view})[8:])["value"], view)
 
 
 FORGER = ("import json, os, torch\n"

@@ -20,6 +20,8 @@ import zipfile
 import zlib
 from typing import Any, Optional
 
+import torch
+
 NOT_AN_ARCHIVE = "it is not a whole file written by torch.save (truncated, or another kind of file)"
 
 
@@ -53,8 +55,9 @@ MAX_DEPTH = 64  # lists within lists: a file of ours nests a few deep; a recursi
 
 def check_tree_size(tree: Any, limit: int, what: str) -> None:
     """Raise ``ValueError`` when ``tree`` unfolds into more than ``limit`` lists, tuples,
-    dicts, sets and values, counting an object each time it is reached, or nests them more than
-    ``MAX_DEPTH`` deep, past which ``repr`` or ``==`` of it overflows the stack (``what``:
+    dicts, sets and values, counting an object each time it is reached, holds a tensor of
+    more elements than its storage's bytes hold, or nests them more than ``MAX_DEPTH``
+    deep, past which ``repr`` or ``==`` of it overflows the stack (``what``:
     the message's subject). A tree that ``torch.save`` wrote without shared lists holds
     no more values than the bytes of its pickle, each value taking one byte or more."""
     pending, seen = [(tree, 0)], 0
@@ -70,3 +73,10 @@ def check_tree_size(tree: Any, limit: int, what: str) -> None:
             pending.extend((v, depth + 1) for v in item.values())
         elif isinstance(item, CONTAINERS):
             pending.extend((v, depth + 1) for v in item)
+        elif isinstance(item, torch.Tensor):
+            stored = item.untyped_storage().nbytes()
+            # a view that repeats its bytes (stride 0): a few bytes of storage, as many elements as
+            # the shape says to whatever reads it (2**40 of them: hours of torch.any)
+            if item.numel() * item.element_size() > stored:
+                raise ValueError(f"{what} with a tensor of {item.numel()} elements over {stored} bytes of "
+                                 "storage (a view repeating its bytes)")
