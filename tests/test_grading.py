@@ -223,6 +223,17 @@ def test_a_loss_clipped_at_a_written_out_epsilon_is_told_to_read_self_epsilon(tm
         in lost(results)["8"]
 
 
+def test_a_summed_loss_keeps_its_graph(tmp_path, monkeypatch):
+    """Question 8's graph part asks whether backward gives the batch's loss gradient, at any
+    scale: the loss value's parts are the ones a summed loss fails."""
+    results = grade_in_process([("return self._loss(probs, targets), float(accuracy(probs, targets))",
+                                 "return self._loss(probs, targets) * len(probs), float(accuracy(probs, targets))")],
+                               tmp_path, monkeypatch)
+    output = lost(results)["8"]
+    assert "FAIL the loss value" in output and "FAIL the loss keeps its graph" not in output
+    assert scores(results)["8"] == 2
+
+
 def mutate(source: str, substitutions) -> str:
     for old, new in substitutions:
         assert source.count(old) == 1, old

@@ -99,6 +99,15 @@ def tensors_close(got: Tensor, want: Tensor, rtol: float = RTOL, atol: float = A
     return got.shape == want.shape and bool(torch.isclose(got.double(), want.double(), rtol, atol).all())
 
 
+def parallel(got: Dict[str, Tensor], want: Dict[str, Tensor]) -> bool:
+    """Whether the gradients ``got`` (a tensor of each of ``want``'s names and shapes) point
+    where ``want`` do, at any positive scale: a loss summed instead of averaged still has
+    the gradient of the batch's loss."""
+    a = torch.cat([got[k].double().flatten() for k in want])
+    b = torch.cat([want[k].double().flatten() for k in want])
+    return bool(torch.dot(a, b) >= (1 - GRAD_RTOL) * a.norm() * b.norm() > 0)
+
+
 def worst(got: Tensor, want: Tensor) -> str:
     """Where two same-shaped tensors differ most, in words."""
     if got.shape != want.shape:
@@ -398,11 +407,16 @@ def check_graph(ask: Ask, case) -> None:
         raise Mismatch(f"{call}: loss.backward() failed: {answer['gradients']['error']}. The loss must keep its "
                        "graph: don't detach it or call .item() on it")
     want, _ = grad_and_value(make_objective(net.apply, loss))(net.params, net.X, net.Y)
+    got = answer["gradients"]["value"]
     for name, w in want.items():
-        got = answer["gradients"]["value"][name]
-        if got is None or not tensors_close(got, w, GRAD_RTOL):
-            raise Mismatch(f"{call}: after loss.backward(), the gradient of {name} is wrong: "
-                           f"{'missing' if got is None else worst(got, w)} (tolerance {ATOL:g} + {GRAD_RTOL:g} relative)")
+        if got[name] is None or got[name].shape != w.shape:
+            raise Mismatch(f"{call}: after loss.backward(), the gradient of {name} is "
+                           f"{'missing' if got[name] is None else worst(got[name], w)}")
+    # the loss's value is the other parts' to grade: a summed loss keeps its graph as well
+    if not parallel(got, want):
+        name, w = max(want.items(), key=lambda item: float((got[item[0]].double() - item[1].double()).abs().max()))
+        raise Mismatch(f"{call}: after loss.backward(), the gradients are not those of the batch's loss at any "
+                       f"scale: {name} {worst(got[name], w)} (to within {GRAD_RTOL:g} of their direction)")
 
 
 def check_network_gradient_norm(ask: Ask, case) -> None:
@@ -488,14 +502,6 @@ def check_step_norm(ask: Ask, case) -> None:
         if not close(got[i]["norm"], norm, GRAD_RTOL):
             raise Mismatch(f"{call}: call {i + 1} returned {got[i]['norm']:.6g}, expected {norm:.6g}, {what} "
                            f"(tolerance {ATOL:g} + {GRAD_RTOL:g} relative)")
-
-
-def parallel(got: Dict[str, Tensor], want: Dict[str, Tensor]) -> bool:
-    """Whether the gradients ``got`` point where ``want`` do, at any positive scale: a loss
-    summed instead of averaged still leaves a gradient of the batch's loss."""
-    a = torch.cat([got[k].double().flatten() for k in want])
-    b = torch.cat([want[k].double().flatten() for k in want])
-    return bool(torch.dot(a, b) >= (1 - GRAD_RTOL) * a.norm() * b.norm() > 0)
 
 
 def check_step_grad_buffers(ask: Ask, case) -> None:
