@@ -16,7 +16,10 @@ from fn_trainer import (
     NetworkConfiguration,
     adam,
     build_network,
+    compile_step,
     cross_entropy,
+    gradient_norm,
+    jacobian_norm,
     load_fashion_mnist,
     make_evaluate,
     make_step,
@@ -128,8 +131,10 @@ def test_a_float16_population_is_refused_as_float16_not_for_its_members_eps():
 
 def test_make_step_refuses_what_it_cannot_call_when_made():
     net = build_network("mlp", NetworkConfiguration(dense_hiddens=(4,)))
-    with pytest.raises(TypeError, match="^apply and loss must be callable, got NoneType and function$"):
+    with pytest.raises(TypeError, match="^apply must be a function, got NoneType$"):
         make_step(None, adam())
+    with pytest.raises(TypeError, match="^loss must be a function, got str$"):
+        make_step(net.apply, adam(), loss="cross_entropy")
     with pytest.raises(TypeError, match=r"^optimizer must have an update\(grads, state, params\), as adam\(\) gives"):
         make_step(net.apply, None)
 
@@ -387,3 +392,15 @@ def test_integer_checks_reject_non_integers(value):
 def test_integer_checks_accept_numpy_integers():
     import numpy as np
     assert check_positive_int("k", np.int64(3)) == 3 and type(check_int("k", np.int32(-2))) is int
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: make_evaluate(None), "^apply must be a function, got NoneType$"),
+    (lambda: make_evaluate(lambda p, x: x, loss=None), "^loss must be a function, got NoneType$"),
+    (lambda: gradient_norm(3, torch.ones(2)), "^f must be a function, got int$"),
+    (lambda: jacobian_norm(None, torch.ones(2)), "^f must be a function, got NoneType$"),
+    (lambda: compile_step("step"), "^step must be a function, got str$"),
+])
+def test_what_is_called_later_is_named_when_it_cannot_be_called(make, match):
+    with pytest.raises(TypeError, match=match):
+        make()

@@ -16,6 +16,14 @@ def check_bool(name: str, value: Any) -> bool:
     return value
 
 
+def check_function(name: str, value: Any) -> Any:
+    """Return ``value`` if it can be called, else raise ``TypeError`` naming ``name``: before
+    the work that would call it, where ``'NoneType' object is not callable`` names nothing."""
+    if not callable(value):
+        raise TypeError(f"{name} must be a function, got {type(value).__name__}")
+    return value
+
+
 def check_int(name: str, value: Any) -> int:
     """Return ``int(value)`` if it is an integer (``bool`` excluded), else raise ``TypeError``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

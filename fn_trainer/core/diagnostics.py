@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, jacrev, vmap
 
-from .checks import described
+from .checks import check_function, described
 from .types import Params
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)  # their squares are summed in float32
@@ -45,6 +45,7 @@ def gradient_norm(f: Callable[..., Tensor], *tensors: Tensor) -> Tensor:
     ``torch.autograd.grad`` takes it too) computed from the tensors with torch operations;
     every ``t_i`` must be a floating tensor. Returns a 0-dim tensor.
     """
+    check_function("f", f)
     if not tensors:
         raise ValueError("gradient_norm needs at least one tensor to differentiate with respect to")
     for i, t in enumerate(tensors):
@@ -78,6 +79,7 @@ def check_differentiable(name: str, t: object) -> Tensor:
 
 def jacobian_norm(f: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     """Frobenius norm ``||J_f(x)||_F`` of the Jacobian of ``f`` at ``x`` (via ``jacrev``)."""
+    check_function("f", f)
     check_differentiable("x", x)
 
     def tensor_f(t: Tensor) -> Tensor:

@@ -6,7 +6,7 @@ from typing import Callable, Tuple
 import torch
 from torch import Tensor
 
-from .checks import check_positive_int, described
+from .checks import check_function, check_positive_int, described
 from .losses import accuracy, cross_entropy
 from .step import Apply, Loss
 from .types import Params
@@ -21,6 +21,8 @@ def make_evaluate(apply: Apply, loss: Loss = cross_entropy, chunk_size: int = EV
     ``targets`` are one-hot ``(N, C)``. Runs without autograd in chunks of
     ``chunk_size`` rows; chunk results are weighted by their size (:func:`chunked_mean`).
     """
+    check_function("apply", apply)
+    check_function("loss", loss)
     check_positive_int("chunk_size", chunk_size)
 
     def evaluate(params: Params, X: Tensor, targets: Tensor) -> Tuple[float, float]:

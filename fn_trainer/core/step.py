@@ -6,6 +6,7 @@ from typing import Callable, Dict, Tuple
 from torch import Tensor
 from torch.func import grad_and_value
 
+from .checks import check_function
 from .diagnostics import global_norm
 from .losses import accuracy, cross_entropy
 from .optim import Optimizer
@@ -35,8 +36,8 @@ def make_gradient(apply: Apply, loss: Loss = cross_entropy) -> Gradient:
     computed from. A data-parallel step runs it on each rank's slice of the minibatch.
     """
 
-    if not callable(apply) or not callable(loss):
-        raise TypeError(f"apply and loss must be callable, got {type(apply).__name__} and {type(loss).__name__}")
+    check_function("apply", apply)
+    check_function("loss", loss)
 
     def objective(params: Params, x: Tensor, targets: Tensor):
         probs = apply(params, x)

@@ -17,7 +17,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ..core.checks import check_positive_int
+from ..core.checks import check_function, check_positive_int
 from ..core.step import Batch, Params, Step
 
 MultiStep = Callable[[Params, object, Batch], Tuple[Params, object, Dict[str, Tensor]]]
@@ -51,12 +51,11 @@ def compile_step(step: Step, *, mode: str | None = None, other_shapes: str = "ea
     The compiled function has a code object of its own (:func:`own_code`), so its cache
     serves only this ``step``.
     """
-    if not callable(step):
-        raise TypeError(f"step must be callable, got {type(step).__name__}")
+    check_function("step", step)
     if other_shapes not in ("eager", "compile"):
         raise ValueError(f"other_shapes must be 'eager' or 'compile', got {other_shapes!r}")
-    if eager is not None and not callable(eager):
-        raise TypeError(f"eager must be callable, got {type(eager).__name__}")
+    if eager is not None:
+        check_function("eager", eager)
     try:
         options = dict(torch._inductor.list_mode_options(mode)) if mode is not None else {}
     except RuntimeError as e:  # torch's own message lists the modes

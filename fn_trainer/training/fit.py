@@ -8,7 +8,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..core.checks import check_bool, check_positive_int, check_seed
+from ..core.checks import check_bool, check_function, check_positive_int, check_seed
 from ..core.evaluate import Evaluate
 from ..core.optim import check_state
 from ..core.paths import PathLike
@@ -97,9 +97,8 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
     for name, flag in (("shuffle", shuffle), ("progress", progress), ("resume", resume),
                        ("write_checkpoint", write_checkpoint)):
         check_bool(name, flag)
-    for name, function in (("step", step), ("evaluate", evaluate)):
-        if not callable(function):
-            raise TypeError(f"{name} must be a function, got {type(function).__name__}")
+    check_function("step", step)
+    check_function("evaluate", evaluate)
     dtype = params_dtype(params)
     # a module's parameters (requires_grad) would chain each step's graph onto the last, and
     # memory would grow with every step: the run's are plain tensors
