@@ -251,6 +251,7 @@ class InProcessSubmission:
     def __init__(self, source, memory_mb=None, allow_reference=False, as_user=None) -> None:
         self.source, self.solution = Path(source), None
         self.printed, self.output = 0, b""  # its prints reach this process's captured output
+        self.init_ended = False  # an __init__ ending this process would end the tests' too
 
     @property
     def running(self) -> bool:
@@ -613,6 +614,19 @@ def test_hostile_submissions_get_valid_results(tmp_path):
     for name, module in (("imports the answer key", "compat"), ("imports the reference", "fn_trainer")):
         assert graded[name]["score"] == 0
         assert f"No module named '{module}': the grader's reference is not available" in graded[name]["output"]
+
+
+def test_an_init_that_ends_its_process_costs_only_the_builder_it_ends_in(tmp_path):
+    """os._exit in create_activation_function, which the Trainer's own __init__ calls: its
+    question is lost, and the questions that make a Trainer ask again of a process that
+    makes it without that __init__ (as for one that raises or runs too long)."""
+    exported = export_solution(tmp_path / "exported.py").read_text()
+    old = 'return activation_module(activation_str, "activation_str")'
+    assert exported.count(old) == 1
+    (tmp_path / "solution.py").write_text(exported.replace(old, "import os\n        os._exit(0)"))
+    results = grade(tmp_path / "solution.py")
+    assert set(lost(results)) == {"3"}, lost(results)
+    assert "exited with status 0" in lost(results)["3"]
 
 
 def deflated(frame: bytes) -> bytes:

@@ -66,6 +66,20 @@ class Session:
     def out_of_time(self) -> bool:
         return time.monotonic() >= self.budget_end
 
+    def _call(self, request: dict, what: str) -> dict:
+        """The submission's answer to ``request``. When its own ``Trainer.__init__`` ended the
+        process (``Submission.init_ended``), the request is asked once more, of a fresh
+        process whose ``Trainer``s are made without that ``__init__``: so that, as when it
+        raises or runs too long, a builder it calls costs its own question only."""
+        ended_before = self.submission.init_ended
+        try:
+            return self.submission.call(request, self._deadline(), what)
+        except SubmissionFailed:
+            if ended_before or not self.submission.init_ended or self.out_of_time():
+                raise
+        self.submission.start(min(self._deadline() + START_ALLOWANCE, self.budget_end))
+        return self.submission.call(request, self._deadline(), what)
+
     def ask(self, op: str, what: str, **inputs) -> Any:
         reason = self.fatal or self.broken
         if reason:
@@ -75,7 +89,7 @@ class Session:
         if key not in self.answers:
             called = time.monotonic()
             try:
-                self.answers[key] = self.submission.call(request, self._deadline(), what)
+                self.answers[key] = self._call(request, what)
             except SubmissionFailed as e:
                 self.broken = self.budget_spent if self.out_of_time() else str(e)
                 raise

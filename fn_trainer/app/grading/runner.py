@@ -262,6 +262,8 @@ class Submission:
         self.printed = 0
         self.output = b""
         self.import_error: Optional[str] = None
+        # the submission's own Trainer.__init__ ended a process: the next ones make Trainers without it
+        self.init_ended = False
 
     def start(self, deadline: float) -> None:
         """Start a fresh process and wait until it has imported ``solution.py``."""
@@ -289,7 +291,8 @@ class Submission:
             with _LIVE_LOCK:
                 self.process = subprocess.Popen(
                     [sys.executable, "-I", "-B", "-u", probe_file, self.folder,
-                     str(request_r), str(answer_w), *(["--allow-reference"] if self.allow_reference else [])],
+                     str(request_r), str(answer_w), *(["--allow-reference"] if self.allow_reference else []),
+                     *([probe.NO_OWN_INIT] if self.init_ended else [])],
                     cwd=self.folder, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT, pass_fds=(request_r, answer_w), start_new_session=True,
                     preexec_fn=_limits(self.memory_mb), **switch,
@@ -371,6 +374,9 @@ class Submission:
             status = self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             status = None
+        if self.folder is not None and os.path.exists(os.path.join(os.path.dirname(self.folder), probe.INIT_MARKER)):
+            self.init_ended = True
+            what = f"Trainer.__init__ ran ({what})"
         self.stop()
         if status is None:
             return f"the submission's process stopped answering while {what}"
