@@ -299,7 +299,7 @@ def test_lists_shared_into_an_exponential_tree_are_refused_at_once(tmp_path, whe
     with pytest.raises(CheckpointError) as e:
         run(epochs=2, checkpoint=path, resume=True)
     assert str(e.value) == (f"checkpoint {str(path)!r} cannot be read: it holds a tree of over "
-                            f"{path.stat().st_size} nested values, which torch.save never writes (made by hand)")
+                            f"{path.stat().st_size} nested values, which fn-trainer never writes (made by hand)")
 
 
 def test_a_parameter_that_repeats_its_bytes_is_refused_at_once(tmp_path):
@@ -312,7 +312,7 @@ def test_a_parameter_that_repeats_its_bytes_is_refused_at_once(tmp_path):
         run(epochs=2, checkpoint=path, resume=True)
     assert str(e.value) == (f"checkpoint {str(path)!r} cannot be read: it holds a tree with a tensor of "
                             "1099511627776 elements over 4 bytes of storage (a view repeating its bytes), which "
-                            "torch.save never writes (made by hand)")
+                            "fn-trainer never writes (made by hand)")
 
 
 def test_lists_nested_past_what_a_recursive_walk_takes_are_refused(tmp_path):
@@ -330,7 +330,7 @@ def test_lists_nested_past_what_a_recursive_walk_takes_are_refused(tmp_path):
     finally:
         sys.setrecursionlimit(limit)
     with pytest.raises(CheckpointError, match=r"c.pt' cannot be read: it holds a tree of lists or dicts nested "
-                                              "over 64 deep, which torch.save never writes"):
+                                              "over 64 deep, which fn-trainer never writes"):
         run(epochs=2, checkpoint=path, resume=True)
 
 
@@ -549,6 +549,49 @@ def test_an_interrupt_that_cpython_drops_in_a_finaliser_still_stops_the_run_and_
     data = load_checkpoint(path)
     assert data["epoch"] * 6 + data["batch"] == count + 1  # stopped after the step it arrived in
     assert_same_run(run(checkpoint=path, resume=True), run())
+
+
+def test_an_interrupt_dropped_while_a_divergence_is_replayed_stops_the_run_it_ends(tmp_path):
+    """The run ends early (its only member diverged), with the interrupt dropped in the
+    replay that located the divergence: it is raised as the loop returns, and the checkpoint
+    is the last good epoch's, from which a resumed run diverges alike."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    net = build_network("mlp", NetworkConfiguration(dense_hiddens=(16,)), input_shape=SHAPE)
+    opt = adam(1e-2)
+    params = net.init(1)
+    base = make_step(net.apply, opt)
+    visits = []
+
+    def step(p, s, batch):
+        p, s, m = base(p, s, batch)
+        if int(s.count) == 9:  # epoch 2's third step: seen at its end, then replayed
+            visits.append(1)
+            if len(visits) == 2:
+                InterruptsOnDeletion()
+            m = {**m, "loss": torch.tensor(float("nan"))}
+        return p, s, m
+
+    train, valid = problem()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fit(step, make_evaluate(net.apply), params, opt.init(params), train, valid, epochs=3,
+                batch_size=16, progress=False, checkpoint=tmp_path / "c.pt")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    data = load_checkpoint(tmp_path / "c.pt")
+    assert (data["epoch"], data["batch"]) == (1, 0)
+
+
+def test_a_sparse_tensor_in_a_checkpoint_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "c.pt"
+    run(epochs=1, checkpoint=path)
+    data = load_checkpoint(path)
+    data["opt_state"]["mu"]["1.bias"] = data["opt_state"]["mu"]["1.bias"].to_sparse()
+    torch.save(data, path)
+    with pytest.raises(CheckpointError) as e:
+        run(epochs=2, checkpoint=path, resume=True)
+    assert str(e.value) == (f"checkpoint {str(path)!r} cannot be read: it holds a tree with a tensor of layout "
+                            "torch.sparse_coo, which fn-trainer never writes (made by hand)")
 
 
 def test_a_resumed_run_counts_the_seconds_of_the_process_it_was_interrupted_in(tmp_path):

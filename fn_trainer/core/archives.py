@@ -56,8 +56,8 @@ MAX_DEPTH = 64  # lists within lists: a file of ours nests a few deep; a recursi
 def check_tree_size(tree: Any, limit: int, what: str) -> None:
     """Raise ``ValueError`` when ``tree`` unfolds into more than ``limit`` lists, tuples,
     dicts, sets and values, counting an object each time it is reached, holds a tensor of
-    more elements than its storage's bytes hold, or nests them more than ``MAX_DEPTH``
-    deep, past which ``repr`` or ``==`` of it overflows the stack (``what``:
+    more elements than its storage's bytes hold (or a sparse one), or nests them more than
+    ``MAX_DEPTH`` deep, past which ``repr`` or ``==`` of it overflows the stack (``what``:
     the message's subject). A tree that ``torch.save`` wrote without shared lists holds
     no more values than the bytes of its pickle, each value taking one byte or more."""
     pending, seen = [(tree, 0)], 0
@@ -74,6 +74,8 @@ def check_tree_size(tree: Any, limit: int, what: str) -> None:
         elif isinstance(item, CONTAINERS):
             pending.extend((v, depth + 1) for v in item)
         elif isinstance(item, torch.Tensor):
+            if item.layout != torch.strided:  # a sparse one has no storage of its own to measure
+                raise ValueError(f"{what} with a tensor of layout {item.layout}")
             stored = item.untyped_storage().nbytes()
             # a view that repeats its bytes (stride 0): a few bytes of storage, as many elements as
             # the shape says to whatever reads it (2**40 of them: hours of torch.any)

@@ -177,7 +177,7 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
     try:
         check_tree_size(data, len(raw), "a tree")  # a value takes a byte or more of a pickle
     except ValueError as e:
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: it holds {e}, which torch.save never "
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: it holds {e}, which fn-trainer never "
                               "writes (made by hand)") from None
     if not isinstance(data, dict) or not isinstance(data.get("format"), str) or data["format"] != FORMAT:
         raise CheckpointError(f"checkpoint {str(path)!r} is not an fn-trainer checkpoint")

@@ -124,7 +124,9 @@ def lost_interrupts() -> Iterator[Callable[[], None]]:
     finalisers often do, cannot propagate: CPython passes it to ``sys.unraisablehook``,
     prints "Exception ignored" and goes on. While the block runs in the main thread (the
     only one signal handlers run in), that hook keeps such an interrupt for the check to
-    raise; other unraisable exceptions go on to the previous hook.
+    raise, and the block raises one still kept when it ends without an exception (a run that
+    returns early, every member stopped); other unraisable exceptions go on to the previous
+    hook.
     """
     if threading.current_thread() is not threading.main_thread():
         yield lambda: None
@@ -148,6 +150,7 @@ def lost_interrupts() -> Iterator[Callable[[], None]]:
     finally:
         if sys.unraisablehook is keep_interrupts:  # unless someone replaced it meanwhile
             sys.unraisablehook = previous
+    check()
 
 
 def train_epochs(step: Step, cur: Progress, *, epochs: int, n_batches: int, minibatch: Minibatch,
