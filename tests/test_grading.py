@@ -1217,3 +1217,21 @@ def test_the_submission_runs_isolated_without_bytecode_and_its_prints_are_shown(
     results = grade(submission, timeout=5)
     assert "flags 1 1" in results["tests"][1]["output"] and results["score"] == 0
     assert "printed at import" in results["output"]
+
+
+def test_gradients_at_a_positive_scale_are_parallel_and_others_are_not():
+    g = torch.Generator().manual_seed(0)
+    want = {"w": torch.randn(4, 5, generator=g), "b": torch.randn(4, generator=g)}
+    flat = torch.cat([v.flatten() for v in want.values()])
+    across = torch.randn(flat.shape, generator=g)
+    across -= torch.dot(across, flat) / torch.dot(flat, flat) * flat  # orthogonal to the gradient
+
+    def scaled(factor, off=0.0):
+        moved = flat * factor + off * across / across.norm() * flat.norm()
+        return {"w": moved[:20].reshape(4, 5), "b": moved[20:]}
+
+    assert questions.parallel(scaled(1.0), want) and questions.parallel(scaled(128.0), want)  # a summed loss
+    assert not questions.parallel(scaled(-1.0), want)
+    assert not questions.parallel(scaled(1.0, off=0.005), want)  # 0.5% off its direction
+    assert not questions.parallel(scaled(0.0), want)
+    assert not questions.parallel({"w": torch.full((4, 5), float("inf")), "b": want["b"]}, want)

@@ -100,12 +100,15 @@ def tensors_close(got: Tensor, want: Tensor, rtol: float = RTOL, atol: float = A
 
 
 def parallel(got: Dict[str, Tensor], want: Dict[str, Tensor]) -> bool:
-    """Whether the gradients ``got`` (a tensor of each of ``want``'s names and shapes) point
-    where ``want`` do, at any positive scale: a loss summed instead of averaged still has
-    the gradient of the batch's loss."""
+    """Whether the gradients ``got`` (a tensor of each of ``want``'s names and shapes) are
+    ``want`` at some positive scale: scaled to ``want``'s norm, every entry within
+    ``GRAD_RTOL`` of it (``tensors_close``). A loss summed instead of averaged still has the
+    gradient of the batch's loss."""
     a = torch.cat([got[k].double().flatten() for k in want])
     b = torch.cat([want[k].double().flatten() for k in want])
-    return bool(torch.dot(a, b) >= (1 - GRAD_RTOL) * a.norm() * b.norm() > 0)
+    if not bool(torch.isfinite(a).all()) or not a.norm() > 0:
+        return False
+    return tensors_close(a * (b.norm() / a.norm()), b, GRAD_RTOL)
 
 
 def worst(got: Tensor, want: Tensor) -> str:
@@ -416,7 +419,8 @@ def check_graph(ask: Ask, case) -> None:
     if not parallel(got, want):
         name, w = max(want.items(), key=lambda item: float((got[item[0]].double() - item[1].double()).abs().max()))
         raise Mismatch(f"{call}: after loss.backward(), the gradients are not those of the batch's loss at any "
-                       f"scale: {name} {worst(got[name], w)} (to within {GRAD_RTOL:g} of their direction)")
+                       f"scale: {name} {worst(got[name], w)} (tolerance {ATOL:g} + {GRAD_RTOL:g} relative, once "
+                       "scaled to the expected gradient's norm)")
 
 
 def check_network_gradient_norm(ask: Ask, case) -> None:
