@@ -422,6 +422,13 @@ def test_files_written_together_replace_their_paths_together_or_not_at_all(tmp_p
         assert not b.exists()
     assert (a.read_text(), b.read_text()) == ("new a", "new b")
     assert not paths.temporaries(a) and not paths.temporaries(b)
+    with pytest.raises(paths.WriteError, match="b.txt' cannot be replaced|it is a folder"):
+        with paths.written_together():
+            paths.write_text(a, "newer a")
+            paths.write_text(b, "newer b")
+            b.unlink()
+            b.mkdir()  # a folder put at a path before the block ends: nothing is replaced
+    assert a.read_text() == "new a" and b.is_dir() and not paths.temporaries(a) and not paths.temporaries(b)
 
 
 def test_a_command_deletes_the_stale_temporaries_of_killed_writers_of_its_figures_and_the_report(

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import BinaryIO, Iterator, List, Optional, Tuple, Union
 
 PathLike = Union[str, os.PathLike]
-STALE_TEMPORARY_S = 600  # no write in progress is this old: its bytes are in memory and go out in one pass
+# no write in progress is this old: its bytes are in memory and go out in one pass, or wait for
+# the rest of a written_together block (a report section's figures: seconds)
+STALE_TEMPORARY_S = 600
 TOKEN_BYTES = 6  # of the random part of a temporary file's name: ``.<name>.<12 hex digits>.tmp``
 # (temporary, path) of the writes of a ``written_together`` block, renamed when it ends
 _PENDING: contextvars.ContextVar[Optional[List[Tuple[Path, Path]]]] = contextvars.ContextVar(
@@ -201,15 +203,17 @@ def write_atomically(path: PathLike, data: bytes) -> Path:
 
 @contextlib.contextmanager
 def written_together() -> Iterator[None]:
-    """Files ``write_atomically`` writes in the block replace their paths together at its
-    end, or none of them does.
+    """Files ``write_atomically`` writes in the block (in this thread: a thread started in it
+    writes at once) replace their paths at its end, or none of them does.
 
     Each file's bytes go to its temporary file as they are written; only when the block
-    ends without an exception are the temporaries renamed onto their paths, one rename
-    after another (no data left to write, so a full disk cannot stop them half way). An
-    exception in the block (a full disk at the last file, ``KeyboardInterrupt``) deletes
-    every temporary and leaves every path as it was: a report section and its figures stay
-    one command's.
+    ends without an exception, and every path can still be replaced (``check_replaceable``:
+    no folder or FIFO put there meanwhile), are the temporaries renamed onto their paths,
+    one rename after another (no data left to write, so a full disk cannot stop them half
+    way; only a folder made at a path in the instant between the check and its rename
+    could). An exception in the block (a full disk at the last file, ``KeyboardInterrupt``)
+    or a path that can no longer be replaced deletes every temporary and leaves every path
+    as it was: a report section and its figures stay one command's.
     """
     if _PENDING.get() is not None:  # nested: the outer block renames
         yield
@@ -223,6 +227,12 @@ def written_together() -> Iterator[None]:
         raise
     finally:
         _PENDING.reset(token)
+    try:
+        for _, path in pending:
+            check_replaceable(path)
+    except BaseException:
+        _discard_temporaries(pending)
+        raise
     for k, (tmp, path) in enumerate(pending):
         try:
             os.replace(tmp, path)
