@@ -9,11 +9,12 @@ from typing import Any
 
 
 def check_bool(name: str, value: Any) -> bool:
-    """Return ``value`` if it is ``True`` or ``False``, else raise ``TypeError`` naming ``name``:
-    a flag read by truthiness would take ``"no"`` or ``"False"`` for yes."""
-    if not isinstance(value, bool):
+    """Return ``value`` as a ``bool`` if it is ``True`` or ``False`` (numpy's too), else raise
+    ``TypeError`` naming ``name``: a flag read by truthiness would take ``"no"`` for yes."""
+    numpy_bool = type(value).__module__ == "numpy" and type(value).__name__ in ("bool_", "bool")
+    if not (isinstance(value, bool) or numpy_bool):
         raise TypeError(f"{name} must be a bool (True or False), got {value!r} ({type(value).__name__})")
-    return value
+    return bool(value)
 
 
 def check_function(name: str, value: Any) -> Any:

@@ -171,15 +171,16 @@ def _tensors(ds) -> Tuple[Tensor, Tensor]:
     return ds.data.view(-1, 1, 28, 28).float(), ds.targets.long()
 
 
-def standardizer(X_train: Tensor) -> Tuple[Tensor, Tensor]:
+def standardizer(X_train: Tensor, name: str = "X_train") -> Tuple[Tensor, Tensor]:
     """Feature-wise ``(mean, scale)`` of ``X_train: (N, ...)``, each shaped ``X_train[0]``.
 
     ``scale`` is the (unbiased) standard deviation. A feature constant over the training
     set gets its value as mean and scale 1, so it normalises to exactly 0 on the training
-    set, and elsewhere to its offset from that value: never a division by zero.
+    set, and elsewhere to its offset from that value: never a division by zero. ``name``:
+    what a message calls ``X_train``.
     """
     if X_train.shape[0] < 2:
-        raise ValueError(f"X_train needs at least 2 samples to estimate a std, got {X_train.shape[0]}")
+        raise ValueError(f"{name} needs at least 2 samples to estimate a std, got {X_train.shape[0]}")
     # Exact equality, not std == 0: the rounded mean of equal values can miss them by an ulp.
     constant = X_train.amax(0) == X_train.amin(0)
     mean = torch.where(constant, X_train[0], X_train.mean(0))
@@ -203,9 +204,11 @@ def normalize(train: Tuple[Tensor, Tensor], valid: Tuple[Tensor, Tensor],
         X, y = split
         if not isinstance(X, Tensor) or X.dim() == 0:
             raise TypeError(f"{name} X must be a torch.Tensor of samples (N, ...), got {described(X)}")
-        if y is not None and (not isinstance(y, Tensor) or y.dim() == 0 or len(y) != len(X)):
-            raise ValueError(f"{name} y must be a tensor of one label (or one-hot row) per sample of X, "
-                             f"{len(X)}, or None, got {described(y)}")
+        if y is not None and not isinstance(y, Tensor):
+            raise TypeError(f"{name} y must be a torch.Tensor or None, got {type(y).__name__}")
+        if y is not None and (y.dim() == 0 or len(y) != len(X)):
+            raise ValueError(f"{name} y must hold one label (or one-hot row) per sample of X, {len(X)}, got "
+                             f"{described(y)}")
         if not X.dtype.is_floating_point:  # integer pixels would normalise in integer arithmetic
             raise TypeError(f"{name} X must have a floating dtype, got {X.dtype}; convert with X.float()")
         if X.shape[1:] != train[0].shape[1:]:
@@ -213,7 +216,5 @@ def normalize(train: Tuple[Tensor, Tensor], valid: Tuple[Tensor, Tensor],
                              f"got {tuple(X.shape[1:])}")
         if not bool(torch.isfinite(X).all()):
             raise ValueError(f"{name} X contains NaN or infinite values; normalize needs finite pixels")
-    if len(train[0]) < 2:
-        raise ValueError(f"train X needs at least 2 samples to estimate a std, got {len(train[0])}")
-    mean, scale = standardizer(train[0])
+    mean, scale = standardizer(train[0], "train X")
     return tuple(Split((X - mean) / scale, y) for X, y in (train, valid, test))

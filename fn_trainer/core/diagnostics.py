@@ -59,8 +59,9 @@ def gradient_norm(f: Callable[..., Tensor], *tensors: Tensor) -> Tensor:
         if not out.dtype.is_floating_point:  # autograd would give an integer output no gradient, silently 0
             raise ValueError(f"f must return a floating tensor to have a gradient, got {out.dtype}")
         if not out.requires_grad:  # torch.func.grad would give zeros, as if f were flat there
-            raise ValueError("f's output does not depend on the tensors: a .detach(), .item(), NumPy or another "
-                             "library inside f cuts the graph (torch.autograd.grad refuses such an output too)")
+            raise ValueError("f's output does not depend on the tensors through differentiable operations: a "
+                             ".detach(), .item(), NumPy or another library inside f cuts the graph, as comparisons "
+                             "and argmax do (torch.autograd.grad refuses such an output too)")
         return out.reshape(())
 
     grads = grad(scalar_f, argnums=tuple(range(len(tensors))))(*tensors)

@@ -48,7 +48,7 @@ def accuracy(probs: Tensor, targets: Tensor) -> Tensor:
     if probs.shape[-1] == 0:
         raise ValueError(f"accuracy needs probs (N, C) of C >= 1 classes, got shape {tuple(probs.shape)}")
     if targets.dim() != probs.dim() and (targets.dtype.is_floating_point or targets.dtype.is_complex):
-        raise TypeError(f"targets of shape (N,) must be integer labels, got {targets.dtype}")
+        raise ValueError(f"targets of shape (N,) must be integer labels, got {targets.dtype}")
     labels = targets.argmax(-1) if targets.dim() == probs.dim() else targets
     return (probs.argmax(-1) == labels).to(torch.float64).mean()
 

@@ -14,7 +14,7 @@ from typing import Callable, Dict, NamedTuple, Tuple, Union
 import torch
 from torch import Tensor
 
-from .checks import check_positive_float, described, is_finite_number
+from .checks import check_function, check_positive_float, described, is_finite_number
 from .types import Params
 
 
@@ -80,9 +80,7 @@ def adam(lr: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
     for name, beta in (("b1", b1), ("b2", b2)):
         check_beta(name, beta)
     eps = check_positive_float("eps", eps)
-    if not callable(power):
-        raise TypeError(f"power must be a function (base, exponent) -> base ** exponent such as tensor_power or "
-                        f"exp_log_power, got {described(power)}")
+    check_function("power", power)
 
     def init(params: Params) -> AdamState:
         check_params(params)

@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.func import vmap
 from tqdm.auto import tqdm
 
-from ..core.checks import check_bool, check_positive_float, check_positive_int, check_seed
+from ..core.checks import check_bool, check_function, check_positive_float, check_positive_int, check_seed
 from ..core.evaluate import make_evaluate
 from ..core.networks import Network, check_dtype
 from ..core.optim import AdamState, adam, check_fits_dtype, check_hyperparameters_fit, exp_log_power
@@ -232,9 +232,8 @@ def make_population_step(network: Network, batch_in_dims: BatchInDims, *, compil
     given (``fn_trainer.speed.inductor_apply(network)``), ``network.apply`` otherwise, and
     Adam's powers as ``exp_log_power``, for minibatches of ``batch_shape`` (``x``'s; see
     ``compile_step``); a minibatch of another shape runs the eager step."""
-    if compiled_apply is not None and not callable(compiled_apply):  # checked even where unused: a mistake
-        raise TypeError(f"compiled_apply must be callable (an apply(params, x)) or None, got "
-                        f"{type(compiled_apply).__name__}")
+    if compiled_apply is not None:  # checked even where unused: a mistake
+        check_function("compiled_apply", compiled_apply)
     in_dims = (0, 0, tuple(batch_in_dims) if isinstance(batch_in_dims, tuple) else (batch_in_dims,) * 2)
     step = vmap(make_step(network.apply, adam()), in_dims=in_dims)
     if not compile:
