@@ -410,9 +410,11 @@ def test_a_flag_that_is_not_a_bool_is_named(call, match):
         call()
 
 
-def test_numpys_bools_are_flags_too():
-    plain = train(None, shuffle=True)
-    assert train(None, shuffle=np.bool_(True)).logs == plain.logs
+def test_numpys_bools_are_flags_too(tmp_path):
+    plain = train(None, shuffle=True, checkpoint=tmp_path / "plain.pt")
+    assert train(None, shuffle=np.bool_(True), checkpoint=tmp_path / "numpy.pt").logs == plain.logs
+    # a checkpoint's settings hold plain bools: the run resumes from either
+    assert train(None, shuffle=True, checkpoint=tmp_path / "numpy.pt", resume=True).logs == plain.logs
 
 
 def test_fit_names_a_step_or_evaluate_that_is_not_a_function():

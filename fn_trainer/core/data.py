@@ -109,7 +109,7 @@ def load_fashion_mnist(root: str | os.PathLike = "./data", download: bool = True
     (torchvision would read them instead), or a file missing beside a symbolic link that
     the download would write through. ``~`` in ``root`` is expanded, as torchvision does.
     """
-    check_bool("download", download)
+    download = check_bool("download", download)
     root = os.path.expanduser(os.fspath(root))  # as torchvision expands it: the checks must read its files
     folder = raw_folder(root)
     legacy = [folder.parent / "processed" / name for name in LEGACY_FILES]

@@ -58,7 +58,7 @@ def flush_denormals(enabled: bool = True) -> bool:
     OpenMP (not Linux), only the calling thread and threads it starts later change.
     Threads started later inherit the mode of the thread that starts them.
     """
-    check_bool("enabled", enabled)
+    enabled = check_bool("enabled", enabled)
     if not torch.set_flush_denormal(enabled):
         return False
     gomp_parallel = _gomp_parallel()

@@ -94,9 +94,8 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
     batch_size = check_positive_int("batch_size", batch_size)
     n_classes = check_positive_int("n_classes", n_classes)
     seed = check_seed("seed", seed)
-    for name, flag in (("shuffle", shuffle), ("progress", progress), ("resume", resume),
-                       ("write_checkpoint", write_checkpoint)):
-        check_bool(name, flag)
+    shuffle, progress = check_bool("shuffle", shuffle), check_bool("progress", progress)
+    resume, write_checkpoint = check_bool("resume", resume), check_bool("write_checkpoint", write_checkpoint)
     check_function("step", step)
     check_function("evaluate", evaluate)
     dtype = params_dtype(params)

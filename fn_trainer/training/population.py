@@ -293,8 +293,8 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
     epochs = check_positive_int("epochs", epochs, minimum=0)  # plain ints from here: numpy's are accepted
     batch_size = check_positive_int("batch_size", batch_size)
     n_classes = check_positive_int("n_classes", n_classes)
-    for name, flag in (("shuffle", shuffle), ("compile", compile), ("progress", progress), ("resume", resume)):
-        check_bool(name, flag)
+    shuffle, compile = check_bool("shuffle", shuffle), check_bool("compile", compile)
+    progress, resume = check_bool("progress", progress), check_bool("resume", resume)
     if not isinstance(network, Network):
         raise TypeError(f"network must be a Network (from build_network), got {type(network).__name__}")
     if n_classes != network.n_classes:
