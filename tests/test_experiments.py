@@ -295,3 +295,16 @@ def test_plot_map_writes_png_and_checks_dims(tmp_path):
                       colorbar_label="v", box=5))
     with pytest.raises(ValueError, match="2-D"):
         plot_map(np.zeros(3), tmp_path / "n.png", title="n", colorbar_label="v")
+
+
+def test_differences_state_what_their_intervals_leave_out_and_flag_a_best_with_diverged_seeds():
+    fine = Configuration((seed_run(0, [0.1, 0.5, 0.7]), seed_run(1, [0.2, 0.6, 0.8])))
+    broken = Configuration((seed_run(0, [0.1], "diverged in epoch 2"), seed_run(1, [0.2, 0.4, 0.5])))
+    method, _, line, _ = differences([("broken against fine", broken, fine), ("fine against fine", fine, fine)],
+                                     n_valid=2000)
+    assert "not adjusted for the 2 drawn here" in method
+    assert "the runs taken as independent although a seed pairs them" in method
+    assert "measured on the same 2,000 validation images, whose own sampling error (one standard error, " \
+           "√(p(1 − p)/n): 0.009 at an accuracy of 0.8) the intervals leave out" in method
+    assert "best is each run's highest over its epochs, picked on those same images, so an optimistic figure" in method
+    assert line.endswith(" (1 of 2 seeds of the first diverged: their best predates it)")

@@ -59,7 +59,7 @@ class Comparison:
         if several_seeds(configurations):
             parts += [spread_table(configurations), ""]
         parts += differences([(f"{archs[i].title} against {archs[j].title}", configurations[i], configurations[j])
-                              for i, j in self.contrasts])
+                              for i, j in self.contrasts], len(ctx.splits.valid.y))
 
         def compose() -> str:
             figures = self.figures(ctx, configurations, f"lr={fmt_lr(s.lr)}, normalised, batch {batch_size}")

@@ -3,6 +3,7 @@ the runs table, the configurations' spreads over seeds and their differences, an
 section's header in ``report.md``."""
 from __future__ import annotations
 
+import math
 import re
 from typing import List, Optional, Sequence, Tuple
 
@@ -101,11 +102,13 @@ def several_seeds(configurations: Sequence[Configuration]) -> bool:
 Contrast = Tuple[str, Configuration, Configuration]  # what is compared, first, second
 
 
-def differences(contrasts: Sequence[Contrast]) -> List[str]:
-    """The report's comparisons: a sentence on the method, then per contrast the difference
-    (first minus second) of the mean final and of the mean best validation accuracy, with
-    Welch's t interval over seeds and whether it exceeds seed noise. The final one is n/a
-    when a run of either side diverged."""
+def differences(contrasts: Sequence[Contrast], n_valid: Optional[int] = None) -> List[str]:
+    """The report's comparisons: a paragraph on the method and what its intervals leave out,
+    then per contrast the difference (first minus second) of the mean final and of the mean
+    best validation accuracy, with Welch's t interval over seeds and whether it exceeds seed
+    noise. The final one is n/a when a run of either side diverged; the best one says how
+    many seeds diverged (their best predates it). ``n_valid``: the validation images, whose
+    own sampling error the method paragraph states."""
     if not contrasts:
         return []
     sizes = sorted({len(c.runs) for _, a, b in contrasts for c in (a, b)})
@@ -113,22 +116,37 @@ def differences(contrasts: Sequence[Contrast]) -> List[str]:
         method = ("Differences of validation accuracy, first minus second. With one seed per configuration "
                   f"there is no interval: seed noise is not measured (rerun with --seeds {Settings.seeds}).")
     else:
+        images = "the same validation images" if n_valid is None else f"the same {n_valid:,} validation images"
+        sampling = ("" if n_valid is None else
+                    f" (one standard error, √(p(1 − p)/n): {math.sqrt(0.16 / n_valid):.3f} at an accuracy of 0.8)")
+        several = ("" if len(contrasts) == 1 else
+                   f" Each interval is for its comparison alone, not adjusted for the {len(contrasts)} drawn here.")
         method = (f"Differences of the mean validation accuracy over {' or '.join(map(str, sizes))} seeds, first "
-                  f"minus second, with Welch's t {LEVEL:.0%} confidence interval (unequal variances); a "
-                  f"difference exceeds seed noise when its interval excludes 0.")
+                  f"minus second, with Welch's t {LEVEL:.0%} confidence interval (unequal variances, the runs taken "
+                  f"as independent although a seed pairs them); a difference exceeds seed noise when its interval "
+                  f"excludes 0.{several} The noise is the initialisation's alone: every run reads the same minibatches in "
+                  f"the same order and is measured on {images}, whose own sampling error{sampling} the intervals "
+                  f"leave out. Final is the last epoch's accuracy; best is each run's highest over its epochs, "
+                  f"picked on those same images, so an optimistic figure.")
     lines = [method, ""]
     for what, a, b in contrasts:
-        lines.append(f"- {what}: final {_final_difference(a, b)}; best {_difference(a.bests(), b.bests())}")
+        lines.append(f"- {what}: final {_final_difference(a, b)}; best {_difference(a.bests(), b.bests())}"
+                     + (f" ({_diverged(a, b)} diverged: their best predates it)" if a.n_diverged or b.n_diverged
+                        else ""))
     return lines
+
+
+def _diverged(a: Configuration, b: Configuration) -> str:
+    """``1 of 3 seeds of the first and 2 of 3 seeds of the second``: the seeds of a contrast that diverged."""
+    return " and ".join(f"{c.n_diverged} of {len(c.runs)} seeds of the {side}"
+                        for side, c in (("first", a), ("second", b)) if c.n_diverged)
 
 
 def _final_difference(a: Configuration, b: Configuration) -> str:
     """The final accuracies' difference, or why there is none: a diverged run's last finite
     value comes from before its divergence, not from the last epoch."""
-    diverged = [f"{c.n_diverged} of {len(c.runs)} seeds of the {side}" for side, c in (("first", a), ("second", b))
-                if c.n_diverged]
-    if diverged:
-        return f"n/a ({' and '.join(diverged)} diverged: a diverged run has no last-epoch accuracy)"
+    if a.n_diverged or b.n_diverged:
+        return f"n/a ({_diverged(a, b)} diverged: a diverged run has no last-epoch accuracy)"
     return _difference(a.finals(), b.finals())
 
 
@@ -140,8 +158,8 @@ def _difference(a: Sequence[float], b: Sequence[float]) -> str:
 
 def header(title: str, ctx: Context) -> List[str]:
     """The first lines of a training experiment's section: its title, the command, the data,
-    and what the seeds vary (only the initialisation: the seed noise of the comparisons
-    leaves out the validation set's sampling error)."""
+    and what the seeds vary (only the initialisation; ``differences`` says what the seed
+    noise of the comparisons leaves out)."""
     s = ctx.settings
     limit = "all" if s.limit is None else f"the first {s.limit}"
     seeds = (f"seed {s.seed}" if s.seeds == 1 else

@@ -56,7 +56,8 @@ def run(ctx: Context) -> List[RunRecord]:
     best = best_configuration(configurations)
     parts.append(best_pair(best))
     # at every learning rate of the sweep: a rate picked on these runs would favour its side
-    parts += ["", *differences([normalisation_contrast(configurations, lr, best) for lr in s.lrs])]
+    parts += ["", *differences([normalisation_contrast(configurations, lr, best) for lr in s.lrs],
+                               len(ctx.splits.valid.y))]
 
     def compose() -> str:
         figures = []
