@@ -150,6 +150,23 @@ def test_a_member_whose_evaluation_overflows_stops_there_and_the_checkpoint_resu
         assert all(torch.equal(got.params[k], want.params[k]) for k in want.params)
 
 
+def test_data_on_which_a_member_overflows_before_training_is_refused_before_any_step(data):
+    """A log that started with a non-finite evaluation could not be resumed from (a
+    checkpoint's logs hold finite values): such data is refused, naming the member, as
+    fit refuses it."""
+    train, (Xv, yv) = data
+    net = build_network("mlp", MLP)
+    overflowing = (Xv.sign() * 3.3e38, yv)
+    with pytest.raises(ValueError, match=r"^members\[1\]: the evaluation before training is not finite "
+                                         r"\(validation_loss=nan"):
+        fit_population(net, [Member(0, 1e-2), Member(1, 1e-3)], [train, train], [(Xv, yv), overflowing],
+                       epochs=1, batch_size=200, progress=False)
+    opt, params = adam(1e-2), net.init(0)
+    with pytest.raises(ValueError, match=r"^the evaluation before training is not finite \(validation_loss=nan"):
+        fit(make_step(net.apply, opt), make_evaluate(net.apply), params, opt.init(params), train, overflowing,
+            epochs=1, batch_size=200, progress=False)
+
+
 def test_a_population_resumes_on_the_same_data_however_its_tensors_are_shared(data, tmp_path):
     """The checkpoint identifies the members' data sets by their values, not by which tensor
     objects hold them: an input read by two members through one tensor, then through a copy."""

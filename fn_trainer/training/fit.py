@@ -24,6 +24,7 @@ from .loop import (
     Progress,
     Stopped,
     appended,
+    check_initial_evaluation,
     evaluation_message,
     minibatches,
     train_epochs,
@@ -142,7 +143,9 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
         cur, _, earlier = load_progress(checkpoint, params, opt_state, settings=settings, config=plain_config,
                                         epochs=epochs, n_batches=n_batches)
     else:
-        cur = Progress(params, opt_state, appended({k: [] for k in LOG_KEYS}, metrics_of(params)), 0, 0)
+        values = metrics_of(params)
+        check_initial_evaluation(values)
+        cur = Progress(params, opt_state, appended({k: [] for k in LOG_KEYS}, values), 0, 0)
 
     bar = tqdm(total=epochs, initial=cur.epoch, desc=desc, disable=not progress, leave=False)
 

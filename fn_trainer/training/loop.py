@@ -264,6 +264,18 @@ def evaluation_message(epoch: int, values: Dict[str, float]) -> Optional[str]:
             f"({found}); returning the parameters from the end of that epoch, logged up to the epoch before")
 
 
+def check_initial_evaluation(values: Dict[str, float], who: str = "") -> None:
+    """Raise ``ValueError`` if the evaluation before training (``values``: losses,
+    accuracies) is not finite: the outputs overflow on this data before any step, which no
+    training can mend, and a log that starts with it could not be resumed from. ``who``:
+    whose evaluation, for a population's member."""
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if bad:
+        found = ", ".join(f"{k}={v}" for k, v in bad.items())
+        raise ValueError(f"{who}the evaluation before training is not finite ({found}): the network's outputs "
+                         "overflow on this data before any step; check the inputs' scale")
+
+
 def appended(logs: Logs, entries: Dict[str, float]) -> Logs:
     """A copy of ``logs`` with one entry appended to each list named in ``entries``."""
     return {k: v + [entries[k]] if k in entries else list(v) for k, v in logs.items()}

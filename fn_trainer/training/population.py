@@ -41,6 +41,7 @@ from .loop import (
     Progress,
     Stopped,
     appended,
+    check_initial_evaluation,
     evaluation_message,
     minibatches,
     train_epochs,
@@ -348,6 +349,8 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
                                               epochs=epochs, n_batches=n_batches, members=everyone)
     else:
         values = metrics(params)
+        for k in range(K):
+            check_initial_evaluation({key: v[k] for key, v in values.items()}, f"members[{k}]: ")
         cur, stopped = Progress(params, state, [appended({k: [] for k in LOG_KEYS}, {key: v[k] for key, v in values.items()})
                                                 for k in range(K)], 0, 0), {}
     bar = tqdm(total=epochs, initial=cur.epoch, desc=desc, disable=not progress, leave=False)
