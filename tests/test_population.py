@@ -8,6 +8,7 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 import torch
 from fakedata import banded_tensors
@@ -22,6 +23,7 @@ from fn_trainer import (
     build_network,
     fit,
     fit_population,
+    fit_sweep,
     make_evaluate,
     make_step,
     normalize,
@@ -417,3 +419,19 @@ def test_a_population_larger_than_the_machines_memory_is_refused_before_any_memb
     with pytest.raises(TypeError):  # to init_population, here a stand-in that returns nothing
         fit_population(network, [Member(s) for s in range(3)], *data, epochs=1, progress=False)
     assert len(made) == 1
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda net, data: fit_population(net, Member(0), *data, epochs=1), TypeError,
+     r"^members must be a list of Member, got a single Member: pass \[Member\(\.\.\.\)\]$"),
+    (lambda net, data: fit_population(net, torch.zeros(3, 3), *data, epochs=1), ValueError,
+     r"^members must be a non-empty sequence of Member, got shape \(3, 3\) torch.float32$"),
+    (lambda net, data: fit_sweep(net, np.full((2, 3), 1e-3), *data, epochs=1), ValueError,
+     r"^lrs must be a non-empty list of learning rates, got shape \(2, 3\) float64$"),
+    (lambda net, data: fit_population(net, [Member(0)], (data[0][0].numpy(), data[0][1].numpy()), data[1],
+                                      epochs=1), TypeError, "^train X must be a torch.Tensor"),
+])
+def test_members_and_data_of_the_wrong_kind_are_named_in_one_line(data, call, error, match):
+    with pytest.raises(error, match=match) as e:
+        call(build_network("mlp", MLP), data)
+    assert "\n" not in str(e.value)

@@ -86,10 +86,12 @@ _SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 60
 
 
 def shown(value: Any) -> str:
-    """``repr(value)`` cut short, for an error message about a value read from a file, which
-    may be of any size: at most 4 items of a list or dict, 2 levels deep, 60 characters
-    of a string or number."""
+    """``repr(value)`` cut short and on one line, for an error message about a value of any
+    size (read from a file, or given): at most 4 items of a list or dict, 2 levels deep, 60
+    characters of a string or number; an array or tensor as its shape and dtype."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):  # their reprs run over several lines
+        return described(value)
     try:
-        return _SHORT.repr(value)
+        return " ".join(_SHORT.repr(value).split())
     except Exception:  # an int of more digits than Python prints, a repr that fails
         return f"a value of type {type(value).__name__}"

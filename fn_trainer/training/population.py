@@ -22,7 +22,14 @@ from torch import Tensor
 from torch.func import vmap
 from tqdm.auto import tqdm
 
-from ..core.checks import check_bool, check_function, check_positive_float, check_positive_int, check_seed
+from ..core.checks import (
+    check_bool,
+    check_function,
+    check_positive_float,
+    check_positive_int,
+    check_seed,
+    shown,
+)
 from ..core.evaluate import make_evaluate
 from ..core.networks import Network, check_dtype
 from ..core.optim import AdamState, adam, check_fits_dtype, check_hyperparameters_fit, exp_log_power
@@ -170,7 +177,8 @@ def member_splits(name: str, data: Any, n_members: int, n_classes: int,
     """Checked data for ``n_members``: ``data`` is one ``(X, y)`` shared by all members or a
     sequence of ``n_members`` pairs (same shapes). An input or label tensor given several
     times (the same tensor, or views of the same memory alike) is stored once."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor):
+    # one pair unless its first item is a pair itself: check_split names an X that is not a tensor
+    if isinstance(data, (tuple, list)) and len(data) == 2 and not isinstance(data[0], (tuple, list)):
         return MemberData([check_split(name, data, n_classes, dtype)], [0] * n_members)
     if not isinstance(data, (tuple, list)) or len(data) != n_members:
         raise ValueError(
@@ -245,8 +253,10 @@ def make_population_step(network: Network, batch_in_dims: BatchInDims, *, compil
 
 def check_members(members: Any) -> List[Member]:
     """``members`` as a list of checked ``Member``s, else an error naming the bad entry."""
+    if isinstance(members, Member):  # a NamedTuple is a sequence too: of its fields
+        raise TypeError("members must be a list of Member, got a single Member: pass [Member(...)]")
     if isinstance(members, (str, bytes)) or not isinstance(members, Sequence) or not members:
-        raise ValueError(f"members must be a non-empty sequence of Member, got {members!r}")
+        raise ValueError(f"members must be a non-empty sequence of Member, got {shown(members)}")
     checked = []
     for k, m in enumerate(members):
         if not isinstance(m, Member):
@@ -399,7 +409,7 @@ def fit_sweep(network: Network, lrs: Sequence[float], train: Any, valid: Any, *,
     if isinstance(lrs, (np.ndarray, Tensor)) and lrs.ndim == 1:  # a 1-D array of numbers is a sequence too
         lrs = lrs.tolist()
     if isinstance(lrs, (str, bytes)) or not isinstance(lrs, Sequence) or not lrs:
-        raise ValueError(f"lrs must be a non-empty list of learning rates, got {lrs!r}")
+        raise ValueError(f"lrs must be a non-empty list of learning rates, got {shown(lrs)}")
     lrs = [check_positive_float(f"lrs[{i}]", lr) for i, lr in enumerate(lrs)]
     if isinstance(dtype, torch.dtype) and dtype.is_floating_point:  # another dtype is fit_population's to name
         for i, lr in enumerate(lrs):
