@@ -582,6 +582,7 @@ def test_an_interrupt_dropped_while_a_divergence_is_replayed_stops_the_run_it_en
     assert (data["epoch"], data["batch"]) == (1, 0)
 
 
+@pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")  # torch.load's own, before ours
 def test_a_sparse_tensor_in_a_checkpoint_is_refused_in_one_line(tmp_path):
     path = tmp_path / "c.pt"
     run(epochs=1, checkpoint=path)
