@@ -88,8 +88,9 @@ _SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 60
 def shown(value: Any) -> str:
     """``repr(value)`` cut short and on one line, for an error message about a value of any
     size (read from a file, or given): at most 4 items of a list or dict, 2 levels deep, 60
-    characters of a string or number; an array or tensor as its shape and dtype."""
-    if hasattr(value, "shape") and hasattr(value, "dtype"):  # their reprs run over several lines
+    characters of a string or number; an array or tensor of several values as its shape and
+    dtype (their reprs run over several lines, and their values are not the message's point)."""
+    if hasattr(value, "shape") and hasattr(value, "dtype") and len(getattr(value, "shape")) > 0:
         return described(value)
     try:
         return " ".join(_SHORT.repr(value).split())
