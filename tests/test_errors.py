@@ -6,6 +6,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -18,6 +19,7 @@ from fn_trainer import (
     build_network,
     compile_step,
     cross_entropy,
+    flush_denormals,
     gradient_norm,
     jacobian_norm,
     load_fashion_mnist,
@@ -25,7 +27,7 @@ from fn_trainer import (
     make_step,
     one_hot,
 )
-from fn_trainer.core.checks import check_int, check_positive_float, check_positive_int
+from fn_trainer.core.checks import check_int, check_positive_float, check_positive_int, shown
 from fn_trainer.core.optim import scheduled_lr
 from fn_trainer.core.paths import ensure_writable_dir, safe_path
 from fn_trainer.training.fit import fit
@@ -404,3 +406,20 @@ def test_integer_checks_accept_numpy_integers():
 def test_what_is_called_later_is_named_when_it_cannot_be_called(make, match):
     with pytest.raises(TypeError, match=match):
         make()
+
+
+@pytest.mark.parametrize("value, text", [
+    (torch.tensor(3.0), "tensor(3.)"),  # one value: its repr
+    (np.float64(2.5), "np.float64(2.5)"),
+    (torch.zeros(3, 4), "shape (3, 4) torch.float32"),  # several: the shape, not lines of values
+    (np.zeros((2, 3)), "shape (2, 3) float64"),
+    (torch.Tensor, "<class 'torch.Tensor'>"),  # the class: its .shape is no shape
+    ("3   ", "'3   '"),  # a string as it is
+    (list(range(10)), "[0, 1, 2, 3, ...]"),
+])
+def test_a_value_in_a_message_is_shown_on_one_short_line(value, text):
+    assert shown(value) == text
+
+
+def test_numpys_bools_set_the_flush_of_subnormals():
+    assert flush_denormals(np.bool_(False)) in (True, False)  # off, as every process starts

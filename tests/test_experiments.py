@@ -303,8 +303,11 @@ def test_differences_state_what_their_intervals_leave_out_and_flag_a_best_with_d
     method, _, line, _ = differences([("broken against fine", broken, fine), ("fine against fine", fine, fine)],
                                      n_valid=2000)
     assert "not adjusted for the 2 drawn here" in method
-    assert "the runs taken as independent although a seed pairs them" in method
+    assert "the runs taken as independent samples" in method
     assert "measured on the same 2,000 validation images, whose own sampling error (one standard error, " \
            "√(p(1 − p)/n): 0.009 at an accuracy of 0.8) the intervals leave out" in method
-    assert "best is each run's highest over its epochs, picked on those same images, so an optimistic figure" in method
-    assert line.endswith(" (1 of 2 seeds of the first diverged: their best predates it)")
+    assert "picked on those same images, so an optimistic figure" in method
+    assert line.endswith(", counting seeds that diverged after their best (1 of 2 seeds of the first)")
+    alone = Configuration((seed_run(0, [0.1], "diverged in epoch 2"),))
+    _, _, line = differences([("alone against fine", alone, Configuration((seed_run(1, [0.2, 0.5]),)))])
+    assert "counting seeds" not in line  # one seed: the final's n/a says it

@@ -90,9 +90,11 @@ def shown(value: Any) -> str:
     size (read from a file, or given): at most 4 items of a list or dict, 2 levels deep, 60
     characters of a string or number; an array or tensor of several values as its shape and
     dtype (their reprs run over several lines, and their values are not the message's point)."""
-    if hasattr(value, "shape") and hasattr(value, "dtype") and len(getattr(value, "shape")) > 0:
-        return described(value)
     try:
-        return " ".join(_SHORT.repr(value).split())
-    except Exception:  # an int of more digits than Python prints, a repr that fails
+        if not isinstance(value, type) and hasattr(value, "shape") and hasattr(value, "dtype") \
+                and len(value.shape) > 0:
+            return described(value)
+        text = _SHORT.repr(value)
+    except Exception:  # an int of more digits than Python prints, a repr or a shape that fails
         return f"a value of type {type(value).__name__}"
+    return " ".join(text.split()) if "\n" in text else text  # a string's repr escapes its newlines

@@ -272,8 +272,8 @@ def check_initial_evaluation(values: Dict[str, float], who: str = "") -> None:
     bad = {k: v for k, v in values.items() if not math.isfinite(v)}
     if bad:
         found = ", ".join(f"{k}={v}" for k, v in bad.items())
-        raise ValueError(f"{who}the evaluation before training is not finite ({found}): the network's outputs "
-                         "overflow on this data before any step; check the inputs' scale")
+        raise ValueError(f"{who}the evaluation before training is not finite ({found}): the untrained network "
+                         "or the loss overflows on this data, which no step can mend; check the inputs' scale")
 
 
 def appended(logs: Logs, entries: Dict[str, float]) -> Logs:

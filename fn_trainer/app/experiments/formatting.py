@@ -123,16 +123,17 @@ def differences(contrasts: Sequence[Contrast], n_valid: Optional[int] = None) ->
                    f" Each interval is for its comparison alone, not adjusted for the {len(contrasts)} drawn here.")
         method = (f"Differences of the mean validation accuracy over {' or '.join(map(str, sizes))} seeds, first "
                   f"minus second, with Welch's t {LEVEL:.0%} confidence interval (unequal variances, the runs taken "
-                  f"as independent although a seed pairs them); a difference exceeds seed noise when its interval "
-                  f"excludes 0.{several} The noise is the initialisation's alone: every run reads the same minibatches in "
-                  f"the same order and is measured on {images}, whose own sampling error{sampling} the intervals "
-                  f"leave out. Final is the last epoch's accuracy; best is each run's highest over its epochs, "
-                  f"picked on those same images, so an optimistic figure.")
+                  f"as independent samples); a difference exceeds seed noise when its interval excludes 0.{several} "
+                  f"The noise is the initialisation's alone: every run is measured on {images}, whose own sampling "
+                  f"error{sampling} the intervals leave out. Final is the last epoch's accuracy; best is a run's "
+                  f"highest over its evaluations (the one before training included), picked on those same images, "
+                  f"so an optimistic figure.")
     lines = [method, ""]
     for what, a, b in contrasts:
+        # with one seed, the final's n/a already says which run diverged
+        flagged = (a.n_diverged or b.n_diverged) and max(len(a.runs), len(b.runs)) > 1
         lines.append(f"- {what}: final {_final_difference(a, b)}; best {_difference(a.bests(), b.bests())}"
-                     + (f" ({_diverged(a, b)} diverged: their best predates it)" if a.n_diverged or b.n_diverged
-                        else ""))
+                     + (f", counting seeds that diverged after their best ({_diverged(a, b)})" if flagged else ""))
     return lines
 
 
