@@ -278,7 +278,8 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
                    config: Optional[Dict[str, Any]] = None) -> List[FitResult]:
     """Train the members of a population of ``network`` with Adam, all in one vmapped step.
 
-    Member k starts from ``network.init(members[k].seed, dtype)`` with its own hyper-parameters;
+    Member k starts from ``network.init(members[k].seed, dtype)`` with its own hyper-parameters
+    (two equal members, on the same data, train the same run twice: nothing refuses them);
     with ``shuffle`` it reads the data in ``fit``'s order for its seed. ``train``/``valid``:
     one ``(X, y)`` shared by all members (never copied per member), or a list with one
     ``(X, y)`` per member (same shapes; an ``X`` that several members read is stored once,
