@@ -430,6 +430,9 @@ def test_a_population_larger_than_the_machines_memory_is_refused_before_any_memb
      r"^lrs must be a non-empty list of learning rates, got shape \(2, 3\) float64$"),
     (lambda net, data: fit_population(net, [Member(0)], (data[0][0].numpy(), data[0][1].numpy()), data[1],
                                       epochs=1), TypeError, "^train X must be a torch.Tensor"),
+    (lambda net, data: fit_population(net, [Member(0)], data[0], (data[1][0][:, :, :20, :20], data[1][1]),
+                                      epochs=1), ValueError,
+     r"^valid X must have samples of the network's input_shape \(1, 28, 28\), got \(1, 20, 20\)$"),
 ])
 def test_members_and_data_of_the_wrong_kind_are_named_in_one_line(data, call, error, match):
     with pytest.raises(error, match=match) as e:

@@ -322,8 +322,10 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
     checkpoint = checkpoint_path(checkpoint, resume)
     train_data = member_splits("train", train, K, n_classes, dtype)
     valid_data = member_splits("valid", valid, K, n_classes, dtype)
-    if train_data.sample_shape != valid_data.sample_shape:
-        raise ValueError("train X and valid X must have the same sample shape")
+    for name, split in (("train", train_data), ("valid", valid_data)):
+        if tuple(split.sample_shape) != tuple(network.input_shape):
+            raise ValueError(f"{name} X must have samples of the network's input_shape {tuple(network.input_shape)}, "
+                             f"got {tuple(split.sample_shape)}")
     if train_data.X.device != valid_data.X.device:
         raise ValueError(f"train X and valid X must be on one device, got {train_data.X.device} and {valid_data.X.device}")
     params, state = tree_to((params, state), train_data.X.device)  # the members train where their data is
