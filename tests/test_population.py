@@ -295,6 +295,11 @@ def test_a_population_checkpoint_of_another_population_is_refused(data, tmp_path
     with pytest.raises(CheckpointError, match="different run"):
         fit_population(net, [Member(0, 1e-3), Member(2, 1e-3)], *data, epochs=2, batch_size=100, progress=False,
                        checkpoint=path, resume=True)
+    # one member fewer on the same data: the members differ, and only they are named
+    with pytest.raises(CheckpointError, match=r"different run: its settings differ in members \[\[0, 0.001, 0.9, "
+                                              r"0.999, 1e-08\], \[1, .*\]\] against this run's \[\[0, .*\]\]$"):
+        fit_population(net, [Member(0, 1e-3)], *data, epochs=2, batch_size=100, progress=False, checkpoint=path,
+                       resume=True)
     tanh = build_network("mlp", MLP, activation_name="tanh")  # the same parameter shapes
     with pytest.raises(CheckpointError, match="its settings differ in network$"):
         fit_population(tanh, [Member(0, 1e-3), Member(1, 1e-3)], *data, epochs=2, batch_size=100, progress=False,
