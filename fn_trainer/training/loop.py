@@ -256,12 +256,16 @@ def evaluation_message(epoch: int, values: Dict[str, float]) -> Optional[str]:
     """``FitResult.diverged``'s text for a model whose state is finite after 1-based
     ``epoch`` but whose end-of-epoch ``values`` (losses, accuracies) are not, else ``None``:
     its outputs overflowed. It stops there, keeping the logs of the epochs before."""
-    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
-    if not bad:
+    found = non_finite(values)
+    if not found:
         return None
-    found = ", ".join(f"{k}={v}" for k, v in bad.items())
     return (f"diverged in epoch {epoch}: its parameters are finite, but the end-of-epoch evaluation is not "
             f"({found}); returning the parameters from the end of that epoch, logged up to the epoch before")
+
+
+def non_finite(values: Dict[str, float]) -> str:
+    """``validation_loss=nan, ...``: the values that are not finite, or ``""``."""
+    return ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v))
 
 
 def check_initial_evaluation(values: Dict[str, float], who: str = "") -> None:
@@ -269,9 +273,8 @@ def check_initial_evaluation(values: Dict[str, float], who: str = "") -> None:
     accuracies) is not finite: the outputs overflow on this data before any step, which no
     training can mend, and a log that starts with it could not be resumed from. ``who``:
     whose evaluation, for a population's member."""
-    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
-    if bad:
-        found = ", ".join(f"{k}={v}" for k, v in bad.items())
+    found = non_finite(values)
+    if found:
         raise ValueError(f"{who}the evaluation before training is not finite ({found}): the untrained network "
                          "or the loss overflows on this data, which no step can mend; check the inputs' scale")
 

@@ -460,18 +460,19 @@ def reference_steps(case):
 
 
 def ask_steps(ask: Ask, case):
+    """The submission's two ``training_step`` calls: ``(call, got, want, net, batches)``,
+    ``want`` and the rest as ``reference_steps`` gives them."""
     net, batches, want = reference_steps(case)
     call = (f"two training_step calls (batches of {case['sizes'][0]} and {case['sizes'][1]}) with "
             f"lr = {case['lr']:g}")
     got = ask("training_step", call, network=net.spec, lr=case["lr"], batches=batches)
-    return call, got, want
+    return call, got, want, net, batches
 
 
-def norms_to_return(case, got) -> List[Tuple[float, str]]:
+def norms_to_return(net: NetworkCase, batches, want, got) -> List[Tuple[float, str]]:
     """Per ``training_step`` call, the gradient norm it should return and where it is
     taken: the second call's at the parameters the submission's first call left, so that
     a wrong update (question 10's other parts) does not also make a right norm wrong."""
-    net, batches, want = reference_steps(case)
     norms = [(want[0]["norm"], "the norm of the loss's gradient on that batch")]
     left = got[0]["params"]
     usable = (isinstance(left, dict) and left.keys() == net.params.keys()
@@ -495,8 +496,8 @@ def own_norm(step: Dict[str, Any]) -> Optional[float]:
 
 
 def check_step_norm(ask: Ask, case) -> None:
-    call, got, _ = ask_steps(ask, case)
-    for i, (norm, what) in enumerate(norms_to_return(case, got)):
+    call, got, want, net, batches = ask_steps(ask, case)
+    for i, (norm, what) in enumerate(norms_to_return(net, batches, want, got)):
         grads = got[i]["grads"]
         buffers_right = (all(g is not None for g in grads.values())
                          and close(float(global_norm(grads)), norm, GRAD_RTOL))
@@ -509,7 +510,7 @@ def check_step_norm(ask: Ask, case) -> None:
 
 
 def check_step_grad_buffers(ask: Ask, case) -> None:
-    call, got, want = ask_steps(ask, case)
+    call, got, want, _, _ = ask_steps(ask, case)
     grads = got[0]["grads"]
     if all(g is None or not torch.any(g) for g in grads.values()):
         # zero_grad() after the update, which the homework allows: nothing is left to compare,
@@ -533,7 +534,7 @@ def check_step_grad_buffers(ask: Ask, case) -> None:
 
 
 def check_adam(step: int, ask: Ask, case) -> None:
-    call, got, want = ask_steps(ask, case)
+    call, got, want, _, _ = ask_steps(ask, case)
     atol = 1e-3 * case["lr"] + 1e-7  # a thousandth of one Adam update, and float32 rounding
     for name, w in want[step]["params"].items():
         g = got[step]["params"][name]
