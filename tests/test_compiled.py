@@ -324,3 +324,36 @@ def test_fit_population_compiles_for_its_full_minibatches(shuffle, monkeypatch):
                               compile=True, progress=False)
     full = (2, 4, 1, 28, 28) if shuffle else (4, 1, 28, 28)  # two seeds shuffle in two orders
     assert made_for == [full] and full in seen and len(seen) == 2  # and the short last minibatch
+
+
+def test_a_donating_compiled_step_writes_the_eager_steps_values_into_what_it_is_given(mlp):
+    # float64, as above: the values must be the plain step's to a billionth of Adam's move
+    torch._dynamo.reset()
+    step = make_step(mlp.apply, adam(1e-3))
+    donating = compile_step(step, donate=True)
+    params = mlp.init(0, dtype=torch.float64)
+    data = [(x.double(), targets.double()) for x, targets in batches(4, 128)]
+    given = {k: v.clone() for k, v in params.items()}
+    state = adam(1e-3).init(given)
+    with compiles(1), torch._dynamo.config.patch(error_on_recompile=True):
+        got = run(donating, given, state, data)
+    assert got[0] is given and all(got[0][k] is given[k] for k in given) and got[1].mu is state.mu
+    want = run(step, params, adam(1e-3).init(params), data)
+    torch.testing.assert_close(got[0], want[0], **param_tol(1e-3, len(data), fraction=1e-9))
+    torch.testing.assert_close(got[1].nu, want[1].nu, **TOL64)
+    torch.testing.assert_close(got[2], want[2], **TOL64)
+    assert int(state.count) == len(data)
+
+
+def test_a_donating_step_refuses_tensors_it_cannot_overwrite(mlp):
+    donating = compile_step(make_step(mlp.apply, adam(1e-3)), donate=True)
+    params = mlp.init(0)
+    batch = batches(1, 8)[0]
+    with pytest.raises(ValueError, match="must not require grad"):
+        donating({k: v.requires_grad_() for k, v in mlp.init(0).items()}, adam().init(params), batch)
+    state = adam().init(params)
+    state.nu.update(state.mu)  # one tensor for both moments: a write to one would change the other
+    with pytest.raises(ValueError, match="share memory"):
+        donating(params, state, batch)
+    with pytest.raises(TypeError, match="donate must be"):
+        compile_step(make_step(mlp.apply, adam(1e-3)), donate="yes")

@@ -38,6 +38,11 @@ def tree_index(tree: Any, k: int) -> Any:
     return tree_map(lambda leaf: leaf[k].clone(), tree)
 
 
+def tree_clone(tree: Any) -> Any:
+    """``tree`` with a copy of every tensor (other leaves as they are)."""
+    return tree_map(lambda leaf: leaf.clone() if isinstance(leaf, Tensor) else leaf, tree)
+
+
 def tree_to(tree: Any, device: torch.device) -> Any:
     """``tree`` with every tensor on ``device`` (the same tensors where they already are)."""
     return tree_map(lambda leaf: leaf.to(device) if isinstance(leaf, Tensor) else leaf, tree)

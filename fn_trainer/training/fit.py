@@ -90,6 +90,9 @@ def fit(step: Step, evaluate: Evaluate, params: Params, opt_state: object,
     ``resume`` an existing checkpoint is overwritten.
     ``write_checkpoint=False`` only reads ``checkpoint``, to resume, and never writes it:
     the ranks of a data-parallel run other than rank 0, which writes it for them all.
+
+    A step that overwrites its arguments (``compile_step(..., donate=True)``) is run on
+    copies of ``params`` and ``opt_state``: the tensors given here are left as they were.
     """
     epochs = check_positive_int("epochs", epochs, minimum=0)  # plain ints from here: numpy's are accepted
     batch_size = check_positive_int("batch_size", batch_size)

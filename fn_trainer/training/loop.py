@@ -9,17 +9,19 @@ with the state its failing step received, while the others go on.
 from __future__ import annotations
 
 import math
+import signal
 import sys
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from ..core.step import Step
-from ..core.trees import finite_per_member, tree_finite, tree_index
+from ..core.trees import finite_per_member, tree_clone, tree_finite, tree_index
 from ..core.types import Batch, Params
+from .compiled import DonatingStep
 
 LOG_KEYS = ("train_accuracy", "validation_accuracy", "train_loss", "validation_loss",
             "train_gradient_norm")
@@ -153,6 +155,53 @@ def lost_interrupts() -> Iterator[Callable[[], None]]:
     check()
 
 
+class HeldSignals:
+    """While a ``with held:`` block runs in the main thread, a SIGINT or SIGTERM whose
+    handler is a Python function is kept and handed to that handler as the block ends
+    (dropped if the block raises); a second one in the same block is handed over at once,
+    so that a stuck block can still be interrupted. For a :class:`DonatingStep`, whose state
+    is torn until the step and its record are done. ``close()`` gives the handlers back."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self) -> None:
+        self.inside = False
+        self.pending: Optional[Tuple[int, Any]] = None
+        self.previous: Dict[int, Callable] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers run in the main thread only: nothing to hold elsewhere
+        for name in self.SIGNALS:
+            number = getattr(signal, name, None)
+            if number is not None and callable(signal.getsignal(number)):
+                self.previous[number] = signal.signal(number, self.handle)
+
+    def handle(self, number: int, frame: Any) -> None:
+        if self.inside and self.pending is None:
+            self.pending = (number, frame)
+        else:
+            self.previous[number](number, frame)
+
+    def __enter__(self) -> "HeldSignals":
+        self.inside = True
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        self.inside = False
+        pending, self.pending = self.pending, None
+        if pending is not None and kind is None:
+            self.previous[pending[0]](*pending)
+
+    def close(self) -> None:
+        for number, handler in self.previous.items():
+            if signal.getsignal(number) == self.handle:  # unless someone replaced it meanwhile
+                signal.signal(number, handler)
+
+
+def copied(progress: Progress) -> Progress:
+    """``progress`` with copies of its parameters and optimizer state."""
+    return progress._replace(params=tree_clone(progress.params), opt_state=tree_clone(progress.opt_state))
+
+
 def train_epochs(step: Step, cur: Progress, *, epochs: int, n_batches: int, minibatch: Minibatch,
                  end_epoch: EndEpoch, members: Members = Members(),
                  stopped: Optional[Dict[int, Stopped]] = None,
@@ -169,20 +218,35 @@ def train_epochs(step: Step, cur: Progress, *, epochs: int, n_batches: int, mini
     progress to continue from and, on ``KeyboardInterrupt`` (re-raised), with the current
     step's when it is still finite. An interrupt CPython dropped (``lost_interrupts``) is
     raised after the step or the end of epoch it arrived in.
+
+    A :class:`DonatingStep` overwrites the state it is given: its first step here gets a
+    copy of ``cur``'s (whose tensors the caller keeps), each epoch starts from a copy kept
+    for the replay, and SIGINT and SIGTERM are held during each step and its record
+    (``HeldSignals``); a second signal within one step interrupts it at once, and the
+    epoch's start (a consistent state) is what is saved then.
     """
     stopped = dict(stopped or {})
     losses: List[Tensor] = []
     grad_norms: List[Tensor] = []
+    donating = isinstance(step, DonatingStep)
+    held = HeldSignals() if donating else None
+    in_step = False
     with lost_interrupts() as check_interrupt:
         try:
+            first = donating  # the first step gets copies: the caller's tensors are never overwritten
             while cur.epoch < epochs:
-                start, losses, grad_norms = cur, [], []
+                start, losses, grad_norms = (copied(cur) if donating and not first else cur), [], []
                 for b in range(cur.batch, n_batches):
-                    params, opt_state, metrics = step(cur.params, cur.opt_state, minibatch(cur.epoch, b))
-                    losses.append(metrics["loss"])
-                    grad_norms.append(metrics["grad_norm"])
-                    cur = cur._replace(params=params, opt_state=opt_state, batch=b + 1,
-                                       last_grad_norm=metrics["grad_norm"])
+                    with held or nullcontext():
+                        in_step = True
+                        given = copied(cur) if first else cur
+                        params, opt_state, metrics = step(given.params, given.opt_state, minibatch(cur.epoch, b))
+                        first = False
+                        losses.append(metrics["loss"])
+                        grad_norms.append(metrics["grad_norm"])
+                        cur = cur._replace(params=params, opt_state=opt_state, batch=b + 1,
+                                           last_grad_norm=metrics["grad_norm"])
+                        in_step = False
                     check_interrupt()
                 ok = members.finite_metrics(losses, grad_norms) & members.finite(cur.params, cur.opt_state)
                 failed = [k for k in range(members.count) if k not in stopped and not bool(ok[k])]
@@ -198,11 +262,16 @@ def train_epochs(step: Step, cur: Progress, *, epochs: int, n_batches: int, mini
                     save(cur)
                 check_interrupt()
         except KeyboardInterrupt:
+            if donating and in_step:  # a step overwriting cur's state was cut short: its epoch's start is whole
+                cur, losses, grad_norms = start, [], []
             # Keep the last good checkpoint if a running member already went non-finite in this epoch.
             ok = members.finite_metrics(losses, grad_norms) & members.finite(cur.params, cur.opt_state)
             if save is not None and all(bool(ok[k]) for k in range(members.count) if k not in stopped):
                 save(cur)
             raise
+        finally:
+            if held is not None:
+                held.close()
     return cur, stopped
 
 
@@ -214,7 +283,8 @@ def locate_divergence(step: Step, start: Progress, minibatch: Minibatch, n_batch
     message naming it."""
     cur, found = start, {}
     for b in range(start.batch, n_batches):
-        params, opt_state, metrics = step(cur.params, cur.opt_state, minibatch(start.epoch, b))
+        given = copied(cur) if isinstance(step, DonatingStep) else cur  # cur is what a failing step received
+        params, opt_state, metrics = step(given.params, given.opt_state, minibatch(start.epoch, b))
         update_ok = members.finite(params, opt_state)
         for k in which:
             if k in found:
