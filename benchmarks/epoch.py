@@ -322,7 +322,7 @@ def network_paths(network_type: str, config: NetworkConfiguration, X, T, batch_s
     if compile:
         compiled_adam = adam(1e-3, power=exp_log_power)  # Adam's powers as Inductor computes them once per step
         candidates.append(("compiled", compile_step(make_step(inductor_apply(net), compiled_adam), eager=step,
-                                                      guard_closures=False)))
+                                                      guard_closures=False, donate=True)))
     if compile and network_type == "cnn":
         module_apply = lambda p, x: functional_call(net.module, p, (x,))  # noqa: E731
         candidates.append(("compiled_module", compile_step(make_step(module_apply, compiled_adam),

@@ -307,7 +307,8 @@ def test_fit_population_compiles_for_its_full_minibatches(shuffle, monkeypatch):
 
     made_for, seen = [], set()
 
-    def recording(step, *, eager, guard_closures, batch_shape):
+    def recording(step, *, eager, guard_closures, batch_shape, donate=False):
+        assert donate  # the population's compiled step overwrites the state the loop gives it
         made_for.append(batch_shape)
 
         def run(params, state, batch):

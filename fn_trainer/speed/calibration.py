@@ -167,6 +167,7 @@ def compiled_steps(network_type: str, config, winograd_min_channels: int, *, bat
     from ..core.networks import build_network
     from ..core.optim import adam, exp_log_power
     from ..core.step import make_step
+    from ..core.trees import tree_clone
     from ..training.compiled import compile_step
     from .cnn_forward import inductor_apply
 
@@ -176,16 +177,16 @@ def compiled_steps(network_type: str, config, winograd_min_channels: int, *, bat
     targets = one_hot(torch.randint(0, 10, (batch,), generator=g), 10)
     eager = make_step(net.apply, adam(1e-3))
     compiled = compile_step(make_step(inductor_apply(net, winograd_min_channels=winograd_min_channels),
-                                      adam(1e-3, power=exp_log_power)), guard_closures=False)
+                                      adam(1e-3, power=exp_log_power)), guard_closures=False, donate=True)
     params = net.init(0)
     state = adam(1e-3).init(params)
     start = time.perf_counter()
-    float(compiled(params, state, (x, targets))[2]["loss"])
+    float(compiled(tree_clone(params), tree_clone(state), (x, targets))[2]["loss"])
     compile_s = time.perf_counter() - start
 
     def run(step):
         def steps_of() -> float:
-            p, s = params, state
+            p, s = tree_clone(params), tree_clone(state)  # the compiled step overwrites what it is given
             for _ in range(steps):
                 p, s, metrics = step(p, s, (x, targets))
             return float(metrics["loss"])

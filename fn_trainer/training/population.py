@@ -248,7 +248,8 @@ def make_population_step(network: Network, batch_in_dims: BatchInDims, *, compil
     if not compile:
         return step
     fast = make_step(compiled_apply or network.apply, adam(power=exp_log_power))
-    return compile_step(vmap(fast, in_dims=in_dims), eager=step, guard_closures=False, batch_shape=batch_shape)
+    return compile_step(vmap(fast, in_dims=in_dims), eager=step, guard_closures=False, batch_shape=batch_shape,
+                        donate=True)
 
 
 def check_members(members: Any) -> List[Member]:

@@ -174,7 +174,7 @@ def train_one(ctx: Context, spec: RunSpec) -> Trained:
         step, trainer = data_parallel_run(ctx, spec, net, optimizer, fast)
     elif fast is not None:
         step = compile_step(make_step(ctx.fast_apply(net), fast[0]), eager=step, guard_closures=False,
-                            batch_shape=fast[1])
+                            batch_shape=fast[1], donate=True)
     result = fit(step, make_evaluate(net.apply), params, optimizer.init(params),
                  train, valid, epochs=spec.epochs, batch_size=spec.batch_size, n_classes=N_CLASSES,
                  seed=spec.seed, progress=ctx.settings.progress, desc=spec.name,
