@@ -180,6 +180,8 @@ def functional_loop(step, state: Dict, batch_of: Callable[[int], tuple], n_steps
     """``fit``'s inner loop: ``n_steps`` steps, metrics kept as tensors, one sync at the end;
     returns the parameters reached."""
 
+    step = getattr(step, "in_place", step)  # a donating step overwrites the loop's own state, as in fit
+
     def run() -> Params:
         params, opt_state = state["params"], state["opt_state"]
         metrics = None

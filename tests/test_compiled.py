@@ -6,7 +6,7 @@ from compiling import compiles
 
 from fn_trainer import NetworkConfiguration, adam, build_network, make_step, one_hot
 from fn_trainer.speed import inductor_apply
-from fn_trainer.training.compiled import argument_guards, compile_step, multi_step
+from fn_trainer.training.compiled import argument_guards, check_donated, compile_step, multi_step
 from fn_trainer.training.population import fit_sweep
 
 # float32: Inductor fuses and reorders reductions (matmul epilogues, the gradient norm),
@@ -337,7 +337,10 @@ def test_a_donating_compiled_step_writes_the_eager_steps_values_into_what_it_is_
     given = {k: v.clone() for k, v in params.items()}
     state = adam(1e-3).init(given)
     with compiles(1), torch._dynamo.config.patch(error_on_recompile=True):
-        got = run(donating, given, state, data)
+        got = run(donating.in_place, given, state, data)
+        pure = run(donating, params, adam(1e-3).init(params), data)  # called as a function: on copies
+    assert all(torch.equal(params[k], v) for k, v in mlp.init(0, dtype=torch.float64).items())
+    torch.testing.assert_close(pure[0], got[0], rtol=0.0, atol=0.0)
     assert got[0] is given and all(got[0][k] is given[k] for k in given) and got[1].mu is state.mu
     want = run(step, params, adam(1e-3).init(params), data)
     torch.testing.assert_close(got[0], want[0], **param_tol(1e-3, len(data), fraction=1e-9))
@@ -351,10 +354,16 @@ def test_a_donating_step_refuses_tensors_it_cannot_overwrite(mlp):
     params = mlp.init(0)
     batch = batches(1, 8)[0]
     with pytest.raises(ValueError, match="must not require grad"):
-        donating({k: v.requires_grad_() for k, v in mlp.init(0).items()}, adam().init(params), batch)
+        donating.in_place({k: v.requires_grad_() for k, v in mlp.init(0).items()}, adam().init(params), batch)
     state = adam().init(params)
     state.nu.update(state.mu)  # one tensor for both moments: a write to one would change the other
     with pytest.raises(ValueError, match="share memory"):
-        donating(params, state, batch)
+        donating.in_place(params, state, batch)
+    halves = torch.zeros(2, 4)  # two parameters side by side in one buffer: each its own memory
+    check_donated({"a": halves[0], "b": halves[1], "empty": halves[:0]}, None)
+    with pytest.raises(ValueError, match="share memory"):
+        check_donated({"a": halves[0], "b": halves.reshape(-1)[2:6]}, None)
+    with pytest.raises(ValueError, match="overlaps itself"):
+        check_donated({"a": torch.zeros(1).expand(4)}, None)
     with pytest.raises(TypeError, match="donate must be"):
         compile_step(make_step(mlp.apply, adam(1e-3)), donate="yes")

@@ -120,3 +120,72 @@ def test_a_second_interrupt_within_a_donating_step_stops_it_and_saves_its_epochs
     data = load_checkpoint(path)
     assert (data["epoch"], data["batch"]) == (1, 0)  # not the torn state of step 10 at position 9
     assert_same_run(run(True, checkpoint=path, resume=True), run(False))
+
+
+def test_a_donating_step_called_as_a_function_is_pure():
+    # a wrapper that knows nothing of donation calls the step itself: it must work on copies
+    opt = adam(1e-2)
+    step = DonatingStep(written_into_arguments(make_step(NET.apply, opt)))
+    params = NET.init(1)
+    before = {k: v.clone() for k, v in params.items()}
+    train, valid = problem()
+    result = fit(lambda p, s, batch: step(p, s, batch), make_evaluate(NET.apply), params, opt.init(params), train,
+                 valid, epochs=2, batch_size=16, shuffle=True, seed=7, progress=False)
+    assert all(torch.equal(params[k], before[k]) for k in params)
+    assert_same_run(result, run(False, epochs=2))
+
+
+def test_written_into_arguments_puts_each_tensor_where_its_name_was():
+    def reordered(p, s, batch):  # the same names in another order
+        return {k: p[k] + 1 for k in sorted(p)}, s, {}
+    given = {"b": torch.zeros(3), "a": torch.full((3,), 10.0)}
+    out = written_into_arguments(reordered)(given, None, None)[0]
+    assert out is given and given["a"].tolist() == [11.0] * 3 and given["b"].tolist() == [1.0] * 3
+
+    def reshaped(p, s, batch):  # a (1,) result would be broadcast into the (3,) parameter
+        return {"w": p["w"].sum(0, keepdim=True)}, s, {}
+    with pytest.raises(ValueError, match=r"\['w'\] changed its type, shape or dtype"):
+        written_into_arguments(reshaped)({"w": torch.ones(3)}, None, None)
+
+    def renamed(p, s, batch):
+        return {"v": p["w"]}, s, {}
+    with pytest.raises(ValueError, match="with the names it was given"):
+        written_into_arguments(renamed)({"w": torch.ones(3)}, None, None)
+
+
+def test_an_interrupt_during_the_first_step_of_a_shape_which_compiles_is_not_held(tmp_path, sigint_raises):
+    # the first step runs on copies: an interrupt there tears nothing and must not wait for
+    # the compilation to end
+    path = tmp_path / "c.pt"
+    reached = []
+
+    def interrupt(at):
+        if at == 1:
+            signal.raise_signal(signal.SIGINT)
+            reached.append(at)  # not reached: the interrupt is raised at once
+
+    with pytest.raises(KeyboardInterrupt):
+        run(True, hook=interrupt, checkpoint=path)
+    assert reached == [] and load_checkpoint(path)["batch"] == 0
+
+
+class Terminated(KeyboardInterrupt):
+    pass
+
+
+def test_at_a_second_signal_within_a_donating_step_the_first_is_raised(tmp_path, sigint_raises):
+    def terminate(number, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+
+    def term_then_int(at):
+        if at == 10:
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGINT)
+    try:
+        with pytest.raises(Terminated):
+            run(True, hook=term_then_int, checkpoint=tmp_path / "c.pt")
+        assert signal.getsignal(signal.SIGTERM) is terminate
+    finally:
+        signal.signal(signal.SIGTERM, previous)

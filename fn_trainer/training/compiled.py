@@ -16,48 +16,58 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import keystr, tree_flatten_with_path, tree_leaves
 
 from ..core.checks import check_bool, check_function, check_positive_int
 from ..core.step import Batch, Params, Step
+from ..core.trees import tree_clone
 
 MultiStep = Callable[[Params, object, Batch], Tuple[Params, object, Dict[str, Tensor]]]
 
 
 class DonatingStep:
-    """A step that may overwrite the ``params`` and ``opt_state`` it is given, as JAX's
-    donated buffers are: use only what it returns (``compile_step(..., donate=True)``).
+    """A compiled step whose fast form writes the new ``params`` and ``opt_state`` into the
+    ones it is given, as JAX's donated buffers are (``compile_step(..., donate=True)``).
 
-    ``train_epochs`` (under ``fit`` and ``fit_population``) runs one so that nothing it is
-    not meant to overwrite is: its first step gets copies (the caller's tensors stay as they
-    were), each epoch's start is copied for the replay of a divergence, and an interrupt
-    that arrives during a step is raised once the step and the loop's record of it are done.
+    ``in_place(params, opt_state, batch)`` is that form: it returns the tensors it was
+    given, updated; what they held before is gone. Called as a function the step is pure,
+    as every step is: it works on copies of ``params`` and ``opt_state`` (so a wrapper
+    that knows nothing of donation stays safe, and pays for the copies). ``train_epochs``,
+    under ``fit`` and ``fit_population``, calls ``in_place`` with a state of its own and
+    holds an interrupt until a step and its record are done.
     """
 
-    __slots__ = ("step",)
+    __slots__ = ("in_place",)
 
-    def __init__(self, step: Step) -> None:
-        self.step = step
+    def __init__(self, in_place: Step) -> None:
+        self.in_place = in_place
 
     def __call__(self, params: Params, opt_state, batch: Batch):
-        return self.step(params, opt_state, batch)
+        return self.in_place(tree_clone(params), tree_clone(opt_state), batch)
 
 
 def written_into_arguments(step: Step) -> Step:
     """``step`` that writes its new parameters and state into the tensors it was given
     (``copy_``) and returns those: compiled, Inductor computes the update in place, with
-    no second copy of the state (the values are the pure step's). The step must return
-    trees of the structure it was given."""
+    no second copy of the state (the values are the pure step's). Each returned tensor
+    goes where the given one of the same name (key path) was, and must have its shape
+    and dtype, else a ``ValueError``."""
 
     def step_in_place(params: Params, opt_state, batch: Batch):
         new_params, new_state, metrics = step(params, opt_state, batch)
-        olds, news = tree_leaves((params, opt_state)), tree_leaves((new_params, new_state))
-        if len(olds) != len(news):
-            raise ValueError(f"a donating step must return params and opt_state of the structure it was given: "
-                             f"{len(olds)} leaves given, {len(news)} returned")
-        for old, new in zip(olds, news):
-            if new is not old:  # the hyper-parameters come back as they were given
-                old.copy_(new)
+        given = tree_flatten_with_path((params, opt_state))[0]
+        new_by_path = dict(tree_flatten_with_path((new_params, new_state))[0])
+        if len(new_by_path) != len(given) or any(path not in new_by_path for path, _ in given):
+            raise ValueError("a donating step must return params and opt_state with the names it was given")
+        for path, old in given:
+            new = new_by_path[path]
+            if new is old:  # the hyper-parameters come back as they were given
+                continue
+            if not isinstance(old, Tensor) or not isinstance(new, Tensor) or (new.shape, new.dtype) != (
+                    old.shape, old.dtype):
+                raise ValueError(f"a donating step must return params and opt_state like those it was given: "
+                                 f"{keystr(path)} changed its type, shape or dtype")
+            old.copy_(new)
         return params, opt_state, metrics
 
     return step_in_place
@@ -65,19 +75,26 @@ def written_into_arguments(step: Step) -> Step:
 
 def check_donated(params: Params, opt_state) -> None:
     """Raise naming ``params``/``opt_state`` unless their tensors may be overwritten in
-    place: none requires grad, and no two share memory (one write would change both)."""
-    seen: Dict[int, int] = {}
-    for i, leaf in enumerate(tree_leaves((params, opt_state))):
-        if not isinstance(leaf, Tensor):
+    place: none requires grad, none overlaps itself (an expanded view) and no two
+    overlap in memory (one write would change both). Empty tensors hold nothing."""
+    spans = []
+    for leaf in tree_leaves((params, opt_state)):
+        if not isinstance(leaf, Tensor) or leaf.numel() == 0:
             continue
         if leaf.requires_grad:
             raise ValueError("a donating step overwrites params and opt_state, which must not require grad: "
                              "pass detached tensors")
-        address = leaf.untyped_storage().data_ptr()
-        if address in seen and leaf.numel() > 0:
+        if torch._debug_has_internal_overlap(leaf) != 0:  # 1: overlaps, 2: too complex to tell
+            raise ValueError("a donating step overwrites params and opt_state, and one of their tensors overlaps "
+                             "itself in memory (an expanded view): pass tensors of their own")
+        first = leaf.data_ptr()
+        last = first + leaf.element_size() * (1 + sum((n - 1) * abs(st) for n, st in zip(leaf.shape, leaf.stride())))
+        spans.append((leaf.device, first, last))
+    spans.sort(key=lambda span: (str(span[0]), span[1]))
+    for (device, _, end), (next_device, next_start, _) in zip(spans, spans[1:]):
+        if device == next_device and next_start < end:
             raise ValueError("a donating step overwrites params and opt_state, and two of their tensors share "
                              "memory: pass tensors of their own (init(params) makes a state of its own)")
-        seen[address] = i
 
 
 def compile_step(step: Step, *, mode: str | None = None, other_shapes: str = "eager",
@@ -108,12 +125,12 @@ def compile_step(step: Step, *, mode: str | None = None, other_shapes: str = "ea
     The compiled function has a code object of its own (:func:`own_code`), so its cache
     serves only this ``step``.
 
-    ``donate=True`` returns a :class:`DonatingStep`: the compiled graph writes the new
-    parameters and state into the tensors it is given and returns them (the eager step
-    stays pure): up to a tenth faster on a CPU, where the state then stays in one copy in
-    the caches (benchmarks/README.md). Use only what it returns; ``fit`` and
-    ``fit_population`` run such a step so that nothing of theirs is overwritten.
-    Parameters that require grad, or tensors that share memory, are refused.
+    ``donate=True`` returns a :class:`DonatingStep`, whose ``in_place`` writes the new
+    parameters and state into the tensors it is given and returns them: up to a tenth
+    faster on a CPU, where the state then stays in one copy in the caches
+    (benchmarks/README.md). ``fit`` and ``fit_population`` use ``in_place``; called as a
+    function the step stays pure (on copies). ``in_place`` refuses parameters that
+    require grad and tensors that overlap in memory.
     """
     check_function("step", step)
     donate = check_bool("donate", donate)
@@ -131,6 +148,8 @@ def compile_step(step: Step, *, mode: str | None = None, other_shapes: str = "ea
     fallback = step if eager is None else eager
     compiled = _errors_as_eager(torch.compile(own_code(written_into_arguments(step) if donate else step),
                                               fullgraph=True, dynamic=False, options=options or None), fallback)
+    if donate:  # the short last minibatch too returns the tensors it was given
+        fallback = written_into_arguments(fallback)
     if other_shapes == "compile":
         chosen = compiled
     else:
@@ -145,17 +164,16 @@ def compile_step(step: Step, *, mode: str | None = None, other_shapes: str = "ea
 
     if not donate:
         return chosen
-    checked = None  # the params last checked: a loop passes back what the step returned
+    checked: Tuple[object, object] = (None, None)  # what the last call was given: a loop passes back its result
 
-    def donating_step(params: Params, opt_state, batch: Batch):
+    def in_place(params: Params, opt_state, batch: Batch):
         nonlocal checked
-        if params is not checked:
+        if params is not checked[0] or opt_state is not checked[1]:
             check_donated(params, opt_state)
-        out = chosen(params, opt_state, batch)
-        checked = out[0]
-        return out
+            checked = (params, opt_state)
+        return chosen(params, opt_state, batch)
 
-    return DonatingStep(donating_step)
+    return DonatingStep(in_place)
 
 
 def _errors_as_eager(compiled: Step, eager: Step) -> Step:

@@ -158,9 +158,10 @@ def lost_interrupts() -> Iterator[Callable[[], None]]:
 class HeldSignals:
     """While a ``with held:`` block runs in the main thread, a SIGINT or SIGTERM whose
     handler is a Python function is kept and handed to that handler as the block ends
-    (dropped if the block raises); a second one in the same block is handed over at once,
-    so that a stuck block can still be interrupted. For a :class:`DonatingStep`, whose state
-    is torn until the step and its record are done. ``close()`` gives the handlers back."""
+    (dropped if the block raises); at a second one in the same block the first is handed
+    over at once, so that a stuck block can still be interrupted. For a
+    :class:`DonatingStep`'s ``in_place``, whose state is torn until the step and its record
+    are done. ``close()`` gives the handlers back."""
 
     SIGNALS = ("SIGINT", "SIGTERM")
 
@@ -178,8 +179,10 @@ class HeldSignals:
     def handle(self, number: int, frame: Any) -> None:
         if self.inside and self.pending is None:
             self.pending = (number, frame)
-        else:
-            self.previous[number](number, frame)
+            return
+        if self.inside:  # the second: the first one is handed over now, as it would have been
+            (number, frame), self.pending = self.pending, None
+        self.previous[number](number, frame)
 
     def __enter__(self) -> "HeldSignals":
         self.inside = True
@@ -219,34 +222,37 @@ def train_epochs(step: Step, cur: Progress, *, epochs: int, n_batches: int, mini
     step's when it is still finite. An interrupt CPython dropped (``lost_interrupts``) is
     raised after the step or the end of epoch it arrived in.
 
-    A :class:`DonatingStep` overwrites the state it is given: its first step here gets a
-    copy of ``cur``'s (whose tensors the caller keeps), each epoch starts from a copy kept
-    for the replay, and SIGINT and SIGTERM are held during each step and its record
-    (``HeldSignals``); a second signal within one step interrupts it at once, and the
-    epoch's start (a consistent state) is what is saved then.
+    A :class:`DonatingStep` runs ``in_place`` on the loop's own state: the first step of each
+    minibatch shape (the one that compiles) runs on copies, as a pure step, so that the
+    caller's tensors stay as they were and an interrupt during a compilation is not held;
+    each epoch's start is copied for the replay; SIGINT and SIGTERM are held during every
+    other step and its record (``HeldSignals``), and at a second signal within one step,
+    which interrupts it at once, the epoch's start (a whole state) is what is saved.
     """
     stopped = dict(stopped or {})
     losses: List[Tensor] = []
     grad_norms: List[Tensor] = []
     donating = isinstance(step, DonatingStep)
-    held = HeldSignals() if donating else None
-    in_step = False
+    held, overwriting, stepped, shapes = None, False, False, set()
     with lost_interrupts() as check_interrupt:
         try:
-            first = donating  # the first step gets copies: the caller's tensors are never overwritten
+            held = HeldSignals() if donating else None
             while cur.epoch < epochs:
-                start, losses, grad_norms = (copied(cur) if donating and not first else cur), [], []
+                start, losses, grad_norms = (copied(cur) if donating and stepped else cur), [], []
                 for b in range(cur.batch, n_batches):
-                    with held or nullcontext():
-                        in_step = True
-                        given = copied(cur) if first else cur
-                        params, opt_state, metrics = step(given.params, given.opt_state, minibatch(cur.epoch, b))
-                        first = False
+                    batch = minibatch(cur.epoch, b)
+                    overwriting = donating and tuple(batch[0].shape) in shapes
+                    with held if overwriting else nullcontext():
+                        params, opt_state, metrics = (step.in_place if overwriting else step)(
+                            cur.params, cur.opt_state, batch)
                         losses.append(metrics["loss"])
                         grad_norms.append(metrics["grad_norm"])
                         cur = cur._replace(params=params, opt_state=opt_state, batch=b + 1,
                                            last_grad_norm=metrics["grad_norm"])
-                        in_step = False
+                        overwriting = False
+                    if donating:
+                        stepped = True
+                        shapes.add(tuple(batch[0].shape))
                     check_interrupt()
                 ok = members.finite_metrics(losses, grad_norms) & members.finite(cur.params, cur.opt_state)
                 failed = [k for k in range(members.count) if k not in stopped and not bool(ok[k])]
@@ -262,7 +268,7 @@ def train_epochs(step: Step, cur: Progress, *, epochs: int, n_batches: int, mini
                     save(cur)
                 check_interrupt()
         except KeyboardInterrupt:
-            if donating and in_step:  # a step overwriting cur's state was cut short: its epoch's start is whole
+            if overwriting:  # a step overwriting cur's state was cut short: its epoch's start is whole
                 cur, losses, grad_norms = start, [], []
             # Keep the last good checkpoint if a running member already went non-finite in this epoch.
             ok = members.finite_metrics(losses, grad_norms) & members.finite(cur.params, cur.opt_state)
@@ -283,8 +289,7 @@ def locate_divergence(step: Step, start: Progress, minibatch: Minibatch, n_batch
     message naming it."""
     cur, found = start, {}
     for b in range(start.batch, n_batches):
-        given = copied(cur) if isinstance(step, DonatingStep) else cur  # cur is what a failing step received
-        params, opt_state, metrics = step(given.params, given.opt_state, minibatch(start.epoch, b))
+        params, opt_state, metrics = step(cur.params, cur.opt_state, minibatch(start.epoch, b))  # pure
         update_ok = members.finite(params, opt_state)
         for k in which:
             if k in found:
