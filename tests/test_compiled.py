@@ -365,5 +365,8 @@ def test_a_donating_step_refuses_tensors_it_cannot_overwrite(mlp):
         check_donated({"a": halves[0], "b": halves.reshape(-1)[2:6]}, None)
     with pytest.raises(ValueError, match="overlaps itself"):
         check_donated({"a": torch.zeros(1).expand(4)}, None)
+    with pytest.raises(ValueError, match="overlaps itself"):
+        check_donated({"a": torch.zeros(3, 1).expand(3, 4)[:, :2]}, None)  # broadcast, and not dense either
+    check_donated({"columns": torch.zeros(4, 6)[:, :3]}, None)  # not dense, overlapping nothing
     with pytest.raises(TypeError, match="donate must be"):
         compile_step(make_step(mlp.apply, adam(1e-3)), donate="yes")

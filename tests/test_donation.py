@@ -189,3 +189,18 @@ def test_at_a_second_signal_within_a_donating_step_the_first_is_raised(tmp_path,
         assert signal.getsignal(signal.SIGTERM) is terminate
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_state_that_keeps_a_given_tensor_under_another_name_gets_its_value_before_the_update():
+    def keeps_last(p, s, batch):  # an optimizer that remembers the parameters it was given
+        return {"w": p["w"] - 1}, {"last": p["w"]}, {}
+    donated = written_into_arguments(keeps_last)({"w": torch.zeros(2)}, {"last": torch.ones(2)}, None)
+    assert donated[0]["w"].tolist() == [-1.0, -1.0] and donated[1]["last"].tolist() == [0.0, 0.0]
+
+
+def test_a_donating_step_called_as_a_function_takes_parameters_that_require_grad():
+    module = torch.nn.Linear(3, 2)
+    step = DonatingStep(written_into_arguments(lambda p, s, batch: ({k: v * 2 for k, v in p.items()}, s, {})))
+    params = dict(module.named_parameters())
+    out = step(params, {}, None)[0]
+    assert torch.equal(out["weight"], 2 * module.weight.detach()) and not out["weight"].requires_grad

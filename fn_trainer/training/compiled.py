@@ -12,15 +12,14 @@ the compiled step returns the same values up to floating-point reassociation.
 from __future__ import annotations
 
 import types
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
-from torch.utils._pytree import keystr, tree_flatten_with_path, tree_leaves
+from torch.utils._pytree import keystr, tree_flatten_with_path, tree_leaves, tree_map
 
 from ..core.checks import check_bool, check_function, check_positive_int
 from ..core.step import Batch, Params, Step
-from ..core.trees import tree_clone
 
 MultiStep = Callable[[Params, object, Batch], Tuple[Params, object, Dict[str, Tensor]]]
 
@@ -31,7 +30,7 @@ class DonatingStep:
 
     ``in_place(params, opt_state, batch)`` is that form: it returns the tensors it was
     given, updated; what they held before is gone. Called as a function the step is pure,
-    as every step is: it works on copies of ``params`` and ``opt_state`` (so a wrapper
+    as every step is: it works on detached copies of ``params`` and ``opt_state`` (so a wrapper
     that knows nothing of donation stays safe, and pays for the copies). ``train_epochs``,
     under ``fit`` and ``fit_population``, calls ``in_place`` with a state of its own and
     holds an interrupt until a step and its record are done.
@@ -43,7 +42,12 @@ class DonatingStep:
         self.in_place = in_place
 
     def __call__(self, params: Params, opt_state, batch: Batch):
-        return self.in_place(tree_clone(params), tree_clone(opt_state), batch)
+        return self.in_place(detached_copy(params), detached_copy(opt_state), batch)
+
+
+def detached_copy(tree: Any) -> Any:
+    """``tree`` with a copy of every tensor, outside any autograd graph."""
+    return tree_map(lambda leaf: leaf.detach().clone() if isinstance(leaf, Tensor) else leaf, tree)
 
 
 def written_into_arguments(step: Step) -> Step:
@@ -51,7 +55,9 @@ def written_into_arguments(step: Step) -> Step:
     (``copy_``) and returns those: compiled, Inductor computes the update in place, with
     no second copy of the state (the values are the pure step's). Each returned tensor
     goes where the given one of the same name (key path) was, and must have its shape
-    and dtype, else a ``ValueError``."""
+    and dtype, else a ``ValueError``; one returned under another name than it was given
+    (a state keeping the last parameters) is copied first. A returned view of a given
+    tensor is not: it would read what was written before it."""
 
     def step_in_place(params: Params, opt_state, batch: Batch):
         new_params, new_state, metrics = step(params, opt_state, batch)
@@ -59,6 +65,10 @@ def written_into_arguments(step: Step) -> Step:
         new_by_path = dict(tree_flatten_with_path((new_params, new_state))[0])
         if len(new_by_path) != len(given) or any(path not in new_by_path for path, _ in given):
             raise ValueError("a donating step must return params and opt_state with the names it was given")
+        for path, old in given:
+            new = new_by_path[path]
+            if any(new is other for other_path, other in given if other_path != path):
+                new_by_path[path] = new.clone()  # before the given one is overwritten
         for path, old in given:
             new = new_by_path[path]
             if new is old:  # the hyper-parameters come back as they were given
@@ -84,7 +94,9 @@ def check_donated(params: Params, opt_state) -> None:
         if leaf.requires_grad:
             raise ValueError("a donating step overwrites params and opt_state, which must not require grad: "
                              "pass detached tensors")
-        if torch._debug_has_internal_overlap(leaf) != 0:  # 1: overlaps, 2: too complex to tell
+        # 1: overlaps; 2: too complex to tell (any non-dense view), where a broadcast dimension is what overlaps
+        overlap = torch._debug_has_internal_overlap(leaf)
+        if overlap == 1 or (overlap == 2 and any(n > 1 and st == 0 for n, st in zip(leaf.shape, leaf.stride()))):
             raise ValueError("a donating step overwrites params and opt_state, and one of their tensors overlaps "
                              "itself in memory (an expanded view): pass tensors of their own")
         first = leaf.data_ptr()

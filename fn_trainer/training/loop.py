@@ -241,9 +241,10 @@ def train_epochs(step: Step, cur: Progress, *, epochs: int, n_batches: int, mini
                 start, losses, grad_norms = (copied(cur) if donating and stepped else cur), [], []
                 for b in range(cur.batch, n_batches):
                     batch = minibatch(cur.epoch, b)
-                    overwriting = donating and tuple(batch[0].shape) in shapes
-                    with held if overwriting else nullcontext():
-                        params, opt_state, metrics = (step.in_place if overwriting else step)(
+                    in_place = donating and tuple(batch[0].shape) in shapes
+                    with held if in_place else nullcontext():
+                        overwriting = in_place  # set once the interrupt is held: cur is whole before
+                        params, opt_state, metrics = (step.in_place if in_place else step)(
                             cur.params, cur.opt_state, batch)
                         losses.append(metrics["loss"])
                         grad_norms.append(metrics["grad_norm"])
