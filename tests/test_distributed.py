@@ -186,8 +186,13 @@ def test_the_compiled_data_parallel_step_is_one_graph_and_agrees_with_the_eager_
     # float64 test above
     net, opt, params, batches = problem(torch.float32)
     torch._dynamo.reset()
+    step = data_parallel_step(net.apply, opt, compiled_apply=net.apply)
     with compiles(1):
-        got = train(data_parallel_step(net.apply, opt, compiled_apply=net.apply), params, opt.init(params), batches)
+        got = train(step, params, opt.init(params), batches)
+        # as every compiled run's, its in-place form (what fit runs) writes the same values into its state
+        own = {k: v.clone() for k, v in params.items()}
+        in_place = train(step.in_place, own, opt.init(own), batches)
+    assert in_place[0] is own and all(torch.equal(own[k], got[0][k]) for k in own)
     want = train(make_step(net.apply, opt), params, opt.init(params), batches)
     assert torch.equal(got[2]["accuracy"], want[2]["accuracy"]) and int(got[1].count) == STEPS
     for key in ("loss", "grad_norm"):

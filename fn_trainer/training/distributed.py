@@ -53,7 +53,7 @@ from ..core.losses import accuracy, cross_entropy
 from ..core.optim import Optimizer
 from ..core.step import Apply, Loss, Step, make_gradient
 from ..core.types import Batch, Params
-from .compiled import compile_step
+from .compiled import DonatingStep, compile_step
 
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")  # what torchrun sets for each process
 # The longest wait for another rank's work; also the longest --rank-timeout: a year, as good
@@ -342,9 +342,11 @@ def data_parallel_step(apply: Apply, optimizer: Optimizer, loss: Loss = cross_en
     """The step a data-parallel run trains with: ``make_data_parallel_step``, compiled with
     ``compile_step`` when ``compiled_apply`` is given (that forward and ``compiled_optimizer``,
     default ``optimizer``, in the compiled graph, made for minibatches of ``batch_shape``;
-    ``apply`` for a minibatch of another shape), and ``checked``."""
+    ``apply`` for a minibatch of another shape; a ``DonatingStep``, as every compiled run's),
+    and ``checked``."""
     step = make_data_parallel_step(apply, optimizer, loss, group=group)
-    if compiled_apply is not None:
-        step = compile_step(make_data_parallel_step(compiled_apply, compiled_optimizer or optimizer, loss, group=group),
-                            eager=step, guard_closures=False, batch_shape=batch_shape)
-    return checked(step, group)
+    if compiled_apply is None:
+        return checked(step, group)
+    donating = compile_step(make_data_parallel_step(compiled_apply, compiled_optimizer or optimizer, loss, group=group),
+                            eager=step, guard_closures=False, batch_shape=batch_shape, donate=True)
+    return DonatingStep(checked(donating.in_place, group))
