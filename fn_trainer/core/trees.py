@@ -39,8 +39,8 @@ def tree_index(tree: Any, k: int) -> Any:
 
 
 def tree_clone(tree: Any) -> Any:
-    """``tree`` with a copy of every tensor (other leaves as they are)."""
-    return tree_map(lambda leaf: leaf.clone() if isinstance(leaf, Tensor) else leaf, tree)
+    """``tree`` with a copy of every tensor, outside any autograd graph (other leaves as they are)."""
+    return tree_map(lambda leaf: leaf.detach().clone() if isinstance(leaf, Tensor) else leaf, tree)
 
 
 def tree_to(tree: Any, device: torch.device) -> Any:

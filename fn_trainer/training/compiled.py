@@ -12,14 +12,15 @@ the compiled step returns the same values up to floating-point reassociation.
 from __future__ import annotations
 
 import types
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
-from torch.utils._pytree import keystr, tree_flatten_with_path, tree_leaves, tree_map
+from torch.utils._pytree import keystr, tree_flatten_with_path, tree_leaves
 
 from ..core.checks import check_bool, check_function, check_positive_int
 from ..core.step import Batch, Params, Step
+from ..core.trees import tree_clone
 
 MultiStep = Callable[[Params, object, Batch], Tuple[Params, object, Dict[str, Tensor]]]
 
@@ -42,12 +43,7 @@ class DonatingStep:
         self.in_place = in_place
 
     def __call__(self, params: Params, opt_state, batch: Batch):
-        return self.in_place(detached_copy(params), detached_copy(opt_state), batch)
-
-
-def detached_copy(tree: Any) -> Any:
-    """``tree`` with a copy of every tensor, outside any autograd graph."""
-    return tree_map(lambda leaf: leaf.detach().clone() if isinstance(leaf, Tensor) else leaf, tree)
+        return self.in_place(tree_clone(params), tree_clone(opt_state), batch)
 
 
 def written_into_arguments(step: Step) -> Step:
