@@ -233,15 +233,17 @@ def train_epochs(step: Step, cur: Progress, *, epochs: int, n_batches: int, mini
     losses: List[Tensor] = []
     grad_norms: List[Tensor] = []
     donating = isinstance(step, DonatingStep)
-    held, overwriting, stepped, shapes = None, False, False, set()
+    held, overwriting, shapes = None, False, set()  # shapes: those a donating step has run once (on copies)
     with lost_interrupts() as check_interrupt:
         try:
             held = HeldSignals() if donating else None
             while cur.epoch < epochs:
-                start, losses, grad_norms = (copied(cur) if donating and stepped else cur), [], []
+                # once a step has run, a donating one overwrites cur's tensors: the replay needs its own
+                start, losses, grad_norms = (copied(cur) if shapes else cur), [], []
                 for b in range(cur.batch, n_batches):
                     batch = minibatch(cur.epoch, b)
-                    in_place = donating and tuple(batch[0].shape) in shapes
+                    shape = tuple(batch[0].shape)
+                    in_place = shape in shapes
                     with held if in_place else nullcontext():
                         overwriting = in_place  # set once the interrupt is held: cur is whole before
                         params, opt_state, metrics = (step.in_place if in_place else step)(
@@ -251,9 +253,8 @@ def train_epochs(step: Step, cur: Progress, *, epochs: int, n_batches: int, mini
                         cur = cur._replace(params=params, opt_state=opt_state, batch=b + 1,
                                            last_grad_norm=metrics["grad_norm"])
                         overwriting = False
-                    if donating:
-                        stepped = True
-                        shapes.add(tuple(batch[0].shape))
+                    if donating and not in_place:
+                        shapes.add(shape)
                     check_interrupt()
                 ok = members.finite_metrics(losses, grad_norms) & members.finite(cur.params, cur.opt_state)
                 failed = [k for k in range(members.count) if k not in stopped and not bool(ok[k])]
