@@ -339,6 +339,23 @@ def test_an_interrupt_before_any_checkpoint_does_not_offer_resume(small_data_roo
     assert rc == 130 and "rerun with --resume to continue the interrupted one from its checkpoint" in err
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_rank_stopped_by_sigterm_claims_only_what_rank_0_writes(rank, tmp_path, capsys, monkeypatch):
+    """Only rank 0 writes checkpoints, so another rank cannot say its position was saved."""
+    def terminated(*a, **k):
+        raise cli.Terminated
+
+    monkeypatch.setattr(cli, "run_experiments", terminated)
+    for name, value in (("RANK", rank), ("WORLD_SIZE", 2), ("LOCAL_RANK", rank)):
+        monkeypatch.setenv(name, str(value))
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "mlp-earlier.checkpoint.pt").write_bytes(b"")
+    assert cli.main(["depth", "--out", str(tmp_path)]) == 128 + signal.SIGTERM
+    kept = ("rank 0 keeps the checkpoints, rerun with --resume to continue from the last one" if rank
+            else "finished runs and the current position are saved, rerun with --resume to continue")
+    assert capsys.readouterr().err == f"fn-trainer: {'rank 1 of 2: ' if rank else ''}stopped by SIGTERM; {kept}\n"
+
+
 def test_diverged_runs_are_reported_as_such(small_data_root, tmp_path, capsys):
     rc, out, _ = run_cli(["lr-sweep", "--sequential", "--lrs", "1e30", "--data", small_data_root, "--out", tmp_path,
                           "--epochs", "3", "--no-progress", "--seeds", "1"], capsys)
