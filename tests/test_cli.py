@@ -341,7 +341,8 @@ def test_an_interrupt_before_any_checkpoint_does_not_offer_resume(small_data_roo
 
 @pytest.mark.parametrize("rank", [0, 1])
 def test_a_rank_stopped_by_sigterm_claims_only_what_rank_0_writes(rank, tmp_path, capsys, monkeypatch):
-    """Only rank 0 writes checkpoints, so another rank cannot say its position was saved."""
+    """In a data-parallel run only rank 0 writes the checkpoint, so another rank cannot say its
+    position was saved (a population's share, which it checkpoints itself, may have been)."""
     def terminated(*a, **k):
         raise cli.Terminated
 
@@ -351,7 +352,7 @@ def test_a_rank_stopped_by_sigterm_claims_only_what_rank_0_writes(rank, tmp_path
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "mlp-earlier.checkpoint.pt").write_bytes(b"")
     assert cli.main(["depth", "--out", str(tmp_path)]) == 128 + signal.SIGTERM
-    kept = ("rank 0 keeps the checkpoints, rerun with --resume to continue from the last one" if rank
+    kept = ("finished runs are saved, rerun with --resume to continue from the last checkpoint" if rank
             else "finished runs and the current position are saved, rerun with --resume to continue")
     assert capsys.readouterr().err == f"fn-trainer: {'rank 1 of 2: ' if rank else ''}stopped by SIGTERM; {kept}\n"
 

@@ -505,8 +505,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             else ""
         if args.command == CALIBRATE:
             kept = "nothing was stored"
-        elif rank_prefix() and checkpoints_left(args.out):  # rank 0 alone writes: this rank cannot say what it saved
-            kept = "rank 0 keeps the checkpoints, rerun with --resume to continue from the last one"
+        elif rank_prefix() and checkpoints_left(args.out):  # in a data-parallel run rank 0 alone saves the position
+            kept = "finished runs are saved, rerun with --resume to continue from the last checkpoint"
         elif checkpoints_left(args.out):
             kept = "finished runs and the current position are saved, rerun with --resume to continue"
         else:
