@@ -202,6 +202,15 @@ def test_fit_rejects_bad_settings(kw, kind, match):
         run_fit(**kw)
 
 
+def test_fit_refuses_parameters_without_values():
+    net = build_network("mlp", NetworkConfiguration(dense_hiddens=(8,)), input_shape=SHAPE)
+    opt = adam(1e-2)
+    params = {k: v.to("meta") for k, v in net.init(0).items()}
+    with pytest.raises(ValueError, match=r"^params\['1.weight'\] is on the meta device, which holds no values"):
+        fit(make_step(net.apply, opt), make_evaluate(net.apply), params, opt.init(params), tiny(), tiny(20, seed=1),
+            epochs=1, batch_size=16, progress=False)
+
+
 def _labels(y):
     return tiny()[0], y
 
@@ -216,6 +225,8 @@ def _labels(y):
     ((torch.zeros(40, *SHAPE, dtype=torch.long), tiny()[1]), TypeError, "train X must have a floating dtype"),
     ([tiny()[0]], TypeError, r"train must be a pair \(X, y\)"),
     ((tiny()[0].numpy(), tiny()[1]), TypeError, "train X must be a torch.Tensor"),
+    ((tiny()[0].to("meta"), tiny()[1]), ValueError, "^train X is on the meta device, which holds no values"),
+    ((tiny()[0], tiny()[1].to("meta")), ValueError, "^train y is on the meta device, which holds no values"),
 ])
 def test_fit_rejects_bad_training_data(train, kind, match):
     with pytest.raises(kind, match=match):

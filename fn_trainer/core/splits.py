@@ -20,6 +20,8 @@ def params_dtype(params: Any) -> torch.dtype:
     (dtype,) = dtypes
     if not dtype.is_floating_point:
         raise TypeError(f"params must have a floating dtype, got {dtype}")
+    for key, value in params.items():
+        check_holds_values(f"params[{key!r}]", value)
     return check_training_dtype(dtype, "params")
 
 
@@ -29,6 +31,12 @@ def check_training_dtype(dtype: torch.dtype, name: str) -> torch.dtype:
         raise TypeError(f"{name} must not be float16 for training: Adam's eps (1e-8) and the loss's clipping "
                         "(1e-9) round to 0 in it, and a first step gives NaN; use float32, float64 or bfloat16")
     return dtype
+
+
+def check_holds_values(name: str, tensor: Tensor) -> None:
+    """``ValueError`` naming ``name`` for a tensor on the meta device, which has a shape but no values."""
+    if tensor.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device, which holds no values: give it one with data")
 
 
 def check_split(name: str, split: Any, n_classes: int,
@@ -47,6 +55,7 @@ def check_split(name: str, split: Any, n_classes: int,
     for part, t in ((f"{name} X", X), (f"{name} y", y)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{part} must be a torch.Tensor, got {type(t).__name__}")
+        check_holds_values(part, t)
     if not X.dtype.is_floating_point:
         raise TypeError(f"{name} X must have a floating dtype, got {X.dtype}")
     if X.dim() < 2 or X.shape[0] == 0:
