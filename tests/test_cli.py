@@ -340,7 +340,7 @@ def test_an_interrupt_before_any_checkpoint_does_not_offer_resume(small_data_roo
 
 
 @pytest.mark.parametrize("rank", [0, 1])
-def test_a_rank_stopped_by_sigterm_claims_only_what_rank_0_writes(rank, tmp_path, capsys, monkeypatch):
+def test_only_rank_0_says_the_current_position_is_saved_on_sigterm(rank, tmp_path, capsys, monkeypatch):
     """In a data-parallel run only rank 0 writes the checkpoint, so another rank cannot say its
     position was saved (a population's share, which it checkpoints itself, may have been)."""
     def terminated(*a, **k):

@@ -36,7 +36,7 @@ def check_training_dtype(dtype: torch.dtype, name: str) -> torch.dtype:
 def check_holds_values(name: str, tensor: Tensor) -> None:
     """``ValueError`` naming ``name`` for a tensor on the meta device, which has a shape but no values."""
     if tensor.device.type == "meta":
-        raise ValueError(f"{name} is on the meta device, which holds no values: give it one with data")
+        raise ValueError(f"{name} is on the meta device, which holds no values: pass a tensor with data")
 
 
 def check_split(name: str, split: Any, n_classes: int,
