@@ -505,10 +505,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             else ""
         if args.command == CALIBRATE:
             kept = "nothing was stored"
-        elif rank_prefix() and checkpoints_left(args.out):  # in a data-parallel run rank 0 alone saves the position
-            kept = "finished runs are saved, rerun with --resume to continue from the last checkpoint"
-        elif checkpoints_left(args.out):
-            kept = "finished runs and the current position are saved, rerun with --resume to continue"
+        elif checkpoints_left(args.out):  # in a data-parallel run rank 0 alone saves the position
+            kept = ("finished runs are saved, rerun with --resume to continue from the last checkpoint" if rank_prefix()
+                    else "finished runs and the current position are saved, rerun with --resume to continue")
         else:
             kept = "finished runs are saved, and a rerun trains the others from the start"
         print(f"{PROG}: {rank_prefix()}stopped by SIGTERM{why}; {kept}", file=sys.stderr)
