@@ -28,7 +28,7 @@ from .core.step import make_step
 # speed, always asked for: subnormal floats flushed to zero for long CPU training
 from .speed.denormals import flush_denormals
 from .training.checkpoint import CheckpointError
-from .training.compiled import compile_step
+from .training.compiled import compile_evaluate, compile_step
 from .training.fit import FitResult, fit
 from .training.population import Member, fit_population, fit_sweep
 
@@ -37,7 +37,8 @@ __all__ = [
     "accuracy", "cross_entropy", "one_hot", "AdamState", "adam", "make_step",
     "global_norm", "gradient_norm", "jacobian_norm", "per_example_grad_norms",
     "DatasetError", "load_fashion_mnist", "normalize",
-    "make_evaluate", "CheckpointError", "compile_step", "FitResult", "fit", "Member", "fit_population", "fit_sweep",
+    "make_evaluate", "CheckpointError", "compile_step", "compile_evaluate", "FitResult", "fit", "Member",
+    "fit_population", "fit_sweep",
     "flush_denormals",
 ]
 __version__ = "0.1.0"

@@ -4,9 +4,9 @@ import torch
 import torch._dynamo
 from compiling import compiles
 
-from fn_trainer import NetworkConfiguration, adam, build_network, make_step, one_hot
+from fn_trainer import NetworkConfiguration, adam, build_network, make_evaluate, make_step, one_hot
 from fn_trainer.speed import inductor_apply
-from fn_trainer.training.compiled import argument_guards, check_donated, compile_step, multi_step
+from fn_trainer.training.compiled import argument_guards, check_donated, compile_evaluate, compile_step, multi_step
 from fn_trainer.training.population import fit_sweep
 
 # float32: Inductor fuses and reorders reductions (matmul epilogues, the gradient norm),
@@ -370,3 +370,19 @@ def test_a_donating_step_refuses_tensors_it_cannot_overwrite(mlp):
     check_donated({"columns": torch.zeros(4, 6)[:, :3]}, None)  # not dense, overlapping nothing
     with pytest.raises(TypeError, match="donate must be"):
         compile_step(make_step(mlp.apply, adam(1e-3)), donate="yes")
+
+
+def test_a_compiled_evaluation_equals_the_eager_one_and_compiles_only_its_full_chunks():
+    net = build_network("cnn", WINOGRAD_CNN)
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(10, 1, 28, 28, generator=g) * 255
+    targets = one_hot(torch.randint(0, 10, (10,), generator=g), 10)
+    evaluate = compile_evaluate(inductor_apply(net), chunk_size=4, eager=net.apply)
+    torch._dynamo.reset()
+    with compiles(1):  # chunks of 4, 4 and 2 rows: the short last one runs eagerly
+        first = evaluate(net.init(0), X, targets)
+    with compiles(0):  # other parameters, the same graph
+        second = evaluate(net.init(1), X, targets)
+    for params, got in ((net.init(0), first), (net.init(1), second)):
+        want = make_evaluate(net.apply)(params, X, targets)
+        assert got[0] == pytest.approx(want[0], rel=1e-5) and got[1] == want[1]

@@ -17,6 +17,7 @@ from fn_trainer import (
     NetworkConfiguration,
     adam,
     build_network,
+    compile_evaluate,
     compile_step,
     cross_entropy,
     flush_denormals,
@@ -407,12 +408,21 @@ def test_integer_checks_accept_numpy_integers():
     assert check_positive_int("k", np.int64(3)) == 3 and type(check_int("k", np.int32(-2))) is int
 
 
+@pytest.mark.parametrize("make", [lambda size: make_evaluate(lambda p, x: x, chunk_size=size),
+                                  lambda size: compile_evaluate(lambda p, x: x, chunk_size=size)])
+def test_an_evaluation_chunk_of_no_rows_is_refused_naming_it(make):
+    with pytest.raises(ValueError, match="^chunk_size must be"):
+        make(0)
+
+
 @pytest.mark.parametrize("make, match", [
     (lambda: make_evaluate(None), "^apply must be a function, got NoneType$"),
     (lambda: make_evaluate(lambda p, x: x, loss=None), "^loss must be a function, got NoneType$"),
     (lambda: gradient_norm(3, torch.ones(2)), "^f must be a function, got int$"),
     (lambda: jacobian_norm(None, torch.ones(2)), "^f must be a function, got NoneType$"),
     (lambda: compile_step("step"), "^step must be a function, got str$"),
+    (lambda: compile_evaluate(None), "^apply must be a function, got NoneType$"),
+    (lambda: compile_evaluate(lambda p, x: x, eager=1), "^eager must be a function, got int$"),
 ])
 def test_what_is_called_later_is_named_when_it_cannot_be_called(make, match):
     with pytest.raises(TypeError, match=match):

@@ -13,6 +13,7 @@ from .types import Params
 
 EVAL_CHUNK = 2000  # rows evaluated at once: bounds the memory of an evaluation pass
 Evaluate = Callable[[Params, Tensor, Tensor], Tuple[float, float]]
+ChunkScores = Callable[[Params, Tensor, Tensor], Tuple[Tensor, Tensor]]
 
 
 def make_evaluate(apply: Apply, loss: Loss = cross_entropy, chunk_size: int = EVAL_CHUNK) -> Evaluate:
@@ -23,14 +24,26 @@ def make_evaluate(apply: Apply, loss: Loss = cross_entropy, chunk_size: int = EV
     """
     check_function("apply", apply)
     check_function("loss", loss)
+    return evaluate_in_chunks(chunk_scores(apply, loss), chunk_size)
+
+
+def chunk_scores(apply: Apply, loss: Loss = cross_entropy) -> ChunkScores:
+    """``scores(params, x, targets) -> (loss, accuracy)``, 0-dim tensors: ``loss`` and
+    :func:`accuracy` of ``apply(params, x)`` on one chunk of rows."""
+    def scores(params: Params, x: Tensor, targets: Tensor) -> Tuple[Tensor, Tensor]:
+        probs = apply(params, x)
+        return loss(probs, targets), accuracy(probs, targets)
+
+    return scores
+
+
+def evaluate_in_chunks(scores: ChunkScores, chunk_size: int = EVAL_CHUNK) -> Evaluate:
+    """``evaluate(params, X, targets)``: the mean of ``scores(params, chunk of X, chunk of
+    targets)`` over chunks of ``chunk_size`` rows (:func:`chunked_mean`), as Python floats."""
     check_positive_int("chunk_size", chunk_size)
 
     def evaluate(params: Params, X: Tensor, targets: Tensor) -> Tuple[float, float]:
-        def loss_and_accuracy(x: Tensor, t: Tensor) -> Tuple[Tensor, Tensor]:
-            probs = apply(params, x)
-            return loss(probs, t), accuracy(probs, t)
-
-        return chunked_mean(loss_and_accuracy, X, targets, chunk_size)
+        return chunked_mean(lambda x, t: scores(params, x, t), X, targets, chunk_size)
 
     return evaluate
 
