@@ -274,10 +274,29 @@ def test_bad_members_are_named(data, bad, match):
     ({"dtype": torch.int32}, "^dtype must be a real floating dtype such as torch.float32, got torch.int32$"),
     ({"dtype": "float32"}, "^dtype must be a real floating dtype"),
     ({"n_classes": 5}, "^n_classes must be the network's 10, got 5$"),
+    ({"evaluate": "not a function"}, "^evaluate must be a function, got str$"),
 ])
 def test_bad_options_are_named_before_any_member_is_made(data, option, match):
     with pytest.raises((TypeError, ValueError), match=match):
         fit_population(build_network("mlp", MLP), [Member(0)], *data, epochs=1, progress=False, **option)
+
+
+def test_every_member_is_evaluated_with_the_evaluation_it_is_given(data):
+    net = build_network("mlp", MLP)
+    members, plain, rows = [Member(0), Member(1, lr=3e-3)], make_evaluate(net.apply), []
+
+    def shifted(params, X, targets):  # the plain evaluation, its loss one higher
+        rows.append(X.shape[0])
+        loss, accuracy = plain(params, X, targets)
+        return loss + 1.0, accuracy
+
+    got = fit_population(net, members, *data, epochs=2, batch_size=50, progress=False, evaluate=shifted)
+    want = fit_population(net, members, *data, epochs=2, batch_size=50, progress=False)
+    assert rows == [200, 200, 64, 64] * 3  # both members on each set, before training and after each epoch
+    for g, w in zip(got, want):
+        for split in ("train", "validation"):
+            assert g.logs[f"{split}_loss"] == [v + 1.0 for v in w.logs[f"{split}_loss"]]
+            assert g.logs[f"{split}_accuracy"] == w.logs[f"{split}_accuracy"]
 
 
 @pytest.mark.parametrize("compile", [False, True])
