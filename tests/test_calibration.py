@@ -41,7 +41,7 @@ timings = st.floats(min_value=0.01, max_value=100.0)
 def measured(**changes) -> Calibration:
     values = dict(cpu=cpu_key(), winograd_min_channels=16, compile_min_steps={"mlp": 2500, "cnn": 1300},
                   layer_ms={8: (6.7, 6.8), 16: (7.6, 6.4)}, steps_ms={"mlp": (3.5, 1.3), "cnn": (13.0, 7.5)},
-                  compile_s={"mlp": 5.5, "cnn": 20.6})
+                  compile_s={"mlp": 5.5, "cnn": 20.6}, eval_chunk=250, eval_ms={125: 160.0, 250: 140.0})
     return Calibration(**{**values, **changes})
 
 
@@ -230,10 +230,19 @@ def test_measure_decides_from_what_it_timed(monkeypatch):
                         lambda kind: {"mlp": (5.0, 3.0, 1.0), "cnn": (20.0, 13.0, 7.0)}[kind])
     monkeypatch.setattr(calibration, "time_winograd",
                         lambda channels: {8: (6.0, 6.5), 16: (7.5, 6.2), 32: (15.0, 10.5)})
+    monkeypatch.setattr(calibration, "time_evaluation", lambda: {125: 150.0, 250: 120.0, 500: 131.0})
     got = calibration.measure()
     assert got.winograd_min_channels == 16
+    assert got.eval_chunk == 250 and got.eval_ms == {125: 150.0, 250: 120.0, 500: 131.0}
     assert got.compile_min_steps == {"mlp": 2500, "cnn": math.ceil(20.0 / 0.006)}
     assert got.cpu == cpu_key() and got.steps_ms == {"mlp": (3.0, 1.0), "cnn": (13.0, 7.0)}
+
+
+def test_each_evaluation_chunk_timed_is_a_graph_of_its_own():
+    torch._dynamo.reset()
+    with compiles(2):  # the two chunk sizes; 4 rows in chunks of 2 or 4 leave no eager remainder
+        times = calibration.time_evaluation((2, 4), rows=4, reps=1, config=SMALL_CNN)
+    assert set(times) == {2, 4} and all(ms > 0 for ms in times.values())
 
 
 def test_the_two_forms_timed_are_two_graphs_of_the_same_training(monkeypatch):
@@ -271,6 +280,22 @@ def test_training_commands_follow_the_calibration_in_the_output_folder(tmp_path,
         ctx.fast_apply(net)(net.init(0), x)
         assert used == layers  # the second layer's 4 input channels: Winograd from 4, not from 5
     assert Context(Settings(out=tmp_path / "none")).calibration == DEFAULTS
+
+
+def test_a_compiled_cnn_run_evaluates_compiled_in_the_calibrations_chunks(tmp_path, monkeypatch):
+    from fn_trainer.app.experiments import training
+
+    chunks = []
+    real = training.compile_evaluate
+    monkeypatch.setattr(training, "compile_evaluate", lambda *a, **k: chunks.append(k["chunk_size"]) or real(*a, **k))
+    store_calibration(tmp_path / CALIBRATION_FILE, measured(eval_chunk=125))
+    ctx = Context(Settings(out=tmp_path))
+    cnn, mlp = build_network("cnn", SMALL_CNN), build_network("mlp", NetworkConfiguration(dense_hiddens=(8,)))
+    for network, compiled in ((cnn, False), (mlp, True), (mlp, False)):
+        training.evaluation(ctx, network, compiled)
+    assert chunks == []  # eager: an MLP's, and any run's whose step is eager
+    training.evaluation(ctx, cnn, True)
+    assert chunks == [125]
 
 
 def test_the_calibration_is_stored_under_the_output_folders_lock(tmp_path, monkeypatch):

@@ -1,6 +1,6 @@
 """The choices that depend on the CPU, measured on it once and stored per CPU.
 
-Two choices of the fast path depend on the machine more than on the code:
+Three choices of the fast path depend on the machine more than on the code:
 
 - ``winograd_min_channels``: from how many input channels a pooled 3x3 convolution runs
   as Winograd products (:mod:`.winograd`) rather than one patch product (:mod:`.patches`).
@@ -9,6 +9,9 @@ Two choices of the fast path depend on the machine more than on the code:
 - ``compile_min_steps[network_type]``: from how many training steps a run compiles its
   step. Compiling pays once its cold cost ``c`` (seconds, with an empty Inductor cache)
   is repaid by the time saved per step: ``ceil(c / (t_eager - t_compiled))``.
+- ``eval_chunk``: how many rows a compiled CNN evaluation takes at once. Its activations
+  for a few hundred rows stay in the CPU's caches, those for thousands do not; the
+  fewest rows keep the cores least busy: where it tips depends on the caches.
 
 :func:`calibrate` measures both in a child process with an empty Inductor cache, so the
 compile times are the cold ones and nothing of the measurement stays in the caller's
@@ -37,6 +40,7 @@ from ..core.paths import read_regular_file, write_atomically
 
 NEVER = 2 ** 31 - 1  # a threshold no layer or run reaches: the choice is never taken
 CHANNELS = (8, 16, 32)  # the input channels at which the two forms of a layer are timed
+EVAL_CHUNKS = (125, 250, 500, 1000)  # the evaluation chunks timed: each divides 2,000 and 10,000 rows
 
 
 class CalibrationError(RuntimeError):
@@ -49,7 +53,8 @@ class Calibration(NamedTuple):
     ``layer_ms[C] = (patch, winograd)``: milliseconds per compiled CNN training step whose
     pooled 3x3 layer with ``C`` input channels runs in either form (:func:`time_winograd`);
     ``steps_ms[type] = (eager, compiled)`` per training step and ``compile_s[type]`` for the
-    cold compile of the homework's networks.
+    cold compile of the homework's networks; ``eval_ms[rows]``: milliseconds for a compiled
+    CNN evaluation of 2,000 rows in chunks of ``rows`` (:func:`time_evaluation`).
     """
 
     cpu: str
@@ -58,6 +63,8 @@ class Calibration(NamedTuple):
     layer_ms: Dict[int, Tuple[float, float]]
     steps_ms: Dict[str, Tuple[float, float]]
     compile_s: Dict[str, float]
+    eval_chunk: int
+    eval_ms: Dict[int, float]
 
 
 # measured on a 2-core Intel Xeon (benchmarks/README.md). Forward and backward of a 13x13
@@ -65,8 +72,11 @@ class Calibration(NamedTuple):
 # at 8 input channels, 1.92 / 1.82 at 10, 2.82 / 2.09 at 16. A compile (2-3 s for the MLP,
 # 7-8 s for the CNN with a warm Inductor cache, 15 s and 32 s cold) saved 1.8 ms of every
 # MLP and 10 ms of every CNN step: one threshold between the warm and the cold cost of both.
+# The evaluation chunk was measured on a 2-core AMD EPYC alone: 12,000 rows of the (16, 32,
+# 45) CNN took 0.87, 0.82, 1.24 and 1.81 s in chunks of 125, 250, 500 and 1,000 rows.
 DEFAULTS = Calibration(cpu="defaults (2-core Intel Xeon)", winograd_min_channels=10,
-                       compile_min_steps={"mlp": 1000, "cnn": 1000}, layer_ms={}, steps_ms={}, compile_s={})
+                       compile_min_steps={"mlp": 1000, "cnn": 1000}, layer_ms={}, steps_ms={}, compile_s={},
+                       eval_chunk=250, eval_ms={})
 
 
 def cpu_key() -> str:
@@ -213,6 +223,35 @@ def time_training(network_type: str, *, steps: int = 10, reps: int = 5) -> Tuple
     return compile_s, statistics.median(times["eager"]), statistics.median(times["compiled"])
 
 
+def time_evaluation(chunks: Sequence[int] = EVAL_CHUNKS, *, rows: int = 2000, reps: int = 5,
+                    config=None) -> Dict[int, float]:
+    """``{chunk: ms}``: milliseconds of a compiled evaluation of ``rows`` synthetic images by
+    the homework's CNN (``config``, its default if ``None``) in chunks of ``chunk`` rows
+    (:func:`~fn_trainer.training.compiled.compile_evaluate`), each chunk size from its own
+    compiled graph, the sizes alternated."""
+    from ..core.config import NetworkConfiguration
+    from ..core.losses import one_hot
+    from ..core.networks import build_network
+    from ..training.compiled import compile_evaluate
+    from .cnn_forward import inductor_apply
+
+    net = build_network("cnn", NetworkConfiguration() if config is None else config)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(rows, *net.input_shape, generator=g) * 255
+    targets = one_hot(torch.randint(0, 10, (rows,), generator=g), 10)
+    params = net.init(0)
+    runs = {}
+    for chunk in chunks:
+        evaluate = compile_evaluate(inductor_apply(net), chunk_size=chunk)
+        evaluate(params, x[:chunk], targets[:chunk])  # compiles
+        runs[chunk] = lambda evaluate=evaluate: evaluate(params, x, targets)
+    times: Dict[int, List[float]] = {chunk: [] for chunk in chunks}
+    for _ in range(reps):  # alternated: load changes hit every size alike
+        for chunk, run in runs.items():
+            times[chunk].append(median_ms(run, 1, 1))
+    return {chunk: statistics.median(t) for chunk, t in times.items()}
+
+
 def measure(channels: Sequence[int] = CHANNELS, network_types: Sequence[str] = NETWORK_TYPES,
             log: Callable[[str], None] = lambda line: None) -> Calibration:
     """Measure in this process (:func:`calibrate` runs it in a fresh one). The compiles of
@@ -228,9 +267,13 @@ def measure(channels: Sequence[int] = CHANNELS, network_types: Sequence[str] = N
     for c, (patch, winograd) in layer_ms.items():
         log(f"CNN step, {c} input channels in its second layer: patch product {patch:.2f} ms, "
             f"Winograd {winograd:.2f} ms")
+    eval_ms = time_evaluation()
+    log("CNN evaluation of 2,000 rows, compiled: " + ", ".join(
+        f"{ms:.0f} ms in chunks of {rows}" for rows, ms in eval_ms.items()))
     return Calibration(cpu=cpu_key(), winograd_min_channels=winograd_threshold(layer_ms),
                        compile_min_steps={k: steps_to_repay(compile_s[k], *steps_ms[k]) for k in network_types},
-                       layer_ms=layer_ms, steps_ms=steps_ms, compile_s=compile_s)
+                       layer_ms=layer_ms, steps_ms=steps_ms, compile_s=compile_s,
+                       eval_chunk=min(eval_ms, key=eval_ms.get), eval_ms=eval_ms)
 
 
 def calibrate(log: Callable[[str], None] = lambda line: None) -> Calibration:
@@ -277,7 +320,8 @@ def _last_json(lines: Sequence[str]) -> Optional[object]:
 
 def to_json(calibration: Calibration) -> Dict:
     return {**calibration._asdict(), "layer_ms": {str(c): list(v) for c, v in calibration.layer_ms.items()},
-            "steps_ms": {k: list(v) for k, v in calibration.steps_ms.items()}}
+            "steps_ms": {k: list(v) for k, v in calibration.steps_ms.items()},
+            "eval_ms": {str(rows): ms for rows, ms in calibration.eval_ms.items()}}
 
 
 def from_json(entry: object) -> Calibration:
@@ -286,7 +330,7 @@ def from_json(entry: object) -> Calibration:
         raise ValueError(f"an entry must hold exactly {', '.join(Calibration._fields)}")
     if not isinstance(entry["compile_min_steps"], dict):
         raise ValueError("compile_min_steps must map network types to step counts")
-    counts = {"winograd_min_channels": entry["winograd_min_channels"], **{
+    counts = {"winograd_min_channels": entry["winograd_min_channels"], "eval_chunk": entry["eval_chunk"], **{
         f"compile_min_steps[{k!r}]": v for k, v in entry["compile_min_steps"].items()}}
     for name, value in counts.items():
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= NEVER:
@@ -298,9 +342,12 @@ def from_json(entry: object) -> Calibration:
                            compile_min_steps=dict(entry["compile_min_steps"]),
                            layer_ms={int(c): (_time(a), _time(b)) for c, (a, b) in entry["layer_ms"].items()},
                            steps_ms={str(k): (_time(a), _time(b)) for k, (a, b) in entry["steps_ms"].items()},
-                           compile_s={str(k): _time(v) for k, v in entry["compile_s"].items()})
+                           compile_s={str(k): _time(v) for k, v in entry["compile_s"].items()},
+                           eval_chunk=entry["eval_chunk"],
+                           eval_ms={int(rows): _time(v) for rows, v in entry["eval_ms"].items()})
     except (TypeError, ValueError, AttributeError, OverflowError):
-        raise ValueError("layer_ms, steps_ms and compile_s must map names to finite non-negative numbers") from None
+        raise ValueError("layer_ms, steps_ms, compile_s and eval_ms must map names to finite non-negative "
+                         "numbers") from None
 
 
 def _time(value: object) -> float:
