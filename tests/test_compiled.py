@@ -6,7 +6,13 @@ from compiling import compiles
 
 from fn_trainer import NetworkConfiguration, adam, build_network, make_evaluate, make_step, one_hot
 from fn_trainer.speed import inductor_apply
-from fn_trainer.training.compiled import argument_guards, check_donated, compile_evaluate, compile_step, multi_step
+from fn_trainer.training.compiled import (
+    argument_guards,
+    check_donated,
+    compile_evaluate,
+    compile_step,
+    multi_step,
+)
 from fn_trainer.training.population import fit_sweep
 
 # float32: Inductor fuses and reorders reductions (matmul epilogues, the gradient norm),
