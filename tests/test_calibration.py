@@ -429,6 +429,22 @@ def test_an_output_folder_calibrated_only_for_other_cpus_says_the_defaults_apply
             assert f"calibrate --out {out} --threads {torch.get_num_threads()} measures this one" in warnings[0]
 
 
+def test_an_earlier_versions_entry_is_measured_again_not_refused(tmp_path, monkeypatch):
+    path = store_calibration(tmp_path / CALIBRATION_FILE, measured())
+    entries = json.loads(path.read_text())
+    for field in ("eval_chunk", "eval_ms"):  # what an earlier fn-trainer did not measure
+        del entries[cpu_key()][field]
+    path.write_text(json.dumps(entries))
+    assert load_calibration(path) is None
+    warnings = []
+    assert Context(Settings(out=tmp_path), warn=warnings.append).calibration == DEFAULTS
+    (line,) = warnings
+    assert "an earlier fn-trainer's calibration" in line and "measures it again" in line
+    monkeypatch.setattr(calibration, "calibrate", lambda log: measured())
+    assert cli.main(["calibrate", "--out", str(tmp_path)]) == 0
+    assert load_calibration(path) == measured()
+
+
 def test_a_folder_calibrated_for_many_other_cpus_names_a_few_in_one_short_line(tmp_path):
     others = {f"CPU {i}" + "x" * 1000 * (i == 0): measured(cpu=f"CPU {i}" + "x" * 1000 * (i == 0))._asdict()
               for i in range(5000)}

@@ -41,6 +41,7 @@ from ..core.paths import read_regular_file, write_atomically
 NEVER = 2 ** 31 - 1  # a threshold no layer or run reaches: the choice is never taken
 CHANNELS = (8, 16, 32)  # the input channels at which the two forms of a layer are timed
 EVAL_CHUNKS = (125, 250, 500, 1000)  # the evaluation chunks timed: each divides 2,000 and 10,000 rows
+ADDED_FIELDS = ("eval_chunk", "eval_ms")  # measured since 2026-12-05: an entry without them is measured again
 
 
 class CalibrationError(RuntimeError):
@@ -381,11 +382,18 @@ def calibrated_cpus(path: os.PathLike | str) -> List[str]:
     return sorted(_entries(Path(path)))
 
 
+def earlier_version(entry: object) -> bool:
+    """Whether ``entry`` is an earlier fn-trainer's: every field but ``ADDED_FIELDS``. It is
+    not refused as a hand-edited one is; :func:`load_calibration` leaves it to be measured again."""
+    return isinstance(entry, dict) and set(entry) == set(Calibration._fields) - set(ADDED_FIELDS)
+
+
 def load_calibration(path: os.PathLike | str) -> Optional[Calibration]:
-    """The calibration stored in ``path`` for this CPU (:func:`cpu_key`), or ``None``."""
+    """The calibration stored in ``path`` for this CPU (:func:`cpu_key`), or ``None`` (also
+    for an :func:`earlier_version`'s entry)."""
     path = Path(path)
     entry = _entries(path).get(cpu_key())
-    if entry is None:
+    if entry is None or earlier_version(entry):
         return None
     try:
         calibration = from_json(entry)
