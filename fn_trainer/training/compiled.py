@@ -194,7 +194,7 @@ def compile_evaluate(apply: Apply, *, chunk_size: int = EVAL_CHUNK, eager: Optio
     ``eager`` if given, else ``apply``. Same values up to float32 reassociation.
 
     Worth it for a CNN evaluated every epoch: its eager forward over small channel counts
-    ran 3-9 times as long as the compiled one, a chunk of a few hundred rows at a time
+    ran 3-10 times as long as the compiled one, a chunk of a few hundred rows at a time
     (benchmarks/README.md); an MLP's eager forward is a few products, already as fast.
     """
     check_function("apply", apply)
