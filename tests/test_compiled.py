@@ -13,7 +13,7 @@ from fn_trainer.training.compiled import (
     compile_step,
     multi_step,
 )
-from fn_trainer.training.population import fit_sweep
+from fn_trainer.training.population import Member, fit_population, fit_sweep
 
 # float32: Inductor fuses and reorders reductions (matmul epilogues, the gradient norm),
 # so compiled values differ from eager ones by rounding. Metrics: relative 1e-4. Adam
@@ -392,3 +392,23 @@ def test_a_compiled_evaluation_equals_the_eager_one_and_compiles_only_its_full_c
     for params, got in ((net.init(0), first), (net.init(1), second)):
         want = make_evaluate(net.apply)(params, X, targets)
         assert got[0] == pytest.approx(want[0], rel=1e-5) and got[1] == want[1]
+
+
+def test_a_compiled_population_evaluates_every_member_with_one_compiled_graph():
+    # members' parameters come out of the compiled vmapped step: no member's, no epoch's
+    # evaluation compiles again, and the values are the eager evaluation's
+    net = build_network("cnn", ONE_LAYER_CNN)
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.rand(40, 1, 28, 28, generator=g) * 255, torch.randint(0, 10, (40,), generator=g)
+    members, data = [Member(seed) for seed in range(3)], ((X, y), (X[:16], y[:16]))
+    options = dict(epochs=2, batch_size=8, compile=True, compiled_apply=inductor_apply(net, vmapped=True),
+                   progress=False)
+    torch._dynamo.reset()
+    with compiles(2):  # the step's graph and the evaluation's (chunks of 8 of 40 and of 16 rows)
+        got = fit_population(net, members, *data, **options,
+                             evaluate=compile_evaluate(inductor_apply(net), chunk_size=8, eager=net.apply))
+    want = fit_population(net, members, *data, **options)
+    for g_, w in zip(got, want):
+        for key in ("train_loss", "validation_loss"):
+            torch.testing.assert_close(torch.tensor(g_.logs[key]), torch.tensor(w.logs[key]), rtol=1e-5, atol=0)
+        assert g_.logs["validation_accuracy"] == w.logs["validation_accuracy"]

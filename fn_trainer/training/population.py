@@ -297,8 +297,9 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
     ``compile=True`` runs the vmapped step under ``torch.compile`` (one graph for full
     minibatches; a smaller last minibatch runs eagerly), worth it for long runs; the
     compiled graph applies ``compiled_apply`` if given (see ``make_population_step``).
-    ``evaluate`` measures one member after each epoch (``make_evaluate(network.apply)`` if
-    not given; ``compile_evaluate`` for a compiled forward, worth it for a CNN).
+    ``evaluate`` measures one member before training and after each epoch
+    (``make_evaluate(network.apply)`` if not given; ``compile_evaluate`` for a compiled
+    forward, worth it for a CNN).
 
     ``checkpoint``, ``resume`` and ``config`` work as in ``fit``: the whole population (and
     its stopped members) is saved after every epoch and on ``KeyboardInterrupt``, and a
@@ -408,10 +409,12 @@ def fit_population(network: Network, members: Sequence[Member], train: Any, vali
 def fit_sweep(network: Network, lrs: Sequence[float], train: Any, valid: Any, *, epochs: int,
               batch_size: int = 128, seed: int = 0, n_classes: int = 10, progress: bool = True,
               shuffle: bool = False, dtype: torch.dtype = torch.float32, compile: bool = False,
-              compiled_apply: Optional[Apply] = None, desc: str = "sweep", checkpoint: Optional[PathLike] = None,
-              resume: bool = False, config: Optional[Dict[str, Any]] = None) -> List[FitResult]:
+              compiled_apply: Optional[Apply] = None, evaluate: Optional[Evaluate] = None, desc: str = "sweep",
+              checkpoint: Optional[PathLike] = None, resume: bool = False,
+              config: Optional[Dict[str, Any]] = None) -> List[FitResult]:
     """``len(lrs)`` copies of ``network``, one per learning rate, all from ``network.init(seed)``:
-    ``fit_population`` with ``Member(seed, lr)`` for each learning rate (checkpoints too)."""
+    ``fit_population`` with ``Member(seed, lr)`` for each learning rate (checkpoints and
+    ``evaluate`` too)."""
     check_seed("seed", seed)
     if isinstance(lrs, (np.ndarray, Tensor)) and lrs.ndim == 1:  # a 1-D array of numbers is a sequence too
         lrs = lrs.tolist()
@@ -423,5 +426,5 @@ def fit_sweep(network: Network, lrs: Sequence[float], train: Any, valid: Any, *,
             check_fits_dtype(f"lrs[{i}]", lr, dtype)
     return fit_population(network, [Member(seed, lr) for lr in lrs], train, valid, epochs=epochs,
                           batch_size=batch_size, n_classes=n_classes, shuffle=shuffle, dtype=dtype, compile=compile,
-                          compiled_apply=compiled_apply, progress=progress, desc=desc, checkpoint=checkpoint,
-                          resume=resume, config=config)
+                          compiled_apply=compiled_apply, evaluate=evaluate, progress=progress, desc=desc,
+                          checkpoint=checkpoint, resume=resume, config=config)
