@@ -41,7 +41,8 @@ timings = st.floats(min_value=0.01, max_value=100.0)
 def measured(**changes) -> Calibration:
     values = dict(cpu=cpu_key(), winograd_min_channels=16, compile_min_steps={"mlp": 2500, "cnn": 1300},
                   layer_ms={8: (6.7, 6.8), 16: (7.6, 6.4)}, steps_ms={"mlp": (3.5, 1.3), "cnn": (13.0, 7.5)},
-                  compile_s={"mlp": 5.5, "cnn": 20.6}, eval_chunk=250, eval_ms={125: 160.0, 250: 140.0})
+                  compile_s={"mlp": 5.5, "cnn": 20.6}, eval_chunk=250, eval_compile_min_rows=40_000,
+                  eval_ms={125: 160.0, 250: 140.0}, eval_eager_ms=500.0, eval_compile_s=7.0)
     return Calibration(**{**values, **changes})
 
 
@@ -140,6 +141,14 @@ def test_a_file_that_is_not_a_calibration_is_refused_naming_it(content, message,
     (lambda e: e.update(compile_s={"mlp": -1.0, "cnn": 1.0}), "must map names to finite non-negative"),
     (lambda e: e["steps_ms"].update(mlp=[float("nan"), 1.0]), "must map names to finite"),
     (lambda e: e.update(compile_min_steps=7), "compile_min_steps must map network types"),
+    (lambda e: e.update(eval_chunk=True), "eval_chunk must be an int"),
+    (lambda e: e.update(eval_chunk=250.0), "eval_chunk must be an int"),
+    (lambda e: e.update(eval_compile_min_rows=0), "eval_compile_min_rows must be an int in"),
+    (lambda e: e.update(eval_ms={"a": 1.0}), "eval_ms must map chunk sizes"),
+    (lambda e: e.update(eval_ms={"0125": 1.0}), "eval_ms must map chunk sizes"),
+    (lambda e: e.update(eval_ms={"250": True}), "must map names to finite non-negative numbers"),
+    (lambda e: e.update(eval_eager_ms="fast"), "eval_eager_ms and eval_compile_s be such numbers"),
+    (lambda e: e.pop("eval_ms"), "an entry must hold exactly"),  # not an earlier version's: it lacks one
     (lambda e: e.update(cpu="another CPU"), "says it was measured on 'another CPU'"),
 ])
 def test_a_hand_edited_entry_is_refused_naming_the_field(edit, message, tmp_path):
@@ -230,10 +239,13 @@ def test_measure_decides_from_what_it_timed(monkeypatch):
                         lambda kind: {"mlp": (5.0, 3.0, 1.0), "cnn": (20.0, 13.0, 7.0)}[kind])
     monkeypatch.setattr(calibration, "time_winograd",
                         lambda channels: {8: (6.0, 6.5), 16: (7.5, 6.2), 32: (15.0, 10.5)})
-    monkeypatch.setattr(calibration, "time_evaluation", lambda: {125: 150.0, 250: 120.0, 500: 131.0})
+    monkeypatch.setattr(calibration, "time_evaluation",
+                        lambda: (420.0, {125: 150.0, 250: 120.0, 500: 131.0}, {125: 9.0, 250: 6.0, 500: 5.0}))
     got = calibration.measure()
     assert got.winograd_min_channels == 16
     assert got.eval_chunk == 250 and got.eval_ms == {125: 150.0, 250: 120.0, 500: 131.0}
+    # the fastest chunk's compile, 6 s, repaid by 0.3 s saved per 2,000 rows
+    assert (got.eval_eager_ms, got.eval_compile_s, got.eval_compile_min_rows) == (420.0, 6.0, 20 * 2000)
     assert got.compile_min_steps == {"mlp": 2500, "cnn": math.ceil(20.0 / 0.006)}
     assert got.cpu == cpu_key() and got.steps_ms == {"mlp": (3.0, 1.0), "cnn": (13.0, 7.0)}
 
@@ -241,8 +253,9 @@ def test_measure_decides_from_what_it_timed(monkeypatch):
 def test_each_evaluation_chunk_timed_is_a_graph_of_its_own():
     torch._dynamo.reset()
     with compiles(2):  # the two chunk sizes; 4 rows in chunks of 2 or 4 leave no eager remainder
-        times = calibration.time_evaluation((2, 4), rows=4, reps=1, config=SMALL_CNN)
-    assert set(times) == {2, 4} and all(ms > 0 for ms in times.values())
+        eager_ms, times, compile_s = calibration.time_evaluation((2, 4), rows=4, reps=1, config=SMALL_CNN)
+    assert eager_ms > 0 and set(times) == set(compile_s) == {2, 4}
+    assert all(ms > 0 for ms in times.values()) and all(s > 0 for s in compile_s.values())
 
 
 def test_the_two_forms_timed_are_two_graphs_of_the_same_training(monkeypatch):
@@ -282,19 +295,20 @@ def test_training_commands_follow_the_calibration_in_the_output_folder(tmp_path,
     assert Context(Settings(out=tmp_path / "none")).calibration == DEFAULTS
 
 
-def test_a_compiled_cnn_run_evaluates_compiled_in_the_calibrations_chunks(tmp_path, monkeypatch):
+def test_a_compiled_cnn_run_evaluates_compiled_in_the_calibrations_chunks_once_that_pays(tmp_path,
+                                                                                           monkeypatch):
     from fn_trainer.app.experiments import training
 
     chunks = []
     real = training.compile_evaluate
     monkeypatch.setattr(training, "compile_evaluate", lambda *a, **k: chunks.append(k["chunk_size"]) or real(*a, **k))
-    store_calibration(tmp_path / CALIBRATION_FILE, measured(eval_chunk=125))
+    store_calibration(tmp_path / CALIBRATION_FILE, measured(eval_chunk=125, eval_compile_min_rows=1000))
     ctx = Context(Settings(out=tmp_path))
     cnn, mlp = build_network("cnn", SMALL_CNN), build_network("mlp", NetworkConfiguration(dense_hiddens=(8,)))
-    for network, compiled in ((cnn, False), (mlp, True), (mlp, False)):
-        training.evaluation(ctx, network, compiled)
-    assert chunks == []  # eager: an MLP's, and any run's whose step is eager
-    training.evaluation(ctx, cnn, True)
+    for network, compiled, rows in ((cnn, False, 10 ** 6), (cnn, True, 999), (mlp, True, 10 ** 6)):
+        training.evaluation(ctx, network, compiled, rows)
+    assert chunks == []  # eager: a run whose step is eager, too few rows to repay, an MLP
+    training.evaluation(ctx, cnn, True, 1000)
     assert chunks == [125]
 
 
@@ -429,20 +443,18 @@ def test_an_output_folder_calibrated_only_for_other_cpus_says_the_defaults_apply
             assert f"calibrate --out {out} --threads {torch.get_num_threads()} measures this one" in warnings[0]
 
 
-def test_an_earlier_versions_entry_is_measured_again_not_refused(tmp_path, monkeypatch):
+def test_an_earlier_versions_entry_keeps_its_measurements_and_takes_the_evaluations_defaults(tmp_path):
     path = store_calibration(tmp_path / CALIBRATION_FILE, measured())
     entries = json.loads(path.read_text())
-    for field in ("eval_chunk", "eval_ms"):  # what an earlier fn-trainer did not measure
+    for field in calibration.ADDED_FIELDS:  # what an earlier fn-trainer did not measure
         del entries[cpu_key()][field]
     path.write_text(json.dumps(entries))
-    assert load_calibration(path) is None
+    evaluation = {field: getattr(DEFAULTS, field) for field in calibration.ADDED_FIELDS}
+    assert load_calibration(path) == measured(**evaluation)
     warnings = []
-    assert Context(Settings(out=tmp_path), warn=warnings.append).calibration == DEFAULTS
+    assert Context(Settings(out=tmp_path), warn=warnings.append).calibration == measured(**evaluation)
     (line,) = warnings
-    assert "an earlier fn-trainer's calibration" in line and "measures it again" in line
-    monkeypatch.setattr(calibration, "calibrate", lambda log: measured())
-    assert cli.main(["calibrate", "--out", str(tmp_path)]) == 0
-    assert load_calibration(path) == measured()
+    assert "an earlier fn-trainer's calibration" in line and "calibrate --out" in line
 
 
 def test_a_folder_calibrated_for_many_other_cpus_names_a_few_in_one_short_line(tmp_path):

@@ -723,6 +723,30 @@ def test_more_seeds_train_only_the_runs_not_yet_stored(small_data_root, tmp_path
     assert len(result_files(tmp_path)) == 4
 
 
+@pytest.mark.parametrize("seeds", [1, SEEDS])
+def test_every_run_evaluates_with_the_evaluation_chosen_for_it(small_data_root, tmp_path, capsys, monkeypatch,
+                                                               seeds):
+    """A run alone (``fit``) and a population both evaluate with what ``evaluation`` chose
+    for them, told the rows they evaluate."""
+    from fn_trainer.core.evaluate import make_evaluate
+
+    chosen, calls = [], []
+
+    def spy(ctx, network, compiled, rows):
+        chosen.append((network.network_type, rows))
+        plain = make_evaluate(network.apply)
+        return lambda *args: calls.append(network.network_type) or plain(*args)
+
+    monkeypatch.setattr(training, "evaluation", spy)
+    args = ["cnn", "--data", small_data_root, "--out", tmp_path, *ONE_EPOCH, "--seeds", seeds]
+    assert run_cli(args, capsys)[0] == 0
+    train, valid = Context(Settings(data=small_data_root, limit=16, download=False)).data(True)
+    rows = seeds * 2 * (len(train.y) + len(valid.y))  # each member, before training and after its epoch
+    assert sorted(chosen) == [("cnn", rows), ("mlp", rows)]
+    # each member on both sets, twice
+    assert sorted(calls) == ["cnn"] * 4 * seeds + ["mlp"] * 4 * seeds
+
+
 def test_one_seed_trains_as_before_seeds(small_data_root, tmp_path, capsys, populations):
     """--seeds 1: each run alone with fit (the lr sweep: fit_sweep per normalisation), logs
     exactly those of fit from the run's seed."""

@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name in TRAINING:
             _add_training(p, name)
     text = ("Measure this CPU's speed choices (when a run compiles its step, from how many channels a "
-            "layer uses Winograd products) into OUT/calibration.json; a few minutes on 2 cores. "
+            "layer uses Winograd products, how a CNN run evaluates) into OUT/calibration.json; a few minutes "
+            "on 2 cores. "
             "Training commands use them, and `all` measures them first when OUT has none for this CPU "
             "and a run has 1,000 steps or more.")
     p = sub.add_parser(CALIBRATE, help=text, description=text)
@@ -428,7 +429,9 @@ def calibrate_into(out: Path) -> None:
         path = store_calibration(out / CALIBRATION_FILE, calibration)
     steps = ", ".join(f"{k} from {v} steps" for k, v in calibration.compile_min_steps.items())
     print(f"{PROG}: calibration for {calibration.cpu}: Winograd from {calibration.winograd_min_channels} "
-          f"input channels; compiled steps: {steps}; in {path}", file=sys.stderr, flush=True)
+          f"input channels; compiled steps: {steps}; a CNN's evaluation compiled from "
+          f"{calibration.eval_compile_min_rows:,} rows, in chunks of {calibration.eval_chunk}; in {path}",
+          file=sys.stderr, flush=True)
 
 
 def run_calibration(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
 """The choices that depend on the CPU, measured on it once and stored per CPU.
 
-Three choices of the fast path depend on the machine more than on the code:
+Four choices of the fast path depend on the machine more than on the code:
 
 - ``winograd_min_channels``: from how many input channels a pooled 3x3 convolution runs
   as Winograd products (:mod:`.winograd`) rather than one patch product (:mod:`.patches`).
@@ -9,15 +9,17 @@ Three choices of the fast path depend on the machine more than on the code:
 - ``compile_min_steps[network_type]``: from how many training steps a run compiles its
   step. Compiling pays once its cold cost ``c`` (seconds, with an empty Inductor cache)
   is repaid by the time saved per step: ``ceil(c / (t_eager - t_compiled))``.
-- ``eval_chunk``: how many rows a compiled CNN evaluation takes at once. Its activations
-  for a few hundred rows stay in the CPU's caches, those for thousands do not; the
-  fewest rows keep the cores least busy: where it tips depends on the caches.
+- ``eval_chunk``: how many rows a compiled CNN evaluation takes at once. The activations
+  of a few hundred rows stay in the CPU's caches, those of thousands do not, and too few
+  rows make small products: where the balance lies depends on the caches.
+- ``eval_compile_min_rows``: from how many rows evaluated over a run (every member, every
+  epoch) a CNN run compiles its evaluation, as ``compile_min_steps`` decides for steps.
 
-:func:`calibrate` measures both in a child process with an empty Inductor cache, so the
+:func:`calibrate` measures them in a child process with an empty Inductor cache, so the
 compile times are the cold ones and nothing of the measurement stays in the caller's
 process; :func:`load_calibration` and :func:`store_calibration` keep one calibration per
 CPU (:func:`cpu_key`) in a JSON file. ``DEFAULTS`` holds the values used where nothing
-was measured: those measured on a 2-core Intel Xeon.
+was measured: those measured on a 2-core Intel Xeon (the evaluation's: on a 2-core AMD EPYC).
 """
 from __future__ import annotations
 
@@ -41,7 +43,9 @@ from ..core.paths import read_regular_file, write_atomically
 NEVER = 2 ** 31 - 1  # a threshold no layer or run reaches: the choice is never taken
 CHANNELS = (8, 16, 32)  # the input channels at which the two forms of a layer are timed
 EVAL_CHUNKS = (125, 250, 500, 1000)  # the evaluation chunks timed: each divides 2,000 and 10,000 rows
-ADDED_FIELDS = ("eval_chunk", "eval_ms")  # measured since 2026-12-05: an entry without them is measured again
+EVAL_ROWS = 2000  # the rows of the evaluation timed
+# measured since 2026-12-05: an earlier version's entry, without them, takes them from DEFAULTS
+ADDED_FIELDS = ("eval_chunk", "eval_compile_min_rows", "eval_ms", "eval_eager_ms", "eval_compile_s")
 
 
 class CalibrationError(RuntimeError):
@@ -54,8 +58,10 @@ class Calibration(NamedTuple):
     ``layer_ms[C] = (patch, winograd)``: milliseconds per compiled CNN training step whose
     pooled 3x3 layer with ``C`` input channels runs in either form (:func:`time_winograd`);
     ``steps_ms[type] = (eager, compiled)`` per training step and ``compile_s[type]`` for the
-    cold compile of the homework's networks; ``eval_ms[rows]``: milliseconds for a compiled
-    CNN evaluation of 2,000 rows in chunks of ``rows`` (:func:`time_evaluation`).
+    cold compile of the homework's networks; ``eval_ms[chunk]``: milliseconds of a compiled
+    CNN evaluation of ``EVAL_ROWS`` rows in chunks of ``chunk`` rows, ``eval_eager_ms`` of
+    the eager one, ``eval_compile_s`` the compile of the fastest chunk's graph
+    (:func:`time_evaluation`).
     """
 
     cpu: str
@@ -65,7 +71,10 @@ class Calibration(NamedTuple):
     steps_ms: Dict[str, Tuple[float, float]]
     compile_s: Dict[str, float]
     eval_chunk: int
+    eval_compile_min_rows: int
     eval_ms: Dict[int, float]
+    eval_eager_ms: float
+    eval_compile_s: float
 
 
 # measured on a 2-core Intel Xeon (benchmarks/README.md). Forward and backward of a 13x13
@@ -73,11 +82,15 @@ class Calibration(NamedTuple):
 # at 8 input channels, 1.92 / 1.82 at 10, 2.82 / 2.09 at 16. A compile (2-3 s for the MLP,
 # 7-8 s for the CNN with a warm Inductor cache, 15 s and 32 s cold) saved 1.8 ms of every
 # MLP and 10 ms of every CNN step: one threshold between the warm and the cold cost of both.
-# The evaluation chunk was measured on a 2-core AMD EPYC alone: 12,000 rows of the (16, 32,
-# 45) CNN took 0.87, 0.82, 1.24 and 1.81 s in chunks of 125, 250, 500 and 1,000 rows.
+# The evaluation was measured on a 2-core AMD EPYC alone: an epoch's 4,000 rows took 382 ms
+# eagerly and 76, 82, 86 and 156 ms compiled in chunks of 125, 250, 500 and 1,000 rows for
+# the (16, 32, 45) CNN (each chunk's graph compiled in 8.6-8.8 s), 348 ms and 37, 33, 37 and
+# 37 ms for the (8, 16, 32, 64) one: 250 rows, and the first CNN's figures for the compile,
+# which pays from 58 evaluations of 2,000 rows.
 DEFAULTS = Calibration(cpu="defaults (2-core Intel Xeon)", winograd_min_channels=10,
                        compile_min_steps={"mlp": 1000, "cnn": 1000}, layer_ms={}, steps_ms={}, compile_s={},
-                       eval_chunk=250, eval_ms={})
+                       eval_chunk=250, eval_compile_min_rows=58 * EVAL_ROWS, eval_ms={}, eval_eager_ms=191.0,
+                       eval_compile_s=8.7)
 
 
 def cpu_key() -> str:
@@ -224,13 +237,15 @@ def time_training(network_type: str, *, steps: int = 10, reps: int = 5) -> Tuple
     return compile_s, statistics.median(times["eager"]), statistics.median(times["compiled"])
 
 
-def time_evaluation(chunks: Sequence[int] = EVAL_CHUNKS, *, rows: int = 2000, reps: int = 5,
-                    config=None) -> Dict[int, float]:
-    """``{chunk: ms}``: milliseconds of a compiled evaluation of ``rows`` synthetic images by
-    the homework's CNN (``config``, its default if ``None``) in chunks of ``chunk`` rows
-    (:func:`~fn_trainer.training.compiled.compile_evaluate`), each chunk size from its own
-    compiled graph, the sizes alternated."""
+def time_evaluation(chunks: Sequence[int] = EVAL_CHUNKS, *, rows: int = EVAL_ROWS, reps: int = 5,
+                    config=None) -> Tuple[float, Dict[int, float], Dict[int, float]]:
+    """``(eager_ms, {chunk: ms}, {chunk: compile_s})``: milliseconds of an evaluation of
+    ``rows`` synthetic images by the homework's CNN (``config``, its default if ``None``),
+    eager (``make_evaluate``) and compiled in chunks of ``chunk`` rows
+    (:func:`~fn_trainer.training.compiled.compile_evaluate`, each chunk size its own graph),
+    alternated, and the seconds each chunk's graph took to compile."""
     from ..core.config import NetworkConfiguration
+    from ..core.evaluate import make_evaluate
     from ..core.losses import one_hot
     from ..core.networks import build_network
     from ..training.compiled import compile_evaluate
@@ -241,16 +256,20 @@ def time_evaluation(chunks: Sequence[int] = EVAL_CHUNKS, *, rows: int = 2000, re
     x = torch.rand(rows, *net.input_shape, generator=g) * 255
     targets = one_hot(torch.randint(0, 10, (rows,), generator=g), 10)
     params = net.init(0)
-    runs = {}
+    evaluations = {"eager": make_evaluate(net.apply)}
+    compile_s: Dict[int, float] = {}
     for chunk in chunks:
-        evaluate = compile_evaluate(inductor_apply(net), chunk_size=chunk)
-        evaluate(params, x[:chunk], targets[:chunk])  # compiles
-        runs[chunk] = lambda evaluate=evaluate: evaluate(params, x, targets)
-    times: Dict[int, List[float]] = {chunk: [] for chunk in chunks}
-    for _ in range(reps):  # alternated: load changes hit every size alike
-        for chunk, run in runs.items():
-            times[chunk].append(median_ms(run, 1, 1))
-    return {chunk: statistics.median(t) for chunk, t in times.items()}
+        evaluations[chunk] = compile_evaluate(inductor_apply(net), chunk_size=chunk)
+        start = time.perf_counter()
+        evaluations[chunk](params, x[:chunk], targets[:chunk])
+        compile_s[chunk] = time.perf_counter() - start
+    evaluations["eager"](params, x[:chunks[0]], targets[:chunks[0]])  # warm: the first eager pass allocates
+    times: Dict[object, List[float]] = {name: [] for name in evaluations}
+    for _ in range(reps):  # alternated: load changes hit every form alike
+        for name, evaluate in evaluations.items():
+            times[name].append(median_ms(lambda: evaluate(params, x, targets), 1, 1))
+    return (statistics.median(times["eager"]), {chunk: statistics.median(times[chunk]) for chunk in chunks},
+            compile_s)
 
 
 def measure(channels: Sequence[int] = CHANNELS, network_types: Sequence[str] = NETWORK_TYPES,
@@ -268,13 +287,18 @@ def measure(channels: Sequence[int] = CHANNELS, network_types: Sequence[str] = N
     for c, (patch, winograd) in layer_ms.items():
         log(f"CNN step, {c} input channels in its second layer: patch product {patch:.2f} ms, "
             f"Winograd {winograd:.2f} ms")
-    eval_ms = time_evaluation()
-    log("CNN evaluation of 2,000 rows, compiled: " + ", ".join(
-        f"{ms:.0f} ms in chunks of {rows}" for rows, ms in eval_ms.items()))
+    eval_eager_ms, eval_ms, eval_compile_s = time_evaluation()
+    eval_chunk = min(eval_ms, key=eval_ms.get)
+    log(f"CNN evaluation of {EVAL_ROWS:,} rows: eager {eval_eager_ms:.0f} ms, compiled " + ", ".join(
+        f"{ms:.0f} ms in chunks of {chunk}" for chunk, ms in eval_ms.items())
+        + f"; compile {eval_compile_s[eval_chunk]:.1f} s")
+    # a pass of EVAL_ROWS rows is a "step" of the evaluation
+    passes = steps_to_repay(eval_compile_s[eval_chunk], eval_eager_ms, eval_ms[eval_chunk])
     return Calibration(cpu=cpu_key(), winograd_min_channels=winograd_threshold(layer_ms),
                        compile_min_steps={k: steps_to_repay(compile_s[k], *steps_ms[k]) for k in network_types},
-                       layer_ms=layer_ms, steps_ms=steps_ms, compile_s=compile_s,
-                       eval_chunk=min(eval_ms, key=eval_ms.get), eval_ms=eval_ms)
+                       layer_ms=layer_ms, steps_ms=steps_ms, compile_s=compile_s, eval_chunk=eval_chunk,
+                       eval_compile_min_rows=min(NEVER, passes * EVAL_ROWS), eval_ms=eval_ms,
+                       eval_eager_ms=eval_eager_ms, eval_compile_s=eval_compile_s[eval_chunk])
 
 
 def calibrate(log: Callable[[str], None] = lambda line: None) -> Calibration:
@@ -322,33 +346,41 @@ def _last_json(lines: Sequence[str]) -> Optional[object]:
 def to_json(calibration: Calibration) -> Dict:
     return {**calibration._asdict(), "layer_ms": {str(c): list(v) for c, v in calibration.layer_ms.items()},
             "steps_ms": {k: list(v) for k, v in calibration.steps_ms.items()},
-            "eval_ms": {str(rows): ms for rows, ms in calibration.eval_ms.items()}}
+            "eval_ms": {str(chunk): ms for chunk, ms in calibration.eval_ms.items()}}
 
 
 def from_json(entry: object) -> Calibration:
-    """A ``Calibration`` from its JSON form; ``ValueError`` saying what is wrong otherwise."""
+    """A ``Calibration`` from its JSON form; ``ValueError`` saying what is wrong otherwise.
+    An :func:`earlier_version`'s entry takes the evaluation's fields from ``DEFAULTS``."""
+    if earlier_version(entry):
+        entry = {**entry, **{k: v for k, v in to_json(DEFAULTS).items() if k in ADDED_FIELDS}}
     if not isinstance(entry, dict) or set(entry) != set(Calibration._fields):
         raise ValueError(f"an entry must hold exactly {', '.join(Calibration._fields)}")
     if not isinstance(entry["compile_min_steps"], dict):
         raise ValueError("compile_min_steps must map network types to step counts")
-    counts = {"winograd_min_channels": entry["winograd_min_channels"], "eval_chunk": entry["eval_chunk"], **{
-        f"compile_min_steps[{k!r}]": v for k, v in entry["compile_min_steps"].items()}}
+    counts = {"winograd_min_channels": entry["winograd_min_channels"], "eval_chunk": entry["eval_chunk"],
+              "eval_compile_min_rows": entry["eval_compile_min_rows"], **{
+                  f"compile_min_steps[{k!r}]": v for k, v in entry["compile_min_steps"].items()}}
     for name, value in counts.items():
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= NEVER:
             raise ValueError(f"{name} must be an int in [1, {NEVER}], got {value!r}")
     if set(entry["compile_min_steps"]) != set(NETWORK_TYPES):
         raise ValueError(f"compile_min_steps must name {', '.join(NETWORK_TYPES)}")
+    if not isinstance(entry["eval_ms"], dict) or not all(
+            isinstance(k, str) and k.isascii() and k.isdigit() and not k.startswith("0") for k in entry["eval_ms"]):
+        raise ValueError("eval_ms must map chunk sizes, positive whole numbers, to milliseconds")
     try:
         return Calibration(cpu=str(entry["cpu"]), winograd_min_channels=entry["winograd_min_channels"],
                            compile_min_steps=dict(entry["compile_min_steps"]),
                            layer_ms={int(c): (_time(a), _time(b)) for c, (a, b) in entry["layer_ms"].items()},
                            steps_ms={str(k): (_time(a), _time(b)) for k, (a, b) in entry["steps_ms"].items()},
                            compile_s={str(k): _time(v) for k, v in entry["compile_s"].items()},
-                           eval_chunk=entry["eval_chunk"],
-                           eval_ms={int(rows): _time(v) for rows, v in entry["eval_ms"].items()})
+                           eval_chunk=entry["eval_chunk"], eval_compile_min_rows=entry["eval_compile_min_rows"],
+                           eval_ms={int(chunk): _time(v) for chunk, v in entry["eval_ms"].items()},
+                           eval_eager_ms=_time(entry["eval_eager_ms"]), eval_compile_s=_time(entry["eval_compile_s"]))
     except (TypeError, ValueError, AttributeError, OverflowError):
-        raise ValueError("layer_ms, steps_ms, compile_s and eval_ms must map names to finite non-negative "
-                         "numbers") from None
+        raise ValueError("layer_ms, steps_ms, compile_s and eval_ms must map names to finite non-negative numbers, "
+                         "and eval_eager_ms and eval_compile_s be such numbers") from None
 
 
 def _time(value: object) -> float:
@@ -384,16 +416,15 @@ def calibrated_cpus(path: os.PathLike | str) -> List[str]:
 
 def earlier_version(entry: object) -> bool:
     """Whether ``entry`` is an earlier fn-trainer's: every field but ``ADDED_FIELDS``. It is
-    not refused as a hand-edited one is; :func:`load_calibration` leaves it to be measured again."""
+    not refused as a hand-edited one is: :func:`from_json` takes those from ``DEFAULTS``."""
     return isinstance(entry, dict) and set(entry) == set(Calibration._fields) - set(ADDED_FIELDS)
 
 
 def load_calibration(path: os.PathLike | str) -> Optional[Calibration]:
-    """The calibration stored in ``path`` for this CPU (:func:`cpu_key`), or ``None`` (also
-    for an :func:`earlier_version`'s entry)."""
+    """The calibration stored in ``path`` for this CPU (:func:`cpu_key`), or ``None``."""
     path = Path(path)
     entry = _entries(path).get(cpu_key())
-    if entry is None or earlier_version(entry):
+    if entry is None:
         return None
     try:
         calibration = from_json(entry)

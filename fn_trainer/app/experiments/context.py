@@ -15,14 +15,7 @@ from ...core.networks import Network, Params
 from ...core.paths import ensure_writable_dir, safe_path
 from ...core.trees import tensors_digest
 from ...speed import inductor_apply
-from ...speed.calibration import (
-    ADDED_FIELDS,
-    DEFAULTS,
-    Calibration,
-    calibrated_cpus,
-    cpu_key,
-    load_calibration,
-)
+from ...speed.calibration import DEFAULTS, Calibration, calibrated_cpus, cpu_key, load_calibration
 from .. import PROG
 from ..report import print_warning
 
@@ -96,11 +89,11 @@ class Context:
         if self._calibration is None:
             self._calibration = load_calibration(self.calibration_path) or DEFAULTS
             others = calibrated_cpus(self.calibration_path) if self._calibration is DEFAULTS else []
-            if cpu_key() in others:  # an earlier version's entry: load_calibration leaves it out
+            if self._calibration is not DEFAULTS and not self._calibration.eval_ms:  # an earlier version's
                 self.warn(f"{self.calibration_path} holds an earlier fn-trainer's calibration for {cpu_key()!r}, "
-                          f"without {' and '.join(ADDED_FIELDS)}: the defaults apply; {PROG} calibrate --out "
-                          f"{self.out} --threads {torch.get_num_threads()} measures it again")
-            elif others:  # e.g. measured with another thread count: said, not silently ignored
+                          f"without the evaluation's measurements: the defaults' apply; {PROG} calibrate --out "
+                          f"{self.out} --threads {torch.get_num_threads()} measures them")
+            if others:  # e.g. measured with another thread count: said, not silently ignored
                 listed = ", ".join(map(shown, others[:SHOWN_CPUS]))
                 if len(others) > SHOWN_CPUS:  # a line, however many a hand-made file holds
                     listed += f" and {len(others) - SHOWN_CPUS} more"

@@ -19,6 +19,7 @@ from ...core.step import make_step
 from ...training.compiled import compile_evaluate, compile_step
 from ...training.distributed import wait_for_all
 from ...training.fit import FitResult, fit
+from ...training.loop import N_TRAIN_EVAL
 from ...training.population import Member, fit_population, fit_sweep
 from ..parallel import data_parallel_run, population_parallel_run, share_checkpoints, splits_populations
 from .context import Context, Settings
@@ -52,13 +53,22 @@ def worth_compiling(ctx: Context, network_type: str, epochs: int, n_train: int, 
     return run_steps(epochs, n_train, batch_size) >= ctx.calibration.compile_min_steps[network_type]
 
 
-def evaluation(ctx: Context, network: Network, compiled: bool) -> Evaluate:
-    """How a run evaluates its parameters after every epoch: for a CNN whose step is
-    compiled, with its forward compiled too, in chunks of this CPU's ``eval_chunk`` rows;
-    else eagerly (an MLP's eager evaluation is a few products, as fast as compiled)."""
-    if compiled and network.network_type == "cnn":
-        return compile_evaluate(ctx.fast_apply(network), chunk_size=ctx.calibration.eval_chunk, eager=network.apply)
+def evaluation(ctx: Context, network: Network, compiled: bool, rows: int) -> Evaluate:
+    """How a run evaluates its parameters after every epoch, ``rows`` rows in all (every
+    member, every epoch): for a CNN whose step is compiled, with its forward compiled too
+    when that many rows repay the compile (this CPU's ``eval_compile_min_rows``), in chunks
+    of its ``eval_chunk`` rows; else eagerly (an MLP's eager evaluation is a few products,
+    as fast as compiled)."""
+    calibration = ctx.calibration
+    if compiled and network.network_type == "cnn" and rows >= calibration.eval_compile_min_rows:
+        return compile_evaluate(ctx.fast_apply(network), chunk_size=calibration.eval_chunk, eager=network.apply)
     return make_evaluate(network.apply)
+
+
+def rows_evaluated(epochs: int, n_train: int, n_valid: int, n_members: int = 1) -> int:
+    """The rows a run evaluates: before training and after every epoch, each member on the
+    first ``N_TRAIN_EVAL`` training rows and on the validation set."""
+    return n_members * (epochs + 1) * (min(N_TRAIN_EVAL, n_train) + n_valid)
 
 
 def execute(ctx: Context, specs: Sequence[RunSpec], train_group: Optional[GroupTrainer] = None) -> List[RunRecord]:
@@ -184,7 +194,8 @@ def train_one(ctx: Context, spec: RunSpec) -> Trained:
     elif fast is not None:
         step = compile_step(make_step(ctx.fast_apply(net), fast[0]), eager=step, guard_closures=False,
                             batch_shape=fast[1], donate=True)
-    result = fit(step, evaluation(ctx, net, compiled), params, optimizer.init(params),
+    rows = rows_evaluated(spec.epochs, train[0].shape[0], valid[0].shape[0])
+    result = fit(step, evaluation(ctx, net, compiled, rows), params, optimizer.init(params),
                  train, valid, epochs=spec.epochs, batch_size=spec.batch_size, n_classes=N_CLASSES,
                  seed=spec.seed, progress=ctx.settings.progress, desc=spec.name,
                  checkpoint=checkpoint_path(ctx, spec), resume=ctx.settings.resume,
@@ -244,7 +255,8 @@ def _train_members(ctx: Context, specs: List[RunSpec]) -> List[Trained]:
                              [valid for _, valid in data], epochs=first.epochs, batch_size=first.batch_size,
                              n_classes=N_CLASSES, compile=compiled,
                              compiled_apply=ctx.fast_apply(network, vmapped=True) if compiled else None,
-                             evaluate=evaluation(ctx, network, compiled),
+                             evaluate=evaluation(ctx, network, compiled, rows_evaluated(
+                                 first.epochs, data[0][0].X.shape[0], data[0][1].X.shape[0], len(specs))),
                              progress=ctx.settings.progress, desc=f"{first.name.split('-lr')[0]} x{len(specs)}",
                              checkpoint=population_checkpoint_path(ctx, specs), resume=ctx.settings.resume,
                              config={"members": [sp.identity(ctx.fingerprint) for sp in specs]})
