@@ -247,12 +247,13 @@ def test_a_data_parallel_run_compiles_for_its_full_minibatch_with_the_powers_wri
     monkeypatch.setattr(training, "adam", adam)
     monkeypatch.setattr(parallel, "data_parallel_step", lambda apply, optimizer, **kw: made.append(kw) or "step")
     monkeypatch.setattr(training, "fit", lambda *a, **k: SimpleNamespace(wall_time_s=0.0))
+    monkeypatch.setattr(training, "evaluation", lambda *a: None)
     monkeypatch.setattr(training, "wait_for_all", lambda doing: None)
     monkeypatch.setattr(training, "worth_compiling", lambda *a: True)
     X = torch.zeros(300, 1, 28, 28)
     ctx = SimpleNamespace(settings=SimpleNamespace(rank=1, parallel="data", device="cpu", progress=False,
                                                    resume=False),
-                          data=lambda normalization: ((X, None), None), fast_apply=lambda net: "fast",
+                          data=lambda normalization: ((X, None), (X, None)), fast_apply=lambda net: "fast",
                           fingerprint="f", out=Path("unused"))
     spec = SimpleNamespace(network_type="mlp", config=parallel_config(), seed=0, lr=LR, batch_size=128, epochs=1,
                            name="r", normalization=True, identity=lambda fingerprint: {})
