@@ -251,12 +251,12 @@ def _train_members(ctx: Context, specs: List[RunSpec]) -> List[Trained]:
     data = [ctx.data(sp.normalization) for sp in specs]
     compiled = worth_compiling(ctx, first.network_type, first.epochs, data[0][0].X.shape[0],
                                first.batch_size)
+    rows = rows_evaluated(first.epochs, data[0][0].X.shape[0], data[0][1].X.shape[0], len(specs))
     results = fit_population(network, [Member(sp.seed, sp.lr) for sp in specs], [train for train, _ in data],
                              [valid for _, valid in data], epochs=first.epochs, batch_size=first.batch_size,
                              n_classes=N_CLASSES, compile=compiled,
                              compiled_apply=ctx.fast_apply(network, vmapped=True) if compiled else None,
-                             evaluate=evaluation(ctx, network, compiled, rows_evaluated(
-                                 first.epochs, data[0][0].X.shape[0], data[0][1].X.shape[0], len(specs))),
+                             evaluate=evaluation(ctx, network, compiled, rows),
                              progress=ctx.settings.progress, desc=f"{first.name.split('-lr')[0]} x{len(specs)}",
                              checkpoint=population_checkpoint_path(ctx, specs), resume=ctx.settings.resume,
                              config={"members": [sp.identity(ctx.fingerprint) for sp in specs]})
