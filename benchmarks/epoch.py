@@ -21,7 +21,10 @@ and the functional ones. With ``--jax``, the MLP and the CNN are also trained in
 optax (``benchmarks.jax_peer``: ``jax_jit``, the step under ``jax.jit``; ``jax_scan``,
 ``lax.scan`` over many steps per call). The MLP shapes also time ``products``: the
 step's matrix products alone, for every member, with nothing else (``benchmarks.products``):
-a step doing those products in those shapes gets no lower.
+a step doing those products in those shapes gets no lower. The sweep and the populations
+also train their members apart, one after another with the one-model step (``in_turn_eager``
+and ``in_turn_compiled``, the latter compiled as ``fn-trainer`` compiles a run alone): the
+time of the vmapped step against theirs is what training the members together is worth.
 
 Every training path starts from the same parameters (``network.init(0)``, copied into the
 reference's module too) and repeats the same minibatches, so every training path of a
@@ -90,7 +93,10 @@ TARGETS = {"mlp": 0.45, "cnn": 0.4, "sweep": 0.5,  # best functional / reference
 POPULATION_SIZES = {"population_mlp": 8, "population_cnn": 4}  # members, seeds 0..K-1, lr 1e-3
 JAX_PATHS = ("jax_jit", "jax_scan")  # with --jax (benchmarks.jax_peer)
 PRODUCTS = "products"  # the MLP step's matrix products alone (benchmarks.products): a floor, no training
-NOT_OURS = ("reference", "compat", "compiled_reference", PRODUCTS, *JAX_PATHS)  # not candidates for "best"
+IN_TURN_PATHS = ("in_turn_eager", "in_turn_compiled")  # a population's members trained apart (in_turn_paths)
+# not candidates for "best": the peers, the products floor, and the members trained apart
+# (a population shape's target is for one vmapped step of them all)
+NOT_OURS = ("reference", "compat", "compiled_reference", PRODUCTS, *JAX_PATHS, *IN_TURN_PATHS)
 REPS, CNN_STEPS = 5, 94  # the defaults of --reps and --cnn-steps (None when not given: --smoke refuses them)
 COMPAT_TARGET = 1.0  # the compat Trainer's training_step / reference, at most (MLP and CNN)
 MLP_CONFIG = NetworkConfiguration()
@@ -339,14 +345,16 @@ def network_paths(network_type: str, config: NetworkConfiguration, X, T, batch_s
 def population_paths(shape: str, config: NetworkConfiguration, X, y, T, batch_size: int, n_steps: int,
                      compile: bool) -> Dict[str, Callable[[], Params]]:
     """The members one after another in the template's loop (``reference``) against one
-    vmapped step of all of them, eager and compiled (with ``inductor_apply`` as its forward)."""
+    vmapped step of all of them, eager and compiled (with ``inductor_apply`` as its forward),
+    and against the members one after another with the one-model step (``in_turn_paths``)."""
     kind, (members, inputs) = network_type(shape), population(shape)
     datasets = sweep_inputs(X, y) if 1 in inputs else [X]
     net = build_network(kind, config)
     data = MemberData([(Xd, T) for Xd in datasets], inputs)
     return {"reference": sequential_reference(kind, config, members, [datasets[d] for d in inputs], T,
                                               batch_size, n_steps),
-            **vmapped_paths(net, members, data, batch_size, n_steps, compile)}
+            **vmapped_paths(net, members, data, batch_size, n_steps, compile),
+            **in_turn_paths(net, members, data, batch_size, n_steps, compile)}
 
 
 def sequential_reference(kind: str, config: NetworkConfiguration, members: List[Member], inputs: List[torch.Tensor],
@@ -383,6 +391,34 @@ def vmapped_paths(net: Network, members: List[Member], data: MemberData, batch_s
                                     compiled_apply=inductor_apply(net, vmapped=True) if flag else None)
         paths[name] = functional_loop(step,
                                       {"params": params, "opt_state": state}, batch_of, n_steps)
+    return paths
+
+
+def in_turn_paths(net: Network, members: List[Member], data: MemberData, batch_size: int, n_steps: int,
+                  compile: bool) -> Dict[str, Callable[[], Params]]:
+    """``members`` trained one after another, each its epoch, by the step of one model, as
+    ``fit`` trains a run alone: eager (``in_turn_eager``) and, if ``compile``, compiled as
+    ``fn-trainer`` compiles a run's step (``in_turn_compiled``: ``inductor_apply``, one graph
+    serving every member); member k from ``net.init(seed_k)`` on its own data. What one
+    vmapped step of all members is worth is its time against these; the members' parameters
+    are returned stacked, as the vmapped paths return them."""
+    sample_shape = tuple(data.sample_shape)
+    paths = {}
+    for name, flag in (("in_turn_eager", False), ("in_turn_compiled", True)):
+        if flag and not compile:
+            continue
+        step = (compile_step(make_step(inductor_apply(net), adam(power=exp_log_power)), guard_closures=False,
+                             batch_shape=(batch_size, *sample_shape), donate=True)
+                if flag else make_step(net.apply, adam()))
+        loops = []
+        for k, member in enumerate(members):
+            X_k, T_k = data.member(k)
+            params = tree_to(net.init(member.seed), X_k.device)
+            loops.append(functional_loop(step, {"params": params, "opt_state": member.optimizer_state(params)},
+                                         lambda b, X_k=X_k, T_k=T_k: (X_k[b * batch_size:(b + 1) * batch_size],
+                                                                      T_k[b * batch_size:(b + 1) * batch_size]),
+                                         n_steps))
+        paths[name] = lambda loops=loops: stack_trees([loop() for loop in loops])
     return paths
 
 
@@ -601,6 +637,11 @@ def print_table(report: Dict) -> None:
             fastest = min(timed_jax, key=lambda name: r["paths"][name]["median_s"])
             print(f"{shape:6} JAX's best: {fastest} {r['paths'][fastest]['ratio']:.2f}; {r['best']} takes "
                   f"{r['paths'][r['best']]['median_s'] / r['paths'][fastest]['median_s']:.2f} of its time")
+        apart = [(kind, r["paths"][f"vmapped_{kind}"]["median_s"] / r["paths"][f"in_turn_{kind}"]["median_s"])
+                 for kind in ("eager", "compiled") if f"vmapped_{kind}" in r["paths"] and f"in_turn_{kind}" in r["paths"]]
+        if apart:
+            print(f"{shape:6} one vmapped step of the members against the members in turn: "
+                  + ", ".join(f"{kind} {ratio:.2f}" for kind, ratio in apart) + " of the time")
         if "compat_target_ratio" in r:
             print(f"{shape:6} compat target <= {r['compat_target_ratio']}: {r['paths']['compat']['ratio']:.2f} -> "
                   f"{verdict[r['compat_target_met']]}")

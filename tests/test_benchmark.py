@@ -23,8 +23,11 @@ from benchmarks.epoch import (
     SWEEP_LRS,
     compat_loop,
     compat_trainer,
+    in_turn_paths,
     main,
+    population,
     reference_trainer,
+    sequential_reference,
     synthetic_data,
     train_flops,
 )
@@ -32,6 +35,7 @@ from benchmarks.products import Product, dense_products, product_flops, products
 from benchmarks.reference import ReferenceTrainer
 from fn_trainer import build_network, count_parameters, one_hot
 from fn_trainer.speed.denormals import denormals_flushed, flush_denormals
+from fn_trainer.training.population import MemberData, init_population
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,9 +53,9 @@ def test_smoke_run_writes_json_and_every_path_does_the_same_work(tmp_path, capsy
     assert set(report["results"]) == {"mlp", "cnn", "sweep", "population_mlp", "population_cnn"}
     expected_paths = {"mlp": {"reference", "compat", "eager", "compiled", "products"},
                       "cnn": {"reference", "compat", "eager"},
-                      "sweep": {"reference", "vmapped_eager", "products"},
-                      "population_mlp": {"reference", "vmapped_eager", "products"},
-                      "population_cnn": {"reference", "vmapped_eager"}}
+                      "sweep": {"reference", "vmapped_eager", "in_turn_eager", "products"},
+                      "population_mlp": {"reference", "vmapped_eager", "in_turn_eager", "products"},
+                      "population_cnn": {"reference", "vmapped_eager", "in_turn_eager"}}
     # the sweep's models at lr 1e-8 barely move; every other model's loss moves by far more
     # than the float32 rounding (relative 1e-5) its paths may differ by
     moves = {"mlp": [True], "cnn": [True], "sweep": [lr > 1e-8 for lr in SWEEP_LRS] * 2,
@@ -78,6 +82,31 @@ def test_smoke_run_writes_json_and_every_path_does_the_same_work(tmp_path, capsy
             assert not moved or abs(float(a - b)) > 100 * 1e-5 * abs(float(b)), (shape, float(a), float(b))
     assert report["matmul_peak_gflops"] > 0 and "cpu" in report["machine"]
     assert "not evaluated (smoke)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("shape", ["sweep", "population_mlp"])
+def test_members_in_turn_train_what_the_template_loop_trains_with_one_compiled_graph_for_all(shape):
+    """The members apart, compiled: one graph serves every member (same shapes), and each
+    member ends where the template's loop takes it from its own seed on its own inputs."""
+    X, y = synthetic_data(48)
+    T = one_hot(y, 10)
+    members, inputs = population(shape)
+    datasets = [X, (X - X.mean()) / X.std()]  # raw and normalised inputs, as the sweep's members read
+    data = MemberData([(datasets[0], T)] if 1 not in inputs else [(d, T) for d in datasets], inputs)
+    net = build_network("mlp", SMOKE_MLP)
+    torch._dynamo.reset()
+    paths = in_turn_paths(net, members, data, 16, 3, compile=True)
+    with compiles(1):
+        got = paths["in_turn_compiled"]()
+    eager = paths["in_turn_eager"]()
+    want = sequential_reference("mlp", SMOKE_MLP, members, [datasets[d] for d in inputs], T, 16, 3)()
+    start = init_population(net, members)[0]
+    for name in want:
+        moved = (want[name] - start[name]).abs().amax(dim=tuple(range(1, want[name].dim())))
+        assert bool((moved[[m.lr > 1e-8 for m in members]] > 1e-4).all()), name  # every trained member moved
+        for k, member in enumerate(members):  # float32 rounding, amplified by Adam: 0.1% of 3 steps' reach
+            for path in (got, eager):
+                torch.testing.assert_close(path[name][k], want[name][k], rtol=1e-5, atol=3 * member.lr * 1e-3)
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
