@@ -71,8 +71,9 @@ from torch.func import functional_call, vmap
 from fn_trainer import NetworkConfiguration, adam, build_network, cross_entropy, make_step, normalize, one_hot
 from fn_trainer.core.networks import POOLED_SIZE, Network, conv_output_size, feature_map_sizes
 from fn_trainer.core.optim import exp_log_power
-from fn_trainer.core.step import Params
+from fn_trainer.core.step import Params, Step
 from fn_trainer.core.trees import stack_trees, tree_to
+from fn_trainer.core.types import Batch
 from fn_trainer.speed import inductor_apply
 from fn_trainer.speed.denormals import flush_denormals
 from fn_trainer.speed.malloc import steady_malloc
@@ -96,7 +97,7 @@ PRODUCTS = "products"  # the MLP step's matrix products alone (benchmarks.produc
 IN_TURN_PATHS = ("in_turn_eager", "in_turn_compiled")  # a population's members trained apart (in_turn_paths)
 # not candidates for "best": the peers, the products floor, and the members trained apart
 # (a population shape's target is for one vmapped step of them all)
-NOT_OURS = ("reference", "compat", "compiled_reference", PRODUCTS, *JAX_PATHS, *IN_TURN_PATHS)
+NOT_CANDIDATES = ("reference", "compat", "compiled_reference", PRODUCTS, *JAX_PATHS, *IN_TURN_PATHS)
 REPS, CNN_STEPS = 5, 94  # the defaults of --reps and --cnn-steps (None when not given: --smoke refuses them)
 COMPAT_TARGET = 1.0  # the compat Trainer's training_step / reference, at most (MLP and CNN)
 MLP_CONFIG = NetworkConfiguration()
@@ -299,14 +300,30 @@ def compat_loop(trainer, X, T, batch_size: int, n_steps: int) -> Callable[[], Pa
     return run
 
 
+def minibatch_of(X: torch.Tensor, T: torch.Tensor, batch_size: int) -> Callable[[int], Batch]:
+    """``b -> (x, targets)``: minibatch ``b`` of ``X`` and ``T`` in their order."""
+    return lambda b: (X[b * batch_size:(b + 1) * batch_size], T[b * batch_size:(b + 1) * batch_size])
+
+
+def one_model_steps(net: Network, compile: bool) -> Dict[str, Step]:
+    """The one-model steps the functional paths time: ``eager``, ``make_step(net.apply,
+    adam())``, and if ``compile`` the step as ``fn-trainer`` compiles a run's (``compiled``:
+    ``inductor_apply`` as the forward, Adam's powers as Inductor computes them once per
+    step, donated state, the eager step for a minibatch of another shape)."""
+    eager = make_step(net.apply, adam(1e-3))
+    steps = {"eager": eager}
+    if compile:
+        steps["compiled"] = compile_step(make_step(inductor_apply(net), adam(1e-3, power=exp_log_power)),
+                                         eager=eager, guard_closures=False, donate=True)
+    return steps
+
+
 def network_paths(network_type: str, config: NetworkConfiguration, X, T, batch_size: int, n_steps: int,
                   compile: bool, peer: bool, jax: bool = False) -> Dict[str, Callable[[], Params]]:
     """Every path of one network, on ``X``'s device."""
     net = build_network(network_type, config)
     start = tree_to(net.init(0), X.device)
-
-    def batch_of(b):
-        return X[b * batch_size:(b + 1) * batch_size], T[b * batch_size:(b + 1) * batch_size]
+    batch_of = minibatch_of(X, T, batch_size)
 
     def train_loop(trainer: ReferenceTrainer) -> Callable[[], Params]:
         def run() -> Params:
@@ -314,7 +331,6 @@ def network_paths(network_type: str, config: NetworkConfiguration, X, T, batch_s
             return module_params(trainer.network)
         return run
 
-    step = make_step(net.apply, adam(1e-3))
     paths = {"reference": train_loop(reference_trainer(network_type, config, 1e-3, start)),
              "compat": compat_loop(compat_trainer(network_type, config, 1e-3, start), X, T, batch_size, n_steps)}
     if peer:  # the template's loop as PyTorch users first compile it
@@ -326,14 +342,10 @@ def network_paths(network_type: str, config: NetworkConfiguration, X, T, batch_s
         # 2-core AMD EPYC): left out, it would take most of the benchmark's time
         paths.update(jax_paths(net.module, net.init(0), 1e-3, X, T, batch_size, n_steps,
                                scan=network_type == "mlp"))
-    candidates = [("eager", step)]
-    if compile:
-        compiled_adam = adam(1e-3, power=exp_log_power)  # Adam's powers as Inductor computes them once per step
-        candidates.append(("compiled", compile_step(make_step(inductor_apply(net), compiled_adam), eager=step,
-                                                      guard_closures=False, donate=True)))
+    candidates = list(one_model_steps(net, compile).items())
     if compile and network_type == "cnn":
         module_apply = lambda p, x: functional_call(net.module, p, (x,))  # noqa: E731
-        candidates.append(("compiled_module", compile_step(make_step(module_apply, compiled_adam),
+        candidates.append(("compiled_module", compile_step(make_step(module_apply, adam(1e-3, power=exp_log_power)),
                                                              guard_closures=False)))
     for name, s in candidates:
         params = tree_to(net.init(0), X.device)
@@ -342,17 +354,24 @@ def network_paths(network_type: str, config: NetworkConfiguration, X, T, batch_s
     return paths
 
 
+def population_data(shape: str, X, y, T) -> Tuple[List[Member], MemberData]:
+    """A population shape's members and the data they read: each member's inputs raw or
+    normalised (``population``), the targets ``T`` shared."""
+    members, inputs = population(shape)
+    datasets = sweep_inputs(X, y) if 1 in inputs else [X]
+    return members, MemberData([(Xd, T) for Xd in datasets], inputs)
+
+
 def population_paths(shape: str, config: NetworkConfiguration, X, y, T, batch_size: int, n_steps: int,
                      compile: bool) -> Dict[str, Callable[[], Params]]:
     """The members one after another in the template's loop (``reference``) against one
     vmapped step of all of them, eager and compiled (with ``inductor_apply`` as its forward),
     and against the members one after another with the one-model step (``in_turn_paths``)."""
-    kind, (members, inputs) = network_type(shape), population(shape)
-    datasets = sweep_inputs(X, y) if 1 in inputs else [X]
+    kind = network_type(shape)
+    members, data = population_data(shape, X, y, T)
     net = build_network(kind, config)
-    data = MemberData([(Xd, T) for Xd in datasets], inputs)
-    return {"reference": sequential_reference(kind, config, members, [datasets[d] for d in inputs], T,
-                                              batch_size, n_steps),
+    return {"reference": sequential_reference(kind, config, members, [data.member(k)[0] for k in range(len(members))],
+                                              T, batch_size, n_steps),
             **vmapped_paths(net, members, data, batch_size, n_steps, compile),
             **in_turn_paths(net, members, data, batch_size, n_steps, compile)}
 
@@ -396,30 +415,39 @@ def vmapped_paths(net: Network, members: List[Member], data: MemberData, batch_s
 
 def in_turn_paths(net: Network, members: List[Member], data: MemberData, batch_size: int, n_steps: int,
                   compile: bool) -> Dict[str, Callable[[], Params]]:
-    """``members`` trained one after another, each its epoch, by the step of one model, as
-    ``fit`` trains a run alone: eager (``in_turn_eager``) and, if ``compile``, compiled as
-    ``fn-trainer`` compiles a run's step (``in_turn_compiled``: ``inductor_apply``, one graph
-    serving every member); member k from ``net.init(seed_k)`` on its own data. What one
-    vmapped step of all members is worth is its time against these; the members' parameters
-    are returned stacked, as the vmapped paths return them."""
-    sample_shape = tuple(data.sample_shape)
+    """``members`` trained one after another, each its epoch, by the one-model steps of
+    ``one_model_steps`` (``in_turn_eager``; ``in_turn_compiled``: one graph serving every
+    member), as ``fit`` trains a run alone: member k from ``net.init(seed_k)`` with its own
+    Adam state on its own data. What one vmapped step of all members is worth is its time
+    against these; the members' parameters are returned stacked, as the vmapped paths return
+    them."""
     paths = {}
-    for name, flag in (("in_turn_eager", False), ("in_turn_compiled", True)):
-        if flag and not compile:
-            continue
-        step = (compile_step(make_step(inductor_apply(net), adam(power=exp_log_power)), guard_closures=False,
-                             batch_shape=(batch_size, *sample_shape), donate=True)
-                if flag else make_step(net.apply, adam()))
+    for kind, step in one_model_steps(net, compile).items():
         loops = []
         for k, member in enumerate(members):
             X_k, T_k = data.member(k)
             params = tree_to(net.init(member.seed), X_k.device)
             loops.append(functional_loop(step, {"params": params, "opt_state": member.optimizer_state(params)},
-                                         lambda b, X_k=X_k, T_k=T_k: (X_k[b * batch_size:(b + 1) * batch_size],
-                                                                      T_k[b * batch_size:(b + 1) * batch_size]),
-                                         n_steps))
-        paths[name] = lambda loops=loops: stack_trees([loop() for loop in loops])
+                                         minibatch_of(X_k, T_k, batch_size), n_steps))
+        paths[f"in_turn_{kind}"] = lambda loops=loops: stack_trees([loop() for loop in loops])
     return paths
+
+
+def against_in_turn(timings: Dict[str, Dict]) -> Dict[str, Dict[str, object]]:
+    """For each kind (``eager``, ``compiled``) whose vmapped and in-turn paths were both
+    timed: the vmapped path's median epoch over the in-turn path's (``ratio``), and the
+    median and range of their ratios round by round (``ratio_paired``,
+    ``ratio_paired_range``: the machine's speed can change between rounds)."""
+    out: Dict[str, Dict[str, object]] = {}
+    for kind in ("eager", "compiled"):
+        vmapped, apart = timings.get(f"vmapped_{kind}"), timings.get(f"in_turn_{kind}")
+        if vmapped is None or apart is None:
+            continue
+        paired = [v / a for v, a in zip(vmapped["epoch_s"], apart["epoch_s"])]
+        out[kind] = {"ratio": round(vmapped["median_s"] / apart["median_s"], 3),
+                     "ratio_paired": round(statistics.median(paired), 3),
+                     "ratio_paired_range": [round(min(paired), 3), round(max(paired), 3)]}
+    return out
 
 
 def measure(paths: Dict[str, Callable[[], Params]], reps: int, scale: float, log,
@@ -578,7 +606,7 @@ def main(argv=None) -> int:
                           loss)
         # one epoch of training FLOPs (all members for a population)
         flops = train_flops(network_type(shape), configs[shape], n) * members
-        best = min((k for k in timings if k not in NOT_OURS), key=lambda k: timings[k]["median_s"])
+        best = min((k for k in timings if k not in NOT_CANDIDATES), key=lambda k: timings[k]["median_s"])
         results[shape] = {
             "steps_timed": steps[shape], "steps_per_epoch": full_steps, "scaled": steps[shape] < full_steps,
             "gflop_per_epoch": round(flops / 1e9, 4), "initial_loss": initial_loss, "paths": timings, "best": best,
@@ -586,6 +614,8 @@ def main(argv=None) -> int:
             # a smoke run's tiny networks say nothing about the targets, stated for CPUs
             "target_met": None if args.smoke or not on_cpu else timings[best]["ratio"] <= TARGETS[shape],
         }
+        if against_in_turn(timings):
+            results[shape]["vmapped_against_in_turn"] = against_in_turn(timings)
         if "compat" in timings:
             results[shape]["compat_target_ratio"] = COMPAT_TARGET
             results[shape]["compat_target_met"] = (None if args.smoke or not on_cpu
@@ -637,11 +667,11 @@ def print_table(report: Dict) -> None:
             fastest = min(timed_jax, key=lambda name: r["paths"][name]["median_s"])
             print(f"{shape:6} JAX's best: {fastest} {r['paths'][fastest]['ratio']:.2f}; {r['best']} takes "
                   f"{r['paths'][r['best']]['median_s'] / r['paths'][fastest]['median_s']:.2f} of its time")
-        apart = [(kind, r["paths"][f"vmapped_{kind}"]["median_s"] / r["paths"][f"in_turn_{kind}"]["median_s"])
-                 for kind in ("eager", "compiled") if f"vmapped_{kind}" in r["paths"] and f"in_turn_{kind}" in r["paths"]]
-        if apart:
-            print(f"{shape:6} one vmapped step of the members against the members in turn: "
-                  + ", ".join(f"{kind} {ratio:.2f}" for kind, ratio in apart) + " of the time")
+        if "vmapped_against_in_turn" in r:
+            print(f"{shape:6} one vmapped step against the members in turn: " + ", ".join(
+                f"{kind} {v['ratio']:.2f} of the time (paired {v['ratio_paired']:.2f}, "
+                f"{v['ratio_paired_range'][0]:.2f}-{v['ratio_paired_range'][1]:.2f})"
+                for kind, v in r["vmapped_against_in_turn"].items()))
         if "compat_target_ratio" in r:
             print(f"{shape:6} compat target <= {r['compat_target_ratio']}: {r['paths']['compat']['ratio']:.2f} -> "
                   f"{verdict[r['compat_target_met']]}")
