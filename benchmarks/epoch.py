@@ -345,7 +345,8 @@ def network_paths(network_type: str, config: NetworkConfiguration, X, T, batch_s
     candidates = list(one_model_steps(net, compile).items())
     if compile and network_type == "cnn":
         module_apply = lambda p, x: functional_call(net.module, p, (x,))  # noqa: E731
-        candidates.append(("compiled_module", compile_step(make_step(module_apply, adam(1e-3, power=exp_log_power)),
+        compiled_adam = adam(1e-3, power=exp_log_power)  # as one_model_steps compiles the functional step
+        candidates.append(("compiled_module", compile_step(make_step(module_apply, compiled_adam),
                                                              guard_closures=False)))
     for name, s in candidates:
         params = tree_to(net.init(0), X.device)
@@ -370,8 +371,8 @@ def population_paths(shape: str, config: NetworkConfiguration, X, y, T, batch_si
     kind = network_type(shape)
     members, data = population_data(shape, X, y, T)
     net = build_network(kind, config)
-    return {"reference": sequential_reference(kind, config, members, [data.member(k)[0] for k in range(len(members))],
-                                              T, batch_size, n_steps),
+    inputs = [data.member(k)[0] for k in range(len(members))]
+    return {"reference": sequential_reference(kind, config, members, inputs, T, batch_size, n_steps),
             **vmapped_paths(net, members, data, batch_size, n_steps, compile),
             **in_turn_paths(net, members, data, batch_size, n_steps, compile)}
 
@@ -614,8 +615,9 @@ def main(argv=None) -> int:
             # a smoke run's tiny networks say nothing about the targets, stated for CPUs
             "target_met": None if args.smoke or not on_cpu else timings[best]["ratio"] <= TARGETS[shape],
         }
-        if against_in_turn(timings):
-            results[shape]["vmapped_against_in_turn"] = against_in_turn(timings)
+        together = against_in_turn(timings)
+        if together:
+            results[shape]["vmapped_against_in_turn"] = together
         if "compat" in timings:
             results[shape]["compat_target_ratio"] = COMPAT_TARGET
             results[shape]["compat_target_met"] = (None if args.smoke or not on_cpu
