@@ -52,6 +52,7 @@ import argparse
 import json
 import math
 import os
+import random
 import socket
 import statistics
 import subprocess
@@ -287,12 +288,31 @@ def run_rank(args: argparse.Namespace) -> None:
         Path(args.worker).write_text(json.dumps(results))
 
 
+def free_port() -> int:
+    """A free loopback port for rank 0 to listen on, below the kernel's range of ephemeral
+    ports where it says which (Linux): a port that ``bind(0)`` hands out is free only until
+    it is closed, and any process's next outgoing connection may take it before rank 0
+    listens ("The server socket has failed to listen on any local network address")."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 0
+    chooser = random.SystemRandom()  # whatever the caller has seeded
+    for _ in range(100):
+        port = chooser.randrange(max(1024, ephemeral_low - 10000), ephemeral_low) if ephemeral_low > 2048 else 0
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # in use: another
+                continue
+            return s.getsockname()[1]
+    raise OSError("no free loopback port below the ephemeral range")
+
+
 def run_ranks(args: argparse.Namespace, argv) -> Dict[str, Dict[str, Dict]]:
     """Start ``args.ranks`` processes of this module, one thread each, as torchrun would;
     their timings per mode and path."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "rank0.json"
         processes = [subprocess.Popen(

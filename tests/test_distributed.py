@@ -1,10 +1,8 @@
 """Data-parallel training: two CPU processes (gloo) against one, differing starts, lost ranks."""
 import json
 import os
-import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +18,7 @@ from fakedata import write_fashion_mnist
 from hypothesis import given
 from hypothesis import strategies as st
 
+from benchmarks.distributed import free_port
 from fn_trainer import make_step
 from fn_trainer.app import cli
 from fn_trainer.app.cli import settings_of
@@ -46,27 +45,6 @@ STEPS = len(BATCH_SIZES)
 TOL64 = dict(rtol=1e-12, atol=1e-12)
 METRICS32 = dict(rtol=1e-5, atol=0.0)
 PARAMS32 = dict(rtol=0.0, atol=1e-5 * LR * STEPS)
-
-
-def free_port() -> int:
-    """A free loopback port for rank 0 to listen on, below the kernel's range of ephemeral
-    ports where it says which (Linux): a port that ``bind(0)`` hands out is free only until
-    it is closed, and any process's next outgoing connection may take it before rank 0
-    listens ("The server socket has failed to listen on any local network address")."""
-    try:
-        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        ephemeral_low = 0
-    chooser = random.SystemRandom()  # whatever the tests have seeded
-    for _ in range(100):
-        port = chooser.randrange(max(1024, ephemeral_low - 10000), ephemeral_low) if ephemeral_low > 2048 else 0
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:  # in use: another
-                continue
-            return s.getsockname()[1]
-    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 def launch_env(rank: int, world_size: int, port: int) -> dict:
