@@ -91,7 +91,7 @@ class Context:
             others = calibrated_cpus(self.calibration_path) if self._calibration is DEFAULTS else []
             if self._calibration is not DEFAULTS and not self._calibration.eval_ms:  # an earlier version's
                 self.warn(f"{self.calibration_path} holds an earlier fn-trainer's calibration for {cpu_key()!r}, "
-                          f"without the evaluation's measurements: the defaults' apply; {PROG} calibrate --out "
+                          f"without the evaluation's measurements: those of the defaults apply; {PROG} calibrate --out "
                           f"{self.out} --threads {torch.get_num_threads()} measures them")
             if others:  # e.g. measured with another thread count: said, not silently ignored
                 listed = ", ".join(map(shown, others[:SHOWN_CPUS]))
